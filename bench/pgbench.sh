@@ -1,0 +1,555 @@
+#!/usr/bin/env bash
+# bench/pgbench.sh: pgbench through Palisade and its peers, against direct.
+#
+# Self-contained: it creates a throwaway PostgreSQL primary (and optionally
+# replicas) on free 127.0.0.1 ports, loads `pgbench -i -s $SCALE`, starts
+# Palisade in front of it and, when they are installed, PgBouncer and
+# pgpool-II as peers, then runs every workload x clients x target combination,
+# interleaved in one run so that all targets see the same machine conditions,
+# and prints a markdown table. Everything it starts is stopped on exit and its
+# temp directory removed.
+#
+# Usage: bench/pgbench.sh [--replicas N] [--out FILE] [--no-palisade] [--keep-going]
+#   --replicas N   also start N streaming replicas (pg_basebackup -R) and give
+#                  them to Palisade as nodes (default 0: a single-node comparison)
+#   --out FILE     also write the result table to FILE
+#   --no-palisade  bench the peers only (no Palisade build needed)
+#   --keep-going   record a failed run as FAILED and go on; still exits non-zero
+#
+# Environment:
+#   DURATION      seconds per pgbench run (default 10)
+#   CLIENTS       client counts, space or comma separated (default "1 8 32")
+#   WORKLOADS     subset of: select-simple select-extended tpcb-simple churn-simple
+#                 (default: all four)
+#   SCALE         pgbench scale factor (default 10)
+#   PG_BIN        PostgreSQL bin directory (default: pg_config --bindir, else the
+#                 newest /usr/lib/postgresql/*/bin)
+#   PALISADE_BIN  Palisade binary (default: target/release/palisade, built with
+#                 `cargo build --release` when missing)
+#
+# Note: the benchmark server runs with fsync=off (a throwaway cluster, and the
+# proxies' overhead is what is measured, not the disk). Do not compare its
+# read-write numbers with a durable server's.
+set -euo pipefail
+
+# ---------------------------------------------------------------- arguments --
+
+usage() {
+    sed -n '2,/^set -euo/{/^set -euo/d;s/^# \{0,1\}//;p}' "$0"
+}
+
+REPLICAS=0
+OUT_FILE=""
+WITH_PALISADE=1
+KEEP_GOING=0
+while [[ $# -gt 0 ]]; do
+    case "$1" in
+        --replicas) REPLICAS="${2:?--replicas needs a number}"; shift 2 ;;
+        --replicas=*) REPLICAS="${1#*=}"; shift ;;
+        --out) OUT_FILE="${2:?--out needs a file}"; shift 2 ;;
+        --out=*) OUT_FILE="${1#*=}"; shift ;;
+        --no-palisade) WITH_PALISADE=0; shift ;;
+        --keep-going) KEEP_GOING=1; shift ;;
+        -h|--help) usage; exit 0 ;;
+        *) echo "pgbench.sh: unknown argument: $1 (see --help)" >&2; exit 2 ;;
+    esac
+done
+
+DURATION="${DURATION:-10}"
+CLIENTS="${CLIENTS:-1 8 32}"
+CLIENTS="${CLIENTS//,/ }"
+ALL_WORKLOADS="select-simple select-extended tpcb-simple churn-simple"
+WORKLOADS="${WORKLOADS:-$ALL_WORKLOADS}"
+WORKLOADS="${WORKLOADS//,/ }"
+SCALE="${SCALE:-10}"
+
+[[ "$REPLICAS" =~ ^[0-9]+$ ]] || { echo "pgbench.sh: --replicas must be a number" >&2; exit 2; }
+[[ "$DURATION" =~ ^[1-9][0-9]*$ ]] || { echo "pgbench.sh: DURATION must be a positive integer" >&2; exit 2; }
+[[ "$SCALE" =~ ^[1-9][0-9]*$ ]] || { echo "pgbench.sh: SCALE must be a positive integer" >&2; exit 2; }
+for c in $CLIENTS; do
+    [[ "$c" =~ ^[1-9][0-9]*$ ]] || { echo "pgbench.sh: bad CLIENTS entry: $c" >&2; exit 2; }
+    # Direct clients, pgpool's cached connections (one per child) and the
+    # poolers' server connections all count against max_connections = 300.
+    (( c <= 100 )) || { echo "pgbench.sh: at most 100 clients per run (the server has max_connections = 300)" >&2; exit 2; }
+done
+for w in $WORKLOADS; do
+    [[ " $ALL_WORKLOADS " == *" $w "* ]] || { echo "pgbench.sh: unknown workload $w (known: $ALL_WORKLOADS)" >&2; exit 2; }
+done
+
+REPO_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+PASSWORD="palisade-bench"
+export PGPASSWORD="$PASSWORD"   # for pgbench and psql; never on a command line
+export PGCONNECT_TIMEOUT=5
+unset PGHOST PGPORT PGUSER PGDATABASE PGSERVICE PGSSLMODE 2>/dev/null || true
+
+log() { printf '[pgbench.sh] %s\n' "$*" >&2; }
+die() { printf '[pgbench.sh] ERROR: %s\n' "$*" >&2; exit 1; }
+
+# ---------------------------------------------------------------- binaries --
+
+find_pg_bin() {
+    if [[ -n "${PG_BIN:-}" ]]; then
+        echo "$PG_BIN"; return
+    fi
+    if command -v pg_config >/dev/null 2>&1; then
+        local d; d="$(pg_config --bindir)"
+        if [[ -x "$d/initdb" ]]; then echo "$d"; return; fi
+    fi
+    # Debian layout: newest installed major version.
+    local d
+    d="$(printf '%s\n' /usr/lib/postgresql/*/bin | sort -V | tail -n 1)"
+    if [[ -d "$d" ]]; then echo "$d"; fi
+}
+PG_BIN="$(find_pg_bin)"
+[[ -n "$PG_BIN" ]] || die "no PostgreSQL found: install it or set PG_BIN"
+for b in initdb pg_ctl pg_basebackup pgbench psql; do
+    [[ -x "$PG_BIN/$b" ]] || die "$PG_BIN/$b not found (set PG_BIN)"
+done
+
+PALISADE_BIN="${PALISADE_BIN:-$REPO_ROOT/target/release/palisade}"
+if (( WITH_PALISADE )) && [[ ! -x "$PALISADE_BIN" ]]; then
+    log "building Palisade (cargo build --release)"
+    (cd "$REPO_ROOT" && cargo build --release) \
+        || die "cargo build --release failed (run with --no-palisade to bench the peers only)"
+    [[ -x "$PALISADE_BIN" ]] || die "$PALISADE_BIN not found after the build"
+fi
+
+PGBOUNCER_BIN="$(command -v pgbouncer || true)"
+PGPOOL_BIN="$(command -v pgpool || true)"
+
+# PostgreSQL, PgBouncer and pgpool-II refuse to (or should not) run as root:
+# as root, run them as the `postgres` OS user.
+# AS_PG is a command prefix rather than a function so that a backgrounded
+# `"${AS_PG[@]}" server &` leaves the server's own pid in $! (setpriv execs it).
+if [[ $EUID -eq 0 ]]; then
+    id postgres >/dev/null 2>&1 || die "running as root needs a 'postgres' OS user to run the servers"
+    AS_PG=(setpriv --reuid=postgres --regid=postgres --init-groups --)
+    give_to_pg() { chown -R postgres: "$@"; }
+else
+    AS_PG=()
+    give_to_pg() { :; }
+fi
+as_pg() { "${AS_PG[@]}" "$@"; }
+
+# ------------------------------------------------------------- temp + trap --
+
+WORK="$(mktemp -d "${TMPDIR:-/tmp}/palisade-bench.XXXXXX")"
+chmod 0755 "$WORK"
+give_to_pg "$WORK"
+
+PG_DIRS=()          # data directories of servers to stop with pg_ctl
+PIDS=()             # "pid:SIGNAL" of processes to stop with kill (by pid)
+
+cleanup() {
+    local rc=$?
+    set +e
+    trap - EXIT INT TERM
+    local entry pid
+    for entry in "${PIDS[@]}"; do
+        kill -s "${entry#*:}" "${entry%%:*}" 2>/dev/null
+    done
+    for entry in "${PIDS[@]}"; do
+        pid="${entry%%:*}"
+        # Give each a few seconds, then insist.
+        for _ in 1 2 3 4 5 6 7 8 9 10; do
+            kill -0 "$pid" 2>/dev/null || break
+            sleep 0.5
+        done
+        kill -s KILL "$pid" 2>/dev/null
+    done
+    local d
+    for d in "${PG_DIRS[@]}"; do
+        as_pg "$PG_BIN/pg_ctl" -D "$d" -m immediate -w stop >/dev/null 2>&1
+    done
+    if (( rc != 0 )); then
+        log "failed (exit $rc); logs follow from $WORK"
+        local f
+        for f in "$WORK"/primary.log "$WORK"/replica*.log "$WORK"/palisade.log \
+                 "$WORK"/pgbouncer/pgbouncer.log "$WORK"/pgpool/pgpool.log; do
+            [[ -s "$f" ]] || continue
+            echo "----- $f (last 20 lines)" >&2
+            tail -n 20 "$f" >&2
+        done
+    fi
+    rm -rf "$WORK"
+    exit "$rc"
+}
+trap cleanup EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
+
+# ----------------------------------------------------------------- helpers --
+
+USED_PORTS=" "
+# A free TCP port on 127.0.0.1: nothing accepts a connection there and this
+# script has not handed it out already.
+free_port() {
+    local p
+    for _ in $(seq 1 200); do
+        p=$(( 20000 + RANDOM % 40000 ))
+        [[ "$USED_PORTS" == *" $p "* ]] && continue
+        if ! (exec 3<>"/dev/tcp/127.0.0.1/$p") 2>/dev/null; then
+            USED_PORTS+="$p "
+            echo "$p"
+            return
+        fi
+    done
+    die "no free port found on 127.0.0.1"
+}
+
+psql_at() { # port sql...
+    local port="$1"; shift
+    "$PG_BIN/psql" -X -q -A -t -v ON_ERROR_STOP=1 -h 127.0.0.1 -p "$port" -U postgres -d postgres -c "$*"
+}
+
+# Wait until `SELECT 1` succeeds on a port (a server or a proxy in front of
+# one); with a pid, give up as soon as that process has exited.
+wait_sql() { # port name [seconds [pid]]
+    local port="$1" name="$2" secs="${3:-30}" pid="${4:-}"
+    local deadline=$(( SECONDS + secs ))
+    until [[ "$(psql_at "$port" 'SELECT 1' 2>/dev/null)" == 1 ]]; do
+        if [[ -n "$pid" ]] && ! kill -0 "$pid" 2>/dev/null; then
+            die "$name exited before accepting connections on 127.0.0.1:$port"
+        fi
+        (( SECONDS < deadline )) || die "$name on 127.0.0.1:$port did not answer SELECT 1 within ${secs}s"
+        sleep 0.2
+    done
+}
+
+# ------------------------------------------------------------ the primary --
+
+PG_VERSION_STR="$("$PG_BIN/postgres" --version)"
+log "PostgreSQL: $PG_VERSION_STR ($PG_BIN)"
+log "note: the benchmark server runs with fsync=off; numbers are not durable-server numbers"
+
+PRIMARY_PORT="$(free_port)"
+PRIMARY_DIR="$WORK/primary"
+printf '%s\n' "$PASSWORD" >"$WORK/pwfile"
+give_to_pg "$WORK/pwfile"
+as_pg "$PG_BIN/initdb" -D "$PRIMARY_DIR" -U postgres --pwfile="$WORK/pwfile" \
+    --auth=scram-sha-256 -E UTF8 --locale=C --no-sync >"$WORK/initdb.log" 2>&1 \
+    || die "initdb failed (see above)"
+rm -f "$WORK/pwfile"
+
+# Loopback TCP only; unix sockets off so that every client goes through TCP.
+as_pg tee -a "$PRIMARY_DIR/postgresql.conf" >/dev/null <<EOF
+
+# ---- bench/pgbench.sh ----
+listen_addresses = '127.0.0.1'
+port = $PRIMARY_PORT
+unix_socket_directories = ''
+max_connections = 300
+shared_buffers = 256MB
+password_encryption = 'scram-sha-256'
+# Throwaway benchmark cluster: no durability.
+fsync = off
+full_page_writes = off
+wal_level = replica
+max_wal_senders = 10
+hot_standby = on
+log_min_messages = warning
+EOF
+
+start_pg() { # datadir name
+    as_pg "$PG_BIN/pg_ctl" -D "$1" -l "$WORK/$2.log" -w -t 60 start >/dev/null \
+        || die "$2 did not start"
+    PG_DIRS+=("$1")
+}
+
+start_pg "$PRIMARY_DIR" primary
+wait_sql "$PRIMARY_PORT" primary
+log "primary on 127.0.0.1:$PRIMARY_PORT; loading pgbench -i -s $SCALE"
+"$PG_BIN/pgbench" -i -s "$SCALE" -q -h 127.0.0.1 -p "$PRIMARY_PORT" -U postgres postgres \
+    >"$WORK/pgbench-init.log" 2>&1 || die "pgbench -i failed: $(tail -n 5 "$WORK/pgbench-init.log")"
+
+# --------------------------------------------------------------- replicas --
+
+REPLICA_PORTS=()
+for (( i = 1; i <= REPLICAS; i++ )); do
+    port="$(free_port)"
+    dir="$WORK/replica$i"
+    # -R writes standby.signal and primary_conninfo (password from PGPASSWORD).
+    as_pg env PGPASSWORD="$PASSWORD" "$PG_BIN/pg_basebackup" -h 127.0.0.1 -p "$PRIMARY_PORT" \
+        -U postgres -D "$dir" -R -X stream -c fast --no-password >"$WORK/basebackup$i.log" 2>&1 \
+        || die "pg_basebackup for replica$i failed: $(tail -n 5 "$WORK/basebackup$i.log")"
+    printf '\n# ---- bench/pgbench.sh: replica ----\nport = %s\n' "$port" \
+        | as_pg tee -a "$dir/postgresql.conf" >/dev/null
+    start_pg "$dir" "replica$i"
+    wait_sql "$port" "replica$i"
+    REPLICA_PORTS+=("$port")
+    log "replica$i on 127.0.0.1:$port"
+done
+if (( REPLICAS > 0 )); then
+    deadline=$(( SECONDS + 60 ))
+    until [[ "$(psql_at "$PRIMARY_PORT" "SELECT count(*) FROM pg_stat_replication WHERE state = 'streaming'")" == "$REPLICAS" ]]; do
+        (( SECONDS < deadline )) || die "replicas are not all streaming after 60s"
+        sleep 0.5
+    done
+fi
+
+# Targets: name and port, in the order they run within each group.
+TARGETS=(direct)
+declare -A TARGET_PORT=([direct]="$PRIMARY_PORT")
+SKIPPED=()
+
+# --------------------------------------------------------------- Palisade --
+
+if (( WITH_PALISADE )); then
+    port="$(free_port)"
+    conf="$WORK/palisade.toml"
+    {
+        cat <<EOF
+# Generated by bench/pgbench.sh
+[proxy]
+listen = "127.0.0.1:$port"
+max_client_connections = 1000
+
+[backend]
+user = "postgres"
+password = "$PASSWORD"
+database = "postgres"
+
+[monitor]
+probe_interval_ms = 250
+
+[[nodes]]
+name = "primary"
+host = "127.0.0.1"
+port = $PRIMARY_PORT
+EOF
+        for (( i = 1; i <= REPLICAS; i++ )); do
+            printf '\n[[nodes]]\nname = "replica%d"\nhost = "127.0.0.1"\nport = %s\n' "$i" "${REPLICA_PORTS[i-1]}"
+        done
+        cat <<EOF
+
+[[users]]
+name = "postgres"
+auth = "scram-sha-256"
+password = "$PASSWORD"
+EOF
+    } >"$conf"
+    "$PALISADE_BIN" --config "$conf" >"$WORK/palisade.log" 2>&1 &
+    PIDS+=("$!:TERM")
+    wait_sql "$port" Palisade 30 "$!"
+    TARGETS+=(palisade)
+    TARGET_PORT[palisade]="$port"
+    log "Palisade on 127.0.0.1:$port ($PALISADE_BIN)"
+else
+    SKIPPED+=("palisade (--no-palisade)")
+fi
+
+# -------------------------------------------------------------- PgBouncer --
+
+if [[ -n "$PGBOUNCER_BIN" ]]; then
+    port="$(free_port)"
+    dir="$WORK/pgbouncer"
+    mkdir -p "$dir"
+    # A cleartext password in the userlist lets PgBouncer do SCRAM with both
+    # the client and the server.
+    printf '"postgres" "%s"\n' "$PASSWORD" >"$dir/userlist.txt"
+    cat >"$dir/pgbouncer.ini" <<EOF
+[databases]
+postgres = host=127.0.0.1 port=$PRIMARY_PORT dbname=postgres
+
+[pgbouncer]
+listen_addr = 127.0.0.1
+listen_port = $port
+unix_socket_dir =
+auth_type = scram-sha-256
+auth_file = $dir/userlist.txt
+pool_mode = transaction
+default_pool_size = 32
+max_client_conn = 500
+logfile = $dir/pgbouncer.log
+pidfile = $dir/pgbouncer.pid
+log_connections = 0
+log_disconnections = 0
+EOF
+    give_to_pg "$dir"
+    # -d: daemonise; the pid file says which process to stop.
+    as_pg "$PGBOUNCER_BIN" -d "$dir/pgbouncer.ini" >"$WORK/pgbouncer-start.log" 2>&1 \
+        || die "pgbouncer did not start: $(cat "$WORK/pgbouncer-start.log")"
+    for _ in $(seq 1 50); do [[ -s "$dir/pgbouncer.pid" ]] && break; sleep 0.1; done
+    [[ -s "$dir/pgbouncer.pid" ]] || die "pgbouncer wrote no pid file"
+    PIDS+=("$(cat "$dir/pgbouncer.pid"):TERM")
+    wait_sql "$port" PgBouncer
+    TARGETS+=(pgbouncer)
+    TARGET_PORT[pgbouncer]="$port"
+    log "PgBouncer on 127.0.0.1:$port ($("$PGBOUNCER_BIN" --version | head -n 1))"
+else
+    SKIPPED+=("pgbouncer (not installed)")
+fi
+
+# -------------------------------------------------------------- pgpool-II --
+
+if [[ -n "$PGPOOL_BIN" ]]; then
+    port="$(free_port)"
+    pcp_port="$(free_port)"
+    dir="$WORK/pgpool"
+    mkdir -p "$dir"
+    PGPOOL_CHILDREN=64
+    for c in $CLIENTS; do (( c > PGPOOL_CHILDREN )) && PGPOOL_CHILDREN=$c; done
+    # pool_passwd with a TEXT-prefixed cleartext password: pgpool verifies the
+    # client with SCRAM (pool_hba.conf) and logs in to PostgreSQL with it.
+    printf 'postgres:TEXT%s\n' "$PASSWORD" >"$dir/pool_passwd"
+    printf 'host all all 127.0.0.1/32 scram-sha-256\n' >"$dir/pool_hba.conf"
+    : >"$dir/pcp.conf"
+    cat >"$dir/pgpool.conf" <<EOF
+# Generated by bench/pgbench.sh: one backend, raw mode (no replication
+# handling), connection cache on, no load balancing.
+backend_clustering_mode = 'raw'
+listen_addresses = '127.0.0.1'
+port = $port
+unix_socket_directories = '$dir'
+pcp_listen_addresses = ''
+pcp_port = $pcp_port
+pcp_socket_dir = '$dir'
+backend_hostname0 = '127.0.0.1'
+backend_port0 = $PRIMARY_PORT
+backend_weight0 = 1
+backend_data_directory0 = '$PRIMARY_DIR'
+backend_flag0 = 'DISALLOW_TO_FAILOVER'
+# One pre-forked child per client (a client waits for a free child); each
+# caches one backend connection: 64 children serve up to 64 clients with 64
+# server connections, well under max_connections = 300.
+num_init_children = $PGPOOL_CHILDREN
+max_pool = 1
+connection_cache = on
+child_life_time = 0
+child_max_connections = 0
+load_balance_mode = off
+enable_pool_hba = on
+pool_passwd = 'pool_passwd'
+health_check_period = 0
+sr_check_period = 0
+failover_on_backend_error = off
+memory_cache_enabled = off
+logdir = '$dir'
+pid_file_name = '$dir/pgpool.pid'
+log_destination = 'stderr'
+logging_collector = off
+log_connections = off
+EOF
+    give_to_pg "$dir"
+    # -n: stay in the foreground, logging to pgpool.log. SIGINT is pgpool's
+    # fast shutdown (SIGTERM would wait for clients).
+    "${AS_PG[@]}" "$PGPOOL_BIN" -n -f "$dir/pgpool.conf" -F "$dir/pcp.conf" -a "$dir/pool_hba.conf" \
+        >"$dir/pgpool.log" 2>&1 &
+    PIDS+=("$!:INT")
+    wait_sql "$port" pgpool-II 30 "$!"
+    TARGETS+=(pgpool)
+    TARGET_PORT[pgpool]="$port"
+    log "pgpool-II on 127.0.0.1:$port ($("$PGPOOL_BIN" --version 2>&1 | head -n 1))"
+else
+    SKIPPED+=("pgpool (not installed)")
+fi
+
+for s in "${SKIPPED[@]}"; do log "skipping $s"; done
+
+# --------------------------------------------------------------- the runs --
+
+# pgbench options of each workload.
+workload_args() {
+    case "$1" in
+        select-simple)   echo "-S -M simple" ;;
+        select-extended) echo "-S -M extended" ;;
+        tpcb-simple)     echo "-M simple" ;;
+        churn-simple)    echo "-S -C -M simple" ;;
+    esac
+}
+
+# What pgbench's own pre-run vacuum does, done directly on the primary before
+# every read-write run (the runs use -n), so each target starts from the same
+# table state and no proxy has to relay VACUUM.
+reset_tpcb_tables() {
+    local sql
+    for sql in "VACUUM pgbench_branches" "VACUUM pgbench_tellers" "TRUNCATE pgbench_history"; do
+        psql_at "$PRIMARY_PORT" "$sql" >/dev/null || die "could not reset the pgbench tables ($sql)"
+    done
+}
+
+RESULTS=()   # "workload|clients|target|tps|latency|ratio"
+FAILED=()
+n_runs=0
+for w in $WORKLOADS; do for c in $CLIENTS; do n_runs=$(( n_runs + ${#TARGETS[@]} )); done; done
+log "targets: ${TARGETS[*]}; workloads: $WORKLOADS; clients: $CLIENTS; ${DURATION}s each; $n_runs runs (~$(( n_runs * (DURATION + 1) / 60 + 1 )) min)"
+
+run=0
+for w in $WORKLOADS; do
+    for c in $CLIENTS; do
+        j=$(( c < 2 ? c : 2 ))
+        direct_tps=""
+        for t in "${TARGETS[@]}"; do
+            run=$(( run + 1 ))
+            [[ "$w" == tpcb-simple ]] && reset_tpcb_tables
+            out="$WORK/run-$w-$c-$t.log"
+            # shellcheck disable=SC2046  # workload_args is a list of options
+            if "$PG_BIN/pgbench" -n $(workload_args "$w") -c "$c" -j "$j" -T "$DURATION" \
+                    -h 127.0.0.1 -p "${TARGET_PORT[$t]}" -U postgres postgres >"$out" 2>&1; then
+                rc=0
+            else
+                rc=$?
+            fi
+            # "tps = N (without initial connection time)"; with -C pgbench
+            # prints "tps = N (including reconnection times)" instead.
+            tps="$(sed -n 's/^tps = \([0-9.]*\) .*/\1/p' "$out" | head -n 1)"
+            lat="$(sed -n 's/^latency average = \([0-9.]*\) ms.*/\1/p' "$out" | head -n 1)"
+            failed="$(sed -n 's/^number of failed transactions: \([0-9]*\).*/\1/p' "$out" | sort -n | tail -n 1)"
+            processed="$(sed -n 's/^number of transactions actually processed: \([0-9]*\).*/\1/p' "$out" | head -n 1)"
+            problem=""
+            if (( rc != 0 )); then problem="pgbench exited with status $rc"
+            elif [[ -z "$tps" || -z "$lat" ]]; then problem="no tps/latency in pgbench output"
+            elif [[ -n "$failed" && "$failed" != 0 ]]; then problem="$failed failed transactions"
+            elif [[ -z "$processed" || "$processed" == 0 ]]; then problem="no transactions processed"
+            elif grep -qiE '^(pgbench: )?(error|fatal)|client [0-9]+ aborted' "$out"; then problem="errors in pgbench output"
+            fi
+            if [[ -n "$problem" ]]; then
+                echo "----- pgbench $w c=$c via $t: $problem" >&2
+                tail -n 25 "$out" >&2
+                FAILED+=("$w c=$c $t: $problem")
+                (( KEEP_GOING )) || die "pgbench run failed: $w, $c clients, via $t: $problem"
+                RESULTS+=("$w|$c|$t|FAILED|-|-")
+                continue
+            fi
+            if [[ "$t" == direct ]]; then direct_tps="$tps"; fi
+            if [[ -n "$direct_tps" ]]; then
+                ratio="$(awk -v a="$tps" -v b="$direct_tps" 'BEGIN { printf "%.2f", (b > 0 ? a / b : 0) }')"
+            else
+                ratio="-"
+            fi
+            tps_fmt="$(awk -v a="$tps" 'BEGIN { printf "%.0f", a }')"
+            lat_fmt="$(awk -v a="$lat" 'BEGIN { printf "%.3f", a }')"
+            RESULTS+=("$w|$c|$t|$tps_fmt|$lat_fmt|$ratio")
+            log "[$run/$n_runs] $w c=$c $t: $tps_fmt tps, $lat_fmt ms"
+        done
+    done
+done
+
+# ------------------------------------------------------------------ report --
+
+report() {
+    local replicas=""
+    (( REPLICAS > 0 )) && replicas=", $REPLICAS replica(s)"
+    echo "pgbench via proxies, $(date -u +%Y-%m-%d) on $(nproc) cores: $PG_VERSION_STR, scale $SCALE, ${DURATION}s per run, fsync=off$replicas"
+    echo
+    echo "| workload | clients | target | tps | avg latency ms | ratio to direct |"
+    echo "|---|---:|---|---:|---:|---:|"
+    local r
+    for r in "${RESULTS[@]}"; do
+        IFS='|' read -r w c t tps lat ratio <<<"$r"
+        echo "| $w | $c | $t | $tps | $lat | $ratio |"
+    done
+    if (( ${#SKIPPED[@]} )); then
+        echo
+        echo "Skipped: ${SKIPPED[*]}."
+    fi
+}
+
+report
+if [[ -n "$OUT_FILE" ]]; then
+    report >"$OUT_FILE"
+    log "table written to $OUT_FILE"
+fi
+if (( ${#FAILED[@]} )); then
+    die "${#FAILED[@]} run(s) failed: ${FAILED[*]}"
+fi

@@ -1,0 +1,290 @@
+//! Connections to PostgreSQL nodes: open, authenticate, and hand the session
+//! a raw byte stream to relay over.
+//!
+//! Authentication as a client uses postgres-protocol (the crate under
+//! tokio-postgres): SCRAM-SHA-256, md5, cleartext and trust. A server's own
+//! ErrorResponse during startup is kept as bytes so the client sees exactly
+//! what PostgreSQL said (e.g. `3D000 database does not exist`).
+
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use postgres_protocol::authentication::{md5_hash, sasl};
+use postgres_protocol::message::{backend, frontend};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::net::TcpStream;
+
+use crate::protocol::be_i32;
+
+/// Startup replies are small; anything bigger is a broken server.
+const MAX_STARTUP_REPLY: usize = 1 << 20;
+
+/// What a server needs to let us in.
+#[derive(Debug, Clone)]
+pub struct Login<'a> {
+    pub user: &'a str,
+    pub password: Option<&'a str>,
+    /// Every startup parameter to send (user included).
+    pub params: &'a [(String, String)],
+}
+
+/// The key PostgreSQL gave this connection for CancelRequest.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BackendKey {
+    pub pid: i32,
+    pub secret: i32,
+}
+
+/// An authenticated server connection, ready for query.
+#[derive(Debug)]
+pub struct ServerConn {
+    pub rd: OwnedReadHalf,
+    pub wr: OwnedWriteHalf,
+    /// Bytes already read past ReadyForQuery (normally empty).
+    pub pending: BytesMut,
+    /// ParameterStatus values reported during startup.
+    pub params: Vec<(String, String)>,
+    pub key: Option<BackendKey>,
+    pub host: String,
+    pub port: u16,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConnectError {
+    #[error("could not connect to server {host}:{port}: {source}")]
+    Io {
+        host: String,
+        port: u16,
+        source: std::io::Error,
+    },
+    #[error("timed out connecting to server {host}:{port}")]
+    Timeout { host: String, port: u16 },
+    /// The server refused us with its own ErrorResponse (raw frame).
+    #[error("server {host}:{port} refused the connection")]
+    Refused { host: String, port: u16, error: Bytes },
+    #[error("server {host}:{port} asked for a password, but none is configured for user {user:?}")]
+    NoPassword { host: String, port: u16, user: String },
+    #[error("authentication with server {host}:{port} failed: {reason}")]
+    Auth { host: String, port: u16, reason: String },
+    #[error("server {host}:{port} broke the protocol during startup: {reason}")]
+    Protocol { host: String, port: u16, reason: String },
+}
+
+/// Opens and authenticates a connection to `host:port`.
+pub async fn connect(
+    host: &str,
+    port: u16,
+    login: &Login<'_>,
+    timeout: Duration,
+) -> Result<ServerConn, ConnectError> {
+    tokio::time::timeout(timeout, connect_inner(host, port, login))
+        .await
+        .unwrap_or_else(|_| {
+            Err(ConnectError::Timeout {
+                host: host.into(),
+                port,
+            })
+        })
+}
+
+async fn connect_inner(host: &str, port: u16, login: &Login<'_>) -> Result<ServerConn, ConnectError> {
+    let io_err = |source| ConnectError::Io {
+        host: host.into(),
+        port,
+        source,
+    };
+    let stream = TcpStream::connect((host, port)).await.map_err(io_err)?;
+    stream.set_nodelay(true).map_err(io_err)?;
+    let (rd, wr) = stream.into_split();
+    let mut startup = Startup {
+        host,
+        port,
+        rd,
+        wr,
+        buf: BytesMut::with_capacity(8192),
+        out: BytesMut::with_capacity(512),
+    };
+    let params = login.params.iter().map(|(k, v)| (k.as_str(), v.as_str()));
+    frontend::startup_message(params, &mut startup.out).map_err(io_err)?;
+    startup.flush().await?;
+    let (params, key) = startup.authenticate(login).await?;
+    Ok(ServerConn {
+        rd: startup.rd,
+        wr: startup.wr,
+        pending: startup.buf,
+        params,
+        key,
+        host: host.into(),
+        port,
+    })
+}
+
+struct Startup<'a> {
+    host: &'a str,
+    port: u16,
+    rd: OwnedReadHalf,
+    wr: OwnedWriteHalf,
+    buf: BytesMut,
+    out: BytesMut,
+}
+
+type StartupReply = (Vec<(String, String)>, Option<BackendKey>);
+
+impl Startup<'_> {
+    async fn authenticate(&mut self, login: &Login<'_>) -> Result<StartupReply, ConnectError> {
+        let mut scram: Option<sasl::ScramSha256> = None;
+        let mut params = Vec::new();
+        let mut key = None;
+        loop {
+            let (raw, message) = self.next_message().await?;
+            match message {
+                backend::Message::AuthenticationOk => {}
+                backend::Message::AuthenticationCleartextPassword => {
+                    let password = self.password(login)?;
+                    frontend::password_message(password.as_bytes(), &mut self.out)
+                        .map_err(|e| self.protocol(e.to_string()))?;
+                    self.flush().await?;
+                }
+                backend::Message::AuthenticationMd5Password(body) => {
+                    let password = self.password(login)?;
+                    let hash = md5_hash(login.user.as_bytes(), password.as_bytes(), body.salt());
+                    frontend::password_message(hash.as_bytes(), &mut self.out)
+                        .map_err(|e| self.protocol(e.to_string()))?;
+                    self.flush().await?;
+                }
+                backend::Message::AuthenticationSasl(body) => {
+                    let password = self.password(login)?;
+                    let mut mechanisms = body.mechanisms();
+                    let mut has_scram = false;
+                    while let Ok(Some(m)) = fallible_iterator::FallibleIterator::next(&mut mechanisms) {
+                        has_scram |= m == sasl::SCRAM_SHA_256;
+                    }
+                    if !has_scram {
+                        return Err(self.auth("server offers no SASL mechanism we support"));
+                    }
+                    let s = sasl::ScramSha256::new(password.as_bytes(), sasl::ChannelBinding::unsupported());
+                    frontend::sasl_initial_response(sasl::SCRAM_SHA_256, s.message(), &mut self.out)
+                        .map_err(|e| self.protocol(e.to_string()))?;
+                    scram = Some(s);
+                    self.flush().await?;
+                }
+                backend::Message::AuthenticationSaslContinue(body) => {
+                    let s = scram.as_mut().ok_or_else(|| self.protocol("unexpected SASLContinue".into()))?;
+                    s.update(body.data()).map_err(|e| self.auth(&e.to_string()))?;
+                    frontend::sasl_response(s.message(), &mut self.out)
+                        .map_err(|e| self.protocol(e.to_string()))?;
+                    self.flush().await?;
+                }
+                backend::Message::AuthenticationSaslFinal(body) => {
+                    let mut s = scram.take().ok_or_else(|| self.protocol("unexpected SASLFinal".into()))?;
+                    s.finish(body.data()).map_err(|e| self.auth(&e.to_string()))?;
+                }
+                backend::Message::ParameterStatus(body) => {
+                    let (name, value) = (body.name(), body.value());
+                    if let (Ok(name), Ok(value)) = (name, value) {
+                        params.push((name.to_owned(), value.to_owned()));
+                    }
+                }
+                backend::Message::BackendKeyData(body) => {
+                    key = Some(BackendKey {
+                        pid: body.process_id(),
+                        secret: body.secret_key(),
+                    });
+                }
+                backend::Message::ErrorResponse(_) => {
+                    return Err(ConnectError::Refused {
+                        host: self.host.into(),
+                        port: self.port,
+                        error: raw,
+                    });
+                }
+                backend::Message::ReadyForQuery(_) => return Ok((params, key)),
+                // Notices during startup carry nothing the client needs.
+                backend::Message::NoticeResponse(_) => {}
+                _ => return Err(self.protocol(format!("unexpected message {:?}", raw.first().map(|&b| b as char)))),
+            }
+        }
+    }
+
+    fn password<'l>(&self, login: &Login<'l>) -> Result<&'l str, ConnectError> {
+        login.password.ok_or_else(|| ConnectError::NoPassword {
+            host: self.host.into(),
+            port: self.port,
+            user: login.user.into(),
+        })
+    }
+
+    fn auth(&self, reason: &str) -> ConnectError {
+        ConnectError::Auth {
+            host: self.host.into(),
+            port: self.port,
+            reason: reason.into(),
+        }
+    }
+
+    fn protocol(&self, reason: String) -> ConnectError {
+        ConnectError::Protocol {
+            host: self.host.into(),
+            port: self.port,
+            reason,
+        }
+    }
+
+    async fn flush(&mut self) -> Result<(), ConnectError> {
+        let result = self.wr.write_all(&self.out).await;
+        self.out.clear();
+        result.map_err(|source| ConnectError::Io {
+            host: self.host.into(),
+            port: self.port,
+            source,
+        })
+    }
+
+    /// Reads one whole message; returns its raw bytes and its parse.
+    async fn next_message(&mut self) -> Result<(Bytes, backend::Message), ConnectError> {
+        loop {
+            if self.buf.len() >= 5 {
+                let len = be_i32(&self.buf[1..5]);
+                if len < 4 || len as usize > MAX_STARTUP_REPLY {
+                    return Err(self.protocol(format!("invalid message length {len}")));
+                }
+                let total = 1 + len as usize;
+                if self.buf.len() >= total {
+                    let raw = self.buf.split_to(total).freeze();
+                    let mut parse_buf = BytesMut::from(&raw[..]);
+                    return match backend::Message::parse(&mut parse_buf) {
+                        Ok(Some(message)) => Ok((raw, message)),
+                        Ok(None) => Err(self.protocol("truncated message".into())),
+                        Err(e) => Err(self.protocol(e.to_string())),
+                    };
+                }
+            }
+            let n = self.rd.read_buf(&mut self.buf).await.map_err(|source| ConnectError::Io {
+                host: self.host.into(),
+                port: self.port,
+                source,
+            })?;
+            if n == 0 {
+                return Err(self.protocol("server closed the connection during startup".into()));
+            }
+        }
+    }
+}
+
+/// Sends a CancelRequest for `key` to `host:port` (fire and forget, as libpq does).
+pub async fn cancel(host: &str, port: u16, key: BackendKey, timeout: Duration) -> std::io::Result<()> {
+    let work = async {
+        let mut stream = TcpStream::connect((host, port)).await?;
+        let mut buf = BytesMut::with_capacity(16);
+        frontend::cancel_request(key.pid, key.secret, &mut buf);
+        stream.write_all(&buf).await?;
+        // PostgreSQL closes the connection once it has read the request.
+        let mut sink = [0u8; 1];
+        let _ = stream.read(&mut sink).await;
+        Ok(())
+    };
+    tokio::time::timeout(timeout, work)
+        .await
+        .unwrap_or_else(|_| Err(std::io::ErrorKind::TimedOut.into()))
+}

@@ -1,0 +1,327 @@
+//! Configuration: TOML in, a validated [`Config`] out.
+//!
+//! Every rule fails hard with the key's dotted name and the rule it broke, so
+//! `palisade check-config` and a proxy start both refuse a bad file with a
+//! message an operator can act on. Defaults live next to their fields.
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::Duration;
+
+use serde::Deserialize;
+
+/// The smallest and largest accepted `proxy.max_message_size` (PostgreSQL's
+/// own cap on a message is 1 GiB).
+const MIN_MESSAGE_SIZE: usize = 8 * 1024;
+const MAX_MESSAGE_SIZE: usize = 1 << 30;
+
+/// A config file that cannot be used, naming the key and the rule.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError {
+    pub key: String,
+    pub rule: String,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.key, self.rule)
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+fn invalid(key: impl Into<String>, rule: impl Into<String>) -> ConfigError {
+    ConfigError {
+        key: key.into(),
+        rule: rule.into(),
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    #[serde(default)]
+    pub proxy: ProxyConfig,
+    #[serde(default)]
+    pub backend: BackendConfig,
+    #[serde(default)]
+    pub monitor: MonitorConfig,
+    #[serde(default)]
+    pub nodes: Vec<NodeConfig>,
+    #[serde(default)]
+    pub users: Vec<UserConfig>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ProxyConfig {
+    /// Address clients connect to.
+    pub listen: String,
+    /// Client connections beyond this are refused with 53300.
+    pub max_client_connections: usize,
+    /// Largest message accepted from a client or a server, in bytes.
+    pub max_message_size: usize,
+    /// A client must finish startup and authentication within this time.
+    pub startup_timeout_ms: u64,
+    /// Opening (and authenticating) a server connection must finish within this time.
+    pub connect_timeout_ms: u64,
+}
+
+impl Default for ProxyConfig {
+    fn default() -> Self {
+        ProxyConfig {
+            listen: "127.0.0.1:6432".into(),
+            max_client_connections: 1000,
+            max_message_size: 128 * 1024 * 1024,
+            startup_timeout_ms: 10_000,
+            connect_timeout_ms: 5_000,
+        }
+    }
+}
+
+impl ProxyConfig {
+    pub fn startup_timeout(&self) -> Duration {
+        Duration::from_millis(self.startup_timeout_ms)
+    }
+
+    pub fn connect_timeout(&self) -> Duration {
+        Duration::from_millis(self.connect_timeout_ms)
+    }
+}
+
+/// Credentials of Palisade's own control-plane connections (probes).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct BackendConfig {
+    pub user: String,
+    pub password: Option<String>,
+    pub database: String,
+}
+
+impl Default for BackendConfig {
+    fn default() -> Self {
+        BackendConfig {
+            user: "postgres".into(),
+            password: None,
+            database: "postgres".into(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MonitorConfig {
+    /// How often every node is probed.
+    pub probe_interval_ms: u64,
+    /// A probe that takes longer than this counts as failed.
+    pub probe_timeout_ms: u64,
+}
+
+impl Default for MonitorConfig {
+    fn default() -> Self {
+        MonitorConfig {
+            probe_interval_ms: 250,
+            probe_timeout_ms: 1_000,
+        }
+    }
+}
+
+impl MonitorConfig {
+    pub fn probe_interval(&self) -> Duration {
+        Duration::from_millis(self.probe_interval_ms)
+    }
+
+    pub fn probe_timeout(&self) -> Duration {
+        Duration::from_millis(self.probe_timeout_ms)
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NodeConfig {
+    /// Defaults to `host:port`.
+    pub name: Option<String>,
+    pub host: String,
+    pub port: u16,
+}
+
+impl NodeConfig {
+    pub fn display_name(&self) -> String {
+        self.name
+            .clone()
+            .unwrap_or_else(|| format!("{}:{}", self.host, self.port))
+    }
+}
+
+/// How a client user proves who it is to Palisade.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+pub enum AuthMethod {
+    #[default]
+    #[serde(rename = "scram-sha-256")]
+    ScramSha256,
+    #[serde(rename = "md5")]
+    Md5,
+    #[serde(rename = "trust")]
+    Trust,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UserConfig {
+    pub name: String,
+    #[serde(default)]
+    pub auth: AuthMethod,
+    /// Cleartext password: verifies the client and logs in to PostgreSQL.
+    pub password: Option<String>,
+    /// PostgreSQL-format verifier (`SCRAM-SHA-256$iter:salt$stored:server`).
+    pub scram_verifier: Option<String>,
+    /// Role used on PostgreSQL; defaults to `name`.
+    pub server_user: Option<String>,
+    /// Password for PostgreSQL when it differs from `password`.
+    pub server_password: Option<String>,
+}
+
+impl UserConfig {
+    pub fn server_user(&self) -> &str {
+        self.server_user.as_deref().unwrap_or(&self.name)
+    }
+
+    pub fn server_password(&self) -> Option<&str> {
+        self.server_password.as_deref().or(self.password.as_deref())
+    }
+}
+
+impl Config {
+    /// Reads and validates a config file.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| invalid(path.display().to_string(), format!("cannot read: {e}")))?;
+        Config::parse(&text)
+    }
+
+    /// Parses and validates TOML text.
+    pub fn parse(text: &str) -> Result<Config, ConfigError> {
+        let config: Config = toml::from_str(text).map_err(|e| {
+            let span = e.span().map(|s| line_of(text, s.start)).unwrap_or_default();
+            invalid(
+                format!("toml{span}"),
+                e.message().trim_end().to_string(),
+            )
+        })?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    pub fn listen_addr(&self) -> Result<SocketAddr, ConfigError> {
+        self.proxy
+            .listen
+            .parse()
+            .map_err(|_| invalid("proxy.listen", "must be an IP address and port, e.g. 127.0.0.1:6432"))
+    }
+
+    pub fn user(&self, name: &str) -> Option<&UserConfig> {
+        self.users.iter().find(|u| u.name == name)
+    }
+
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        self.listen_addr()?;
+        let p = &self.proxy;
+        if p.max_client_connections == 0 {
+            return Err(invalid("proxy.max_client_connections", "must be at least 1"));
+        }
+        if !(MIN_MESSAGE_SIZE..=MAX_MESSAGE_SIZE).contains(&p.max_message_size) {
+            return Err(invalid(
+                "proxy.max_message_size",
+                format!("must be between {MIN_MESSAGE_SIZE} and {MAX_MESSAGE_SIZE} bytes"),
+            ));
+        }
+        positive("proxy.startup_timeout_ms", p.startup_timeout_ms)?;
+        positive("proxy.connect_timeout_ms", p.connect_timeout_ms)?;
+        positive("monitor.probe_interval_ms", self.monitor.probe_interval_ms)?;
+        positive("monitor.probe_timeout_ms", self.monitor.probe_timeout_ms)?;
+        if self.backend.user.is_empty() {
+            return Err(invalid("backend.user", "must not be empty"));
+        }
+        self.validate_nodes()?;
+        self.validate_users()
+    }
+
+    fn validate_nodes(&self) -> Result<(), ConfigError> {
+        if self.nodes.is_empty() {
+            return Err(invalid("nodes", "at least one node is required"));
+        }
+        let mut seen = std::collections::HashSet::new();
+        for (i, node) in self.nodes.iter().enumerate() {
+            if node.host.trim().is_empty() {
+                return Err(invalid(format!("nodes[{i}].host"), "must not be empty"));
+            }
+            if node.port == 0 {
+                return Err(invalid(format!("nodes[{i}].port"), "must be between 1 and 65535"));
+            }
+            if !seen.insert(node.display_name()) {
+                return Err(invalid(
+                    format!("nodes[{i}].name"),
+                    format!("duplicate node name {:?}", node.display_name()),
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    fn validate_users(&self) -> Result<(), ConfigError> {
+        if self.users.is_empty() {
+            return Err(invalid("users", "at least one user is required"));
+        }
+        let mut seen = std::collections::HashSet::new();
+        for (i, user) in self.users.iter().enumerate() {
+            let key = |field: &str| format!("users[{i}].{field}");
+            if user.name.is_empty() {
+                return Err(invalid(key("name"), "must not be empty"));
+            }
+            if !seen.insert(user.name.as_str()) {
+                return Err(invalid(key("name"), format!("duplicate user {:?}", user.name)));
+            }
+            if let Some(verifier) = &user.scram_verifier {
+                if crate::frontend::auth::parse_scram_verifier(verifier).is_none() {
+                    return Err(invalid(
+                        key("scram_verifier"),
+                        "must look like SCRAM-SHA-256$<iterations>:<salt>$<storedkey>:<serverkey>",
+                    ));
+                }
+            }
+            match user.auth {
+                AuthMethod::Trust => {}
+                AuthMethod::ScramSha256 => {
+                    if user.password.is_none() && user.scram_verifier.is_none() {
+                        return Err(invalid(
+                            key("password"),
+                            "scram-sha-256 needs `password` or `scram_verifier`",
+                        ));
+                    }
+                }
+                AuthMethod::Md5 => {
+                    if user.password.is_none() {
+                        return Err(invalid(key("password"), "md5 needs `password`"));
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+fn positive(key: &str, value: u64) -> Result<(), ConfigError> {
+    if value == 0 {
+        return Err(invalid(key, "must be greater than 0"));
+    }
+    Ok(())
+}
+
+fn line_of(text: &str, offset: usize) -> String {
+    let line = text[..offset.min(text.len())].matches('\n').count() + 1;
+    format!(" (line {line})")
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,172 @@
+use super::*;
+
+const GOOD: &str = r#"
+[proxy]
+listen = "127.0.0.1:6432"
+
+[backend]
+user = "postgres"
+password = "pw"
+
+[[nodes]]
+name = "a"
+host = "127.0.0.1"
+port = 5432
+
+[[nodes]]
+host = "127.0.0.1"
+port = 5433
+
+[[users]]
+name = "app"
+password = "secret"
+"#;
+
+fn error_of(text: &str) -> ConfigError {
+    Config::parse(text).expect_err("config should be rejected")
+}
+
+/// Replaces the first occurrence of `from` in the good config.
+fn good_with(from: &str, to: &str) -> String {
+    assert!(GOOD.contains(from), "fixture lacks {from:?}");
+    GOOD.replacen(from, to, 1)
+}
+
+#[test]
+fn good_config_parses_with_defaults() {
+    let c = Config::parse(GOOD).unwrap();
+    assert_eq!(c.nodes.len(), 2);
+    assert_eq!(c.nodes[1].display_name(), "127.0.0.1:5433");
+    assert_eq!(c.users[0].auth, AuthMethod::ScramSha256);
+    assert_eq!(c.users[0].server_user(), "app");
+    assert_eq!(c.users[0].server_password(), Some("secret"));
+    assert_eq!(c.proxy.max_client_connections, 1000);
+    assert_eq!(c.monitor.probe_interval_ms, 250);
+}
+
+#[test]
+fn bad_listen_address_names_the_key() {
+    let e = error_of(&good_with("127.0.0.1:6432", "localhost"));
+    assert_eq!(e.key, "proxy.listen");
+}
+
+#[test]
+fn zero_max_client_connections_is_rejected() {
+    let e = error_of(&good_with(
+        "listen = \"127.0.0.1:6432\"",
+        "listen = \"127.0.0.1:6432\"\nmax_client_connections = 0",
+    ));
+    assert_eq!(e.key, "proxy.max_client_connections");
+}
+
+#[test]
+fn message_size_outside_bounds_is_rejected() {
+    for size in ["10", "2147483648"] {
+        let e = error_of(&good_with(
+            "listen = \"127.0.0.1:6432\"",
+            &format!("listen = \"127.0.0.1:6432\"\nmax_message_size = {size}"),
+        ));
+        assert_eq!(e.key, "proxy.max_message_size", "size {size}");
+    }
+}
+
+#[test]
+fn zero_timeouts_are_rejected() {
+    for key in ["startup_timeout_ms", "connect_timeout_ms"] {
+        let e = error_of(&good_with(
+            "listen = \"127.0.0.1:6432\"",
+            &format!("listen = \"127.0.0.1:6432\"\n{key} = 0"),
+        ));
+        assert_eq!(e.key, format!("proxy.{key}"));
+    }
+    let e = error_of(&format!("{GOOD}\n[monitor]\nprobe_interval_ms = 0\n"));
+    assert_eq!(e.key, "monitor.probe_interval_ms");
+}
+
+#[test]
+fn empty_backend_user_is_rejected() {
+    let e = error_of(&good_with("user = \"postgres\"", "user = \"\""));
+    assert_eq!(e.key, "backend.user");
+}
+
+#[test]
+fn no_nodes_is_rejected() {
+    let text = "[[users]]\nname = \"u\"\nauth = \"trust\"\n";
+    assert_eq!(error_of(text).key, "nodes");
+}
+
+#[test]
+fn port_zero_and_empty_host_are_rejected() {
+    assert_eq!(error_of(&good_with("port = 5433", "port = 0")).key, "nodes[1].port");
+    assert_eq!(
+        error_of(&good_with("host = \"127.0.0.1\"", "host = \"\"")).key,
+        "nodes[0].host"
+    );
+}
+
+#[test]
+fn duplicate_node_names_are_rejected() {
+    let e = error_of(&good_with("port = 5433", "port = 5433\nname = \"a\""));
+    assert_eq!(e.key, "nodes[1].name");
+}
+
+#[test]
+fn no_users_is_rejected() {
+    let text = "[[nodes]]\nhost = \"h\"\nport = 1\n";
+    assert_eq!(error_of(text).key, "users");
+}
+
+#[test]
+fn duplicate_users_are_rejected() {
+    let e = error_of(&format!("{GOOD}\n[[users]]\nname = \"app\"\nauth = \"trust\"\n"));
+    assert_eq!(e.key, "users[1].name");
+}
+
+#[test]
+fn scram_without_secret_is_rejected() {
+    let e = error_of(&good_with("password = \"secret\"", "auth = \"scram-sha-256\""));
+    assert_eq!(e.key, "users[0].password");
+}
+
+#[test]
+fn md5_needs_a_cleartext_password() {
+    let e = error_of(&good_with(
+        "password = \"secret\"",
+        "auth = \"md5\"\nscram_verifier = \"SCRAM-SHA-256$4096:AQIDBAUGBwgJCgsMDQ4PEA==$8rrDg00OqaiWXJ7p+sCgHEIaBSHY89ZJl3mfIsf32oY=:05L1f+yZbiN8O0AnO40Og85NNRhvzTS57naKRWCcsIA=\"",
+    ));
+    assert_eq!(e.key, "users[0].password");
+}
+
+#[test]
+fn malformed_verifier_is_rejected() {
+    let e = error_of(&good_with(
+        "password = \"secret\"",
+        "scram_verifier = \"SCRAM-SHA-256$nope\"",
+    ));
+    assert_eq!(e.key, "users[0].scram_verifier");
+}
+
+#[test]
+fn trust_needs_no_password() {
+    let c = Config::parse(&good_with("password = \"secret\"", "auth = \"trust\"")).unwrap();
+    assert_eq!(c.users[0].auth, AuthMethod::Trust);
+}
+
+#[test]
+fn unknown_keys_and_bad_auth_methods_are_rejected_with_a_line() {
+    let e = error_of(&good_with("port = 5432", "port = 5432\nprot = 1"));
+    assert!(e.key.starts_with("toml (line"), "{e}");
+    assert!(e.rule.contains("prot"), "{e}");
+    let e = error_of(&good_with("password = \"secret\"", "auth = \"ldap\""));
+    assert!(e.rule.contains("ldap"), "{e}");
+}
+
+#[test]
+fn shipped_example_configs_are_valid() {
+    for file in ["config/palisade.toml", "config/docker.toml"] {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join(file);
+        if let Err(e) = Config::load(&path) {
+            panic!("{file}: {e}");
+        }
+    }
+}

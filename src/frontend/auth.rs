@@ -1,0 +1,310 @@
+//! Client authentication at the proxy: SCRAM-SHA-256 (default), md5, trust.
+//!
+//! The exchanges themselves are pgwire's (`ScramAuth`, `Md5PasswordAuth`);
+//! this module supplies their secrets from the config and drives them over
+//! our own framing. Cleartext passwords are turned into SCRAM verifiers once,
+//! at start, so a login costs HMACs, not 4096 PBKDF2 rounds.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use base64::Engine;
+use bytes::BytesMut;
+use pgwire::api::auth::md5pass::{hash_md5_password, Md5PasswordAuth};
+use pgwire::api::auth::mechanism::{AuthMechanism, AuthMechanismFactory, AuthState};
+use pgwire::api::auth::sasl::scram::{gen_salted_password, ScramAuth, ScramSecret, SCRAM_ITERATIONS};
+use pgwire::api::auth::{AuthSource, LoginInfo, Password};
+use pgwire::api::{
+    ClientInfo, PgWireConnectionState, SessionExtensions, METADATA_DATABASE, METADATA_USER,
+};
+use pgwire::error::{ErrorInfo, PgWireError, PgWireResult};
+use pgwire::messages::response::TransactionStatus;
+use pgwire::messages::startup::{Authentication, PasswordMessageFamily, SecretKey};
+use pgwire::messages::ProtocolVersion;
+use pgwire::tokio::tokio_rustls::rustls::pki_types::CertificateDer;
+use rand::Rng;
+
+use crate::config::{AuthMethod, Config};
+
+/// What SCRAM needs about a user: derived from a cleartext password at start,
+/// or a stored PostgreSQL verifier.
+#[derive(Debug, Clone)]
+enum ScramMaterial {
+    Salted { salt: Vec<u8>, salted_password: Vec<u8> },
+    Verifier {
+        salt: Vec<u8>,
+        iterations: usize,
+        stored_key: Vec<u8>,
+        server_key: Vec<u8>,
+    },
+}
+
+impl ScramMaterial {
+    fn from_password(password: &str) -> ScramMaterial {
+        let salt: [u8; 16] = rand::rng().random();
+        ScramMaterial::Salted {
+            salted_password: gen_salted_password(password, &salt, SCRAM_ITERATIONS),
+            salt: salt.to_vec(),
+        }
+    }
+
+    fn secret(&self) -> ScramSecret {
+        match self.clone() {
+            ScramMaterial::Salted { salt, salted_password } => ScramSecret::SaltedPassword { salt, salted_password },
+            ScramMaterial::Verifier {
+                salt,
+                iterations,
+                stored_key,
+                server_key,
+            } => ScramSecret::Verifier {
+                salt,
+                iterations,
+                stored_key,
+                server_key,
+            },
+        }
+    }
+}
+
+/// Parses PostgreSQL's `SCRAM-SHA-256$<iter>:<salt>$<StoredKey>:<ServerKey>`.
+pub fn parse_scram_verifier(text: &str) -> Option<(usize, Vec<u8>, Vec<u8>, Vec<u8>)> {
+    let b64 = base64::engine::general_purpose::STANDARD;
+    let rest = text.strip_prefix("SCRAM-SHA-256$")?;
+    let (iter_salt, keys) = rest.split_once('$')?;
+    let (iterations, salt) = iter_salt.split_once(':')?;
+    let (stored, server) = keys.split_once(':')?;
+    let iterations: usize = iterations.parse().ok().filter(|&i| i > 0)?;
+    let salt = b64.decode(salt).ok()?;
+    let stored = b64.decode(stored).ok().filter(|k| k.len() == 32)?;
+    let server = b64.decode(server).ok().filter(|k| k.len() == 32)?;
+    Some((iterations, salt, stored, server))
+}
+
+#[derive(Debug)]
+struct UserSecrets {
+    method: AuthMethod,
+    scram: Option<ScramMaterial>,
+    password: Option<String>,
+}
+
+/// The users Palisade accepts, with their secrets; the `AuthSource` pgwire asks.
+#[derive(Debug)]
+pub struct UserStore {
+    users: HashMap<String, UserSecrets>,
+    /// Answers SCRAM for unknown users, so a probe cannot tell who exists.
+    decoy: ScramMaterial,
+}
+
+impl UserStore {
+    pub fn from_config(config: &Config) -> UserStore {
+        let users = config
+            .users
+            .iter()
+            .map(|u| {
+                let verifier = match (&u.scram_verifier, &u.password) {
+                    (Some(text), _) => parse_scram_verifier(text).map(|(iterations, salt, stored_key, server_key)| {
+                        ScramMaterial::Verifier {
+                            salt,
+                            iterations,
+                            stored_key,
+                            server_key,
+                        }
+                    }),
+                    (None, Some(p)) if u.auth == AuthMethod::ScramSha256 => Some(ScramMaterial::from_password(p)),
+                    _ => None,
+                };
+                let secrets = UserSecrets {
+                    method: u.auth,
+                    scram: verifier,
+                    password: u.password.clone(),
+                };
+                (u.name.clone(), secrets)
+            })
+            .collect();
+        let decoy: [u8; 16] = rand::rng().random();
+        UserStore {
+            users,
+            decoy: ScramMaterial::from_password(&base64::engine::general_purpose::STANDARD.encode(decoy)),
+        }
+    }
+
+    fn method(&self, user: &str) -> AuthMethod {
+        self.users.get(user).map_or(AuthMethod::ScramSha256, |u| u.method)
+    }
+}
+
+#[async_trait]
+impl AuthSource for UserStore {
+    /// Only md5 asks for this: the salted hash the client must send back.
+    async fn get_password(&self, login: &LoginInfo) -> PgWireResult<Password> {
+        let user = login.user().unwrap_or_default();
+        let salt: [u8; 4] = rand::rng().random();
+        let password = match self.users.get(user).and_then(|u| u.password.as_deref()) {
+            Some(p) => hash_md5_password(user, p, &salt),
+            // An unknown user gets a hash no client can produce.
+            None => format!("unknown user {}", rand::rng().random::<u64>()),
+        };
+        Ok(Password::new(Some(salt.to_vec()), password.into_bytes()))
+    }
+
+    async fn get_scram_secret(&self, login: &LoginInfo) -> PgWireResult<(ScramSecret, Option<()>)> {
+        let user = login.user().unwrap_or_default();
+        let verifier = self
+            .users
+            .get(user)
+            .and_then(|u| u.scram.as_ref())
+            .unwrap_or(&self.decoy);
+        Ok((verifier.secret(), None))
+    }
+}
+
+/// Builds each connection's authentication exchange.
+pub struct Authenticator {
+    store: Arc<UserStore>,
+    scram: ScramAuth,
+    md5: Md5PasswordAuth<UserStore>,
+}
+
+impl Authenticator {
+    pub fn new(config: &Config) -> Authenticator {
+        let store = Arc::new(UserStore::from_config(config));
+        Authenticator {
+            scram: ScramAuth::new(store.clone()),
+            md5: Md5PasswordAuth::new(store.clone()),
+            store,
+        }
+    }
+
+    /// The exchange for `user`, or `None` when the user is trusted.
+    pub fn mechanism(&self, user: &str) -> Option<Box<dyn AuthMechanism>> {
+        match self.store.method(user) {
+            AuthMethod::Trust => None,
+            AuthMethod::Md5 => Some(self.md5.create()),
+            AuthMethod::ScramSha256 => Some(self.scram.create()),
+        }
+    }
+}
+
+/// What pgwire's mechanisms may ask about the client.
+pub struct LoginClient {
+    addr: SocketAddr,
+    metadata: HashMap<String, String>,
+    extensions: SessionExtensions,
+}
+
+impl LoginClient {
+    pub fn new(addr: SocketAddr, user: &str, database: &str) -> LoginClient {
+        let metadata = HashMap::from([
+            (METADATA_USER.to_owned(), user.to_owned()),
+            (METADATA_DATABASE.to_owned(), database.to_owned()),
+        ]);
+        LoginClient {
+            addr,
+            metadata,
+            extensions: SessionExtensions::default(),
+        }
+    }
+}
+
+impl ClientInfo for LoginClient {
+    fn socket_addr(&self) -> SocketAddr {
+        self.addr
+    }
+    fn is_secure(&self) -> bool {
+        false
+    }
+    fn protocol_version(&self) -> ProtocolVersion {
+        ProtocolVersion::PROTOCOL3_0
+    }
+    fn set_protocol_version(&mut self, _: ProtocolVersion) {}
+    fn pid_and_secret_key(&self) -> (i32, SecretKey) {
+        (0, SecretKey::default())
+    }
+    fn set_pid_and_secret_key(&mut self, _: i32, _: SecretKey) {}
+    fn state(&self) -> PgWireConnectionState {
+        PgWireConnectionState::AuthenticationInProgress
+    }
+    fn set_state(&mut self, _: PgWireConnectionState) {}
+    fn transaction_status(&self) -> TransactionStatus {
+        TransactionStatus::Idle
+    }
+    fn set_transaction_status(&mut self, _: TransactionStatus) {}
+    fn metadata(&self) -> &HashMap<String, String> {
+        &self.metadata
+    }
+    fn metadata_mut(&mut self) -> &mut HashMap<String, String> {
+        &mut self.metadata
+    }
+    fn session_extensions(&self) -> &SessionExtensions {
+        &self.extensions
+    }
+    fn sni_server_name(&self) -> Option<&str> {
+        None
+    }
+    fn client_certificates<'a>(&self) -> Option<&[CertificateDer<'a>]> {
+        None
+    }
+}
+
+/// One step of an exchange, as the session must act on it.
+pub enum Step {
+    /// Send this request and feed the client's next password message back.
+    Send(Authentication),
+    /// Authenticated; send the optional final message, then AuthenticationOk.
+    Done(Option<Authentication>),
+    /// Refused: send this error and close.
+    Refused(ErrorInfo),
+}
+
+impl From<PgWireResult<AuthState>> for Step {
+    fn from(state: PgWireResult<AuthState>) -> Step {
+        match state {
+            Ok(AuthState::InProgress(auth)) => Step::Send(auth),
+            Ok(AuthState::Ok { final_message, .. }) => Step::Done(final_message),
+            Ok(AuthState::Failed(e)) | Err(e) => Step::Refused(refusal(e)),
+        }
+    }
+}
+
+/// Authentication failures are FATAL, as PostgreSQL reports them.
+fn refusal(e: PgWireError) -> ErrorInfo {
+    let mut info = ErrorInfo::from(e);
+    info.severity = "FATAL".into();
+    if info.code == "28P01" {
+        let user = info.message.clone();
+        info.message = format!("password authentication failed for user \"{user}\"");
+    }
+    info
+}
+
+/// Wraps a client's password-family frame body for the mechanism.
+pub fn password_message(body: &[u8]) -> PasswordMessageFamily {
+    PasswordMessageFamily::Raw(BytesMut::from(body))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn postgres_verifiers_parse() {
+        // PostgreSQL's format, for password "secret" with a fixed salt.
+        let v = "SCRAM-SHA-256$4096:AQIDBAUGBwgJCgsMDQ4PEA==$8rrDg00OqaiWXJ7p+sCgHEIaBSHY89ZJl3mfIsf32oY=:05L1f+yZbiN8O0AnO40Og85NNRhvzTS57naKRWCcsIA=";
+        let (iterations, salt, stored, server) = parse_scram_verifier(v).unwrap();
+        assert_eq!(iterations, 4096);
+        assert_eq!(salt.len(), 16);
+        assert_eq!((stored.len(), server.len()), (32, 32));
+        for bad in ["", "SCRAM-SHA-256$", "md5abc", "SCRAM-SHA-256$0:c2FsdA==$AAAA:AAAA", "SCRAM-SHA-256$4096:!!$a:b"] {
+            assert!(parse_scram_verifier(bad).is_none(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn wrong_password_refusals_say_28p01_fatal() {
+        let info = refusal(PgWireError::InvalidPassword("app".into()));
+        assert_eq!((info.severity.as_str(), info.code.as_str()), ("FATAL", "28P01"));
+        assert!(info.message.contains("\"app\""), "{}", info.message);
+    }
+}

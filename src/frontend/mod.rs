@@ -1,0 +1,285 @@
+//! The client side: one task per connection that takes a client from its
+//! first byte (SSLRequest, CancelRequest or StartupMessage) through
+//! authentication to a relaying [`session::Session`].
+
+pub mod auth;
+pub mod cancel;
+pub mod session;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use bytes::{Buf, BytesMut};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::sync::{watch, OwnedSemaphorePermit};
+use tracing::{debug, info, Instrument};
+
+use crate::backend::{self, ConnectError, Login, ServerConn};
+use crate::config::Config;
+use crate::protocol::startup::{read_startup, StartupError, StartupPacket};
+use crate::protocol::{be_i32, messages, Sqlstate};
+use crate::route;
+use crate::topology::TopologyHandle;
+use auth::{Authenticator, LoginClient, Step};
+use cancel::{CancelHandle, CancelRegistry, CancelTarget};
+use session::{ClientIo, Session};
+
+/// Password-family messages are small; a bigger one is an attack or a bug.
+const MAX_AUTH_MESSAGE: usize = 64 * 1024;
+
+/// What every client task shares.
+pub struct Shared {
+    pub config: Arc<Config>,
+    pub topology: TopologyHandle,
+    pub cancels: Arc<CancelRegistry>,
+    pub auth: Authenticator,
+    pub shutdown: watch::Receiver<bool>,
+}
+
+/// A startup that ends the connection before any relaying.
+#[derive(Debug)]
+enum Refusal {
+    /// Nothing to say: the client left, or sent a CancelRequest.
+    Silent,
+    /// Tell the client (already encoded into its output buffer), then close.
+    Told,
+}
+
+/// Serves one client connection to the end.
+pub async fn serve(stream: TcpStream, peer: SocketAddr, shared: Arc<Shared>, permit: Option<OwnedSemaphorePermit>) {
+    let span = tracing::info_span!("session", client = %peer, user = tracing::field::Empty);
+    async move {
+        let _ = stream.set_nodelay(true);
+        let (rd, wr) = stream.into_split();
+        let mut client = ClientIo {
+            rd,
+            wr,
+            inbuf: BytesMut::with_capacity(16 * 1024),
+            out: BytesMut::with_capacity(16 * 1024),
+        };
+        let timeout = shared.config.proxy.startup_timeout();
+        let started = tokio::time::timeout(timeout, start(&mut client, peer, &shared, permit.is_some())).await;
+        let connected = match started {
+            Ok(Ok(connected)) => connected,
+            Ok(Err(Refusal::Silent)) => return,
+            Ok(Err(Refusal::Told)) | Err(_) => {
+                if started.is_err() {
+                    messages::error(&mut client.out, true, Sqlstate::ConnectionFailure, "startup timed out");
+                }
+                let _ = client.wr.write_all(&client.out).await;
+                return;
+            }
+        };
+        let session = Session::new(
+            client,
+            connected.server,
+            connected.node_name,
+            shared.config.proxy.max_message_size,
+            connected.cancel,
+            shared.shutdown.clone(),
+        );
+        let end = session.run().await;
+        debug!(?end, "session ended");
+        drop(permit);
+    }
+    .instrument(span)
+    .await
+}
+
+/// A client that has authenticated and has a server connection.
+struct Connected {
+    server: ServerConn,
+    node_name: String,
+    cancel: CancelHandle,
+}
+
+/// Startup and authentication; on success the session is ready to relay.
+async fn start(client: &mut ClientIo, peer: SocketAddr, shared: &Shared, admitted: bool) -> Result<Connected, Refusal> {
+    let (minor_version, mut params) = negotiate(client, shared).await?;
+    if !admitted {
+        return Err(tell(client, Sqlstate::TooManyConnections, "sorry, too many clients already"));
+    }
+    let Some(user) = param(&params, "user").map(str::to_owned) else {
+        return Err(tell(
+            client,
+            Sqlstate::InvalidAuthorization,
+            "no PostgreSQL user name specified in startup packet",
+        ));
+    };
+    tracing::Span::current().record("user", user.as_str());
+    if param(&params, "database").is_none() {
+        params.push(("database".into(), user.clone()));
+    }
+    let unsupported: Vec<String> = params
+        .iter()
+        .filter(|(k, _)| k.starts_with("_pq_."))
+        .map(|(k, _)| k.clone())
+        .collect();
+    if minor_version > 0 || !unsupported.is_empty() {
+        params.retain(|(k, _)| !k.starts_with("_pq_."));
+        messages::negotiate_protocol_version(&mut client.out, unsupported);
+    }
+    let database = param(&params, "database").unwrap_or_default().to_owned();
+    authenticate(client, peer, shared, &user, &database).await?;
+    connect_session(client, shared, &user, params).await
+}
+
+/// Reads startup packets until a StartupMessage, answering SSL/GSS requests
+/// (no encryption yet: 'N') and CancelRequests on the way.
+async fn negotiate(client: &mut ClientIo, shared: &Shared) -> Result<(u16, Vec<(String, String)>), Refusal> {
+    loop {
+        let packet = match read_startup(&mut client.rd).await {
+            Ok(p) => p,
+            Err(StartupError::Closed | StartupError::Io(_)) => return Err(Refusal::Silent),
+            Err(e @ StartupError::UnsupportedVersion(_)) => {
+                return Err(tell(client, Sqlstate::FeatureNotSupported, &e.to_string()))
+            }
+            Err(e) => return Err(tell(client, Sqlstate::ProtocolViolation, &e.to_string())),
+        };
+        match packet {
+            StartupPacket::SslRequest | StartupPacket::GssEncRequest => {
+                if client.wr.write_all(b"N").await.is_err() {
+                    return Err(Refusal::Silent);
+                }
+            }
+            StartupPacket::Cancel { pid, secret } => {
+                let key = backend::BackendKey { pid, secret };
+                shared.cancels.cancel(key, shared.config.proxy.connect_timeout()).await;
+                return Err(Refusal::Silent);
+            }
+            StartupPacket::Startup { minor_version, params } => return Ok((minor_version, params)),
+        }
+    }
+}
+
+/// Runs the user's authentication exchange (pgwire's mechanisms) to the end.
+async fn authenticate(
+    client: &mut ClientIo,
+    peer: SocketAddr,
+    shared: &Shared,
+    user: &str,
+    database: &str,
+) -> Result<(), Refusal> {
+    if let Some(mut mechanism) = shared.auth.mechanism(user) {
+        let login = LoginClient::new(peer, user, database);
+        let mut step = Step::from(mechanism.begin(&login).await);
+        loop {
+            match step {
+                Step::Send(request) => {
+                    messages::authentication(&mut client.out, &request);
+                    flush(client).await?;
+                    let body = read_password_message(client).await?;
+                    step = Step::from(mechanism.next(&login, auth::password_message(&body)).await);
+                }
+                Step::Done(last) => {
+                    if let Some(last) = last {
+                        messages::authentication(&mut client.out, &last);
+                    }
+                    break;
+                }
+                Step::Refused(info) => {
+                    info!(code = %info.code, "authentication failed");
+                    messages::encode_error_info(&mut client.out, info);
+                    return Err(Refusal::Told);
+                }
+            }
+        }
+    }
+    messages::authentication(&mut client.out, &pgwire::messages::startup::Authentication::Ok);
+    Ok(())
+}
+
+/// Opens the session's server connection and completes the client's startup.
+async fn connect_session(
+    client: &mut ClientIo,
+    shared: &Shared,
+    user: &str,
+    mut params: Vec<(String, String)>,
+) -> Result<Connected, Refusal> {
+    let topology = shared.topology.load();
+    let target = match route::route(&topology) {
+        Ok(t) => t,
+        Err(e) => return Err(tell(client, Sqlstate::UnableToConnect, &e.to_string())),
+    };
+    let node = &topology.nodes[target.node];
+    let user_config = shared.config.user(user);
+    let server_user = user_config.map_or(user, |u| u.server_user());
+    for (k, v) in params.iter_mut() {
+        if k == "user" {
+            *v = server_user.to_owned();
+        }
+    }
+    let login = Login {
+        user: server_user,
+        password: user_config.and_then(|u| u.server_password()),
+        params: &params,
+    };
+    let server = match backend::connect(&node.host, node.port, &login, shared.config.proxy.connect_timeout()).await {
+        Ok(s) => s,
+        Err(ConnectError::Refused { error, .. }) => {
+            client.out.extend_from_slice(&error);
+            return Err(Refusal::Told);
+        }
+        Err(e) => return Err(tell(client, Sqlstate::UnableToConnect, &e.to_string())),
+    };
+    let cancel = shared.cancels.register();
+    cancel.set_target(server.key.map(|key| CancelTarget {
+        host: server.host.clone(),
+        port: server.port,
+        key,
+    }));
+    for (name, value) in &server.params {
+        messages::parameter_status(&mut client.out, name, value);
+    }
+    messages::backend_key_data(&mut client.out, cancel.key.pid, cancel.key.secret);
+    messages::ready_for_query(&mut client.out, b'I');
+    Ok(Connected {
+        server,
+        node_name: node.name.clone(),
+        cancel,
+    })
+}
+
+fn param<'a>(params: &'a [(String, String)], name: &str) -> Option<&'a str> {
+    params.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str())
+}
+
+/// Queues a FATAL error for the client and refuses the startup.
+fn tell(client: &mut ClientIo, state: Sqlstate, message: &str) -> Refusal {
+    messages::error(&mut client.out, true, state, message);
+    Refusal::Told
+}
+
+async fn flush(client: &mut ClientIo) -> Result<(), Refusal> {
+    let result = client.wr.write_all(&client.out).await;
+    client.out.clear();
+    result.map_err(|_| Refusal::Silent)
+}
+
+/// Reads one 'p' (password family) message body, with its length capped.
+async fn read_password_message(client: &mut ClientIo) -> Result<Vec<u8>, Refusal> {
+    loop {
+        if client.inbuf.len() >= 5 {
+            let tag = client.inbuf[0];
+            let len = be_i32(&client.inbuf[1..5]);
+            if tag != b'p' {
+                let message = format!("expected password response, got message type {:?}", tag as char);
+                return Err(tell(client, Sqlstate::ProtocolViolation, &message));
+            }
+            if !(4..=MAX_AUTH_MESSAGE as i32).contains(&len) {
+                return Err(tell(client, Sqlstate::ProtocolViolation, &format!("invalid message length {len}")));
+            }
+            let total = 1 + len as usize;
+            if client.inbuf.len() >= total {
+                let body = client.inbuf[5..total].to_vec();
+                client.inbuf.advance(total);
+                return Ok(body);
+            }
+        }
+        match client.rd.read_buf(&mut client.inbuf).await {
+            Ok(n) if n > 0 => {}
+            _ => return Err(Refusal::Silent),
+        }
+    }
+}

@@ -1,0 +1,23 @@
+//! Palisade: a PostgreSQL-wire-compatible proxy for a replicated cluster.
+//!
+//! The data plane (per client): [`frontend`] takes a connection through
+//! startup and authentication, [`route`] picks a node from the published
+//! [`topology`], [`backend`] opens the server connection, and the session
+//! relays raw frames until the client leaves. Only the messages that carry
+//! state are decoded ([`protocol`]).
+//!
+//! The control plane ([`control`]) probes every node on its own connections
+//! and is the single writer of the topology snapshot the data plane reads.
+//! [`proxy::Proxy`] assembles both; [`cluster`] starts real local PostgreSQL
+//! clusters for the demo and the tests.
+
+pub mod backend;
+pub mod config;
+pub mod cluster;
+pub mod control;
+pub mod demo;
+pub mod frontend;
+pub mod protocol;
+pub mod proxy;
+pub mod route;
+pub mod topology;

@@ -1,0 +1,87 @@
+//! The `palisade` command: run the proxy, run the demo, check a config.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use palisade::config::Config;
+use palisade::proxy::Proxy;
+
+#[derive(Parser)]
+#[command(name = "palisade", version, about = "A PostgreSQL proxy for replicated clusters")]
+struct Cli {
+    /// Run the proxy with this config file.
+    #[arg(long, short, value_name = "FILE")]
+    config: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Start a local primary + replicas from this machine's PostgreSQL binaries,
+    /// with Palisade in front, and print the psql command to connect.
+    Demo {
+        /// Where the proxy listens.
+        #[arg(long, default_value = "127.0.0.1:6432")]
+        listen: SocketAddr,
+        /// How many streaming replicas to start.
+        #[arg(long, default_value_t = 2)]
+        replicas: usize,
+    },
+    /// Validate a config file; exits non-zero naming the bad key and the rule.
+    CheckConfig {
+        #[arg(value_name = "FILE")]
+        file: PathBuf,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_tracing();
+    match (cli.command, cli.config) {
+        (Some(Command::CheckConfig { file }), _) => match Config::load(&file) {
+            Ok(c) => {
+                println!("{}: ok ({} nodes, {} users)", file.display(), c.nodes.len(), c.users.len());
+                ExitCode::SUCCESS
+            }
+            Err(e) => fail(&format!("{}: {e}", file.display())),
+        },
+        (Some(Command::Demo { listen, replicas }), _) => runtime(palisade::demo::run(listen, replicas)),
+        (None, Some(file)) => match Config::load(&file) {
+            Ok(config) => runtime(run(config)),
+            Err(e) => fail(&format!("{}: {e}", file.display())),
+        },
+        (None, None) => fail("nothing to do: pass --config FILE, or try `palisade demo` (see --help)"),
+    }
+}
+
+async fn run(config: Config) -> Result<(), String> {
+    let proxy = Proxy::start(config).await.map_err(|e| e.to_string())?;
+    palisade::demo::wait_for_signal().await;
+    proxy.shutdown().await;
+    Ok(())
+}
+
+fn runtime(work: impl std::future::Future<Output = Result<(), String>>) -> ExitCode {
+    let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => return fail(&format!("cannot start the runtime: {e}")),
+    };
+    match rt.block_on(work) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => fail(&e),
+    }
+}
+
+fn fail(message: &str) -> ExitCode {
+    eprintln!("palisade: {message}");
+    ExitCode::FAILURE
+}
+
+fn init_tracing() {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("PALISADE_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
+}

@@ -1,0 +1,132 @@
+//! The messages Palisade writes itself, encoded with pgwire's types.
+//!
+//! Everything a server says is relayed as bytes; these are only the replies
+//! the proxy owns: its part of startup, and errors raised at the proxy.
+
+use bytes::BytesMut;
+use pgwire::error::ErrorInfo;
+use pgwire::messages::response::{ErrorResponse, NoticeResponse, ReadyForQuery, TransactionStatus};
+use pgwire::messages::startup::{
+    Authentication, BackendKeyData, NegotiateProtocolVersion, ParameterStatus, SecretKey,
+};
+use pgwire::messages::Message;
+
+/// The SQLSTATE codes Palisade raises itself.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Sqlstate {
+    /// 08P01: the client broke the protocol.
+    ProtocolViolation,
+    /// 08006: a server connection failed.
+    ConnectionFailure,
+    /// 08001: no server connection could be opened.
+    UnableToConnect,
+    /// 28P01: wrong password.
+    InvalidPassword,
+    /// 28000: unknown user or unusable credentials.
+    InvalidAuthorization,
+    /// 53300: too many connections.
+    TooManyConnections,
+    /// 54000: a message over the size limit.
+    ProgramLimitExceeded,
+    /// 57P01: the proxy is shutting down.
+    AdminShutdown,
+    /// 0A000: a feature the proxy does not support.
+    FeatureNotSupported,
+    /// XX000: a bug in the proxy.
+    Internal,
+}
+
+impl Sqlstate {
+    pub fn code(self) -> &'static str {
+        match self {
+            Sqlstate::ProtocolViolation => "08P01",
+            Sqlstate::ConnectionFailure => "08006",
+            Sqlstate::UnableToConnect => "08001",
+            Sqlstate::InvalidPassword => "28P01",
+            Sqlstate::InvalidAuthorization => "28000",
+            Sqlstate::TooManyConnections => "53300",
+            Sqlstate::ProgramLimitExceeded => "54000",
+            Sqlstate::AdminShutdown => "57P01",
+            Sqlstate::FeatureNotSupported => "0A000",
+            Sqlstate::Internal => "XX000",
+        }
+    }
+}
+
+/// Encodes a pgwire message; our own messages are small and well-formed, so
+/// the only possible failure (over pgwire's size cap) cannot happen here.
+fn encode(buf: &mut BytesMut, message: &impl Message) {
+    if let Err(e) = message.encode(buf) {
+        tracing::error!(error = %e, "failed to encode a proxy message");
+    }
+}
+
+/// An ErrorResponse (`fatal` decides between FATAL and ERROR).
+pub fn error(buf: &mut BytesMut, fatal: bool, state: Sqlstate, message: &str) {
+    let severity = if fatal { "FATAL" } else { "ERROR" };
+    encode_error_info(buf, ErrorInfo::new(severity.into(), state.code().into(), message.into()));
+}
+
+/// An ErrorResponse from pgwire's own error description (authentication failures).
+pub fn encode_error_info(buf: &mut BytesMut, info: ErrorInfo) {
+    encode(buf, &ErrorResponse::from(info));
+}
+
+/// A NoticeResponse of severity NOTICE.
+pub fn notice(buf: &mut BytesMut, message: &str) {
+    let info = ErrorInfo::new("NOTICE".into(), "00000".into(), message.into());
+    encode(buf, &NoticeResponse::from(info));
+}
+
+pub fn authentication(buf: &mut BytesMut, auth: &Authentication) {
+    encode(buf, auth);
+}
+
+pub fn parameter_status(buf: &mut BytesMut, name: &str, value: &str) {
+    encode(buf, &ParameterStatus::new(name.into(), value.into()));
+}
+
+pub fn backend_key_data(buf: &mut BytesMut, pid: i32, secret: i32) {
+    encode(buf, &BackendKeyData::new(pid, SecretKey::I32(secret)));
+}
+
+pub fn ready_for_query(buf: &mut BytesMut, status: u8) {
+    let status = match status {
+        b'T' => TransactionStatus::Transaction,
+        b'E' => TransactionStatus::Error,
+        _ => TransactionStatus::Idle,
+    };
+    encode(buf, &ReadyForQuery::new(status));
+}
+
+/// Tells a client asking for protocol 3.x (x > 0) or `_pq_` options that we speak 3.0.
+pub fn negotiate_protocol_version(buf: &mut BytesMut, unsupported_options: Vec<String>) {
+    encode(buf, &NegotiateProtocolVersion::new(0, unsupported_options));
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn error_carries_severity_code_and_message() {
+        let mut buf = BytesMut::new();
+        error(&mut buf, true, Sqlstate::InvalidPassword, "nope");
+        assert_eq!(buf[0], b'E');
+        let body = &buf[5..];
+        let text = String::from_utf8_lossy(body);
+        assert!(text.contains("SFATAL\0"), "{text:?}");
+        assert!(text.contains("C28P01\0"), "{text:?}");
+        assert!(text.contains("Mnope\0"), "{text:?}");
+        assert_eq!(super::super::be_i32(&buf[1..5]) as usize, buf.len() - 1);
+    }
+
+    #[test]
+    fn ready_for_query_maps_status_bytes() {
+        for status in [b'I', b'T', b'E'] {
+            let mut buf = BytesMut::new();
+            ready_for_query(&mut buf, status);
+            assert_eq!(&buf[..], &[b'Z', 0, 0, 0, 5, status]);
+        }
+    }
+}

@@ -1,0 +1,31 @@
+//! The PostgreSQL wire protocol, as much of it as a relay needs.
+//!
+//! Frames are checked before they are parsed and every length is capped
+//! ([`scan`]); the startup packets that precede framing are read by
+//! [`startup`]; the few messages Palisade writes itself (errors, the startup
+//! reply, ReadyForQuery) are encoded with pgwire's message types in
+//! [`messages`]. Everything else crosses the proxy as raw bytes.
+
+pub mod messages;
+pub mod scan;
+pub mod startup;
+
+pub use messages::Sqlstate;
+pub use scan::{FrameScanner, ScanError};
+
+/// Reads a big-endian i32 from the first four bytes of `b`.
+///
+/// Callers check the length first; a short slice reads as zero-padded.
+pub fn be_i32(b: &[u8]) -> i32 {
+    let mut word = [0u8; 4];
+    let n = b.len().min(4);
+    word[..n].copy_from_slice(&b[..n]);
+    i32::from_be_bytes(word)
+}
+
+/// Splits a NUL-terminated string off the front of `b`.
+pub fn cstr(b: &[u8]) -> Option<(&str, &[u8])> {
+    let end = b.iter().position(|&c| c == 0)?;
+    let s = std::str::from_utf8(&b[..end]).ok()?;
+    Some((s, &b[end + 1..]))
+}

@@ -1,0 +1,114 @@
+//! Assembles a running proxy: the control plane's monitor, the listener, and
+//! one task per client. [`Proxy::start`] is what `palisade --config`, the
+//! demo and the integration tests all run.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use tokio::net::TcpListener;
+use tokio::sync::{watch, Semaphore};
+use tokio::task::JoinHandle;
+use tracing::{info, warn};
+
+use crate::config::{Config, ConfigError};
+use crate::control::Monitor;
+use crate::frontend::auth::Authenticator;
+use crate::frontend::cancel::CancelRegistry;
+use crate::frontend::{self, Shared};
+use crate::topology::{Topology, TopologyHandle};
+
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error("cannot listen on {addr}: {source}")]
+    Listen { addr: SocketAddr, source: std::io::Error },
+}
+
+/// A running proxy. Dropping it without [`Proxy::shutdown`] aborts its tasks.
+pub struct Proxy {
+    addr: SocketAddr,
+    topology: TopologyHandle,
+    shutdown: watch::Sender<bool>,
+    listener: JoinHandle<()>,
+    monitor: Monitor,
+}
+
+impl Proxy {
+    /// Validates the config, probes the nodes once, and starts listening.
+    pub async fn start(config: Config) -> Result<Proxy, StartError> {
+        config.validate()?;
+        let addr = config.listen_addr()?;
+        let listener = TcpListener::bind(addr)
+            .await
+            .map_err(|source| StartError::Listen { addr, source })?;
+        let addr = listener.local_addr().map_err(|source| StartError::Listen { addr, source })?;
+        let (shutdown, shutdown_rx) = watch::channel(false);
+        let topology = TopologyHandle::new(Topology::from_config(&config.nodes));
+        let monitor = Monitor::start(&config, topology.clone(), shutdown_rx.clone()).await;
+        let shared = Arc::new(Shared {
+            auth: Authenticator::new(&config),
+            config: Arc::new(config),
+            topology: topology.clone(),
+            cancels: Arc::new(CancelRegistry::default()),
+            shutdown: shutdown_rx,
+        });
+        info!(%addr, "palisade is listening");
+        let listener = tokio::spawn(accept_loop(listener, shared));
+        Ok(Proxy {
+            addr,
+            topology,
+            shutdown,
+            listener,
+            monitor,
+        })
+    }
+
+    /// The address clients connect to (useful when listening on port 0).
+    pub fn local_addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// The current published topology.
+    pub fn topology(&self) -> Arc<Topology> {
+        self.topology.load()
+    }
+
+    /// Stops accepting, tells every session to end, and waits for the
+    /// listener and the control plane to stop.
+    pub async fn shutdown(mut self) {
+        let _ = self.shutdown.send(true);
+        let _ = (&mut self.listener).await;
+        self.monitor.join().await;
+    }
+}
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        let _ = self.shutdown.send(true);
+        self.listener.abort();
+    }
+}
+
+async fn accept_loop(listener: TcpListener, shared: Arc<Shared>) {
+    let limit = Arc::new(Semaphore::new(shared.config.proxy.max_client_connections));
+    let mut shutdown = shared.shutdown.clone();
+    loop {
+        let accepted = tokio::select! {
+            a = listener.accept() => a,
+            _ = shutdown.changed() => return,
+        };
+        match accepted {
+            Ok((stream, peer)) => {
+                // Over the limit the client is still served, with 53300, so it learns why.
+                let permit = limit.clone().try_acquire_owned().ok();
+                tokio::spawn(frontend::serve(stream, peer, shared.clone(), permit));
+            }
+            Err(e) => {
+                // Out of file descriptors and the like: back off instead of spinning.
+                warn!(error = %e, "accept failed");
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            }
+        }
+    }
+}

@@ -1,0 +1,366 @@
+//! Bad input and dying servers: every failure gets a proper ErrorResponse
+//! with a real SQLSTATE, and the proxy keeps serving everyone else.
+
+mod support;
+
+use std::time::Duration;
+
+use palisade::cluster::{ClusterOptions, LocalCluster};
+use palisade::config::AuthMethod;
+use support::harness::{self, connect, connect_with, sqlstate, start_proxy, url, user};
+use support::relay::FaultyRelay;
+use support::shared_cluster;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+const TIMEOUT: Duration = Duration::from_secs(10);
+
+fn startup_packet(version: i32, params: &[(&str, &str)]) -> Vec<u8> {
+    let mut body = version.to_be_bytes().to_vec();
+    for (k, v) in params {
+        body.extend_from_slice(k.as_bytes());
+        body.push(0);
+        body.extend_from_slice(v.as_bytes());
+        body.push(0);
+    }
+    body.push(0);
+    let mut packet = ((body.len() + 4) as i32).to_be_bytes().to_vec();
+    packet.extend(body);
+    packet
+}
+
+/// Reads one tagged message.
+async fn read_message(stream: &mut TcpStream) -> (u8, Vec<u8>) {
+    let mut header = [0u8; 5];
+    tokio::time::timeout(TIMEOUT, stream.read_exact(&mut header))
+        .await
+        .expect("a reply in time")
+        .expect("a message header");
+    let len = i32::from_be_bytes(header[1..5].try_into().unwrap()) as usize;
+    let mut body = vec![0u8; len - 4];
+    stream.read_exact(&mut body).await.unwrap();
+    (header[0], body)
+}
+
+/// Reads messages until one with `tag`; returns it.
+async fn read_until(stream: &mut TcpStream, tag: u8) -> Vec<u8> {
+    loop {
+        let (t, body) = read_message(stream).await;
+        if t == tag {
+            return body;
+        }
+    }
+}
+
+/// The value of one field of an ErrorResponse body.
+fn field(body: &[u8], code: u8) -> String {
+    let mut parts = body.split(|&b| b == 0);
+    parts
+        .find(|p| p.first() == Some(&code))
+        .map(|p| String::from_utf8_lossy(&p[1..]).into_owned())
+        .unwrap_or_default()
+}
+
+/// A raw connection logged in as a trusted user, ready for query.
+async fn raw_session(addr: std::net::SocketAddr, user: &str) -> TcpStream {
+    let mut stream = TcpStream::connect(addr).await.unwrap();
+    let packet = startup_packet(196_608, &[("user", user), ("database", "postgres")]);
+    stream.write_all(&packet).await.unwrap();
+    read_until(&mut stream, b'Z').await;
+    stream
+}
+
+async fn assert_closed(stream: &mut TcpStream) {
+    let mut rest = Vec::new();
+    let read = tokio::time::timeout(TIMEOUT, stream.read_to_end(&mut rest)).await;
+    assert!(read.is_ok(), "the proxy must close the connection");
+}
+
+async fn select_one_works(client: &tokio_postgres::Client) {
+    let one: i32 = client.query_one("SELECT 1", &[]).await.unwrap().get(0);
+    assert_eq!(one, 1);
+}
+
+#[tokio::test]
+async fn wrong_password_is_28p01_and_right_one_works() {
+    let cluster = shared_cluster();
+    let proxy = start_proxy(cluster, |_| {}).await;
+    let err = connect_with(&url(&proxy, cluster.superuser(), "wrong")).await.unwrap_err();
+    assert_eq!(sqlstate(&err), "28P01");
+    let err = connect_with(&url(&proxy, "nobody", "x")).await.unwrap_err();
+    assert_eq!(sqlstate(&err), "28P01", "unknown users look like wrong passwords");
+    let (client, _) = connect(&proxy, cluster).await;
+    select_one_works(&client).await;
+}
+
+#[tokio::test]
+async fn md5_trust_and_verifier_client_auth() {
+    let cluster = shared_cluster();
+    let verifier = cluster
+        .psql(
+            0,
+            "SET password_encryption = 'scram-sha-256'; \
+             DO $$ BEGIN IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = 'palisade_verifier') THEN \
+             CREATE ROLE palisade_verifier LOGIN SUPERUSER; END IF; END $$; \
+             ALTER ROLE palisade_verifier PASSWORD 'verifier-secret'; \
+             SELECT rolpassword FROM pg_authid WHERE rolname = 'palisade_verifier'",
+        )
+        .unwrap();
+    let proxy = start_proxy(cluster, |c| {
+        let password = c.users[0].password.clone();
+        let mut md5 = user("md5_client", AuthMethod::Md5, Some("md5-secret"));
+        md5.server_user = Some(c.users[0].name.clone());
+        md5.server_password = password.clone();
+        let mut trusted = user("trusted_client", AuthMethod::Trust, None);
+        trusted.server_user = Some(c.users[0].name.clone());
+        trusted.server_password = password;
+        let mut stored = user("palisade_verifier", AuthMethod::ScramSha256, None);
+        stored.scram_verifier = Some(verifier.trim().to_owned());
+        stored.server_password = Some("verifier-secret".into());
+        c.users.extend([md5, trusted, stored]);
+    })
+    .await;
+    for (name, password) in [("md5_client", "md5-secret"), ("trusted_client", "anything"), ("palisade_verifier", "verifier-secret")] {
+        let (client, _) = connect_with(&url(&proxy, name, password))
+            .await
+            .unwrap_or_else(|e| panic!("{name}: {e}"));
+        select_one_works(&client).await;
+    }
+    let err = connect_with(&url(&proxy, "md5_client", "bad")).await.unwrap_err();
+    assert_eq!(sqlstate(&err), "28P01");
+    let err = connect_with(&url(&proxy, "palisade_verifier", "bad")).await.unwrap_err();
+    assert_eq!(sqlstate(&err), "28P01");
+}
+
+#[tokio::test]
+async fn server_side_md5_cleartext_and_trust_logins() {
+    let cluster = shared_cluster();
+    cluster
+        .psql(
+            0,
+            "SET password_encryption = 'md5'; \
+             DO $$ BEGIN \
+               IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = 'palisade_md5') THEN CREATE ROLE palisade_md5 LOGIN; END IF; \
+               IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = 'palisade_clear') THEN CREATE ROLE palisade_clear LOGIN; END IF; \
+               IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = 'palisade_trust') THEN CREATE ROLE palisade_trust LOGIN; END IF; \
+             END $$; \
+             ALTER ROLE palisade_md5 PASSWORD 'md5-pw'; ALTER ROLE palisade_clear PASSWORD 'clear-pw'",
+        )
+        .unwrap();
+    let proxy = start_proxy(cluster, |c| {
+        c.users.push(user("palisade_md5", AuthMethod::ScramSha256, Some("md5-pw")));
+        c.users.push(user("palisade_clear", AuthMethod::ScramSha256, Some("clear-pw")));
+        c.users.push(user("palisade_trust", AuthMethod::ScramSha256, Some("any")));
+        let mut wrong = user("wrong_server_pw", AuthMethod::Trust, None);
+        wrong.server_user = Some("palisade_md5".into());
+        wrong.server_password = Some("not-it".into());
+        c.users.push(wrong);
+    })
+    .await;
+    for (name, password) in [("palisade_md5", "md5-pw"), ("palisade_clear", "clear-pw"), ("palisade_trust", "any")] {
+        let (client, _) = connect_with(&url(&proxy, name, password))
+            .await
+            .unwrap_or_else(|e| panic!("{name}: {e}"));
+        let who: String = client.query_one("SELECT current_user::text", &[]).await.unwrap().get(0);
+        assert_eq!(who, name);
+    }
+    // The server's own refusal reaches the client as PostgreSQL sent it.
+    let err = connect_with(&url(&proxy, "wrong_server_pw", "x")).await.unwrap_err();
+    assert_eq!(sqlstate(&err), "28P01");
+}
+
+#[tokio::test]
+async fn ssl_and_gssenc_requests_are_declined_then_startup_proceeds() {
+    let cluster = shared_cluster();
+    let proxy = start_proxy(cluster, |c| c.users[0].auth = AuthMethod::Trust).await;
+    let mut stream = TcpStream::connect(proxy.local_addr()).await.unwrap();
+    for code in [80_877_104i32, 80_877_103] {
+        let mut request = 8i32.to_be_bytes().to_vec();
+        request.extend(code.to_be_bytes());
+        stream.write_all(&request).await.unwrap();
+        let mut answer = [0u8; 1];
+        stream.read_exact(&mut answer).await.unwrap();
+        assert_eq!(&answer, b"N");
+    }
+    stream
+        .write_all(&startup_packet(196_608, &[("user", cluster.superuser())]))
+        .await
+        .unwrap();
+    let (tag, body) = read_message(&mut stream).await;
+    assert_eq!((tag, body.as_slice()), (b'R', &0i32.to_be_bytes()[..]), "AuthenticationOk");
+    let mut saw_key = false;
+    loop {
+        let (tag, _) = read_message(&mut stream).await;
+        saw_key |= tag == b'K';
+        if tag == b'Z' {
+            break;
+        }
+    }
+    assert!(saw_key, "BackendKeyData is sent");
+}
+
+#[tokio::test]
+async fn newer_protocol_versions_are_negotiated_down_to_3_0() {
+    let cluster = shared_cluster();
+    let proxy = start_proxy(cluster, |c| c.users[0].auth = AuthMethod::Trust).await;
+    let mut stream = TcpStream::connect(proxy.local_addr()).await.unwrap();
+    let packet = startup_packet(196_610, &[("user", cluster.superuser()), ("_pq_.future", "on")]);
+    stream.write_all(&packet).await.unwrap();
+    let (tag, body) = read_message(&mut stream).await;
+    assert_eq!(tag, b'v', "NegotiateProtocolVersion");
+    assert_eq!(&body[..4], &0i32.to_be_bytes());
+    assert_eq!(&body[4..8], &1i32.to_be_bytes());
+    assert_eq!(&body[8..], b"_pq_.future\0");
+    read_until(&mut stream, b'Z').await;
+}
+
+#[tokio::test]
+async fn malformed_startup_packets_get_08p01_and_others_are_unaffected() {
+    let cluster = shared_cluster();
+    let proxy = start_proxy(cluster, |_| {}).await;
+    let (bystander, _) = connect(&proxy, cluster).await;
+    let bad_packets: [Vec<u8>; 3] = [
+        // A length far over the startup limit.
+        i32::MAX.to_be_bytes().to_vec(),
+        // A parameter list without its terminator.
+        {
+            let mut p = startup_packet(196_608, &[("user", "x")]);
+            p.pop();
+            p[3] -= 1;
+            p
+        },
+        // An unknown protocol.
+        startup_packet(0x0009_0000, &[]),
+    ];
+    for (i, packet) in bad_packets.iter().enumerate() {
+        let mut stream = TcpStream::connect(proxy.local_addr()).await.unwrap();
+        stream.write_all(packet).await.unwrap();
+        let (tag, body) = read_message(&mut stream).await;
+        assert_eq!(tag, b'E', "packet {i}");
+        let expected = if i == 2 { "0A000" } else { "08P01" };
+        assert_eq!(field(&body, b'C'), expected, "packet {i}: {}", field(&body, b'M'));
+        assert_closed(&mut stream).await;
+    }
+    select_one_works(&bystander).await;
+}
+
+#[tokio::test]
+async fn oversized_and_malformed_frames_close_only_that_client() {
+    let cluster = shared_cluster();
+    let proxy = start_proxy(cluster, |c| {
+        c.users[0].auth = AuthMethod::Trust;
+        c.proxy.max_message_size = 64 * 1024;
+    })
+    .await;
+    let (bystander, _) = connect(&proxy, cluster).await;
+
+    let mut stream = raw_session(proxy.local_addr(), cluster.superuser()).await;
+    let mut frame = vec![b'Q'];
+    frame.extend(i32::MAX.to_be_bytes());
+    stream.write_all(&frame).await.unwrap();
+    let (tag, body) = read_message(&mut stream).await;
+    assert_eq!((tag, field(&body, b'C').as_str()), (b'E', "54000"), "{}", field(&body, b'M'));
+    assert_closed(&mut stream).await;
+
+    let mut stream = raw_session(proxy.local_addr(), cluster.superuser()).await;
+    stream.write_all(&[b'Q', 0, 0, 0, 2]).await.unwrap();
+    let (tag, body) = read_message(&mut stream).await;
+    assert_eq!((tag, field(&body, b'C').as_str()), (b'E', "08P01"));
+    assert_closed(&mut stream).await;
+
+    // A query just under the limit is fine.
+    let mut stream = raw_session(proxy.local_addr(), cluster.superuser()).await;
+    let sql = format!("SELECT length('{}')\0", "x".repeat(60 * 1024));
+    let mut frame = vec![b'Q'];
+    frame.extend(((sql.len() + 4) as i32).to_be_bytes());
+    frame.extend(sql.as_bytes());
+    stream.write_all(&frame).await.unwrap();
+    let row = read_until(&mut stream, b'D').await;
+    assert!(row.ends_with(b"61440"), "{row:?}");
+    read_until(&mut stream, b'Z').await;
+
+    select_one_works(&bystander).await;
+}
+
+#[tokio::test]
+async fn too_many_clients_get_53300() {
+    let cluster = shared_cluster();
+    let proxy = start_proxy(cluster, |c| c.proxy.max_client_connections = 2).await;
+    let (a, _) = connect(&proxy, cluster).await;
+    let (_b, _) = connect(&proxy, cluster).await;
+    let err = connect_with(&url(&proxy, cluster.superuser(), cluster.password())).await.unwrap_err();
+    assert_eq!(sqlstate(&err), "53300");
+    select_one_works(&a).await;
+    drop(a);
+    // The freed slot can be used again once the first session has ended.
+    let mut last = None;
+    for _ in 0..50 {
+        match connect_with(&url(&proxy, cluster.superuser(), cluster.password())).await {
+            Ok(_) => return,
+            Err(e) => last = Some(sqlstate(&e)),
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("slot never freed: {last:?}");
+}
+
+#[tokio::test]
+async fn server_terminated_session_gets_57p01() {
+    let cluster = shared_cluster();
+    let proxy = start_proxy(cluster, |_| {}).await;
+    let (victim, _) = connect(&proxy, cluster).await;
+    let pid: i32 = victim.query_one("SELECT pg_backend_pid()", &[]).await.unwrap().get(0);
+    let (killer, _) = connect(&proxy, cluster).await;
+    let sleeping = tokio::spawn(async move { victim.batch_execute("SELECT pg_sleep(30)").await });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    killer.query("SELECT pg_terminate_backend($1)", &[&pid]).await.unwrap();
+    let err = tokio::time::timeout(TIMEOUT, sleeping).await.expect("no hang").unwrap().unwrap_err();
+    assert_eq!(sqlstate(&err), "57P01");
+    select_one_works(&killer).await;
+}
+
+#[tokio::test]
+async fn lost_server_connection_mid_query_gets_class_08() {
+    let cluster = shared_cluster();
+    let relay = FaultyRelay::start(format!("127.0.0.1:{}", cluster.primary().port).parse().unwrap());
+    let proxy = start_proxy(cluster, |c| {
+        c.nodes.truncate(1);
+        c.nodes[0].port = relay.addr().port();
+    })
+    .await;
+    let (client, _) = connect(&proxy, cluster).await;
+    let running = tokio::spawn(async move { client.batch_execute("SELECT pg_sleep(30)").await });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    relay.cut();
+    let err = tokio::time::timeout(TIMEOUT, running).await.expect("no hang").unwrap().unwrap_err();
+    assert!(sqlstate(&err).starts_with("08"), "{err:?}");
+    // New sessions work once the path is back.
+    let (client, _) = connect(&proxy, cluster).await;
+    select_one_works(&client).await;
+}
+
+#[tokio::test]
+async fn killed_server_process_mid_query_gets_an_error_not_a_hang() {
+    // A SIGKILLed backend makes PostgreSQL restart every session, so this
+    // test has a cluster of its own.
+    let options = ClusterOptions {
+        replicas: 0,
+        ..ClusterOptions::default()
+    };
+    let cluster = tokio::task::spawn_blocking(|| LocalCluster::start(options))
+        .await
+        .unwrap()
+        .unwrap_or_else(|e| panic!("{e}"));
+    let proxy = start_proxy(&cluster, |_| {}).await;
+    let (client, _) = harness::connect(&proxy, &cluster).await;
+    let pid: i32 = client.query_one("SELECT pg_backend_pid()", &[]).await.unwrap().get(0);
+    let running = tokio::spawn(async move { client.batch_execute("SELECT pg_sleep(30)").await });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    // SAFETY: kill(2) with a pid of a server process this test started.
+    assert_eq!(unsafe { libc::kill(pid, libc::SIGKILL) }, 0);
+    let err = tokio::time::timeout(TIMEOUT, running).await.expect("no hang").unwrap().unwrap_err();
+    let state = sqlstate(&err);
+    assert!(state.starts_with("08") || state == "57P01" || state == "57P02", "{err:?}");
+    drop(proxy);
+    tokio::task::spawn_blocking(move || drop(cluster)).await.unwrap();
+}
