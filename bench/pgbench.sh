@@ -197,9 +197,14 @@ free_port() {
     die "no free port found on 127.0.0.1"
 }
 
-psql_at() { # port sql...
+# The benchmark database. Not "postgres": pgpool-II never caches connections
+# to the postgres, template0/1 and regression databases.
+BENCH_DB=bench
+DB="$BENCH_DB"
+
+psql_at() { # port sql...  (in $DB; set DB=postgres for the maintenance db)
     local port="$1"; shift
-    "$PG_BIN/psql" -X -q -A -t -v ON_ERROR_STOP=1 -h 127.0.0.1 -p "$port" -U postgres -d postgres -c "$*"
+    "$PG_BIN/psql" -X -q -A -t -v ON_ERROR_STOP=1 -h 127.0.0.1 -p "$port" -U postgres -d "$DB" -c "$*"
 }
 
 # Wait until `SELECT 1` succeeds on a port (a server or a proxy in front of
@@ -222,7 +227,6 @@ PG_VERSION_STR="$("$PG_BIN/postgres" --version)"
 log "PostgreSQL: $PG_VERSION_STR ($PG_BIN)"
 log "note: the benchmark server runs with fsync=off; numbers are not durable-server numbers"
 
-PRIMARY_PORT="$(free_port)"
 PRIMARY_DIR="$WORK/primary"
 printf '%s\n' "$PASSWORD" >"$WORK/pwfile"
 give_to_pg "$WORK/pwfile"
@@ -236,7 +240,6 @@ as_pg tee -a "$PRIMARY_DIR/postgresql.conf" >/dev/null <<EOF
 
 # ---- bench/pgbench.sh ----
 listen_addresses = '127.0.0.1'
-port = $PRIMARY_PORT
 unix_socket_directories = ''
 max_connections = 300
 shared_buffers = 256MB
@@ -250,31 +253,46 @@ hot_standby = on
 log_min_messages = warning
 EOF
 
+# Start a server on a free port (appended to its postgresql.conf; the last
+# setting wins) and leave the port in STARTED_PORT. Other programs on this
+# machine may grab a port between free_port and the bind, so a start that
+# failed to bind is retried on another port.
 start_pg() { # datadir name
-    as_pg "$PG_BIN/pg_ctl" -D "$1" -l "$WORK/$2.log" -w -t 60 start >/dev/null \
-        || die "$2 did not start"
-    PG_DIRS+=("$1")
+    local dir="$1" name="$2" port attempt
+    for attempt in 1 2 3; do
+        port="$(free_port)"
+        printf '\n# ---- bench/pgbench.sh: %s ----\nport = %s\n' "$name" "$port" \
+            | as_pg tee -a "$dir/postgresql.conf" >/dev/null
+        if as_pg "$PG_BIN/pg_ctl" -D "$dir" -l "$WORK/$name.log" -w -t 60 start >/dev/null; then
+            PG_DIRS+=("$dir")
+            STARTED_PORT="$port"
+            return
+        fi
+        grep -q 'could not bind' "$WORK/$name.log" 2>/dev/null || break
+        log "$name: port $port was taken meanwhile; retrying on another (attempt $attempt)"
+    done
+    die "$name did not start (see its log below)"
 }
 
 start_pg "$PRIMARY_DIR" primary
-wait_sql "$PRIMARY_PORT" primary
-log "primary on 127.0.0.1:$PRIMARY_PORT; loading pgbench -i -s $SCALE"
-"$PG_BIN/pgbench" -i -s "$SCALE" -q -h 127.0.0.1 -p "$PRIMARY_PORT" -U postgres postgres \
+PRIMARY_PORT="$STARTED_PORT"
+DB=postgres wait_sql "$PRIMARY_PORT" primary
+DB=postgres psql_at "$PRIMARY_PORT" "CREATE DATABASE $BENCH_DB" >/dev/null
+log "primary on 127.0.0.1:$PRIMARY_PORT; loading pgbench -i -s $SCALE into database $DB"
+"$PG_BIN/pgbench" -i -s "$SCALE" -q -h 127.0.0.1 -p "$PRIMARY_PORT" -U postgres "$DB" \
     >"$WORK/pgbench-init.log" 2>&1 || die "pgbench -i failed: $(tail -n 5 "$WORK/pgbench-init.log")"
 
 # --------------------------------------------------------------- replicas --
 
 REPLICA_PORTS=()
 for (( i = 1; i <= REPLICAS; i++ )); do
-    port="$(free_port)"
     dir="$WORK/replica$i"
     # -R writes standby.signal and primary_conninfo (password from PGPASSWORD).
     as_pg env PGPASSWORD="$PASSWORD" "$PG_BIN/pg_basebackup" -h 127.0.0.1 -p "$PRIMARY_PORT" \
         -U postgres -D "$dir" -R -X stream -c fast --no-password >"$WORK/basebackup$i.log" 2>&1 \
         || die "pg_basebackup for replica$i failed: $(tail -n 5 "$WORK/basebackup$i.log")"
-    printf '\n# ---- bench/pgbench.sh: replica ----\nport = %s\n' "$port" \
-        | as_pg tee -a "$dir/postgresql.conf" >/dev/null
     start_pg "$dir" "replica$i"
+    port="$STARTED_PORT"
     wait_sql "$port" "replica$i"
     REPLICA_PORTS+=("$port")
     log "replica$i on 127.0.0.1:$port"
@@ -349,7 +367,7 @@ if [[ -n "$PGBOUNCER_BIN" ]]; then
     printf '"postgres" "%s"\n' "$PASSWORD" >"$dir/userlist.txt"
     cat >"$dir/pgbouncer.ini" <<EOF
 [databases]
-postgres = host=127.0.0.1 port=$PRIMARY_PORT dbname=postgres
+$DB = host=127.0.0.1 port=$PRIMARY_PORT dbname=$DB
 
 [pgbouncer]
 listen_addr = 127.0.0.1
@@ -485,7 +503,7 @@ for w in $WORKLOADS; do
             out="$WORK/run-$w-$c-$t.log"
             # shellcheck disable=SC2046  # workload_args is a list of options
             if "$PG_BIN/pgbench" -n $(workload_args "$w") -c "$c" -j "$j" -T "$DURATION" \
-                    -h 127.0.0.1 -p "${TARGET_PORT[$t]}" -U postgres postgres >"$out" 2>&1; then
+                    -h 127.0.0.1 -p "${TARGET_PORT[$t]}" -U postgres "$DB" >"$out" 2>&1; then
                 rc=0
             else
                 rc=$?
@@ -506,6 +524,11 @@ for w in $WORKLOADS; do
             if [[ -n "$problem" ]]; then
                 echo "----- pgbench $w c=$c via $t: $problem" >&2
                 tail -n 25 "$out" >&2
+                # What the server's sessions were doing, to tell a stall from an error.
+                echo "----- server sessions after the failed run" >&2
+                psql_at "$PRIMARY_PORT" "SELECT state, wait_event_type, wait_event, count(*)
+                    FROM pg_stat_activity WHERE backend_type = 'client backend'
+                    GROUP BY 1, 2, 3 ORDER BY 4 DESC" >&2 || true
                 FAILED+=("$w c=$c $t: $problem")
                 (( KEEP_GOING )) || die "pgbench run failed: $w, $c clients, via $t: $problem"
                 RESULTS+=("$w|$c|$t|FAILED|-|-")

@@ -4,7 +4,9 @@
 use std::net::SocketAddr;
 
 use crate::cluster::{ClusterOptions, LocalCluster};
-use crate::config::{AuthMethod, BackendConfig, Config, MonitorConfig, NodeConfig, ProxyConfig, UserConfig};
+use crate::config::{
+    AuthMethod, BackendConfig, Config, MonitorConfig, NodeConfig, ProxyConfig, UserConfig,
+};
 use crate::proxy::Proxy;
 
 const DEMO_USER: &str = "postgres";
@@ -31,7 +33,12 @@ pub async fn run(listen: SocketAddr, replicas: usize) -> Result<(), String> {
         }
     };
     for node in cluster.nodes() {
-        eprintln!("  {} on 127.0.0.1:{} ({})", node.name, node.port, node.data_dir.display());
+        eprintln!(
+            "  {} on 127.0.0.1:{} ({})",
+            node.name,
+            node.port,
+            node.data_dir.display()
+        );
     }
     let addr = proxy.local_addr();
     println!(

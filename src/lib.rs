@@ -12,8 +12,8 @@
 //! clusters for the demo and the tests.
 
 pub mod backend;
-pub mod config;
 pub mod cluster;
+pub mod config;
 pub mod control;
 pub mod demo;
 pub mod frontend;

@@ -9,7 +9,11 @@ use palisade::config::Config;
 use palisade::proxy::Proxy;
 
 #[derive(Parser)]
-#[command(name = "palisade", version, about = "A PostgreSQL proxy for replicated clusters")]
+#[command(
+    name = "palisade",
+    version,
+    about = "A PostgreSQL proxy for replicated clusters"
+)]
 struct Cli {
     /// Run the proxy with this config file.
     #[arg(long, short, value_name = "FILE")]
@@ -43,17 +47,27 @@ fn main() -> ExitCode {
     match (cli.command, cli.config) {
         (Some(Command::CheckConfig { file }), _) => match Config::load(&file) {
             Ok(c) => {
-                println!("{}: ok ({} nodes, {} users)", file.display(), c.nodes.len(), c.users.len());
+                println!(
+                    "{}: ok ({} nodes, {} users)",
+                    file.display(),
+                    c.nodes.len(),
+                    c.users.len()
+                );
                 ExitCode::SUCCESS
             }
             Err(e) => fail(&format!("{}: {e}", file.display())),
         },
-        (Some(Command::Demo { listen, replicas }), _) => runtime(palisade::demo::run(listen, replicas)),
+        (Some(Command::Demo { listen, replicas }), _) => {
+            let threads = palisade::config::ProxyConfig::default().worker_threads;
+            runtime(threads, palisade::demo::run(listen, replicas))
+        }
         (None, Some(file)) => match Config::load(&file) {
-            Ok(config) => runtime(run(config)),
+            Ok(config) => runtime(config.proxy.worker_threads, run(config)),
             Err(e) => fail(&format!("{}: {e}", file.display())),
         },
-        (None, None) => fail("nothing to do: pass --config FILE, or try `palisade demo` (see --help)"),
+        (None, None) => {
+            fail("nothing to do: pass --config FILE, or try `palisade demo` (see --help)")
+        }
     }
 }
 
@@ -64,8 +78,18 @@ async fn run(config: Config) -> Result<(), String> {
     Ok(())
 }
 
-fn runtime(work: impl std::future::Future<Output = Result<(), String>>) -> ExitCode {
-    let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+fn runtime(
+    threads: usize,
+    work: impl std::future::Future<Output = Result<(), String>>,
+) -> ExitCode {
+    let mut builder = if threads <= 1 {
+        tokio::runtime::Builder::new_current_thread()
+    } else {
+        let mut b = tokio::runtime::Builder::new_multi_thread();
+        b.worker_threads(threads);
+        b
+    };
+    let rt = match builder.enable_all().build() {
         Ok(rt) => rt,
         Err(e) => return fail(&format!("cannot start the runtime: {e}")),
     };
@@ -83,5 +107,8 @@ fn fail(message: &str) -> ExitCode {
 fn init_tracing() {
     let filter = tracing_subscriber::EnvFilter::try_from_env("PALISADE_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
 }

@@ -22,7 +22,10 @@ pub enum StartError {
     #[error(transparent)]
     Config(#[from] ConfigError),
     #[error("cannot listen on {addr}: {source}")]
-    Listen { addr: SocketAddr, source: std::io::Error },
+    Listen {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
 }
 
 /// A running proxy. Dropping it without [`Proxy::shutdown`] aborts its tasks.
@@ -42,7 +45,9 @@ impl Proxy {
         let listener = TcpListener::bind(addr)
             .await
             .map_err(|source| StartError::Listen { addr, source })?;
-        let addr = listener.local_addr().map_err(|source| StartError::Listen { addr, source })?;
+        let addr = listener
+            .local_addr()
+            .map_err(|source| StartError::Listen { addr, source })?;
         let (shutdown, shutdown_rx) = watch::channel(false);
         let topology = TopologyHandle::new(Topology::from_config(&config.nodes));
         let monitor = Monitor::start(&config, topology.clone(), shutdown_rx.clone()).await;

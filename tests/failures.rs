@@ -85,10 +85,16 @@ async fn select_one_works(client: &tokio_postgres::Client) {
 async fn wrong_password_is_28p01_and_right_one_works() {
     let cluster = shared_cluster();
     let proxy = start_proxy(cluster, |_| {}).await;
-    let err = connect_with(&url(&proxy, cluster.superuser(), "wrong")).await.unwrap_err();
+    let err = connect_with(&url(&proxy, cluster.superuser(), "wrong"))
+        .await
+        .unwrap_err();
     assert_eq!(sqlstate(&err), "28P01");
     let err = connect_with(&url(&proxy, "nobody", "x")).await.unwrap_err();
-    assert_eq!(sqlstate(&err), "28P01", "unknown users look like wrong passwords");
+    assert_eq!(
+        sqlstate(&err),
+        "28P01",
+        "unknown users look like wrong passwords"
+    );
     let (client, _) = connect(&proxy, cluster).await;
     select_one_works(&client).await;
 }
@@ -120,15 +126,23 @@ async fn md5_trust_and_verifier_client_auth() {
         c.users.extend([md5, trusted, stored]);
     })
     .await;
-    for (name, password) in [("md5_client", "md5-secret"), ("trusted_client", "anything"), ("palisade_verifier", "verifier-secret")] {
+    for (name, password) in [
+        ("md5_client", "md5-secret"),
+        ("trusted_client", "anything"),
+        ("palisade_verifier", "verifier-secret"),
+    ] {
         let (client, _) = connect_with(&url(&proxy, name, password))
             .await
             .unwrap_or_else(|e| panic!("{name}: {e}"));
         select_one_works(&client).await;
     }
-    let err = connect_with(&url(&proxy, "md5_client", "bad")).await.unwrap_err();
+    let err = connect_with(&url(&proxy, "md5_client", "bad"))
+        .await
+        .unwrap_err();
     assert_eq!(sqlstate(&err), "28P01");
-    let err = connect_with(&url(&proxy, "palisade_verifier", "bad")).await.unwrap_err();
+    let err = connect_with(&url(&proxy, "palisade_verifier", "bad"))
+        .await
+        .unwrap_err();
     assert_eq!(sqlstate(&err), "28P01");
 }
 
@@ -148,24 +162,43 @@ async fn server_side_md5_cleartext_and_trust_logins() {
         )
         .unwrap();
     let proxy = start_proxy(cluster, |c| {
-        c.users.push(user("palisade_md5", AuthMethod::ScramSha256, Some("md5-pw")));
-        c.users.push(user("palisade_clear", AuthMethod::ScramSha256, Some("clear-pw")));
-        c.users.push(user("palisade_trust", AuthMethod::ScramSha256, Some("any")));
+        c.users.push(user(
+            "palisade_md5",
+            AuthMethod::ScramSha256,
+            Some("md5-pw"),
+        ));
+        c.users.push(user(
+            "palisade_clear",
+            AuthMethod::ScramSha256,
+            Some("clear-pw"),
+        ));
+        c.users
+            .push(user("palisade_trust", AuthMethod::ScramSha256, Some("any")));
         let mut wrong = user("wrong_server_pw", AuthMethod::Trust, None);
         wrong.server_user = Some("palisade_md5".into());
         wrong.server_password = Some("not-it".into());
         c.users.push(wrong);
     })
     .await;
-    for (name, password) in [("palisade_md5", "md5-pw"), ("palisade_clear", "clear-pw"), ("palisade_trust", "any")] {
+    for (name, password) in [
+        ("palisade_md5", "md5-pw"),
+        ("palisade_clear", "clear-pw"),
+        ("palisade_trust", "any"),
+    ] {
         let (client, _) = connect_with(&url(&proxy, name, password))
             .await
             .unwrap_or_else(|e| panic!("{name}: {e}"));
-        let who: String = client.query_one("SELECT current_user::text", &[]).await.unwrap().get(0);
+        let who: String = client
+            .query_one("SELECT current_user::text", &[])
+            .await
+            .unwrap()
+            .get(0);
         assert_eq!(who, name);
     }
     // The server's own refusal reaches the client as PostgreSQL sent it.
-    let err = connect_with(&url(&proxy, "wrong_server_pw", "x")).await.unwrap_err();
+    let err = connect_with(&url(&proxy, "wrong_server_pw", "x"))
+        .await
+        .unwrap_err();
     assert_eq!(sqlstate(&err), "28P01");
 }
 
@@ -187,7 +220,11 @@ async fn ssl_and_gssenc_requests_are_declined_then_startup_proceeds() {
         .await
         .unwrap();
     let (tag, body) = read_message(&mut stream).await;
-    assert_eq!((tag, body.as_slice()), (b'R', &0i32.to_be_bytes()[..]), "AuthenticationOk");
+    assert_eq!(
+        (tag, body.as_slice()),
+        (b'R', &0i32.to_be_bytes()[..]),
+        "AuthenticationOk"
+    );
     let mut saw_key = false;
     loop {
         let (tag, _) = read_message(&mut stream).await;
@@ -204,7 +241,10 @@ async fn newer_protocol_versions_are_negotiated_down_to_3_0() {
     let cluster = shared_cluster();
     let proxy = start_proxy(cluster, |c| c.users[0].auth = AuthMethod::Trust).await;
     let mut stream = TcpStream::connect(proxy.local_addr()).await.unwrap();
-    let packet = startup_packet(196_610, &[("user", cluster.superuser()), ("_pq_.future", "on")]);
+    let packet = startup_packet(
+        196_610,
+        &[("user", cluster.superuser()), ("_pq_.future", "on")],
+    );
     stream.write_all(&packet).await.unwrap();
     let (tag, body) = read_message(&mut stream).await;
     assert_eq!(tag, b'v', "NegotiateProtocolVersion");
@@ -238,7 +278,12 @@ async fn malformed_startup_packets_get_08p01_and_others_are_unaffected() {
         let (tag, body) = read_message(&mut stream).await;
         assert_eq!(tag, b'E', "packet {i}");
         let expected = if i == 2 { "0A000" } else { "08P01" };
-        assert_eq!(field(&body, b'C'), expected, "packet {i}: {}", field(&body, b'M'));
+        assert_eq!(
+            field(&body, b'C'),
+            expected,
+            "packet {i}: {}",
+            field(&body, b'M')
+        );
         assert_closed(&mut stream).await;
     }
     select_one_works(&bystander).await;
@@ -259,7 +304,12 @@ async fn oversized_and_malformed_frames_close_only_that_client() {
     frame.extend(i32::MAX.to_be_bytes());
     stream.write_all(&frame).await.unwrap();
     let (tag, body) = read_message(&mut stream).await;
-    assert_eq!((tag, field(&body, b'C').as_str()), (b'E', "54000"), "{}", field(&body, b'M'));
+    assert_eq!(
+        (tag, field(&body, b'C').as_str()),
+        (b'E', "54000"),
+        "{}",
+        field(&body, b'M')
+    );
     assert_closed(&mut stream).await;
 
     let mut stream = raw_session(proxy.local_addr(), cluster.superuser()).await;
@@ -288,7 +338,9 @@ async fn too_many_clients_get_53300() {
     let proxy = start_proxy(cluster, |c| c.proxy.max_client_connections = 2).await;
     let (a, _) = connect(&proxy, cluster).await;
     let (_b, _) = connect(&proxy, cluster).await;
-    let err = connect_with(&url(&proxy, cluster.superuser(), cluster.password())).await.unwrap_err();
+    let err = connect_with(&url(&proxy, cluster.superuser(), cluster.password()))
+        .await
+        .unwrap_err();
     assert_eq!(sqlstate(&err), "53300");
     select_one_works(&a).await;
     drop(a);
@@ -309,12 +361,23 @@ async fn server_terminated_session_gets_57p01() {
     let cluster = shared_cluster();
     let proxy = start_proxy(cluster, |_| {}).await;
     let (victim, _) = connect(&proxy, cluster).await;
-    let pid: i32 = victim.query_one("SELECT pg_backend_pid()", &[]).await.unwrap().get(0);
+    let pid: i32 = victim
+        .query_one("SELECT pg_backend_pid()", &[])
+        .await
+        .unwrap()
+        .get(0);
     let (killer, _) = connect(&proxy, cluster).await;
     let sleeping = tokio::spawn(async move { victim.batch_execute("SELECT pg_sleep(30)").await });
     tokio::time::sleep(Duration::from_millis(300)).await;
-    killer.query("SELECT pg_terminate_backend($1)", &[&pid]).await.unwrap();
-    let err = tokio::time::timeout(TIMEOUT, sleeping).await.expect("no hang").unwrap().unwrap_err();
+    killer
+        .query("SELECT pg_terminate_backend($1)", &[&pid])
+        .await
+        .unwrap();
+    let err = tokio::time::timeout(TIMEOUT, sleeping)
+        .await
+        .expect("no hang")
+        .unwrap()
+        .unwrap_err();
     assert_eq!(sqlstate(&err), "57P01");
     select_one_works(&killer).await;
 }
@@ -322,7 +385,11 @@ async fn server_terminated_session_gets_57p01() {
 #[tokio::test]
 async fn lost_server_connection_mid_query_gets_class_08() {
     let cluster = shared_cluster();
-    let relay = FaultyRelay::start(format!("127.0.0.1:{}", cluster.primary().port).parse().unwrap());
+    let relay = FaultyRelay::start(
+        format!("127.0.0.1:{}", cluster.primary().port)
+            .parse()
+            .unwrap(),
+    );
     let proxy = start_proxy(cluster, |c| {
         c.nodes.truncate(1);
         c.nodes[0].port = relay.addr().port();
@@ -332,7 +399,11 @@ async fn lost_server_connection_mid_query_gets_class_08() {
     let running = tokio::spawn(async move { client.batch_execute("SELECT pg_sleep(30)").await });
     tokio::time::sleep(Duration::from_millis(300)).await;
     relay.cut();
-    let err = tokio::time::timeout(TIMEOUT, running).await.expect("no hang").unwrap().unwrap_err();
+    let err = tokio::time::timeout(TIMEOUT, running)
+        .await
+        .expect("no hang")
+        .unwrap()
+        .unwrap_err();
     assert!(sqlstate(&err).starts_with("08"), "{err:?}");
     // New sessions work once the path is back.
     let (client, _) = connect(&proxy, cluster).await;
@@ -353,14 +424,27 @@ async fn killed_server_process_mid_query_gets_an_error_not_a_hang() {
         .unwrap_or_else(|e| panic!("{e}"));
     let proxy = start_proxy(&cluster, |_| {}).await;
     let (client, _) = harness::connect(&proxy, &cluster).await;
-    let pid: i32 = client.query_one("SELECT pg_backend_pid()", &[]).await.unwrap().get(0);
+    let pid: i32 = client
+        .query_one("SELECT pg_backend_pid()", &[])
+        .await
+        .unwrap()
+        .get(0);
     let running = tokio::spawn(async move { client.batch_execute("SELECT pg_sleep(30)").await });
     tokio::time::sleep(Duration::from_millis(300)).await;
     // SAFETY: kill(2) with a pid of a server process this test started.
     assert_eq!(unsafe { libc::kill(pid, libc::SIGKILL) }, 0);
-    let err = tokio::time::timeout(TIMEOUT, running).await.expect("no hang").unwrap().unwrap_err();
+    let err = tokio::time::timeout(TIMEOUT, running)
+        .await
+        .expect("no hang")
+        .unwrap()
+        .unwrap_err();
     let state = sqlstate(&err);
-    assert!(state.starts_with("08") || state == "57P01" || state == "57P02", "{err:?}");
+    assert!(
+        state.starts_with("08") || state == "57P01" || state == "57P02",
+        "{err:?}"
+    );
     drop(proxy);
-    tokio::task::spawn_blocking(move || drop(cluster)).await.unwrap();
+    tokio::task::spawn_blocking(move || drop(cluster))
+        .await
+        .unwrap();
 }

@@ -65,7 +65,10 @@ async fn extended_protocol_with_binary_parameters_and_results() {
         assert_eq!(r.get::<_, i32>(0), i + 1);
     }
     let typed = client
-        .query_typed("SELECT $1::text", &[(&"unnamed", tokio_postgres::types::Type::TEXT)])
+        .query_typed(
+            "SELECT $1::text",
+            &[(&"unnamed", tokio_postgres::types::Type::TEXT)],
+        )
         .await
         .unwrap();
     assert_eq!(typed[0].get::<_, String>(0), "unnamed");
@@ -76,7 +79,10 @@ async fn pipelined_queries_all_complete_in_order() {
     let cluster = shared_cluster();
     let proxy = start_proxy(cluster, |_| {}).await;
     let (client, _) = connect(&proxy, cluster).await;
-    let statement = client.prepare("SELECT $1::int4, repeat('x', $1)").await.unwrap();
+    let statement = client
+        .prepare("SELECT $1::int4, repeat('x', $1)")
+        .await
+        .unwrap();
     // tokio-postgres pipelines requests issued concurrently on one connection.
     let futures: Vec<_> = (0..200)
         .map(|i: i32| {
@@ -119,7 +125,9 @@ async fn copy_in_and_copy_out() {
     let proxy = start_proxy(cluster, |_| {}).await;
     let (client, _) = connect(&proxy, cluster).await;
     client
-        .batch_execute("DROP TABLE IF EXISTS relay_copy; CREATE TABLE relay_copy(id int, note text)")
+        .batch_execute(
+            "DROP TABLE IF EXISTS relay_copy; CREATE TABLE relay_copy(id int, note text)",
+        )
         .await
         .unwrap();
     let sink = client.copy_in("COPY relay_copy FROM STDIN").await.unwrap();
@@ -134,16 +142,25 @@ async fn copy_in_and_copy_out() {
 
     let stream = client.copy_out("COPY relay_copy TO STDOUT").await.unwrap();
     let chunks: Vec<_> = futures_util::StreamExt::collect::<Vec<_>>(stream).await;
-    let out: Vec<u8> = chunks.into_iter().flat_map(|c| c.unwrap().to_vec()).collect();
+    let out: Vec<u8> = chunks
+        .into_iter()
+        .flat_map(|c| c.unwrap().to_vec())
+        .collect();
     assert_eq!(String::from_utf8(out).unwrap(), data);
 
     // A failed COPY leaves the session usable.
     let sink = client.copy_in("COPY relay_copy FROM STDIN").await.unwrap();
     futures_util::pin_mut!(sink);
-    sink.send(bytes::Bytes::from_static(b"not-a-number\tx\n")).await.unwrap();
+    sink.send(bytes::Bytes::from_static(b"not-a-number\tx\n"))
+        .await
+        .unwrap();
     let err = sink.finish().await.unwrap_err();
     assert_eq!(sqlstate(&err), "22P02");
-    let n: i64 = client.query_one("SELECT count(*) FROM relay_copy", &[]).await.unwrap().get(0);
+    let n: i64 = client
+        .query_one("SELECT count(*) FROM relay_copy", &[])
+        .await
+        .unwrap()
+        .get(0);
     assert_eq!(n, 5000);
 }
 
@@ -156,7 +173,10 @@ async fn notices_are_relayed() {
         .batch_execute("DO $$ BEGIN RAISE NOTICE 'hello from plpgsql'; END $$")
         .await
         .unwrap();
-    let m = tokio::time::timeout(Duration::from_secs(5), messages.recv()).await.unwrap().unwrap();
+    let m = tokio::time::timeout(Duration::from_secs(5), messages.recv())
+        .await
+        .unwrap()
+        .unwrap();
     match m {
         AsyncMessage::Notice(n) => assert_eq!(n.message(), "hello from plpgsql"),
         other => panic!("expected a notice, got {other:?}"),
@@ -169,9 +189,18 @@ async fn listen_notify_between_sessions() {
     let proxy = start_proxy(cluster, |_| {}).await;
     let (listener, mut messages) = connect(&proxy, cluster).await;
     let (notifier, _) = connect(&proxy, cluster).await;
-    listener.batch_execute("LISTEN relay_channel").await.unwrap();
-    notifier.batch_execute("NOTIFY relay_channel, 'payload-1'").await.unwrap();
-    notifier.query("SELECT pg_notify('relay_channel', 'payload-2')", &[]).await.unwrap();
+    listener
+        .batch_execute("LISTEN relay_channel")
+        .await
+        .unwrap();
+    notifier
+        .batch_execute("NOTIFY relay_channel, 'payload-1'")
+        .await
+        .unwrap();
+    notifier
+        .query("SELECT pg_notify('relay_channel', 'payload-2')", &[])
+        .await
+        .unwrap();
     let mut payloads = Vec::new();
     while payloads.len() < 2 {
         // The listener is idle: the notification must arrive without it sending anything.
@@ -198,19 +227,25 @@ async fn errors_keep_all_fields_and_leave_the_session_usable() {
         )
         .await
         .unwrap();
-    let err = client.execute("INSERT INTO relay_err VALUES (1)", &[]).await.unwrap_err();
+    let err = client
+        .execute("INSERT INTO relay_err VALUES (1)", &[])
+        .await
+        .unwrap_err();
     let db = err.as_db_error().expect("a server error");
     assert_eq!(db.code().code(), "23505");
     assert_eq!(db.constraint(), Some("relay_err_pk"));
     assert_eq!(db.table(), Some("relay_err"));
     assert_eq!(db.schema(), Some("public"));
-    assert!(db.detail().unwrap_or_default().contains("(id)=(1)"), "{db:?}");
+    assert!(
+        db.detail().unwrap_or_default().contains("(id)=(1)"),
+        "{db:?}"
+    );
 
     let err = client.query("SELECT 1/0", &[]).await.unwrap_err();
     assert_eq!(sqlstate(&err), "22012");
     let err = client.batch_execute("SELEC 1").await.unwrap_err();
     assert_eq!(sqlstate(&err), "42601");
-    assert_eq!(err.as_db_error().unwrap().position().is_some(), true);
+    assert!(err.as_db_error().unwrap().position().is_some());
 
     // Inside a transaction the error aborts it until ROLLBACK, as on PostgreSQL.
     client.batch_execute("BEGIN").await.unwrap();
@@ -228,7 +263,9 @@ async fn empty_queries_are_answered() {
     let proxy = start_proxy(cluster, |_| {}).await;
     let (client, _) = connect(&proxy, cluster).await;
     let messages = client.simple_query("").await.unwrap();
-    assert!(messages.iter().all(|m| !matches!(m, SimpleQueryMessage::Row(_))));
+    assert!(messages
+        .iter()
+        .all(|m| !matches!(m, SimpleQueryMessage::Row(_))));
     client.batch_execute(";").await.unwrap();
     let one: i32 = client.query_one("SELECT 1", &[]).await.unwrap().get(0);
     assert_eq!(one, 1);
@@ -266,7 +303,10 @@ async fn cancel_stops_a_running_query_promptly() {
         tokio::time::sleep(Duration::from_millis(200)).await;
         token.cancel_query(tokio_postgres::NoTls).await
     });
-    let err = client.batch_execute("SELECT pg_sleep(10)").await.unwrap_err();
+    let err = client
+        .batch_execute("SELECT pg_sleep(10)")
+        .await
+        .unwrap_err();
     let elapsed = started.elapsed();
     canceller.await.unwrap().unwrap();
     assert_eq!(sqlstate(&err), "57014");
@@ -281,7 +321,9 @@ async fn a_client_leaving_mid_query_frees_its_server_connection() {
     let proxy = start_proxy(cluster, |_| {}).await;
     let marker = format!("relay_gone_{}", std::process::id());
     let url = support::harness::url(&proxy, cluster.superuser(), cluster.password());
-    let (client, connection) = tokio_postgres::connect(&url, tokio_postgres::NoTls).await.unwrap();
+    let (client, connection) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
+        .await
+        .unwrap();
     // The connection task owns the socket: aborting it is the client vanishing.
     let socket = tokio::spawn(connection);
     let sql = format!("SELECT pg_sleep(60) AS {marker}");
@@ -290,10 +332,26 @@ async fn a_client_leaving_mid_query_frees_its_server_connection() {
     });
     let (observer, _) = connect(&proxy, cluster).await;
     let count = format!("SELECT count(*) FROM pg_stat_activity WHERE query LIKE '%{marker}%' AND pid <> pg_backend_pid() AND state = 'active'");
-    wait_until(|| async { observer.query_one(count.as_str(), &[]).await.unwrap().get::<_, i64>(0) == 1 }).await;
+    wait_until(|| async {
+        observer
+            .query_one(count.as_str(), &[])
+            .await
+            .unwrap()
+            .get::<_, i64>(0)
+            == 1
+    })
+    .await;
     socket.abort();
     running.abort();
-    wait_until(|| async { observer.query_one(count.as_str(), &[]).await.unwrap().get::<_, i64>(0) == 0 }).await;
+    wait_until(|| async {
+        observer
+            .query_one(count.as_str(), &[])
+            .await
+            .unwrap()
+            .get::<_, i64>(0)
+            == 0
+    })
+    .await;
 }
 
 /// Polls `check` every 50 ms for up to 10 s.

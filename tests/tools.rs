@@ -11,7 +11,14 @@ use support::shared_cluster;
 fn run(program: &str, proxy_port: u16, args: &[&str]) -> Output {
     let cluster = shared_cluster();
     let output = Command::new(cluster.bin_dir().join(program))
-        .args(["-h", "127.0.0.1", "-p", &proxy_port.to_string(), "-U", cluster.superuser()])
+        .args([
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &proxy_port.to_string(),
+            "-U",
+            cluster.superuser(),
+        ])
         .args(args)
         .env("PGPASSWORD", cluster.password())
         .env("PGSSLMODE", "prefer")
@@ -54,15 +61,36 @@ async fn psql_describe_and_copy_work_through_the_proxy() {
     std::fs::write(&script_file, script).unwrap();
     let script_path = script_file.display().to_string();
     let output = tokio::task::spawn_blocking(move || {
-        run("psql", port, &["-X", "-v", "ON_ERROR_STOP=1", "-d", "postgres", "-f", &script_path])
+        run(
+            "psql",
+            port,
+            &[
+                "-X",
+                "-v",
+                "ON_ERROR_STOP=1",
+                "-d",
+                "postgres",
+                "-f",
+                &script_path,
+            ],
+        )
     })
     .await
     .unwrap();
     let text = stdout(&output);
     assert!(text.contains("COPY 3"), "{text}");
-    assert!(text.contains("Table \"public.psql_items\""), "\\d output: {text}");
-    assert!(text.contains("psql_items_pkey"), "\\d shows the index: {text}");
-    assert_eq!(std::fs::read_to_string(&out_csv).unwrap(), "1,one\n2,two\n3,three\n");
+    assert!(
+        text.contains("Table \"public.psql_items\""),
+        "\\d output: {text}"
+    );
+    assert!(
+        text.contains("psql_items_pkey"),
+        "\\d shows the index: {text}"
+    );
+    assert_eq!(
+        std::fs::read_to_string(&out_csv).unwrap(),
+        "1,one\n2,two\n3,three\n"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -75,7 +103,11 @@ async fn pgbench_runs_in_every_query_mode_without_errors() {
     tokio::task::spawn_blocking(move || {
         run("pgbench", port, &["-i", "-q", "-s", "1", "bench"]);
         for mode in ["simple", "extended", "prepared"] {
-            let output = run("pgbench", port, &["-M", mode, "-T", "5", "-c", "4", "-j", "2", "bench"]);
+            let output = run(
+                "pgbench",
+                port,
+                &["-M", mode, "-T", "5", "-c", "4", "-j", "2", "bench"],
+            );
             let text = stdout(&output);
             assert!(text.contains(&format!("query mode: {mode}")), "{text}");
             let failed = text

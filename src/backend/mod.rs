@@ -62,13 +62,29 @@ pub enum ConnectError {
     Timeout { host: String, port: u16 },
     /// The server refused us with its own ErrorResponse (raw frame).
     #[error("server {host}:{port} refused the connection")]
-    Refused { host: String, port: u16, error: Bytes },
+    Refused {
+        host: String,
+        port: u16,
+        error: Bytes,
+    },
     #[error("server {host}:{port} asked for a password, but none is configured for user {user:?}")]
-    NoPassword { host: String, port: u16, user: String },
+    NoPassword {
+        host: String,
+        port: u16,
+        user: String,
+    },
     #[error("authentication with server {host}:{port} failed: {reason}")]
-    Auth { host: String, port: u16, reason: String },
+    Auth {
+        host: String,
+        port: u16,
+        reason: String,
+    },
     #[error("server {host}:{port} broke the protocol during startup: {reason}")]
-    Protocol { host: String, port: u16, reason: String },
+    Protocol {
+        host: String,
+        port: u16,
+        reason: String,
+    },
 }
 
 /// Opens and authenticates a connection to `host:port`.
@@ -88,7 +104,11 @@ pub async fn connect(
         })
 }
 
-async fn connect_inner(host: &str, port: u16, login: &Login<'_>) -> Result<ServerConn, ConnectError> {
+async fn connect_inner(
+    host: &str,
+    port: u16,
+    login: &Login<'_>,
+) -> Result<ServerConn, ConnectError> {
     let io_err = |source| ConnectError::Io {
         host: host.into(),
         port,
@@ -157,28 +177,43 @@ impl Startup<'_> {
                     let password = self.password(login)?;
                     let mut mechanisms = body.mechanisms();
                     let mut has_scram = false;
-                    while let Ok(Some(m)) = fallible_iterator::FallibleIterator::next(&mut mechanisms) {
+                    while let Ok(Some(m)) =
+                        fallible_iterator::FallibleIterator::next(&mut mechanisms)
+                    {
                         has_scram |= m == sasl::SCRAM_SHA_256;
                     }
                     if !has_scram {
                         return Err(self.auth("server offers no SASL mechanism we support"));
                     }
-                    let s = sasl::ScramSha256::new(password.as_bytes(), sasl::ChannelBinding::unsupported());
-                    frontend::sasl_initial_response(sasl::SCRAM_SHA_256, s.message(), &mut self.out)
-                        .map_err(|e| self.protocol(e.to_string()))?;
+                    let s = sasl::ScramSha256::new(
+                        password.as_bytes(),
+                        sasl::ChannelBinding::unsupported(),
+                    );
+                    frontend::sasl_initial_response(
+                        sasl::SCRAM_SHA_256,
+                        s.message(),
+                        &mut self.out,
+                    )
+                    .map_err(|e| self.protocol(e.to_string()))?;
                     scram = Some(s);
                     self.flush().await?;
                 }
                 backend::Message::AuthenticationSaslContinue(body) => {
-                    let s = scram.as_mut().ok_or_else(|| self.protocol("unexpected SASLContinue".into()))?;
-                    s.update(body.data()).map_err(|e| self.auth(&e.to_string()))?;
+                    let s = scram
+                        .as_mut()
+                        .ok_or_else(|| self.protocol("unexpected SASLContinue".into()))?;
+                    s.update(body.data())
+                        .map_err(|e| self.auth(&e.to_string()))?;
                     frontend::sasl_response(s.message(), &mut self.out)
                         .map_err(|e| self.protocol(e.to_string()))?;
                     self.flush().await?;
                 }
                 backend::Message::AuthenticationSaslFinal(body) => {
-                    let mut s = scram.take().ok_or_else(|| self.protocol("unexpected SASLFinal".into()))?;
-                    s.finish(body.data()).map_err(|e| self.auth(&e.to_string()))?;
+                    let mut s = scram
+                        .take()
+                        .ok_or_else(|| self.protocol("unexpected SASLFinal".into()))?;
+                    s.finish(body.data())
+                        .map_err(|e| self.auth(&e.to_string()))?;
                 }
                 backend::Message::ParameterStatus(body) => {
                     let (name, value) = (body.name(), body.value());
@@ -202,7 +237,12 @@ impl Startup<'_> {
                 backend::Message::ReadyForQuery(_) => return Ok((params, key)),
                 // Notices during startup carry nothing the client needs.
                 backend::Message::NoticeResponse(_) => {}
-                _ => return Err(self.protocol(format!("unexpected message {:?}", raw.first().map(|&b| b as char)))),
+                _ => {
+                    return Err(self.protocol(format!(
+                        "unexpected message {:?}",
+                        raw.first().map(|&b| b as char)
+                    )))
+                }
             }
         }
     }
@@ -260,11 +300,15 @@ impl Startup<'_> {
                     };
                 }
             }
-            let n = self.rd.read_buf(&mut self.buf).await.map_err(|source| ConnectError::Io {
-                host: self.host.into(),
-                port: self.port,
-                source,
-            })?;
+            let n = self
+                .rd
+                .read_buf(&mut self.buf)
+                .await
+                .map_err(|source| ConnectError::Io {
+                    host: self.host.into(),
+                    port: self.port,
+                    source,
+                })?;
             if n == 0 {
                 return Err(self.protocol("server closed the connection during startup".into()));
             }
@@ -273,7 +317,12 @@ impl Startup<'_> {
 }
 
 /// Sends a CancelRequest for `key` to `host:port` (fire and forget, as libpq does).
-pub async fn cancel(host: &str, port: u16, key: BackendKey, timeout: Duration) -> std::io::Result<()> {
+pub async fn cancel(
+    host: &str,
+    port: u16,
+    key: BackendKey,
+    timeout: Duration,
+) -> std::io::Result<()> {
     let work = async {
         let mut stream = TcpStream::connect((host, port)).await?;
         let mut buf = BytesMut::with_capacity(16);

@@ -66,6 +66,10 @@ pub struct ProxyConfig {
     pub startup_timeout_ms: u64,
     /// Opening (and authenticating) a server connection must finish within this time.
     pub connect_timeout_ms: u64,
+    /// Threads relaying traffic. 1 (the default) runs everything on one
+    /// thread, like PgBouncer: on a machine whose cores PostgreSQL needs,
+    /// cross-thread wake-ups cost more than a second thread gains.
+    pub worker_threads: usize,
 }
 
 impl Default for ProxyConfig {
@@ -76,6 +80,7 @@ impl Default for ProxyConfig {
             max_message_size: 128 * 1024 * 1024,
             startup_timeout_ms: 10_000,
             connect_timeout_ms: 5_000,
+            worker_threads: 1,
         }
     }
 }
@@ -204,20 +209,19 @@ impl Config {
     pub fn parse(text: &str) -> Result<Config, ConfigError> {
         let config: Config = toml::from_str(text).map_err(|e| {
             let span = e.span().map(|s| line_of(text, s.start)).unwrap_or_default();
-            invalid(
-                format!("toml{span}"),
-                e.message().trim_end().to_string(),
-            )
+            invalid(format!("toml{span}"), e.message().trim_end().to_string())
         })?;
         config.validate()?;
         Ok(config)
     }
 
     pub fn listen_addr(&self) -> Result<SocketAddr, ConfigError> {
-        self.proxy
-            .listen
-            .parse()
-            .map_err(|_| invalid("proxy.listen", "must be an IP address and port, e.g. 127.0.0.1:6432"))
+        self.proxy.listen.parse().map_err(|_| {
+            invalid(
+                "proxy.listen",
+                "must be an IP address and port, e.g. 127.0.0.1:6432",
+            )
+        })
     }
 
     pub fn user(&self, name: &str) -> Option<&UserConfig> {
@@ -228,12 +232,21 @@ impl Config {
         self.listen_addr()?;
         let p = &self.proxy;
         if p.max_client_connections == 0 {
-            return Err(invalid("proxy.max_client_connections", "must be at least 1"));
+            return Err(invalid(
+                "proxy.max_client_connections",
+                "must be at least 1",
+            ));
         }
         if !(MIN_MESSAGE_SIZE..=MAX_MESSAGE_SIZE).contains(&p.max_message_size) {
             return Err(invalid(
                 "proxy.max_message_size",
                 format!("must be between {MIN_MESSAGE_SIZE} and {MAX_MESSAGE_SIZE} bytes"),
+            ));
+        }
+        if !(1..=1024).contains(&p.worker_threads) {
+            return Err(invalid(
+                "proxy.worker_threads",
+                "must be between 1 and 1024",
             ));
         }
         positive("proxy.startup_timeout_ms", p.startup_timeout_ms)?;
@@ -257,7 +270,10 @@ impl Config {
                 return Err(invalid(format!("nodes[{i}].host"), "must not be empty"));
             }
             if node.port == 0 {
-                return Err(invalid(format!("nodes[{i}].port"), "must be between 1 and 65535"));
+                return Err(invalid(
+                    format!("nodes[{i}].port"),
+                    "must be between 1 and 65535",
+                ));
             }
             if !seen.insert(node.display_name()) {
                 return Err(invalid(
@@ -280,7 +296,10 @@ impl Config {
                 return Err(invalid(key("name"), "must not be empty"));
             }
             if !seen.insert(user.name.as_str()) {
-                return Err(invalid(key("name"), format!("duplicate user {:?}", user.name)));
+                return Err(invalid(
+                    key("name"),
+                    format!("duplicate user {:?}", user.name),
+                ));
             }
             if let Some(verifier) = &user.scram_verifier {
                 if crate::frontend::auth::parse_scram_verifier(verifier).is_none() {

@@ -71,6 +71,15 @@ fn message_size_outside_bounds_is_rejected() {
 }
 
 #[test]
+fn worker_threads_must_be_positive() {
+    let e = error_of(&good_with(
+        "listen = \"127.0.0.1:6432\"",
+        "listen = \"127.0.0.1:6432\"\nworker_threads = 0",
+    ));
+    assert_eq!(e.key, "proxy.worker_threads");
+}
+
+#[test]
 fn zero_timeouts_are_rejected() {
     for key in ["startup_timeout_ms", "connect_timeout_ms"] {
         let e = error_of(&good_with(
@@ -97,7 +106,10 @@ fn no_nodes_is_rejected() {
 
 #[test]
 fn port_zero_and_empty_host_are_rejected() {
-    assert_eq!(error_of(&good_with("port = 5433", "port = 0")).key, "nodes[1].port");
+    assert_eq!(
+        error_of(&good_with("port = 5433", "port = 0")).key,
+        "nodes[1].port"
+    );
     assert_eq!(
         error_of(&good_with("host = \"127.0.0.1\"", "host = \"\"")).key,
         "nodes[0].host"
@@ -118,13 +130,18 @@ fn no_users_is_rejected() {
 
 #[test]
 fn duplicate_users_are_rejected() {
-    let e = error_of(&format!("{GOOD}\n[[users]]\nname = \"app\"\nauth = \"trust\"\n"));
+    let e = error_of(&format!(
+        "{GOOD}\n[[users]]\nname = \"app\"\nauth = \"trust\"\n"
+    ));
     assert_eq!(e.key, "users[1].name");
 }
 
 #[test]
 fn scram_without_secret_is_rejected() {
-    let e = error_of(&good_with("password = \"secret\"", "auth = \"scram-sha-256\""));
+    let e = error_of(&good_with(
+        "password = \"secret\"",
+        "auth = \"scram-sha-256\"",
+    ));
     assert_eq!(e.key, "users[0].password");
 }
 

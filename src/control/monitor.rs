@@ -200,7 +200,11 @@ pub fn apply(current: &Topology, result: ProbeResult) -> Topology {
     match result.in_recovery {
         Some(in_recovery) => {
             node.healthy = true;
-            node.role = if in_recovery { Role::Replica } else { Role::Primary };
+            node.role = if in_recovery {
+                Role::Replica
+            } else {
+                Role::Primary
+            };
         }
         None => node.healthy = false,
     }
@@ -238,18 +242,42 @@ mod tests {
 
     #[test]
     fn probe_results_set_role_and_health() {
-        let t = apply(&topo(), ProbeResult { node: 1, in_recovery: Some(false) });
+        let t = apply(
+            &topo(),
+            ProbeResult {
+                node: 1,
+                in_recovery: Some(false),
+            },
+        );
         assert_eq!(t.primary(), Some(1));
-        let t = apply(&t, ProbeResult { node: 0, in_recovery: Some(true) });
+        let t = apply(
+            &t,
+            ProbeResult {
+                node: 0,
+                in_recovery: Some(true),
+            },
+        );
         assert_eq!(t.nodes[0].role, Role::Replica);
-        let t = apply(&t, ProbeResult { node: 1, in_recovery: None });
+        let t = apply(
+            &t,
+            ProbeResult {
+                node: 1,
+                in_recovery: None,
+            },
+        );
         assert_eq!(t.primary(), None);
         assert_eq!(t.nodes[1].role, Role::Primary, "role is kept while down");
     }
 
     #[test]
     fn results_for_unknown_nodes_change_nothing() {
-        let t = apply(&topo(), ProbeResult { node: 9, in_recovery: Some(false) });
+        let t = apply(
+            &topo(),
+            ProbeResult {
+                node: 9,
+                in_recovery: Some(false),
+            },
+        );
         assert_eq!(t, topo());
     }
 }

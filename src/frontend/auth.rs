@@ -14,7 +14,9 @@ use base64::Engine;
 use bytes::BytesMut;
 use pgwire::api::auth::md5pass::{hash_md5_password, Md5PasswordAuth};
 use pgwire::api::auth::mechanism::{AuthMechanism, AuthMechanismFactory, AuthState};
-use pgwire::api::auth::sasl::scram::{gen_salted_password, ScramAuth, ScramSecret, SCRAM_ITERATIONS};
+use pgwire::api::auth::sasl::scram::{
+    gen_salted_password, ScramAuth, ScramSecret, SCRAM_ITERATIONS,
+};
 use pgwire::api::auth::{AuthSource, LoginInfo, Password};
 use pgwire::api::{
     ClientInfo, PgWireConnectionState, SessionExtensions, METADATA_DATABASE, METADATA_USER,
@@ -28,17 +30,24 @@ use rand::Rng;
 
 use crate::config::{AuthMethod, Config};
 
+/// A PostgreSQL SCRAM-SHA-256 verifier's parts.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredVerifier {
+    pub iterations: usize,
+    pub salt: Vec<u8>,
+    pub stored_key: Vec<u8>,
+    pub server_key: Vec<u8>,
+}
+
 /// What SCRAM needs about a user: derived from a cleartext password at start,
 /// or a stored PostgreSQL verifier.
 #[derive(Debug, Clone)]
 enum ScramMaterial {
-    Salted { salt: Vec<u8>, salted_password: Vec<u8> },
-    Verifier {
+    Salted {
         salt: Vec<u8>,
-        iterations: usize,
-        stored_key: Vec<u8>,
-        server_key: Vec<u8>,
+        salted_password: Vec<u8>,
     },
+    Verifier(StoredVerifier),
 }
 
 impl ScramMaterial {
@@ -52,24 +61,25 @@ impl ScramMaterial {
 
     fn secret(&self) -> ScramSecret {
         match self.clone() {
-            ScramMaterial::Salted { salt, salted_password } => ScramSecret::SaltedPassword { salt, salted_password },
-            ScramMaterial::Verifier {
+            ScramMaterial::Salted {
                 salt,
-                iterations,
-                stored_key,
-                server_key,
-            } => ScramSecret::Verifier {
+                salted_password,
+            } => ScramSecret::SaltedPassword {
                 salt,
-                iterations,
-                stored_key,
-                server_key,
+                salted_password,
+            },
+            ScramMaterial::Verifier(v) => ScramSecret::Verifier {
+                salt: v.salt,
+                iterations: v.iterations,
+                stored_key: v.stored_key,
+                server_key: v.server_key,
             },
         }
     }
 }
 
 /// Parses PostgreSQL's `SCRAM-SHA-256$<iter>:<salt>$<StoredKey>:<ServerKey>`.
-pub fn parse_scram_verifier(text: &str) -> Option<(usize, Vec<u8>, Vec<u8>, Vec<u8>)> {
+pub fn parse_scram_verifier(text: &str) -> Option<StoredVerifier> {
     let b64 = base64::engine::general_purpose::STANDARD;
     let rest = text.strip_prefix("SCRAM-SHA-256$")?;
     let (iter_salt, keys) = rest.split_once('$')?;
@@ -79,7 +89,12 @@ pub fn parse_scram_verifier(text: &str) -> Option<(usize, Vec<u8>, Vec<u8>, Vec<
     let salt = b64.decode(salt).ok()?;
     let stored = b64.decode(stored).ok().filter(|k| k.len() == 32)?;
     let server = b64.decode(server).ok().filter(|k| k.len() == 32)?;
-    Some((iterations, salt, stored, server))
+    Some(StoredVerifier {
+        iterations,
+        salt,
+        stored_key: stored,
+        server_key: server,
+    })
 }
 
 #[derive(Debug)]
@@ -104,15 +119,10 @@ impl UserStore {
             .iter()
             .map(|u| {
                 let verifier = match (&u.scram_verifier, &u.password) {
-                    (Some(text), _) => parse_scram_verifier(text).map(|(iterations, salt, stored_key, server_key)| {
-                        ScramMaterial::Verifier {
-                            salt,
-                            iterations,
-                            stored_key,
-                            server_key,
-                        }
-                    }),
-                    (None, Some(p)) if u.auth == AuthMethod::ScramSha256 => Some(ScramMaterial::from_password(p)),
+                    (Some(text), _) => parse_scram_verifier(text).map(ScramMaterial::Verifier),
+                    (None, Some(p)) if u.auth == AuthMethod::ScramSha256 => {
+                        Some(ScramMaterial::from_password(p))
+                    }
                     _ => None,
                 };
                 let secrets = UserSecrets {
@@ -126,12 +136,16 @@ impl UserStore {
         let decoy: [u8; 16] = rand::rng().random();
         UserStore {
             users,
-            decoy: ScramMaterial::from_password(&base64::engine::general_purpose::STANDARD.encode(decoy)),
+            decoy: ScramMaterial::from_password(
+                &base64::engine::general_purpose::STANDARD.encode(decoy),
+            ),
         }
     }
 
     fn method(&self, user: &str) -> AuthMethod {
-        self.users.get(user).map_or(AuthMethod::ScramSha256, |u| u.method)
+        self.users
+            .get(user)
+            .map_or(AuthMethod::ScramSha256, |u| u.method)
     }
 }
 
@@ -255,7 +269,7 @@ pub enum Step {
     /// Authenticated; send the optional final message, then AuthenticationOk.
     Done(Option<Authentication>),
     /// Refused: send this error and close.
-    Refused(ErrorInfo),
+    Refused(Box<ErrorInfo>),
 }
 
 impl From<PgWireResult<AuthState>> for Step {
@@ -263,7 +277,7 @@ impl From<PgWireResult<AuthState>> for Step {
         match state {
             Ok(AuthState::InProgress(auth)) => Step::Send(auth),
             Ok(AuthState::Ok { final_message, .. }) => Step::Done(final_message),
-            Ok(AuthState::Failed(e)) | Err(e) => Step::Refused(refusal(e)),
+            Ok(AuthState::Failed(e)) | Err(e) => Step::Refused(Box::new(refusal(e))),
         }
     }
 }
@@ -292,11 +306,17 @@ mod tests {
     fn postgres_verifiers_parse() {
         // PostgreSQL's format, for password "secret" with a fixed salt.
         let v = "SCRAM-SHA-256$4096:AQIDBAUGBwgJCgsMDQ4PEA==$8rrDg00OqaiWXJ7p+sCgHEIaBSHY89ZJl3mfIsf32oY=:05L1f+yZbiN8O0AnO40Og85NNRhvzTS57naKRWCcsIA=";
-        let (iterations, salt, stored, server) = parse_scram_verifier(v).unwrap();
-        assert_eq!(iterations, 4096);
-        assert_eq!(salt.len(), 16);
-        assert_eq!((stored.len(), server.len()), (32, 32));
-        for bad in ["", "SCRAM-SHA-256$", "md5abc", "SCRAM-SHA-256$0:c2FsdA==$AAAA:AAAA", "SCRAM-SHA-256$4096:!!$a:b"] {
+        let parsed = parse_scram_verifier(v).unwrap();
+        assert_eq!(parsed.iterations, 4096);
+        assert_eq!(parsed.salt, (1..=16).collect::<Vec<u8>>());
+        assert_eq!((parsed.stored_key.len(), parsed.server_key.len()), (32, 32));
+        for bad in [
+            "",
+            "SCRAM-SHA-256$",
+            "md5abc",
+            "SCRAM-SHA-256$0:c2FsdA==$AAAA:AAAA",
+            "SCRAM-SHA-256$4096:!!$a:b",
+        ] {
             assert!(parse_scram_verifier(bad).is_none(), "{bad}");
         }
     }
@@ -304,7 +324,10 @@ mod tests {
     #[test]
     fn wrong_password_refusals_say_28p01_fatal() {
         let info = refusal(PgWireError::InvalidPassword("app".into()));
-        assert_eq!((info.severity.as_str(), info.code.as_str()), ("FATAL", "28P01"));
+        assert_eq!(
+            (info.severity.as_str(), info.code.as_str()),
+            ("FATAL", "28P01")
+        );
         assert!(info.message.contains("\"app\""), "{}", info.message);
     }
 }

@@ -50,7 +50,10 @@ impl CancelHandle {
     }
 
     pub fn target(&self) -> Option<CancelTarget> {
-        self.registry.lock().get(&self.key.pid).and_then(|e| e.target.clone())
+        self.registry
+            .lock()
+            .get(&self.key.pid)
+            .and_then(|e| e.target.clone())
     }
 }
 
@@ -77,7 +80,13 @@ impl CancelRegistry {
             }
         };
         let secret = rng.random();
-        sessions.insert(pid, Entry { secret, target: None });
+        sessions.insert(
+            pid,
+            Entry {
+                secret,
+                target: None,
+            },
+        );
         CancelHandle {
             registry: self.clone(),
             key: BackendKey { pid, secret },

@@ -7,6 +7,7 @@ pub mod cancel;
 pub mod session;
 
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use bytes::{Buf, BytesMut};
@@ -47,8 +48,21 @@ enum Refusal {
 }
 
 /// Serves one client connection to the end.
-pub async fn serve(stream: TcpStream, peer: SocketAddr, shared: Arc<Shared>, permit: Option<OwnedSemaphorePermit>) {
-    let span = tracing::info_span!("session", client = %peer, user = tracing::field::Empty);
+pub async fn serve(
+    stream: TcpStream,
+    peer: SocketAddr,
+    shared: Arc<Shared>,
+    permit: Option<OwnedSemaphorePermit>,
+) {
+    static SESSIONS: AtomicU64 = AtomicU64::new(1);
+    let session_id = SESSIONS.fetch_add(1, Ordering::Relaxed);
+    let span = tracing::info_span!(
+        "session",
+        session_id,
+        client = %peer,
+        user = tracing::field::Empty,
+        epoch = tracing::field::Empty
+    );
     async move {
         let _ = stream.set_nodelay(true);
         let (rd, wr) = stream.into_split();
@@ -59,13 +73,20 @@ pub async fn serve(stream: TcpStream, peer: SocketAddr, shared: Arc<Shared>, per
             out: BytesMut::with_capacity(16 * 1024),
         };
         let timeout = shared.config.proxy.startup_timeout();
-        let started = tokio::time::timeout(timeout, start(&mut client, peer, &shared, permit.is_some())).await;
+        let started =
+            tokio::time::timeout(timeout, start(&mut client, peer, &shared, permit.is_some()))
+                .await;
         let connected = match started {
             Ok(Ok(connected)) => connected,
             Ok(Err(Refusal::Silent)) => return,
             Ok(Err(Refusal::Told)) | Err(_) => {
                 if started.is_err() {
-                    messages::error(&mut client.out, true, Sqlstate::ConnectionFailure, "startup timed out");
+                    messages::error(
+                        &mut client.out,
+                        true,
+                        Sqlstate::ConnectionFailure,
+                        "startup timed out",
+                    );
                 }
                 let _ = client.wr.write_all(&client.out).await;
                 return;
@@ -95,10 +116,19 @@ struct Connected {
 }
 
 /// Startup and authentication; on success the session is ready to relay.
-async fn start(client: &mut ClientIo, peer: SocketAddr, shared: &Shared, admitted: bool) -> Result<Connected, Refusal> {
+async fn start(
+    client: &mut ClientIo,
+    peer: SocketAddr,
+    shared: &Shared,
+    admitted: bool,
+) -> Result<Connected, Refusal> {
     let (minor_version, mut params) = negotiate(client, shared).await?;
     if !admitted {
-        return Err(tell(client, Sqlstate::TooManyConnections, "sorry, too many clients already"));
+        return Err(tell(
+            client,
+            Sqlstate::TooManyConnections,
+            "sorry, too many clients already",
+        ));
     }
     let Some(user) = param(&params, "user").map(str::to_owned) else {
         return Err(tell(
@@ -127,7 +157,10 @@ async fn start(client: &mut ClientIo, peer: SocketAddr, shared: &Shared, admitte
 
 /// Reads startup packets until a StartupMessage, answering SSL/GSS requests
 /// (no encryption yet: 'N') and CancelRequests on the way.
-async fn negotiate(client: &mut ClientIo, shared: &Shared) -> Result<(u16, Vec<(String, String)>), Refusal> {
+async fn negotiate(
+    client: &mut ClientIo,
+    shared: &Shared,
+) -> Result<(u16, Vec<(String, String)>), Refusal> {
     loop {
         let packet = match read_startup(&mut client.rd).await {
             Ok(p) => p,
@@ -145,10 +178,16 @@ async fn negotiate(client: &mut ClientIo, shared: &Shared) -> Result<(u16, Vec<(
             }
             StartupPacket::Cancel { pid, secret } => {
                 let key = backend::BackendKey { pid, secret };
-                shared.cancels.cancel(key, shared.config.proxy.connect_timeout()).await;
+                shared
+                    .cancels
+                    .cancel(key, shared.config.proxy.connect_timeout())
+                    .await;
                 return Err(Refusal::Silent);
             }
-            StartupPacket::Startup { minor_version, params } => return Ok((minor_version, params)),
+            StartupPacket::Startup {
+                minor_version,
+                params,
+            } => return Ok((minor_version, params)),
         }
     }
 }
@@ -180,13 +219,16 @@ async fn authenticate(
                 }
                 Step::Refused(info) => {
                     info!(code = %info.code, "authentication failed");
-                    messages::encode_error_info(&mut client.out, info);
+                    messages::encode_error_info(&mut client.out, *info);
                     return Err(Refusal::Told);
                 }
             }
         }
     }
-    messages::authentication(&mut client.out, &pgwire::messages::startup::Authentication::Ok);
+    messages::authentication(
+        &mut client.out,
+        &pgwire::messages::startup::Authentication::Ok,
+    );
     Ok(())
 }
 
@@ -203,6 +245,7 @@ async fn connect_session(
         Err(e) => return Err(tell(client, Sqlstate::UnableToConnect, &e.to_string())),
     };
     let node = &topology.nodes[target.node];
+    tracing::Span::current().record("epoch", target.epoch);
     let user_config = shared.config.user(user);
     let server_user = user_config.map_or(user, |u| u.server_user());
     for (k, v) in params.iter_mut() {
@@ -215,7 +258,14 @@ async fn connect_session(
         password: user_config.and_then(|u| u.server_password()),
         params: &params,
     };
-    let server = match backend::connect(&node.host, node.port, &login, shared.config.proxy.connect_timeout()).await {
+    let server = match backend::connect(
+        &node.host,
+        node.port,
+        &login,
+        shared.config.proxy.connect_timeout(),
+    )
+    .await
+    {
         Ok(s) => s,
         Err(ConnectError::Refused { error, .. }) => {
             client.out.extend_from_slice(&error);
@@ -242,7 +292,10 @@ async fn connect_session(
 }
 
 fn param<'a>(params: &'a [(String, String)], name: &str) -> Option<&'a str> {
-    params.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str())
+    params
+        .iter()
+        .find(|(k, _)| k == name)
+        .map(|(_, v)| v.as_str())
 }
 
 /// Queues a FATAL error for the client and refuses the startup.
@@ -264,11 +317,18 @@ async fn read_password_message(client: &mut ClientIo) -> Result<Vec<u8>, Refusal
             let tag = client.inbuf[0];
             let len = be_i32(&client.inbuf[1..5]);
             if tag != b'p' {
-                let message = format!("expected password response, got message type {:?}", tag as char);
+                let message = format!(
+                    "expected password response, got message type {:?}",
+                    tag as char
+                );
                 return Err(tell(client, Sqlstate::ProtocolViolation, &message));
             }
             if !(4..=MAX_AUTH_MESSAGE as i32).contains(&len) {
-                return Err(tell(client, Sqlstate::ProtocolViolation, &format!("invalid message length {len}")));
+                return Err(tell(
+                    client,
+                    Sqlstate::ProtocolViolation,
+                    &format!("invalid message length {len}"),
+                ));
             }
             let total = 1 + len as usize;
             if client.inbuf.len() >= total {

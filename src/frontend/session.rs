@@ -27,6 +27,7 @@ const CANCEL_TIMEOUT: Duration = Duration::from_secs(5);
 /// Server frames are trusted in size (PostgreSQL caps them at 1 GiB) and
 /// stream through, so only this sanity bound applies.
 const MAX_SERVER_FRAME: usize = 1 << 30;
+const TERMINATE: [u8; 5] = [b'X', 0, 0, 0, 4];
 
 /// The transaction status from the last ReadyForQuery.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -164,8 +165,15 @@ impl Session {
         match event {
             Event::WroteClient(Ok(n)) if n > 0 => self.client.out.advance(n),
             Event::WroteServer(Ok(n)) if n > 0 => self.to_server.advance(n),
-            Event::ReadServer(Ok(n)) if n > 0 => self.on_server_bytes(),
-            Event::ReadClient(Ok(n)) if n > 0 => self.on_client_bytes()?,
+            Event::ReadServer(Ok(n)) if n > 0 => {
+                self.on_server_bytes();
+                // Usually the socket can take it all now: skip a trip round the loop.
+                write_now(&self.client.wr, &mut self.client.out).map_err(|_| End::ClientGone)?;
+            }
+            Event::ReadClient(Ok(n)) if n > 0 => {
+                self.on_client_bytes()?;
+                write_now(&self.server.wr, &mut self.to_server).map_err(|_| End::ServerGone)?;
+            }
             Event::WroteClient(_) | Event::ReadClient(_) => return Err(End::ClientGone),
             Event::WroteServer(_) | Event::ReadServer(_) => return Err(End::ServerGone),
             Event::Shutdown => return Err(End::Shutdown),
@@ -202,7 +210,9 @@ impl Session {
                 Phase::Busy { outstanding } => Phase::Busy {
                     outstanding: outstanding + requests,
                 },
-                Phase::Ready(_) => Phase::Busy { outstanding: requests },
+                Phase::Ready(_) => Phase::Busy {
+                    outstanding: requests,
+                },
             };
         }
         if terminate {
@@ -229,7 +239,12 @@ impl Session {
             |tag| matches!(tag, b'Z' | b'E'),
             |frame| {
                 match frame.tag {
-                    b'Z' => ready = Some((ready.map_or(0, |(n, _)| n) + 1, frame.body.first().copied().unwrap_or(b'I'))),
+                    b'Z' => {
+                        ready = Some((
+                            ready.map_or(0, |(n, _)| n) + 1,
+                            frame.body.first().copied().unwrap_or(b'I'),
+                        ))
+                    }
                     _ => fatal |= is_fatal(frame.body),
                 }
                 true
@@ -255,14 +270,22 @@ impl Session {
     async fn finish(&mut self, end: &End) {
         match end {
             End::ClientTerminated => {
-                let _ = self.server.wr.write_all(&[b'X', 0, 0, 0, 4]).await;
+                // Whatever the client sent before Terminate still goes first.
+                self.to_server.extend_from_slice(&TERMINATE);
+                let _ = self.server.wr.write_all(&self.to_server).await;
             }
             End::ClientGone => {
                 if matches!(self.phase, Phase::Busy { .. }) {
                     // Closing the socket does not stop a running query: cancel it.
                     if let Some(key) = self.server.key {
                         debug!("client left mid-query; cancelling it on the server");
-                        let _ = backend::cancel(&self.server.host, self.server.port, key, CANCEL_TIMEOUT).await;
+                        let _ = backend::cancel(
+                            &self.server.host,
+                            self.server.port,
+                            key,
+                            CANCEL_TIMEOUT,
+                        )
+                        .await;
                     }
                 }
             }
@@ -271,9 +294,18 @@ impl Session {
                     let message = format!(
                         "server connection to {} was lost{}",
                         self.server_name,
-                        if matches!(self.phase, Phase::Busy { .. }) { " while a query was running" } else { "" }
+                        if matches!(self.phase, Phase::Busy { .. }) {
+                            " while a query was running"
+                        } else {
+                            ""
+                        }
                     );
-                    messages::error(&mut self.client.out, true, Sqlstate::ConnectionFailure, &message);
+                    messages::error(
+                        &mut self.client.out,
+                        true,
+                        Sqlstate::ConnectionFailure,
+                        &message,
+                    );
                 }
                 info!(server = %self.server_name, "server connection lost");
             }
@@ -286,17 +318,35 @@ impl Session {
                         "terminating connection because the proxy is shutting down",
                     );
                 }
-                let _ = self.server.wr.write_all(&[b'X', 0, 0, 0, 4]).await;
+                let _ = self.server.wr.write_all(&TERMINATE).await;
             }
             End::ClientProtocolError => {
-                let _ = self.server.wr.write_all(&[b'X', 0, 0, 0, 4]).await;
+                let _ = self.server.wr.write_all(&TERMINATE).await;
             }
         }
         self.cancel.set_target(None);
         if !self.client.out.is_empty() && *end != End::ClientGone {
-            let _ = tokio::time::timeout(FINAL_FLUSH, self.client.wr.write_all(&self.client.out)).await;
+            let _ =
+                tokio::time::timeout(FINAL_FLUSH, self.client.wr.write_all(&self.client.out)).await;
         }
         let _ = self.client.wr.shutdown().await;
+    }
+}
+
+/// Writes as much of `buf` as the socket takes without waiting; the relay
+/// loop writes the rest when the socket is writable again.
+fn write_now(wr: &OwnedWriteHalf, buf: &mut BytesMut) -> std::io::Result<()> {
+    if buf.is_empty() {
+        return Ok(());
+    }
+    match wr.try_write(buf) {
+        Ok(0) => Err(std::io::ErrorKind::WriteZero.into()),
+        Ok(n) => {
+            buf.advance(n);
+            Ok(())
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => Ok(()),
+        Err(e) => Err(e),
     }
 }
 

@@ -64,7 +64,10 @@ fn encode(buf: &mut BytesMut, message: &impl Message) {
 /// An ErrorResponse (`fatal` decides between FATAL and ERROR).
 pub fn error(buf: &mut BytesMut, fatal: bool, state: Sqlstate, message: &str) {
     let severity = if fatal { "FATAL" } else { "ERROR" };
-    encode_error_info(buf, ErrorInfo::new(severity.into(), state.code().into(), message.into()));
+    encode_error_info(
+        buf,
+        ErrorInfo::new(severity.into(), state.code().into(), message.into()),
+    );
 }
 
 /// An ErrorResponse from pgwire's own error description (authentication failures).

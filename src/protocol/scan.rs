@@ -78,7 +78,12 @@ impl FrameScanner {
             let total = 1 + len;
             if rest.len() >= total {
                 pos += total;
-                if inspect(tag) && !on_frame(Frame { tag, body: &rest[5..total] }) {
+                if inspect(tag)
+                    && !on_frame(Frame {
+                        tag,
+                        body: &rest[5..total],
+                    })
+                {
                     return Ok(pos);
                 }
                 continue;
@@ -140,7 +145,10 @@ mod tests {
             })
             .unwrap();
         assert_eq!(n, whole);
-        assert_eq!(seen, vec![(b'Z', b"I".to_vec()), (b'C', b"SELECT 1\0".to_vec())]);
+        assert_eq!(
+            seen,
+            vec![(b'Z', b"I".to_vec()), (b'C', b"SELECT 1\0".to_vec())]
+        );
         assert!(!s.mid_frame());
     }
 

@@ -112,7 +112,10 @@ mod tests {
 
     #[test]
     fn recognises_every_request_code() {
-        assert_eq!(parse_startup(&packet(SSL_REQUEST, b"")).unwrap(), StartupPacket::SslRequest);
+        assert_eq!(
+            parse_startup(&packet(SSL_REQUEST, b"")).unwrap(),
+            StartupPacket::SslRequest
+        );
         assert_eq!(
             parse_startup(&packet(GSSENC_REQUEST, b"")).unwrap(),
             StartupPacket::GssEncRequest
@@ -132,11 +135,20 @@ mod tests {
             p,
             StartupPacket::Startup {
                 minor_version: 0,
-                params: vec![("user".into(), "app".into()), ("database".into(), "db".into())]
+                params: vec![
+                    ("user".into(), "app".into()),
+                    ("database".into(), "db".into())
+                ]
             }
         );
         let p = parse_startup(&packet(196_610, b"user\0app\0\0")).unwrap();
-        assert!(matches!(p, StartupPacket::Startup { minor_version: 2, .. }));
+        assert!(matches!(
+            p,
+            StartupPacket::Startup {
+                minor_version: 2,
+                ..
+            }
+        ));
     }
 
     #[test]
@@ -162,6 +174,9 @@ mod tests {
             Err(StartupError::BadLength(i32::MAX))
         ));
         let mut empty: &[u8] = &[];
-        assert!(matches!(read_startup(&mut empty).await, Err(StartupError::Closed)));
+        assert!(matches!(
+            read_startup(&mut empty).await,
+            Err(StartupError::Closed)
+        ));
     }
 }

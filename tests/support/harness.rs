@@ -56,7 +56,9 @@ pub fn url(proxy: &Proxy, user: &str, password: &str) -> String {
 }
 
 /// A client whose notices and notifications arrive on the returned channel.
-pub async fn connect_with(conn_str: &str) -> Result<(Client, mpsc::UnboundedReceiver<AsyncMessage>), tokio_postgres::Error> {
+pub async fn connect_with(
+    conn_str: &str,
+) -> Result<(Client, mpsc::UnboundedReceiver<AsyncMessage>), tokio_postgres::Error> {
     let (client, mut connection) = tokio_postgres::connect(conn_str, NoTls).await?;
     let (tx, rx) = mpsc::unbounded_channel();
     tokio::spawn(async move {
@@ -69,7 +71,10 @@ pub async fn connect_with(conn_str: &str) -> Result<(Client, mpsc::UnboundedRece
 }
 
 /// The superuser, through the proxy.
-pub async fn connect(proxy: &Proxy, cluster: &LocalCluster) -> (Client, mpsc::UnboundedReceiver<AsyncMessage>) {
+pub async fn connect(
+    proxy: &Proxy,
+    cluster: &LocalCluster,
+) -> (Client, mpsc::UnboundedReceiver<AsyncMessage>) {
     connect_with(&url(proxy, cluster.superuser(), cluster.password()))
         .await
         .expect("connect through the proxy")
@@ -77,5 +82,7 @@ pub async fn connect(proxy: &Proxy, cluster: &LocalCluster) -> (Client, mpsc::Un
 
 /// The SQLSTATE of a failed call.
 pub fn sqlstate(e: &tokio_postgres::Error) -> String {
-    e.code().map(|c| c.code().to_owned()).unwrap_or_else(|| format!("no sqlstate: {e}"))
+    e.code()
+        .map(|c| c.code().to_owned())
+        .unwrap_or_else(|| format!("no sqlstate: {e}"))
 }
