@@ -5,7 +5,8 @@ use std::net::SocketAddr;
 
 use crate::cluster::{ClusterOptions, LocalCluster};
 use crate::config::{
-    AuthMethod, BackendConfig, Config, MonitorConfig, NodeConfig, ProxyConfig, UserConfig,
+    AuthMethod, BackendConfig, Config, MonitorConfig, NodeConfig, PoolConfig, ProxyConfig,
+    UserConfig,
 };
 use crate::proxy::Proxy;
 
@@ -67,6 +68,7 @@ pub fn demo_config(cluster: &LocalCluster, listen: SocketAddr) -> Config {
             database: "postgres".into(),
         },
         monitor: MonitorConfig::default(),
+        pool: PoolConfig::default(),
         nodes: cluster
             .nodes()
             .iter()

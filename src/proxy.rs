@@ -4,12 +4,14 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use tokio::net::TcpListener;
 use tokio::sync::{watch, Semaphore};
 use tokio::task::JoinHandle;
 use tracing::{info, warn};
 
+use crate::backend::pool::ServerPool;
 use crate::config::{Config, ConfigError};
 use crate::control::Monitor;
 use crate::frontend::auth::Authenticator;
@@ -34,6 +36,7 @@ pub struct Proxy {
     topology: TopologyHandle,
     shutdown: watch::Sender<bool>,
     listener: JoinHandle<()>,
+    reaper: JoinHandle<()>,
     monitor: Monitor,
 }
 
@@ -51,7 +54,17 @@ impl Proxy {
         let (shutdown, shutdown_rx) = watch::channel(false);
         let topology = TopologyHandle::new(Topology::from_config(&config.nodes));
         let monitor = Monitor::start(&config, topology.clone(), shutdown_rx.clone()).await;
+        let pool = Arc::new(ServerPool::new(
+            &config.pool,
+            config.proxy.connect_timeout(),
+        ));
+        let reaper = tokio::spawn(prune_idle(
+            pool.clone(),
+            config.pool.idle_timeout(),
+            shutdown_rx.clone(),
+        ));
         let shared = Arc::new(Shared {
+            pool,
             auth: Authenticator::new(&config),
             config: Arc::new(config),
             topology: topology.clone(),
@@ -65,6 +78,7 @@ impl Proxy {
             topology,
             shutdown,
             listener,
+            reaper,
             monitor,
         })
     }
@@ -84,6 +98,7 @@ impl Proxy {
     pub async fn shutdown(mut self) {
         let _ = self.shutdown.send(true);
         let _ = (&mut self.listener).await;
+        let _ = (&mut self.reaper).await;
         self.monitor.join().await;
     }
 }
@@ -92,6 +107,22 @@ impl Drop for Proxy {
     fn drop(&mut self) {
         let _ = self.shutdown.send(true);
         self.listener.abort();
+        self.reaper.abort();
+    }
+}
+
+/// Closes idle server connections once they outlive the idle timeout.
+async fn prune_idle(
+    pool: Arc<ServerPool>,
+    idle_timeout: Duration,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let mut tick = tokio::time::interval((idle_timeout / 2).max(Duration::from_millis(100)));
+    loop {
+        tokio::select! {
+            _ = tick.tick() => pool.prune(),
+            _ = shutdown.changed() => return,
+        }
     }
 }
 

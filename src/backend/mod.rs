@@ -6,6 +6,8 @@
 //! ErrorResponse during startup is kept as bytes so the client sees exactly
 //! what PostgreSQL said (e.g. `3D000 database does not exist`).
 
+pub mod pool;
+
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};

@@ -48,6 +48,8 @@ pub struct Config {
     #[serde(default)]
     pub monitor: MonitorConfig,
     #[serde(default)]
+    pub pool: PoolConfig,
+    #[serde(default)]
     pub nodes: Vec<NodeConfig>,
     #[serde(default)]
     pub users: Vec<UserConfig>,
@@ -139,6 +141,31 @@ impl MonitorConfig {
 
     pub fn probe_timeout(&self) -> Duration {
         Duration::from_millis(self.probe_timeout_ms)
+    }
+}
+
+/// Idle server connections kept for reuse.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PoolConfig {
+    /// Idle connections kept per (node, startup parameters); 0 turns reuse off.
+    pub max_idle_per_key: usize,
+    /// An idle connection older than this is closed.
+    pub idle_timeout_ms: u64,
+}
+
+impl Default for PoolConfig {
+    fn default() -> Self {
+        PoolConfig {
+            max_idle_per_key: 64,
+            idle_timeout_ms: 60_000,
+        }
+    }
+}
+
+impl PoolConfig {
+    pub fn idle_timeout(&self) -> Duration {
+        Duration::from_millis(self.idle_timeout_ms)
     }
 }
 
@@ -253,6 +280,7 @@ impl Config {
         positive("proxy.connect_timeout_ms", p.connect_timeout_ms)?;
         positive("monitor.probe_interval_ms", self.monitor.probe_interval_ms)?;
         positive("monitor.probe_timeout_ms", self.monitor.probe_timeout_ms)?;
+        positive("pool.idle_timeout_ms", self.pool.idle_timeout_ms)?;
         if self.backend.user.is_empty() {
             return Err(invalid("backend.user", "must not be empty"));
         }

@@ -16,6 +16,7 @@ use tokio::net::TcpStream;
 use tokio::sync::{watch, OwnedSemaphorePermit};
 use tracing::{debug, info, Instrument};
 
+use crate::backend::pool::{PoolKey, ServerPool};
 use crate::backend::{self, ConnectError, Login, ServerConn};
 use crate::config::Config;
 use crate::protocol::startup::{read_startup, StartupError, StartupPacket};
@@ -32,6 +33,7 @@ const MAX_AUTH_MESSAGE: usize = 64 * 1024;
 /// What every client task shares.
 pub struct Shared {
     pub config: Arc<Config>,
+    pub pool: Arc<ServerPool>,
     pub topology: TopologyHandle,
     pub cancels: Arc<CancelRegistry>,
     pub auth: Authenticator,
@@ -63,56 +65,66 @@ pub async fn serve(
         user = tracing::field::Empty,
         epoch = tracing::field::Empty
     );
-    async move {
-        let _ = stream.set_nodelay(true);
-        let (rd, wr) = stream.into_split();
-        let mut client = ClientIo {
-            rd,
-            wr,
-            inbuf: BytesMut::with_capacity(16 * 1024),
-            out: BytesMut::with_capacity(16 * 1024),
-        };
-        let timeout = shared.config.proxy.startup_timeout();
-        let started =
-            tokio::time::timeout(timeout, start(&mut client, peer, &shared, permit.is_some()))
-                .await;
-        let connected = match started {
-            Ok(Ok(connected)) => connected,
-            Ok(Err(Refusal::Silent)) => return,
-            Ok(Err(Refusal::Told)) | Err(_) => {
-                if started.is_err() {
-                    messages::error(
-                        &mut client.out,
-                        true,
-                        Sqlstate::ConnectionFailure,
-                        "startup timed out",
-                    );
-                }
-                let _ = client.wr.write_all(&client.out).await;
-                return;
-            }
-        };
-        let session = Session::new(
-            client,
-            connected.server,
-            connected.node_name,
-            shared.config.proxy.max_message_size,
-            connected.cancel,
-            shared.shutdown.clone(),
-        );
-        let end = session.run().await;
-        debug!(?end, "session ended");
-        drop(permit);
+    let Some((client, connected)) = open(stream, peer, &shared, permit.is_some())
+        .instrument(span.clone())
+        .await
+    else {
+        return;
+    };
+    // The relay polls far too often to enter a span each time: it logs
+    // with the span as an explicit parent instead.
+    let session = Session::new(
+        client,
+        connected,
+        shared.pool.clone(),
+        shared.config.proxy.max_message_size,
+        shared.shutdown.clone(),
+        span.clone(),
+    );
+    let end = session.run().await;
+    debug!(parent: &span, ?end, "session ended");
+    drop(permit);
+}
+
+/// Startup with its deadline; `None` when the client was refused or left.
+async fn open(
+    stream: TcpStream,
+    peer: SocketAddr,
+    shared: &Shared,
+    admitted: bool,
+) -> Option<(ClientIo, Connected)> {
+    let _ = stream.set_nodelay(true);
+    let (rd, wr) = stream.into_split();
+    let mut client = ClientIo {
+        rd,
+        wr,
+        inbuf: BytesMut::with_capacity(16 * 1024),
+        out: BytesMut::with_capacity(16 * 1024),
+    };
+    let timeout = shared.config.proxy.startup_timeout();
+    let started = tokio::time::timeout(timeout, start(&mut client, peer, shared, admitted)).await;
+    match started {
+        Ok(Ok(connected)) => return Some((client, connected)),
+        Ok(Err(Refusal::Silent)) => return None,
+        Ok(Err(Refusal::Told)) => {}
+        Err(_) => messages::error(
+            &mut client.out,
+            true,
+            Sqlstate::ConnectionFailure,
+            "startup timed out",
+        ),
     }
-    .instrument(span)
-    .await
+    let _ = client.wr.write_all(&client.out).await;
+    None
 }
 
 /// A client that has authenticated and has a server connection.
-struct Connected {
-    server: ServerConn,
-    node_name: String,
-    cancel: CancelHandle,
+pub struct Connected {
+    pub server: ServerConn,
+    pub node_name: String,
+    pub cancel: CancelHandle,
+    /// Where the server connection goes back to when the client leaves.
+    pub pool_key: PoolKey,
 }
 
 /// Startup and authentication; on success the session is ready to relay.
@@ -253,19 +265,25 @@ async fn connect_session(
             *v = server_user.to_owned();
         }
     }
+    let pool_key = PoolKey::new(&node.host, node.port, user, &params);
     let login = Login {
         user: server_user,
         password: user_config.and_then(|u| u.server_password()),
         params: &params,
     };
-    let server = match backend::connect(
-        &node.host,
-        node.port,
-        &login,
-        shared.config.proxy.connect_timeout(),
-    )
-    .await
-    {
+    let connected = match shared.pool.take(&pool_key) {
+        Some(server) => Ok(server),
+        None => {
+            backend::connect(
+                &node.host,
+                node.port,
+                &login,
+                shared.config.proxy.connect_timeout(),
+            )
+            .await
+        }
+    };
+    let server = match connected {
         Ok(s) => s,
         Err(ConnectError::Refused { error, .. }) => {
             client.out.extend_from_slice(&error);
@@ -288,6 +306,7 @@ async fn connect_session(
         server,
         node_name: node.name.clone(),
         cancel,
+        pool_key,
     })
 }
 

@@ -6,15 +6,20 @@
 //! their boundaries and copied as bytes; only the few that carry session
 //! state (ReadyForQuery, Query, Sync, Terminate, server errors) are read.
 
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::{Buf, BytesMut};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::sync::watch;
-use tracing::{debug, info};
+use tracing::{debug, info, Span};
 
 use super::cancel::CancelHandle;
+use super::Connected;
+use crate::backend::pool::{PoolKey, ServerPool};
 use crate::backend::{self, ServerConn};
 use crate::protocol::{messages, FrameScanner, ScanError, Sqlstate};
 
@@ -96,20 +101,32 @@ pub struct Session {
     server_said_fatal: bool,
     cancel: CancelHandle,
     shutdown: watch::Receiver<bool>,
+    span: Span,
+    pool: Arc<ServerPool>,
+    pool_key: PoolKey,
 }
 
 impl Session {
     pub fn new(
         client: ClientIo,
-        mut server: ServerConn,
-        server_name: String,
+        connected: Connected,
+        pool: Arc<ServerPool>,
         max_message_size: usize,
-        cancel: CancelHandle,
         shutdown: watch::Receiver<bool>,
+        span: Span,
     ) -> Session {
+        let Connected {
+            mut server,
+            node_name: server_name,
+            cancel,
+            pool_key,
+        } = connected;
         // Anything the server sent past its startup ReadyForQuery is relayed first.
         server.pending.reserve(16 * 1024);
         Session {
+            span,
+            pool,
+            pool_key,
             client,
             client_frames: FrameScanner::new(max_message_size),
             server,
@@ -126,8 +143,28 @@ impl Session {
     /// Relays until either side ends the session.
     pub async fn run(mut self) -> End {
         let end = self.relay().await;
-        self.finish(&end).await;
+        let reusable = self.server_reusable(&end);
+        self.finish(&end, reusable).await;
+        if reusable {
+            let Session {
+                pool,
+                pool_key,
+                server,
+                ..
+            } = self;
+            tokio::spawn(pool.put_back(pool_key, server));
+        }
         end
+    }
+
+    /// A server connection can serve another client when this one left it
+    /// idle: outside a transaction, nothing in flight, nothing half-sent.
+    fn server_reusable(&self, end: &End) -> bool {
+        matches!(end, End::ClientTerminated | End::ClientGone)
+            && self.phase == Phase::Ready(TxnStatus::Idle)
+            && self.to_server.is_empty()
+            && !self.server_said_fatal
+            && !self.server_frames.mid_frame()
     }
 
     async fn relay(&mut self) -> End {
@@ -136,20 +173,25 @@ impl Session {
                 return end;
             }
         }
+        // Made once: re-arming a watch waiter on every message costs more than the rest of the loop.
+        let mut shutdown = self.shutdown.clone();
+        let stop = async move {
+            let _ = shutdown.wait_for(|stopping| *stopping).await;
+        };
+        tokio::pin!(stop);
         loop {
-            if let Err(end) = self.step().await {
+            if let Err(end) = self.step(stop.as_mut()).await {
                 return end;
             }
         }
     }
 
     /// Waits for the next thing that can happen and handles it.
-    async fn step(&mut self) -> Result<(), End> {
+    async fn step(&mut self, stop: Pin<&mut impl Future<Output = ()>>) -> Result<(), End> {
         let Session {
             client,
             server,
             to_server,
-            shutdown,
             ..
         } = self;
         let read_client = to_server.len() < HIGH_WATER;
@@ -160,13 +202,13 @@ impl Session {
             r = server.wr.write(to_server), if !to_server.is_empty() => Event::WroteServer(r),
             r = server.rd.read_buf(&mut server.pending), if read_server => Event::ReadServer(r),
             r = client.rd.read_buf(&mut client.inbuf), if read_client => Event::ReadClient(r),
-            _ = shutdown.changed() => Event::Shutdown,
+            () = stop => Event::Shutdown,
         };
         match event {
             Event::WroteClient(Ok(n)) if n > 0 => self.client.out.advance(n),
             Event::WroteServer(Ok(n)) if n > 0 => self.to_server.advance(n),
             Event::ReadServer(Ok(n)) if n > 0 => {
-                self.on_server_bytes();
+                self.on_server_bytes()?;
                 // Usually the socket can take it all now: skip a trip round the loop.
                 write_now(&self.client.wr, &mut self.client.out).map_err(|_| End::ClientGone)?;
             }
@@ -184,16 +226,18 @@ impl Session {
     /// Moves every complete (or streamable) client frame to the server.
     fn on_client_bytes(&mut self) -> Result<(), End> {
         let mut requests = 0u32;
-        let mut terminate = false;
+        // The Terminate frame's length: it ends the scan and is not relayed,
+        // because what the server gets at the end is the proxy's decision.
+        let mut terminate = None;
         let scanned = self.client_frames.scan(
             &self.client.inbuf,
             |tag| matches!(tag, b'Q' | b'S' | b'X'),
             |frame| {
                 match frame.tag {
-                    b'X' => terminate = true,
+                    b'X' => terminate = Some(5 + frame.body.len()),
                     _ => requests += 1,
                 }
-                !terminate
+                terminate.is_none()
             },
         );
         let n = match scanned {
@@ -203,7 +247,9 @@ impl Session {
                 return Err(End::ClientProtocolError);
             }
         };
-        self.to_server.extend_from_slice(&self.client.inbuf[..n]);
+        let relayed = n - terminate.unwrap_or(0);
+        self.to_server
+            .extend_from_slice(&self.client.inbuf[..relayed]);
         self.client.inbuf.advance(n);
         if requests > 0 {
             self.phase = match self.phase {
@@ -215,7 +261,7 @@ impl Session {
                 },
             };
         }
-        if terminate {
+        if terminate.is_some() {
             return Err(End::ClientTerminated);
         }
         Ok(())
@@ -226,12 +272,12 @@ impl Session {
             ScanError::TooLarge { .. } => Sqlstate::ProgramLimitExceeded,
             ScanError::BadLength { .. } => Sqlstate::ProtocolViolation,
         };
-        info!(error = %e, "closing client after a bad frame");
+        info!(parent: &self.span, error = %e, "closing client after a bad frame");
         messages::error(&mut self.client.out, true, state, &e.to_string());
     }
 
     /// Moves server bytes to the client, noting ReadyForQuery and FATALs.
-    fn on_server_bytes(&mut self) {
+    fn on_server_bytes(&mut self) -> Result<(), End> {
         let mut ready = None;
         let mut fatal = false;
         let scanned = self.server_frames.scan(
@@ -250,9 +296,12 @@ impl Session {
                 true
             },
         );
-        // Server lengths are only sanity-checked; a broken one ends the session
-        // at the next read, which sees no progress.
-        let n = scanned.unwrap_or(0);
+        // Server lengths are only sanity-checked, but a server that breaks
+        // framing cannot be relayed any further.
+        let n = scanned.map_err(|e| {
+            info!(parent: &self.span, server = %self.server_name, error = %e, "server sent an invalid frame");
+            End::ServerGone
+        })?;
         self.client.out.extend_from_slice(&self.server.pending[..n]);
         self.server.pending.advance(n);
         self.server_said_fatal |= fatal;
@@ -264,11 +313,13 @@ impl Session {
                 _ => Phase::Ready(TxnStatus::from_byte(status)),
             };
         }
+        Ok(())
     }
 
     /// Says goodbye on both sides according to why the session ended.
-    async fn finish(&mut self, end: &End) {
+    async fn finish(&mut self, end: &End, reusable: bool) {
         match end {
+            End::ClientTerminated | End::ClientGone if reusable => {}
             End::ClientTerminated => {
                 // Whatever the client sent before Terminate still goes first.
                 self.to_server.extend_from_slice(&TERMINATE);
@@ -278,7 +329,7 @@ impl Session {
                 if matches!(self.phase, Phase::Busy { .. }) {
                     // Closing the socket does not stop a running query: cancel it.
                     if let Some(key) = self.server.key {
-                        debug!("client left mid-query; cancelling it on the server");
+                        debug!(parent: &self.span, "client left mid-query; cancelling it on the server");
                         let _ = backend::cancel(
                             &self.server.host,
                             self.server.port,
@@ -307,7 +358,7 @@ impl Session {
                         &message,
                     );
                 }
-                info!(server = %self.server_name, "server connection lost");
+                info!(parent: &self.span, server = %self.server_name, "server connection lost");
             }
             End::Shutdown => {
                 if !self.server_frames.mid_frame() {
