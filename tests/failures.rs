@@ -405,7 +405,8 @@ async fn lost_server_connection_mid_query_gets_class_08() {
         .unwrap()
         .unwrap_err();
     assert!(sqlstate(&err).starts_with("08"), "{err:?}");
-    // New sessions work once the path is back.
+    // New sessions work: the cut also broke the monitor's probe connection,
+    // but one failed probe does not take the primary out of routing.
     let (client, _) = connect(&proxy, cluster).await;
     select_one_works(&client).await;
 }

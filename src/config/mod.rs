@@ -123,6 +123,8 @@ pub struct MonitorConfig {
     pub probe_interval_ms: u64,
     /// A probe that takes longer than this counts as failed.
     pub probe_timeout_ms: u64,
+    /// A node's health flips after this many probe results in a row.
+    pub health_threshold: u32,
 }
 
 impl Default for MonitorConfig {
@@ -130,6 +132,7 @@ impl Default for MonitorConfig {
         MonitorConfig {
             probe_interval_ms: 250,
             probe_timeout_ms: 1_000,
+            health_threshold: 3,
         }
     }
 }
@@ -281,6 +284,10 @@ impl Config {
         positive("monitor.probe_interval_ms", self.monitor.probe_interval_ms)?;
         positive("monitor.probe_timeout_ms", self.monitor.probe_timeout_ms)?;
         positive("pool.idle_timeout_ms", self.pool.idle_timeout_ms)?;
+        positive(
+            "monitor.health_threshold",
+            self.monitor.health_threshold.into(),
+        )?;
         if self.backend.user.is_empty() {
             return Err(invalid("backend.user", "must not be empty"));
         }

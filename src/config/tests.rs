@@ -90,6 +90,8 @@ fn zero_timeouts_are_rejected() {
     }
     let e = error_of(&format!("{GOOD}\n[monitor]\nprobe_interval_ms = 0\n"));
     assert_eq!(e.key, "monitor.probe_interval_ms");
+    let e = error_of(&format!("{GOOD}\n[monitor]\nhealth_threshold = 0\n"));
+    assert_eq!(e.key, "monitor.health_threshold");
     let e = error_of(&format!("{GOOD}\n[pool]\nidle_timeout_ms = 0\n"));
     assert_eq!(e.key, "pool.idle_timeout_ms");
 }

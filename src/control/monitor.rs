@@ -56,6 +56,8 @@ impl Monitor {
         let driver = Driver {
             topology,
             results: rx,
+            streaks: vec![Streak::default(); config.nodes.len()],
+            threshold: config.monitor.health_threshold,
             unseen: config.nodes.len(),
             seen: vec![false; config.nodes.len()],
             first_round: first_round_tx,
@@ -158,6 +160,8 @@ impl Prober {
 struct Driver {
     topology: TopologyHandle,
     results: mpsc::Receiver<ProbeResult>,
+    streaks: Vec<Streak>,
+    threshold: u32,
     unseen: usize,
     seen: Vec<bool>,
     first_round: watch::Sender<bool>,
@@ -175,7 +179,7 @@ impl Driver {
                 _ = self.shutdown.changed() => return,
             };
             let current = self.topology.load();
-            let next = apply(&current, result);
+            let next = apply(&current, &mut self.streaks, result, self.threshold);
             if next != *current {
                 log_change(&current, &next, result.node);
                 self.topology.publish(next);
@@ -191,22 +195,53 @@ impl Driver {
     }
 }
 
-/// Folds one probe result into a topology (pure).
-pub fn apply(current: &Topology, result: ProbeResult) -> Topology {
+/// Probe results in a row for one node.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Streak {
+    answered: u32,
+    failed: u32,
+}
+
+/// Folds one probe result into a topology (pure). Health flips only after
+/// `threshold` results in a row, so one lost probe does not take a node out
+/// of routing; a node never reached before counts as up on first contact.
+pub fn apply(
+    current: &Topology,
+    streaks: &mut [Streak],
+    result: ProbeResult,
+    threshold: u32,
+) -> Topology {
     let mut next = current.clone();
-    let Some(node) = next.nodes.get_mut(result.node) else {
+    let (Some(node), Some(streak)) = (
+        next.nodes.get_mut(result.node),
+        streaks.get_mut(result.node),
+    ) else {
         return next;
     };
     match result.in_recovery {
         Some(in_recovery) => {
-            node.healthy = true;
+            *streak = Streak {
+                answered: streak.answered.saturating_add(1),
+                failed: 0,
+            };
+            if node.role == Role::Unknown || streak.answered >= threshold {
+                node.healthy = true;
+            }
             node.role = if in_recovery {
                 Role::Replica
             } else {
                 Role::Primary
             };
         }
-        None => node.healthy = false,
+        None => {
+            *streak = Streak {
+                answered: 0,
+                failed: streak.failed.saturating_add(1),
+            };
+            if streak.failed >= threshold {
+                node.healthy = false;
+            }
+        }
     }
     next
 }
@@ -240,44 +275,54 @@ mod tests {
         }
     }
 
+    fn up(node: usize, in_recovery: bool) -> ProbeResult {
+        ProbeResult {
+            node,
+            in_recovery: Some(in_recovery),
+        }
+    }
+
+    fn down(node: usize) -> ProbeResult {
+        ProbeResult {
+            node,
+            in_recovery: None,
+        }
+    }
+
     #[test]
-    fn probe_results_set_role_and_health() {
-        let t = apply(
-            &topo(),
-            ProbeResult {
-                node: 1,
-                in_recovery: Some(false),
-            },
-        );
+    fn first_contact_sets_role_and_health_at_once() {
+        let mut streaks = vec![Streak::default(); 2];
+        let t = apply(&topo(), &mut streaks, up(1, false), 3);
         assert_eq!(t.primary(), Some(1));
-        let t = apply(
-            &t,
-            ProbeResult {
-                node: 0,
-                in_recovery: Some(true),
-            },
-        );
+        let t = apply(&t, &mut streaks, up(0, true), 3);
         assert_eq!(t.nodes[0].role, Role::Replica);
-        let t = apply(
-            &t,
-            ProbeResult {
-                node: 1,
-                in_recovery: None,
-            },
-        );
-        assert_eq!(t.primary(), None);
+        assert!(t.nodes[0].healthy);
+    }
+
+    #[test]
+    fn health_flips_only_after_threshold_results_in_a_row() {
+        let mut streaks = vec![Streak::default(); 2];
+        let mut t = apply(&topo(), &mut streaks, up(1, false), 3);
+        // Two failures, then an answer: still up all along.
+        for result in [down(1), down(1), up(1, false), down(1), down(1)] {
+            t = apply(&t, &mut streaks, result, 3);
+            assert_eq!(t.primary(), Some(1), "after {result:?}");
+        }
+        t = apply(&t, &mut streaks, down(1), 3);
+        assert_eq!(t.primary(), None, "third failure in a row");
         assert_eq!(t.nodes[1].role, Role::Primary, "role is kept while down");
+        for _ in 0..2 {
+            t = apply(&t, &mut streaks, up(1, false), 3);
+            assert_eq!(t.primary(), None, "not back before three answers");
+        }
+        t = apply(&t, &mut streaks, up(1, false), 3);
+        assert_eq!(t.primary(), Some(1));
     }
 
     #[test]
     fn results_for_unknown_nodes_change_nothing() {
-        let t = apply(
-            &topo(),
-            ProbeResult {
-                node: 9,
-                in_recovery: Some(false),
-            },
-        );
+        let mut streaks = vec![Streak::default(); 2];
+        let t = apply(&topo(), &mut streaks, up(9, false), 3);
         assert_eq!(t, topo());
     }
 }

@@ -1,0 +1,293 @@
+//! Session commands → the [`SessionEffect`]s the session layer must track:
+//! SET / RESET (including ROLE, SESSION AUTHORIZATION, TIME ZONE, NAMES and
+//! SESSION CHARACTERISTICS), SQL PREPARE / EXECUTE / DEALLOCATE, DISCARD,
+//! LISTEN / UNLISTEN, and the `palisade.pin` switch. All are writes: they
+//! run on the primary unless a transaction holds the session elsewhere.
+
+use std::collections::HashSet;
+
+use sqlparser::ast::{
+    ContextModifier, DiscardObject, Expr, Ident, ObjectName, Reset, Set,
+    SetSessionAuthorizationParamKind, Statement, TransactionAccessMode, TransactionIsolationLevel,
+    TransactionMode, Value,
+};
+
+use super::scan::scan;
+use super::statement::classify_statement;
+use super::{Part, PinReason, Reason, SessionEffect};
+
+/// The custom parameter that pins a session on demand.
+const PIN_PARAMETER: &str = "palisade.pin";
+
+pub(super) fn session_part(stmt: &Statement, volatile: &HashSet<String>) -> Part {
+    use SessionEffect as E;
+    let effects = match stmt {
+        Statement::Set(set) => return set_part(set),
+        Statement::Reset(reset) => vec![match &reset.reset {
+            Reset::ALL => E::Reset { name: None },
+            Reset::SessionAuthorization => reset_of("session_authorization"),
+            Reset::ConfigurationParameter(name) if parameter(name) == PIN_PARAMETER => {
+                E::Unpin(PinReason::Explicit)
+            }
+            Reset::ConfigurationParameter(name) => reset_of(&parameter(name)),
+        }],
+        Statement::Prepare {
+            name, statement, ..
+        } => vec![E::Prepare {
+            name: folded(name),
+            class: classify_statement(statement, volatile).class,
+        }],
+        Statement::Deallocate { name, .. } => vec![E::Deallocate {
+            name: (!is_bare(name, "all")).then(|| folded(name)),
+        }],
+        Statement::Execute { name, .. } => {
+            let last = name
+                .as_ref()
+                .and_then(|n| n.0.last())
+                .and_then(|p| p.as_ident());
+            let reason = Reason::ExecutePrepared(last.map(folded).unwrap_or_default());
+            // The parameters are evaluated now.
+            return Part::write(reason).with_effects(scan(stmt, volatile).effects);
+        }
+        Statement::Discard {
+            object_type: DiscardObject::ALL,
+        } => vec![
+            E::Reset { name: None },
+            E::Deallocate { name: None },
+            E::Unpin(PinReason::Listen),
+            E::Unpin(PinReason::TempObject),
+            E::Unpin(PinReason::AdvisoryLock),
+            E::Unpin(PinReason::HoldCursor),
+        ],
+        Statement::Discard {
+            object_type: DiscardObject::TEMP,
+        } => vec![E::Unpin(PinReason::TempObject)],
+        Statement::LISTEN { .. } => vec![E::Pin(PinReason::Listen)],
+        Statement::UNLISTEN { channel } if is_bare(channel, "*") => {
+            vec![E::Unpin(PinReason::Listen)]
+        }
+        // DISCARD PLANS/SEQUENCES, UNLISTEN of one channel.
+        _ => Vec::new(),
+    };
+    Part::write(Reason::SessionCommand).with_effects(effects)
+}
+
+fn set_part(set: &Set) -> Part {
+    let mut effects = Vec::new();
+    let mut reason = Reason::SessionCommand;
+    match set {
+        Set::SingleAssignment {
+            scope,
+            variable,
+            values,
+            ..
+        } => assign(&parameter(variable), values, is_local(scope), &mut effects),
+        Set::ParenthesizedAssignments { variables, values } => {
+            for (variable, value) in variables.iter().zip(values) {
+                assign(
+                    &parameter(variable),
+                    std::slice::from_ref(value),
+                    false,
+                    &mut effects,
+                );
+            }
+        }
+        Set::MultipleAssignments { assignments } => {
+            for a in assignments {
+                let local = is_local(&a.scope);
+                assign(
+                    &parameter(&a.name),
+                    std::slice::from_ref(&a.value),
+                    local,
+                    &mut effects,
+                );
+            }
+        }
+        Set::SetTimeZone { local, value } => assign(
+            "timezone",
+            std::slice::from_ref(value),
+            *local,
+            &mut effects,
+        ),
+        Set::SetRole {
+            context_modifier,
+            role_name,
+        } => {
+            let local = is_local(context_modifier);
+            match role_name {
+                Some(role) => effects.push(set_effect("role", role.to_string(), local)),
+                None if local => effects.push(set_effect("role", "NONE".into(), true)),
+                None => effects.push(reset_of("role")),
+            }
+        }
+        Set::SetSessionAuthorization(param) => {
+            let local = param.scope == ContextModifier::Local;
+            match &param.kind {
+                SetSessionAuthorizationParamKind::User(user) => {
+                    effects.push(set_effect("session_authorization", user.to_string(), local))
+                }
+                SetSessionAuthorizationParamKind::Default if local => {
+                    effects.push(set_effect("session_authorization", "DEFAULT".into(), true))
+                }
+                SetSessionAuthorizationParamKind::Default => {
+                    effects.push(reset_of("session_authorization"))
+                }
+            }
+        }
+        Set::SetNames { charset_name, .. } => effects.push(set_effect(
+            "client_encoding",
+            charset_name.to_string(),
+            false,
+        )),
+        Set::SetNamesDefault {} => effects.push(reset_of("client_encoding")),
+        Set::SetTransaction { modes, session, .. } => {
+            reason = Reason::TransactionControl;
+            // SET SESSION CHARACTERISTICS sets the session defaults; plain
+            // SET TRANSACTION only affects the current transaction.
+            if *session {
+                session_characteristics(modes, &mut effects);
+            }
+        }
+        Set::SetSessionParam(_) => {}
+    }
+    Part::write(reason).with_effects(effects)
+}
+
+fn assign(name: &str, values: &[Expr], local: bool, effects: &mut Vec<SessionEffect>) {
+    if name == PIN_PARAMETER {
+        let on = match values {
+            [value] => boolean(value),
+            _ => None,
+        };
+        let default = matches!(values, [Expr::Identifier(i)] if is_bare(i, "default"));
+        // Anything but a clear "off" pins: pinning is the safe side.
+        let effect = if on == Some(false) || default {
+            SessionEffect::Unpin(PinReason::Explicit)
+        } else {
+            SessionEffect::Pin(PinReason::Explicit)
+        };
+        effects.push(effect);
+        return;
+    }
+    let keyword_value = match values {
+        [Expr::Identifier(i)] if i.quote_style.is_none() => Some(i.value.to_ascii_lowercase()),
+        _ => None,
+    };
+    let resets = match keyword_value.as_deref() {
+        Some("default") => true,
+        Some("local") => name == "timezone",
+        _ => false,
+    };
+    if resets && !local {
+        effects.push(reset_of(name));
+        return;
+    }
+    let value = values
+        .iter()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join(", ");
+    effects.push(set_effect(name, value, local));
+}
+
+fn session_characteristics(modes: &[TransactionMode], effects: &mut Vec<SessionEffect>) {
+    if let Some(mode) = access_mode(modes) {
+        let on = if mode == TransactionAccessMode::ReadOnly {
+            "on"
+        } else {
+            "off"
+        };
+        effects.push(set_effect(
+            "default_transaction_read_only",
+            on.into(),
+            false,
+        ));
+    }
+    let isolation = modes.iter().rev().find_map(|m| match m {
+        TransactionMode::IsolationLevel(level) => Some(*level),
+        TransactionMode::AccessMode(_) => None,
+    });
+    let level = match isolation {
+        Some(TransactionIsolationLevel::ReadUncommitted) => "'read uncommitted'",
+        Some(TransactionIsolationLevel::ReadCommitted) => "'read committed'",
+        Some(TransactionIsolationLevel::RepeatableRead) => "'repeatable read'",
+        Some(TransactionIsolationLevel::Serializable) => "'serializable'",
+        Some(TransactionIsolationLevel::Snapshot) | None => return,
+    };
+    effects.push(set_effect(
+        "default_transaction_isolation",
+        level.into(),
+        false,
+    ));
+}
+
+/// The last access mode given, as PostgreSQL applies them in order.
+pub(super) fn access_mode(modes: &[TransactionMode]) -> Option<TransactionAccessMode> {
+    modes.iter().rev().find_map(|m| match m {
+        TransactionMode::AccessMode(mode) => Some(*mode),
+        TransactionMode::IsolationLevel(_) => None,
+    })
+}
+
+fn set_effect(name: &str, value: String, local: bool) -> SessionEffect {
+    SessionEffect::Set {
+        name: name.to_owned(),
+        value,
+        local,
+    }
+}
+
+fn reset_of(name: &str) -> SessionEffect {
+    SessionEffect::Reset {
+        name: Some(name.to_owned()),
+    }
+}
+
+/// A parameter name as PostgreSQL matches it: parts joined by `.`, lower case.
+fn parameter(name: &ObjectName) -> String {
+    let parts: Vec<String> = name
+        .0
+        .iter()
+        .map(|part| match part.as_ident() {
+            Some(ident) => ident.value.to_lowercase(),
+            None => part.to_string().to_lowercase(),
+        })
+        .collect();
+    parts.join(".")
+}
+
+fn is_local(scope: &Option<ContextModifier>) -> bool {
+    *scope == Some(ContextModifier::Local)
+}
+
+/// A name as PostgreSQL resolves it: unquoted names fold to lower case.
+fn folded(ident: &Ident) -> String {
+    match ident.quote_style {
+        None => ident.value.to_lowercase(),
+        Some(_) => ident.value.clone(),
+    }
+}
+
+/// An unquoted identifier spelled `word` (case-insensitive).
+fn is_bare(ident: &Ident, word: &str) -> bool {
+    ident.quote_style.is_none() && ident.value.eq_ignore_ascii_case(word)
+}
+
+/// PostgreSQL's boolean spellings for an option or parameter value.
+pub(super) fn boolean(expr: &Expr) -> Option<bool> {
+    let text = match expr {
+        Expr::Identifier(ident) => ident.value.to_ascii_lowercase(),
+        Expr::Value(v) => match &v.value {
+            Value::Boolean(b) => return Some(*b),
+            Value::Number(n, _) => n.to_string(),
+            Value::SingleQuotedString(s) => s.to_ascii_lowercase(),
+            _ => return None,
+        },
+        _ => return None,
+    };
+    match text.as_str() {
+        "on" | "true" | "yes" | "1" | "t" | "y" => Some(true),
+        "off" | "false" | "no" | "0" | "f" | "n" => Some(false),
+        _ => None,
+    }
+}
