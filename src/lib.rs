@@ -2,9 +2,10 @@
 //!
 //! The data plane (per client): [`frontend`] takes a connection through
 //! startup and authentication, [`route`] picks a node from the published
-//! [`topology`], [`backend`] opens the server connection, and the session
-//! relays raw frames until the client leaves. Only the messages that carry
-//! state are decoded ([`protocol`]).
+//! [`topology`], [`backend`] opens (or reuses) the server connection, and the
+//! session relays raw frames until the client leaves. Only the messages that
+//! carry state are decoded ([`protocol`]). [`classify`] turns statement text
+//! into Read/Write and the session effects the read/write split will route by.
 //!
 //! The control plane ([`control`]) probes every node on its own connections
 //! and is the single writer of the topology snapshot the data plane reads.
@@ -12,6 +13,7 @@
 //! clusters for the demo and the tests.
 
 pub mod backend;
+pub mod classify;
 pub mod cluster;
 pub mod config;
 pub mod control;
