@@ -6,7 +6,7 @@ mod support;
 
 use std::time::Duration;
 
-use support::harness::{connect, connect_with, sqlstate, start_proxy, url};
+use support::harness::{app_url, connect, connect_with, sqlstate, start_proxy, url};
 use support::shared_cluster;
 use tokio_postgres::Client;
 
@@ -29,10 +29,7 @@ async fn leave(client: Client) {
 async fn next_client_reuses_the_server_connection_reset() {
     let cluster = shared_cluster();
     let proxy = start_proxy(cluster, |_| {}).await;
-    let url = format!(
-        "{} application_name=pool-reset",
-        url(&proxy, cluster.superuser(), cluster.password())
-    );
+    let url = app_url(&proxy, cluster, "pool-reset");
 
     let (first, _) = connect_with(&url).await.unwrap();
     let pid = backend_pid(&first).await;
@@ -112,10 +109,7 @@ async fn different_startup_parameters_get_different_connections() {
 async fn a_client_leaving_inside_a_transaction_does_not_hand_its_server_on() {
     let cluster = shared_cluster();
     let proxy = start_proxy(cluster, |_| {}).await;
-    let url = format!(
-        "{} application_name=pool-txn",
-        url(&proxy, cluster.superuser(), cluster.password())
-    );
+    let url = app_url(&proxy, cluster, "pool-txn");
     let (first, _) = connect_with(&url).await.unwrap();
     let pid = backend_pid(&first).await;
     first.batch_execute("BEGIN; SELECT 1").await.unwrap();
@@ -137,10 +131,7 @@ async fn a_client_leaving_inside_a_transaction_does_not_hand_its_server_on() {
 async fn idle_connections_expire() {
     let cluster = shared_cluster();
     let proxy = start_proxy(cluster, |c| c.pool.idle_timeout_ms = 200).await;
-    let url = format!(
-        "{} application_name=pool-expire",
-        url(&proxy, cluster.superuser(), cluster.password())
-    );
+    let url = app_url(&proxy, cluster, "pool-expire");
     let (first, _) = connect_with(&url).await.unwrap();
     let pid = backend_pid(&first).await;
     leave(first).await;

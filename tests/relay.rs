@@ -6,15 +6,13 @@ mod support;
 use std::time::{Duration, Instant};
 
 use futures_util::SinkExt;
-use support::harness::{connect, sqlstate, start_proxy};
+use support::harness::{connect, proxied, sqlstate, start_proxy};
 use support::shared_cluster;
 use tokio_postgres::{AsyncMessage, SimpleQueryMessage};
 
 #[tokio::test]
 async fn multi_statement_simple_query_returns_every_result() {
-    let cluster = shared_cluster();
-    let proxy = start_proxy(cluster, |_| {}).await;
-    let (client, _) = connect(&proxy, cluster).await;
+    let (_proxy, client) = proxied().await;
     let messages = client
         .simple_query("SELECT 1 AS a; SELECT 'two' AS b, 3 AS c; CREATE TEMP TABLE t(x int); INSERT INTO t VALUES (1), (2)")
         .await
@@ -39,9 +37,7 @@ async fn multi_statement_simple_query_returns_every_result() {
 
 #[tokio::test]
 async fn extended_protocol_with_binary_parameters_and_results() {
-    let cluster = shared_cluster();
-    let proxy = start_proxy(cluster, |_| {}).await;
-    let (client, _) = connect(&proxy, cluster).await;
+    let (_proxy, client) = proxied().await;
     // tokio-postgres sends parameters and receives results in binary format.
     let blob: Vec<u8> = (0..=255).collect();
     let row = client
@@ -76,9 +72,7 @@ async fn extended_protocol_with_binary_parameters_and_results() {
 
 #[tokio::test]
 async fn pipelined_queries_all_complete_in_order() {
-    let cluster = shared_cluster();
-    let proxy = start_proxy(cluster, |_| {}).await;
-    let (client, _) = connect(&proxy, cluster).await;
+    let (_proxy, client) = proxied().await;
     let statement = client
         .prepare("SELECT $1::int4, repeat('x', $1)")
         .await
@@ -121,9 +115,7 @@ async fn portal_suspended_with_row_limits() {
 
 #[tokio::test]
 async fn copy_in_and_copy_out() {
-    let cluster = shared_cluster();
-    let proxy = start_proxy(cluster, |_| {}).await;
-    let (client, _) = connect(&proxy, cluster).await;
+    let (_proxy, client) = proxied().await;
     client
         .batch_execute(
             "DROP TABLE IF EXISTS relay_copy; CREATE TABLE relay_copy(id int, note text)",
@@ -218,9 +210,7 @@ async fn listen_notify_between_sessions() {
 
 #[tokio::test]
 async fn errors_keep_all_fields_and_leave_the_session_usable() {
-    let cluster = shared_cluster();
-    let proxy = start_proxy(cluster, |_| {}).await;
-    let (client, _) = connect(&proxy, cluster).await;
+    let (_proxy, client) = proxied().await;
     client
         .batch_execute(
             "DROP TABLE IF EXISTS relay_err; CREATE TABLE relay_err(id int CONSTRAINT relay_err_pk PRIMARY KEY); INSERT INTO relay_err VALUES (1)",
@@ -259,9 +249,7 @@ async fn errors_keep_all_fields_and_leave_the_session_usable() {
 
 #[tokio::test]
 async fn empty_queries_are_answered() {
-    let cluster = shared_cluster();
-    let proxy = start_proxy(cluster, |_| {}).await;
-    let (client, _) = connect(&proxy, cluster).await;
+    let (_proxy, client) = proxied().await;
     let messages = client.simple_query("").await.unwrap();
     assert!(messages
         .iter()
@@ -294,9 +282,7 @@ async fn startup_parameters_reach_the_server() {
 
 #[tokio::test]
 async fn cancel_stops_a_running_query_promptly() {
-    let cluster = shared_cluster();
-    let proxy = start_proxy(cluster, |_| {}).await;
-    let (client, _) = connect(&proxy, cluster).await;
+    let (_proxy, client) = proxied().await;
     let token = client.cancel_token();
     let started = Instant::now();
     let canceller = tokio::spawn(async move {

@@ -80,6 +80,23 @@ pub async fn connect(
         .expect("connect through the proxy")
 }
 
+/// A proxy in front of the shared cluster and one superuser client through it.
+pub async fn proxied() -> (Proxy, Client) {
+    let cluster = super::shared_cluster();
+    let proxy = start_proxy(cluster, |_| {}).await;
+    let (client, _) = connect(&proxy, cluster).await;
+    (proxy, client)
+}
+
+/// The superuser's connection string, tagged with an application_name so a
+/// test's pooled server connections are its own.
+pub fn app_url(proxy: &Proxy, cluster: &LocalCluster, app: &str) -> String {
+    format!(
+        "{} application_name={app}",
+        url(proxy, cluster.superuser(), cluster.password())
+    )
+}
+
 /// The SQLSTATE of a failed call.
 pub fn sqlstate(e: &tokio_postgres::Error) -> String {
     e.code()
