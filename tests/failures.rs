@@ -449,3 +449,45 @@ async fn killed_server_process_mid_query_gets_an_error_not_a_hang() {
         .await
         .unwrap();
 }
+
+#[tokio::test]
+async fn a_batch_abandoned_before_sync_is_never_committed() {
+    let cluster = shared_cluster();
+    let proxy = start_proxy(cluster, |c| c.users[0].auth = AuthMethod::Trust).await;
+    let (observer, _) = connect(&proxy, cluster).await;
+    observer
+        .batch_execute("DROP TABLE IF EXISTS unsynced; CREATE TABLE unsynced(x int)")
+        .await
+        .unwrap();
+
+    let mut stream = raw_session(proxy.local_addr(), cluster.superuser()).await;
+    let mut batch = Vec::new();
+    let mut push = |tag: u8, body: &[u8]| {
+        batch.push(tag);
+        batch.extend(((body.len() + 4) as i32).to_be_bytes());
+        batch.extend_from_slice(body);
+    };
+    push(b'P', b"\0INSERT INTO unsynced VALUES (1)\0\0\0");
+    push(b'B', b"\0\0\0\0\0\0\0\0");
+    push(b'E', b"\0\0\0\0\0");
+    push(b'H', b"");
+    stream.write_all(&batch).await.unwrap();
+    // ParseComplete, BindComplete, CommandComplete arrive after the Flush...
+    read_until(&mut stream, b'C').await;
+    // ...but without Sync the implicit transaction is still open when the client vanishes.
+    drop(stream);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+
+    // The proxy must not reuse that server connection in a way that commits
+    // the batch (its reset is refused inside the open pipeline, so the
+    // connection is closed and PostgreSQL rolls the batch back).
+    for _ in 0..3 {
+        let (client, _) = connect(&proxy, cluster).await;
+        let n: i64 = client
+            .query_one("SELECT count(*) FROM unsynced", &[])
+            .await
+            .unwrap()
+            .get(0);
+        assert_eq!(n, 0, "an unsynced insert was committed");
+    }
+}

@@ -127,6 +127,12 @@ impl ServerPool {
 
 /// Runs the reset query and reads its reply; updates the connection's
 /// reported parameters from the ParameterStatus messages it brings.
+///
+/// Only a clean `DISCARD ALL` makes a connection reusable. That is also what
+/// keeps a batch the client abandoned before Sync from being committed:
+/// PostgreSQL refuses DISCARD ALL inside the still-open pipeline, the
+/// connection is closed, and the server rolls the batch back. Never "fix" a
+/// failed reset with a Sync or ROLLBACK first.
 async fn reset(conn: &mut ServerConn) -> Result<(), &'static str> {
     if !conn.pending.is_empty() {
         return Err("unread server data");
