@@ -62,3 +62,32 @@ fn time(n: usize, mut op: impl FnMut(&str)) -> Duration {
     }
     start.elapsed()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use palisade::classify::Class;
+
+    /// The timed statements are the ones the proxy will see most: make sure
+    /// they are classified as the router needs them.
+    #[test]
+    fn timed_statements_classify_as_expected() {
+        let expected = [
+            Class::Read,
+            Class::Write,
+            Class::Write,
+            Class::Write,
+            Class::Read,
+            Class::Read,
+        ];
+        let mut cache = ClassifyCache::new(16);
+        for (sql, class) in STATEMENTS.iter().zip(expected) {
+            assert_eq!(classify(sql, &HashSet::new()).class, class, "{sql}");
+            assert_eq!(
+                cache.get_or_classify(sql, &HashSet::new()).class,
+                class,
+                "{sql}"
+            );
+        }
+    }
+}
