@@ -318,26 +318,14 @@ async fn a_client_leaving_mid_query_frees_its_server_connection() {
     });
     let (observer, _) = connect(&proxy, cluster).await;
     let count = format!("SELECT count(*) FROM pg_stat_activity WHERE query LIKE '%{marker}%' AND pid <> pg_backend_pid() AND state = 'active'");
-    wait_until(|| async {
-        observer
-            .query_one(count.as_str(), &[])
-            .await
-            .unwrap()
-            .get::<_, i64>(0)
-            == 1
-    })
-    .await;
+    wait_until(|| async { running_queries(&observer, &count).await == 1 }).await;
     socket.abort();
     running.abort();
-    wait_until(|| async {
-        observer
-            .query_one(count.as_str(), &[])
-            .await
-            .unwrap()
-            .get::<_, i64>(0)
-            == 0
-    })
-    .await;
+    wait_until(|| async { running_queries(&observer, &count).await == 0 }).await;
+}
+
+async fn running_queries(observer: &tokio_postgres::Client, count_sql: &str) -> i64 {
+    observer.query_one(count_sql, &[]).await.unwrap().get(0)
 }
 
 /// Polls `check` every 50 ms for up to 10 s.
