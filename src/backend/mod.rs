@@ -17,7 +17,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::TcpStream;
 
-use crate::protocol::be_i32;
+use crate::protocol::take_frame;
 
 /// Startup replies are small; anything bigger is a broken server.
 const MAX_STARTUP_REPLY: usize = 1 << 20;
@@ -286,21 +286,16 @@ impl Startup<'_> {
     /// Reads one whole message; returns its raw bytes and its parse.
     async fn next_message(&mut self) -> Result<(Bytes, backend::Message), ConnectError> {
         loop {
-            if self.buf.len() >= 5 {
-                let len = be_i32(&self.buf[1..5]);
-                if len < 4 || len as usize > MAX_STARTUP_REPLY {
-                    return Err(self.protocol(format!("invalid message length {len}")));
-                }
-                let total = 1 + len as usize;
-                if self.buf.len() >= total {
-                    let raw = self.buf.split_to(total).freeze();
-                    let mut parse_buf = BytesMut::from(&raw[..]);
-                    return match backend::Message::parse(&mut parse_buf) {
-                        Ok(Some(message)) => Ok((raw, message)),
-                        Ok(None) => Err(self.protocol("truncated message".into())),
-                        Err(e) => Err(self.protocol(e.to_string())),
-                    };
-                }
+            let frame = take_frame(&mut self.buf, MAX_STARTUP_REPLY)
+                .map_err(|e| self.protocol(e.to_string()))?;
+            if let Some(frame) = frame {
+                let raw = frame.freeze();
+                let mut parse_buf = BytesMut::from(&raw[..]);
+                return match backend::Message::parse(&mut parse_buf) {
+                    Ok(Some(message)) => Ok((raw, message)),
+                    Ok(None) => Err(self.protocol("truncated message".into())),
+                    Err(e) => Err(self.protocol(e.to_string())),
+                };
             }
             let n = self
                 .rd

@@ -17,7 +17,7 @@ use tracing::debug;
 
 use super::ServerConn;
 use crate::config::PoolConfig;
-use crate::protocol::{be_i32, cstr};
+use crate::protocol::{cstr, take_frame};
 
 /// The statement that makes a used server connection like a new one.
 const RESET_QUERY: &[u8] = b"Q\0\0\0\x10DISCARD ALL\0";
@@ -142,19 +142,11 @@ async fn reset(conn: &mut ServerConn) -> Result<(), &'static str> {
         .await
         .map_err(|_| "write failed")?;
     loop {
-        while conn.pending.len() >= 5 {
-            let tag = conn.pending[0];
-            let len = be_i32(&conn.pending[1..5]);
-            if !(4..=MAX_RESET_REPLY as i32).contains(&len) {
-                return Err("invalid reply");
-            }
-            let total = 1 + len as usize;
-            if conn.pending.len() < total {
-                break;
-            }
-            let frame = conn.pending.split_to(total);
+        while let Some(frame) =
+            take_frame(&mut conn.pending, MAX_RESET_REPLY).map_err(|_| "invalid reply")?
+        {
             let body = &frame[5..];
-            match tag {
+            match frame[0] {
                 b'S' => note_parameter(conn, body),
                 b'E' => return Err("reset query failed"),
                 // Anything asynchronous left over (a notification) must not reach the next client.

@@ -10,7 +10,7 @@ use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
-use bytes::{Buf, BytesMut};
+use bytes::BytesMut;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::{watch, OwnedSemaphorePermit};
@@ -20,7 +20,7 @@ use crate::backend::pool::{PoolKey, ServerPool};
 use crate::backend::{self, ConnectError, Login, ServerConn};
 use crate::config::Config;
 use crate::protocol::startup::{read_startup, StartupError, StartupPacket};
-use crate::protocol::{be_i32, messages, Sqlstate};
+use crate::protocol::{messages, take_frame, Sqlstate};
 use crate::route;
 use crate::topology::TopologyHandle;
 use auth::{Authenticator, LoginClient, Step};
@@ -332,29 +332,17 @@ async fn flush(client: &mut ClientIo) -> Result<(), Refusal> {
 /// Reads one 'p' (password family) message body, with its length capped.
 async fn read_password_message(client: &mut ClientIo) -> Result<Vec<u8>, Refusal> {
     loop {
-        if client.inbuf.len() >= 5 {
-            let tag = client.inbuf[0];
-            let len = be_i32(&client.inbuf[1..5]);
-            if tag != b'p' {
-                let message = format!(
-                    "expected password response, got message type {:?}",
-                    tag as char
-                );
-                return Err(tell(client, Sqlstate::ProtocolViolation, &message));
-            }
-            if !(4..=MAX_AUTH_MESSAGE as i32).contains(&len) {
-                return Err(tell(
-                    client,
-                    Sqlstate::ProtocolViolation,
-                    &format!("invalid message length {len}"),
-                ));
-            }
-            let total = 1 + len as usize;
-            if client.inbuf.len() >= total {
-                let body = client.inbuf[5..total].to_vec();
-                client.inbuf.advance(total);
-                return Ok(body);
-            }
+        if let Some(&tag) = client.inbuf.first().filter(|&&t| t != b'p') {
+            let message = format!(
+                "expected password response, got message type {:?}",
+                tag as char
+            );
+            return Err(tell(client, Sqlstate::ProtocolViolation, &message));
+        }
+        match take_frame(&mut client.inbuf, MAX_AUTH_MESSAGE) {
+            Ok(Some(frame)) => return Ok(frame[5..].to_vec()),
+            Ok(None) => {}
+            Err(e) => return Err(tell(client, Sqlstate::ProtocolViolation, &e.to_string())),
         }
         match client.rd.read_buf(&mut client.inbuf).await {
             Ok(n) if n > 0 => {}

@@ -11,7 +11,7 @@ pub mod scan;
 pub mod startup;
 
 pub use messages::Sqlstate;
-pub use scan::{FrameScanner, ScanError};
+pub use scan::{take_frame, FrameScanner, ScanError};
 
 /// Reads a big-endian i32 from the first four bytes of `b`.
 ///

@@ -6,6 +6,8 @@
 //! through a small buffer instead of being held whole. Every length is checked
 //! against the cap before anything is allocated.
 
+use bytes::BytesMut;
+
 use super::be_i32;
 
 /// A frame header that cannot be relayed.
@@ -97,22 +99,38 @@ impl FrameScanner {
     }
 
     fn checked_len(&self, tag: u8, len: i32) -> Result<usize, ScanError> {
-        if len < 4 {
-            return Err(ScanError::BadLength {
-                tag: tag as char,
-                len: len.into(),
-            });
-        }
-        let len = len as usize;
-        if len > self.max_len {
-            return Err(ScanError::TooLarge {
-                tag: tag as char,
-                len,
-                max: self.max_len,
-            });
-        }
-        Ok(len)
+        checked_len(tag, len, self.max_len)
     }
+}
+
+/// A frame's length word (which counts itself, not the tag), checked.
+fn checked_len(tag: u8, len: i32, max_len: usize) -> Result<usize, ScanError> {
+    if len < 4 {
+        return Err(ScanError::BadLength {
+            tag: tag as char,
+            len: len.into(),
+        });
+    }
+    let len = len as usize;
+    if len > max_len {
+        return Err(ScanError::TooLarge {
+            tag: tag as char,
+            len,
+            max: max_len,
+        });
+    }
+    Ok(len)
+}
+
+/// Splits one whole frame (tag, length and body) off the front of `buf`, or
+/// `None` until it has all arrived. For the short exchanges that read whole
+/// messages (logins, the pool's reset) rather than relay them.
+pub fn take_frame(buf: &mut BytesMut, max_len: usize) -> Result<Option<BytesMut>, ScanError> {
+    if buf.len() < 5 {
+        return Ok(None);
+    }
+    let total = 1 + checked_len(buf[0], be_i32(&buf[1..5]), max_len)?;
+    Ok((buf.len() >= total).then(|| buf.split_to(total)))
 }
 
 #[cfg(test)]
@@ -191,6 +209,25 @@ mod tests {
         let mut short = vec![b'Q'];
         short.extend_from_slice(&3i32.to_be_bytes());
         assert!(s.scan(&short, all, |_| true).is_err());
+    }
+
+    #[test]
+    fn take_frame_waits_for_whole_frames_and_checks_lengths() {
+        let whole = frame(b'S', b"a\0b\0");
+        let mut buf = BytesMut::from(&whole[..4]);
+        assert_eq!(take_frame(&mut buf, 64).unwrap(), None);
+        buf.extend_from_slice(&whole[4..]);
+        buf.extend_from_slice(b"Z");
+        assert_eq!(
+            take_frame(&mut buf, 64).unwrap().as_deref(),
+            Some(&whole[..])
+        );
+        assert_eq!(&buf[..], b"Z");
+        let mut big = BytesMut::from(&frame(b'S', &[0; 100])[..]);
+        assert!(matches!(
+            take_frame(&mut big, 64),
+            Err(ScanError::TooLarge { .. })
+        ));
     }
 
     #[test]
