@@ -6,7 +6,7 @@ use std::net::SocketAddr;
 use crate::cluster::{ClusterOptions, LocalCluster};
 use crate::config::{
     AuthMethod, BackendConfig, Config, MonitorConfig, NodeConfig, PoolConfig, ProxyConfig,
-    UserConfig,
+    RoutingConfig, UserConfig,
 };
 use crate::proxy::Proxy;
 
@@ -69,6 +69,7 @@ pub fn demo_config(cluster: &LocalCluster, listen: SocketAddr) -> Config {
         },
         monitor: MonitorConfig::default(),
         pool: PoolConfig::default(),
+        routing: RoutingConfig::default(),
         nodes: cluster
             .nodes()
             .iter()
@@ -76,6 +77,7 @@ pub fn demo_config(cluster: &LocalCluster, listen: SocketAddr) -> Config {
                 name: Some(n.name.clone()),
                 host: n.host().into(),
                 port: n.port,
+                weight: 1,
             })
             .collect(),
         users: vec![UserConfig {

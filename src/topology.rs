@@ -27,6 +27,8 @@ pub struct NodeState {
     pub port: u16,
     pub role: Role,
     pub healthy: bool,
+    /// Share of reads while a replica (from config); 0 never serves reads as one.
+    pub weight: u32,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -49,6 +51,7 @@ impl Topology {
                     port: n.port,
                     role: Role::Unknown,
                     healthy: false,
+                    weight: n.weight,
                 })
                 .collect(),
         }

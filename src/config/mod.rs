@@ -16,6 +16,10 @@ use serde::Deserialize;
 const MIN_MESSAGE_SIZE: usize = 8 * 1024;
 const MAX_MESSAGE_SIZE: usize = 1 << 30;
 
+/// The largest accepted `nodes[i].weight`: enough to express any useful ratio
+/// while keeping the sum over many nodes far from overflow.
+const MAX_NODE_WEIGHT: u32 = 1000;
+
 /// A config file that cannot be used, naming the key and the rule.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ConfigError {
@@ -49,6 +53,8 @@ pub struct Config {
     pub monitor: MonitorConfig,
     #[serde(default)]
     pub pool: PoolConfig,
+    #[serde(default)]
+    pub routing: RoutingConfig,
     #[serde(default)]
     pub nodes: Vec<NodeConfig>,
     #[serde(default)]
@@ -147,7 +153,7 @@ impl MonitorConfig {
     }
 }
 
-/// Idle server connections kept for reuse.
+/// Server connections: how many may be open, and which idle ones are kept for reuse.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct PoolConfig {
@@ -155,6 +161,12 @@ pub struct PoolConfig {
     pub max_idle_per_key: usize,
     /// An idle connection older than this is closed.
     pub idle_timeout_ms: u64,
+    /// The most server connections open at once per (node, server user,
+    /// database), idle or busy.
+    pub max_server_connections: usize,
+    /// How long a client waits for a server connection when
+    /// `max_server_connections` is reached.
+    pub acquire_timeout_ms: u64,
 }
 
 impl Default for PoolConfig {
@@ -162,6 +174,8 @@ impl Default for PoolConfig {
         PoolConfig {
             max_idle_per_key: 64,
             idle_timeout_ms: 60_000,
+            max_server_connections: 100,
+            acquire_timeout_ms: 5_000,
         }
     }
 }
@@ -169,6 +183,55 @@ impl Default for PoolConfig {
 impl PoolConfig {
     pub fn idle_timeout(&self) -> Duration {
         Duration::from_millis(self.idle_timeout_ms)
+    }
+
+    pub fn acquire_timeout(&self) -> Duration {
+        Duration::from_millis(self.acquire_timeout_ms)
+    }
+}
+
+/// How reads are spread over the nodes that may serve them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+pub enum LoadBalance {
+    /// Each candidate in turn; weights only matter at 0 (excluded).
+    #[default]
+    #[serde(rename = "round-robin")]
+    RoundRobin,
+    /// Candidates in proportion to their weights.
+    #[serde(rename = "weighted")]
+    Weighted,
+    /// The candidate with the fewest requests in flight.
+    #[serde(rename = "least-outstanding")]
+    LeastOutstanding,
+}
+
+/// Read routing and statement classification.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RoutingConfig {
+    pub load_balance: LoadBalance,
+    /// When greater than 0 the primary serves reads too, with this weight.
+    pub primary_read_weight: u32,
+    /// Classified statements remembered by text; 0 turns the cache off.
+    pub classify_cache_size: usize,
+    /// How often the list of VOLATILE user functions is reloaded from the primary.
+    pub function_refresh_ms: u64,
+}
+
+impl Default for RoutingConfig {
+    fn default() -> Self {
+        RoutingConfig {
+            load_balance: LoadBalance::RoundRobin,
+            primary_read_weight: 0,
+            classify_cache_size: 4096,
+            function_refresh_ms: 60_000,
+        }
+    }
+}
+
+impl RoutingConfig {
+    pub fn function_refresh(&self) -> Duration {
+        Duration::from_millis(self.function_refresh_ms)
     }
 }
 
@@ -179,6 +242,14 @@ pub struct NodeConfig {
     pub name: Option<String>,
     pub host: String,
     pub port: u16,
+    /// Share of reads this node serves as a replica (see `routing.load_balance`);
+    /// 0 means it never serves reads as a replica.
+    #[serde(default = "default_node_weight")]
+    pub weight: u32,
+}
+
+fn default_node_weight() -> u32 {
+    1
 }
 
 impl NodeConfig {
@@ -284,6 +355,20 @@ impl Config {
         positive("monitor.probe_interval_ms", self.monitor.probe_interval_ms)?;
         positive("monitor.probe_timeout_ms", self.monitor.probe_timeout_ms)?;
         positive("pool.idle_timeout_ms", self.pool.idle_timeout_ms)?;
+        positive("pool.acquire_timeout_ms", self.pool.acquire_timeout_ms)?;
+        if self.pool.max_server_connections == 0 {
+            return Err(invalid("pool.max_server_connections", "must be at least 1"));
+        }
+        positive(
+            "routing.function_refresh_ms",
+            self.routing.function_refresh_ms,
+        )?;
+        if self.routing.primary_read_weight > MAX_NODE_WEIGHT {
+            return Err(invalid(
+                "routing.primary_read_weight",
+                format!("must be at most {MAX_NODE_WEIGHT}"),
+            ));
+        }
         positive(
             "monitor.health_threshold",
             self.monitor.health_threshold.into(),
@@ -308,6 +393,12 @@ impl Config {
                 return Err(invalid(
                     format!("nodes[{i}].port"),
                     "must be between 1 and 65535",
+                ));
+            }
+            if node.weight > MAX_NODE_WEIGHT {
+                return Err(invalid(
+                    format!("nodes[{i}].weight"),
+                    format!("must be at most {MAX_NODE_WEIGHT}"),
                 ));
             }
             if !seen.insert(node.display_name()) {

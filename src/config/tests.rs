@@ -42,6 +42,65 @@ fn good_config_parses_with_defaults() {
     assert_eq!(c.users[0].server_password(), Some("secret"));
     assert_eq!(c.proxy.max_client_connections, 1000);
     assert_eq!(c.monitor.probe_interval_ms, 250);
+    assert_eq!(c.nodes[0].weight, 1);
+    assert_eq!(c.pool.max_server_connections, 100);
+    assert_eq!(c.pool.acquire_timeout(), Duration::from_secs(5));
+    assert_eq!(c.routing.load_balance, LoadBalance::RoundRobin);
+    assert_eq!(c.routing.primary_read_weight, 0);
+    assert_eq!(c.routing.classify_cache_size, 4096);
+    assert_eq!(c.routing.function_refresh(), Duration::from_secs(60));
+}
+
+#[test]
+fn routing_section_parses_every_load_balance() {
+    let cases = [
+        ("round-robin", LoadBalance::RoundRobin),
+        ("weighted", LoadBalance::Weighted),
+        ("least-outstanding", LoadBalance::LeastOutstanding),
+    ];
+    for (text, expected) in cases {
+        let c = Config::parse(&format!(
+            "{GOOD}\n[routing]\nload_balance = \"{text}\"\nprimary_read_weight = 2\nclassify_cache_size = 0\n"
+        ))
+        .unwrap();
+        assert_eq!(c.routing.load_balance, expected, "{text}");
+        assert_eq!(c.routing.primary_read_weight, 2);
+        assert_eq!(c.routing.classify_cache_size, 0);
+    }
+    let e = error_of(&format!("{GOOD}\n[routing]\nload_balance = \"random\"\n"));
+    assert!(e.rule.contains("random"), "{e}");
+}
+
+#[test]
+fn zero_function_refresh_is_rejected() {
+    let e = error_of(&format!("{GOOD}\n[routing]\nfunction_refresh_ms = 0\n"));
+    assert_eq!(e.key, "routing.function_refresh_ms");
+}
+
+#[test]
+fn primary_read_weight_above_limit_is_rejected() {
+    let e = error_of(&format!("{GOOD}\n[routing]\nprimary_read_weight = 1001\n"));
+    assert_eq!(e.key, "routing.primary_read_weight");
+}
+
+#[test]
+fn node_weight_above_limit_is_rejected_and_zero_is_allowed() {
+    let e = error_of(&good_with("port = 5433", "port = 5433\nweight = 1001"));
+    assert_eq!(e.key, "nodes[1].weight");
+    let c = Config::parse(&good_with("port = 5433", "port = 5433\nweight = 0")).unwrap();
+    assert_eq!(c.nodes[1].weight, 0);
+}
+
+#[test]
+fn zero_max_server_connections_is_rejected() {
+    let e = error_of(&format!("{GOOD}\n[pool]\nmax_server_connections = 0\n"));
+    assert_eq!(e.key, "pool.max_server_connections");
+}
+
+#[test]
+fn zero_acquire_timeout_is_rejected() {
+    let e = error_of(&format!("{GOOD}\n[pool]\nacquire_timeout_ms = 0\n"));
+    assert_eq!(e.key, "pool.acquire_timeout_ms");
 }
 
 #[test]

@@ -270,6 +270,7 @@ mod tests {
                     port: 1,
                     role: Role::Unknown,
                     healthy: false,
+                    weight: 1,
                 })
                 .collect(),
         }

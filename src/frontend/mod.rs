@@ -252,7 +252,7 @@ async fn connect_session(
     mut params: Vec<(String, String)>,
 ) -> Result<Connected, Refusal> {
     let topology = shared.topology.load();
-    let target = match route::route(&topology) {
+    let target = match route::route_write(&topology) {
         Ok(t) => t,
         Err(e) => return Err(tell(client, Sqlstate::UnableToConnect, &e.to_string())),
     };

@@ -1,10 +1,14 @@
 //! Pure routing: given the current topology, which node serves a statement.
 //!
 //! No I/O, no clock, no locks: the session asks, this module answers from the
-//! snapshot it is handed. Today every statement goes to the primary; the
-//! read/write split adds the statement's class and the session's state.
+//! snapshot it is handed. Writes go to the healthy primary ([`route_write`]);
+//! reads are spread over the healthy replicas, and the primary when it is
+//! configured to take reads, by a [`ReadPolicy`] ([`route_read`]). Anything
+//! that changes over time (the read counter, in-flight requests, replication
+//! lag) comes in from the caller as a plain value or closure.
 
-use crate::topology::Topology;
+use crate::config::{LoadBalance, RoutingConfig};
+use crate::topology::{Role, Topology};
 
 /// Where a statement goes.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -19,47 +23,171 @@ pub struct Target {
 pub enum NoRoute {
     #[error("no primary is available")]
     NoPrimary,
+    #[error("no node is available to serve the read")]
+    NoNode,
 }
 
-/// Picks the node for the session's next statement.
-pub fn route(topology: &Topology) -> Result<Target, NoRoute> {
+/// How reads are spread (built from [`RoutingConfig`] by the caller).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ReadPolicy {
+    pub balance: LoadBalance,
+    /// When greater than 0 the primary is a read candidate with this weight.
+    pub primary_read_weight: u32,
+}
+
+impl ReadPolicy {
+    pub fn from_config(routing: &RoutingConfig) -> ReadPolicy {
+        ReadPolicy {
+            balance: routing.load_balance,
+            primary_read_weight: routing.primary_read_weight,
+        }
+    }
+}
+
+/// Picks the node for a write: the healthy primary.
+pub fn route_write(topology: &Topology) -> Result<Target, NoRoute> {
     let node = topology.primary().ok_or(NoRoute::NoPrimary)?;
-    Ok(Target {
+    Ok(target(topology, node))
+}
+
+/// Picks the node for a read. `ticket` is a counter the caller bumps per read
+/// (it drives round-robin and tie-breaks); `outstanding(i)` is node i's number of
+/// in-flight requests (least-outstanding); `eligible(i)` lets the caller exclude
+/// replicas (later: by replication lag), it is never asked about the primary.
+///
+/// Each closure is called at most once per node, so a caller reading shared
+/// counters gets one consistent answer per node for the whole decision.
+pub fn route_read(
+    topology: &Topology,
+    policy: &ReadPolicy,
+    ticket: u64,
+    outstanding: impl Fn(usize) -> u32,
+    eligible: impl Fn(usize) -> bool,
+) -> Result<Target, NoRoute> {
+    // This runs per query: candidates live on the stack unless the cluster is
+    // larger than any real deployment, when one allocation is acceptable.
+    let count = topology.nodes.len();
+    let picked = if count <= INLINE_CANDIDATES {
+        let mut buf = [Candidate::EMPTY; INLINE_CANDIDATES];
+        pick_read(topology, policy, ticket, &outstanding, &eligible, &mut buf)
+    } else {
+        let mut buf = vec![Candidate::EMPTY; count];
+        pick_read(topology, policy, ticket, &outstanding, &eligible, &mut buf)
+    };
+    // With no candidate the primary still serves the read: stale-free and
+    // better than refusing it.
+    let node = picked
+        .or_else(|| topology.primary())
+        .ok_or(NoRoute::NoNode)?;
+    Ok(target(topology, node))
+}
+
+/// Nodes handled without allocating in [`route_read`].
+const INLINE_CANDIDATES: usize = 32;
+
+/// A node that may serve the read.
+#[derive(Debug, Clone, Copy)]
+struct Candidate {
+    node: usize,
+    weight: u64,
+    /// Only filled in for least-outstanding.
+    outstanding: u32,
+}
+
+impl Candidate {
+    const EMPTY: Candidate = Candidate {
+        node: 0,
+        weight: 0,
+        outstanding: 0,
+    };
+}
+
+/// Fills `buf` (at least as long as the topology) with the candidates and
+/// picks one; `None` when there are none.
+fn pick_read(
+    topology: &Topology,
+    policy: &ReadPolicy,
+    ticket: u64,
+    outstanding: &impl Fn(usize) -> u32,
+    eligible: &impl Fn(usize) -> bool,
+    buf: &mut [Candidate],
+) -> Option<usize> {
+    let primary = topology.primary();
+    let mut n = 0;
+    for (i, node) in topology.nodes.iter().enumerate() {
+        let weight = if Some(i) == primary {
+            policy.primary_read_weight
+        } else if node.healthy && node.role == Role::Replica && node.weight > 0 && eligible(i) {
+            node.weight
+        } else {
+            0
+        };
+        if weight == 0 {
+            continue;
+        }
+        buf[n] = Candidate {
+            node: i,
+            weight: weight.into(),
+            outstanding: match policy.balance {
+                LoadBalance::LeastOutstanding => outstanding(i),
+                _ => 0,
+            },
+        };
+        n += 1;
+    }
+    let candidates = &buf[..n];
+    if candidates.is_empty() {
+        return None;
+    }
+    let pick = match policy.balance {
+        LoadBalance::RoundRobin => candidates[nth(ticket, n)],
+        LoadBalance::Weighted => weighted(candidates, ticket),
+        LoadBalance::LeastOutstanding => least_outstanding(candidates, ticket),
+    };
+    Some(pick.node)
+}
+
+/// `ticket` modulo a non-zero count, as an index.
+fn nth(ticket: u64, count: usize) -> usize {
+    // A count always fits in u64 and the remainder is below it, so both casts
+    // are lossless.
+    (ticket % count as u64) as usize
+}
+
+/// Walks cumulative weights: over any `total` consecutive tickets each
+/// candidate gets exactly its weight.
+fn weighted(candidates: &[Candidate], ticket: u64) -> Candidate {
+    let total = candidates
+        .iter()
+        .fold(0u64, |sum, c| sum.saturating_add(c.weight));
+    let mut rest = ticket % total;
+    for c in candidates {
+        if rest < c.weight {
+            return *c;
+        }
+        rest -= c.weight;
+    }
+    // Reached only if the total saturated, which bounded weights rule out.
+    candidates[candidates.len() - 1]
+}
+
+/// The fewest in flight; equal loads rotate with the ticket so an idle
+/// cluster (all zero) still spreads reads.
+fn least_outstanding(candidates: &[Candidate], ticket: u64) -> Candidate {
+    let least = candidates.iter().map(|c| c.outstanding).min().unwrap_or(0);
+    let mut tied = candidates.iter().filter(|c| c.outstanding == least);
+    let ties = tied.clone().count();
+    tied.nth(nth(ticket, ties))
+        .copied()
+        .unwrap_or(candidates[0])
+}
+
+fn target(topology: &Topology, node: usize) -> Target {
+    Target {
         node,
         epoch: topology.epoch,
-    })
+    }
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::topology::{NodeState, Role};
-
-    fn node(role: Role, healthy: bool) -> NodeState {
-        NodeState {
-            name: format!("{role:?}"),
-            host: "127.0.0.1".into(),
-            port: 1,
-            role,
-            healthy,
-        }
-    }
-
-    #[test]
-    fn statements_go_to_the_healthy_primary() {
-        let t = Topology {
-            epoch: 3,
-            nodes: vec![node(Role::Replica, true), node(Role::Primary, true)],
-        };
-        assert_eq!(route(&t), Ok(Target { node: 1, epoch: 3 }));
-    }
-
-    #[test]
-    fn an_unhealthy_or_missing_primary_is_no_route() {
-        let t = Topology {
-            epoch: 0,
-            nodes: vec![node(Role::Replica, true), node(Role::Primary, false)],
-        };
-        assert_eq!(route(&t), Err(NoRoute::NoPrimary));
-    }
-}
+mod tests;
