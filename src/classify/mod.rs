@@ -224,6 +224,13 @@ impl Part {
     }
 }
 
+/// A function name part folded the way the classifier folds every name part
+/// it looks up in the `volatile` set, quoted or not: `"MyFn"` and `MyFn` are
+/// both `myfn`. Whoever builds that set folds catalog names with this.
+pub fn fold_name(part: &str) -> String {
+    scan::lower(part).into_owned()
+}
+
 /// Classifies a string of zero or more statements. `volatile` holds the
 /// lower-case names (bare `f` and qualified `s.f`) of user-defined VOLATILE
 /// functions; calling any of them makes the statement a write.

@@ -168,7 +168,7 @@ impl Visitor for Scanner<'_> {
 }
 
 /// Lower case without allocating when the name already is.
-fn lower(s: &str) -> Cow<'_, str> {
+pub(crate) fn lower(s: &str) -> Cow<'_, str> {
     if s.chars().any(char::is_uppercase) {
         Cow::Owned(s.to_lowercase())
     } else {
