@@ -3,6 +3,7 @@
 //! demo and the integration tests all run.
 
 use std::net::SocketAddr;
+use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -13,10 +14,12 @@ use tracing::{info, warn};
 
 use crate::backend::pool::ServerPool;
 use crate::config::{Config, ConfigError};
-use crate::control::Monitor;
+use crate::control::{FunctionCatalog, Monitor};
 use crate::frontend::auth::Authenticator;
 use crate::frontend::cancel::CancelRegistry;
+use crate::frontend::load::NodeLoads;
 use crate::frontend::{self, Shared};
+use crate::route::ReadPolicy;
 use crate::topology::{Topology, TopologyHandle};
 
 #[derive(Debug, thiserror::Error)]
@@ -37,6 +40,7 @@ pub struct Proxy {
     shutdown: watch::Sender<bool>,
     listener: JoinHandle<()>,
     reaper: JoinHandle<()>,
+    refresher: JoinHandle<()>,
     monitor: Monitor,
 }
 
@@ -63,9 +67,19 @@ impl Proxy {
             config.pool.idle_timeout(),
             shutdown_rx.clone(),
         ));
+        let catalog = Arc::new(FunctionCatalog::new(&config, topology.clone()));
+        let refresher = tokio::spawn(
+            catalog
+                .clone()
+                .refresh_loop(config.routing.function_refresh(), shutdown_rx.clone()),
+        );
         let shared = Arc::new(Shared {
             pool,
             auth: Authenticator::new(&config),
+            catalog,
+            loads: NodeLoads::new(config.nodes.len()),
+            read_policy: ReadPolicy::from_config(&config.routing),
+            tickets: AtomicU64::new(0),
             config: Arc::new(config),
             topology: topology.clone(),
             cancels: Arc::new(CancelRegistry::default()),
@@ -79,6 +93,7 @@ impl Proxy {
             shutdown,
             listener,
             reaper,
+            refresher,
             monitor,
         })
     }
@@ -99,6 +114,7 @@ impl Proxy {
         let _ = self.shutdown.send(true);
         let _ = (&mut self.listener).await;
         let _ = (&mut self.reaper).await;
+        let _ = (&mut self.refresher).await;
         self.monitor.join().await;
     }
 }
@@ -108,6 +124,7 @@ impl Drop for Proxy {
         let _ = self.shutdown.send(true);
         self.listener.abort();
         self.reaper.abort();
+        self.refresher.abort();
     }
 }
 

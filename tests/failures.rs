@@ -361,6 +361,8 @@ async fn server_terminated_session_gets_57p01() {
     let cluster = shared_cluster();
     let proxy = start_proxy(cluster, |_| {}).await;
     let (victim, _) = connect(&proxy, cluster).await;
+    // Pinned, so the sleep runs on the backend whose pid it asks for.
+    victim.batch_execute("SET palisade.pin = on").await.unwrap();
     let pid: i32 = victim
         .query_one("SELECT pg_backend_pid()", &[])
         .await

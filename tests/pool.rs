@@ -12,7 +12,7 @@ use tokio_postgres::Client;
 
 async fn backend_pid(client: &Client) -> i32 {
     client
-        .query_one("SELECT pg_backend_pid()", &[])
+        .query_one("/* palisade: primary */ SELECT pg_backend_pid()", &[])
         .await
         .unwrap()
         .get(0)
@@ -22,7 +22,7 @@ async fn backend_pid(client: &Client) -> i32 {
 async fn is_alive(client: &Client, pid: i32) -> bool {
     let n: i64 = client
         .query_one(
-            "SELECT count(*) FROM pg_stat_activity WHERE pid = $1",
+            "/* palisade: primary */ SELECT count(*) FROM pg_stat_activity WHERE pid = $1",
             &[&pid],
         )
         .await

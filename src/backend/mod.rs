@@ -7,7 +7,9 @@
 //! what PostgreSQL said (e.g. `3D000 database does not exist`).
 
 pub mod pool;
+pub mod replay;
 
+use std::collections::HashMap;
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
@@ -16,6 +18,7 @@ use postgres_protocol::message::{backend, frontend};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::TcpStream;
+use tokio::sync::OwnedSemaphorePermit;
 
 use crate::protocol::take_frame;
 
@@ -50,6 +53,23 @@ pub struct ServerConn {
     pub key: Option<BackendKey>,
     pub host: String,
     pub port: u16,
+    /// The session whose state this connection carries; 0 when it carries none.
+    pub owner: u64,
+    /// Prepared statements on this connection: name → fingerprint of its definition.
+    pub prepared: HashMap<String, u64>,
+    /// Session parameters set on this connection for its owner, in order.
+    pub settings: Vec<(String, String)>,
+    /// Holds a place under the pool's cap for (node, user, database).
+    pub permit: Option<OwnedSemaphorePermit>,
+}
+
+impl ServerConn {
+    /// After `DISCARD ALL`: nothing of any session is left on the server.
+    pub fn forget_state(&mut self) {
+        self.owner = 0;
+        self.prepared.clear();
+        self.settings.clear();
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -139,6 +159,10 @@ async fn connect_inner(
         key,
         host: host.into(),
         port,
+        owner: 0,
+        prepared: HashMap::new(),
+        settings: Vec::new(),
+        permit: None,
     })
 }
 

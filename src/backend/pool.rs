@@ -1,21 +1,27 @@
-//! Idle server connections kept for the next client.
+//! Server connections shared by client sessions (transaction pooling).
 //!
-//! A client that leaves while its server connection is idle (outside a
-//! transaction, nothing in flight) hands the connection back instead of
-//! closing it. Before anyone else may use it, it is reset with `DISCARD
-//! ALL` (settings, prepared statements, temporary tables, LISTEN, advisory
-//! locks): off the client's path, in a task of its own. Connections are
-//! keyed by node and the complete startup parameters, so a reused
-//! connection looks exactly like a fresh one with the same startup packet.
+//! A session checks a connection out for one transaction (or one batch
+//! outside a transaction) and checks it back in as soon as the server says
+//! it is idle. Connections are keyed by node and the complete startup
+//! parameters, so any connection of a key looks like a fresh one with the
+//! same startup packet once reset.
+//!
+//! A connection remembers which session's state it carries (`owner`): a
+//! session gets its own connections back first, without a reset; another
+//! session's connection is reset with `DISCARD ALL` before it changes hands.
+//! Connections of a session that left are reset off anyone's path, in a
+//! task of their own. Every (node, user, database) has a cap on open
+//! connections; a checkout at the cap waits for one to come back.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
 use tracing::debug;
 
-use super::ServerConn;
+use super::{ConnectError, Login, ServerConn};
 use crate::config::PoolConfig;
 use crate::protocol::{cstr, take_frame};
 
@@ -47,6 +53,37 @@ impl PoolKey {
             params,
         }
     }
+
+    /// What the connection cap counts by: node, user and database.
+    fn limit(&self) -> LimitKey {
+        let database = self
+            .params
+            .iter()
+            .find(|(k, _)| k == "database")
+            .map(|(_, v)| v.clone())
+            .unwrap_or_default();
+        LimitKey {
+            host: self.host.clone(),
+            port: self.port,
+            user: self.client_user.clone(),
+            database,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+struct LimitKey {
+    host: String,
+    port: u16,
+    user: String,
+    database: String,
+}
+
+/// The cap of one (node, user, database), and a bell rung whenever one of
+/// its connections comes back idle or closes.
+struct Limit {
+    permits: Arc<Semaphore>,
+    returned: Notify,
 }
 
 struct Idle {
@@ -54,75 +91,256 @@ struct Idle {
     since: Instant,
 }
 
+#[derive(Debug, thiserror::Error)]
+pub enum CheckoutError {
+    #[error(transparent)]
+    Connect(#[from] ConnectError),
+    #[error("no server connection to {host}:{port} became free within {waited:?} (pool.max_server_connections is {max})")]
+    Exhausted {
+        host: String,
+        port: u16,
+        max: usize,
+        waited: Duration,
+    },
+}
+
 pub struct ServerPool {
     idle: Mutex<HashMap<PoolKey, Vec<Idle>>>,
+    limits: Mutex<HashMap<LimitKey, Arc<Limit>>>,
     max_idle_per_key: usize,
+    max_server_connections: usize,
     idle_timeout: Duration,
+    acquire_timeout: Duration,
     reset_timeout: Duration,
+    connect_timeout: Duration,
 }
 
 impl ServerPool {
-    pub fn new(config: &PoolConfig, reset_timeout: Duration) -> ServerPool {
+    pub fn new(config: &PoolConfig, connect_timeout: Duration) -> ServerPool {
         ServerPool {
             idle: Mutex::new(HashMap::new()),
+            limits: Mutex::new(HashMap::new()),
             max_idle_per_key: config.max_idle_per_key,
+            max_server_connections: config.max_server_connections,
             idle_timeout: config.idle_timeout(),
-            reset_timeout,
+            acquire_timeout: config.acquire_timeout(),
+            reset_timeout: connect_timeout,
+            connect_timeout,
         }
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<PoolKey, Vec<Idle>>> {
+    fn idle(&self) -> std::sync::MutexGuard<'_, HashMap<PoolKey, Vec<Idle>>> {
         // Every update is a single push, pop or retain: a panic cannot leave it half-done.
         self.idle.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// An idle connection for `key`, most recently used first.
-    pub fn take(&self, key: &PoolKey) -> Option<ServerConn> {
-        let mut idle = self.lock();
-        let conns = idle.get_mut(key)?;
-        while let Some(entry) = conns.pop() {
-            if entry.since.elapsed() < self.idle_timeout {
-                return Some(entry.conn);
+    fn limit(&self, key: &LimitKey) -> Arc<Limit> {
+        let mut limits = self.limits.lock().unwrap_or_else(PoisonError::into_inner);
+        limits
+            .entry(key.clone())
+            .or_insert_with(|| {
+                Arc::new(Limit {
+                    permits: Arc::new(Semaphore::new(self.max_server_connections)),
+                    returned: Notify::new(),
+                })
+            })
+            .clone()
+    }
+
+    /// A connection for `key` on behalf of session `owner`: one of its own
+    /// idle ones, else a clean one, else another session's (reset first),
+    /// else a new one; at the cap, waits up to `pool.acquire_timeout_ms`.
+    pub async fn checkout(
+        &self,
+        key: &PoolKey,
+        owner: u64,
+        login: &Login<'_>,
+    ) -> Result<ServerConn, CheckoutError> {
+        let deadline = tokio::time::Instant::now() + self.acquire_timeout;
+        let limit_key = key.limit();
+        let limit = self.limit(&limit_key);
+        loop {
+            // Register for the bell before looking, so a return in between is not missed.
+            let returned = limit.returned.notified();
+            tokio::pin!(returned);
+            returned.as_mut().enable();
+            if let Some(conn) = self.take_idle(key, owner) {
+                match self.claim(conn, owner).await {
+                    Some(conn) => return Ok(conn),
+                    None => continue,
+                }
+            }
+            if let Ok(permit) = limit.permits.clone().try_acquire_owned() {
+                return self.open(key, login, permit).await;
+            }
+            if self.evict_other(key, &limit_key) {
+                continue;
+            }
+            let waited = tokio::select! {
+                permit = limit.permits.clone().acquire_owned() => permit.ok(),
+                () = &mut returned => None,
+                () = tokio::time::sleep_until(deadline) => {
+                    return Err(CheckoutError::Exhausted {
+                        host: key.host.clone(),
+                        port: key.port,
+                        max: self.max_server_connections,
+                        waited: self.acquire_timeout,
+                    })
+                }
+            };
+            if let Some(permit) = waited {
+                return self.open(key, login, permit).await;
             }
         }
-        None
+    }
+
+    async fn open(
+        &self,
+        key: &PoolKey,
+        login: &Login<'_>,
+        permit: OwnedSemaphorePermit,
+    ) -> Result<ServerConn, CheckoutError> {
+        let mut conn = super::connect(&key.host, key.port, login, self.connect_timeout).await?;
+        conn.permit = Some(permit);
+        Ok(conn)
+    }
+
+    /// Makes a taken idle connection fit for `owner`: a reset when it
+    /// carries another session's state. `None` when it turned out unusable.
+    async fn claim(&self, mut conn: ServerConn, owner: u64) -> Option<ServerConn> {
+        if !still_open(&mut conn) {
+            return None;
+        }
+        if conn.owner != 0 && conn.owner != owner {
+            match tokio::time::timeout(self.reset_timeout, reset(&mut conn)).await {
+                Ok(Ok(())) => {}
+                Ok(Err(reason)) => {
+                    debug!(host = %conn.host, port = conn.port, reason, "server connection not reusable");
+                    return None;
+                }
+                Err(_) => return None,
+            }
+        }
+        Some(conn)
+    }
+
+    /// An idle connection for `key`: `owner`'s own first, then a clean one,
+    /// then any; most recently used first within each.
+    fn take_idle(&self, key: &PoolKey, owner: u64) -> Option<ServerConn> {
+        let mut idle = self.idle();
+        let conns = idle.get_mut(key)?;
+        let now = Instant::now();
+        conns.retain(|c| now.duration_since(c.since) < self.idle_timeout);
+        let pick = conns
+            .iter()
+            .rposition(|c| c.conn.owner == owner)
+            .or_else(|| conns.iter().rposition(|c| c.conn.owner == 0))
+            .or_else(|| conns.len().checked_sub(1))?;
+        Some(conns.remove(pick).conn)
+    }
+
+    /// Closes one idle connection of the same (node, user, database) but
+    /// another startup packet, to make room under the cap.
+    fn evict_other(&self, key: &PoolKey, limit: &LimitKey) -> bool {
+        let mut idle = self.idle();
+        for (other, conns) in idle.iter_mut() {
+            if other != key && other.limit() == *limit && !conns.is_empty() {
+                conns.remove(0);
+                return true;
+            }
+        }
+        false
+    }
+
+    /// Takes back a connection the session has left idle. It keeps the
+    /// session's state (and tag) until someone else needs it.
+    pub fn check_in(&self, key: &PoolKey, conn: ServerConn) {
+        let limit = key.limit();
+        {
+            let mut idle = self.idle();
+            let conns = idle.entry(key.clone()).or_default();
+            if conns.len() < self.max_idle_per_key {
+                conns.push(Idle {
+                    conn,
+                    since: Instant::now(),
+                });
+            }
+        }
+        self.limit(&limit).returned.notify_one();
     }
 
     /// Resets `conn` and keeps it for the next client with the same key;
-    /// a connection that does not reset cleanly is closed instead.
+    /// a connection that does not reset cleanly is closed instead. For the
+    /// last connection of a session that has ended.
     pub async fn put_back(self: Arc<Self>, key: PoolKey, mut conn: ServerConn) {
-        if self.max_idle_per_key == 0 {
-            return;
-        }
-        match tokio::time::timeout(self.reset_timeout, reset(&mut conn)).await {
-            Ok(Ok(())) => {}
-            Ok(Err(reason)) => {
-                debug!(host = %key.host, port = key.port, reason, "server connection not reusable");
-                return;
-            }
-            Err(_) => {
-                debug!(host = %key.host, port = key.port, "server reset timed out");
-                return;
+        if self.max_idle_per_key > 0 {
+            match tokio::time::timeout(self.reset_timeout, reset(&mut conn)).await {
+                Ok(Ok(())) => return self.check_in(&key, conn),
+                Ok(Err(reason)) => {
+                    debug!(host = %key.host, port = key.port, reason, "server connection not reusable")
+                }
+                Err(_) => debug!(host = %key.host, port = key.port, "server reset timed out"),
             }
         }
-        let mut idle = self.lock();
-        let conns = idle.entry(key).or_default();
-        if conns.len() < self.max_idle_per_key {
-            conns.push(Idle {
-                conn,
-                since: Instant::now(),
-            });
+        drop(conn);
+        self.limit(&key.limit()).returned.notify_one();
+    }
+
+    /// Forgets that session `owner` exists: its idle connections are reset
+    /// now, so nobody pays for that on their way to a query.
+    pub async fn release_owner(self: Arc<Self>, owner: u64) {
+        let taken: Vec<(PoolKey, ServerConn)> = {
+            let mut idle = self.idle();
+            let mut taken = Vec::new();
+            for (key, conns) in idle.iter_mut() {
+                let mut i = 0;
+                while i < conns.len() {
+                    if conns[i].conn.owner == owner {
+                        taken.push((key.clone(), conns.remove(i).conn));
+                    } else {
+                        i += 1;
+                    }
+                }
+            }
+            taken
+        };
+        for (key, conn) in taken {
+            self.clone().put_back(key, conn).await;
         }
     }
 
     /// Closes connections idle for longer than the timeout.
     pub fn prune(&self) {
-        let mut idle = self.lock();
+        let mut idle = self.idle();
         for conns in idle.values_mut() {
             conns.retain(|c| c.since.elapsed() < self.idle_timeout);
         }
         idle.retain(|_, conns| !conns.is_empty());
     }
+}
+
+/// Whether an idle connection is still usable: the server may have closed
+/// it (idle timeout, pg_terminate_backend) or said something while it sat
+/// in the pool. Only a ParameterStatus is harmless; it is kept for the client.
+fn still_open(conn: &mut ServerConn) -> bool {
+    let mut buf = [0u8; 4096];
+    loop {
+        match conn.rd.try_read(&mut buf) {
+            Ok(0) => return false,
+            Ok(n) => conn.pending.extend_from_slice(&buf[..n]),
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
+            Err(_) => return false,
+        }
+    }
+    let mut rest = &conn.pending[..];
+    while rest.len() >= 5 {
+        if rest[0] != b'S' {
+            return false;
+        }
+        let len = crate::protocol::be_i32(&rest[1..5]).max(4) as usize;
+        rest = rest.get(1 + len..).unwrap_or(&[]);
+    }
+    rest.is_empty()
 }
 
 /// Runs the reset query and reads its reply; updates the connection's
@@ -134,6 +352,14 @@ impl ServerPool {
 /// connection is closed, and the server rolls the batch back. Never "fix" a
 /// failed reset with a Sync or ROLLBACK first.
 async fn reset(conn: &mut ServerConn) -> Result<(), &'static str> {
+    // ParameterStatus messages that arrived while idle are dropped with the state.
+    while let Some(frame) =
+        take_frame(&mut conn.pending, MAX_RESET_REPLY).map_err(|_| "invalid reply")?
+    {
+        if frame[0] != b'S' {
+            return Err("unread server data");
+        }
+    }
     if !conn.pending.is_empty() {
         return Err("unread server data");
     }
@@ -153,7 +379,10 @@ async fn reset(conn: &mut ServerConn) -> Result<(), &'static str> {
                 b'A' => return Err("notification pending"),
                 b'Z' => {
                     return match (body.first(), conn.pending.is_empty()) {
-                        (Some(b'I'), true) => Ok(()),
+                        (Some(b'I'), true) => {
+                            conn.forget_state();
+                            Ok(())
+                        }
                         _ => Err("not idle after reset"),
                     }
                 }

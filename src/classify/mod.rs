@@ -185,6 +185,8 @@ pub struct Classification {
     /// The hint that was asked for, whether or not it changed the class.
     pub hint: Option<Hint>,
     pub effects: Vec<SessionEffect>,
+    /// How many statements the string holds (an unparsable rest counts as one).
+    pub statements: usize,
 }
 
 impl Classification {
@@ -199,6 +201,8 @@ pub(crate) struct Part {
     pub class: Class,
     pub reason: Reason,
     pub effects: Vec<SessionEffect>,
+    /// Statements folded into this part (1 for one statement).
+    pub statements: usize,
 }
 
 impl Part {
@@ -207,6 +211,7 @@ impl Part {
             class: Class::Read,
             reason,
             effects: Vec::new(),
+            statements: 1,
         }
     }
 
@@ -215,6 +220,7 @@ impl Part {
             class: Class::Write,
             reason,
             effects: Vec::new(),
+            statements: 1,
         }
     }
 
@@ -240,6 +246,7 @@ pub fn classify(sql: &str, volatile: &HashSet<String>) -> Classification {
         mut class,
         mut reason,
         effects,
+        statements,
     } = classify_parts(sql, volatile);
     if hint == Some(Hint::Primary) && class == Class::Read {
         class = Class::Write;
@@ -252,6 +259,7 @@ pub fn classify(sql: &str, volatile: &HashSet<String>) -> Classification {
         reason,
         hint,
         effects,
+        statements,
     }
 }
 
@@ -310,6 +318,7 @@ fn parse_one(dialect: &PostgreSqlDialect, mut tokens: Vec<TokenWithSpan>) -> Opt
 struct Combined {
     first: Option<(Class, Reason)>,
     effects: Vec<SessionEffect>,
+    statements: usize,
 }
 
 impl Combined {
@@ -322,6 +331,7 @@ impl Combined {
             Some(_) => {}
         }
         self.effects.extend(part.effects);
+        self.statements += part.statements;
     }
 
     fn finish(self) -> Part {
@@ -330,6 +340,7 @@ impl Combined {
             class,
             reason,
             effects: self.effects,
+            statements: self.statements,
         }
     }
 }

@@ -91,6 +91,7 @@ fn transaction_part(stmt: &Statement) -> Part {
                 class,
                 reason: Reason::TransactionControl,
                 effects: vec![SessionEffect::Begin { read_only }],
+                statements: 1,
             }
         }
         Statement::Commit { chain, .. } => transaction_end(SessionEffect::Commit, *chain),

@@ -3,8 +3,11 @@
 //! authentication to a relaying [`session::Session`].
 
 pub mod auth;
+pub mod batch;
 pub mod cancel;
+pub mod load;
 pub mod session;
+pub mod state;
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -16,16 +19,19 @@ use tokio::net::TcpStream;
 use tokio::sync::{watch, OwnedSemaphorePermit};
 use tracing::{debug, info, Instrument};
 
-use crate::backend::pool::{PoolKey, ServerPool};
+use crate::backend::pool::{CheckoutError, PoolKey, ServerPool};
 use crate::backend::{self, ConnectError, Login, ServerConn};
 use crate::config::Config;
+use crate::control::functions::FunctionCatalog;
 use crate::protocol::startup::{read_startup, StartupError, StartupPacket};
 use crate::protocol::{messages, take_frame, Sqlstate};
 use crate::route;
+use crate::route::ReadPolicy;
 use crate::topology::TopologyHandle;
 use auth::{Authenticator, LoginClient, Step};
 use cancel::{CancelHandle, CancelRegistry, CancelTarget};
-use session::{ClientIo, Session};
+use load::NodeLoads;
+use session::{ClientIo, Session, SessionLogin};
 
 /// Password-family messages are small; a bigger one is an attack or a bug.
 const MAX_AUTH_MESSAGE: usize = 64 * 1024;
@@ -37,7 +43,18 @@ pub struct Shared {
     pub topology: TopologyHandle,
     pub cancels: Arc<CancelRegistry>,
     pub auth: Authenticator,
+    pub catalog: Arc<FunctionCatalog>,
+    pub loads: NodeLoads,
+    pub read_policy: ReadPolicy,
+    /// Bumped per routed read: drives round-robin across all sessions.
+    pub tickets: AtomicU64,
     pub shutdown: watch::Receiver<bool>,
+}
+
+impl Shared {
+    pub fn next_ticket(&self) -> u64 {
+        self.tickets.fetch_add(1, Ordering::Relaxed)
+    }
 }
 
 /// A startup that ends the connection before any relaying.
@@ -65,20 +82,21 @@ pub async fn serve(
         user = tracing::field::Empty,
         epoch = tracing::field::Empty
     );
-    let Some((client, connected)) = open(stream, peer, &shared, permit.is_some())
+    let Some((client, connected)) = open(stream, peer, &shared, session_id, permit.is_some())
         .instrument(span.clone())
         .await
     else {
         return;
     };
+    let volatile = shared.catalog.volatile(&connected.login.database).await;
     // The relay polls far too often to enter a span each time: it logs
     // with the span as an explicit parent instead.
     let session = Session::new(
+        session_id,
+        shared.clone(),
         client,
         connected,
-        shared.pool.clone(),
-        shared.config.proxy.max_message_size,
-        shared.shutdown.clone(),
+        volatile,
         span.clone(),
     );
     let end = session.run().await;
@@ -91,6 +109,7 @@ async fn open(
     stream: TcpStream,
     peer: SocketAddr,
     shared: &Shared,
+    session_id: u64,
     admitted: bool,
 ) -> Option<(ClientIo, Connected)> {
     let _ = stream.set_nodelay(true);
@@ -102,7 +121,11 @@ async fn open(
         out: BytesMut::with_capacity(16 * 1024),
     };
     let timeout = shared.config.proxy.startup_timeout();
-    let started = tokio::time::timeout(timeout, start(&mut client, peer, shared, admitted)).await;
+    let started = tokio::time::timeout(
+        timeout,
+        start(&mut client, peer, shared, session_id, admitted),
+    )
+    .await;
     match started {
         Ok(Ok(connected)) => return Some((client, connected)),
         Ok(Err(Refusal::Silent)) => return None,
@@ -121,10 +144,10 @@ async fn open(
 /// A client that has authenticated and has a server connection.
 pub struct Connected {
     pub server: ServerConn,
-    pub node_name: String,
+    /// The node `server` is connected to (index into the topology).
+    pub node: usize,
     pub cancel: CancelHandle,
-    /// Where the server connection goes back to when the client leaves.
-    pub pool_key: PoolKey,
+    pub login: SessionLogin,
 }
 
 /// Startup and authentication; on success the session is ready to relay.
@@ -132,6 +155,7 @@ async fn start(
     client: &mut ClientIo,
     peer: SocketAddr,
     shared: &Shared,
+    session_id: u64,
     admitted: bool,
 ) -> Result<Connected, Refusal> {
     let (minor_version, mut params) = negotiate(client, shared).await?;
@@ -164,7 +188,7 @@ async fn start(
     }
     let database = param(&params, "database").unwrap_or_default().to_owned();
     authenticate(client, peer, shared, &user, &database).await?;
-    connect_session(client, shared, &user, params).await
+    connect_session(client, shared, session_id, &user, params).await
 }
 
 /// Reads startup packets until a StartupMessage, answering SSL/GSS requests
@@ -244,10 +268,12 @@ async fn authenticate(
     Ok(())
 }
 
-/// Opens the session's server connection and completes the client's startup.
+/// Opens the session's first server connection (on the primary, whose
+/// parameters the client is told) and completes the client's startup.
 async fn connect_session(
     client: &mut ClientIo,
     shared: &Shared,
+    session_id: u64,
     user: &str,
     mut params: Vec<(String, String)>,
 ) -> Result<Connected, Refusal> {
@@ -259,35 +285,35 @@ async fn connect_session(
     let node = &topology.nodes[target.node];
     tracing::Span::current().record("epoch", target.epoch);
     let user_config = shared.config.user(user);
-    let server_user = user_config.map_or(user, |u| u.server_user());
+    let server_user = user_config.map_or(user, |u| u.server_user()).to_owned();
     for (k, v) in params.iter_mut() {
         if k == "user" {
-            *v = server_user.to_owned();
+            *v = server_user.clone();
         }
     }
     let pool_key = PoolKey::new(&node.host, node.port, user, &params);
+    let session_login = SessionLogin {
+        client_user: user.to_owned(),
+        server_password: user_config
+            .and_then(|u| u.server_password())
+            .map(str::to_owned),
+        database: param(&params, "database").unwrap_or_default().to_owned(),
+        server_user,
+        params,
+    };
     let login = Login {
-        user: server_user,
-        password: user_config.and_then(|u| u.server_password()),
-        params: &params,
+        user: &session_login.server_user,
+        password: session_login.server_password.as_deref(),
+        params: &session_login.params,
     };
-    let connected = match shared.pool.take(&pool_key) {
-        Some(server) => Ok(server),
-        None => {
-            backend::connect(
-                &node.host,
-                node.port,
-                &login,
-                shared.config.proxy.connect_timeout(),
-            )
-            .await
-        }
-    };
-    let server = match connected {
+    let server = match shared.pool.checkout(&pool_key, session_id, &login).await {
         Ok(s) => s,
-        Err(ConnectError::Refused { error, .. }) => {
+        Err(CheckoutError::Connect(ConnectError::Refused { error, .. })) => {
             client.out.extend_from_slice(&error);
             return Err(Refusal::Told);
+        }
+        Err(e @ CheckoutError::Exhausted { .. }) => {
+            return Err(tell(client, Sqlstate::TooManyConnections, &e.to_string()))
         }
         Err(e) => return Err(tell(client, Sqlstate::UnableToConnect, &e.to_string())),
     };
@@ -304,9 +330,9 @@ async fn connect_session(
     messages::ready_for_query(&mut client.out, b'I');
     Ok(Connected {
         server,
-        node_name: node.name.clone(),
+        node: target.node,
         cancel,
-        pool_key,
+        login: session_login,
     })
 }
 

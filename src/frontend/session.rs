@@ -1,11 +1,21 @@
-//! The per-client relay loop.
+//! The per-client relay loop, with read/write splitting.
 //!
-//! One task per client moves bytes both ways at once: client → server and
-//! server → client are never blocked on each other, so a pipelined batch
-//! whose results fill the socket buffers cannot deadlock. Frames are cut at
-//! their boundaries and copied as bytes; only the few that carry session
-//! state (ReadyForQuery, Query, Sync, Terminate, server errors) are read.
+//! Client messages are gathered into batches (up to a Query or a Sync: one
+//! request, one ReadyForQuery). Each batch is classified and routed as a
+//! whole, then relayed as bytes to the server connection chosen for it;
+//! server replies are relayed back as bytes. Between transactions the
+//! server connection goes back to the pool, so the next batch may run on
+//! another node: the session's settings and prepared statements are
+//! replayed there first ([`crate::backend::replay`]).
+//!
+//! Both directions move at once, so a pipelined batch whose results fill
+//! the socket buffers cannot deadlock. A batch never overtakes the replies
+//! of an earlier one: while replies are outstanding, a batch that cannot
+//! run on the same connection waits.
 
+mod dispatch;
+
+use std::collections::VecDeque;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -14,13 +24,16 @@ use std::time::Duration;
 use bytes::{Buf, BytesMut};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
-use tokio::sync::watch;
 use tracing::{debug, info, Span};
 
-use super::cancel::CancelHandle;
-use super::Connected;
-use crate::backend::pool::{PoolKey, ServerPool};
+use super::batch::Plan;
+use super::cancel::{CancelHandle, CancelTarget};
+use super::state::SessionState;
+use super::{Connected, Shared};
+use crate::backend::pool::PoolKey;
 use crate::backend::{self, ServerConn};
+use crate::classify::{ClassifyCache, SessionEffect};
+use crate::control::functions::VolatileSet;
 use crate::protocol::{messages, FrameScanner, ScanError, Sqlstate};
 
 /// Stop reading from one side while this much is waiting to be written to
@@ -84,59 +97,120 @@ enum Event {
 pub struct ClientIo {
     pub rd: OwnedReadHalf,
     pub wr: OwnedWriteHalf,
-    /// Bytes read from the client and not yet relayed.
+    /// Bytes read from the client and not yet taken into a batch.
     pub inbuf: BytesMut,
     /// Bytes waiting to be written to the client.
     pub out: BytesMut,
 }
 
+/// How the session logs in to any node.
+#[derive(Debug, Clone)]
+pub struct SessionLogin {
+    pub client_user: String,
+    pub server_user: String,
+    pub server_password: Option<String>,
+    /// Every startup parameter sent to servers (user included).
+    pub params: Vec<(String, String)>,
+    pub database: String,
+}
+
+/// The server connection serving the session right now.
+struct Attached {
+    conn: ServerConn,
+    node: usize,
+}
+
+/// A request sent and not yet answered, with what it will change once it is.
+#[derive(Debug, Default)]
+struct Sent {
+    effects: Vec<SessionEffect>,
+    /// Statements it creates; the first `parse_ok` were confirmed.
+    parsed: Vec<(String, u64)>,
+    parse_ok: usize,
+    failed: bool,
+}
+
 pub struct Session {
+    id: u64,
+    shared: Arc<Shared>,
     client: ClientIo,
-    client_frames: FrameScanner,
-    server: ServerConn,
-    server_name: String,
+    max_message_size: usize,
+    server: Option<Attached>,
     server_frames: FrameScanner,
     to_server: BytesMut,
     phase: Phase,
     server_said_fatal: bool,
     cancel: CancelHandle,
-    shutdown: watch::Receiver<bool>,
     span: Span,
-    pool: Arc<ServerPool>,
-    pool_key: PoolKey,
+    login: SessionLogin,
+    /// Pool keys of every node, in topology order.
+    keys: Vec<PoolKey>,
+    state: SessionState,
+    cache: ClassifyCache,
+    volatile: Arc<VolatileSet>,
+    /// Frames of the batch being gathered.
+    batch: BytesMut,
+    plan: Plan,
+    /// The batch must be dispatched before more client input is read.
+    batch_due: bool,
+    /// Part of a batch went out (Flush) without its Sync: the rest follows it.
+    open_batch: bool,
+    /// A batch could not be routed after part of it went out: drop the
+    /// client's frames up to its Sync, then say ReadyForQuery.
+    skipping: bool,
+    inflight: VecDeque<Sent>,
+    /// Function DDL succeeded: reload the VOLATILE list before routing again.
+    reload_functions: bool,
 }
 
 impl Session {
     pub fn new(
+        id: u64,
+        shared: Arc<Shared>,
         client: ClientIo,
         connected: Connected,
-        pool: Arc<ServerPool>,
-        max_message_size: usize,
-        shutdown: watch::Receiver<bool>,
+        volatile: Arc<VolatileSet>,
         span: Span,
     ) -> Session {
         let Connected {
             mut server,
-            node_name: server_name,
+            node,
             cancel,
-            pool_key,
+            login,
         } = connected;
         // Anything the server sent past its startup ReadyForQuery is relayed first.
         server.pending.reserve(16 * 1024);
+        let keys = shared
+            .topology
+            .load()
+            .nodes
+            .iter()
+            .map(|n| PoolKey::new(&n.host, n.port, &login.client_user, &login.params))
+            .collect();
         Session {
+            id,
+            max_message_size: shared.config.proxy.max_message_size,
+            cache: ClassifyCache::new(shared.config.routing.classify_cache_size),
+            shared,
             span,
-            pool,
-            pool_key,
             client,
-            client_frames: FrameScanner::new(max_message_size),
-            server,
-            server_name,
+            server: Some(Attached { conn: server, node }),
             server_frames: FrameScanner::new(MAX_SERVER_FRAME),
             to_server: BytesMut::with_capacity(16 * 1024),
             phase: Phase::Ready(TxnStatus::Idle),
             server_said_fatal: false,
             cancel,
-            shutdown,
+            login,
+            keys,
+            state: SessionState::default(),
+            volatile,
+            batch: BytesMut::with_capacity(1024),
+            plan: Plan::default(),
+            batch_due: false,
+            open_batch: false,
+            skipping: false,
+            inflight: VecDeque::new(),
+            reload_functions: false,
         }
     }
 
@@ -145,14 +219,19 @@ impl Session {
         let end = self.relay().await;
         let reusable = self.server_reusable(&end);
         self.finish(&end, reusable).await;
+        if let Some(att) = &self.server {
+            let left = match self.phase {
+                Phase::Busy { outstanding } => outstanding,
+                Phase::Ready(_) => 0,
+            };
+            self.shared.loads.done(att.node, left);
+        }
         if reusable {
-            let Session {
-                pool,
-                pool_key,
-                server,
-                ..
-            } = self;
-            tokio::spawn(pool.put_back(pool_key, server));
+            self.release();
+        }
+        self.server = None;
+        if self.state.is_stateful() {
+            tokio::spawn(self.shared.pool.clone().release_owner(self.id));
         }
         end
     }
@@ -162,28 +241,48 @@ impl Session {
     fn server_reusable(&self, end: &End) -> bool {
         matches!(end, End::ClientTerminated | End::ClientGone)
             && self.phase == Phase::Ready(TxnStatus::Idle)
+            && !self.open_batch
             && self.to_server.is_empty()
             && !self.server_said_fatal
             && !self.server_frames.mid_frame()
+            && self
+                .server
+                .as_ref()
+                .is_some_and(|s| s.conn.pending.is_empty())
     }
 
     async fn relay(&mut self) -> End {
-        if !self.client.inbuf.is_empty() {
-            if let Err(end) = self.on_client_bytes() {
-                return end;
-            }
-        }
         // Made once: re-arming a watch waiter on every message costs more than the rest of the loop.
-        let mut shutdown = self.shutdown.clone();
+        let mut shutdown = self.shared.shutdown.clone();
         let stop = async move {
             let _ = shutdown.wait_for(|stopping| *stopping).await;
         };
         tokio::pin!(stop);
         loop {
+            if let Err(end) = self.advance().await {
+                return end;
+            }
             if let Err(end) = self.step(stop.as_mut()).await {
                 return end;
             }
         }
+    }
+
+    /// Does whatever needs no waiting for the network: gathers client
+    /// frames into batches and dispatches every batch that may go now.
+    async fn advance(&mut self) -> Result<(), End> {
+        loop {
+            if !self.batch_due {
+                self.collect()?;
+            }
+            if !self.batch_due || !self.dispatch().await? {
+                break;
+            }
+        }
+        if let Some(att) = &self.server {
+            write_now(&att.conn.wr, &mut self.to_server).map_err(|_| End::ServerGone)?;
+        }
+        write_now(&self.client.wr, &mut self.client.out).map_err(|_| End::ClientGone)
     }
 
     /// Waits for the next thing that can happen and handles it.
@@ -192,30 +291,32 @@ impl Session {
             client,
             server,
             to_server,
+            batch_due,
             ..
         } = self;
-        let read_client = to_server.len() < HIGH_WATER;
+        let read_client = !*batch_due && client.inbuf.len() < HIGH_WATER;
         let read_server = client.out.len() < HIGH_WATER;
+        let write_server = !to_server.is_empty();
+        let (server_rd, server_wr) = match server {
+            Some(att) => {
+                let conn = &mut att.conn;
+                (Some((&mut conn.rd, &mut conn.pending)), Some(&mut conn.wr))
+            }
+            None => (None, None),
+        };
         let event = tokio::select! {
             biased;
             r = client.wr.write(&client.out), if !client.out.is_empty() => Event::WroteClient(r),
-            r = server.wr.write(to_server), if !to_server.is_empty() => Event::WroteServer(r),
-            r = server.rd.read_buf(&mut server.pending), if read_server => Event::ReadServer(r),
+            r = server_write(server_wr, to_server), if write_server => Event::WroteServer(r),
+            r = server_read(server_rd), if read_server => Event::ReadServer(r),
             r = client.rd.read_buf(&mut client.inbuf), if read_client => Event::ReadClient(r),
             () = stop => Event::Shutdown,
         };
         match event {
             Event::WroteClient(Ok(n)) if n > 0 => self.client.out.advance(n),
             Event::WroteServer(Ok(n)) if n > 0 => self.to_server.advance(n),
-            Event::ReadServer(Ok(n)) if n > 0 => {
-                self.on_server_bytes()?;
-                // Usually the socket can take it all now: skip a trip round the loop.
-                write_now(&self.client.wr, &mut self.client.out).map_err(|_| End::ClientGone)?;
-            }
-            Event::ReadClient(Ok(n)) if n > 0 => {
-                self.on_client_bytes()?;
-                write_now(&self.server.wr, &mut self.to_server).map_err(|_| End::ServerGone)?;
-            }
+            Event::ReadServer(Ok(n)) if n > 0 => self.on_server_bytes()?,
+            Event::ReadClient(Ok(n)) if n > 0 => {}
             Event::WroteClient(_) | Event::ReadClient(_) => return Err(End::ClientGone),
             Event::WroteServer(_) | Event::ReadServer(_) => return Err(End::ServerGone),
             Event::Shutdown => return Err(End::Shutdown),
@@ -223,129 +324,194 @@ impl Session {
         Ok(())
     }
 
-    /// Moves every complete (or streamable) client frame to the server.
-    fn on_client_bytes(&mut self) -> Result<(), End> {
-        let mut requests = 0u32;
-        // The Terminate frame's length: it ends the scan and is not relayed,
-        // because what the server gets at the end is the proxy's decision.
-        let mut terminate = None;
-        let scanned = self.client_frames.scan(
-            &self.client.inbuf,
-            |tag| matches!(tag, b'Q' | b'S' | b'X'),
-            |frame| {
-                match frame.tag {
-                    b'X' => terminate = Some(5 + frame.body.len()),
-                    _ => requests += 1,
-                }
-                terminate.is_none()
-            },
-        );
-        let n = match scanned {
-            Ok(n) => n,
-            Err(e) => {
-                self.refuse_client_frame(&e);
-                return Err(End::ClientProtocolError);
-            }
-        };
-        let relayed = n - terminate.unwrap_or(0);
-        self.to_server
-            .extend_from_slice(&self.client.inbuf[..relayed]);
-        self.client.inbuf.advance(n);
-        if requests > 0 {
-            self.phase = match self.phase {
-                Phase::Busy { outstanding } => Phase::Busy {
-                    outstanding: outstanding + requests,
-                },
-                Phase::Ready(_) => Phase::Busy {
-                    outstanding: requests,
-                },
-            };
-        }
-        if terminate.is_some() {
-            return Err(End::ClientTerminated);
-        }
-        Ok(())
+    fn refuse_client_frame(&mut self, state: Sqlstate, message: &str) {
+        info!(parent: &self.span, error = message, "closing client after a bad message");
+        messages::error(&mut self.client.out, true, state, message);
     }
 
-    fn refuse_client_frame(&mut self, e: &ScanError) {
+    fn refuse_scan(&mut self, e: &ScanError) -> End {
         let state = match e {
             ScanError::TooLarge { .. } => Sqlstate::ProgramLimitExceeded,
             ScanError::BadLength { .. } => Sqlstate::ProtocolViolation,
         };
-        info!(parent: &self.span, error = %e, "closing client after a bad frame");
-        messages::error(&mut self.client.out, true, state, &e.to_string());
+        self.refuse_client_frame(state, &e.to_string());
+        End::ClientProtocolError
     }
 
-    /// Moves server bytes to the client, noting ReadyForQuery and FATALs.
+    /// Moves server bytes to the client, settling each answered request.
     fn on_server_bytes(&mut self) -> Result<(), End> {
-        let mut ready = None;
-        let mut fatal = false;
-        let scanned = self.server_frames.scan(
-            &self.server.pending,
-            |tag| matches!(tag, b'Z' | b'E'),
-            |frame| {
-                match frame.tag {
-                    b'Z' => {
-                        ready = Some((
-                            ready.map_or(0, |(n, _)| n) + 1,
-                            frame.body.first().copied().unwrap_or(b'I'),
-                        ))
-                    }
-                    _ => fatal |= is_fatal(frame.body),
-                }
-                true
-            },
-        );
-        // Server lengths are only sanity-checked, but a server that breaks
-        // framing cannot be relayed any further.
-        let n = scanned.map_err(|e| {
-            info!(parent: &self.span, server = %self.server_name, error = %e, "server sent an invalid frame");
-            End::ServerGone
-        })?;
-        self.client.out.extend_from_slice(&self.server.pending[..n]);
-        self.server.pending.advance(n);
-        self.server_said_fatal |= fatal;
-        if let Some((count, status)) = ready {
-            self.phase = match self.phase {
-                Phase::Busy { outstanding } if outstanding > count => Phase::Busy {
-                    outstanding: outstanding - count,
-                },
-                _ => Phase::Ready(TxnStatus::from_byte(status)),
+        loop {
+            let Some(att) = self.server.as_mut() else {
+                return Ok(());
             };
+            let mut ready = None;
+            let mut errors = 0u32;
+            let mut fatal = false;
+            let mut parse_ok = 0usize;
+            let scanned = self.server_frames.scan(
+                &att.conn.pending,
+                |tag| matches!(tag, b'Z' | b'E' | b'1'),
+                |frame| match frame.tag {
+                    b'Z' => {
+                        ready = Some(frame.body.first().copied().unwrap_or(b'I'));
+                        false
+                    }
+                    b'1' => {
+                        parse_ok += 1;
+                        true
+                    }
+                    _ => {
+                        errors += 1;
+                        fatal |= is_fatal(frame.body);
+                        true
+                    }
+                },
+            );
+            // Server lengths are only sanity-checked, but a server that breaks
+            // framing cannot be relayed any further.
+            let n = match scanned {
+                Ok(n) => n,
+                Err(e) => {
+                    info!(parent: &self.span, error = %e, "server sent an invalid frame");
+                    return Err(End::ServerGone);
+                }
+            };
+            self.client.out.extend_from_slice(&att.conn.pending[..n]);
+            att.conn.pending.advance(n);
+            self.server_said_fatal |= fatal;
+            if let Some(sent) = self.inflight.front_mut() {
+                sent.parse_ok += parse_ok;
+                sent.failed |= errors > 0;
+            }
+            match ready {
+                Some(status) => self.on_ready(status),
+                None => break,
+            }
         }
+        self.maybe_release();
         Ok(())
+    }
+
+    /// One request answered: settle what it changed.
+    fn on_ready(&mut self, status: u8) {
+        let Some(att) = self.server.as_mut() else {
+            return;
+        };
+        self.shared.loads.done(att.node, 1);
+        self.phase = match self.phase {
+            Phase::Busy { outstanding } if outstanding > 1 => Phase::Busy {
+                outstanding: outstanding - 1,
+            },
+            _ => Phase::Ready(TxnStatus::from_byte(status)),
+        };
+        let Some(sent) = self.inflight.pop_front() else {
+            return;
+        };
+        if sent.failed {
+            for (name, fingerprint) in sent.parsed.iter().skip(sent.parse_ok) {
+                if att.conn.prepared.get(name) == Some(fingerprint) {
+                    att.conn.prepared.remove(name);
+                }
+                self.state.unprepare(name, *fingerprint);
+            }
+        }
+        if sent.effects.is_empty() && status != b'I' {
+            return;
+        }
+        self.state.settle(&sent.effects, sent.failed, status);
+        if !sent.failed {
+            for effect in &sent.effects {
+                match effect {
+                    SessionEffect::Deallocate { name: Some(name) } => {
+                        att.conn.prepared.remove(name);
+                    }
+                    SessionEffect::Deallocate { name: None } => att.conn.prepared.clear(),
+                    _ => {}
+                }
+            }
+        }
+        if att.conn.settings != self.state.settings() {
+            att.conn.settings = self.state.settings().to_vec();
+        }
+        self.reload_functions |= self.state.take_catalog_changed();
+    }
+
+    /// Hands the server connection back to the pool once the session has
+    /// left it idle and nothing ties the session to it.
+    fn maybe_release(&mut self) {
+        let idle = self.phase == Phase::Ready(TxnStatus::Idle)
+            && self.inflight.is_empty()
+            && !self.open_batch
+            && !self.state.is_pinned()
+            && self.to_server.is_empty()
+            && !self.server_frames.mid_frame()
+            && self
+                .server
+                .as_ref()
+                .is_some_and(|s| s.conn.pending.is_empty());
+        if idle {
+            self.release();
+        }
+    }
+
+    /// Returns the server connection to the pool, tagged with this session
+    /// when it carries the session's state.
+    fn release(&mut self) {
+        if let Some(mut att) = self.server.take() {
+            att.conn.owner = if self.state.is_stateful() { self.id } else { 0 };
+            self.cancel.set_target(None);
+            if let Some(key) = self.keys.get(att.node) {
+                self.shared.pool.check_in(key, att.conn);
+            }
+        }
+    }
+
+    /// Makes `conn` the session's server connection (on node `node`).
+    fn attach(&mut self, conn: ServerConn, node: usize) {
+        self.cancel.set_target(conn.key.map(|key| CancelTarget {
+            host: conn.host.clone(),
+            port: conn.port,
+            key,
+        }));
+        self.server = Some(Attached { conn, node });
+    }
+
+    fn node_name(&self) -> String {
+        let topology = self.shared.topology.load();
+        self.server
+            .as_ref()
+            .and_then(|s| topology.nodes.get(s.node))
+            .map_or_else(|| "server".to_owned(), |n| n.name.clone())
     }
 
     /// Says goodbye on both sides according to why the session ended.
     async fn finish(&mut self, end: &End, reusable: bool) {
+        let busy = matches!(self.phase, Phase::Busy { .. });
         match end {
             End::ClientTerminated | End::ClientGone if reusable => {}
             End::ClientTerminated => {
-                // Whatever the client sent before Terminate still goes first.
-                self.to_server.extend_from_slice(&TERMINATE);
-                let _ = self.server.wr.write_all(&self.to_server).await;
+                if let Some(att) = self.server.as_mut() {
+                    // Whatever the client sent before Terminate still goes first.
+                    self.to_server.extend_from_slice(&TERMINATE);
+                    let _ = att.conn.wr.write_all(&self.to_server).await;
+                }
             }
             End::ClientGone => {
-                if matches!(self.phase, Phase::Busy { .. }) {
+                if let Some(att) = self.server.as_ref().filter(|_| busy) {
                     // Closing the socket does not stop a running query: cancel it.
-                    if let Some(key) = self.server.key {
+                    if let Some(key) = att.conn.key {
                         debug!(parent: &self.span, "client left mid-query; cancelling it on the server");
-                        let _ = backend::cancel(
-                            &self.server.host,
-                            self.server.port,
-                            key,
-                            CANCEL_TIMEOUT,
-                        )
-                        .await;
+                        let _ = backend::cancel(&att.conn.host, att.conn.port, key, CANCEL_TIMEOUT)
+                            .await;
                     }
                 }
             }
             End::ServerGone => {
+                let name = self.node_name();
                 if !self.server_said_fatal && !self.server_frames.mid_frame() {
                     let message = format!(
-                        "server connection to {} was lost{}",
-                        self.server_name,
-                        if matches!(self.phase, Phase::Busy { .. }) {
+                        "server connection to {name} was lost{}",
+                        if busy {
                             " while a query was running"
                         } else {
                             ""
@@ -358,7 +524,7 @@ impl Session {
                         &message,
                     );
                 }
-                info!(parent: &self.span, server = %self.server_name, "server connection lost");
+                info!(parent: &self.span, server = %name, "server connection lost");
             }
             End::Shutdown => {
                 if !self.server_frames.mid_frame() {
@@ -369,10 +535,14 @@ impl Session {
                         "terminating connection because the proxy is shutting down",
                     );
                 }
-                let _ = self.server.wr.write_all(&TERMINATE).await;
+                if let Some(att) = self.server.as_mut() {
+                    let _ = att.conn.wr.write_all(&TERMINATE).await;
+                }
             }
             End::ClientProtocolError => {
-                let _ = self.server.wr.write_all(&TERMINATE).await;
+                if let Some(att) = self.server.as_mut() {
+                    let _ = att.conn.wr.write_all(&TERMINATE).await;
+                }
             }
         }
         self.cancel.set_target(None);
@@ -381,6 +551,22 @@ impl Session {
                 tokio::time::timeout(FINAL_FLUSH, self.client.wr.write_all(&self.client.out)).await;
         }
         let _ = self.client.wr.shutdown().await;
+    }
+}
+
+/// Writes to the session's server, or waits forever when it has none.
+async fn server_write(wr: Option<&mut OwnedWriteHalf>, buf: &[u8]) -> std::io::Result<usize> {
+    match wr {
+        Some(wr) => wr.write(buf).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Reads from the session's server, or waits forever when it has none.
+async fn server_read(rd: Option<(&mut OwnedReadHalf, &mut BytesMut)>) -> std::io::Result<usize> {
+    match rd {
+        Some((rd, pending)) => rd.read_buf(pending).await,
+        None => std::future::pending().await,
     }
 }
 

@@ -1,0 +1,114 @@
+//! Re-establishing a client session's state on a server connection before
+//! it serves that session: the settings it lacks (one simple Query) and the
+//! prepared statements it lacks (their Parse or PREPARE again, then Sync).
+//! The replies are read here and never reach the client; an error is
+//! handed back whole so the client can be told what the server said.
+
+use bytes::{BufMut, Bytes, BytesMut};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+use super::ServerConn;
+use crate::protocol::take_frame;
+
+/// Replies to a replay are small; a bigger one is a broken server.
+const MAX_REPLY: usize = 1 << 20;
+
+/// One prepared statement to create again.
+#[derive(Debug, Clone)]
+pub struct Statement<'a> {
+    pub name: &'a str,
+    pub fingerprint: u64,
+    /// A Parse frame, or a Query frame holding a SQL PREPARE.
+    pub source: &'a Bytes,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ReplayError {
+    /// The server refused part of it; the raw ErrorResponse frame.
+    #[error("the server refused to restore the session's state")]
+    Refused(Bytes),
+    #[error("server connection lost while restoring the session's state")]
+    Lost,
+}
+
+/// Sends `settings` (SQL) and `statements` and reads every reply. On
+/// success the connection records what it now has: `wanted` settings and
+/// the statements' fingerprints. After an error the connection's state is
+/// unknown and it must not be used again.
+pub async fn replay(
+    conn: &mut ServerConn,
+    settings: Option<String>,
+    wanted: &[(String, String)],
+    statements: &[Statement<'_>],
+) -> Result<(), ReplayError> {
+    let mut out = BytesMut::new();
+    let mut ready_expected = 0;
+    if let Some(sql) = &settings {
+        query(&mut out, sql);
+        ready_expected += 1;
+    }
+    let mut extended = false;
+    for s in statements {
+        if conn.prepared.contains_key(s.name) && !s.name.is_empty() {
+            close_statement(&mut out, s.name);
+            extended = true;
+        }
+        out.extend_from_slice(s.source);
+        match s.source.first() {
+            Some(b'Q') => ready_expected += 1,
+            _ => extended = true,
+        }
+    }
+    if extended {
+        out.extend_from_slice(&[b'S', 0, 0, 0, 4]);
+        ready_expected += 1;
+    }
+    if ready_expected == 0 {
+        return Ok(());
+    }
+    conn.wr
+        .write_all(&out)
+        .await
+        .map_err(|_| ReplayError::Lost)?;
+    let mut refused = None;
+    while ready_expected > 0 {
+        let frame = take_frame(&mut conn.pending, MAX_REPLY).map_err(|_| ReplayError::Lost)?;
+        let Some(frame) = frame else {
+            match conn.rd.read_buf(&mut conn.pending).await {
+                Ok(n) if n > 0 => continue,
+                _ => return Err(ReplayError::Lost),
+            }
+        };
+        match frame[0] {
+            b'Z' => ready_expected -= 1,
+            b'E' if refused.is_none() => refused = Some(frame.freeze()),
+            _ => {}
+        }
+    }
+    if let Some(error) = refused {
+        // What did succeed is unknown: the caller closes the connection.
+        return Err(ReplayError::Refused(error));
+    }
+    if settings.is_some() {
+        conn.settings = wanted.to_vec();
+    }
+    for s in statements {
+        conn.prepared.insert(s.name.to_owned(), s.fingerprint);
+    }
+    Ok(())
+}
+
+fn query(out: &mut BytesMut, sql: &str) {
+    out.put_u8(b'Q');
+    out.put_i32((4 + sql.len() + 1) as i32);
+    out.put_slice(sql.as_bytes());
+    out.put_u8(0);
+}
+
+fn close_statement(out: &mut BytesMut, name: &str) {
+    out.put_u8(b'C');
+    out.put_i32((4 + 1 + name.len() + 1) as i32);
+    out.put_u8(b'S');
+    out.put_slice(name.as_bytes());
+    out.put_u8(0);
+}

@@ -1,0 +1,268 @@
+//! Client requests grouped for routing. A batch is everything a client
+//! sends up to a Query or a Sync: one request (and one ReadyForQuery) that
+//! runs on one server. While it is collected, the [`Plan`] gathers what
+//! routing and session tracking need: does any part write, does it begin a
+//! transaction, which prepared statements it uses, what it changes.
+
+use std::hash::{Hash, Hasher};
+
+use super::state::Prepared;
+use crate::classify::SessionEffect;
+use crate::protocol::cstr;
+
+/// One client message, as far as routing cares.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Message<'a> {
+    Query {
+        sql: &'a str,
+    },
+    Parse {
+        name: &'a str,
+        sql: &'a str,
+    },
+    Bind {
+        portal: &'a str,
+        statement: &'a str,
+    },
+    Execute {
+        portal: &'a str,
+    },
+    /// Describe or Close of a prepared statement (`None` for a portal).
+    Describe {
+        statement: Option<&'a str>,
+    },
+    Close {
+        statement: Option<&'a str>,
+    },
+    Sync,
+    Flush,
+    Terminate,
+    /// CopyData, CopyDone, CopyFail: they follow the request that started the COPY.
+    Copy,
+    /// Anything else goes to the server, which judges it.
+    Other,
+}
+
+/// A message whose body does not hold what its type requires.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("invalid {tag:?} message format")]
+pub struct Malformed {
+    pub tag: char,
+}
+
+/// Reads the parts of a client message that routing needs.
+pub fn parse_message(tag: u8, body: &[u8]) -> Result<Message<'_>, Malformed> {
+    let bad = || Malformed { tag: tag as char };
+    fn text(b: &[u8], tag: u8) -> Result<(&str, &[u8]), Malformed> {
+        cstr(b).ok_or(Malformed { tag: tag as char })
+    }
+    Ok(match tag {
+        b'Q' => Message::Query {
+            sql: text(body, tag)?.0,
+        },
+        b'P' => {
+            let (name, rest) = text(body, tag)?;
+            let (sql, _) = text(rest, tag)?;
+            Message::Parse { name, sql }
+        }
+        b'B' => {
+            let (portal, rest) = text(body, tag)?;
+            let (statement, _) = text(rest, tag)?;
+            Message::Bind { portal, statement }
+        }
+        b'E' => Message::Execute {
+            portal: text(body, tag)?.0,
+        },
+        b'D' | b'C' => {
+            let (&kind, rest) = body.split_first().ok_or_else(bad)?;
+            let name = text(rest, tag)?.0;
+            let statement = match kind {
+                b'S' => Some(name),
+                b'P' => None,
+                _ => return Err(bad()),
+            };
+            if tag == b'D' {
+                Message::Describe { statement }
+            } else {
+                Message::Close { statement }
+            }
+        }
+        b'S' => Message::Sync,
+        b'H' => Message::Flush,
+        b'X' => Message::Terminate,
+        b'd' | b'c' | b'f' => Message::Copy,
+        _ => Message::Other,
+    })
+}
+
+/// What a batch needs from routing and leaves to session tracking.
+#[derive(Debug, Default)]
+pub struct Plan {
+    /// Some part writes (or might): only the primary may run it.
+    pub write: bool,
+    /// The batch begins a transaction; `true` when READ ONLY was asked for.
+    pub begin: Option<bool>,
+    /// Effects of what the batch executes, in order.
+    pub effects: Vec<SessionEffect>,
+    /// Prepared statements it uses that it does not itself create.
+    pub needs: Vec<String>,
+    /// Statements it creates (Parse, or a SQL PREPARE), in order.
+    pub parsed: Vec<(String, Prepared)>,
+    /// Statements it closes.
+    pub closed: Vec<String>,
+    /// It holds a simple Query, which drops the unnamed statement.
+    pub has_query: bool,
+    /// Statements a parse in this batch defines, by name (for its Binds).
+    pub portals: Vec<(String, String)>,
+    /// Requests (Query or Sync) in the batch: one ReadyForQuery each.
+    pub requests: u32,
+}
+
+impl Plan {
+    pub fn clear(&mut self) {
+        self.write = false;
+        self.begin = None;
+        self.effects.clear();
+        self.needs.clear();
+        self.parsed.clear();
+        self.closed.clear();
+        self.has_query = false;
+        self.portals.clear();
+        self.requests = 0;
+    }
+
+    /// Adds what one executed statement does.
+    pub fn execute(&mut self, write: bool, effects: &[SessionEffect]) {
+        self.write |= write;
+        for effect in effects {
+            if let SessionEffect::Begin { read_only } = effect {
+                self.begin.get_or_insert(*read_only);
+            }
+        }
+        self.effects.extend_from_slice(effects);
+    }
+
+    /// Notes that the batch uses statement `name` without parsing it here.
+    pub fn need(&mut self, name: &str) {
+        if !self.parsed.iter().any(|(n, _)| n == name) && !self.needs.iter().any(|n| n == name) {
+            self.needs.push(name.to_owned());
+        }
+    }
+
+    /// The statement this batch itself creates under `name`, if any.
+    pub fn parsed(&self, name: &str) -> Option<&Prepared> {
+        self.parsed
+            .iter()
+            .rev()
+            .find(|(n, _)| n == name)
+            .map(|(_, p)| p)
+    }
+
+    /// The statement a portal bound in this batch runs.
+    pub fn portal(&self, portal: &str) -> Option<&str> {
+        self.portals
+            .iter()
+            .rev()
+            .find(|(p, _)| p == portal)
+            .map(|(_, s)| s.as_str())
+    }
+}
+
+/// Tells two definitions of one statement name apart.
+pub fn fingerprint(frame: &[u8]) -> u64 {
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    frame.hash(&mut h);
+    h.finish()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn messages_yield_their_names() {
+        assert_eq!(
+            parse_message(b'P', b"s1\0SELECT 1\0\0\0"),
+            Ok(Message::Parse {
+                name: "s1",
+                sql: "SELECT 1"
+            })
+        );
+        assert_eq!(
+            parse_message(b'B', b"\0s1\0\0\0\0\0\0\0"),
+            Ok(Message::Bind {
+                portal: "",
+                statement: "s1"
+            })
+        );
+        assert_eq!(
+            parse_message(b'D', b"Ss1\0"),
+            Ok(Message::Describe {
+                statement: Some("s1")
+            })
+        );
+        assert_eq!(
+            parse_message(b'C', b"Pp\0"),
+            Ok(Message::Close { statement: None })
+        );
+        assert_eq!(
+            parse_message(b'E', b"\0\0\0\0\0"),
+            Ok(Message::Execute { portal: "" })
+        );
+        assert_eq!(parse_message(b'S', b""), Ok(Message::Sync));
+        assert_eq!(parse_message(b'd', b"xyz"), Ok(Message::Copy));
+    }
+
+    #[test]
+    fn malformed_bodies_are_errors_not_panics() {
+        for (tag, body) in [
+            (b'Q', &b"no terminator"[..]),
+            (b'P', b"name-only\0"),
+            (b'B', b""),
+            (b'D', b""),
+            (b'D', b"Xname\0"),
+            (b'C', b"S"),
+            (b'E', b"x"),
+        ] {
+            assert_eq!(
+                parse_message(tag, body),
+                Err(Malformed { tag: tag as char }),
+                "{:?}",
+                tag as char
+            );
+        }
+    }
+
+    #[test]
+    fn plans_note_writes_begins_and_needs() {
+        let mut plan = Plan::default();
+        let prepared = Prepared {
+            source: bytes::Bytes::from_static(b"P"),
+            fingerprint: 1,
+            classification: std::sync::Arc::new(crate::classify::classify(
+                "SELECT 1",
+                &Default::default(),
+            )),
+        };
+        plan.parsed.push(("a".into(), prepared));
+        plan.need("a");
+        plan.need("b");
+        plan.need("b");
+        assert_eq!(plan.needs, ["b"]);
+        plan.execute(false, &[SessionEffect::Begin { read_only: true }]);
+        plan.execute(true, &[SessionEffect::Begin { read_only: false }]);
+        assert_eq!(plan.begin, Some(true));
+        assert!(plan.write);
+        plan.clear();
+        assert!(!plan.write && plan.begin.is_none() && plan.needs.is_empty());
+    }
+
+    #[test]
+    fn fingerprints_differ_with_the_definition() {
+        assert_ne!(
+            fingerprint(b"P s\0SELECT 1\0"),
+            fingerprint(b"P s\0SELECT 2\0")
+        );
+        assert_eq!(fingerprint(b"abc"), fingerprint(b"abc"));
+    }
+}

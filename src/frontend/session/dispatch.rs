@@ -1,0 +1,490 @@
+//! The request path of a session, in call order: gather client frames into
+//! a batch ([`Session::collect`]), decide where it runs
+//! ([`Session::decide`], on top of the pure [`crate::route`]), make sure
+//! that server connection carries the session's state, and send.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use tracing::{debug, info};
+
+use super::{Phase, Sent, Session, TxnStatus};
+use crate::backend::pool::CheckoutError;
+use crate::backend::replay::{self, ReplayError};
+use crate::backend::{ConnectError, Login};
+use crate::classify::{Class, Classification, Hint, PinReason, Reason, SessionEffect};
+use crate::frontend::batch::{fingerprint, parse_message, Message};
+use crate::frontend::state::{settings_delta, Prepared};
+use crate::protocol::{messages, take_frame, Sqlstate};
+use crate::route::{self, NoRoute};
+use crate::topology::Topology;
+
+/// A batch bigger than this goes out before its Sync, to the primary, so
+/// that a client streaming a huge pipeline is not buffered whole.
+const MAX_BATCH: usize = 1 << 20;
+
+/// Where the batch at hand goes.
+#[derive(Debug, PartialEq, Eq)]
+enum Decision {
+    /// The connection the session holds.
+    Stay,
+    /// Not yet: replies to earlier requests must come back first.
+    Hold,
+    /// A connection to this node.
+    Node(usize),
+    /// Nowhere: the client gets this error for the batch.
+    Refuse(Sqlstate, String),
+}
+
+impl Session {
+    /// Takes client frames into the batch until one is due.
+    pub(super) fn collect(&mut self) -> Result<(), super::End> {
+        while !self.batch_due {
+            let frame = match take_frame(&mut self.client.inbuf, self.max_message_size) {
+                Ok(Some(frame)) => frame.freeze(),
+                Ok(None) => return Ok(()),
+                Err(e) => return Err(self.refuse_scan(&e)),
+            };
+            let message = match parse_message(frame[0], &frame[5..]) {
+                Ok(m) => m,
+                Err(e) => {
+                    self.refuse_client_frame(Sqlstate::ProtocolViolation, &e.to_string());
+                    return Err(super::End::ClientProtocolError);
+                }
+            };
+            if self.skipping {
+                if message == Message::Sync {
+                    self.skipping = false;
+                    messages::ready_for_query(&mut self.client.out, b'I');
+                }
+                continue;
+            }
+            if self.batch.is_empty() {
+                self.refresh_volatile();
+            }
+            match message {
+                Message::Terminate => return Err(super::End::ClientTerminated),
+                Message::Copy if self.batch.is_empty() => {
+                    // COPY data follows the request that started the COPY.
+                    if self.server.is_some() {
+                        self.to_server.extend_from_slice(&frame);
+                    }
+                    continue;
+                }
+                Message::Query { sql } => {
+                    self.plan_query(sql, &frame);
+                    self.plan.requests += 1;
+                    self.batch_due = true;
+                }
+                Message::Parse { name, sql } => {
+                    let classification = self.cache.get_or_classify(sql, &self.volatile.names);
+                    self.plan.write |= classification.class == Class::Write;
+                    let prepared = Prepared {
+                        fingerprint: fingerprint(&frame),
+                        source: frame.clone(),
+                        classification,
+                    };
+                    self.plan.parsed.push((name.to_owned(), prepared));
+                }
+                Message::Bind { portal, statement } => {
+                    self.plan_use(statement);
+                    self.plan
+                        .portals
+                        .push((portal.to_owned(), statement.to_owned()));
+                }
+                Message::Describe {
+                    statement: Some(statement),
+                } => self.plan_use(statement),
+                Message::Execute { portal } => {
+                    let executed = self.plan.portal(portal).and_then(|statement| {
+                        self.plan
+                            .parsed(statement)
+                            .or_else(|| self.state.statement(statement))
+                            .map(|p| Arc::clone(&p.classification))
+                    });
+                    if let Some(c) = executed {
+                        self.plan.execute(c.class == Class::Write, &c.effects);
+                    }
+                }
+                Message::Close {
+                    statement: Some(statement),
+                } => self.plan.closed.push(statement.to_owned()),
+                Message::Sync => {
+                    self.plan.requests += 1;
+                    self.batch_due = true;
+                }
+                Message::Flush => self.batch_due = true,
+                // A function call or anything unknown: the primary judges it.
+                Message::Other => self.plan.write = true,
+                Message::Copy | Message::Describe { .. } | Message::Close { .. } => {}
+            }
+            self.batch.extend_from_slice(&frame);
+            if self.batch.len() > MAX_BATCH {
+                self.plan.write = true;
+                self.batch_due = true;
+            }
+        }
+        Ok(())
+    }
+
+    /// Picks up a newer VOLATILE function list, dropping classifications
+    /// made with the old one.
+    fn refresh_volatile(&mut self) {
+        if let Some(current) = self.shared.catalog.current(&self.login.database) {
+            if current.generation != self.volatile.generation {
+                self.volatile = current;
+                self.cache.clear();
+            }
+        }
+    }
+
+    fn plan_query(&mut self, sql: &str, frame: &Bytes) {
+        let c = self.cache.get_or_classify(sql, &self.volatile.names);
+        self.plan.has_query = true;
+        let mut write = c.class == Class::Write;
+        if let Reason::ExecutePrepared(name) = &c.reason {
+            // EXECUTE runs whatever was prepared: route by that.
+            let prepared = self.state.statement(name).map(|p| p.classification.class);
+            let only_execute =
+                c.statements == 1 && c.effects.is_empty() && c.hint != Some(Hint::Primary);
+            if only_execute && prepared == Some(Class::Read) {
+                write = false;
+            }
+            if prepared.is_some() {
+                self.plan.need(name);
+            }
+        }
+        for effect in &c.effects {
+            if let SessionEffect::Prepare { name, class } = effect {
+                let prepared = Prepared {
+                    fingerprint: fingerprint(frame),
+                    source: frame.clone(),
+                    classification: Arc::new(Classification {
+                        class: *class,
+                        reason: Reason::ExecutePrepared(name.clone()),
+                        hint: None,
+                        effects: Vec::new(),
+                        statements: 1,
+                    }),
+                };
+                if c.statements == 1 {
+                    self.plan.parsed.push((name.clone(), prepared));
+                } else {
+                    // Its text cannot be replayed apart from the rest: stay put.
+                    self.plan
+                        .effects
+                        .push(SessionEffect::Pin(PinReason::Explicit));
+                }
+            }
+        }
+        if matches!(&c.reason, Reason::SideEffectFunction(f) if f == "set_config") {
+            // Session state we cannot replay.
+            self.plan
+                .effects
+                .push(SessionEffect::Pin(PinReason::Explicit));
+        }
+        self.plan.execute(write, &c.effects);
+    }
+
+    /// The batch uses a prepared statement it did not create itself.
+    fn plan_use(&mut self, statement: &str) {
+        if let Some(p) = self.plan.parsed(statement) {
+            self.plan.write |= p.classification.class == Class::Write;
+            return;
+        }
+        match self.state.statement(statement) {
+            Some(p) => {
+                self.plan.write |= p.classification.class == Class::Write;
+                self.plan.need(statement);
+            }
+            // The server will say it does not exist; the primary is as good as any.
+            None => self.plan.write = true,
+        }
+    }
+
+    /// Sends the due batch where it belongs. `false` when it has to wait
+    /// for replies to earlier requests.
+    pub(super) async fn dispatch(&mut self) -> Result<bool, super::End> {
+        if self.reload_functions && self.phase == Phase::Ready(TxnStatus::Idle) {
+            self.reload_functions = false;
+            self.volatile = self.shared.catalog.reload(&self.login.database).await;
+            self.cache.clear();
+            self.requalify()?;
+            if !self.batch_due {
+                return Ok(false);
+            }
+        }
+        if self.server.is_none() && self.is_lone_sync() {
+            // Nothing ran, so nothing to ask a server about.
+            self.clear_batch();
+            messages::ready_for_query(&mut self.client.out, b'I');
+            return Ok(true);
+        }
+        match self.decide() {
+            Decision::Hold => return Ok(false),
+            Decision::Refuse(state, message) => {
+                self.refuse_batch(state, &message);
+                return Ok(true);
+            }
+            Decision::Node(node) => {
+                if !self.connect_to(node).await {
+                    return Ok(true);
+                }
+            }
+            Decision::Stay => {}
+        }
+        if !self.open_batch && !self.bring_state().await? {
+            return Ok(true);
+        }
+        self.send();
+        Ok(true)
+    }
+
+    /// After a reload of the VOLATILE list, classify the waiting batch
+    /// again: its frames go back in front of the unread input.
+    fn requalify(&mut self) -> Result<(), super::End> {
+        let mut input = bytes::BytesMut::with_capacity(self.batch.len() + self.client.inbuf.len());
+        input.extend_from_slice(&self.batch);
+        input.extend_from_slice(&self.client.inbuf);
+        self.client.inbuf = input;
+        self.clear_batch();
+        self.collect()
+    }
+
+    fn is_lone_sync(&self) -> bool {
+        self.batch.len() == 5 && self.batch[0] == b'S'
+    }
+
+    fn clear_batch(&mut self) {
+        self.batch.clear();
+        self.plan.clear();
+        self.batch_due = false;
+    }
+
+    /// Where the due batch runs.
+    fn decide(&self) -> Decision {
+        if self.open_batch {
+            return Decision::Stay;
+        }
+        let topology = self.shared.topology.load();
+        let held = self.server.as_ref().map(|s| s.node);
+        match (self.phase, held) {
+            (Phase::Ready(TxnStatus::InTransaction | TxnStatus::Failed), Some(_)) => {
+                return Decision::Stay
+            }
+            (Phase::Busy { .. }, Some(node)) => {
+                let on_primary = topology.primary() == Some(node);
+                let lacks = self.server.as_ref().is_some_and(|s| {
+                    self.plan.needs.iter().any(|n| {
+                        self.state
+                            .statement(n)
+                            .is_some_and(|p| s.conn.prepared.get(n) != Some(&p.fingerprint))
+                    })
+                }) || self
+                    .server
+                    .as_ref()
+                    .is_some_and(|s| s.conn.settings != self.state.settings());
+                let fits = on_primary || (!self.plan.write && self.plan.begin.is_none());
+                return if fits && !lacks {
+                    Decision::Stay
+                } else {
+                    Decision::Hold
+                };
+            }
+            _ => {}
+        }
+        match self.target(&topology) {
+            Ok(node) if held == Some(node) => Decision::Stay,
+            Ok(node) => Decision::Node(node),
+            Err(e) => Decision::Refuse(Sqlstate::ConnectionFailure, e.to_string()),
+        }
+    }
+
+    /// The node for a batch that starts outside any transaction.
+    fn target(&self, topology: &Topology) -> Result<usize, NoRoute> {
+        let read = if self.state.is_pinned() {
+            false
+        } else if let Some(read_only) = self.plan.begin {
+            read_only || self.state.read_only_default()
+        } else {
+            !self.plan.write
+        };
+        let target = if read {
+            let ticket = self.shared.next_ticket();
+            route::route_read(
+                topology,
+                &self.shared.read_policy,
+                ticket,
+                |n| self.shared.loads.outstanding(n),
+                |_| true,
+            )
+        } else {
+            route::route_write(topology)
+        };
+        target.map(|t| t.node)
+    }
+
+    /// Swaps the session's server connection for one to `node`. `false`
+    /// when none could be had (the client has been told).
+    async fn connect_to(&mut self, node: usize) -> bool {
+        self.release();
+        let Some(key) = self.keys.get(node) else {
+            self.refuse_batch(Sqlstate::Internal, "node missing from the session's keys");
+            return false;
+        };
+        let login = Login {
+            user: &self.login.server_user,
+            password: self.login.server_password.as_deref(),
+            params: &self.login.params,
+        };
+        match self.shared.pool.checkout(key, self.id, &login).await {
+            Ok(conn) => {
+                self.attach(conn, node);
+                true
+            }
+            Err(e) => {
+                let state = match &e {
+                    CheckoutError::Exhausted { .. } => Sqlstate::TooManyConnections,
+                    CheckoutError::Connect(ConnectError::Refused { .. }) => {
+                        Sqlstate::UnableToConnect
+                    }
+                    CheckoutError::Connect(_) => Sqlstate::UnableToConnect,
+                };
+                info!(parent: &self.span, node, error = %e, "no server connection for a batch");
+                self.refuse_batch(state, &e.to_string());
+                false
+            }
+        }
+    }
+
+    /// Replays on the session's connection the settings and prepared
+    /// statements the batch needs and the connection lacks. `false` when
+    /// the batch was refused instead.
+    async fn bring_state(&mut self) -> Result<bool, super::End> {
+        let Some(att) = self.server.as_mut() else {
+            return Ok(true);
+        };
+        let settings = if att.conn.settings != self.state.settings() {
+            settings_delta(&att.conn.settings, self.state.settings())
+        } else {
+            None
+        };
+        let statements: Vec<replay::Statement<'_>> = self
+            .plan
+            .needs
+            .iter()
+            .filter_map(|name| {
+                let p = self.state.statement(name)?;
+                (att.conn.prepared.get(name) != Some(&p.fingerprint)).then_some(replay::Statement {
+                    name,
+                    fingerprint: p.fingerprint,
+                    source: &p.source,
+                })
+            })
+            .collect();
+        if settings.is_none() && statements.is_empty() {
+            return Ok(true);
+        }
+        let result =
+            replay::replay(&mut att.conn, settings, self.state.settings(), &statements).await;
+        drop(statements);
+        let in_transaction = self.phase != Phase::Ready(TxnStatus::Idle);
+        match result {
+            Ok(()) => return Ok(true),
+            Err(ReplayError::Refused(error)) => {
+                debug!(parent: &self.span, "the server refused the session's state");
+                self.client.out.extend_from_slice(&error);
+            }
+            Err(ReplayError::Lost) => {}
+        }
+        // The connection's state is unknown now: it is closed, not pooled.
+        self.drop_server();
+        if in_transaction {
+            return Err(super::End::ServerGone);
+        }
+        self.refuse_batch_quietly();
+        Ok(false)
+    }
+
+    /// Sends the due batch on the session's connection, noting what it changes.
+    fn send(&mut self) {
+        let plan = &mut self.plan;
+        let Some(att) = self.server.as_mut() else {
+            return;
+        };
+        let continuing = self.open_batch;
+        if plan.has_query {
+            att.conn.prepared.remove("");
+            self.state.close("");
+        }
+        for name in plan.closed.drain(..) {
+            att.conn.prepared.remove(&name);
+            self.state.close(&name);
+        }
+        let mut parsed = Vec::with_capacity(plan.parsed.len());
+        for (name, prepared) in plan.parsed.drain(..) {
+            att.conn.prepared.insert(name.clone(), prepared.fingerprint);
+            parsed.push((name.clone(), prepared.fingerprint));
+            self.state.prepare(name, prepared);
+        }
+        for effect in &plan.effects {
+            if let SessionEffect::Pin(reason) = effect {
+                self.state.pin(*reason);
+            }
+        }
+        self.to_server.extend_from_slice(&self.batch);
+        self.batch.clear();
+        self.batch_due = false;
+        let requests = plan.requests;
+        self.shared.loads.sent(att.node, requests);
+        let effects = std::mem::take(&mut plan.effects);
+        match self.inflight.back_mut().filter(|_| continuing) {
+            Some(sent) => {
+                sent.effects.extend(effects);
+                sent.parsed.extend(parsed);
+            }
+            None => self.inflight.push_back(Sent {
+                effects,
+                parsed,
+                ..Sent::default()
+            }),
+        }
+        self.open_batch = requests == 0;
+        if requests > 0 {
+            self.phase = match self.phase {
+                Phase::Busy { outstanding } => Phase::Busy {
+                    outstanding: outstanding + requests,
+                },
+                Phase::Ready(_) => Phase::Busy {
+                    outstanding: requests,
+                },
+            };
+        }
+        plan.clear();
+    }
+
+    /// The batch cannot run: the client gets an error and, if the batch is
+    /// whole, ReadyForQuery; otherwise its frames are dropped up to Sync.
+    fn refuse_batch(&mut self, state: Sqlstate, message: &str) {
+        messages::error(&mut self.client.out, false, state, message);
+        self.refuse_batch_quietly();
+    }
+
+    fn refuse_batch_quietly(&mut self) {
+        let whole = self.plan.requests > 0;
+        if whole {
+            messages::ready_for_query(&mut self.client.out, b'I');
+        } else {
+            self.skipping = true;
+        }
+        self.clear_batch();
+    }
+
+    /// Closes the session's server connection without pooling it.
+    fn drop_server(&mut self) {
+        if let Some(att) = self.server.take() {
+            self.cancel.set_target(None);
+            drop(att);
+        }
+    }
+}

@@ -1,0 +1,346 @@
+//! What a client session has made of its server: session parameters,
+//! prepared statements and pins. Pure bookkeeping: the relay feeds it the
+//! effects of each request once the server has answered, and asks it what
+//! a server connection must be told before it can serve the session.
+//!
+//! Settings follow PostgreSQL's transaction rules: a SET inside a
+//! transaction that rolls back (or fails) is undone, SET LOCAL ends with
+//! its transaction and is never replayed.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use bytes::Bytes;
+
+use crate::classify::{Classification, PinReason, SessionEffect};
+
+/// A prepared statement as the client created it.
+#[derive(Debug, Clone)]
+pub struct Prepared {
+    /// The message that creates it again: a Parse frame, or a Query frame
+    /// holding the SQL `PREPARE`.
+    pub source: Bytes,
+    /// Tells two definitions under one name apart.
+    pub fingerprint: u64,
+    pub classification: Arc<Classification>,
+}
+
+#[derive(Debug, Default)]
+pub struct SessionState {
+    /// Session parameters in the order they were first set: name → SQL value.
+    settings: Vec<(String, String)>,
+    /// Prepared statements by name (the unnamed one is "").
+    statements: HashMap<String, Prepared>,
+    pins: Vec<PinReason>,
+    /// The settings when the open transaction began, to restore on rollback.
+    snapshot: Option<Vec<(String, String)>>,
+    txn_failed: bool,
+    /// Ever held state a server connection would have to carry.
+    stateful: bool,
+    /// Function DDL succeeded: the VOLATILE list must be reloaded.
+    catalog_changed: bool,
+}
+
+impl SessionState {
+    pub fn settings(&self) -> &[(String, String)] {
+        &self.settings
+    }
+
+    pub fn is_pinned(&self) -> bool {
+        !self.pins.is_empty()
+    }
+
+    /// Whether connections this session used carry its state (and so must
+    /// be reset before anyone else uses them).
+    pub fn is_stateful(&self) -> bool {
+        self.stateful
+    }
+
+    pub fn statement(&self, name: &str) -> Option<&Prepared> {
+        self.statements.get(name)
+    }
+
+    /// `default_transaction_read_only` as the session has set it.
+    pub fn read_only_default(&self) -> bool {
+        self.settings
+            .iter()
+            .find(|(n, _)| n == "default_transaction_read_only")
+            .is_some_and(|(_, v)| is_true(v))
+    }
+
+    /// Takes and clears the "function DDL ran" flag.
+    pub fn take_catalog_changed(&mut self) -> bool {
+        std::mem::take(&mut self.catalog_changed)
+    }
+
+    /// A prepared statement the client just created (named Parse or SQL PREPARE).
+    pub fn prepare(&mut self, name: String, prepared: Prepared) {
+        if !name.is_empty() {
+            self.stateful = true;
+        }
+        self.statements.insert(name, prepared);
+    }
+
+    /// The server refused a Parse: forget it, unless it was redefined since.
+    pub fn unprepare(&mut self, name: &str, fingerprint: u64) {
+        if self
+            .statements
+            .get(name)
+            .is_some_and(|p| p.fingerprint == fingerprint)
+        {
+            self.statements.remove(name);
+        }
+    }
+
+    pub fn close(&mut self, name: &str) {
+        self.statements.remove(name);
+    }
+
+    /// Applied as the statement is sent: a pin holds from the statement
+    /// that creates it, even if that statement then fails.
+    pub fn pin(&mut self, reason: PinReason) {
+        self.stateful = true;
+        if !self.pins.contains(&reason) {
+            self.pins.push(reason);
+        }
+    }
+
+    /// Applies the effects of one answered request. `failed` says the
+    /// server reported an error for it; `status` is the transaction status
+    /// of its ReadyForQuery.
+    pub fn settle(&mut self, effects: &[SessionEffect], failed: bool, status: u8) {
+        if !failed {
+            for effect in effects {
+                self.apply(effect);
+            }
+        }
+        match status {
+            b'E' => self.txn_failed = true,
+            b'I' => {
+                if let Some(snapshot) = self.snapshot.take() {
+                    if self.txn_failed {
+                        self.settings = snapshot;
+                    }
+                }
+                self.txn_failed = false;
+            }
+            _ => {}
+        }
+    }
+
+    fn apply(&mut self, effect: &SessionEffect) {
+        match effect {
+            SessionEffect::Begin { .. } => {
+                if self.snapshot.is_none() {
+                    self.snapshot = Some(self.settings.clone());
+                }
+            }
+            SessionEffect::Commit => {
+                let snapshot = self.snapshot.take();
+                if self.txn_failed {
+                    // COMMIT of a failed transaction rolls it back.
+                    if let Some(s) = snapshot {
+                        self.settings = s;
+                    }
+                }
+            }
+            SessionEffect::Rollback => {
+                if let Some(s) = self.snapshot.take() {
+                    self.settings = s;
+                }
+            }
+            SessionEffect::Chain => {
+                self.snapshot = Some(self.settings.clone());
+            }
+            SessionEffect::Set { local: true, .. } => {}
+            SessionEffect::Set { name, value, .. } => {
+                self.stateful = true;
+                match self.settings.iter_mut().find(|(n, _)| n == name) {
+                    Some(entry) => entry.1.clone_from(value),
+                    None => self.settings.push((name.clone(), value.clone())),
+                }
+            }
+            SessionEffect::Reset { name: Some(name) } => self.settings.retain(|(n, _)| n != name),
+            SessionEffect::Reset { name: None } => self.settings.clear(),
+            SessionEffect::Deallocate { name: Some(name) } => {
+                self.statements.remove(name);
+            }
+            SessionEffect::Deallocate { name: None } => {
+                self.statements.retain(|name, _| name.is_empty());
+            }
+            SessionEffect::Unpin(reason) => self.pins.retain(|p| p != reason),
+            SessionEffect::CatalogFunctionsChanged => self.catalog_changed = true,
+            // Pins are taken when sent; PREPARE is recorded with its text when sent.
+            SessionEffect::Pin(_) | SessionEffect::Prepare { .. } => {}
+        }
+    }
+}
+
+/// The SQL that turns a connection's `current` settings into `wanted`,
+/// or `None` when they already agree.
+pub fn settings_delta(current: &[(String, String)], wanted: &[(String, String)]) -> Option<String> {
+    let mut sql = String::new();
+    for (name, _) in current {
+        if !wanted.iter().any(|(n, _)| n == name) {
+            sql.push_str(&format!("RESET {name};"));
+        }
+    }
+    for (name, value) in wanted {
+        if !current.iter().any(|(n, v)| n == name && v == value) {
+            sql.push_str(&format!("SET {name} TO {value};"));
+        }
+    }
+    (!sql.is_empty()).then_some(sql)
+}
+
+/// PostgreSQL's spellings of a true boolean setting.
+fn is_true(value: &str) -> bool {
+    let v = value.trim_matches('\'').to_ascii_lowercase();
+    matches!(v.as_str(), "on" | "true" | "yes" | "1" | "t" | "y")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn set(name: &str, value: &str) -> SessionEffect {
+        SessionEffect::Set {
+            name: name.into(),
+            value: value.into(),
+            local: false,
+        }
+    }
+
+    fn names(state: &SessionState) -> Vec<(&str, &str)> {
+        state
+            .settings()
+            .iter()
+            .map(|(n, v)| (n.as_str(), v.as_str()))
+            .collect()
+    }
+
+    #[test]
+    fn sets_and_resets_outside_transactions_stick() {
+        let mut s = SessionState::default();
+        s.settle(
+            &[set("work_mem", "'3MB'"), set("search_path", "a, b")],
+            false,
+            b'I',
+        );
+        s.settle(&[set("work_mem", "'4MB'")], false, b'I');
+        assert_eq!(names(&s), [("work_mem", "'4MB'"), ("search_path", "a, b")]);
+        assert!(s.is_stateful());
+        s.settle(
+            &[SessionEffect::Reset {
+                name: Some("work_mem".into()),
+            }],
+            false,
+            b'I',
+        );
+        assert_eq!(names(&s), [("search_path", "a, b")]);
+        s.settle(&[SessionEffect::Reset { name: None }], false, b'I');
+        assert!(names(&s).is_empty());
+    }
+
+    #[test]
+    fn a_failed_request_changes_nothing() {
+        let mut s = SessionState::default();
+        s.settle(&[set("work_mem", "'bogus'")], true, b'I');
+        assert!(names(&s).is_empty());
+    }
+
+    #[test]
+    fn set_local_is_not_kept() {
+        let mut s = SessionState::default();
+        let local = SessionEffect::Set {
+            name: "work_mem".into(),
+            value: "'9MB'".into(),
+            local: true,
+        };
+        s.settle(
+            &[SessionEffect::Begin { read_only: false }, local],
+            false,
+            b'T',
+        );
+        s.settle(&[SessionEffect::Commit], false, b'I');
+        assert!(names(&s).is_empty());
+    }
+
+    #[test]
+    fn rollback_undoes_sets_made_in_the_transaction() {
+        let mut s = SessionState::default();
+        s.settle(&[set("work_mem", "'1MB'")], false, b'I');
+        s.settle(&[SessionEffect::Begin { read_only: false }], false, b'T');
+        s.settle(&[set("work_mem", "'2MB'")], false, b'T');
+        s.settle(&[SessionEffect::Rollback], false, b'I');
+        assert_eq!(names(&s), [("work_mem", "'1MB'")]);
+        // In one string too.
+        s.settle(
+            &[
+                SessionEffect::Begin { read_only: false },
+                set("work_mem", "'5MB'"),
+                SessionEffect::Rollback,
+            ],
+            false,
+            b'I',
+        );
+        assert_eq!(names(&s), [("work_mem", "'1MB'")]);
+    }
+
+    #[test]
+    fn commit_keeps_sets_unless_the_transaction_failed() {
+        let mut s = SessionState::default();
+        s.settle(&[SessionEffect::Begin { read_only: false }], false, b'T');
+        s.settle(&[set("work_mem", "'2MB'")], false, b'T');
+        s.settle(&[SessionEffect::Commit], false, b'I');
+        assert_eq!(names(&s), [("work_mem", "'2MB'")]);
+
+        s.settle(&[SessionEffect::Begin { read_only: false }], false, b'T');
+        s.settle(&[set("work_mem", "'8MB'")], false, b'T');
+        s.settle(&[], true, b'E');
+        s.settle(&[SessionEffect::Commit], false, b'I');
+        assert_eq!(names(&s), [("work_mem", "'2MB'")]);
+    }
+
+    #[test]
+    fn pins_hold_until_released() {
+        let mut s = SessionState::default();
+        s.pin(PinReason::Listen);
+        s.pin(PinReason::TempObject);
+        s.settle(&[SessionEffect::Unpin(PinReason::Listen)], false, b'I');
+        assert!(s.is_pinned());
+        s.settle(&[SessionEffect::Unpin(PinReason::TempObject)], false, b'I');
+        assert!(!s.is_pinned());
+    }
+
+    #[test]
+    fn read_only_default_follows_the_setting() {
+        let mut s = SessionState::default();
+        assert!(!s.read_only_default());
+        s.settle(&[set("default_transaction_read_only", "'on'")], false, b'I');
+        assert!(s.read_only_default());
+        s.settle(
+            &[set("default_transaction_read_only", "false")],
+            false,
+            b'I',
+        );
+        assert!(!s.read_only_default());
+    }
+
+    #[test]
+    fn delta_resets_what_is_gone_and_sets_what_differs() {
+        let current = vec![
+            ("a".to_owned(), "1".to_owned()),
+            ("b".to_owned(), "2".to_owned()),
+        ];
+        let wanted = vec![
+            ("b".to_owned(), "3".to_owned()),
+            ("c".to_owned(), "'x'".to_owned()),
+        ];
+        assert_eq!(
+            settings_delta(&current, &wanted).as_deref(),
+            Some("RESET a;SET b TO 3;SET c TO 'x';")
+        );
+        assert_eq!(settings_delta(&wanted, &wanted), None);
+    }
+}
