@@ -6,7 +6,10 @@
 # Palisade in front of it and, when they are installed, PgBouncer and
 # pgpool-II as peers, then runs every workload x clients x target combination,
 # interleaved in one run so that all targets see the same machine conditions,
-# and prints a markdown table. Everything it starts is stopped on exit and its
+# and prints a markdown table. For every Palisade run it also records how many
+# transactions each node committed (pg_stat_database.xact_commit, read on each
+# node directly) and prints them in a second table, to show how reads are
+# spread over the replicas. Everything it starts is stopped on exit and its
 # temp directory removed.
 #
 # Usage: bench/pgbench.sh [--replicas N] [--out FILE] [--no-palisade] [--keep-going]
@@ -305,6 +308,47 @@ if (( REPLICAS > 0 )); then
     done
 fi
 
+# Every node, primary first, for the per-node counts of the Palisade runs.
+NODE_NAMES=(primary)
+NODE_PORTS=("$PRIMARY_PORT")
+for (( i = 1; i <= REPLICAS; i++ )); do
+    NODE_NAMES+=("replica$i")
+    NODE_PORTS+=("${REPLICA_PORTS[i-1]}")
+done
+
+# Committed transactions in the bench database on every node (space
+# separated, in NODE_PORTS order), asked of each node directly: each node
+# counts the transactions its own sessions ran, replicas included.
+node_commits() {
+    local p
+    for p in "${NODE_PORTS[@]}"; do
+        DB=postgres psql_at "$p" "SELECT xact_commit FROM pg_stat_database WHERE datname = '$BENCH_DB'"
+    done | paste -sd ' ' -
+}
+
+# The growth of node_commits since $1, formatted for the report. A server
+# publishes a session's counts at most once a second and, for a session that
+# stays connected (a pooled server connection), up to ~10 s late; so wait
+# until the nodes together account for the $2 transactions pgbench reports.
+per_node_since() { # "before counts" processed
+    local -a before now
+    read -r -a before <<<"$1"
+    local processed="$2" deadline=$(( SECONDS + 15 )) sum i out
+    while :; do
+        read -r -a now <<<"$(node_commits)"
+        sum=0
+        for i in "${!now[@]}"; do sum=$(( sum + now[i] - before[i] )); done
+        (( sum >= processed || SECONDS >= deadline )) && break
+        sleep 0.5
+    done
+    out=""
+    for i in "${!now[@]}"; do
+        out+="${out:+|}$(( now[i] - before[i] ))"
+    done
+    (( sum >= processed )) || out+=" (incomplete after 15 s)"
+    echo "$out"
+}
+
 # Targets: name and port, in the order they run within each group.
 TARGETS=(direct)
 declare -A TARGET_PORT=([direct]="$PRIMARY_PORT")
@@ -487,6 +531,7 @@ reset_tpcb_tables() {
 }
 
 RESULTS=()   # "workload|clients|target|tps|latency|ratio"
+PER_NODE=()  # "workload|clients|count|count|...", one count per node, Palisade runs only
 FAILED=()
 n_runs=0
 for w in $WORKLOADS; do for c in $CLIENTS; do n_runs=$(( n_runs + ${#TARGETS[@]} )); done; done
@@ -501,6 +546,7 @@ for w in $WORKLOADS; do
             run=$(( run + 1 ))
             [[ "$w" == tpcb-simple ]] && reset_tpcb_tables
             out="$WORK/run-$w-$c-$t.log"
+            [[ "$t" == palisade ]] && commits_before="$(node_commits)"
             # shellcheck disable=SC2046  # workload_args is a list of options
             if "$PG_BIN/pgbench" -n $(workload_args "$w") -c "$c" -j "$j" -T "$DURATION" \
                     -h 127.0.0.1 -p "${TARGET_PORT[$t]}" -U postgres "$DB" >"$out" 2>&1; then
@@ -544,6 +590,11 @@ for w in $WORKLOADS; do
             lat_fmt="$(awk -v a="$lat" 'BEGIN { printf "%.3f", a }')"
             RESULTS+=("$w|$c|$t|$tps_fmt|$lat_fmt|$ratio")
             log "[$run/$n_runs] $w c=$c $t: $tps_fmt tps, $lat_fmt ms"
+            if [[ "$t" == palisade ]]; then
+                per_node="$(per_node_since "$commits_before" "$processed")"
+                PER_NODE+=("$w|$c|$per_node")
+                log "[$run/$n_runs] $w c=$c $t: transactions per node (${NODE_NAMES[*]}): ${per_node//|/ }"
+            fi
         done
     done
 done
@@ -562,6 +613,23 @@ report() {
         IFS='|' read -r w c t tps lat ratio <<<"$r"
         echo "| $w | $c | $t | $tps | $lat | $ratio |"
     done
+    if (( ${#PER_NODE[@]} )); then
+        echo
+        echo "Palisade, transactions per node (growth of pg_stat_database.xact_commit for $BENCH_DB, read on each node directly;"
+        echo "the primary's count may include statistics that the peers' pooled sessions published late):"
+        echo
+        local name header="| workload | clients |" rule="|---|---:|"
+        for name in "${NODE_NAMES[@]}"; do
+            header+=" $name |"
+            rule+="---:|"
+        done
+        echo "$header"
+        echo "$rule"
+        for r in "${PER_NODE[@]}"; do
+            IFS='|' read -r w c counts <<<"$r"
+            echo "| $w | $c | ${counts//|/ | } |"
+        done
+    fi
     if (( ${#SKIPPED[@]} )); then
         echo
         echo "Skipped: ${SKIPPED[*]}."

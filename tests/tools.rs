@@ -108,21 +108,152 @@ async fn pgbench_runs_in_every_query_mode_without_errors() {
                 port,
                 &["-M", mode, "-T", "5", "-c", "4", "-j", "2", "bench"],
             );
-            let text = stdout(&output);
-            assert!(text.contains(&format!("query mode: {mode}")), "{text}");
-            let failed = text
-                .lines()
-                .find(|l| l.starts_with("number of failed transactions"))
-                .unwrap_or("number of failed transactions: 0 (0.000%)");
-            assert!(failed.contains(": 0 "), "{mode}: {failed}");
-            let processed: u64 = text
-                .lines()
-                .find_map(|l| l.strip_prefix("number of transactions actually processed: "))
-                .and_then(|n| n.split('/').next()?.trim().parse().ok())
-                .unwrap_or_else(|| panic!("no transaction count in {text}"));
-            assert!(processed > 0, "{mode}: {text}");
+            processed_without_failures(mode, &stdout(&output));
         }
     })
     .await
     .unwrap();
+}
+
+/// Checks pgbench's report for its query mode and zero failed transactions;
+/// returns how many transactions it processed (more than zero).
+fn processed_without_failures(mode: &str, text: &str) -> i64 {
+    assert!(text.contains(&format!("query mode: {mode}")), "{text}");
+    let failed = text
+        .lines()
+        .find(|l| l.starts_with("number of failed transactions"))
+        .unwrap_or("number of failed transactions: 0 (0.000%)");
+    assert!(failed.contains(": 0 "), "{mode}: {failed}");
+    let processed: i64 = text
+        .lines()
+        .find_map(|l| l.strip_prefix("number of transactions actually processed: "))
+        .and_then(|n| n.split('/').next()?.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no transaction count in {text}"));
+    assert!(processed > 0, "{mode}: {text}");
+    processed
+}
+
+/// Committed transactions in database `db` on every node (primary first),
+/// asked of each node directly. Each node counts its own sessions' commits.
+fn xact_commits(db: &str) -> Vec<i64> {
+    let cluster = shared_cluster();
+    let sql = format!("SELECT xact_commit FROM pg_stat_database WHERE datname = '{db}'");
+    (0..cluster.nodes().len())
+        .map(|i| {
+            let out = cluster.psql(i, &sql).unwrap();
+            out.parse()
+                .unwrap_or_else(|_| panic!("node {i}: xact_commit is {out:?}"))
+        })
+        .collect()
+}
+
+/// The counts once every session in `db` has ended. A backend publishes its
+/// statistics at most once a second while it lives, and up to ten seconds
+/// late under contention, but always as it exits: so end the sessions (the
+/// proxy using them is gone by now) and read the counts once they are still.
+fn quiesced_xact_commits(db: &str) -> Vec<i64> {
+    let cluster = shared_cluster();
+    let sessions = format!("SELECT count(*) FROM pg_stat_activity WHERE datname = '{db}'");
+    let terminate = format!(
+        "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity WHERE datname = '{db}'"
+    );
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    for i in 0..cluster.nodes().len() {
+        cluster.psql(i, &terminate).unwrap();
+        while cluster.psql(i, &sessions).unwrap() != "0" {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "sessions in {db} on node {i} did not end"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+    }
+    let mut last = xact_commits(db);
+    loop {
+        std::thread::sleep(std::time::Duration::from_millis(300));
+        let now = xact_commits(db);
+        if now == last {
+            return now;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "xact_commit in {db} keeps changing"
+        );
+        last = now;
+    }
+}
+
+/// Blocks until every replica has replayed the primary's WAL as of now.
+fn wait_replayed_blocking() {
+    let cluster = shared_cluster();
+    let lsn = cluster.psql(0, "SELECT pg_current_wal_lsn()").unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    for i in 1..cluster.nodes().len() {
+        let sql = format!("SELECT pg_last_wal_replay_lsn() >= '{lsn}'::pg_lsn");
+        while cluster.psql(i, &sql).unwrap() != "t" {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "node {i} did not replay up to {lsn}"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pgbench_select_only_spreads_over_both_replicas_in_every_query_mode() {
+    let cluster = shared_cluster();
+    let db = "bench_select";
+    cluster
+        .psql(0, &format!("DROP DATABASE IF EXISTS {db} WITH (FORCE)"))
+        .unwrap();
+    cluster.psql(0, &format!("CREATE DATABASE {db}")).unwrap();
+    let proxy = start_proxy(cluster, |_| {}).await;
+    let port = proxy.local_addr().port();
+    tokio::task::spawn_blocking(move || {
+        run("pgbench", port, &["-i", "-q", "-s", "1", db]);
+        wait_replayed_blocking();
+    })
+    .await
+    .unwrap();
+    drop(proxy);
+    for mode in ["simple", "extended", "prepared"] {
+        // A proxy per mode, so that its server connections can be ended
+        // (flushing their statistics) without pulling them from under it.
+        let before = tokio::task::spawn_blocking(move || quiesced_xact_commits(db))
+            .await
+            .unwrap();
+        let proxy = start_proxy(cluster, |_| {}).await;
+        let port = proxy.local_addr().port();
+        let output = tokio::task::spawn_blocking(move || {
+            run(
+                "pgbench",
+                port,
+                &["-S", "-M", mode, "-T", "3", "-c", "4", "-j", "2", db],
+            )
+        })
+        .await
+        .unwrap();
+        let processed = processed_without_failures(mode, &stdout(&output));
+        drop(proxy);
+        let after = tokio::task::spawn_blocking(move || quiesced_xact_commits(db))
+            .await
+            .unwrap();
+        let grown: Vec<i64> = after.iter().zip(&before).map(|(a, b)| a - b).collect();
+        eprintln!(
+            "pgbench -S -M {mode}: {processed} transactions; commits per node: \
+             primary {} / replica1 {} / replica2 {}",
+            grown[0], grown[1], grown[2]
+        );
+        // Round-robin gives each replica about half; a fifth is "substantial".
+        for (i, n) in grown.iter().enumerate().skip(1) {
+            assert!(
+                *n >= processed / 5,
+                "{mode}: replica{i} committed {n} of {processed} transactions ({grown:?})"
+            );
+        }
+    }
+    cluster
+        .psql(0, &format!("DROP DATABASE {db} WITH (FORCE)"))
+        .unwrap();
 }

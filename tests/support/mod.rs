@@ -5,6 +5,7 @@
 #![allow(dead_code)]
 
 pub mod harness;
+pub mod nodes;
 pub mod relay;
 
 use std::sync::OnceLock;
