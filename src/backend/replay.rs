@@ -8,7 +8,7 @@ use bytes::{BufMut, Bytes, BytesMut};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use super::ServerConn;
-use crate::protocol::take_frame;
+use crate::protocol::{messages, take_frame};
 
 /// Replies to a replay are small; a bigger one is a broken server.
 const MAX_REPLY: usize = 1 << 20;
@@ -31,7 +31,9 @@ pub enum ReplayError {
     Lost,
 }
 
-/// Sends `settings` (SQL) and `statements` and reads every reply. On
+/// Sends `settings` (SQL), closes `stale` statements (ones the client has
+/// closed and is about to prepare again), sends `statements`, and reads
+/// every reply. On
 /// success the connection records what it now has: `wanted` settings and
 /// the statements' fingerprints. After an error the connection's state is
 /// unknown and it must not be used again.
@@ -39,15 +41,20 @@ pub async fn replay(
     conn: &mut ServerConn,
     settings: Option<String>,
     wanted: &[(String, String)],
+    stale: &[&str],
     statements: &[Statement<'_>],
 ) -> Result<(), ReplayError> {
     let mut out = BytesMut::new();
     let mut ready_expected = 0;
     if let Some(sql) = &settings {
-        query(&mut out, sql);
+        messages::query(&mut out, sql);
         ready_expected += 1;
     }
     let mut extended = false;
+    for name in stale {
+        close_statement(&mut out, name);
+        extended = true;
+    }
     for s in statements {
         if conn.prepared.contains_key(s.name) && !s.name.is_empty() {
             close_statement(&mut out, s.name);
@@ -92,17 +99,13 @@ pub async fn replay(
     if settings.is_some() {
         conn.settings = wanted.to_vec();
     }
+    for name in stale {
+        conn.prepared.remove(*name);
+    }
     for s in statements {
         conn.prepared.insert(s.name.to_owned(), s.fingerprint);
     }
     Ok(())
-}
-
-fn query(out: &mut BytesMut, sql: &str) {
-    out.put_u8(b'Q');
-    out.put_i32((4 + sql.len() + 1) as i32);
-    out.put_slice(sql.as_bytes());
-    out.put_u8(0);
 }
 
 fn close_statement(out: &mut BytesMut, name: &str) {

@@ -144,6 +144,18 @@ pub enum SessionEffect {
     Commit,
     /// ROLLBACK / ABORT (not ROLLBACK TO SAVEPOINT).
     Rollback,
+    /// SAVEPOINT name (names folded like PostgreSQL folds them).
+    Savepoint {
+        name: String,
+    },
+    /// ROLLBACK TO [SAVEPOINT] name: what followed the savepoint is undone.
+    RollbackTo {
+        name: String,
+    },
+    /// RELEASE [SAVEPOINT] name.
+    Release {
+        name: String,
+    },
     /// `AND CHAIN` after a Commit or Rollback: a new transaction with the same
     /// characteristics began at once, on the same backend.
     Chain,
@@ -235,6 +247,25 @@ impl Part {
 /// both `myfn`. Whoever builds that set folds catalog names with this.
 pub fn fold_name(part: &str) -> String {
     scan::lower(part).into_owned()
+}
+
+/// The SQL `PREPARE` statements of a string, each as text that recreates
+/// it on its own: name and SQL. For replaying a PREPARE that shared its
+/// string with other statements; empty when the string does not parse.
+pub fn prepare_texts(sql: &str) -> Vec<(String, String)> {
+    if sql.len() > MAX_SQL_LEN {
+        return Vec::new();
+    }
+    let Ok(statements) = Parser::parse_sql(&PostgreSqlDialect {}, sql) else {
+        return Vec::new();
+    };
+    statements
+        .iter()
+        .filter_map(|stmt| match stmt {
+            Statement::Prepare { name, .. } => Some((session::folded(name), stmt.to_string())),
+            _ => None,
+        })
+        .collect()
 }
 
 /// Classifies a string of zero or more statements. `volatile` holds the

@@ -261,7 +261,7 @@ fn is_local(scope: &Option<ContextModifier>) -> bool {
 }
 
 /// A name as PostgreSQL resolves it: unquoted names fold to lower case.
-fn folded(ident: &Ident) -> String {
+pub(super) fn folded(ident: &Ident) -> String {
     match ident.quote_style {
         None => ident.value.to_lowercase(),
         Some(_) => ident.value.clone(),

@@ -99,9 +99,25 @@ fn transaction_part(stmt: &Statement) -> Part {
             chain,
             savepoint: None,
         } => transaction_end(SessionEffect::Rollback, *chain),
-        // ROLLBACK TO, SAVEPOINT, RELEASE: the transaction goes on.
+        Statement::Rollback {
+            savepoint: Some(name),
+            ..
+        } => savepoint(SessionEffect::RollbackTo {
+            name: super::session::folded(name),
+        }),
+        Statement::Savepoint { name } => savepoint(SessionEffect::Savepoint {
+            name: super::session::folded(name),
+        }),
+        Statement::ReleaseSavepoint { name } => savepoint(SessionEffect::Release {
+            name: super::session::folded(name),
+        }),
         _ => Part::write(Reason::TransactionControl),
     }
+}
+
+/// SAVEPOINT, ROLLBACK TO, RELEASE: the transaction goes on.
+fn savepoint(effect: SessionEffect) -> Part {
+    Part::write(Reason::TransactionControl).with_effects(vec![effect])
 }
 
 fn transaction_end(end: SessionEffect, chain: bool) -> Part {

@@ -408,8 +408,20 @@ fn transaction_effects() {
     assert_eq!(effects("ROLLBACK"), [E::Rollback]);
     assert_eq!(effects("ABORT"), [E::Rollback]);
     assert_eq!(effects("ROLLBACK AND CHAIN"), [E::Rollback, E::Chain]);
-    assert_eq!(effects("ROLLBACK TO SAVEPOINT a"), []);
-    assert_eq!(effects("SAVEPOINT a"), []);
+    assert_eq!(
+        effects("ROLLBACK TO SAVEPOINT a"),
+        [E::RollbackTo { name: "a".into() }]
+    );
+    assert_eq!(
+        effects("ROLLBACK TO \"B\""),
+        [E::RollbackTo { name: "B".into() }]
+    );
+    assert_eq!(effects("SAVEPOINT A"), [E::Savepoint { name: "a".into() }]);
+    assert_eq!(
+        effects("RELEASE SAVEPOINT a"),
+        [E::Release { name: "a".into() }]
+    );
+    assert_eq!(effects("RELEASE a"), [E::Release { name: "a".into() }]);
     assert_eq!(effects("SET TRANSACTION READ ONLY"), []);
     assert_eq!(
         effects("BEGIN; SELECT 1; COMMIT"),
@@ -888,4 +900,22 @@ fn oversized_input_is_unparsable() {
     );
     let c = classify(&hinted, &none);
     assert_eq!((c.class, c.hint), (Write, Some(Hint::Replica)));
+}
+
+#[test]
+fn prepare_texts_recreate_each_prepare_alone() {
+    let texts = super::prepare_texts(
+        "PREPARE p AS SELECT 1; SELECT 2; PREPARE \"Q\"(int) AS SELECT $1 + 1",
+    );
+    let names: Vec<&str> = texts.iter().map(|(n, _)| n.as_str()).collect();
+    assert_eq!(names, ["p", "Q"]);
+    for (_, sql) in &texts {
+        let again = classify(sql, &HashSet::new());
+        assert_eq!(again.statements, 1, "{sql}");
+        assert!(
+            matches!(again.effects[..], [SessionEffect::Prepare { .. }]),
+            "{sql}"
+        );
+    }
+    assert!(super::prepare_texts("PREPARE broken AS").is_empty());
 }

@@ -116,6 +116,12 @@ pub struct Plan {
     pub portals: Vec<(String, String)>,
     /// Requests (Query or Sync) in the batch: one ReadyForQuery each.
     pub requests: u32,
+    /// It runs something (a Query or an Execute), rather than only
+    /// preparing or describing.
+    pub executes: bool,
+    /// Messages in the batch, and how many of them are Close.
+    pub messages: usize,
+    pub closes: usize,
 }
 
 impl Plan {
@@ -129,10 +135,19 @@ impl Plan {
         self.has_query = false;
         self.portals.clear();
         self.requests = 0;
+        self.executes = false;
+        self.messages = 0;
+        self.closes = 0;
+    }
+
+    /// The batch only closes statements or portals, then syncs.
+    pub fn only_closes(&self) -> bool {
+        self.requests == 1 && !self.has_query && self.closes + 1 == self.messages
     }
 
     /// Adds what one executed statement does.
     pub fn execute(&mut self, write: bool, effects: &[SessionEffect]) {
+        self.executes = true;
         self.write |= write;
         for effect in effects {
             if let SessionEffect::Begin { read_only } = effect {

@@ -55,6 +55,11 @@ impl Shared {
     pub fn next_ticket(&self) -> u64 {
         self.tickets.fetch_add(1, Ordering::Relaxed)
     }
+
+    /// The ticket the next read will take, without taking it.
+    pub fn peek_ticket(&self) -> u64 {
+        self.tickets.load(Ordering::Relaxed)
+    }
 }
 
 /// A startup that ends the connection before any relaying.

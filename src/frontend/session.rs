@@ -252,6 +252,8 @@ impl Session {
     }
 
     async fn relay(&mut self) -> End {
+        // The startup connection is not the client's until it asks for something.
+        self.maybe_release();
         // Made once: re-arming a watch waiter on every message costs more than the rest of the loop.
         let mut shutdown = self.shared.shutdown.clone();
         let stop = async move {
@@ -415,7 +417,7 @@ impl Session {
                 self.state.unprepare(name, *fingerprint);
             }
         }
-        if sent.effects.is_empty() && status != b'I' {
+        if sent.effects.is_empty() && !sent.failed && status == b'T' {
             return;
         }
         self.state.settle(&sent.effects, sent.failed, status);

@@ -34,6 +34,8 @@ pub struct SessionState {
     pins: Vec<PinReason>,
     /// The settings when the open transaction began, to restore on rollback.
     snapshot: Option<Vec<(String, String)>>,
+    /// Open savepoints, innermost last, with the settings when each was made.
+    savepoints: Vec<(String, Vec<(String, String)>)>,
     txn_failed: bool,
     /// Ever held state a server connection would have to carry.
     stateful: bool,
@@ -123,6 +125,7 @@ impl SessionState {
                     }
                 }
                 self.txn_failed = false;
+                self.savepoints.clear();
             }
             _ => {}
         }
@@ -151,6 +154,22 @@ impl SessionState {
             }
             SessionEffect::Chain => {
                 self.snapshot = Some(self.settings.clone());
+            }
+            SessionEffect::Savepoint { name } => {
+                self.savepoints.push((name.clone(), self.settings.clone()));
+            }
+            SessionEffect::RollbackTo { name } => {
+                // The savepoint stays; what came after it is undone.
+                if let Some(i) = self.savepoints.iter().rposition(|(n, _)| n == name) {
+                    self.savepoints.truncate(i + 1);
+                    self.settings.clone_from(&self.savepoints[i].1);
+                    self.txn_failed = false;
+                }
+            }
+            SessionEffect::Release { name } => {
+                if let Some(i) = self.savepoints.iter().rposition(|(n, _)| n == name) {
+                    self.savepoints.truncate(i);
+                }
             }
             SessionEffect::Set { local: true, .. } => {}
             SessionEffect::Set { name, value, .. } => {
@@ -300,6 +319,30 @@ mod tests {
         s.settle(&[], true, b'E');
         s.settle(&[SessionEffect::Commit], false, b'I');
         assert_eq!(names(&s), [("work_mem", "'2MB'")]);
+    }
+
+    #[test]
+    fn rollback_to_a_savepoint_undoes_sets_made_after_it() {
+        let mut s = SessionState::default();
+        let sp = |name: &str| SessionEffect::Savepoint { name: name.into() };
+        s.settle(&[SessionEffect::Begin { read_only: false }], false, b'T');
+        s.settle(&[set("work_mem", "'1MB'"), sp("a")], false, b'T');
+        s.settle(&[set("work_mem", "'2MB'"), sp("b")], false, b'T');
+        s.settle(&[set("work_mem", "'3MB'")], false, b'T');
+        s.settle(&[], true, b'E');
+        s.settle(
+            &[SessionEffect::RollbackTo { name: "a".into() }],
+            false,
+            b'T',
+        );
+        assert_eq!(names(&s), [("work_mem", "'1MB'")]);
+        s.settle(&[SessionEffect::Release { name: "a".into() }], false, b'T');
+        s.settle(&[SessionEffect::Commit], false, b'I');
+        assert_eq!(
+            names(&s),
+            [("work_mem", "'1MB'")],
+            "the recovered transaction commits"
+        );
     }
 
     #[test]

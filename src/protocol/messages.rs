@@ -102,6 +102,14 @@ pub fn ready_for_query(buf: &mut BytesMut, status: u8) {
     encode(buf, &ReadyForQuery::new(status));
 }
 
+/// A simple Query, for the statements the proxy itself sends a server.
+pub fn query(buf: &mut BytesMut, sql: &str) {
+    encode(
+        buf,
+        &pgwire::messages::simplequery::Query::new(sql.to_owned()),
+    );
+}
+
 /// Tells a client asking for protocol 3.x (x > 0) or `_pq_` options that we speak 3.0.
 pub fn negotiate_protocol_version(buf: &mut BytesMut, unsupported_options: Vec<String>) {
     encode(buf, &NegotiateProtocolVersion::new(0, unsupported_options));
@@ -122,6 +130,13 @@ mod tests {
         assert!(text.contains("C28P01\0"), "{text:?}");
         assert!(text.contains("Mnope\0"), "{text:?}");
         assert_eq!(super::super::be_i32(&buf[1..5]) as usize, buf.len() - 1);
+    }
+
+    #[test]
+    fn query_is_a_q_frame_with_the_text() {
+        let mut buf = BytesMut::new();
+        query(&mut buf, "SET a TO 1");
+        assert_eq!(&buf[..], b"Q\0\0\0\x0fSET a TO 1\0");
     }
 
     #[test]

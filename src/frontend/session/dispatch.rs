@@ -22,6 +22,7 @@ use crate::topology::Topology;
 /// A batch bigger than this goes out before its Sync, to the primary, so
 /// that a client streaming a huge pipeline is not buffered whole.
 const MAX_BATCH: usize = 1 << 20;
+const CLOSE_COMPLETE: [u8; 5] = [b'3', 0, 0, 0, 4];
 
 /// Where the batch at hand goes.
 #[derive(Debug, PartialEq, Eq)]
@@ -102,13 +103,17 @@ impl Session {
                             .or_else(|| self.state.statement(statement))
                             .map(|p| Arc::clone(&p.classification))
                     });
-                    if let Some(c) = executed {
-                        self.plan.execute(c.class == Class::Write, &c.effects);
+                    match executed {
+                        Some(c) => self.plan.execute(c.class == Class::Write, &c.effects),
+                        None => self.plan.execute(false, &[]),
                     }
                 }
-                Message::Close {
-                    statement: Some(statement),
-                } => self.plan.closed.push(statement.to_owned()),
+                Message::Close { statement } => {
+                    self.plan.closes += 1;
+                    if let Some(statement) = statement {
+                        self.plan.closed.push(statement.to_owned());
+                    }
+                }
                 Message::Sync => {
                     self.plan.requests += 1;
                     self.batch_due = true;
@@ -116,8 +121,9 @@ impl Session {
                 Message::Flush => self.batch_due = true,
                 // A function call or anything unknown: the primary judges it.
                 Message::Other => self.plan.write = true,
-                Message::Copy | Message::Describe { .. } | Message::Close { .. } => {}
+                Message::Copy | Message::Describe { .. } => {}
             }
+            self.plan.messages += 1;
             self.batch.extend_from_slice(&frame);
             if self.batch.len() > MAX_BATCH {
                 self.plan.write = true;
@@ -154,11 +160,30 @@ impl Session {
                 self.plan.need(name);
             }
         }
+        let mut texts = None;
         for effect in &c.effects {
             if let SessionEffect::Prepare { name, class } = effect {
+                // Replayed as the client's own string when it is the only
+                // statement, else as the PREPARE alone.
+                let source = if c.statements == 1 {
+                    Some(frame.clone())
+                } else {
+                    texts
+                        .get_or_insert_with(|| crate::classify::prepare_texts(sql))
+                        .iter()
+                        .find(|(n, _)| n == name)
+                        .map(|(_, text)| query_frame(text))
+                };
+                let Some(source) = source else {
+                    // Nothing recreates it alone: the session stays put.
+                    self.plan
+                        .effects
+                        .push(SessionEffect::Pin(PinReason::Explicit));
+                    continue;
+                };
                 let prepared = Prepared {
-                    fingerprint: fingerprint(frame),
-                    source: frame.clone(),
+                    fingerprint: fingerprint(&source),
+                    source,
                     classification: Arc::new(Classification {
                         class: *class,
                         reason: Reason::ExecutePrepared(name.clone()),
@@ -167,14 +192,7 @@ impl Session {
                         statements: 1,
                     }),
                 };
-                if c.statements == 1 {
-                    self.plan.parsed.push((name.clone(), prepared));
-                } else {
-                    // Its text cannot be replayed apart from the rest: stay put.
-                    self.plan
-                        .effects
-                        .push(SessionEffect::Pin(PinReason::Explicit));
-                }
+                self.plan.parsed.push((name.clone(), prepared));
             }
         }
         if matches!(&c.reason, Reason::SideEffectFunction(f) if f == "set_config") {
@@ -214,8 +232,16 @@ impl Session {
                 return Ok(false);
             }
         }
-        if self.server.is_none() && self.is_lone_sync() {
-            // Nothing ran, so nothing to ask a server about.
+        if self.server.is_none() && self.plan.only_closes() {
+            // Between transactions nothing needs a server for this: closed
+            // statements are forgotten here, and their copies on pooled
+            // connections are closed when the name is prepared again.
+            for name in self.plan.closed.drain(..) {
+                self.state.close(&name);
+            }
+            for _ in 0..self.plan.closes {
+                self.client.out.extend_from_slice(&CLOSE_COMPLETE);
+            }
             self.clear_batch();
             messages::ready_for_query(&mut self.client.out, b'I');
             return Ok(true);
@@ -251,10 +277,6 @@ impl Session {
         self.collect()
     }
 
-    fn is_lone_sync(&self) -> bool {
-        self.batch.len() == 5 && self.batch[0] == b'S'
-    }
-
     fn clear_batch(&mut self) {
         self.batch.clear();
         self.plan.clear();
@@ -275,15 +297,18 @@ impl Session {
             (Phase::Busy { .. }, Some(node)) => {
                 let on_primary = topology.primary() == Some(node);
                 let lacks = self.server.as_ref().is_some_and(|s| {
-                    self.plan.needs.iter().any(|n| {
-                        self.state
-                            .statement(n)
-                            .is_some_and(|p| s.conn.prepared.get(n) != Some(&p.fingerprint))
-                    })
-                }) || self
-                    .server
-                    .as_ref()
-                    .is_some_and(|s| s.conn.settings != self.state.settings());
+                    s.conn.settings != self.state.settings()
+                        || self.plan.needs.iter().any(|n| {
+                            self.state
+                                .statement(n)
+                                .is_some_and(|p| s.conn.prepared.get(n) != Some(&p.fingerprint))
+                        })
+                        || self
+                            .plan
+                            .parsed
+                            .iter()
+                            .any(|(n, _)| !n.is_empty() && s.conn.prepared.contains_key(n))
+                });
                 let fits = on_primary || (!self.plan.write && self.plan.begin.is_none());
                 return if fits && !lacks {
                     Decision::Stay
@@ -310,7 +335,13 @@ impl Session {
             !self.plan.write
         };
         let target = if read {
-            let ticket = self.shared.next_ticket();
+            // A batch that only prepares takes the ticket of the execution
+            // that follows it, so both land on the same node.
+            let ticket = if self.plan.executes {
+                self.shared.next_ticket()
+            } else {
+                self.shared.peek_ticket()
+            };
             route::route_read(
                 topology,
                 &self.shared.read_policy,
@@ -382,12 +413,19 @@ impl Session {
                 })
             })
             .collect();
-        if settings.is_none() && statements.is_empty() {
+        let stale: Vec<&str> = self
+            .plan
+            .parsed
+            .iter()
+            .filter(|(name, _)| !name.is_empty() && att.conn.prepared.contains_key(name))
+            .map(|(name, _)| name.as_str())
+            .collect();
+        if settings.is_none() && statements.is_empty() && stale.is_empty() {
             return Ok(true);
         }
-        let result =
-            replay::replay(&mut att.conn, settings, self.state.settings(), &statements).await;
-        drop(statements);
+        let wanted = self.state.settings();
+        let result = replay::replay(&mut att.conn, settings, wanted, &stale, &statements).await;
+        drop((stale, statements));
         let in_transaction = self.phase != Phase::Ready(TxnStatus::Idle);
         match result {
             Ok(()) => return Ok(true),
@@ -487,4 +525,11 @@ impl Session {
             drop(att);
         }
     }
+}
+
+/// A simple Query message holding `sql`.
+fn query_frame(sql: &str) -> Bytes {
+    let mut frame = bytes::BytesMut::with_capacity(sql.len() + 6);
+    messages::query(&mut frame, sql);
+    frame.freeze()
 }
