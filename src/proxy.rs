@@ -3,7 +3,7 @@
 //! demo and the integration tests all run.
 
 use std::net::SocketAddr;
-use std::sync::atomic::AtomicU64;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -36,6 +36,7 @@ pub enum StartError {
 /// A running proxy. Dropping it without [`Proxy::shutdown`] aborts its tasks.
 pub struct Proxy {
     addr: SocketAddr,
+    shared: Arc<Shared>,
     topology: TopologyHandle,
     shutdown: watch::Sender<bool>,
     listener: JoinHandle<()>,
@@ -80,15 +81,17 @@ impl Proxy {
             loads: NodeLoads::new(config.nodes.len()),
             read_policy: ReadPolicy::from_config(&config.routing),
             tickets: AtomicU64::new(0),
+            unparsable: AtomicU64::new(0),
             config: Arc::new(config),
             topology: topology.clone(),
             cancels: Arc::new(CancelRegistry::default()),
             shutdown: shutdown_rx,
         });
         info!(%addr, "palisade is listening");
-        let listener = tokio::spawn(accept_loop(listener, shared));
+        let listener = tokio::spawn(accept_loop(listener, shared.clone()));
         Ok(Proxy {
             addr,
+            shared,
             topology,
             shutdown,
             listener,
@@ -101,6 +104,18 @@ impl Proxy {
     /// The address clients connect to (useful when listening on port 0).
     pub fn local_addr(&self) -> SocketAddr {
         self.addr
+    }
+
+    /// How many statements the classifier could not parse (they ran on the primary).
+    pub fn unparsable_statements(&self) -> u64 {
+        self.shared.unparsable.load(Ordering::Relaxed)
+    }
+
+    /// Requests routed to each node so far, in config order.
+    pub fn routed(&self) -> Vec<u64> {
+        (0..self.shared.config.nodes.len())
+            .map(|n| self.shared.loads.routed(n))
+            .collect()
     }
 
     /// The current published topology.

@@ -1022,3 +1022,35 @@ async fn reads_avoid_an_unhealthy_replica() {
     wait_until("replica 1 healthy again", TIMEOUT, || healthy(true)).await;
     assert_spread_over_replicas(&reads(&client, 6).await, "reads after the replica is back");
 }
+
+#[tokio::test]
+async fn unparsable_statements_run_on_the_primary_and_are_counted() {
+    let (proxy, client) = routed("routing-unparsable").await;
+    let table = unique("routing_unparsable");
+    let before = proxy.unparsable_statements();
+    // sqlparser cannot parse DO; on a replica the CREATE inside would fail.
+    client
+        .batch_execute(&format!(
+            "DO $$ BEGIN CREATE TABLE {table}(port int); \
+             INSERT INTO {table} VALUES (inet_server_port()); END $$"
+        ))
+        .await
+        .expect("DO ran on the primary");
+    assert!(
+        proxy.unparsable_statements() > before,
+        "the unparsable statement was counted"
+    );
+    let port: i32 = client
+        .query_one(
+            &format!("/* palisade: primary */ SELECT port FROM {table}"),
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(node_of(port.into()), Node::Primary);
+    client
+        .batch_execute(&format!("DROP TABLE {table}"))
+        .await
+        .unwrap();
+}

@@ -48,6 +48,8 @@ pub struct Shared {
     pub read_policy: ReadPolicy,
     /// Bumped per routed read: drives round-robin across all sessions.
     pub tickets: AtomicU64,
+    /// Statements the classifier could not parse (sent to the primary).
+    pub unparsable: AtomicU64,
     pub shutdown: watch::Receiver<bool>,
 }
 

@@ -3,6 +3,7 @@
 //! ([`Session::decide`], on top of the pure [`crate::route`]), make sure
 //! that server connection carries the session's state, and send.
 
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -78,7 +79,7 @@ impl Session {
                     self.batch_due = true;
                 }
                 Message::Parse { name, sql } => {
-                    let classification = self.cache.get_or_classify(sql, &self.volatile.names);
+                    let classification = self.classify(sql);
                     self.plan.write |= classification.class == Class::Write;
                     let prepared = Prepared {
                         fingerprint: fingerprint(&frame),
@@ -144,8 +145,18 @@ impl Session {
         }
     }
 
-    fn plan_query(&mut self, sql: &str, frame: &Bytes) {
+    /// Classifies (or recalls) one statement string.
+    fn classify(&mut self, sql: &str) -> Arc<Classification> {
         let c = self.cache.get_or_classify(sql, &self.volatile.names);
+        if c.reason == Reason::Unparsable {
+            self.shared.unparsable.fetch_add(1, Ordering::Relaxed);
+            debug!(parent: &self.span, sql, "statement not understood; it runs on the primary");
+        }
+        c
+    }
+
+    fn plan_query(&mut self, sql: &str, frame: &Bytes) {
+        let c = self.classify(sql);
         self.plan.has_query = true;
         let mut write = c.class == Class::Write;
         if let Reason::ExecutePrepared(name) = &c.reason {
