@@ -22,8 +22,8 @@
 # Environment:
 #   DURATION      seconds per pgbench run (default 10)
 #   CLIENTS       client counts, space or comma separated (default "1 8 32")
-#   WORKLOADS     subset of: select-simple select-extended tpcb-simple churn-simple
-#                 (default: all four)
+#   WORKLOADS     subset of: select-simple select-extended select-prepared tpcb-simple
+#                 churn-simple (default: all five)
 #   SCALE         pgbench scale factor (default 10)
 #   PG_BIN        PostgreSQL bin directory (default: pg_config --bindir, else the
 #                 newest /usr/lib/postgresql/*/bin)
@@ -61,7 +61,7 @@ done
 DURATION="${DURATION:-10}"
 CLIENTS="${CLIENTS:-1 8 32}"
 CLIENTS="${CLIENTS//,/ }"
-ALL_WORKLOADS="select-simple select-extended tpcb-simple churn-simple"
+ALL_WORKLOADS="select-simple select-extended select-prepared tpcb-simple churn-simple"
 WORKLOADS="${WORKLOADS:-$ALL_WORKLOADS}"
 WORKLOADS="${WORKLOADS//,/ }"
 SCALE="${SCALE:-10}"
@@ -515,6 +515,7 @@ workload_args() {
     case "$1" in
         select-simple)   echo "-S -M simple" ;;
         select-extended) echo "-S -M extended" ;;
+        select-prepared) echo "-S -M prepared" ;;
         tpcb-simple)     echo "-M simple" ;;
         churn-simple)    echo "-S -C -M simple" ;;
     esac

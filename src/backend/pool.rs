@@ -91,6 +91,10 @@ struct Idle {
     since: Instant,
 }
 
+/// Idle connections older than this are checked for a close or a message
+/// from the server before they are handed out.
+const STALE_AFTER: Duration = Duration::from_millis(200);
+
 #[derive(Debug, thiserror::Error)]
 pub enum CheckoutError {
     #[error(transparent)]
@@ -156,6 +160,12 @@ impl ServerPool {
         owner: u64,
         login: &Login<'_>,
     ) -> Result<ServerConn, CheckoutError> {
+        // The common case first: an idle connection, no cap bookkeeping.
+        if let Some(conn) = self.take_idle(key, owner) {
+            if let Some(conn) = self.claim(conn, owner).await {
+                return Ok(conn);
+            }
+        }
         let deadline = tokio::time::Instant::now() + self.acquire_timeout;
         let limit_key = key.limit();
         let limit = self.limit(&limit_key);
@@ -207,8 +217,11 @@ impl ServerPool {
 
     /// Makes a taken idle connection fit for `owner`: a reset when it
     /// carries another session's state. `None` when it turned out unusable.
-    async fn claim(&self, mut conn: ServerConn, owner: u64) -> Option<ServerConn> {
-        if !still_open(&mut conn) {
+    async fn claim(&self, idle: Idle, owner: u64) -> Option<ServerConn> {
+        let Idle { mut conn, since } = idle;
+        // A connection back from a batch a moment ago is not worth a system
+        // call to check; one that sat idle for a while may have been closed.
+        if since.elapsed() > STALE_AFTER && !still_open(&mut conn) {
             return None;
         }
         if conn.owner != 0 && conn.owner != owner {
@@ -226,7 +239,7 @@ impl ServerPool {
 
     /// An idle connection for `key`: `owner`'s own first, then a clean one,
     /// then any; most recently used first within each.
-    fn take_idle(&self, key: &PoolKey, owner: u64) -> Option<ServerConn> {
+    fn take_idle(&self, key: &PoolKey, owner: u64) -> Option<Idle> {
         let mut idle = self.idle();
         let conns = idle.get_mut(key)?;
         let now = Instant::now();
@@ -236,7 +249,7 @@ impl ServerPool {
             .rposition(|c| c.conn.owner == owner)
             .or_else(|| conns.iter().rposition(|c| c.conn.owner == 0))
             .or_else(|| conns.len().checked_sub(1))?;
-        Some(conns.remove(pick).conn)
+        Some(conns.remove(pick))
     }
 
     /// Closes one idle connection of the same (node, user, database) but
