@@ -10,37 +10,11 @@ use palisade::config::AuthMethod;
 use support::harness::{self, connect, connect_with, sqlstate, start_proxy, url, user};
 use support::relay::FaultyRelay;
 use support::shared_cluster;
+use support::wire::{read_message, startup_packet};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 const TIMEOUT: Duration = Duration::from_secs(10);
-
-fn startup_packet(version: i32, params: &[(&str, &str)]) -> Vec<u8> {
-    let mut body = version.to_be_bytes().to_vec();
-    for (k, v) in params {
-        body.extend_from_slice(k.as_bytes());
-        body.push(0);
-        body.extend_from_slice(v.as_bytes());
-        body.push(0);
-    }
-    body.push(0);
-    let mut packet = ((body.len() + 4) as i32).to_be_bytes().to_vec();
-    packet.extend(body);
-    packet
-}
-
-/// Reads one tagged message.
-async fn read_message(stream: &mut TcpStream) -> (u8, Vec<u8>) {
-    let mut header = [0u8; 5];
-    tokio::time::timeout(TIMEOUT, stream.read_exact(&mut header))
-        .await
-        .expect("a reply in time")
-        .expect("a message header");
-    let len = i32::from_be_bytes(header[1..5].try_into().unwrap()) as usize;
-    let mut body = vec![0u8; len - 4];
-    stream.read_exact(&mut body).await.unwrap();
-    (header[0], body)
-}
 
 /// Reads messages until one with `tag`; returns it.
 async fn read_until(stream: &mut TcpStream, tag: u8) -> Vec<u8> {

@@ -19,7 +19,8 @@ use support::nodes::{
 };
 use support::relay::FaultyRelay;
 use support::shared_cluster;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use support::wire::{read_message, startup_packet};
+use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 use tokio_postgres::{AsyncMessage, Client};
 
@@ -203,15 +204,8 @@ async fn batch(stream: &mut TcpStream, statements: &[String]) -> Vec<String> {
 async fn until_ready(stream: &mut TcpStream, what: &str) -> Vec<String> {
     let mut values = Vec::new();
     loop {
-        let mut header = [0u8; 5];
-        tokio::time::timeout(TIMEOUT, stream.read_exact(&mut header))
-            .await
-            .expect("a reply in time")
-            .expect("a message header");
-        let len = i32::from_be_bytes(header[1..5].try_into().unwrap()) as usize;
-        let mut body = vec![0u8; len - 4];
-        stream.read_exact(&mut body).await.unwrap();
-        match header[0] {
+        let (tag, body) = read_message(stream).await;
+        match tag {
             b'D' => {
                 let n = i32::from_be_bytes(body[2..6].try_into().unwrap()) as usize;
                 values.push(String::from_utf8_lossy(&body[6..6 + n]).into_owned());
@@ -240,20 +234,14 @@ async fn an_extended_batch_is_routed_as_a_whole_up_to_sync() {
         .unwrap();
 
     let mut stream = TcpStream::connect(proxy.local_addr()).await.unwrap();
-    let mut startup = 196_608i32.to_be_bytes().to_vec();
-    for (k, v) in [
-        ("user", cluster.superuser()),
-        ("database", "postgres"),
-        ("application_name", "routing-batch"),
-    ] {
-        startup.extend_from_slice(k.as_bytes());
-        startup.push(0);
-        startup.extend_from_slice(v.as_bytes());
-        startup.push(0);
-    }
-    startup.push(0);
-    let mut packet = ((startup.len() + 4) as i32).to_be_bytes().to_vec();
-    packet.extend(startup);
+    let packet = startup_packet(
+        196_608,
+        &[
+            ("user", cluster.superuser()),
+            ("database", "postgres"),
+            ("application_name", "routing-batch"),
+        ],
+    );
     stream.write_all(&packet).await.unwrap();
     until_ready(&mut stream, "startup").await;
 

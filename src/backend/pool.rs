@@ -345,13 +345,23 @@ fn still_open(conn: &mut ServerConn) -> bool {
             Err(_) => return false,
         }
     }
-    let mut rest = &conn.pending[..];
-    while rest.len() >= 5 {
-        if rest[0] != b'S' {
+    only_parameter_status(&conn.pending)
+}
+
+/// Whether `pending` holds nothing but whole ParameterStatus messages: the
+/// one thing a server says unprompted that the next client may be shown.
+fn only_parameter_status(pending: &[u8]) -> bool {
+    let mut rest = pending;
+    while let Some(header) = rest.get(..5) {
+        let len = crate::protocol::be_i32(&header[1..5]);
+        let Some(next) = usize::try_from(len)
+            .ok()
+            .filter(|&len| header[0] == b'S' && len >= 4)
+            .and_then(|len| rest.get(1 + len..))
+        else {
             return false;
-        }
-        let len = crate::protocol::be_i32(&rest[1..5]).max(4) as usize;
-        rest = rest.get(1 + len..).unwrap_or(&[]);
+        };
+        rest = next;
     }
     rest.is_empty()
 }
@@ -419,5 +429,21 @@ fn note_parameter(conn: &mut ServerConn, body: &[u8]) {
     match conn.params.iter_mut().find(|(n, _)| n == name) {
         Some(entry) => entry.1 = value.to_owned(),
         None => conn.params.push((name.to_owned(), value.to_owned())),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::only_parameter_status;
+
+    #[test]
+    fn only_whole_parameter_status_messages_are_harmless() {
+        let status: &[u8] = b"S\0\0\0\x0aab\0cd\0";
+        assert!(only_parameter_status(b""));
+        assert!(only_parameter_status(status));
+        assert!(only_parameter_status(&[status, status].concat()));
+        assert!(!only_parameter_status(&status[..7]), "a partial message");
+        assert!(!only_parameter_status(b"E\0\0\0\x04"), "an error");
+        assert!(!only_parameter_status(b"S\0\0\0\x02"), "a bad length");
     }
 }

@@ -119,6 +119,8 @@ pub struct FunctionCatalog {
     slots: Mutex<HashMap<String, Arc<Slot>>>,
     /// The last generation handed out (global, so also increasing per database).
     generation: AtomicU64,
+    /// Bumped after every change to `sets`, so a reader can skip looking.
+    published: AtomicU64,
     /// The answer before any load succeeded.
     empty: Arc<VolatileSet>,
 }
@@ -136,6 +138,7 @@ impl FunctionCatalog {
             sets: ArcSwap::default(),
             slots: Mutex::new(HashMap::new()),
             generation: AtomicU64::new(0),
+            published: AtomicU64::new(0),
             empty: Arc::new(VolatileSet::default()),
         }
     }
@@ -156,6 +159,13 @@ impl FunctionCatalog {
     /// successful load of `database`.
     pub fn current(&self, database: &str) -> Option<Arc<VolatileSet>> {
         self.sets.load().get(database).cloned()
+    }
+
+    /// Changes whenever any database's set is replaced (after the new set is
+    /// visible to [`FunctionCatalog::current`]): one atomic load, for the
+    /// per-query check of whether to look again.
+    pub fn published(&self) -> u64 {
+        self.published.load(Ordering::Acquire)
     }
 
     /// Loads `database`'s set again now (function DDL or CREATE EXTENSION
@@ -286,6 +296,7 @@ impl FunctionCatalog {
             }
             next
         });
+        self.published.fetch_add(1, Ordering::Release);
         debug!(
             database,
             generation = set.generation,

@@ -148,6 +148,8 @@ pub struct Session {
     state: SessionState,
     cache: ClassifyCache,
     volatile: Arc<VolatileSet>,
+    /// The catalog's `published` count when `volatile` was last checked.
+    catalog_seen: u64,
     /// Frames of the batch being gathered.
     batch: BytesMut,
     plan: Plan,
@@ -203,6 +205,7 @@ impl Session {
             login,
             keys,
             state: SessionState::default(),
+            catalog_seen: 0,
             volatile,
             batch: BytesMut::with_capacity(1024),
             plan: Plan::default(),

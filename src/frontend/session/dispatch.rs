@@ -12,10 +12,12 @@ use tracing::{debug, info};
 use super::{Phase, Sent, Session, TxnStatus};
 use crate::backend::pool::CheckoutError;
 use crate::backend::replay::{self, ReplayError};
+use crate::backend::ServerConn;
 use crate::backend::{ConnectError, Login};
 use crate::classify::{Class, Classification, Hint, PinReason, Reason, SessionEffect};
+use crate::frontend::batch::Plan;
 use crate::frontend::batch::{fingerprint, parse_message, Message};
-use crate::frontend::state::{settings_delta, Prepared};
+use crate::frontend::state::{settings_delta, Prepared, SessionState};
 use crate::protocol::{messages, take_frame, Sqlstate};
 use crate::route::{self, NoRoute};
 use crate::topology::Topology;
@@ -137,6 +139,11 @@ impl Session {
     /// Picks up a newer VOLATILE function list, dropping classifications
     /// made with the old one.
     fn refresh_volatile(&mut self) {
+        let published = self.shared.catalog.published();
+        if published == self.catalog_seen {
+            return;
+        }
+        self.catalog_seen = published;
         if let Some(current) = self.shared.catalog.current(&self.login.database) {
             if current.generation != self.volatile.generation {
                 self.volatile = current;
@@ -307,19 +314,11 @@ impl Session {
             }
             (Phase::Busy { .. }, Some(node)) => {
                 let on_primary = topology.primary() == Some(node);
-                let lacks = self.server.as_ref().is_some_and(|s| {
-                    s.conn.settings != self.state.settings()
-                        || self.plan.needs.iter().any(|n| {
-                            self.state
-                                .statement(n)
-                                .is_some_and(|p| s.conn.prepared.get(n) != Some(&p.fingerprint))
-                        })
-                        || self
-                            .plan
-                            .parsed
-                            .iter()
-                            .any(|(n, _)| !n.is_empty() && s.conn.prepared.contains_key(n))
-                });
+                // Catching a connection up needs it to itself: not while replies are due.
+                let lacks = self
+                    .server
+                    .as_ref()
+                    .is_some_and(|s| !Catchup::of(&self.state, &self.plan, &s.conn).is_empty());
                 let fits = on_primary || (!self.plan.write && self.plan.begin.is_none());
                 return if fits && !lacks {
                     Decision::Stay
@@ -406,34 +405,15 @@ impl Session {
         let Some(att) = self.server.as_mut() else {
             return Ok(true);
         };
-        let settings = if att.conn.settings != self.state.settings() {
-            settings_delta(&att.conn.settings, self.state.settings())
-        } else {
-            None
-        };
-        let statements: Vec<replay::Statement<'_>> = self
-            .plan
-            .needs
-            .iter()
-            .filter_map(|name| {
-                let p = self.state.statement(name)?;
-                (att.conn.prepared.get(name) != Some(&p.fingerprint)).then_some(replay::Statement {
-                    name,
-                    fingerprint: p.fingerprint,
-                    source: &p.source,
-                })
-            })
-            .collect();
-        let stale: Vec<&str> = self
-            .plan
-            .parsed
-            .iter()
-            .filter(|(name, _)| !name.is_empty() && att.conn.prepared.contains_key(name))
-            .map(|(name, _)| name.as_str())
-            .collect();
-        if settings.is_none() && statements.is_empty() && stale.is_empty() {
+        let catchup = Catchup::of(&self.state, &self.plan, &att.conn);
+        if catchup.is_empty() {
             return Ok(true);
         }
+        let Catchup {
+            settings,
+            stale,
+            statements,
+        } = catchup;
         let wanted = self.state.settings();
         let result = replay::replay(&mut att.conn, settings, wanted, &stale, &statements).await;
         drop((stale, statements));
@@ -535,6 +515,53 @@ impl Session {
             self.cancel.set_target(None);
             drop(att);
         }
+    }
+}
+
+/// What a connection must be told before it can serve the batch at hand.
+struct Catchup<'a> {
+    /// The settings delta, when its settings differ from the session's.
+    settings: Option<String>,
+    /// Names the batch prepares anew that the connection still holds.
+    stale: Vec<&'a str>,
+    /// Statements the batch uses that the connection lacks.
+    statements: Vec<replay::Statement<'a>>,
+}
+
+impl<'a> Catchup<'a> {
+    fn of(state: &'a SessionState, plan: &'a Plan, conn: &ServerConn) -> Catchup<'a> {
+        let settings = if conn.settings != state.settings() {
+            settings_delta(&conn.settings, state.settings())
+        } else {
+            None
+        };
+        let statements = plan
+            .needs
+            .iter()
+            .filter_map(|name| {
+                let p = state.statement(name)?;
+                (conn.prepared.get(name) != Some(&p.fingerprint)).then_some(replay::Statement {
+                    name,
+                    fingerprint: p.fingerprint,
+                    source: &p.source,
+                })
+            })
+            .collect();
+        let stale = plan
+            .parsed
+            .iter()
+            .filter(|(name, _)| !name.is_empty() && conn.prepared.contains_key(name))
+            .map(|(name, _)| name.as_str())
+            .collect();
+        Catchup {
+            settings,
+            stale,
+            statements,
+        }
+    }
+
+    fn is_empty(&self) -> bool {
+        self.settings.is_none() && self.stale.is_empty() && self.statements.is_empty()
     }
 }
 
