@@ -12,8 +12,8 @@ use palisade::config::{Config, LoadBalance};
 use palisade::proxy::Proxy;
 use support::harness::{app_url, connect_with, sqlstate, start_proxy};
 use support::nodes::{
-    assert_all_primary, assert_spread_over_replicas, direct, reads, served_by, tally, unique,
-    wait_until, Node,
+    assert_all_primary, assert_spread_over_replicas, direct, fresh_table, reads, served_by, tally,
+    unique, wait_until, Node,
 };
 use support::shared_cluster;
 use tokio_postgres::Client;
@@ -213,12 +213,7 @@ async fn twenty_clients_share_three_server_connections_per_node() {
     let app = "balance-pool-cap";
     let table = unique("balance_pool");
     let setup = client(&proxy, "balance-pool-setup").await;
-    setup
-        .batch_execute(&format!(
-            "DROP TABLE IF EXISTS {table}; CREATE TABLE {table}(client int, i int)"
-        ))
-        .await
-        .unwrap();
+    fresh_table(&setup, &table, "client int, i int").await;
 
     let running = Arc::new(AtomicBool::new(true));
     let sampler = tokio::spawn(sample_connections(app.to_owned(), running.clone()));

@@ -15,7 +15,8 @@ use palisade::proxy::Proxy;
 use support::harness::{app_url, connect_with, sqlstate, start_proxy};
 use support::nodes::{
     assert_all_primary, assert_one_replica, assert_spread_over_replicas, direct, first_column,
-    node_of, reads, served_by, simple_nodes, tally, unique, wait_replayed, wait_until, Node,
+    fresh_table, node_of, reads, served_by, simple_nodes, tally, unique, wait_replayed, wait_until,
+    Node,
 };
 use support::relay::FaultyRelay;
 use support::shared_cluster;
@@ -144,12 +145,7 @@ async fn writes_and_side_effects_go_to_the_primary() {
 async fn a_multi_statement_query_is_a_write_if_any_part_writes() {
     let (_proxy, client) = routed("routing-multi").await;
     let table = unique("routing_multi");
-    client
-        .batch_execute(&format!(
-            "DROP TABLE IF EXISTS {table}; CREATE TABLE {table}(x int)"
-        ))
-        .await
-        .unwrap();
+    fresh_table(&client, &table, "x int").await;
     for _ in 0..3 {
         let write = format!(
             "SELECT inet_server_port(); INSERT INTO {table} VALUES (1); SELECT inet_server_port()"
@@ -226,12 +222,7 @@ async fn an_extended_batch_is_routed_as_a_whole_up_to_sync() {
     let proxy = start_proxy(cluster, |c| c.users[0].auth = AuthMethod::Trust).await;
     let table = unique("routing_batch");
     let setup = client(&proxy, "routing-batch").await;
-    setup
-        .batch_execute(&format!(
-            "DROP TABLE IF EXISTS {table}; CREATE TABLE {table}(x int)"
-        ))
-        .await
-        .unwrap();
+    fresh_table(&setup, &table, "x int").await;
 
     let mut stream = TcpStream::connect(proxy.local_addr()).await.unwrap();
     let packet = startup_packet(
@@ -274,12 +265,7 @@ async fn an_extended_batch_is_routed_as_a_whole_up_to_sync() {
 async fn hint_comments_send_reads_to_the_primary_but_never_writes_to_a_replica() {
     let (_proxy, client) = routed("routing-hints").await;
     let table = unique("routing_hints");
-    client
-        .batch_execute(&format!(
-            "DROP TABLE IF EXISTS {table}; CREATE TABLE {table}(x int)"
-        ))
-        .await
-        .unwrap();
+    fresh_table(&client, &table, "x int").await;
     let mut seen = Vec::new();
     for _ in 0..4 {
         let sql = "/* palisade: primary */ SELECT inet_server_port()";
@@ -324,12 +310,7 @@ async fn hint_comments_send_reads_to_the_primary_but_never_writes_to_a_replica()
 async fn a_read_write_transaction_runs_entirely_on_the_primary() {
     let (_proxy, mut client) = routed("routing-rw-txn").await;
     let table = unique("routing_rw_txn");
-    client
-        .batch_execute(&format!(
-            "DROP TABLE IF EXISTS {table}; CREATE TABLE {table}(x int)"
-        ))
-        .await
-        .unwrap();
+    fresh_table(&client, &table, "x int").await;
     for begin in [
         "BEGIN",
         "START TRANSACTION",
@@ -462,12 +443,7 @@ async fn a_failed_transaction_stays_on_its_node_until_rollback() {
 async fn savepoints_and_rollback_to_work_in_both_kinds_of_transaction() {
     let (_proxy, client) = routed("routing-savepoints").await;
     let table = unique("routing_savepoints");
-    client
-        .batch_execute(&format!(
-            "DROP TABLE IF EXISTS {table}; CREATE TABLE {table}(x int)"
-        ))
-        .await
-        .unwrap();
+    fresh_table(&client, &table, "x int").await;
     client
         .batch_execute(&format!(
             "BEGIN; INSERT INTO {table} VALUES (1); SAVEPOINT a; INSERT INTO {table} VALUES (2)"
@@ -767,12 +743,7 @@ async fn sql_prepared_statements_follow_the_client_and_deallocate_like_postgresq
 async fn prepared_writes_run_on_the_primary() {
     let (_proxy, client) = routed("routing-prepared-writes").await;
     let table = unique("routing_prepared_writes");
-    client
-        .batch_execute(&format!(
-            "DROP TABLE IF EXISTS {table}; CREATE TABLE {table}(x int)"
-        ))
-        .await
-        .unwrap();
+    fresh_table(&client, &table, "x int").await;
     let insert = client
         .prepare(&format!(
             "INSERT INTO {table} VALUES ($1) RETURNING inet_server_port()"

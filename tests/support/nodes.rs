@@ -208,3 +208,13 @@ where
 pub fn unique(prefix: &str) -> String {
     format!("{prefix}_{}", std::process::id())
 }
+
+/// (Re)creates `table` with `columns`, through `client`.
+pub async fn fresh_table(client: &Client, table: &str, columns: &str) {
+    client
+        .batch_execute(&format!(
+            "DROP TABLE IF EXISTS {table}; CREATE TABLE {table}({columns})"
+        ))
+        .await
+        .unwrap();
+}
