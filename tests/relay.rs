@@ -301,6 +301,49 @@ async fn cancel_stops_a_running_query_promptly() {
     assert_eq!(one, 1, "the session survives a cancel");
 }
 
+/// A cancel that comes while the session waits for a server connection is
+/// not dropped: it reaches that connection once the query has been sent.
+#[tokio::test]
+async fn a_cancel_while_waiting_for_a_connection_still_stops_the_query() {
+    let cluster = shared_cluster();
+    // One connection to one replica: a read waits while another client holds it.
+    let proxy = start_proxy(cluster, |c| {
+        c.routing.load_balance = palisade::config::LoadBalance::Weighted;
+        c.nodes[2].weight = 0;
+        c.pool.max_server_connections = 1;
+        c.pool.acquire_timeout_ms = 30_000;
+    })
+    .await;
+    let (holder, _) = connect(&proxy, cluster).await;
+    let (client, _) = connect(&proxy, cluster).await;
+    holder.batch_execute("BEGIN READ ONLY").await.unwrap();
+    let in_recovery: bool = holder
+        .query_one("SELECT pg_is_in_recovery()", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert!(in_recovery, "the holder's transaction runs on the replica");
+
+    let token = client.cancel_token();
+    let started = Instant::now();
+    let sleeper = tokio::spawn(async move {
+        let result = client.batch_execute("SELECT pg_sleep(10)").await;
+        (result, started.elapsed(), client)
+    });
+    // The read is queued for the held connection when the cancel comes.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    token.cancel_query(tokio_postgres::NoTls).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    holder.batch_execute("COMMIT").await.unwrap();
+
+    let (result, elapsed, client) = sleeper.await.unwrap();
+    let err = result.expect_err("the sleep was cancelled");
+    assert_eq!(sqlstate(&err), "57014");
+    assert!(elapsed < Duration::from_secs(5), "cancel took {elapsed:?}");
+    let one: i32 = client.query_one("SELECT 1", &[]).await.unwrap().get(0);
+    assert_eq!(one, 1, "the session survives a cancel");
+}
+
 #[tokio::test]
 async fn a_client_leaving_mid_query_frees_its_server_connection() {
     let cluster = shared_cluster();

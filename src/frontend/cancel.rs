@@ -26,6 +26,10 @@ pub struct CancelTarget {
 struct Entry {
     secret: i32,
     target: Option<CancelTarget>,
+    /// The session is getting a server connection for a batch it has taken.
+    connecting: bool,
+    /// A CancelRequest came while `connecting`: it is owed to the new connection.
+    owed: bool,
 }
 
 #[derive(Debug, Default)]
@@ -41,11 +45,29 @@ pub struct CancelHandle {
 }
 
 impl CancelHandle {
-    /// Points cancellation at the server connection now serving the session.
-    pub fn set_target(&self, target: Option<CancelTarget>) {
+    /// Points cancellation at the server connection now serving the
+    /// session. `true` when a cancel arrived while the session was
+    /// connecting: the caller owes it to `target` once the batch is sent.
+    pub fn set_target(&self, target: Option<CancelTarget>) -> bool {
+        let mut sessions = self.registry.lock();
+        let Some(entry) = sessions.get_mut(&self.key.pid) else {
+            return false;
+        };
+        let owed = entry.owed && target.is_some();
+        entry.target = target;
+        entry.connecting = false;
+        entry.owed = false;
+        owed
+    }
+
+    /// The session has a batch to run and no connection yet: a cancel that
+    /// arrives now is kept for the connection it gets.
+    pub fn connecting(&self) {
         let mut sessions = self.registry.lock();
         if let Some(entry) = sessions.get_mut(&self.key.pid) {
-            entry.target = target;
+            entry.target = None;
+            entry.connecting = true;
+            entry.owed = false;
         }
     }
 
@@ -85,6 +107,8 @@ impl CancelRegistry {
             Entry {
                 secret,
                 target: None,
+                connecting: false,
+                owed: false,
             },
         );
         CancelHandle {
@@ -97,9 +121,12 @@ impl CancelRegistry {
     /// as PostgreSQL does, so the request cannot probe for sessions.
     pub async fn cancel(&self, key: BackendKey, timeout: Duration) {
         let target = {
-            let sessions = self.lock();
-            match sessions.get(&key.pid) {
-                Some(e) if e.secret == key.secret => e.target.clone(),
+            let mut sessions = self.lock();
+            match sessions.get_mut(&key.pid) {
+                Some(e) if e.secret == key.secret => {
+                    e.owed |= e.connecting;
+                    e.target.clone()
+                }
                 _ => None,
             }
         };
@@ -126,11 +153,45 @@ mod tests {
             port: 5432,
             key: BackendKey { pid: 7, secret: 8 },
         };
-        a.set_target(Some(target.clone()));
+        assert!(!a.set_target(Some(target.clone())));
         assert_eq!(a.target(), Some(target));
         assert_eq!(b.target(), None);
         let pid = a.key.pid;
         drop(a);
         assert!(!registry.lock().contains_key(&pid));
+    }
+
+    #[tokio::test]
+    async fn a_cancel_while_connecting_is_owed_to_the_next_connection() {
+        let registry = Arc::new(CancelRegistry::default());
+        let session = registry.register();
+        let target = CancelTarget {
+            host: "127.0.0.1".into(),
+            port: 5432,
+            key: BackendKey { pid: 7, secret: 8 },
+        };
+        let wait = Duration::from_millis(10);
+        // Idle, with no connection: a cancel has nothing to stop and is not kept.
+        registry.cancel(session.key, wait).await;
+        assert!(!session.set_target(Some(target.clone())));
+        session.connecting();
+        // A wrong secret is ignored even while connecting.
+        let forged = BackendKey {
+            pid: session.key.pid,
+            secret: session.key.secret.wrapping_add(1),
+        };
+        registry.cancel(forged, wait).await;
+        session.connecting();
+        assert!(!session.set_target(Some(target.clone())));
+        session.connecting();
+        registry.cancel(session.key, wait).await;
+        assert!(session.set_target(Some(target.clone())));
+        // Paid once: the next connection owes nothing.
+        session.connecting();
+        assert!(!session.set_target(Some(target)));
+        // A failed connect clears the debt.
+        session.connecting();
+        registry.cancel(session.key, wait).await;
+        assert!(!session.set_target(None));
     }
 }

@@ -163,6 +163,9 @@ pub struct Session {
     inflight: VecDeque<Sent>,
     /// Function DDL succeeded: reload the VOLATILE list before routing again.
     reload_functions: bool,
+    /// The client cancelled while the session was getting a connection:
+    /// cancel on that connection once the batch has been written to it.
+    cancel_owed: bool,
 }
 
 impl Session {
@@ -214,6 +217,7 @@ impl Session {
             skipping: false,
             inflight: VecDeque::new(),
             reload_functions: false,
+            cancel_owed: false,
         }
     }
 
@@ -287,7 +291,28 @@ impl Session {
         if let Some(att) = &self.server {
             write_now(&att.conn.wr, &mut self.to_server).map_err(|_| End::ServerGone)?;
         }
+        self.pay_owed_cancel();
         write_now(&self.client.wr, &mut self.client.out).map_err(|_| End::ClientGone)
+    }
+
+    /// Sends a cancel that arrived while connecting, once the batch it was
+    /// meant for has reached the server (earlier, it would stop nothing).
+    fn pay_owed_cancel(&mut self) {
+        if !self.cancel_owed || !self.to_server.is_empty() {
+            return;
+        }
+        self.cancel_owed = false;
+        if let Some((conn, key)) = self
+            .server
+            .as_ref()
+            .and_then(|att| Some((&att.conn, att.conn.key?)))
+        {
+            let (host, port) = (conn.host.clone(), conn.port);
+            debug!(parent: &self.span, "passing on a cancel that came while connecting");
+            tokio::spawn(async move {
+                let _ = backend::cancel(&host, port, key, CANCEL_TIMEOUT).await;
+            });
+        }
     }
 
     /// Waits for the next thing that can happen and handles it.
@@ -473,7 +498,7 @@ impl Session {
 
     /// Makes `conn` the session's server connection (on node `node`).
     fn attach(&mut self, conn: ServerConn, node: usize) {
-        self.cancel.set_target(conn.key.map(|key| CancelTarget {
+        self.cancel_owed = self.cancel.set_target(conn.key.map(|key| CancelTarget {
             host: conn.host.clone(),
             port: conn.port,
             key,

@@ -369,6 +369,7 @@ impl Session {
     /// when none could be had (the client has been told).
     async fn connect_to(&mut self, node: usize) -> bool {
         self.release();
+        self.cancel.connecting();
         let Some(key) = self.keys.get(node) else {
             self.refuse_batch(Sqlstate::Internal, "node missing from the session's keys");
             return false;
@@ -384,6 +385,7 @@ impl Session {
                 true
             }
             Err(e) => {
+                self.cancel.set_target(None);
                 let state = match &e {
                     CheckoutError::Exhausted { .. } => Sqlstate::TooManyConnections,
                     CheckoutError::Connect(ConnectError::Refused { .. }) => {
