@@ -5,8 +5,8 @@ use std::net::SocketAddr;
 
 use crate::cluster::{ClusterOptions, LocalCluster};
 use crate::config::{
-    AuthMethod, BackendConfig, Config, MonitorConfig, NodeConfig, PoolConfig, ProxyConfig,
-    RoutingConfig, UserConfig,
+    AuthMethod, BackendConfig, Config, ConsistencyConfig, MonitorConfig, NodeConfig, PoolConfig,
+    ProxyConfig, RoutingConfig, UserConfig,
 };
 use crate::proxy::Proxy;
 
@@ -70,6 +70,7 @@ pub fn demo_config(cluster: &LocalCluster, listen: SocketAddr) -> Config {
         monitor: MonitorConfig::default(),
         pool: PoolConfig::default(),
         routing: RoutingConfig::default(),
+        consistency: ConsistencyConfig::default(),
         nodes: cluster
             .nodes()
             .iter()

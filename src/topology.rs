@@ -1,10 +1,12 @@
 //! The published view of the cluster: which node is primary, which are
-//! replicas, and whether each is healthy.
+//! replicas, whether each is healthy, and how far each replica has got.
 //!
 //! The control plane is the only writer; it publishes a whole new snapshot
 //! through [`TopologyHandle`] and the data plane reads whichever snapshot is
 //! current when it routes. A snapshot is never mutated in place.
 
+use std::fmt;
+use std::str::FromStr;
 use std::sync::Arc;
 
 use arc_swap::ArcSwap;
@@ -20,6 +22,59 @@ pub enum Role {
     Unknown,
 }
 
+/// A WAL position (PostgreSQL's `pg_lsn`) as a byte offset; written
+/// `X/Y` in hex like PostgreSQL writes it.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Lsn(pub u64);
+
+impl fmt::Display for Lsn {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{:X}/{:X}", self.0 >> 32, self.0 & 0xFFFF_FFFF)
+    }
+}
+
+/// The text is not a `pg_lsn` (`X/Y`, each 1 to 8 hex digits).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("invalid WAL position {0:?}: expected the form X/Y in hex, e.g. 0/3000060")]
+pub struct BadLsn(pub String);
+
+impl FromStr for Lsn {
+    type Err = BadLsn;
+
+    fn from_str(s: &str) -> Result<Lsn, BadLsn> {
+        let bad = || BadLsn(s.to_owned());
+        let (hi, lo) = s.trim().split_once('/').ok_or_else(bad)?;
+        let half = |part: &str| {
+            let ok = (1..=8).contains(&part.len()) && part.bytes().all(|b| b.is_ascii_hexdigit());
+            ok.then(|| u64::from_str_radix(part, 16).ok()).flatten()
+        };
+        match (half(hi), half(lo)) {
+            (Some(hi), Some(lo)) => Ok(Lsn(hi << 32 | lo)),
+            _ => Err(bad()),
+        }
+    }
+}
+
+/// Where a node's WAL stands, as last probed. Everything is `None` (and
+/// `streaming` false) until a probe has told.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Replication {
+    /// The primary's current WAL position; a replica's replay position
+    /// (what its queries can see).
+    pub lsn: Option<Lsn>,
+    /// A replica's last received (flushed) WAL position.
+    pub receive_lsn: Option<Lsn>,
+    /// A replica's WAL receiver is streaming from a primary.
+    pub streaming: bool,
+    /// How far a replica's replay is behind the primary's WAL, in bytes.
+    pub lag_bytes: Option<u64>,
+    /// How long a replica's data has been stale: now minus the time the
+    /// primary first went past the replica's replay position. Zero once
+    /// the replica has replayed all the primary has written, however long
+    /// the primary has been idle.
+    pub lag_ms: Option<u64>,
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NodeState {
     pub name: String,
@@ -29,6 +84,7 @@ pub struct NodeState {
     pub healthy: bool,
     /// Share of reads while a replica (from config); 0 never serves reads as one.
     pub weight: u32,
+    pub replication: Replication,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -52,6 +108,7 @@ impl Topology {
                     role: Role::Unknown,
                     healthy: false,
                     weight: n.weight,
+                    replication: Replication::default(),
                 })
                 .collect(),
         }
@@ -62,6 +119,11 @@ impl Topology {
         self.nodes
             .iter()
             .position(|n| n.healthy && n.role == Role::Primary)
+    }
+
+    /// The healthy primary's current WAL position, when probed.
+    pub fn primary_lsn(&self) -> Option<Lsn> {
+        self.nodes.get(self.primary()?)?.replication.lsn
     }
 }
 
@@ -81,5 +143,39 @@ impl TopologyHandle {
     /// Only the control plane's driver calls this.
     pub(crate) fn publish(&self, topology: Topology) {
         self.0.store(Arc::new(topology));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lsn_reads_and_writes_like_postgresql() {
+        for (text, value) in [
+            ("0/0", 0),
+            ("0/3000060", 0x0300_0060),
+            ("16/B374D848", 0x16_B374_D848),
+            ("FFFFFFFF/FFFFFFFF", u64::MAX),
+        ] {
+            let lsn: Lsn = text.parse().unwrap();
+            assert_eq!(lsn, Lsn(value), "{text}");
+            assert_eq!(lsn.to_string(), text);
+        }
+        assert_eq!(" 0/a ".parse(), Ok(Lsn(10)), "lower case and blanks");
+        for bad in [
+            "",
+            "0",
+            "/1",
+            "1/",
+            "x/1",
+            "1/2/3",
+            "123456789/0",
+            "-1/0",
+            "+1/0",
+        ] {
+            assert!(bad.parse::<Lsn>().is_err(), "{bad:?} accepted");
+        }
+        assert!(Lsn(1) < Lsn(0x1_0000_0000));
     }
 }

@@ -56,6 +56,8 @@ pub struct Config {
     #[serde(default)]
     pub routing: RoutingConfig,
     #[serde(default)]
+    pub consistency: ConsistencyConfig,
+    #[serde(default)]
     pub nodes: Vec<NodeConfig>,
     #[serde(default)]
     pub users: Vec<UserConfig>,
@@ -232,6 +234,105 @@ impl Default for RoutingConfig {
 impl RoutingConfig {
     pub fn function_refresh(&self) -> Duration {
         Duration::from_millis(self.function_refresh_ms)
+    }
+}
+
+/// How fresh a replica must be to serve a session's read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Consistency {
+    /// Every read on the primary.
+    Strong,
+    /// Read-your-writes: a replica serves a session's read only once it has
+    /// replayed that session's last write.
+    #[default]
+    Causal,
+    /// Replicas within `max_lag_bytes` and `max_lag_ms`.
+    Bounded,
+    /// Any healthy replica.
+    Eventual,
+}
+
+impl Consistency {
+    pub fn name(self) -> &'static str {
+        match self {
+            Consistency::Strong => "strong",
+            Consistency::Causal => "causal",
+            Consistency::Bounded => "bounded",
+            Consistency::Eventual => "eventual",
+        }
+    }
+
+    /// The level named `name` (as in config, `SET palisade.consistency` and hints).
+    pub fn from_name(name: &str) -> Option<Consistency> {
+        [
+            Consistency::Strong,
+            Consistency::Causal,
+            Consistency::Bounded,
+            Consistency::Eventual,
+        ]
+        .into_iter()
+        .find(|c| c.name().eq_ignore_ascii_case(name))
+    }
+}
+
+/// What a read does when no replica is fresh enough for it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OnNoReplica {
+    /// The primary serves it (always fresh; the availability choice).
+    #[default]
+    Primary,
+    /// The client gets an error (keeps the primary for writes; the CP choice).
+    Error,
+}
+
+/// Reads on a replica whose WAL receiver has stopped streaming (it has lost
+/// its primary, so nobody knows how stale it is).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PartitionMode {
+    /// It serves no reads until it streams again (consistency).
+    #[default]
+    Consistent,
+    /// It keeps serving `eventual` reads, each with a NOTICE saying its data
+    /// may be stale (availability).
+    Available,
+}
+
+/// Which replicas may serve a read, by how fresh they are.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ConsistencyConfig {
+    /// The level of a session that has not chosen one.
+    pub level: Consistency,
+    /// `bounded`: the most a replica's replay may be behind, in WAL bytes.
+    pub max_lag_bytes: u64,
+    /// `bounded`: the most a replica's data may be stale, in milliseconds.
+    pub max_lag_ms: u64,
+    /// `causal`: how long a read waits for a replica to replay the
+    /// session's last write before the primary serves it.
+    pub causal_wait_ms: u64,
+    pub on_no_replica: OnNoReplica,
+    pub partition_mode: PartitionMode,
+}
+
+impl Default for ConsistencyConfig {
+    fn default() -> Self {
+        ConsistencyConfig {
+            level: Consistency::Causal,
+            max_lag_bytes: 16 * 1024 * 1024,
+            max_lag_ms: 1_000,
+            causal_wait_ms: 50,
+            on_no_replica: OnNoReplica::Primary,
+            partition_mode: PartitionMode::Consistent,
+        }
+    }
+}
+
+impl ConsistencyConfig {
+    pub fn causal_wait(&self) -> Duration {
+        Duration::from_millis(self.causal_wait_ms)
     }
 }
 

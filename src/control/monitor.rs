@@ -271,6 +271,7 @@ mod tests {
                     role: Role::Unknown,
                     healthy: false,
                     weight: 1,
+                    replication: Default::default(),
                 })
                 .collect(),
         }

@@ -23,6 +23,7 @@ fn topo(epoch: u64, specs: &[Spec]) -> Topology {
                 role,
                 healthy,
                 weight,
+                replication: Default::default(),
             })
             .collect(),
     }
