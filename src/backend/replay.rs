@@ -3,12 +3,14 @@
 //! prepared statements it lacks (their Parse or PREPARE again, then Sync).
 //! The replies are read here and never reach the client; an error is
 //! handed back whole so the client can be told what the server said.
+//! [`query_lsn`] asks a connection where the WAL stands, the same way.
 
 use bytes::{BufMut, Bytes, BytesMut};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use super::ServerConn;
 use crate::protocol::{messages, take_frame};
+use crate::topology::Lsn;
 
 /// Replies to a replay are small; a bigger one is a broken server.
 const MAX_REPLY: usize = 1 << 20;
@@ -77,6 +79,53 @@ pub async fn replay(
         .write_all(&out)
         .await
         .map_err(|_| ReplayError::Lost)?;
+    read_replies(conn, ready_expected, |_| {}).await?;
+    if settings.is_some() {
+        conn.settings = wanted.to_vec();
+    }
+    for name in stale {
+        conn.prepared.remove(*name);
+    }
+    for s in statements {
+        conn.prepared.insert(s.name.to_owned(), s.fingerprint);
+    }
+    Ok(())
+}
+
+/// Runs `sql`, a query of one row and one `pg_lsn` column, and returns
+/// the position (`None` when it is NULL). Nothing reaches the client.
+pub async fn query_lsn(conn: &mut ServerConn, sql: &str) -> Result<Option<Lsn>, ReplayError> {
+    let mut out = BytesMut::new();
+    messages::query(&mut out, sql);
+    conn.wr
+        .write_all(&out)
+        .await
+        .map_err(|_| ReplayError::Lost)?;
+    let mut value = None;
+    read_replies(conn, 1, |frame| {
+        if frame[0] == b'D' {
+            value =
+                first_column(&frame[5..]).and_then(|v| std::str::from_utf8(v).ok()?.parse().ok());
+        }
+    })
+    .await?;
+    Ok(value)
+}
+
+/// The first column of a DataRow body; `None` when NULL or malformed.
+fn first_column(body: &[u8]) -> Option<&[u8]> {
+    let len = i32::from_be_bytes(body.get(2..6)?.try_into().ok()?);
+    body.get(6..6 + usize::try_from(len).ok()?)
+}
+
+/// Reads replies until `ready_expected` ReadyForQuery, showing every other
+/// frame to `seen`. The first ErrorResponse makes it fail once all are in;
+/// what did succeed is then unknown and the caller closes the connection.
+async fn read_replies(
+    conn: &mut ServerConn,
+    mut ready_expected: usize,
+    mut seen: impl FnMut(&[u8]),
+) -> Result<(), ReplayError> {
     let mut refused = None;
     while ready_expected > 0 {
         let frame = take_frame(&mut conn.pending, MAX_REPLY).map_err(|_| ReplayError::Lost)?;
@@ -89,23 +138,13 @@ pub async fn replay(
         match frame[0] {
             b'Z' => ready_expected -= 1,
             b'E' if refused.is_none() => refused = Some(frame.freeze()),
-            _ => {}
+            _ => seen(&frame),
         }
     }
-    if let Some(error) = refused {
-        // What did succeed is unknown: the caller closes the connection.
-        return Err(ReplayError::Refused(error));
+    match refused {
+        Some(error) => Err(ReplayError::Refused(error)),
+        None => Ok(()),
     }
-    if settings.is_some() {
-        conn.settings = wanted.to_vec();
-    }
-    for name in stale {
-        conn.prepared.remove(*name);
-    }
-    for s in statements {
-        conn.prepared.insert(s.name.to_owned(), s.fingerprint);
-    }
-    Ok(())
 }
 
 fn close_statement(out: &mut BytesMut, name: &str) {

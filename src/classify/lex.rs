@@ -8,8 +8,8 @@ use sqlparser::tokenizer::{Token, TokenWithSpan, Word};
 
 use super::{Hint, PinReason, SessionEffect};
 
-/// The first `palisade: primary|replica` hint among the comments that come
-/// before the first token of `sql`.
+/// The first `palisade: <hint>` among the comments that come before the
+/// first token of `sql`.
 pub(crate) fn leading_hint(sql: &str) -> Option<Hint> {
     let bytes = sql.as_bytes();
     let mut i = 0;
@@ -66,12 +66,18 @@ fn parse_hint(body: &[u8]) -> Option<Hint> {
     }
     let value = text[8..].trim_start().strip_prefix(':')?.trim();
     if value.eq_ignore_ascii_case("primary") {
-        Some(Hint::Primary)
-    } else if value.eq_ignore_ascii_case("replica") {
-        Some(Hint::Replica)
-    } else {
-        None
+        return Some(Hint::Primary);
     }
+    if value.eq_ignore_ascii_case("replica") {
+        return Some(Hint::Replica);
+    }
+    let level = match value.get(..11) {
+        Some(key) if key.eq_ignore_ascii_case("consistency") => {
+            value[11..].trim_start().strip_prefix('=')?.trim()
+        }
+        _ => value,
+    };
+    crate::config::Consistency::from_name(level).map(Hint::Consistency)
 }
 
 /// The tokens of each statement: split at `;` outside parentheses, with the

@@ -54,12 +54,16 @@ pub enum Class {
     Write,
 }
 
-/// A routing hint from a leading comment: `/* palisade: primary */` or
-/// `-- palisade: replica` (case-insensitive, whitespace-tolerant).
+/// A routing hint from a leading comment: `/* palisade: primary */`,
+/// `-- palisade: replica`, or a consistency level for this statement,
+/// `/* palisade: strong */` or `/* palisade: consistency=eventual */`
+/// (case-insensitive, whitespace-tolerant).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Hint {
     Primary,
+    /// Any healthy replica will do: the read is `eventual`.
     Replica,
+    Consistency(crate::config::Consistency),
 }
 
 /// Why a statement got its [`Class`]. For several statements in one string

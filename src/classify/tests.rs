@@ -758,6 +758,30 @@ fn hint_is_recorded_and_applies_to_the_whole_string() {
     assert_eq!((c.class, c.hint), (Write, Some(Hint::Primary)));
     let c = classify("SELECT 1; /* palisade: primary */ SELECT 2", &volatile());
     assert_eq!((c.class, c.hint), (Read, None));
+}
+
+#[test]
+fn consistency_hints_name_a_level_for_one_statement() {
+    use crate::config::Consistency as L;
+    for (sql, level) in [
+        ("/* palisade: strong */ SELECT 1", Some(L::Strong)),
+        ("/* PALISADE: Eventual */ SELECT 1", Some(L::Eventual)),
+        (
+            "-- palisade: consistency=bounded\nSELECT 1",
+            Some(L::Bounded),
+        ),
+        (
+            "/* palisade: consistency = causal */ SELECT 1",
+            Some(L::Causal),
+        ),
+        ("/* palisade: consistency */ SELECT 1", None),
+        ("/* palisade: consistency=fresh */ SELECT 1", None),
+        ("/* palisade: stronger */ SELECT 1", None),
+    ] {
+        let c = classify(sql, &volatile());
+        assert_eq!(c.hint, level.map(Hint::Consistency), "{sql:?}");
+        assert_eq!(c.class, Read, "a level never makes a read a write: {sql:?}");
+    }
     let c = classify("/* palisade: primary */ BEGIN; SET x.y = 1", &volatile());
     assert_eq!(
         c.effects,

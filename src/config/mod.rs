@@ -238,7 +238,7 @@ impl RoutingConfig {
 }
 
 /// How fresh a replica must be to serve a session's read.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Consistency {
     /// Every read on the primary.

@@ -6,8 +6,10 @@
 
 use std::hash::{Hash, Hasher};
 
+use super::local::Command;
 use super::state::Prepared;
-use crate::classify::SessionEffect;
+use crate::classify::{Hint, SessionEffect};
+use crate::config::Consistency;
 use crate::protocol::cstr;
 
 /// One client message, as far as routing cares.
@@ -122,6 +124,13 @@ pub struct Plan {
     /// Messages in the batch, and how many of them are Close.
     pub messages: usize,
     pub closes: usize,
+    /// A hint on what it executes named the consistency of its reads.
+    pub level: Option<Consistency>,
+    /// It is one of the proxy's own commands, answered without a server.
+    pub local: Option<Command>,
+    /// It holds one of the proxy's own commands where only a simple query
+    /// of that command alone may (prepared, or among other statements).
+    pub local_misplaced: bool,
 }
 
 impl Plan {
@@ -138,6 +147,19 @@ impl Plan {
         self.executes = false;
         self.messages = 0;
         self.closes = 0;
+        self.level = None;
+        self.local = None;
+        self.local_misplaced = false;
+    }
+
+    /// Notes the hint of a statement it executes: the first level named wins.
+    pub fn hint(&mut self, hint: Option<Hint>) {
+        let level = match hint {
+            Some(Hint::Replica) => Some(Consistency::Eventual),
+            Some(Hint::Consistency(level)) => Some(level),
+            Some(Hint::Primary) | None => None,
+        };
+        self.level = self.level.or(level);
     }
 
     /// The batch only closes statements or portals, then syncs.

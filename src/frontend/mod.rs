@@ -5,7 +5,9 @@
 pub mod auth;
 pub mod batch;
 pub mod cancel;
+pub mod freshness;
 pub mod load;
+pub mod local;
 pub mod session;
 pub mod state;
 

@@ -14,6 +14,7 @@
 //! run on the same connection waits.
 
 mod dispatch;
+mod reads;
 
 use std::collections::VecDeque;
 use std::future::Future;
@@ -28,6 +29,7 @@ use tracing::{debug, info, Span};
 
 use super::batch::Plan;
 use super::cancel::{CancelHandle, CancelTarget};
+use super::local::ReadChoice;
 use super::state::SessionState;
 use super::{Connected, Shared};
 use crate::backend::pool::PoolKey;
@@ -35,6 +37,7 @@ use crate::backend::{self, ServerConn};
 use crate::classify::{ClassifyCache, SessionEffect};
 use crate::control::functions::VolatileSet;
 use crate::protocol::{messages, FrameScanner, ScanError, Sqlstate};
+use crate::topology::Lsn;
 
 /// Stop reading from one side while this much is waiting to be written to
 /// the other: backpressure instead of unbounded buffering.
@@ -61,6 +64,14 @@ impl TxnStatus {
             b'T' => TxnStatus::InTransaction,
             b'E' => TxnStatus::Failed,
             _ => TxnStatus::Idle,
+        }
+    }
+
+    fn byte(self) -> u8 {
+        match self {
+            TxnStatus::Idle => b'I',
+            TxnStatus::InTransaction => b'T',
+            TxnStatus::Failed => b'E',
         }
     }
 }
@@ -166,6 +177,12 @@ pub struct Session {
     /// The client cancelled while the session was getting a connection:
     /// cancel on that connection once the batch has been written to it.
     cancel_owed: bool,
+    /// How fresh the session's reads must be, as it chose with `SET palisade.*`.
+    reads: ReadChoice,
+    /// At or past the session's last write that has been located.
+    write_lsn: Option<Lsn>,
+    /// The session has written since `write_lsn` was learned.
+    wrote: bool,
 }
 
 impl Session {
@@ -218,6 +235,9 @@ impl Session {
             inflight: VecDeque::new(),
             reload_functions: false,
             cancel_owed: false,
+            reads: ReadChoice::default(),
+            write_lsn: None,
+            wrote: false,
         }
     }
 

@@ -1,11 +1,15 @@
 //! The messages Palisade writes itself, encoded with pgwire's types.
 //!
 //! Everything a server says is relayed as bytes; these are only the replies
-//! the proxy owns: its part of startup, and errors raised at the proxy.
+//! the proxy owns: its part of startup, errors raised at the proxy, and the
+//! answers to the commands it runs itself.
 
 use bytes::BytesMut;
 use pgwire::error::ErrorInfo;
-use pgwire::messages::response::{ErrorResponse, NoticeResponse, ReadyForQuery, TransactionStatus};
+use pgwire::messages::data::{DataRow, FieldDescription, RowDescription};
+use pgwire::messages::response::{
+    CommandComplete, ErrorResponse, NoticeResponse, ReadyForQuery, TransactionStatus,
+};
 use pgwire::messages::startup::{
     Authentication, BackendKeyData, NegotiateProtocolVersion, ParameterStatus, SecretKey,
 };
@@ -32,6 +36,14 @@ pub enum Sqlstate {
     AdminShutdown,
     /// 0A000: a feature the proxy does not support.
     FeatureNotSupported,
+    /// 22023: a `palisade.*` setting given a value it cannot take.
+    InvalidParameterValue,
+    /// 55P02: a read-only `palisade.*` setting.
+    CantChangeRuntimeParam,
+    /// 25P02: a command in a failed transaction.
+    InFailedTransaction,
+    /// 55000: no node may serve the request as the configuration asks.
+    ObjectNotInPrerequisiteState,
     /// XX000: a bug in the proxy.
     Internal,
 }
@@ -48,6 +60,10 @@ impl Sqlstate {
             Sqlstate::ProgramLimitExceeded => "54000",
             Sqlstate::AdminShutdown => "57P01",
             Sqlstate::FeatureNotSupported => "0A000",
+            Sqlstate::InvalidParameterValue => "22023",
+            Sqlstate::CantChangeRuntimeParam => "55P02",
+            Sqlstate::InFailedTransaction => "25P02",
+            Sqlstate::ObjectNotInPrerequisiteState => "55000",
             Sqlstate::Internal => "XX000",
         }
     }
@@ -79,6 +95,39 @@ pub fn encode_error_info(buf: &mut BytesMut, info: ErrorInfo) {
 pub fn notice(buf: &mut BytesMut, message: &str) {
     let info = ErrorInfo::new("NOTICE".into(), "00000".into(), message.into());
     encode(buf, &NoticeResponse::from(info));
+}
+
+/// A complete result of text columns: RowDescription, a DataRow per row
+/// (`None` is NULL), CommandComplete with `tag`.
+pub fn text_result(buf: &mut BytesMut, columns: &[&str], rows: &[Vec<Option<String>>], tag: &str) {
+    const TEXT_OID: u32 = 25;
+    let fields = columns
+        .iter()
+        .map(|name| FieldDescription::new((*name).to_owned(), 0, 0, TEXT_OID, -1, -1, 0))
+        .collect();
+    encode(buf, &RowDescription::new(fields));
+    for row in rows {
+        let mut data = BytesMut::new();
+        for value in row {
+            match value {
+                Some(v) => {
+                    // A value comes from Palisade itself, far below 2 GiB.
+                    data.extend_from_slice(
+                        &i32::try_from(v.len()).unwrap_or(i32::MAX).to_be_bytes(),
+                    );
+                    data.extend_from_slice(v.as_bytes());
+                }
+                None => data.extend_from_slice(&(-1i32).to_be_bytes()),
+            }
+        }
+        let count = i16::try_from(row.len()).unwrap_or(i16::MAX);
+        encode(buf, &DataRow::new(data, count));
+    }
+    command_complete(buf, tag);
+}
+
+pub fn command_complete(buf: &mut BytesMut, tag: &str) {
+    encode(buf, &CommandComplete::new(tag.to_owned()));
 }
 
 pub fn authentication(buf: &mut BytesMut, auth: &Authentication) {

@@ -9,7 +9,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 use tracing::{debug, info};
 
-use super::{Phase, Sent, Session, TxnStatus};
+use super::{reads, Phase, Sent, Session, TxnStatus};
 use crate::backend::pool::CheckoutError;
 use crate::backend::replay::{self, ReplayError};
 use crate::backend::ServerConn;
@@ -17,10 +17,10 @@ use crate::backend::{ConnectError, Login};
 use crate::classify::{Class, Classification, Hint, PinReason, Reason, SessionEffect};
 use crate::frontend::batch::Plan;
 use crate::frontend::batch::{fingerprint, parse_message, Message};
+use crate::frontend::local;
 use crate::frontend::state::{settings_delta, Prepared, SessionState};
 use crate::protocol::{messages, take_frame, Sqlstate};
-use crate::route::{self, NoRoute};
-use crate::topology::Topology;
+use crate::topology::Lsn;
 
 /// A batch bigger than this goes out before its Sync, to the primary, so
 /// that a client streaming a huge pipeline is not buffered whole.
@@ -29,13 +29,15 @@ const CLOSE_COMPLETE: [u8; 5] = [b'3', 0, 0, 0, 4];
 
 /// Where the batch at hand goes.
 #[derive(Debug, PartialEq, Eq)]
-enum Decision {
+pub(super) enum Decision {
     /// The connection the session holds.
     Stay,
     /// Not yet: replies to earlier requests must come back first.
     Hold,
     /// A connection to this node.
     Node(usize),
+    /// A replica that may not have replayed `lsn` yet: ask it, and wait.
+    Await { node: usize, lsn: Lsn },
     /// Nowhere: the client gets this error for the batch.
     Refuse(Sqlstate, String),
 }
@@ -76,11 +78,16 @@ impl Session {
                     continue;
                 }
                 Message::Query { sql } => {
-                    self.plan_query(sql, &frame);
+                    match local::parse(sql) {
+                        Some(command) if self.plan.messages == 0 => self.plan.local = Some(command),
+                        Some(_) => self.plan.local_misplaced = true,
+                        None => self.plan_query(sql, &frame),
+                    }
                     self.plan.requests += 1;
                     self.batch_due = true;
                 }
                 Message::Parse { name, sql } => {
+                    self.plan.local_misplaced |= local::parse(sql).is_some();
                     let classification = self.classify(sql);
                     self.plan.write |= classification.class == Class::Write;
                     let prepared = Prepared {
@@ -107,7 +114,10 @@ impl Session {
                             .map(|p| Arc::clone(&p.classification))
                     });
                     match executed {
-                        Some(c) => self.plan.execute(c.class == Class::Write, &c.effects),
+                        Some(c) => {
+                            self.plan.hint(c.hint);
+                            self.plan.execute(c.class == Class::Write, &c.effects);
+                        }
                         None => self.plan.execute(false, &[]),
                     }
                 }
@@ -165,6 +175,13 @@ impl Session {
     fn plan_query(&mut self, sql: &str, frame: &Bytes) {
         let c = self.classify(sql);
         self.plan.has_query = true;
+        self.plan.hint(c.hint);
+        self.plan.local_misplaced |= c.effects.iter().any(|e| match e {
+            SessionEffect::Set { name, .. } | SessionEffect::Reset { name: Some(name) } => {
+                local::is_proxy_setting(name)
+            }
+            _ => false,
+        });
         let mut write = c.class == Class::Write;
         if let Reason::ExecutePrepared(name) = &c.reason {
             // EXECUTE runs whatever was prepared: route by that.
@@ -241,6 +258,16 @@ impl Session {
     /// Sends the due batch where it belongs. `false` when it has to wait
     /// for replies to earlier requests.
     pub(super) async fn dispatch(&mut self) -> Result<bool, super::End> {
+        if (self.plan.local.is_some() || self.plan.local_misplaced) && !self.open_batch {
+            if matches!(self.phase, Phase::Busy { .. }) {
+                // Its answer must not overtake replies still due.
+                return Ok(false);
+            }
+            self.answer_local().await;
+            // Locating the last write may have taken a connection.
+            self.maybe_release();
+            return Ok(true);
+        }
         if self.reload_functions && self.phase == Phase::Ready(TxnStatus::Idle) {
             self.reload_functions = false;
             self.volatile = self.shared.catalog.reload(&self.login.database).await;
@@ -264,7 +291,27 @@ impl Session {
             messages::ready_for_query(&mut self.client.out, b'I');
             return Ok(true);
         }
-        match self.decide() {
+        if self.needs_write_lsn() && !self.learn_write_lsn().await {
+            return Ok(true);
+        }
+        let mut decision = self.decide();
+        if let Decision::Await { node, lsn } = decision {
+            let held = self.server.as_ref().map(|s| s.node);
+            decision = if held != Some(node) && !self.connect_to(node).await {
+                return Ok(true);
+            } else if self.await_replay(lsn).await {
+                Decision::Stay
+            } else {
+                let topology = self.shared.topology.load();
+                match self.no_fresh_replica(&topology, self.read_level().unwrap_or_default()) {
+                    Decision::Node(node) if self.server.as_ref().map(|s| s.node) == Some(node) => {
+                        Decision::Stay
+                    }
+                    other => other,
+                }
+            };
+        }
+        match decision {
             Decision::Hold => return Ok(false),
             Decision::Refuse(state, message) => {
                 self.refuse_batch(state, &message);
@@ -275,7 +322,12 @@ impl Session {
                     return Ok(true);
                 }
             }
-            Decision::Stay => {}
+            Decision::Stay | Decision::Await { .. } => {}
+        }
+        if let Some(att) = &self.server {
+            if !self.plan.write && self.plan.begin.is_none() {
+                self.warn_if_cut_off(att.node);
+            }
         }
         if !self.open_batch && !self.bring_state().await? {
             return Ok(true);
@@ -295,7 +347,7 @@ impl Session {
         self.collect()
     }
 
-    fn clear_batch(&mut self) {
+    pub(super) fn clear_batch(&mut self) {
         self.batch.clear();
         self.plan.clear();
         self.batch_due = false;
@@ -328,46 +380,19 @@ impl Session {
             }
             _ => {}
         }
-        match self.target(&topology) {
-            Ok(node) if held == Some(node) => Decision::Stay,
-            Ok(node) => Decision::Node(node),
-            Err(e) => Decision::Refuse(Sqlstate::ConnectionFailure, e.to_string()),
+        let decision = match self.read_level() {
+            Some(level) => self.read_target(&topology, level),
+            None => reads::write_target(&topology),
+        };
+        match decision {
+            Decision::Node(node) if held == Some(node) => Decision::Stay,
+            other => other,
         }
-    }
-
-    /// The node for a batch that starts outside any transaction.
-    fn target(&self, topology: &Topology) -> Result<usize, NoRoute> {
-        let read = if self.state.is_pinned() {
-            false
-        } else if let Some(read_only) = self.plan.begin {
-            read_only || self.state.read_only_default()
-        } else {
-            !self.plan.write
-        };
-        let target = if read {
-            // A batch that only prepares takes the ticket of the execution
-            // that follows it, so both land on the same node.
-            let ticket = if self.plan.executes {
-                self.shared.next_ticket()
-            } else {
-                self.shared.peek_ticket()
-            };
-            route::route_read(
-                topology,
-                &self.shared.read_policy,
-                ticket,
-                |n| self.shared.loads.outstanding(n),
-                |_| true,
-            )
-        } else {
-            route::route_write(topology)
-        };
-        target.map(|t| t.node)
     }
 
     /// Swaps the session's server connection for one to `node`. `false`
     /// when none could be had (the client has been told).
-    async fn connect_to(&mut self, node: usize) -> bool {
+    pub(super) async fn connect_to(&mut self, node: usize) -> bool {
         self.release();
         self.cancel.connecting();
         let Some(key) = self.keys.get(node) else {
@@ -420,20 +445,19 @@ impl Session {
         let result = replay::replay(&mut att.conn, settings, wanted, &stale, &statements).await;
         drop((stale, statements));
         let in_transaction = self.phase != Phase::Ready(TxnStatus::Idle);
-        match result {
-            Ok(()) => return Ok(true),
-            Err(ReplayError::Refused(error)) => {
-                debug!(parent: &self.span, "the server refused the session's state");
+        let Err(e) = result else {
+            return Ok(true);
+        };
+        debug!(parent: &self.span, error = %e, "the session's state could not be restored");
+        if in_transaction {
+            if let ReplayError::Refused(error) = e {
                 self.client.out.extend_from_slice(&error);
             }
-            Err(ReplayError::Lost) => {}
-        }
-        // The connection's state is unknown now: it is closed, not pooled.
-        self.drop_server();
-        if in_transaction {
+            // The connection's state is unknown now: it is closed, not pooled.
+            self.drop_server();
             return Err(super::End::ServerGone);
         }
-        self.refuse_batch_quietly();
+        self.give_up_server(e);
         Ok(false)
     }
 
@@ -462,6 +486,13 @@ impl Session {
             if let SessionEffect::Pin(reason) = effect {
                 self.state.pin(*reason);
             }
+        }
+        let topology = self.shared.topology.load();
+        let reads_only =
+            !plan.write && plan.begin.is_none() && self.phase == Phase::Ready(TxnStatus::Idle);
+        if topology.primary() == Some(att.node) && !reads_only {
+            // Where this lands in the WAL is learned when a read needs it.
+            self.wrote = true;
         }
         self.to_server.extend_from_slice(&self.batch);
         self.batch.clear();
@@ -496,12 +527,12 @@ impl Session {
 
     /// The batch cannot run: the client gets an error and, if the batch is
     /// whole, ReadyForQuery; otherwise its frames are dropped up to Sync.
-    fn refuse_batch(&mut self, state: Sqlstate, message: &str) {
+    pub(super) fn refuse_batch(&mut self, state: Sqlstate, message: &str) {
         messages::error(&mut self.client.out, false, state, message);
         self.refuse_batch_quietly();
     }
 
-    fn refuse_batch_quietly(&mut self) {
+    pub(super) fn refuse_batch_quietly(&mut self) {
         let whole = self.plan.requests > 0;
         if whole {
             messages::ready_for_query(&mut self.client.out, b'I');
@@ -512,7 +543,7 @@ impl Session {
     }
 
     /// Closes the session's server connection without pooling it.
-    fn drop_server(&mut self) {
+    pub(super) fn drop_server(&mut self) {
         if let Some(att) = self.server.take() {
             self.cancel.set_target(None);
             drop(att);

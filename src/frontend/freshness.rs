@@ -1,0 +1,196 @@
+//! Which replicas are fresh enough for a read (pure). The session works out
+//! a [`Need`] from its consistency level, its own writes and the config;
+//! [`Need::admits`] judges one node of the published topology against it.
+
+use std::time::Duration;
+
+use crate::config::{Consistency, ConsistencyConfig, PartitionMode};
+use crate::topology::{Lsn, NodeState};
+
+use super::local::ReadChoice;
+
+/// What a read asks of the replica that serves it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Need {
+    pub level: Consistency,
+    /// It must have replayed at least this far.
+    pub min_lsn: Option<Lsn>,
+    /// It must be known to be at most this far behind (`bounded`).
+    pub max_lag: Option<(u64, Duration)>,
+    /// A replica that is not streaming from its primary may serve it.
+    pub unstreamed_ok: bool,
+}
+
+impl Need {
+    /// The need of a read at `level` for a session that chose `choice` and
+    /// whose last write is at `write_lsn`.
+    pub fn of(
+        level: Consistency,
+        choice: &ReadChoice,
+        write_lsn: Option<Lsn>,
+        config: &ConsistencyConfig,
+    ) -> Need {
+        let causal = match level {
+            Consistency::Causal => write_lsn,
+            _ => None,
+        };
+        let max_lag = (level == Consistency::Bounded).then(|| {
+            let ms = choice
+                .max_staleness
+                .unwrap_or(Duration::from_millis(config.max_lag_ms));
+            (config.max_lag_bytes, ms)
+        });
+        Need {
+            level,
+            min_lsn: causal.max(choice.min_lsn),
+            max_lag,
+            unstreamed_ok: config.partition_mode == PartitionMode::Available,
+        }
+    }
+
+    /// `node` (a healthy replica) may serve the read.
+    pub fn admits(&self, node: &NodeState) -> bool {
+        self.admits_but_lsn(node) && self.lsn_reached(node)
+    }
+
+    /// `node` meets every need but the replay position: a replica worth
+    /// asking again, since its published position may be old.
+    pub fn admits_but_lsn(&self, node: &NodeState) -> bool {
+        let r = &node.replication;
+        if self.level == Consistency::Strong || !(r.streaming || self.unstreamed_ok) {
+            return false;
+        }
+        match self.max_lag {
+            None => true,
+            Some((bytes, time)) => {
+                r.lag_bytes.is_some_and(|b| b <= bytes)
+                    && r.lag_ms
+                        .is_some_and(|ms| u128::from(ms) <= time.as_millis())
+            }
+        }
+    }
+
+    fn lsn_reached(&self, node: &NodeState) -> bool {
+        match self.min_lsn {
+            None => true,
+            Some(want) => node.replication.lsn.is_some_and(|at| at >= want),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::topology::{Replication, Role};
+
+    fn replica(lsn: u64, streaming: bool, lag: Option<(u64, u64)>) -> NodeState {
+        NodeState {
+            name: "r".into(),
+            host: "127.0.0.1".into(),
+            port: 1,
+            role: Role::Replica,
+            healthy: true,
+            weight: 1,
+            replication: Replication {
+                lsn: Some(Lsn(lsn)),
+                receive_lsn: Some(Lsn(lsn)),
+                streaming,
+                lag_bytes: lag.map(|l| l.0),
+                lag_ms: lag.map(|l| l.1),
+            },
+        }
+    }
+
+    fn need(level: Consistency, choice: ReadChoice, write: Option<u64>) -> Need {
+        let config = ConsistencyConfig {
+            max_lag_bytes: 1000,
+            max_lag_ms: 500,
+            ..ConsistencyConfig::default()
+        };
+        Need::of(level, &choice, write.map(Lsn), &config)
+    }
+
+    #[test]
+    fn each_level_admits_what_it_promises() {
+        let fresh = replica(100, true, Some((0, 0)));
+        let lagging = replica(50, true, Some((5000, 3000)));
+        let unknown_lag = replica(100, true, None);
+        let cut_off = replica(100, false, None);
+        let none = ReadChoice::default();
+
+        let strong = need(Consistency::Strong, none, None);
+        assert!(!strong.admits(&fresh), "strong reads never use a replica");
+
+        let eventual = need(Consistency::Eventual, none, Some(200));
+        assert!(eventual.admits(&fresh) && eventual.admits(&lagging));
+        assert!(eventual.admits(&unknown_lag));
+        assert!(!eventual.admits(&cut_off), "consistent partition mode");
+
+        let bounded = need(Consistency::Bounded, none, Some(200));
+        assert!(bounded.admits(&fresh));
+        assert!(!bounded.admits(&lagging) && !bounded.admits(&unknown_lag));
+        let loose = ReadChoice {
+            max_staleness: Some(Duration::from_secs(5)),
+            ..none
+        };
+        let bounded_loose = need(Consistency::Bounded, loose, None);
+        assert!(
+            !bounded_loose.admits(&lagging),
+            "bytes still bound it: {bounded_loose:?}"
+        );
+        assert!(bounded_loose.admits(&replica(50, true, Some((900, 3000)))));
+
+        let causal = need(Consistency::Causal, none, Some(100));
+        assert!(causal.admits(&fresh), "replayed exactly the write");
+        assert!(!causal.admits(&lagging));
+        assert!(causal.admits_but_lsn(&lagging), "worth asking again");
+        assert!(need(Consistency::Causal, none, None).admits(&lagging));
+    }
+
+    #[test]
+    fn a_floor_from_another_connection_binds_every_level_but_strong() {
+        let choice = ReadChoice {
+            min_lsn: Some(Lsn(80)),
+            ..ReadChoice::default()
+        };
+        let behind = replica(50, true, Some((0, 0)));
+        let ahead = replica(90, true, Some((0, 0)));
+        for level in [
+            Consistency::Causal,
+            Consistency::Bounded,
+            Consistency::Eventual,
+        ] {
+            let n = need(level, choice, None);
+            assert!(!n.admits(&behind) && n.admits(&ahead), "{level:?}");
+        }
+        // The later of the session's write and the floor wins.
+        assert_eq!(
+            need(Consistency::Causal, choice, Some(70)).min_lsn,
+            Some(Lsn(80))
+        );
+        assert_eq!(
+            need(Consistency::Causal, choice, Some(95)).min_lsn,
+            Some(Lsn(95))
+        );
+        assert_eq!(
+            need(Consistency::Eventual, choice, Some(95)).min_lsn,
+            Some(Lsn(80))
+        );
+    }
+
+    #[test]
+    fn available_partition_mode_keeps_cut_off_replicas() {
+        let config = ConsistencyConfig {
+            partition_mode: PartitionMode::Available,
+            ..ConsistencyConfig::default()
+        };
+        let cut_off = replica(100, false, None);
+        let none = ReadChoice::default();
+        assert!(Need::of(Consistency::Eventual, &none, None, &config).admits(&cut_off));
+        assert!(Need::of(Consistency::Causal, &none, Some(Lsn(90)), &config).admits(&cut_off));
+        assert!(
+            !Need::of(Consistency::Bounded, &none, None, &config).admits(&cut_off),
+            "its lag is unknown"
+        );
+    }
+}
