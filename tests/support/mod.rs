@@ -7,6 +7,7 @@
 pub mod harness;
 pub mod nodes;
 pub mod relay;
+pub mod replication;
 pub mod wire;
 
 use std::sync::OnceLock;

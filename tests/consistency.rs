@@ -1,0 +1,485 @@
+//! Lag-aware reads against a real primary and two replicas: each
+//! consistency level keeps its promise while a replica lags (its replay
+//! paused), read-your-writes holds over a thousand write-then-read rounds,
+//! a token carries causality across connections, `on_no_replica` and
+//! `partition_mode` do what they say, and the proxy answers the
+//! `palisade.*` settings itself.
+//!
+//! The tests pause and cut replicas of this binary's shared cluster, so they
+//! run one at a time (`SERIAL`) and leave every replica replaying and
+//! streaming again.
+
+mod support;
+
+// The proxy's topology lists the shared cluster's primary first, then
+// replica 1 and replica 2: `t.nodes[n]` is replica n.
+
+use std::time::Duration;
+
+use palisade::config::{Consistency, OnNoReplica, PartitionMode};
+use palisade::proxy::Proxy;
+use palisade::topology::Topology;
+use support::harness::{app_url, connect_with, sqlstate, start_proxy};
+use support::nodes::{
+    direct, fresh_table, reads, served_by, tally, unique, wait_replayed, wait_until, Node,
+};
+use support::replication::{cut_replication, pause_replay, restore_replication, resume_replay};
+use support::shared_cluster;
+use tokio::sync::Mutex;
+use tokio_postgres::{AsyncMessage, Client};
+
+static SERIAL: Mutex<()> = Mutex::const_new(());
+
+async fn proxy(tweak: impl FnOnce(&mut palisade::config::Config)) -> Proxy {
+    start_proxy(shared_cluster(), |c| {
+        c.monitor.probe_interval_ms = 100;
+        c.monitor.health_threshold = 1;
+        tweak(c);
+    })
+    .await
+}
+
+async fn client(proxy: &Proxy, app: &str) -> Client {
+    connect_with(&app_url(proxy, shared_cluster(), app))
+        .await
+        .unwrap_or_else(|e| panic!("connect as {app}: {e}"))
+        .0
+}
+
+/// Waits until the proxy's published topology satisfies `check`.
+async fn wait_topology(proxy: &Proxy, what: &str, check: impl Fn(&Topology) -> bool) {
+    wait_until(what, Duration::from_secs(30), || async {
+        check(&proxy.topology())
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn each_level_keeps_its_promise_while_a_replica_lags() {
+    let _serial = SERIAL.lock().await;
+    let cluster = shared_cluster();
+    let proxy = proxy(|c| {
+        c.consistency.level = Consistency::Bounded;
+        c.consistency.max_lag_ms = 300;
+    })
+    .await;
+    let app = "consistency-levels";
+    let c = client(&proxy, app).await;
+    let table = unique("lagging");
+    fresh_table(&c, &table, "i int").await;
+    wait_replayed().await;
+
+    let lagging = &cluster.replicas()[1];
+    pause_replay(lagging).await;
+    c.batch_execute(&format!("INSERT INTO {table} VALUES (1)"))
+        .await
+        .unwrap();
+    wait_topology(&proxy, "replica 2 to lag by more than 300 ms", |t| {
+        t.nodes[2].replication.lag_ms.is_some_and(|ms| ms > 300)
+    })
+    .await;
+
+    let bounded = reads(&c, 20).await;
+    eprintln!("bounded while replica 2 lags: {:?}", tally(&bounded));
+    assert!(
+        bounded.iter().all(|n| *n == Node::Replica(1)),
+        "bounded reads avoid the lagging replica: {:?}",
+        tally(&bounded)
+    );
+
+    c.batch_execute("SET palisade.consistency = 'eventual'")
+        .await
+        .unwrap();
+    let eventual = reads(&c, 20).await;
+    eprintln!("eventual while replica 2 lags: {:?}", tally(&eventual));
+    assert!(
+        eventual.contains(&Node::Replica(2)),
+        "eventual reads may use the lagging replica: {:?}",
+        tally(&eventual)
+    );
+
+    c.batch_execute("SET palisade.consistency = strong")
+        .await
+        .unwrap();
+    let strong = reads(&c, 10).await;
+    assert!(
+        strong.iter().all(|n| *n == Node::Primary),
+        "strong reads only on the primary: {:?}",
+        tally(&strong)
+    );
+    // A hint picks the level of one statement.
+    let hinted: bool = c
+        .query_one("/* palisade: eventual */ SELECT pg_is_in_recovery()", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert!(
+        hinted,
+        "an eventual hint reads from a replica in a strong session"
+    );
+
+    resume_replay(lagging).await;
+    wait_topology(&proxy, "replica 2 to catch up", |t| {
+        t.nodes[2].replication.lag_ms == Some(0)
+    })
+    .await;
+    c.batch_execute("RESET palisade.consistency").await.unwrap();
+    let back = reads(&c, 20).await;
+    assert!(
+        back.contains(&Node::Replica(2)) && back.contains(&Node::Replica(1)),
+        "bounded reads return to the replica once it caught up: {:?}",
+        tally(&back)
+    );
+}
+
+/// Runs `rounds` of INSERT then an immediate SELECT of that row on one
+/// session; returns (stale reads, reads served by a replica).
+async fn write_then_read(c: &Client, table: &str, rounds: i32) -> (usize, usize) {
+    let mut stale = 0;
+    let mut on_replica = 0;
+    for i in 0..rounds {
+        c.batch_execute(&format!("INSERT INTO {table} VALUES ({i})"))
+            .await
+            .unwrap();
+        let row = c
+            .query_one(
+                &format!(
+                    "SELECT (SELECT count(*) FROM {table} WHERE i = {i}), pg_is_in_recovery()"
+                ),
+                &[],
+            )
+            .await
+            .unwrap();
+        if row.get::<_, i64>(0) == 0 {
+            stale += 1;
+        }
+        if row.get::<_, bool>(1) {
+            on_replica += 1;
+        }
+    }
+    (stale, on_replica)
+}
+
+#[tokio::test]
+async fn causal_reads_see_the_sessions_own_writes() {
+    let _serial = SERIAL.lock().await;
+    let proxy = proxy(|c| c.consistency.level = Consistency::Causal).await;
+    let c = client(&proxy, "consistency-causal").await;
+    let table = unique("ryw");
+    fresh_table(&c, &table, "i int").await;
+
+    let (stale, on_replica) = write_then_read(&c, &table, 1000).await;
+    eprintln!(
+        "causal: 1000 write-then-read rounds, {stale} stale, {on_replica} reads on replicas, {} on the primary",
+        1000 - on_replica
+    );
+    assert_eq!(stale, 0, "read-your-writes broken {stale} times");
+    assert!(on_replica > 0, "causal reads never used a replica");
+
+    c.batch_execute(&format!(
+        "TRUNCATE {table}; SET palisade.consistency = 'eventual'"
+    ))
+    .await
+    .expect_err("a palisade.* setting must be sent alone");
+    c.batch_execute(&format!("TRUNCATE {table}")).await.unwrap();
+    c.batch_execute("SET palisade.consistency = 'eventual'")
+        .await
+        .unwrap();
+    let (stale, on_replica) = write_then_read(&c, &table, 1000).await;
+    eprintln!(
+        "eventual: 1000 write-then-read rounds, {stale} stale ({:.1}%), {on_replica} reads on replicas",
+        f64::from(u32::try_from(stale).unwrap_or(u32::MAX)) / 10.0
+    );
+    assert_eq!(on_replica, 1000, "eventual reads all go to replicas");
+}
+
+#[tokio::test]
+async fn a_token_from_one_connection_makes_anothers_reads_wait() {
+    let _serial = SERIAL.lock().await;
+    let cluster = shared_cluster();
+    let proxy = proxy(|c| {
+        c.consistency.level = Consistency::Eventual;
+        c.consistency.causal_wait_ms = 200;
+    })
+    .await;
+    let writer = client(&proxy, "consistency-token-a").await;
+    let reader = client(&proxy, "consistency-token-b").await;
+    let table = unique("token");
+    fresh_table(&writer, &table, "i int").await;
+    wait_replayed().await;
+
+    for replica in cluster.replicas() {
+        pause_replay(replica).await;
+    }
+    writer
+        .batch_execute(&format!("INSERT INTO {table} VALUES (42)"))
+        .await
+        .unwrap();
+    let token: String = writer
+        .simple_query("SHOW palisade.last_write_lsn")
+        .await
+        .unwrap()
+        .iter()
+        .find_map(|m| match m {
+            tokio_postgres::SimpleQueryMessage::Row(r) => r.get(0).map(str::to_owned),
+            _ => None,
+        })
+        .expect("a token");
+    assert_ne!(token, "0/0", "the writer has written");
+    let count = format!("SELECT count(*), pg_is_in_recovery() FROM {table}");
+
+    // Without the token an eventual read sees a paused replica's past.
+    let row = reader.query_one(&count, &[]).await.unwrap();
+    assert_eq!(
+        (row.get::<_, i64>(0), row.get::<_, bool>(1)),
+        (0, true),
+        "the replicas are paused before the write"
+    );
+    reader
+        .batch_execute(&format!("SET palisade.min_lsn = '{token}'"))
+        .await
+        .unwrap();
+    let row = reader.query_one(&count, &[]).await.unwrap();
+    assert_eq!(row.get::<_, i64>(0), 1, "the token's write is seen");
+    assert!(
+        !row.get::<_, bool>(1),
+        "no replica has it: the primary served it"
+    );
+
+    for replica in cluster.replicas() {
+        resume_replay(replica).await;
+    }
+    wait_replayed().await;
+    let seen = reads(&reader, 10).await;
+    assert!(
+        seen.iter().all(|n| n.is_replica()),
+        "replicas past the token serve it again: {:?}",
+        tally(&seen)
+    );
+    let row = reader.query_one(&count, &[]).await.unwrap();
+    assert_eq!(row.get::<_, i64>(0), 1);
+}
+
+#[tokio::test]
+async fn when_every_replica_lags_on_no_replica_decides() {
+    let _serial = SERIAL.lock().await;
+    let cluster = shared_cluster();
+    let table = unique("all_lag");
+    let primary_mode = proxy(|c| {
+        c.consistency.level = Consistency::Bounded;
+        c.consistency.max_lag_ms = 200;
+    })
+    .await;
+    let error_mode = proxy(|c| {
+        c.consistency.level = Consistency::Bounded;
+        c.consistency.max_lag_ms = 200;
+        c.consistency.on_no_replica = OnNoReplica::Error;
+    })
+    .await;
+    let a = client(&primary_mode, "consistency-no-replica-primary").await;
+    let b = client(&error_mode, "consistency-no-replica-error").await;
+    fresh_table(&a, &table, "i int").await;
+    wait_replayed().await;
+    assert!(
+        served_by(&b).await.is_replica(),
+        "fresh replicas serve reads"
+    );
+
+    for replica in cluster.replicas() {
+        pause_replay(replica).await;
+    }
+    a.batch_execute(&format!("INSERT INTO {table} VALUES (1)"))
+        .await
+        .unwrap();
+    for proxy in [&primary_mode, &error_mode] {
+        wait_topology(proxy, "both replicas to lag", |t| {
+            (1..=2).all(|n| t.nodes[n].replication.lag_ms.is_some_and(|ms| ms > 200))
+        })
+        .await;
+    }
+    let seen = reads(&a, 5).await;
+    assert!(
+        seen.iter().all(|n| *n == Node::Primary),
+        "on_no_replica = primary: {:?}",
+        tally(&seen)
+    );
+    let err = b
+        .query_one("SELECT 1", &[])
+        .await
+        .expect_err("on_no_replica = error refuses the read");
+    assert_eq!(sqlstate(&err), "55000", "{err}");
+    let message = err.as_db_error().map(|e| e.message()).unwrap_or_default();
+    assert!(message.contains("fresh enough"), "{err:?}");
+    // Writes are not affected, and the session goes on.
+    b.batch_execute(&format!("INSERT INTO {table} VALUES (2)"))
+        .await
+        .unwrap();
+    b.batch_execute("SET palisade.consistency = 'strong'")
+        .await
+        .unwrap();
+    assert_eq!(served_by(&b).await, Node::Primary);
+
+    for replica in cluster.replicas() {
+        resume_replay(replica).await;
+    }
+}
+
+/// Reads through `c` until one lands on `node` or `tries` run out.
+async fn reaches(c: &Client, node: Node, tries: usize) -> bool {
+    for _ in 0..tries {
+        if served_by(c).await == node {
+            return true;
+        }
+    }
+    false
+}
+
+#[tokio::test]
+async fn a_replica_cut_off_from_its_primary_follows_partition_mode() {
+    let _serial = SERIAL.lock().await;
+    let cluster = shared_cluster();
+    let consistent = proxy(|c| c.consistency.level = Consistency::Eventual).await;
+    let available = proxy(|c| {
+        c.consistency.level = Consistency::Eventual;
+        c.consistency.partition_mode = PartitionMode::Available;
+    })
+    .await;
+    let a = client(&consistent, "consistency-partition-cp").await;
+    let (b, mut notices) = connect_with(&app_url(&available, cluster, "consistency-partition-ap"))
+        .await
+        .unwrap();
+
+    let cut = &cluster.replicas()[0];
+    let saved = cut_replication(cut).await;
+    for proxy in [&consistent, &available] {
+        wait_topology(proxy, "replica 1 to stop streaming", |t| {
+            !t.nodes[1].replication.streaming
+        })
+        .await;
+    }
+    let seen = reads(&a, 20).await;
+    assert!(
+        seen.iter().all(|n| *n == Node::Replica(2)),
+        "partition_mode = consistent stops reading from a cut-off replica: {:?}",
+        tally(&seen)
+    );
+    while notices.try_recv().is_ok() {}
+    assert!(
+        reaches(&b, Node::Replica(1), 20).await,
+        "partition_mode = available keeps reading from it"
+    );
+    let mut warned = false;
+    while let Ok(m) = notices.try_recv() {
+        if let AsyncMessage::Notice(n) = m {
+            warned |= n.message().contains("not streaming");
+        }
+    }
+    assert!(warned, "a read from a cut-off replica comes with a NOTICE");
+
+    restore_replication(cut, saved).await;
+    wait_topology(&consistent, "replica 1 to stream again", |t| {
+        t.nodes[1].replication.streaming
+    })
+    .await;
+    assert!(
+        reaches(&a, Node::Replica(1), 20).await,
+        "it serves reads again once it streams"
+    );
+}
+
+#[tokio::test]
+async fn palisade_settings_are_answered_by_the_proxy() {
+    let _serial = SERIAL.lock().await;
+    let proxy = proxy(|_| {}).await;
+    let c = client(&proxy, "consistency-settings").await;
+    let show = |name: &'static str| {
+        let c = &c;
+        async move {
+            c.simple_query(&format!("SHOW {name}"))
+                .await
+                .unwrap()
+                .iter()
+                .find_map(|m| match m {
+                    tokio_postgres::SimpleQueryMessage::Row(r) => r.get(0).map(str::to_owned),
+                    _ => None,
+                })
+                .unwrap()
+        }
+    };
+    assert_eq!(show("palisade.consistency").await, "causal", "the default");
+    assert_eq!(
+        show("palisade.last_write_lsn").await,
+        "0/0",
+        "nothing written"
+    );
+    c.batch_execute("SET palisade.consistency TO 'Bounded'; ")
+        .await
+        .unwrap();
+    assert_eq!(show("palisade.consistency").await, "bounded");
+    c.batch_execute("SET palisade.max_staleness = '1.5s'")
+        .await
+        .unwrap();
+    assert_eq!(show("palisade.max_staleness").await, "1500ms");
+    // PostgreSQL never heard of them.
+    let on_server = c
+        .query_one("SELECT current_setting('palisade.consistency', true)", &[])
+        .await
+        .unwrap()
+        .get::<_, Option<String>>(0);
+    assert_eq!(on_server, None, "the SET reached PostgreSQL");
+
+    for (sql, state) in [
+        ("SET palisade.consistency = 'fresh'", "22023"),
+        ("SET palisade.max_staleness = 'soon'", "22023"),
+        ("SET palisade.min_lsn = 'nowhere'", "22023"),
+        ("SET palisade.last_write_lsn = '0/1'", "55P02"),
+    ] {
+        let err = c.batch_execute(sql).await.expect_err(sql);
+        assert_eq!(sqlstate(&err), state, "{sql}: {err}");
+    }
+    let err = c
+        .execute("SET palisade.consistency = 'strong'", &[])
+        .await
+        .expect_err("the extended protocol cannot carry them");
+    assert_eq!(sqlstate(&err), "0A000", "{err}");
+
+    // Inside a transaction they answer with the transaction's status; in a
+    // failed one they are refused like any command.
+    c.batch_execute("BEGIN; SELECT 1").await.unwrap();
+    c.batch_execute("SET palisade.consistency = 'eventual'")
+        .await
+        .unwrap();
+    c.batch_execute("SELECT 1/0").await.unwrap_err();
+    let err = c
+        .batch_execute("SHOW palisade.consistency")
+        .await
+        .unwrap_err();
+    assert_eq!(sqlstate(&err), "25P02");
+    c.batch_execute("ROLLBACK").await.unwrap();
+    assert_eq!(show("palisade.consistency").await, "eventual");
+    c.batch_execute("RESET palisade.consistency").await.unwrap();
+    assert_eq!(show("palisade.consistency").await, "causal");
+
+    // After a write the token is where the primary's WAL was, or later.
+    let table = unique("settings");
+    fresh_table(&c, &table, "i int").await;
+    let primary = direct(shared_cluster().primary()).await;
+    let before: String = primary
+        .query_one("SELECT pg_current_wal_lsn()::text", &[])
+        .await
+        .unwrap()
+        .get(0);
+    c.batch_execute(&format!("INSERT INTO {table} VALUES (1)"))
+        .await
+        .unwrap();
+    let token = show("palisade.last_write_lsn").await;
+    let later: bool = primary
+        .query_one(
+            "SELECT $1::text::pg_lsn > $2::text::pg_lsn",
+            &[&token, &before],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert!(later, "token {token} is not past {before}");
+}
