@@ -9,9 +9,11 @@
 //!
 //! The control plane ([`control`]) probes every node on its own connections
 //! and is the single writer of the topology snapshot the data plane reads.
+//! [`admin`] is the console behind the virtual database `palisade`.
 //! [`proxy::Proxy`] assembles both; [`cluster`] starts real local PostgreSQL
 //! clusters for the demo and the tests.
 
+pub mod admin;
 pub mod backend;
 pub mod classify;
 pub mod cluster;

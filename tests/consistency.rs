@@ -18,7 +18,7 @@ use std::time::Duration;
 
 use palisade::config::{Consistency, OnNoReplica, PartitionMode};
 use palisade::proxy::Proxy;
-use palisade::topology::Topology;
+use palisade::topology::{Lsn, Topology};
 use support::harness::{app_url, connect_with, sqlstate, start_proxy};
 use support::nodes::{
     direct, fresh_table, reads, served_by, tally, unique, wait_replayed, wait_until, Node,
@@ -482,4 +482,207 @@ async fn palisade_settings_are_answered_by_the_proxy() {
         .unwrap()
         .get(0);
     assert!(later, "token {token} is not past {before}");
+}
+
+#[tokio::test]
+async fn a_rolled_back_transaction_leaves_nothing_to_wait_for() {
+    let _serial = SERIAL.lock().await;
+    let cluster = shared_cluster();
+    let proxy = proxy(|c| c.consistency.level = Consistency::Causal).await;
+    let c = client(&proxy, "consistency-rollback").await;
+    let table = unique("rolled_back");
+    fresh_table(&c, &table, "i int").await;
+    wait_replayed().await;
+    // A read now locates the table's creation, which the replicas have.
+    assert!(served_by(&c).await.is_replica());
+    for replica in cluster.replicas() {
+        pause_replay(replica).await;
+    }
+    c.batch_execute(&format!("BEGIN; INSERT INTO {table} VALUES (1)"))
+        .await
+        .unwrap();
+    c.batch_execute("ROLLBACK").await.unwrap();
+    let after_rollback = served_by(&c).await;
+    c.batch_execute(&format!("INSERT INTO {table} VALUES (2)"))
+        .await
+        .unwrap();
+    let after_commit = served_by(&c).await;
+    for replica in cluster.replicas() {
+        resume_replay(replica).await;
+    }
+    assert!(
+        after_rollback.is_replica(),
+        "nothing was committed, yet the read waited and went to {after_rollback:?}"
+    );
+    assert_eq!(
+        after_commit,
+        Node::Primary,
+        "a committed write the paused replicas lack"
+    );
+}
+
+#[tokio::test]
+async fn an_idle_primary_shows_no_lag() {
+    let _serial = SERIAL.lock().await;
+    let proxy = proxy(|_| {}).await;
+    let c = client(&proxy, "consistency-idle").await;
+    let table = unique("idle");
+    fresh_table(&c, &table, "i int").await;
+    wait_replayed().await;
+    wait_topology(&proxy, "both replicas at zero lag", |t| {
+        (1..=2).all(|n| t.nodes[n].replication.lag_ms == Some(0))
+    })
+    .await;
+    // Nothing is written through this proxy or any other test now (SERIAL).
+    // PostgreSQL itself logs a little WAL now and then (running
+    // transactions, checkpoints), which replicas replay within a probe or two.
+    let mut worst = (0, 0);
+    let until = std::time::Instant::now() + Duration::from_secs(10);
+    while std::time::Instant::now() < until {
+        let t = proxy.topology();
+        for n in 1..=2 {
+            let r = t.nodes[n].replication;
+            let (bytes, ms) = (r.lag_bytes.unwrap(), r.lag_ms.unwrap());
+            worst = (worst.0.max(bytes), worst.1.max(ms));
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    eprintln!(
+        "idle primary for 10 s: worst lag seen {} bytes, {} ms",
+        worst.0, worst.1
+    );
+    assert!(
+        worst.1 < 1_000,
+        "lag grew while the primary was idle: {worst:?}"
+    );
+    let t = proxy.topology();
+    assert!(
+        (1..=2).all(|n| t.nodes[n].replication.lag_ms.is_some_and(|ms| ms < 1_000)),
+        "after 10 s idle: {:?}",
+        t.nodes
+    );
+}
+
+/// The admin console's rows of a simple query, as text.
+async fn console_rows(c: &Client, sql: &str) -> (Vec<String>, Vec<Vec<String>>) {
+    let messages = c
+        .simple_query(sql)
+        .await
+        .unwrap_or_else(|e| panic!("{sql}: {e:?}"));
+    let mut columns = Vec::new();
+    let mut rows = Vec::new();
+    for m in &messages {
+        if let tokio_postgres::SimpleQueryMessage::Row(r) = m {
+            if columns.is_empty() {
+                columns = r.columns().iter().map(|c| c.name().to_owned()).collect();
+            }
+            rows.push(
+                (0..r.len())
+                    .map(|i| r.get(i).unwrap_or("NULL").to_owned())
+                    .collect(),
+            );
+        }
+    }
+    (columns, rows)
+}
+
+#[tokio::test]
+async fn the_admin_console_shows_nodes_lag_and_config() {
+    let _serial = SERIAL.lock().await;
+    let cluster = shared_cluster();
+    let proxy = proxy(|c| c.consistency.max_lag_ms = 777).await;
+    let app = client(&proxy, "consistency-admin").await;
+    reads(&app, 6).await;
+    let addr = proxy.local_addr();
+    let console_url = format!(
+        "host={} port={} user={} password={} dbname=palisade connect_timeout=10",
+        addr.ip(),
+        addr.port(),
+        cluster.superuser(),
+        cluster.password()
+    );
+    let (console, _) = connect_with(&console_url).await.expect("console login");
+
+    let lagging = &cluster.replicas()[1];
+    let table = unique("admin");
+    fresh_table(&app, &table, "i int").await;
+    wait_replayed().await;
+    pause_replay(lagging).await;
+    app.batch_execute(&format!(
+        "INSERT INTO {table} SELECT generate_series(1, 1000)"
+    ))
+    .await
+    .unwrap();
+    wait_topology(&proxy, "replica 2 to lag", |t| {
+        t.nodes[2].replication.lag_bytes.is_some_and(|b| b > 0)
+    })
+    .await;
+    let (columns, rows) = console_rows(&console, "SHOW NODES;").await;
+    resume_replay(lagging).await;
+    eprintln!("SHOW NODES: {columns:?}\n{rows:#?}");
+    for wanted in [
+        "name",
+        "address",
+        "role",
+        "health",
+        "lsn",
+        "lag_bytes",
+        "lag_ms",
+        "epoch",
+        "connections",
+        "queries_routed",
+    ] {
+        assert!(
+            columns.iter().any(|c| c == wanted),
+            "no column {wanted}: {columns:?}"
+        );
+    }
+    let col = |name: &str| columns.iter().position(|c| c == name).unwrap();
+    assert_eq!(rows.len(), 3);
+    let address = |n: &palisade::cluster::LocalNode| format!("127.0.0.1:{}", n.port);
+    assert_eq!(rows[0][col("address")], address(cluster.primary()));
+    assert_eq!(rows[0][col("role")], "primary");
+    assert_eq!(rows[2][col("role")], "replica");
+    assert!(rows.iter().all(|r| r[col("health")] == "up"), "{rows:?}");
+    let lag_bytes: u64 = rows[2][col("lag_bytes")].parse().unwrap();
+    assert!(lag_bytes > 0, "the paused replica shows its lag: {rows:?}");
+    let primary_lsn: Lsn = rows[0][col("lsn")].parse().unwrap();
+    let replica_lsn: Lsn = rows[2][col("lsn")].parse().unwrap();
+    assert!(replica_lsn < primary_lsn, "{rows:?}");
+    let routed: u64 = rows[1..]
+        .iter()
+        .map(|r| r[col("queries_routed")].parse::<u64>().unwrap())
+        .sum();
+    assert!(routed >= 6, "the replicas' reads are counted: {rows:?}");
+    let connections: usize = rows
+        .iter()
+        .map(|r| r[col("connections")].parse::<usize>().unwrap())
+        .sum();
+    assert!(connections >= 1, "{rows:?}");
+
+    let (_, config) = console_rows(&console, "show config").await;
+    let value = |key: &str| {
+        config
+            .iter()
+            .find(|r| r[0] == key)
+            .map(|r| r[1].clone())
+            .unwrap_or_else(|| panic!("no {key} in SHOW CONFIG"))
+    };
+    assert_eq!(value("consistency.max_lag_ms"), "777");
+    assert_eq!(value("nodes[0].port"), cluster.primary().port.to_string());
+    let secrets: Vec<_> = config
+        .iter()
+        .filter(|r| r[0].ends_with("password"))
+        .collect();
+    assert!(
+        !secrets.is_empty() && secrets.iter().all(|r| r[1] == "********"),
+        "SHOW CONFIG masks passwords: {secrets:?}"
+    );
+
+    let err = console.simple_query("SELECT 1").await.unwrap_err();
+    assert_eq!(sqlstate(&err), "42601", "{err:?}");
+    let err = console.query("SHOW NODES", &[]).await.unwrap_err();
+    assert_eq!(sqlstate(&err), "0A000", "{err:?}");
+    // Still serving after both errors.
+    assert_eq!(console_rows(&console, "SHOW NODES").await.1.len(), 3);
 }

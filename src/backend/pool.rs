@@ -151,6 +151,20 @@ impl ServerPool {
             .clone()
     }
 
+    /// Server connections open to `host:port` now, idle or busy, over
+    /// every user and database (for the admin console).
+    pub fn open_connections(&self, host: &str, port: u16) -> usize {
+        let limits = self.limits.lock().unwrap_or_else(PoisonError::into_inner);
+        limits
+            .iter()
+            .filter(|(k, _)| k.host == host && k.port == port)
+            .map(|(_, l)| {
+                self.max_server_connections
+                    .saturating_sub(l.permits.available_permits())
+            })
+            .sum()
+    }
+
     /// A connection for `key` on behalf of session `owner`: one of its own
     /// idle ones, else a clean one, else another session's (reset first),
     /// else a new one; at the cap, waits up to `pool.acquire_timeout_ms`.

@@ -9,7 +9,7 @@ use std::net::SocketAddr;
 use std::path::Path;
 use std::time::Duration;
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 /// The smallest and largest accepted `proxy.max_message_size` (PostgreSQL's
 /// own cap on a message is 1 GiB).
@@ -42,7 +42,7 @@ fn invalid(key: impl Into<String>, rule: impl Into<String>) -> ConfigError {
     }
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct Config {
     #[serde(default)]
@@ -63,7 +63,7 @@ pub struct Config {
     pub users: Vec<UserConfig>,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ProxyConfig {
     /// Address clients connect to.
@@ -106,7 +106,7 @@ impl ProxyConfig {
 }
 
 /// Credentials of Palisade's own control-plane connections (probes).
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct BackendConfig {
     pub user: String,
@@ -124,7 +124,7 @@ impl Default for BackendConfig {
     }
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct MonitorConfig {
     /// How often every node is probed.
@@ -156,7 +156,7 @@ impl MonitorConfig {
 }
 
 /// Server connections: how many may be open, and which idle ones are kept for reuse.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct PoolConfig {
     /// Idle connections kept per (node, startup parameters); 0 turns reuse off.
@@ -193,7 +193,7 @@ impl PoolConfig {
 }
 
 /// How reads are spread over the nodes that may serve them.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]
 pub enum LoadBalance {
     /// Each candidate in turn; weights only matter at 0 (excluded).
     #[default]
@@ -208,7 +208,7 @@ pub enum LoadBalance {
 }
 
 /// Read routing and statement classification.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct RoutingConfig {
     pub load_balance: LoadBalance,
@@ -238,7 +238,7 @@ impl RoutingConfig {
 }
 
 /// How fresh a replica must be to serve a session's read.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Deserialize, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Consistency {
     /// Every read on the primary.
@@ -277,7 +277,7 @@ impl Consistency {
 }
 
 /// What a read does when no replica is fresh enough for it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum OnNoReplica {
     /// The primary serves it (always fresh; the availability choice).
@@ -289,7 +289,7 @@ pub enum OnNoReplica {
 
 /// Reads on a replica whose WAL receiver has stopped streaming (it has lost
 /// its primary, so nobody knows how stale it is).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum PartitionMode {
     /// It serves no reads until it streams again (consistency).
@@ -301,7 +301,7 @@ pub enum PartitionMode {
 }
 
 /// Which replicas may serve a read, by how fresh they are.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ConsistencyConfig {
     /// The level of a session that has not chosen one.
@@ -336,7 +336,7 @@ impl ConsistencyConfig {
     }
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct NodeConfig {
     /// Defaults to `host:port`.
@@ -362,7 +362,7 @@ impl NodeConfig {
 }
 
 /// How a client user proves who it is to Palisade.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]
 pub enum AuthMethod {
     #[default]
     #[serde(rename = "scram-sha-256")]
@@ -373,7 +373,7 @@ pub enum AuthMethod {
     Trust,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct UserConfig {
     pub name: String,

@@ -121,6 +121,8 @@ pub struct Plan {
     /// It runs something (a Query or an Execute), rather than only
     /// preparing or describing.
     pub executes: bool,
+    /// Statements it executes.
+    pub statements: usize,
     /// Messages in the batch, and how many of them are Close.
     pub messages: usize,
     pub closes: usize,
@@ -145,6 +147,7 @@ impl Plan {
         self.portals.clear();
         self.requests = 0;
         self.executes = false;
+        self.statements = 0;
         self.messages = 0;
         self.closes = 0;
         self.level = None;
@@ -167,9 +170,10 @@ impl Plan {
         self.requests == 1 && !self.has_query && self.closes + 1 == self.messages
     }
 
-    /// Adds what one executed statement does.
-    pub fn execute(&mut self, write: bool, effects: &[SessionEffect]) {
+    /// Adds what an executed string of `statements` statements does.
+    pub fn execute(&mut self, write: bool, effects: &[SessionEffect], statements: usize) {
         self.executes = true;
+        self.statements += statements;
         self.write |= write;
         for effect in effects {
             if let SessionEffect::Begin { read_only } = effect {
@@ -286,8 +290,8 @@ mod tests {
         plan.need("b");
         plan.need("b");
         assert_eq!(plan.needs, ["b"]);
-        plan.execute(false, &[SessionEffect::Begin { read_only: true }]);
-        plan.execute(true, &[SessionEffect::Begin { read_only: false }]);
+        plan.execute(false, &[SessionEffect::Begin { read_only: true }], 1);
+        plan.execute(true, &[SessionEffect::Begin { read_only: false }], 1);
         assert_eq!(plan.begin, Some(true));
         assert!(plan.write);
         plan.clear();

@@ -21,6 +21,7 @@ use tokio::net::TcpStream;
 use tokio::sync::{watch, OwnedSemaphorePermit};
 use tracing::{debug, info, Instrument};
 
+use crate::admin;
 use crate::backend::pool::{CheckoutError, PoolKey, ServerPool};
 use crate::backend::{self, ConnectError, Login, ServerConn};
 use crate::config::Config;
@@ -91,11 +92,19 @@ pub async fn serve(
         user = tracing::field::Empty,
         epoch = tracing::field::Empty
     );
-    let Some((client, connected)) = open(stream, peer, &shared, session_id, permit.is_some())
+    let Some((client, opened)) = open(stream, peer, &shared, session_id, permit.is_some())
         .instrument(span.clone())
         .await
     else {
         return;
+    };
+    let connected = match opened {
+        Opened::Session(connected) => connected,
+        Opened::Admin => {
+            debug!(parent: &span, "admin console session");
+            admin::serve(client, &shared).await;
+            return;
+        }
     };
     let volatile = shared.catalog.volatile(&connected.login.database).await;
     // The relay polls far too often to enter a span each time: it logs
@@ -113,6 +122,14 @@ pub async fn serve(
     drop(permit);
 }
 
+/// What a client's startup led to.
+enum Opened {
+    /// A session relaying to the cluster.
+    Session(Connected),
+    /// The admin console (the virtual database [`admin::DATABASE`]).
+    Admin,
+}
+
 /// Startup with its deadline; `None` when the client was refused or left.
 async fn open(
     stream: TcpStream,
@@ -120,7 +137,7 @@ async fn open(
     shared: &Shared,
     session_id: u64,
     admitted: bool,
-) -> Option<(ClientIo, Connected)> {
+) -> Option<(ClientIo, Opened)> {
     let _ = stream.set_nodelay(true);
     let (rd, wr) = stream.into_split();
     let mut client = ClientIo {
@@ -136,7 +153,7 @@ async fn open(
     )
     .await;
     match started {
-        Ok(Ok(connected)) => return Some((client, connected)),
+        Ok(Ok(opened)) => return Some((client, opened)),
         Ok(Err(Refusal::Silent)) => return None,
         Ok(Err(Refusal::Told)) => {}
         Err(_) => messages::error(
@@ -159,14 +176,15 @@ pub struct Connected {
     pub login: SessionLogin,
 }
 
-/// Startup and authentication; on success the session is ready to relay.
+/// Startup and authentication; on success the session is ready to relay
+/// (or the console to answer).
 async fn start(
     client: &mut ClientIo,
     peer: SocketAddr,
     shared: &Shared,
     session_id: u64,
     admitted: bool,
-) -> Result<Connected, Refusal> {
+) -> Result<Opened, Refusal> {
     let (minor_version, mut params) = negotiate(client, shared).await?;
     if !admitted {
         return Err(tell(
@@ -197,7 +215,13 @@ async fn start(
     }
     let database = param(&params, "database").unwrap_or_default().to_owned();
     authenticate(client, peer, shared, &user, &database).await?;
-    connect_session(client, shared, session_id, &user, params).await
+    if database == admin::DATABASE {
+        admin::welcome(&mut client.out);
+        return Ok(Opened::Admin);
+    }
+    connect_session(client, shared, session_id, &user, params)
+        .await
+        .map(Opened::Session)
 }
 
 /// Reads startup packets until a StartupMessage, answering SSL/GSS requests

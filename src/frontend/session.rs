@@ -131,10 +131,25 @@ struct Attached {
     node: usize,
 }
 
+/// What a request may have done to the primary's data, as read-your-writes
+/// sees it.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+enum Wrote {
+    #[default]
+    Nothing,
+    /// Inside a transaction: undone if the transaction rolls back.
+    Tentatively,
+    /// It may have committed a change.
+    Committed,
+}
+
 /// A request sent and not yet answered, with what it will change once it is.
 #[derive(Debug, Default)]
 struct Sent {
     effects: Vec<SessionEffect>,
+    wrote: Wrote,
+    /// It is one ROLLBACK statement: whatever its transaction wrote is undone.
+    rolls_back: bool,
     /// Statements it creates; the first `parse_ok` were confirmed.
     parsed: Vec<(String, u64)>,
     parse_ok: usize,
@@ -183,6 +198,8 @@ pub struct Session {
     write_lsn: Option<Lsn>,
     /// The session has written since `write_lsn` was learned.
     wrote: bool,
+    /// The open transaction has written: `wrote` once it commits.
+    txn_wrote: bool,
 }
 
 impl Session {
@@ -238,6 +255,7 @@ impl Session {
             reads: ReadChoice::default(),
             write_lsn: None,
             wrote: false,
+            txn_wrote: false,
         }
     }
 
@@ -457,6 +475,15 @@ impl Session {
         let Some(sent) = self.inflight.pop_front() else {
             return;
         };
+        match sent.wrote {
+            Wrote::Nothing => {}
+            Wrote::Tentatively => self.txn_wrote = true,
+            Wrote::Committed => self.wrote = true,
+        }
+        if status == b'I' {
+            // A rolled-back transaction leaves nothing for reads to wait for.
+            self.wrote |= std::mem::take(&mut self.txn_wrote) && !sent.rolls_back;
+        }
         if sent.failed {
             for (name, fingerprint) in sent.parsed.iter().skip(sent.parse_ok) {
                 if att.conn.prepared.get(name) == Some(fingerprint) {

@@ -44,6 +44,8 @@ pub enum Sqlstate {
     InFailedTransaction,
     /// 55000: no node may serve the request as the configuration asks.
     ObjectNotInPrerequisiteState,
+    /// 42601: a command the admin console does not know.
+    SyntaxError,
     /// XX000: a bug in the proxy.
     Internal,
 }
@@ -64,6 +66,7 @@ impl Sqlstate {
             Sqlstate::CantChangeRuntimeParam => "55P02",
             Sqlstate::InFailedTransaction => "25P02",
             Sqlstate::ObjectNotInPrerequisiteState => "55000",
+            Sqlstate::SyntaxError => "42601",
             Sqlstate::Internal => "XX000",
         }
     }

@@ -9,7 +9,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 use tracing::{debug, info};
 
-use super::{reads, Phase, Sent, Session, TxnStatus};
+use super::{reads, Phase, Sent, Session, TxnStatus, Wrote};
 use crate::backend::pool::CheckoutError;
 use crate::backend::replay::{self, ReplayError};
 use crate::backend::ServerConn;
@@ -116,9 +116,9 @@ impl Session {
                     match executed {
                         Some(c) => {
                             self.plan.hint(c.hint);
-                            self.plan.execute(c.class == Class::Write, &c.effects);
+                            self.plan.execute(c.class == Class::Write, &c.effects, 1);
                         }
-                        None => self.plan.execute(false, &[]),
+                        None => self.plan.execute(false, &[], 1),
                     }
                 }
                 Message::Close { statement } => {
@@ -236,7 +236,7 @@ impl Session {
                 .effects
                 .push(SessionEffect::Pin(PinReason::Explicit));
         }
-        self.plan.execute(write, &c.effects);
+        self.plan.execute(write, &c.effects, c.statements);
     }
 
     /// The batch uses a prepared statement it did not create itself.
@@ -490,10 +490,26 @@ impl Session {
         let topology = self.shared.topology.load();
         let reads_only =
             !plan.write && plan.begin.is_none() && self.phase == Phase::Ready(TxnStatus::Idle);
-        if topology.primary() == Some(att.node) && !reads_only {
-            // Where this lands in the WAL is learned when a read needs it.
-            self.wrote = true;
-        }
+        // Where a write lands in the WAL is learned when a read needs it.
+        let wrote = if topology.primary() == Some(att.node) && !reads_only {
+            let in_transaction = matches!(
+                self.phase,
+                Phase::Ready(TxnStatus::InTransaction | TxnStatus::Failed)
+            );
+            let opens = matches!(plan.effects.first(), Some(SessionEffect::Begin { .. }));
+            let commits = plan
+                .effects
+                .iter()
+                .any(|e| matches!(e, SessionEffect::Commit | SessionEffect::Chain));
+            if (in_transaction || opens) && !commits {
+                Wrote::Tentatively
+            } else {
+                Wrote::Committed
+            }
+        } else {
+            Wrote::Nothing
+        };
+        let rolls_back = plan.statements == 1 && plan.effects == [SessionEffect::Rollback];
         self.to_server.extend_from_slice(&self.batch);
         self.batch.clear();
         self.batch_due = false;
@@ -504,10 +520,14 @@ impl Session {
             Some(sent) => {
                 sent.effects.extend(effects);
                 sent.parsed.extend(parsed);
+                sent.wrote = sent.wrote.max(wrote);
+                sent.rolls_back = false;
             }
             None => self.inflight.push_back(Sent {
                 effects,
                 parsed,
+                wrote,
+                rolls_back,
                 ..Sent::default()
             }),
         }

@@ -1,0 +1,398 @@
+//! The admin console: a client that logs in to the virtual database
+//! `palisade` talks to the proxy itself, never to PostgreSQL. It answers
+//! `SHOW NODES` (the published topology with each node's replication
+//! position, lag and traffic) and `SHOW CONFIG` (the running config,
+//! secrets masked), over the simple query protocol, like PgBouncer's
+//! `pgbouncer` database.
+
+use bytes::BytesMut;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+use crate::config::Config;
+use crate::frontend::session::ClientIo;
+use crate::frontend::Shared;
+use crate::protocol::{messages, take_frame, Sqlstate};
+use crate::topology::{Role, Topology};
+
+/// The database name that opens the console.
+pub const DATABASE: &str = "palisade";
+
+/// What the console tells a client at startup, so psql and drivers treat
+/// it like a server (psql reads the version to pick its queries).
+const STARTUP_PARAMETERS: [(&str, &str); 6] = [
+    ("server_version", "15.0 (Palisade admin console)"),
+    ("server_encoding", "UTF8"),
+    ("client_encoding", "UTF8"),
+    ("DateStyle", "ISO, MDY"),
+    ("integer_datetimes", "on"),
+    ("standard_conforming_strings", "on"),
+];
+
+/// One console command.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Command {
+    ShowNodes,
+    ShowConfig,
+    /// An empty query string.
+    Empty,
+}
+
+/// Recognises a command: case and blanks do not matter, one trailing `;`
+/// is allowed. `None` for anything else.
+pub fn parse(sql: &str) -> Option<Command> {
+    let sql = sql.trim();
+    let sql = sql.strip_suffix(';').unwrap_or(sql);
+    let words: Vec<String> = sql
+        .split_ascii_whitespace()
+        .map(str::to_ascii_lowercase)
+        .collect();
+    match words.iter().map(String::as_str).collect::<Vec<_>>()[..] {
+        [] => Some(Command::Empty),
+        ["show", "nodes"] => Some(Command::ShowNodes),
+        ["show", "config"] => Some(Command::ShowConfig),
+        _ => None,
+    }
+}
+
+/// Completes the client's startup as the console.
+pub fn welcome(out: &mut BytesMut) {
+    for (name, value) in STARTUP_PARAMETERS {
+        messages::parameter_status(out, name, value);
+    }
+    messages::ready_for_query(out, b'I');
+}
+
+/// Serves the console until the client leaves or the proxy shuts down.
+pub async fn serve(mut client: ClientIo, shared: &Shared) {
+    let mut shutdown = shared.shutdown.clone();
+    // Set after an extended-protocol message: it is refused at the Sync.
+    let mut refused_batch = false;
+    loop {
+        if !client.out.is_empty() {
+            if client.wr.write_all(&client.out).await.is_err() {
+                return;
+            }
+            client.out.clear();
+        }
+        let frame = match take_frame(&mut client.inbuf, shared.config.proxy.max_message_size) {
+            Ok(Some(frame)) => frame,
+            Ok(None) => {
+                let read = tokio::select! {
+                    r = client.rd.read_buf(&mut client.inbuf) => r,
+                    _ = shutdown.changed() => return,
+                };
+                match read {
+                    Ok(n) if n > 0 => continue,
+                    _ => return,
+                }
+            }
+            Err(e) => {
+                messages::error(
+                    &mut client.out,
+                    true,
+                    Sqlstate::ProtocolViolation,
+                    &e.to_string(),
+                );
+                let _ = client.wr.write_all(&client.out).await;
+                return;
+            }
+        };
+        match frame[0] {
+            b'Q' => {
+                let sql = frame[5..].strip_suffix(b"\0").unwrap_or(&frame[5..]);
+                let sql = String::from_utf8_lossy(sql);
+                answer(&mut client.out, &sql, shared);
+                messages::ready_for_query(&mut client.out, b'I');
+            }
+            b'X' => return,
+            b'S' => {
+                if std::mem::take(&mut refused_batch) {
+                    messages::error(
+                        &mut client.out,
+                        false,
+                        Sqlstate::FeatureNotSupported,
+                        "the admin console speaks only the simple query protocol",
+                    );
+                }
+                messages::ready_for_query(&mut client.out, b'I');
+            }
+            // The rest of an extended-protocol batch is skipped until its Sync.
+            b'P' | b'B' | b'D' | b'E' | b'C' | b'H' => refused_batch = true,
+            tag => {
+                let message = format!("unexpected message type {:?}", tag as char);
+                messages::error(&mut client.out, true, Sqlstate::ProtocolViolation, &message);
+                let _ = client.wr.write_all(&client.out).await;
+                return;
+            }
+        }
+    }
+}
+
+/// Answers one simple query.
+fn answer(out: &mut BytesMut, sql: &str, shared: &Shared) {
+    match parse(sql) {
+        Some(Command::ShowNodes) => {
+            let topology = shared.topology.load();
+            let rows = node_rows(
+                &topology,
+                |host, port| shared.pool.open_connections(host, port),
+                |n| shared.loads.routed(n),
+            );
+            messages::text_result(out, &NODE_COLUMNS, &rows, &format!("SHOW {}", rows.len()));
+        }
+        Some(Command::ShowConfig) => {
+            let rows: Vec<Vec<Option<String>>> = config_rows(&shared.config)
+                .into_iter()
+                .map(|(k, v)| vec![Some(k), Some(v)])
+                .collect();
+            messages::text_result(
+                out,
+                &["key", "value"],
+                &rows,
+                &format!("SHOW {}", rows.len()),
+            );
+        }
+        Some(Command::Empty) => out.extend_from_slice(b"I\0\0\0\x04"),
+        None => messages::error(
+            out,
+            false,
+            Sqlstate::SyntaxError,
+            &format!(
+                "unknown admin console command {:?}: try SHOW NODES or SHOW CONFIG",
+                sql.trim()
+            ),
+        ),
+    }
+}
+
+pub const NODE_COLUMNS: [&str; 12] = [
+    "name",
+    "address",
+    "role",
+    "health",
+    "lsn",
+    "receive_lsn",
+    "streaming",
+    "lag_bytes",
+    "lag_ms",
+    "epoch",
+    "connections",
+    "queries_routed",
+];
+
+/// One row per node, in config order. `lsn` is a primary's current WAL
+/// position and a replica's replay position; a replica's lag is NULL
+/// while it is not known (no primary position yet).
+pub fn node_rows(
+    topology: &Topology,
+    connections: impl Fn(&str, u16) -> usize,
+    routed: impl Fn(usize) -> u64,
+) -> Vec<Vec<Option<String>>> {
+    topology
+        .nodes
+        .iter()
+        .enumerate()
+        .map(|(i, n)| {
+            let r = &n.replication;
+            let replica = n.role == Role::Replica;
+            vec![
+                Some(n.name.clone()),
+                Some(format!("{}:{}", n.host, n.port)),
+                Some(
+                    match n.role {
+                        Role::Primary => "primary",
+                        Role::Replica => "replica",
+                        Role::Unknown => "unknown",
+                    }
+                    .to_owned(),
+                ),
+                Some(if n.healthy { "up" } else { "down" }.to_owned()),
+                r.lsn.map(|l| l.to_string()),
+                r.receive_lsn.map(|l| l.to_string()),
+                replica.then(|| r.streaming.to_string()),
+                r.lag_bytes.map(|b| b.to_string()),
+                r.lag_ms.map(|ms| ms.to_string()),
+                Some(topology.epoch.to_string()),
+                Some(connections(&n.host, n.port).to_string()),
+                Some(routed(i).to_string()),
+            ]
+        })
+        .collect()
+}
+
+/// Every setting in force as (dotted key, value), secrets masked.
+pub fn config_rows(config: &Config) -> Vec<(String, String)> {
+    let mut rows = Vec::new();
+    match toml::Value::try_from(config) {
+        Ok(value) => flatten(String::new(), &value, &mut rows),
+        Err(e) => rows.push(("error".to_owned(), e.to_string())),
+    }
+    rows
+}
+
+/// Keys whose values are never shown.
+const SECRETS: [&str; 3] = ["password", "server_password", "scram_verifier"];
+
+fn flatten(key: String, value: &toml::Value, rows: &mut Vec<(String, String)>) {
+    let join = |sub: &str| {
+        if key.is_empty() {
+            sub.to_owned()
+        } else {
+            format!("{key}.{sub}")
+        }
+    };
+    match value {
+        toml::Value::Table(table) => {
+            for (k, v) in table {
+                if SECRETS.contains(&k.as_str()) {
+                    rows.push((join(k), "********".to_owned()));
+                } else {
+                    flatten(join(k), v, rows);
+                }
+            }
+        }
+        toml::Value::Array(items) if items.iter().all(toml::Value::is_table) => {
+            for (i, v) in items.iter().enumerate() {
+                flatten(format!("{key}[{i}]"), v, rows);
+            }
+        }
+        toml::Value::String(s) => rows.push((key, s.clone())),
+        other => rows.push((key, other.to_string())),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::topology::{Lsn, NodeState, Replication};
+
+    #[test]
+    fn recognises_the_console_commands() {
+        assert_eq!(parse("SHOW NODES"), Some(Command::ShowNodes));
+        assert_eq!(parse("  show   nodes ; "), Some(Command::ShowNodes));
+        assert_eq!(parse("Show Config;"), Some(Command::ShowConfig));
+        assert_eq!(parse(" ; "), Some(Command::Empty));
+        for other in [
+            "SHOW NODES; SHOW CONFIG",
+            "SHOW",
+            "SELECT 1",
+            "SHOW NODES x",
+        ] {
+            assert_eq!(parse(other), None, "{other}");
+        }
+    }
+
+    #[test]
+    fn node_rows_show_role_health_position_and_lag() {
+        let node = |name: &str, role, healthy, replication| NodeState {
+            name: name.into(),
+            host: "127.0.0.1".into(),
+            port: 5432,
+            role,
+            healthy,
+            weight: 1,
+            replication,
+        };
+        let topology = Topology {
+            epoch: 3,
+            nodes: vec![
+                node(
+                    "p",
+                    Role::Primary,
+                    true,
+                    Replication {
+                        lsn: Some(Lsn(0x3000060)),
+                        ..Replication::default()
+                    },
+                ),
+                node(
+                    "r",
+                    Role::Replica,
+                    false,
+                    Replication {
+                        lsn: Some(Lsn(0x3000000)),
+                        receive_lsn: Some(Lsn(0x3000060)),
+                        streaming: true,
+                        lag_bytes: Some(96),
+                        lag_ms: Some(40),
+                    },
+                ),
+            ],
+        };
+        let rows = node_rows(&topology, |_, _| 2, |n| 10 + n as u64);
+        let text = |row: &[Option<String>]| -> Vec<String> {
+            row.iter()
+                .map(|v| v.clone().unwrap_or("NULL".into()))
+                .collect()
+        };
+        assert_eq!(
+            text(&rows[0]),
+            [
+                "p",
+                "127.0.0.1:5432",
+                "primary",
+                "up",
+                "0/3000060",
+                "NULL",
+                "NULL",
+                "NULL",
+                "NULL",
+                "3",
+                "2",
+                "10"
+            ]
+        );
+        assert_eq!(
+            text(&rows[1]),
+            [
+                "r",
+                "127.0.0.1:5432",
+                "replica",
+                "down",
+                "0/3000000",
+                "0/3000060",
+                "true",
+                "96",
+                "40",
+                "3",
+                "2",
+                "11"
+            ]
+        );
+        assert!(rows.iter().all(|r| r.len() == NODE_COLUMNS.len()));
+    }
+
+    #[test]
+    fn config_rows_list_every_setting_and_mask_secrets() {
+        let config = Config::parse(
+            r#"
+            [backend]
+            password = "probe-secret"
+            [[nodes]]
+            host = "127.0.0.1"
+            port = 5432
+            [[users]]
+            name = "app"
+            password = "app-secret"
+            "#,
+        )
+        .unwrap();
+        let rows = config_rows(&config);
+        let get = |k: &str| {
+            rows.iter()
+                .find(|(key, _)| key == k)
+                .map(|(_, v)| v.as_str())
+        };
+        assert_eq!(get("proxy.listen"), Some("127.0.0.1:6432"));
+        assert_eq!(get("consistency.level"), Some("causal"));
+        assert_eq!(get("routing.load_balance"), Some("round-robin"));
+        assert_eq!(get("nodes[0].port"), Some("5432"));
+        assert_eq!(get("users[0].name"), Some("app"));
+        assert_eq!(get("users[0].password"), Some("********"));
+        assert_eq!(get("backend.password"), Some("********"));
+        assert!(
+            rows.iter().all(|(_, v)| !v.contains("secret")),
+            "a secret is shown: {rows:?}"
+        );
+    }
+}
