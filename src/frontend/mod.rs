@@ -99,7 +99,7 @@ pub async fn serve(
         return;
     };
     let connected = match opened {
-        Opened::Session(connected) => connected,
+        Opened::Session(connected) => *connected,
         Opened::Admin => {
             debug!(parent: &span, "admin console session");
             admin::serve(client, &shared).await;
@@ -125,7 +125,7 @@ pub async fn serve(
 /// What a client's startup led to.
 enum Opened {
     /// A session relaying to the cluster.
-    Session(Connected),
+    Session(Box<Connected>),
     /// The admin console (the virtual database [`admin::DATABASE`]).
     Admin,
 }
@@ -221,7 +221,7 @@ async fn start(
     }
     connect_session(client, shared, session_id, &user, params)
         .await
-        .map(Opened::Session)
+        .map(|c| Opened::Session(Box::new(c)))
 }
 
 /// Reads startup packets until a StartupMessage, answering SSL/GSS requests

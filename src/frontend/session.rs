@@ -131,23 +131,58 @@ struct Attached {
     node: usize,
 }
 
-/// What a request may have done to the primary's data, as read-your-writes
-/// sees it.
-#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
-enum Wrote {
-    #[default]
-    Nothing,
-    /// Inside a transaction: undone if the transaction rolls back.
-    Tentatively,
-    /// It may have committed a change.
-    Committed,
+/// What the session has written that its causal reads have not located in
+/// the WAL yet.
+#[derive(Debug)]
+struct Writes {
+    /// Something may have committed since the session's write position
+    /// was last learned.
+    unlocated: bool,
+    /// The open transaction has written: `unlocated` once it ends, unless
+    /// it rolls back.
+    in_transaction: bool,
+    /// The transaction status of the last ReadyForQuery.
+    last_status: u8,
+}
+
+impl Default for Writes {
+    fn default() -> Writes {
+        Writes {
+            unlocated: false,
+            in_transaction: false,
+            last_status: b'I',
+        }
+    }
+}
+
+impl Writes {
+    /// `sent` was answered with transaction status `status`.
+    fn note(&mut self, sent: &Sent, status: u8) {
+        let before = std::mem::replace(&mut self.last_status, status);
+        if sent.on_primary {
+            let opens = matches!(sent.effects.first(), Some(SessionEffect::Begin { .. }));
+            let commits = sent
+                .effects
+                .iter()
+                .any(|e| matches!(e, SessionEffect::Commit | SessionEffect::Chain));
+            if (before != b'I' || opens) && !commits {
+                self.in_transaction = true;
+            } else {
+                self.unlocated = true;
+            }
+        }
+        if status == b'I' {
+            self.unlocated |= std::mem::take(&mut self.in_transaction) && !sent.rolls_back;
+        }
+    }
 }
 
 /// A request sent and not yet answered, with what it will change once it is.
 #[derive(Debug, Default)]
 struct Sent {
     effects: Vec<SessionEffect>,
-    wrote: Wrote,
+    /// It ran on the primary and may have written.
+    on_primary: bool,
     /// It is one ROLLBACK statement: whatever its transaction wrote is undone.
     rolls_back: bool,
     /// Statements it creates; the first `parse_ok` were confirmed.
@@ -196,10 +231,8 @@ pub struct Session {
     reads: ReadChoice,
     /// At or past the session's last write that has been located.
     write_lsn: Option<Lsn>,
-    /// The session has written since `write_lsn` was learned.
-    wrote: bool,
-    /// The open transaction has written: `wrote` once it commits.
-    txn_wrote: bool,
+    /// Writes not yet located in the WAL.
+    writes: Writes,
 }
 
 impl Session {
@@ -254,8 +287,7 @@ impl Session {
             cancel_owed: false,
             reads: ReadChoice::default(),
             write_lsn: None,
-            wrote: false,
-            txn_wrote: false,
+            writes: Writes::default(),
         }
     }
 
@@ -475,15 +507,7 @@ impl Session {
         let Some(sent) = self.inflight.pop_front() else {
             return;
         };
-        match sent.wrote {
-            Wrote::Nothing => {}
-            Wrote::Tentatively => self.txn_wrote = true,
-            Wrote::Committed => self.wrote = true,
-        }
-        if status == b'I' {
-            // A rolled-back transaction leaves nothing for reads to wait for.
-            self.wrote |= std::mem::take(&mut self.txn_wrote) && !sent.rolls_back;
-        }
+        self.writes.note(&sent, status);
         if sent.failed {
             for (name, fingerprint) in sent.parsed.iter().skip(sent.parse_ok) {
                 if att.conn.prepared.get(name) == Some(fingerprint) {
@@ -700,5 +724,53 @@ mod tests {
         assert_eq!(TxnStatus::from_byte(b'T'), TxnStatus::InTransaction);
         assert_eq!(TxnStatus::from_byte(b'E'), TxnStatus::Failed);
         assert_eq!(TxnStatus::from_byte(b'I'), TxnStatus::Idle);
+    }
+
+    fn sent(on_primary: bool, effects: Vec<SessionEffect>, rolls_back: bool) -> Sent {
+        Sent {
+            effects,
+            on_primary,
+            rolls_back,
+            ..Sent::default()
+        }
+    }
+
+    #[test]
+    fn writes_count_once_they_may_have_committed() {
+        let begin = SessionEffect::Begin { read_only: false };
+        let mut w = Writes::default();
+        w.note(&sent(false, vec![], false), b'I');
+        assert!(!w.unlocated, "a read on a replica");
+        w.note(&sent(true, vec![], false), b'I');
+        assert!(w.unlocated, "an autocommit write");
+
+        // BEGIN; INSERT; COMMIT in three requests.
+        let mut w = Writes::default();
+        w.note(&sent(true, vec![begin.clone()], false), b'T');
+        w.note(&sent(true, vec![], false), b'T');
+        assert!(!w.unlocated && w.in_transaction, "not committed yet");
+        w.note(&sent(true, vec![SessionEffect::Commit], false), b'I');
+        assert!(w.unlocated && !w.in_transaction);
+
+        // BEGIN; INSERT; then an error and ROLLBACK.
+        let mut w = Writes::default();
+        w.note(&sent(true, vec![begin.clone()], false), b'T');
+        w.note(&sent(true, vec![], false), b'E');
+        w.note(&sent(true, vec![SessionEffect::Rollback], true), b'I');
+        assert!(!w.unlocated && !w.in_transaction, "rolled back");
+
+        // One string that commits and opens another transaction, then a
+        // ROLLBACK of only the second: the first still counts.
+        let mut w = Writes::default();
+        w.note(
+            &sent(
+                true,
+                vec![begin.clone(), SessionEffect::Commit, begin],
+                false,
+            ),
+            b'T',
+        );
+        w.note(&sent(true, vec![SessionEffect::Rollback], true), b'I');
+        assert!(w.unlocated);
     }
 }

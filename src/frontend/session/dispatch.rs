@@ -9,7 +9,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 use tracing::{debug, info};
 
-use super::{reads, Phase, Sent, Session, TxnStatus, Wrote};
+use super::{reads, Phase, Sent, Session, TxnStatus};
 use crate::backend::pool::CheckoutError;
 use crate::backend::replay::{self, ReplayError};
 use crate::backend::ServerConn;
@@ -491,24 +491,7 @@ impl Session {
         let reads_only =
             !plan.write && plan.begin.is_none() && self.phase == Phase::Ready(TxnStatus::Idle);
         // Where a write lands in the WAL is learned when a read needs it.
-        let wrote = if topology.primary() == Some(att.node) && !reads_only {
-            let in_transaction = matches!(
-                self.phase,
-                Phase::Ready(TxnStatus::InTransaction | TxnStatus::Failed)
-            );
-            let opens = matches!(plan.effects.first(), Some(SessionEffect::Begin { .. }));
-            let commits = plan
-                .effects
-                .iter()
-                .any(|e| matches!(e, SessionEffect::Commit | SessionEffect::Chain));
-            if (in_transaction || opens) && !commits {
-                Wrote::Tentatively
-            } else {
-                Wrote::Committed
-            }
-        } else {
-            Wrote::Nothing
-        };
+        let on_primary = topology.primary() == Some(att.node) && !reads_only;
         let rolls_back = plan.statements == 1 && plan.effects == [SessionEffect::Rollback];
         self.to_server.extend_from_slice(&self.batch);
         self.batch.clear();
@@ -520,13 +503,13 @@ impl Session {
             Some(sent) => {
                 sent.effects.extend(effects);
                 sent.parsed.extend(parsed);
-                sent.wrote = sent.wrote.max(wrote);
+                sent.on_primary |= on_primary;
                 sent.rolls_back = false;
             }
             None => self.inflight.push_back(Sent {
                 effects,
                 parsed,
-                wrote,
+                on_primary,
                 rolls_back,
                 ..Sent::default()
             }),

@@ -106,7 +106,7 @@ impl Session {
     /// The due batch is a read that needs the position of the session's
     /// last write, which has not been located yet.
     pub(super) fn needs_write_lsn(&self) -> bool {
-        self.wrote
+        self.writes.unlocated
             && !self.open_batch
             && self.phase == Phase::Ready(TxnStatus::Idle)
             && self.read_level() == Some(Consistency::Causal)
@@ -131,7 +131,7 @@ impl Session {
         match replay::query_lsn(&mut att.conn, WRITE_POSITION).await {
             Ok(Some(lsn)) => {
                 self.write_lsn = self.write_lsn.max(Some(lsn));
-                self.wrote = false;
+                self.writes.unlocated = false;
                 true
             }
             Ok(None) => {
@@ -199,7 +199,7 @@ impl Session {
         };
         if !self.plan.local_misplaced
             && self.plan.local == Some(Command::Show(Param::LastWriteLsn))
-            && self.wrote
+            && self.writes.unlocated
             && status == TxnStatus::Idle
             && !self.learn_write_lsn().await
         {
