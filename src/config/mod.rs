@@ -20,6 +20,11 @@ const MAX_MESSAGE_SIZE: usize = 1 << 30;
 /// while keeping the sum over many nodes far from overflow.
 const MAX_NODE_WEIGHT: u32 = 1000;
 
+/// The longest accepted `consistency.causal_wait_ms`.
+const MAX_CAUSAL_WAIT_MS: u64 = 60_000;
+/// The largest accepted `consistency.max_lag_ms`, as `SET palisade.max_staleness` allows.
+const MAX_LAG_MS: u64 = 604_800_000;
+
 /// A config file that cannot be used, naming the key and the rule.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ConfigError {
@@ -477,8 +482,27 @@ impl Config {
         if self.backend.user.is_empty() {
             return Err(invalid("backend.user", "must not be empty"));
         }
+        self.validate_consistency()?;
         self.validate_nodes()?;
         self.validate_users()
+    }
+
+    fn validate_consistency(&self) -> Result<(), ConfigError> {
+        let c = &self.consistency;
+        // A causal read holds its client that long before the primary serves it.
+        if c.causal_wait_ms > MAX_CAUSAL_WAIT_MS {
+            return Err(invalid(
+                "consistency.causal_wait_ms",
+                format!("must be at most {MAX_CAUSAL_WAIT_MS}"),
+            ));
+        }
+        if c.max_lag_ms > MAX_LAG_MS {
+            return Err(invalid(
+                "consistency.max_lag_ms",
+                format!("must be at most {MAX_LAG_MS} (a week)"),
+            ));
+        }
+        Ok(())
     }
 
     fn validate_nodes(&self) -> Result<(), ConfigError> {

@@ -250,3 +250,30 @@ fn shipped_example_configs_are_valid() {
         }
     }
 }
+
+#[test]
+fn consistency_section_parses_and_its_bounds_are_enforced() {
+    let c = Config::parse(&good_with(
+        "[proxy]",
+        "[consistency]\nlevel = \"bounded\"\nmax_lag_ms = 200\non_no_replica = \"error\"\npartition_mode = \"available\"\n\n[proxy]",
+    ))
+    .unwrap();
+    assert_eq!(c.consistency.level, Consistency::Bounded);
+    assert_eq!(c.consistency.on_no_replica, OnNoReplica::Error);
+    assert_eq!(c.consistency.partition_mode, PartitionMode::Available);
+    let e = error_of(&good_with(
+        "[proxy]",
+        "[consistency]\ncausal_wait_ms = 60001\n\n[proxy]",
+    ));
+    assert_eq!(e.key, "consistency.causal_wait_ms");
+    let e = error_of(&good_with(
+        "[proxy]",
+        "[consistency]\nmax_lag_ms = 604800001\n\n[proxy]",
+    ));
+    assert_eq!(e.key, "consistency.max_lag_ms");
+    let e = error_of(&good_with(
+        "[proxy]",
+        "[consistency]\nlevel = \"fresh\"\n\n[proxy]",
+    ));
+    assert!(e.key.starts_with("toml"), "{e}");
+}
