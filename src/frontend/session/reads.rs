@@ -17,8 +17,11 @@ use crate::protocol::{messages, Sqlstate};
 use crate::route;
 use crate::topology::{Lsn, Role, Topology};
 
-/// Between two looks at a replica's replay position.
+/// Between two looks at a replica's replay position, once the first few
+/// looks (back to back: a replica on a fast link replays a commit within a
+/// round trip or two) have not found it there.
 const REPLAY_POLL: Duration = Duration::from_millis(1);
+const QUICK_LOOKS: u32 = 4;
 
 /// At or past every commit the primary has acknowledged: its WAL insert
 /// position (unlike the write position, it covers asynchronous commits).
@@ -153,6 +156,7 @@ impl Session {
     /// connection may be gone).
     pub(super) async fn await_replay(&mut self, lsn: Lsn) -> bool {
         let deadline = Instant::now() + self.shared.config.consistency.causal_wait();
+        let mut looks = 0;
         loop {
             let Some(att) = self.server.as_mut() else {
                 return false;
@@ -169,7 +173,10 @@ impl Session {
             if Instant::now() >= deadline {
                 return false;
             }
-            tokio::time::sleep(REPLAY_POLL).await;
+            looks += 1;
+            if looks > QUICK_LOOKS {
+                tokio::time::sleep(REPLAY_POLL).await;
+            }
         }
     }
 
