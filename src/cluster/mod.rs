@@ -203,6 +203,50 @@ impl LocalCluster {
         Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
     }
 
+    /// Brings node `node` back as a streaming replica of node `primary`
+    /// (after a failover made `primary` the primary): stops it if it runs,
+    /// rewinds it onto the new primary's timeline with pg_rewind (which
+    /// finishes a crashed node's recovery first), makes it a standby that
+    /// streams from `primary` under its own application name, and starts it.
+    pub fn rejoin(&self, node: usize, primary: usize) -> Result<(), ClusterError> {
+        let count = self.nodes.len();
+        let missing = |index| ClusterError::NoSuchNode { index, count };
+        let target = self.nodes.get(node).ok_or(missing(node))?;
+        let source = self.nodes.get(primary).ok_or(missing(primary))?;
+        target.stop()?;
+        let source_server = format!(
+            "host=127.0.0.1 port={} user={} dbname=postgres application_name={}",
+            source.port,
+            conninfo_value(&self.superuser),
+            conninfo_value(&target.name),
+        );
+        let mut rewind = self.runner.server_cmd("pg_rewind");
+        rewind
+            .arg("--target-pgdata")
+            .arg(&target.data_dir)
+            .arg(format!("--source-server={source_server}"))
+            .arg("--write-recovery-conf")
+            .env("PGPASSWORD", &self.password)
+            .env("PGCONNECT_TIMEOUT", "10");
+        run(&mut rewind, &format!("pg_rewind of {}", target.name))?;
+        // pg_rewind copied the source's configuration, port included.
+        append_lines(
+            &target.data_dir.join("postgresql.conf"),
+            &[format!("port = {}", target.port)],
+        )?;
+        // The replication connection needs the password that --write-recovery-conf left out.
+        let conninfo = format!(
+            "{source_server} password={}",
+            conninfo_value(&self.password)
+        );
+        append_lines(
+            &target.data_dir.join("postgresql.auto.conf"),
+            &[format!("primary_conninfo = {}", conf_string(&conninfo))],
+        )?;
+        self.runner.chown_tree(&target.data_dir)?;
+        target.start()
+    }
+
     fn start_primary(&mut self, port: u16, opts: &ClusterOptions) -> Result<(), ClusterError> {
         let node = LocalNode::new(
             "node0".to_string(),

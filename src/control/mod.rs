@@ -3,6 +3,7 @@
 //! Nothing here is on a client's request path; the data plane only reads
 //! what it publishes.
 
+pub mod fencing;
 pub mod functions;
 pub mod monitor;
 

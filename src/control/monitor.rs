@@ -21,7 +21,7 @@ use crate::config::Config;
 use crate::topology::{Lsn, Replication, Role, Topology, TopologyHandle};
 
 /// One probe's answer about one node.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ProbeResult {
     pub node: usize,
     /// `None` when the node did not answer.
@@ -29,7 +29,7 @@ pub struct ProbeResult {
 }
 
 /// What a node that answered said about itself.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct NodeReport {
     pub in_recovery: bool,
     /// A primary's current WAL (write) position; a replica's replay position.
@@ -38,6 +38,11 @@ pub struct NodeReport {
     pub receive_lsn: Option<Lsn>,
     /// A replica's WAL receiver is streaming.
     pub streaming: bool,
+    /// Where a replica's WAL receiver connects, as it names it.
+    pub upstream: Option<(String, u16)>,
+    /// A primary's standbys that may acknowledge synchronous commits
+    /// (`sync_state` sync or quorum), by application name.
+    pub sync_standbys: Vec<String>,
 }
 
 /// One round trip for everything a probe asks. `pg_current_wal_lsn()`
@@ -46,7 +51,11 @@ pub struct NodeReport {
 const PROBE: &str = "SELECT pg_is_in_recovery(), \
     (CASE WHEN pg_is_in_recovery() THEN pg_last_wal_replay_lsn() ELSE pg_current_wal_lsn() END)::text, \
     pg_last_wal_receive_lsn()::text, \
-    coalesce((SELECT status = 'streaming' FROM pg_stat_wal_receiver), false)";
+    coalesce((SELECT status = 'streaming' FROM pg_stat_wal_receiver), false), \
+    (SELECT sender_host FROM pg_stat_wal_receiver), \
+    (SELECT sender_port FROM pg_stat_wal_receiver), \
+    ARRAY(SELECT application_name::text FROM pg_stat_replication \
+          WHERE sync_state IN ('sync', 'quorum') ORDER BY 1)";
 
 /// Owns the probe tasks and the driver; dropping it stops them.
 pub struct Monitor {
@@ -196,6 +205,14 @@ fn report(row: &tokio_postgres::Row) -> Option<NodeReport> {
         lsn: lsn(1),
         receive_lsn: lsn(2),
         streaming: row.try_get(3).ok()?,
+        upstream: match (
+            row.try_get::<_, Option<String>>(4).ok().flatten(),
+            row.try_get::<_, Option<i32>>(5).ok().flatten(),
+        ) {
+            (Some(host), Some(port)) => u16::try_from(port).ok().map(|p| (host, p)),
+            _ => None,
+        },
+        sync_standbys: row.try_get(6).unwrap_or_default(),
     })
 }
 
@@ -222,7 +239,7 @@ impl Driver {
                 _ = self.shutdown.changed() => return,
             };
             let current = self.topology.load();
-            let mut next = apply(&current, &mut self.streaks, result, self.threshold);
+            let mut next = apply(&current, &mut self.streaks, &result, self.threshold);
             measure_lag(&mut next, &mut self.history, Instant::now());
             if next != *current {
                 log_change(&current, &next, result.node);
@@ -252,7 +269,7 @@ pub struct Streak {
 pub fn apply(
     current: &Topology,
     streaks: &mut [Streak],
-    result: ProbeResult,
+    result: &ProbeResult,
     threshold: u32,
 ) -> Topology {
     let mut next = current.clone();
@@ -262,7 +279,7 @@ pub fn apply(
     ) else {
         return next;
     };
-    match result.report {
+    match &result.report {
         Some(report) => {
             *streak = Streak {
                 answered: streak.answered.saturating_add(1),
@@ -430,6 +447,7 @@ mod tests {
                 lsn: Some(Lsn(lsn)),
                 receive_lsn: in_recovery.then_some(Lsn(lsn)),
                 streaming: in_recovery,
+                ..NodeReport::default()
             }),
         }
     }
@@ -437,9 +455,9 @@ mod tests {
     #[test]
     fn first_contact_sets_role_and_health_at_once() {
         let mut streaks = vec![Streak::default(); 2];
-        let t = apply(&topo(), &mut streaks, up(1, false), 3);
+        let t = apply(&topo(), &mut streaks, &up(1, false), 3);
         assert_eq!(t.primary(), Some(1));
-        let t = apply(&t, &mut streaks, up(0, true), 3);
+        let t = apply(&t, &mut streaks, &up(0, true), 3);
         assert_eq!(t.nodes[0].role, Role::Replica);
         assert!(t.nodes[0].healthy);
     }
@@ -447,42 +465,42 @@ mod tests {
     #[test]
     fn health_flips_only_after_threshold_results_in_a_row() {
         let mut streaks = vec![Streak::default(); 2];
-        let mut t = apply(&topo(), &mut streaks, up(1, false), 3);
+        let mut t = apply(&topo(), &mut streaks, &up(1, false), 3);
         // Two failures, then an answer: still up all along.
         for result in [down(1), down(1), up(1, false), down(1), down(1)] {
-            t = apply(&t, &mut streaks, result, 3);
+            t = apply(&t, &mut streaks, &result, 3);
             assert_eq!(t.primary(), Some(1), "after {result:?}");
         }
-        t = apply(&t, &mut streaks, down(1), 3);
+        t = apply(&t, &mut streaks, &down(1), 3);
         assert_eq!(t.primary(), None, "third failure in a row");
         assert_eq!(t.nodes[1].role, Role::Primary, "role is kept while down");
         for _ in 0..2 {
-            t = apply(&t, &mut streaks, up(1, false), 3);
+            t = apply(&t, &mut streaks, &up(1, false), 3);
             assert_eq!(t.primary(), None, "not back before three answers");
         }
-        t = apply(&t, &mut streaks, up(1, false), 3);
+        t = apply(&t, &mut streaks, &up(1, false), 3);
         assert_eq!(t.primary(), Some(1));
     }
 
     #[test]
     fn results_for_unknown_nodes_change_nothing() {
         let mut streaks = vec![Streak::default(); 2];
-        let t = apply(&topo(), &mut streaks, up(9, false), 3);
+        let t = apply(&topo(), &mut streaks, &up(9, false), 3);
         assert_eq!(t, topo());
     }
 
     #[test]
     fn probes_carry_wal_positions_into_the_topology() {
         let mut streaks = vec![Streak::default(); 2];
-        let t = apply(&topo(), &mut streaks, at(0, false, 500), 3);
-        let t = apply(&t, &mut streaks, at(1, true, 300), 3);
+        let t = apply(&topo(), &mut streaks, &at(0, false, 500), 3);
+        let t = apply(&t, &mut streaks, &at(1, true, 300), 3);
         assert_eq!(t.primary_lsn(), Some(Lsn(500)));
         let r = t.nodes[1].replication;
         assert_eq!(
             (r.lsn, r.receive_lsn, r.streaming),
             (Some(Lsn(300)), Some(Lsn(300)), true)
         );
-        let t = apply(&t, &mut streaks, down(1), 3);
+        let t = apply(&t, &mut streaks, &down(1), 3);
         assert_eq!(
             t.nodes[1].replication, r,
             "a lost probe keeps what was known"
@@ -545,10 +563,10 @@ mod tests {
             let now = t0 + Duration::from_millis(250 * step);
             // The primary writes during the first second, then idles.
             let lsn = 1_000 + 100 * step.min(4);
-            t = apply(&t, &mut streaks, at(0, false, lsn), 3);
+            t = apply(&t, &mut streaks, &at(0, false, lsn), 3);
             // The replica replays a probe behind.
             let replayed = 1_000 + 100 * step.saturating_sub(1).min(4);
-            t = apply(&t, &mut streaks, at(1, true, replayed), 3);
+            t = apply(&t, &mut streaks, &at(1, true, replayed), 3);
             measure_lag(&mut t, &mut history, now);
             let r = t.nodes[1].replication;
             if step < 5 {
@@ -572,9 +590,9 @@ mod tests {
         let t0 = Instant::now();
         let mut streaks = vec![Streak::default(); 2];
         let mut history = WalHistory::default();
-        let mut t = apply(&topo(), &mut streaks, at(1, true, 1_000), 3);
+        let mut t = apply(&topo(), &mut streaks, &at(1, true, 1_000), 3);
         for step in 0..8u64 {
-            t = apply(&t, &mut streaks, at(0, false, 1_000 + 10 * step), 3);
+            t = apply(&t, &mut streaks, &at(0, false, 1_000 + 10 * step), 3);
             measure_lag(&mut t, &mut history, t0 + Duration::from_millis(250 * step));
         }
         let r = t.nodes[1].replication;
@@ -585,7 +603,7 @@ mod tests {
             "since the primary passed 1000 at 250 ms"
         );
         // Without a primary, lag is unknown.
-        t = apply(&t, &mut streaks, down(0), 1);
+        t = apply(&t, &mut streaks, &down(0), 1);
         measure_lag(&mut t, &mut history, t0 + Duration::from_secs(3));
         assert_eq!(
             (
