@@ -1,5 +1,6 @@
-//! The published view of the cluster: which node is primary, which are
-//! replicas, whether each is healthy, and how far each replica has got.
+//! The published view of the cluster: which node is the primary of the
+//! current epoch, which are replicas, whether each is healthy and how far
+//! each replica has got, which nodes are fenced, and whether writes are open.
 //!
 //! The control plane is the only writer; it publishes a whole new snapshot
 //! through [`TopologyHandle`] and the data plane reads whichever snapshot is
@@ -85,12 +86,32 @@ pub struct NodeState {
     /// Share of reads while a replica (from config); 0 never serves reads as one.
     pub weight: u32,
     pub replication: Replication,
+    /// Receives no traffic at all: a node that claims to be a primary but
+    /// is not the primary of the current epoch.
+    pub fenced: bool,
+}
+
+/// Whether the primary of the epoch takes writes now.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub enum WriteState {
+    #[default]
+    Open,
+    /// A planned switchover: writes wait for the new primary, they do not fail.
+    Paused,
+    /// Writes fail, for this reason (no primary known yet, the primary is
+    /// unreachable, a failover is under way, or the cluster is read-only
+    /// until an operator acts).
+    Refused(String),
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Topology {
     /// Bumped by every promotion; persisted before it is published.
     pub epoch: u64,
+    /// The primary of the epoch, as the failover state machine decided:
+    /// the only node that may receive writes.
+    pub leader: Option<usize>,
+    pub writes: WriteState,
     pub nodes: Vec<NodeState>,
 }
 
@@ -99,6 +120,8 @@ impl Topology {
     pub fn from_config(nodes: &[NodeConfig]) -> Topology {
         Topology {
             epoch: 0,
+            leader: None,
+            writes: WriteState::Refused("no primary is known yet".into()),
             nodes: nodes
                 .iter()
                 .map(|n| NodeState {
@@ -109,16 +132,18 @@ impl Topology {
                     healthy: false,
                     weight: n.weight,
                     replication: Replication::default(),
+                    fenced: false,
                 })
                 .collect(),
         }
     }
 
-    /// The index of the healthy primary, if there is one.
+    /// The primary of the epoch while it is healthy, answers as a primary
+    /// and is not fenced. (Whether it takes writes now is [`Self::writes`].)
     pub fn primary(&self) -> Option<usize> {
-        self.nodes
-            .iter()
-            .position(|n| n.healthy && n.role == Role::Primary)
+        let i = self.leader?;
+        let n = self.nodes.get(i)?;
+        (n.healthy && n.role == Role::Primary && !n.fenced).then_some(i)
     }
 
     /// The healthy primary's current WAL position, when probed.

@@ -292,9 +292,12 @@ mod tests {
             healthy,
             weight: 1,
             replication,
+            fenced: false,
         };
         let topology = Topology {
             epoch: 3,
+            leader: Some(0),
+            writes: Default::default(),
             nodes: vec![
                 node(
                     "p",

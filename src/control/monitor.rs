@@ -240,6 +240,15 @@ impl Driver {
             };
             let current = self.topology.load();
             let mut next = apply(&current, &mut self.streaks, &result, self.threshold);
+            // Until the failover driver decides it, the primary is the healthy node that says so.
+            next.leader = next
+                .nodes
+                .iter()
+                .position(|n| n.healthy && n.role == Role::Primary);
+            next.writes = match next.leader {
+                Some(_) => crate::topology::WriteState::Open,
+                None => crate::topology::WriteState::Refused("no primary is available".into()),
+            };
             measure_lag(&mut next, &mut self.history, Instant::now());
             if next != *current {
                 log_change(&current, &next, result.node);
@@ -411,6 +420,8 @@ mod tests {
     fn topo() -> Topology {
         Topology {
             epoch: 0,
+            leader: Some(0),
+            writes: Default::default(),
             nodes: (0..2)
                 .map(|i| NodeState {
                     name: format!("n{i}"),
@@ -420,9 +431,14 @@ mod tests {
                     healthy: false,
                     weight: 1,
                     replication: Default::default(),
+                    fenced: false,
                 })
                 .collect(),
         }
+    }
+
+    fn is_up_primary(t: &Topology, node: usize) -> bool {
+        t.nodes[node].healthy && t.nodes[node].role == Role::Primary
     }
 
     fn up(node: usize, in_recovery: bool) -> ProbeResult {
@@ -456,7 +472,7 @@ mod tests {
     fn first_contact_sets_role_and_health_at_once() {
         let mut streaks = vec![Streak::default(); 2];
         let t = apply(&topo(), &mut streaks, &up(1, false), 3);
-        assert_eq!(t.primary(), Some(1));
+        assert!(is_up_primary(&t, 1));
         let t = apply(&t, &mut streaks, &up(0, true), 3);
         assert_eq!(t.nodes[0].role, Role::Replica);
         assert!(t.nodes[0].healthy);
@@ -469,17 +485,17 @@ mod tests {
         // Two failures, then an answer: still up all along.
         for result in [down(1), down(1), up(1, false), down(1), down(1)] {
             t = apply(&t, &mut streaks, &result, 3);
-            assert_eq!(t.primary(), Some(1), "after {result:?}");
+            assert!(is_up_primary(&t, 1), "after {result:?}");
         }
         t = apply(&t, &mut streaks, &down(1), 3);
-        assert_eq!(t.primary(), None, "third failure in a row");
+        assert!(!t.nodes[1].healthy, "third failure in a row");
         assert_eq!(t.nodes[1].role, Role::Primary, "role is kept while down");
         for _ in 0..2 {
             t = apply(&t, &mut streaks, &up(1, false), 3);
-            assert_eq!(t.primary(), None, "not back before three answers");
+            assert!(!t.nodes[1].healthy, "not back before three answers");
         }
         t = apply(&t, &mut streaks, &up(1, false), 3);
-        assert_eq!(t.primary(), Some(1));
+        assert!(is_up_primary(&t, 1));
     }
 
     #[test]

@@ -98,6 +98,7 @@ mod tests {
                 lag_bytes: lag.map(|l| l.0),
                 lag_ms: lag.map(|l| l.1),
             },
+            fenced: false,
         }
     }
 

@@ -8,7 +8,7 @@
 //! lag) comes in from the caller as a plain value or closure.
 
 use crate::config::{LoadBalance, RoutingConfig};
-use crate::topology::{Role, Topology};
+use crate::topology::{Role, Topology, WriteState};
 
 /// Where a statement goes.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -23,6 +23,11 @@ pub struct Target {
 pub enum NoRoute {
     #[error("no primary is available")]
     NoPrimary,
+    /// A planned switchover holds writes for a moment.
+    #[error("writes are paused for a switchover")]
+    Paused,
+    #[error("writes are refused: {0}")]
+    Refused(String),
     #[error("no node is available to serve the read")]
     NoNode,
 }
@@ -44,8 +49,14 @@ impl ReadPolicy {
     }
 }
 
-/// Picks the node for a write: the healthy primary.
+/// Picks the node for a write: the healthy primary of the epoch, while
+/// writes are open.
 pub fn route_write(topology: &Topology) -> Result<Target, NoRoute> {
+    match &topology.writes {
+        WriteState::Open => {}
+        WriteState::Paused => return Err(NoRoute::Paused),
+        WriteState::Refused(reason) => return Err(NoRoute::Refused(reason.clone())),
+    }
     let node = topology.primary().ok_or(NoRoute::NoPrimary)?;
     Ok(target(topology, node))
 }

@@ -13,6 +13,8 @@ type Spec = (Role, bool, u32);
 fn topo(epoch: u64, specs: &[Spec]) -> Topology {
     Topology {
         epoch,
+        leader: specs.iter().position(|s| s.0 == P),
+        writes: Default::default(),
         nodes: specs
             .iter()
             .enumerate()
@@ -24,6 +26,7 @@ fn topo(epoch: u64, specs: &[Spec]) -> Topology {
                 healthy,
                 weight,
                 replication: Default::default(),
+                fenced: false,
             })
             .collect(),
     }
