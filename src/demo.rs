@@ -5,8 +5,8 @@ use std::net::SocketAddr;
 
 use crate::cluster::{ClusterOptions, LocalCluster};
 use crate::config::{
-    AuthMethod, BackendConfig, Config, ConsistencyConfig, MonitorConfig, NodeConfig, PoolConfig,
-    ProxyConfig, RoutingConfig, UserConfig,
+    AuthMethod, BackendConfig, Config, ConsistencyConfig, FailoverConfig, MonitorConfig,
+    NodeConfig, PoolConfig, ProxyConfig, RoutingConfig, UserConfig,
 };
 use crate::proxy::Proxy;
 
@@ -71,6 +71,7 @@ pub fn demo_config(cluster: &LocalCluster, listen: SocketAddr) -> Config {
         pool: PoolConfig::default(),
         routing: RoutingConfig::default(),
         consistency: ConsistencyConfig::default(),
+        failover: FailoverConfig::default(),
         nodes: cluster
             .nodes()
             .iter()

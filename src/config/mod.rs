@@ -6,7 +6,7 @@
 
 use std::fmt;
 use std::net::SocketAddr;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
@@ -62,6 +62,8 @@ pub struct Config {
     pub routing: RoutingConfig,
     #[serde(default)]
     pub consistency: ConsistencyConfig,
+    #[serde(default)]
+    pub failover: FailoverConfig,
     #[serde(default)]
     pub nodes: Vec<NodeConfig>,
     #[serde(default)]
@@ -341,6 +343,82 @@ impl ConsistencyConfig {
     }
 }
 
+/// Whether Palisade promotes a replica by itself when the primary fails.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum FailoverMode {
+    /// A confirmed primary failure promotes the best replica.
+    #[default]
+    Automatic,
+    /// Nothing is promoted until an operator runs `SWITCHOVER`; until then
+    /// the cluster is read-only.
+    Manual,
+}
+
+/// How commits wait for replicas, and so which replicas may be promoted
+/// without losing an acknowledged commit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ReplicationMode {
+    /// Commits do not wait for replicas (availability; a failover may lose
+    /// the last commits).
+    #[default]
+    Async,
+    /// Commits wait for one healthy replica; with none healthy the primary
+    /// drops to async rather than block writes.
+    Sync,
+    /// Commits always wait for a replica, even when none is healthy
+    /// (consistency: writes block).
+    SyncStrict,
+}
+
+/// Failure detection, promotion, fencing and recovery of the old primary.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct FailoverConfig {
+    pub mode: FailoverMode,
+    /// The primary must have missed its probes this long (and the replicas
+    /// must have stopped streaming from it) before it is declared failed.
+    /// Also how long a planned switchover may pause writes.
+    pub failover_timeout_ms: u64,
+    /// No replica further behind the last known primary position than this
+    /// is promoted; the cluster stays read-only instead.
+    pub max_lag_on_failover_bytes: u64,
+    /// Where the epoch and its primary are persisted; without one they live
+    /// only in memory and a restarted proxy learns the primary afresh.
+    pub state_file: Option<PathBuf>,
+    /// A fenced old primary is brought back as a replica without an operator.
+    pub auto_rejoin: bool,
+    pub replication_mode: ReplicationMode,
+    /// Run to fence a node (e.g. stop the server, STONITH), on top of making
+    /// it read-only when it is reachable.
+    pub fence_command: Option<String>,
+    /// Run to turn a fenced old primary into a replica of the new one
+    /// (pg_rewind, standby.signal, primary_conninfo).
+    pub rejoin_command: Option<String>,
+}
+
+impl Default for FailoverConfig {
+    fn default() -> Self {
+        FailoverConfig {
+            mode: FailoverMode::Automatic,
+            failover_timeout_ms: 5_000,
+            max_lag_on_failover_bytes: 16 * 1024 * 1024,
+            state_file: None,
+            auto_rejoin: false,
+            replication_mode: ReplicationMode::Async,
+            fence_command: None,
+            rejoin_command: None,
+        }
+    }
+}
+
+impl FailoverConfig {
+    pub fn failover_timeout(&self) -> Duration {
+        Duration::from_millis(self.failover_timeout_ms)
+    }
+}
+
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct NodeConfig {
@@ -484,6 +562,7 @@ impl Config {
         }
         self.validate_consistency()?;
         self.validate_nodes()?;
+        self.validate_failover()?;
         self.validate_users()
     }
 
@@ -500,6 +579,59 @@ impl Config {
             return Err(invalid(
                 "consistency.max_lag_ms",
                 format!("must be at most {MAX_LAG_MS} (a week)"),
+            ));
+        }
+        Ok(())
+    }
+
+    fn validate_failover(&self) -> Result<(), ConfigError> {
+        let f = &self.failover;
+        positive("failover.failover_timeout_ms", f.failover_timeout_ms)?;
+        // Fewer probes than the health threshold would declare a failure on
+        // a blip the monitor itself does not yet count as one.
+        let min = self
+            .monitor
+            .probe_interval_ms
+            .saturating_mul(self.monitor.health_threshold.into());
+        if f.failover_timeout_ms < min {
+            return Err(invalid(
+                "failover.failover_timeout_ms",
+                format!(
+                    "must be at least monitor.probe_interval_ms × monitor.health_threshold ({min})"
+                ),
+            ));
+        }
+        // A hung primary is only noticed once a probe has timed out.
+        if f.failover_timeout_ms <= self.monitor.probe_timeout_ms {
+            return Err(invalid(
+                "failover.failover_timeout_ms",
+                format!(
+                    "must be greater than monitor.probe_timeout_ms ({})",
+                    self.monitor.probe_timeout_ms
+                ),
+            ));
+        }
+        if let Some(path) = &f.state_file {
+            let text = path.to_string_lossy();
+            if text.trim().is_empty() || text.ends_with('/') || path.file_name().is_none() {
+                return Err(invalid(
+                    "failover.state_file",
+                    "must name a file, e.g. /var/lib/palisade/state.toml",
+                ));
+            }
+        }
+        for (key, command) in [
+            ("failover.fence_command", &f.fence_command),
+            ("failover.rejoin_command", &f.rejoin_command),
+        ] {
+            if command.as_deref().is_some_and(|c| c.trim().is_empty()) {
+                return Err(invalid(key, "must not be empty; leave it out instead"));
+            }
+        }
+        if f.replication_mode != ReplicationMode::Async && self.nodes.len() < 2 {
+            return Err(invalid(
+                "failover.replication_mode",
+                "sync and sync_strict need at least two nodes",
             ));
         }
         Ok(())

@@ -277,3 +277,126 @@ fn consistency_section_parses_and_its_bounds_are_enforced() {
     ));
     assert!(e.key.starts_with("toml"), "{e}");
 }
+
+#[test]
+fn failover_section_defaults() {
+    let f = Config::parse(GOOD).unwrap().failover;
+    assert_eq!(f.mode, FailoverMode::Automatic);
+    assert_eq!(f.failover_timeout(), Duration::from_secs(5));
+    assert_eq!(f.max_lag_on_failover_bytes, 16 * 1024 * 1024);
+    assert_eq!(f.state_file, None);
+    assert!(!f.auto_rejoin);
+    assert_eq!(f.replication_mode, ReplicationMode::Async);
+    assert_eq!(f.fence_command, None);
+    assert_eq!(f.rejoin_command, None);
+}
+
+#[test]
+fn failover_section_parses_every_key() {
+    let c = Config::parse(&format!(
+        "{GOOD}\n[failover]\nmode = \"manual\"\nfailover_timeout_ms = 8000\n\
+         max_lag_on_failover_bytes = 0\nstate_file = \"/var/lib/palisade/state.toml\"\n\
+         auto_rejoin = true\nreplication_mode = \"sync_strict\"\n\
+         fence_command = \"pg_ctl stop -D %d\"\nrejoin_command = \"rejoin.sh %n\"\n"
+    ))
+    .unwrap();
+    let f = c.failover;
+    assert_eq!(f.mode, FailoverMode::Manual);
+    assert_eq!(f.failover_timeout_ms, 8000);
+    assert_eq!(f.max_lag_on_failover_bytes, 0);
+    assert_eq!(
+        f.state_file.as_deref(),
+        Some(Path::new("/var/lib/palisade/state.toml"))
+    );
+    assert!(f.auto_rejoin);
+    assert_eq!(f.replication_mode, ReplicationMode::SyncStrict);
+    assert_eq!(f.fence_command.as_deref(), Some("pg_ctl stop -D %d"));
+    assert_eq!(f.rejoin_command.as_deref(), Some("rejoin.sh %n"));
+    for (text, mode) in [
+        ("async", ReplicationMode::Async),
+        ("sync", ReplicationMode::Sync),
+    ] {
+        let c = Config::parse(&format!(
+            "{GOOD}\n[failover]\nreplication_mode = \"{text}\"\n"
+        ))
+        .unwrap();
+        assert_eq!(c.failover.replication_mode, mode);
+    }
+}
+
+#[test]
+fn unknown_failover_modes_are_rejected() {
+    let e = error_of(&format!("{GOOD}\n[failover]\nmode = \"sometimes\"\n"));
+    assert!(e.rule.contains("sometimes"), "{e}");
+    let e = error_of(&format!(
+        "{GOOD}\n[failover]\nreplication_mode = \"semi\"\n"
+    ));
+    assert!(e.rule.contains("semi"), "{e}");
+}
+
+#[test]
+fn zero_failover_timeout_is_rejected() {
+    let e = error_of(&format!("{GOOD}\n[failover]\nfailover_timeout_ms = 0\n"));
+    assert_eq!(e.key, "failover.failover_timeout_ms");
+    assert!(e.rule.contains("greater than 0"), "{e}");
+}
+
+#[test]
+fn failover_timeout_shorter_than_the_health_threshold_is_rejected() {
+    // 250 ms × 3 probes = 750 ms.
+    let e = error_of(&format!(
+        "{GOOD}\n[monitor]\nprobe_timeout_ms = 100\n[failover]\nfailover_timeout_ms = 700\n"
+    ));
+    assert_eq!(e.key, "failover.failover_timeout_ms");
+    assert!(e.rule.contains("health_threshold"), "{e}");
+    Config::parse(&format!(
+        "{GOOD}\n[monitor]\nprobe_timeout_ms = 100\n[failover]\nfailover_timeout_ms = 750\n"
+    ))
+    .unwrap();
+}
+
+#[test]
+fn failover_timeout_within_the_probe_timeout_is_rejected() {
+    let e = error_of(&format!("{GOOD}\n[failover]\nfailover_timeout_ms = 1000\n"));
+    assert_eq!(e.key, "failover.failover_timeout_ms");
+    assert!(e.rule.contains("probe_timeout_ms"), "{e}");
+}
+
+#[test]
+fn state_file_must_name_a_file() {
+    for bad in ["", "  ", "/var/lib/palisade/", "/"] {
+        let e = error_of(&format!("{GOOD}\n[failover]\nstate_file = \"{bad}\"\n"));
+        assert_eq!(e.key, "failover.state_file", "{bad:?}");
+    }
+    let c = Config::parse(&format!(
+        "{GOOD}\n[failover]\nstate_file = \"state.toml\"\n"
+    ))
+    .unwrap();
+    assert_eq!(
+        c.failover.state_file.as_deref(),
+        Some(Path::new("state.toml"))
+    );
+}
+
+#[test]
+fn empty_fence_and_rejoin_commands_are_rejected() {
+    for key in ["fence_command", "rejoin_command"] {
+        let e = error_of(&format!("{GOOD}\n[failover]\n{key} = \" \"\n"));
+        assert_eq!(e.key, format!("failover.{key}"));
+    }
+}
+
+#[test]
+fn sync_replication_needs_two_nodes() {
+    let one_node = "[[nodes]]\nhost = \"h\"\nport = 1\n[[users]]\nname = \"u\"\nauth = \"trust\"\n";
+    for mode in ["sync", "sync_strict"] {
+        let e = error_of(&format!(
+            "{one_node}[failover]\nreplication_mode = \"{mode}\"\n"
+        ));
+        assert_eq!(e.key, "failover.replication_mode", "{mode}");
+    }
+    Config::parse(&format!(
+        "{one_node}[failover]\nreplication_mode = \"async\"\n"
+    ))
+    .unwrap();
+}

@@ -1,0 +1,242 @@
+//! What goes in and out of the state machine: the settings it runs with,
+//! the events it is fed (probe results, ticks, outcomes, operator commands)
+//! and the actions and published snapshot it answers with.
+
+use std::collections::BTreeSet;
+
+use super::NodeId;
+use crate::config::{Config, FailoverMode, ReplicationMode};
+use crate::control::epoch::EpochRecord;
+use crate::topology::Lsn;
+
+/// How a node is known: its configured name (persisted) and address (what
+/// replicas name as their upstream).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NodeAddr {
+    pub name: String,
+    pub host: String,
+    pub port: u16,
+}
+
+/// What the state machine needs from the configuration.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Settings {
+    pub nodes: Vec<NodeAddr>,
+    pub mode: FailoverMode,
+    pub replication_mode: ReplicationMode,
+    /// How long the primary must have failed to answer before it may be
+    /// declared failed; also the longest a switchover pauses writes, and the
+    /// pause before a failed action is retried.
+    pub failover_timeout_ms: u64,
+    pub max_lag_on_failover_bytes: u64,
+    pub auto_rejoin: bool,
+    /// Probe results in a row before a node counts as healthy (a candidate)
+    /// or a primary's misses refuse writes.
+    pub health_threshold: u32,
+}
+
+impl Settings {
+    pub fn from_config(config: &Config) -> Settings {
+        let f = &config.failover;
+        Settings {
+            nodes: config
+                .nodes
+                .iter()
+                .map(|n| NodeAddr {
+                    name: n.display_name(),
+                    host: n.host.clone(),
+                    port: n.port,
+                })
+                .collect(),
+            mode: f.mode,
+            replication_mode: f.replication_mode,
+            failover_timeout_ms: f.failover_timeout_ms,
+            max_lag_on_failover_bytes: f.max_lag_on_failover_bytes,
+            auto_rejoin: f.auto_rejoin,
+            health_threshold: config.monitor.health_threshold.max(1),
+        }
+    }
+
+    pub fn node_name(&self, node: NodeId) -> Option<&str> {
+        self.nodes.get(node).map(|n| n.name.as_str())
+    }
+
+    pub(super) fn node_named(&self, name: &str) -> Option<NodeId> {
+        self.nodes.iter().position(|n| n.name == name)
+    }
+
+    pub(super) fn resolve(&self, upstream: &Upstream) -> Option<NodeId> {
+        match upstream {
+            Upstream::Node(node) => (*node < self.nodes.len()).then_some(*node),
+            Upstream::Addr { host, port } => self
+                .nodes
+                .iter()
+                .position(|n| n.host == *host && n.port == *port),
+        }
+    }
+}
+
+/// Where a replica's WAL receiver streams from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Upstream {
+    Node(NodeId),
+    /// As `pg_stat_wal_receiver` names it; matched against the nodes.
+    Addr {
+        host: String,
+        port: u16,
+    },
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct WalReceiver {
+    pub streaming: bool,
+    /// `None` when not known; a streaming receiver with an unknown or
+    /// unmatched upstream is taken to stream from the primary (the cautious
+    /// reading: it keeps the primary alive).
+    pub upstream: Option<Upstream>,
+}
+
+/// A node's answer to a probe.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Report {
+    pub in_recovery: bool,
+    /// A primary's current WAL position; a replica's replay position.
+    pub lsn: Lsn,
+    /// A replica's received (flushed) position.
+    pub receive_lsn: Option<Lsn>,
+    pub receiver: WalReceiver,
+}
+
+impl Report {
+    /// How much WAL the node holds: what it would have if promoted now.
+    pub(super) fn position(&self) -> Lsn {
+        self.lsn.max(self.receive_lsn.unwrap_or(self.lsn))
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Probe {
+    /// No answer within the probe timeout (down, hung, or cut off).
+    Unreachable,
+    Reachable(Report),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Event {
+    /// The persisted record, read once at start; nothing is decided before.
+    Loaded(Option<EpochRecord>),
+    Probe {
+        node: NodeId,
+        at: u64,
+        result: Probe,
+    },
+    /// The primary's synchronous standbys, as it reports them; in sync modes
+    /// only these may be promoted.
+    SyncStandbys {
+        nodes: BTreeSet<NodeId>,
+    },
+    Tick {
+        now: u64,
+    },
+    PersistDone {
+        epoch: u64,
+    },
+    PersistFailed {
+        epoch: u64,
+    },
+    Promoted {
+        node: NodeId,
+    },
+    PromoteFailed {
+        node: NodeId,
+    },
+    RepointDone {
+        replica: NodeId,
+        to: NodeId,
+    },
+    RepointFailed {
+        replica: NodeId,
+        to: NodeId,
+    },
+    FenceDone {
+        node: NodeId,
+    },
+    FenceFailed {
+        node: NodeId,
+    },
+    /// The rejoin command failed; success shows in the node's probes.
+    RejoinFailed {
+        node: NodeId,
+    },
+    /// Operator: planned switchover, or promotion of a failed primary's
+    /// replacement when `failover = manual`.
+    Switchover {
+        target: Option<NodeId>,
+    },
+    /// Operator: bring a fenced node back as a replica.
+    Rejoin {
+        node: NodeId,
+    },
+}
+
+/// Whether the data plane may send writes to the published primary.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Writes {
+    Open,
+    /// Held, not failed: a planned switchover is under way.
+    Paused,
+    Refused(Refusal),
+}
+
+/// Why writes are refused.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Refusal {
+    /// Not yet known which node is the primary.
+    NoPrimary,
+    /// The proxy cannot reach the primary (08006 to writes); no failover
+    /// while the replicas still stream from it.
+    PrimaryUnreachable,
+    /// A failover is promoting a replica.
+    FailingOver,
+    /// The cluster stays read-only until an operator acts, for this reason.
+    ReadOnly(String),
+}
+
+/// The snapshot the driver publishes; its epoch is always persisted.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Published {
+    pub epoch: u64,
+    /// The primary of the epoch: the only node that may receive writes.
+    pub primary: Option<NodeId>,
+    pub writes: Writes,
+    /// Nodes that receive no traffic at all.
+    pub fenced: BTreeSet<NodeId>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Action {
+    /// Make `epoch` with `primary` durable, then answer PersistDone/Failed.
+    PersistEpoch {
+        epoch: u64,
+        primary: NodeId,
+    },
+    PublishTopology(Published),
+    /// `pg_promote(wait => true)`.
+    Promote(NodeId),
+    /// Point a replica's primary_conninfo at the new primary.
+    Repoint {
+        replica: NodeId,
+        to: NodeId,
+    },
+    /// Make the node read-only, end its sessions, run the fence command.
+    Fence(NodeId),
+    /// Turn a fenced node into a replica of `to` (rewind, standby).
+    Rejoin {
+        node: NodeId,
+        to: NodeId,
+    },
+    /// An operator command was not carried out, and why.
+    CommandRefused {
+        reason: String,
+    },
+}
