@@ -8,12 +8,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::net::TcpListener;
-use tokio::sync::{watch, Semaphore};
+use tokio::sync::{mpsc, watch, Semaphore};
 use tokio::task::JoinHandle;
 use tracing::{info, warn};
 
 use crate::backend::pool::ServerPool;
 use crate::config::{Config, ConfigError};
+use crate::control::operator::{CommandOperator, NodeOperator};
 use crate::control::{FunctionCatalog, Monitor};
 use crate::frontend::auth::Authenticator;
 use crate::frontend::cancel::CancelRegistry;
@@ -47,7 +48,18 @@ pub struct Proxy {
 
 impl Proxy {
     /// Validates the config, probes the nodes once, and starts listening.
+    /// A rejoin or fence runs the config's `failover.*_command`s.
     pub async fn start(config: Config) -> Result<Proxy, StartError> {
+        let operator = Arc::new(CommandOperator::new(&config.failover));
+        Proxy::start_with(config, operator).await
+    }
+
+    /// [`Proxy::start`] with the failover's hooks supplied by the caller
+    /// (the demo's and the tests' local clusters rejoin nodes themselves).
+    pub async fn start_with(
+        config: Config,
+        operator: Arc<dyn NodeOperator>,
+    ) -> Result<Proxy, StartError> {
         config.validate()?;
         let addr = config.listen_addr()?;
         let listener = TcpListener::bind(addr)
@@ -58,7 +70,16 @@ impl Proxy {
             .map_err(|source| StartError::Listen { addr, source })?;
         let (shutdown, shutdown_rx) = watch::channel(false);
         let topology = TopologyHandle::new(Topology::from_config(&config.nodes));
-        let monitor = Monitor::start(&config, topology.clone(), shutdown_rx.clone()).await;
+        let config = Arc::new(config);
+        let (control, commands) = mpsc::channel(16);
+        let monitor = Monitor::start(
+            config.clone(),
+            topology.clone(),
+            commands,
+            operator,
+            shutdown_rx.clone(),
+        )
+        .await;
         let pool = Arc::new(ServerPool::new(
             &config.pool,
             config.proxy.connect_timeout(),
@@ -82,7 +103,8 @@ impl Proxy {
             read_policy: ReadPolicy::from_config(&config.routing),
             tickets: AtomicU64::new(0),
             unparsable: AtomicU64::new(0),
-            config: Arc::new(config),
+            control,
+            config,
             topology: topology.clone(),
             cancels: Arc::new(CancelRegistry::default()),
             shutdown: shutdown_rx,

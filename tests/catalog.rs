@@ -22,6 +22,7 @@ fn catalog(cluster: &LocalCluster) -> FunctionCatalog {
     let mut topology = Topology::from_config(&config.nodes);
     topology.nodes[0].role = Role::Primary;
     topology.nodes[0].healthy = true;
+    topology.leader = Some(0);
     FunctionCatalog::new(&config, TopologyHandle::new(topology))
 }
 

@@ -2,13 +2,17 @@
 //! `palisade` talks to the proxy itself, never to PostgreSQL. It answers
 //! `SHOW NODES` (the published topology with each node's replication
 //! position, lag and traffic) and `SHOW CONFIG` (the running config,
-//! secrets masked), over the simple query protocol, like PgBouncer's
-//! `pgbouncer` database.
+//! secrets masked), and passes `SWITCHOVER [TO node]` and `REJOIN node` to
+//! the control plane's driver, over the simple query protocol, like
+//! PgBouncer's `pgbouncer` database.
 
 use bytes::BytesMut;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
+use tokio::sync::oneshot;
+
 use crate::config::Config;
+use crate::control::driver as control;
 use crate::frontend::session::ClientIo;
 use crate::frontend::Shared;
 use crate::protocol::{messages, take_frame, Sqlstate};
@@ -29,27 +33,38 @@ const STARTUP_PARAMETERS: [(&str, &str); 6] = [
 ];
 
 /// One console command.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Command {
     ShowNodes,
     ShowConfig,
+    /// For the failover driver.
+    Control(control::Command),
     /// An empty query string.
     Empty,
 }
 
-/// Recognises a command: case and blanks do not matter, one trailing `;`
-/// is allowed. `None` for anything else.
+/// Recognises a command: keywords in any case, node names as configured,
+/// blanks free, one trailing `;` allowed. `None` for anything else.
 pub fn parse(sql: &str) -> Option<Command> {
     let sql = sql.trim();
     let sql = sql.strip_suffix(';').unwrap_or(sql);
-    let words: Vec<String> = sql
-        .split_ascii_whitespace()
-        .map(str::to_ascii_lowercase)
-        .collect();
-    match words.iter().map(String::as_str).collect::<Vec<_>>()[..] {
-        [] => Some(Command::Empty),
-        ["show", "nodes"] => Some(Command::ShowNodes),
-        ["show", "config"] => Some(Command::ShowConfig),
+    let words: Vec<&str> = sql.split_ascii_whitespace().collect();
+    let is = |i: usize, keyword: &str| {
+        words
+            .get(i)
+            .is_some_and(|w| w.eq_ignore_ascii_case(keyword))
+    };
+    match words.len() {
+        0 => Some(Command::Empty),
+        2 if is(0, "show") && is(1, "nodes") => Some(Command::ShowNodes),
+        2 if is(0, "show") && is(1, "config") => Some(Command::ShowConfig),
+        1 if is(0, "switchover") => Some(Command::Control(control::Command::Switchover(None))),
+        3 if is(0, "switchover") && is(1, "to") => Some(Command::Control(
+            control::Command::Switchover(Some(words[2].to_owned())),
+        )),
+        2 if is(0, "rejoin") => Some(Command::Control(control::Command::Rejoin(
+            words[1].to_owned(),
+        ))),
         _ => None,
     }
 }
@@ -101,7 +116,7 @@ pub async fn serve(mut client: ClientIo, shared: &Shared) {
             b'Q' => {
                 let sql = frame[5..].strip_suffix(b"\0").unwrap_or(&frame[5..]);
                 let sql = String::from_utf8_lossy(sql);
-                answer(&mut client.out, &sql, shared);
+                answer(&mut client.out, &sql, shared).await;
                 messages::ready_for_query(&mut client.out, b'I');
             }
             b'X' => return,
@@ -129,8 +144,23 @@ pub async fn serve(mut client: ClientIo, shared: &Shared) {
 }
 
 /// Answers one simple query.
-fn answer(out: &mut BytesMut, sql: &str, shared: &Shared) {
+async fn answer(out: &mut BytesMut, sql: &str, shared: &Shared) {
     match parse(sql) {
+        Some(Command::Control(command)) => {
+            let tag = match &command {
+                control::Command::Switchover(_) => "SWITCHOVER",
+                control::Command::Rejoin(_) => "REJOIN",
+            };
+            match ask(shared, command).await {
+                Ok(done) => {
+                    messages::notice(out, &done);
+                    messages::command_complete(out, tag);
+                }
+                Err(reason) => {
+                    messages::error(out, false, Sqlstate::ObjectNotInPrerequisiteState, &reason)
+                }
+            }
+        }
         Some(Command::ShowNodes) => {
             let topology = shared.topology.load();
             let rows = node_rows(
@@ -158,11 +188,23 @@ fn answer(out: &mut BytesMut, sql: &str, shared: &Shared) {
             false,
             Sqlstate::SyntaxError,
             &format!(
-                "unknown admin console command {:?}: try SHOW NODES or SHOW CONFIG",
+                "unknown admin console command {:?}: try SHOW NODES, SHOW CONFIG, SWITCHOVER [TO node] or REJOIN node",
                 sql.trim()
             ),
         ),
     }
+}
+
+/// Hands `command` to the control plane's driver and waits for its answer.
+async fn ask(shared: &Shared, command: control::Command) -> Result<String, String> {
+    let (reply, answer) = oneshot::channel();
+    let request = control::Request { command, reply };
+    if shared.control.send(request).await.is_err() {
+        return Err("the control plane is not running".to_owned());
+    }
+    answer
+        .await
+        .unwrap_or_else(|_| Err("the control plane stopped before answering".to_owned()))
 }
 
 pub const NODE_COLUMNS: [&str; 12] = [
@@ -206,7 +248,14 @@ pub fn node_rows(
                     }
                     .to_owned(),
                 ),
-                Some(if n.healthy { "up" } else { "down" }.to_owned()),
+                Some(
+                    match (n.fenced, n.healthy) {
+                        (true, _) => "fenced",
+                        (false, true) => "up",
+                        (false, false) => "down",
+                    }
+                    .to_owned(),
+                ),
                 r.lsn.map(|l| l.to_string()),
                 r.receive_lsn.map(|l| l.to_string()),
                 replica.then(|| r.streaming.to_string()),
@@ -272,7 +321,24 @@ mod tests {
         assert_eq!(parse("  show   nodes ; "), Some(Command::ShowNodes));
         assert_eq!(parse("Show Config;"), Some(Command::ShowConfig));
         assert_eq!(parse(" ; "), Some(Command::Empty));
+        assert_eq!(
+            parse("switchover"),
+            Some(Command::Control(control::Command::Switchover(None)))
+        );
+        assert_eq!(
+            parse("SWITCHOVER TO Node2;"),
+            Some(Command::Control(control::Command::Switchover(Some(
+                "Node2".into()
+            ))))
+        );
+        assert_eq!(
+            parse("rejoin node0"),
+            Some(Command::Control(control::Command::Rejoin("node0".into())))
+        );
         for other in [
+            "REJOIN",
+            "SWITCHOVER node2",
+            "REJOIN a b",
             "SHOW NODES; SHOW CONFIG",
             "SHOW",
             "SELECT 1",

@@ -164,6 +164,40 @@ impl EpochStore for StateFile {
     }
 }
 
+/// The epoch record kept in memory only, when no `failover.state_file` is
+/// configured: a restarted proxy learns the primary afresh from the nodes.
+#[derive(Debug, Default)]
+pub struct MemoryStore {
+    record: std::sync::Mutex<Option<EpochRecord>>,
+}
+
+impl EpochStore for MemoryStore {
+    fn load(&self) -> Result<Option<EpochRecord>, EpochStoreError> {
+        Ok(self
+            .record
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone())
+    }
+
+    fn store(&self, epoch: u64, primary: &str) -> Result<(), EpochStoreError> {
+        let record = EpochRecord {
+            epoch,
+            primary: primary.to_owned(),
+        };
+        check(&record).map_err(|reason| EpochStoreError::BadRecord {
+            epoch,
+            primary: primary.to_owned(),
+            reason,
+        })?;
+        *self
+            .record
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(record);
+        Ok(())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -287,5 +321,21 @@ mod tests {
             assert!(matches!(e, EpochStoreError::BadRecord { .. }), "{e:?}");
         }
         assert_eq!(store.load().unwrap(), None);
+    }
+
+    #[test]
+    fn the_memory_store_keeps_the_latest_record() {
+        let store = MemoryStore::default();
+        assert_eq!(store.load().unwrap(), None);
+        store.store(1, "a").unwrap();
+        store.store(2, "b").unwrap();
+        assert_eq!(
+            store.load().unwrap(),
+            Some(EpochRecord {
+                epoch: 2,
+                primary: "b".into()
+            })
+        );
+        assert!(store.store(0, "c").is_err());
     }
 }

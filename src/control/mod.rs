@@ -4,11 +4,13 @@
 //! Nothing here is on a client's request path; the data plane only reads
 //! what it publishes.
 
+pub mod driver;
 pub mod epoch;
 pub mod failover;
 pub mod fencing;
 pub mod functions;
 pub mod monitor;
+pub mod operator;
 
 pub use epoch::{EpochRecord, EpochStore, EpochStoreError, StateFile};
 pub use functions::{FunctionCatalog, VolatileSet};

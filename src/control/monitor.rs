@@ -1,7 +1,8 @@
 //! Health and replication probes: one task per node asks, on an interval
 //! and over a connection of its own (deadpool-postgres), whether the node is
 //! in recovery, where its WAL stands and whether its WAL receiver streams;
-//! a single driver folds the answers into the published [`Topology`].
+//! the driver ([`super::driver`]) folds the answers into the published
+//! [`Topology`] with the pure helpers here ([`apply`], [`measure_lag`]).
 //!
 //! The driver is the only writer of the topology; probe tasks only report.
 //! Replication lag is worked out there too, from a short history of the
@@ -9,6 +10,7 @@
 //! makes its replicas look stale.
 
 use std::collections::VecDeque;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
@@ -17,6 +19,9 @@ use tokio::task::JoinSet;
 use tokio_postgres::NoTls;
 use tracing::{debug, info, warn};
 
+use super::driver::{Driver, Request, Wiring};
+use super::epoch::{EpochStore, MemoryStore, StateFile};
+use super::operator::NodeOperator;
 use crate::config::Config;
 use crate::topology::{Lsn, Replication, Role, Topology, TopologyHandle};
 
@@ -63,19 +68,21 @@ pub struct Monitor {
 }
 
 impl Monitor {
-    /// Starts probing every configured node and publishing into `topology`.
-    /// Returns once every node has been probed once, so the first published
-    /// snapshot already knows the primary.
+    /// Starts probing every configured node and the driver that publishes
+    /// into `topology`. Returns once every node has been probed once, so the
+    /// first published snapshot already knows the primary.
     pub async fn start(
-        config: &Config,
+        config: Arc<Config>,
         topology: TopologyHandle,
+        commands: mpsc::Receiver<Request>,
+        operator: Arc<dyn NodeOperator>,
         shutdown: watch::Receiver<bool>,
     ) -> Monitor {
         let (tx, rx) = mpsc::channel(64);
         let (first_round_tx, mut first_round) = watch::channel(false);
         let mut tasks = JoinSet::new();
         for (node, _) in config.nodes.iter().enumerate() {
-            let pool = probe_pool(config, node);
+            let pool = probe_pool(&config, node);
             let prober = Prober {
                 node,
                 pool,
@@ -87,17 +94,22 @@ impl Monitor {
             };
             tasks.spawn(prober.run());
         }
-        let driver = Driver {
-            topology,
-            history: WalHistory::default(),
-            results: rx,
-            streaks: vec![Streak::default(); config.nodes.len()],
-            threshold: config.monitor.health_threshold,
-            unseen: config.nodes.len(),
-            seen: vec![false; config.nodes.len()],
-            first_round: first_round_tx,
-            shutdown,
+        let store: Arc<dyn EpochStore> = match &config.failover.state_file {
+            Some(path) => Arc::new(StateFile::new(path)),
+            None => Arc::new(MemoryStore::default()),
         };
+        let driver = Driver::new(
+            config,
+            Wiring {
+                topology,
+                results: rx,
+                commands,
+                store,
+                operator,
+                first_round: first_round_tx,
+                shutdown,
+            },
+        );
         tasks.spawn(driver.run());
         let _ = first_round.wait_for(|done| *done).await;
         Monitor { tasks }
@@ -214,55 +226,6 @@ fn report(row: &tokio_postgres::Row) -> Option<NodeReport> {
         },
         sync_standbys: row.try_get(6).unwrap_or_default(),
     })
-}
-
-struct Driver {
-    topology: TopologyHandle,
-    history: WalHistory,
-    results: mpsc::Receiver<ProbeResult>,
-    streaks: Vec<Streak>,
-    threshold: u32,
-    unseen: usize,
-    seen: Vec<bool>,
-    first_round: watch::Sender<bool>,
-    shutdown: watch::Receiver<bool>,
-}
-
-impl Driver {
-    async fn run(mut self) {
-        loop {
-            let result = tokio::select! {
-                r = self.results.recv() => match r {
-                    Some(r) => r,
-                    None => return,
-                },
-                _ = self.shutdown.changed() => return,
-            };
-            let current = self.topology.load();
-            let mut next = apply(&current, &mut self.streaks, &result, self.threshold);
-            // Until the failover driver decides it, the primary is the healthy node that says so.
-            next.leader = next
-                .nodes
-                .iter()
-                .position(|n| n.healthy && n.role == Role::Primary);
-            next.writes = match next.leader {
-                Some(_) => crate::topology::WriteState::Open,
-                None => crate::topology::WriteState::Refused("no primary is available".into()),
-            };
-            measure_lag(&mut next, &mut self.history, Instant::now());
-            if next != *current {
-                log_change(&current, &next, result.node);
-                self.topology.publish(next);
-            }
-            if !self.seen[result.node] {
-                self.seen[result.node] = true;
-                self.unseen -= 1;
-                if self.unseen == 0 {
-                    let _ = self.first_round.send(true);
-                }
-            }
-        }
-    }
 }
 
 /// Probe results in a row for one node.
@@ -397,7 +360,7 @@ pub fn measure_lag(topology: &mut Topology, history: &mut WalHistory, now: Insta
     }
 }
 
-fn log_change(before: &Topology, after: &Topology, node: usize) {
+pub(crate) fn log_change(before: &Topology, after: &Topology, node: usize) {
     let (b, a) = (&before.nodes[node], &after.nodes[node]);
     if b.healthy == a.healthy && b.role == a.role {
         if b.replication.streaming != a.replication.streaming {

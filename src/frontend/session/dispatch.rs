@@ -294,6 +294,7 @@ impl Session {
         if self.needs_write_lsn() && !self.learn_write_lsn().await {
             return Ok(true);
         }
+        self.wait_out_pause().await;
         let mut decision = self.decide();
         if let Decision::Await { node, lsn } = decision {
             let held = self.server.as_ref().map(|s| s.node);

@@ -15,13 +15,16 @@ use crate::frontend::freshness::Need;
 use crate::frontend::local::{self, Command, Param, SetError};
 use crate::protocol::{messages, Sqlstate};
 use crate::route;
-use crate::topology::{Lsn, Role, Topology};
+use crate::topology::{Lsn, Role, Topology, WriteState};
 
 /// Between two looks at a replica's replay position, once the first few
 /// looks (back to back: a replica on a fast link replays a commit within a
 /// round trip or two) have not found it there.
 const REPLAY_POLL: Duration = Duration::from_millis(1);
 const QUICK_LOOKS: u32 = 4;
+
+/// Between two looks at whether a switchover still holds writes.
+const PAUSE_POLL: Duration = Duration::from_millis(10);
 
 /// At or past every commit the primary has acknowledged: its WAL insert
 /// position (unlike the write position, it covers asynchronous commits).
@@ -148,6 +151,25 @@ impl Session {
                 self.give_up_server(e);
                 false
             }
+        }
+    }
+
+    /// A planned switchover holds writes for a few seconds: a write that
+    /// would start now waits for the new primary (at most the failover
+    /// timeout and a second) instead of failing.
+    pub(super) async fn wait_out_pause(&self) {
+        let starts_write = self.phase == Phase::Ready(TxnStatus::Idle)
+            && !self.open_batch
+            && self.plan.local.is_none()
+            && self.read_level().is_none();
+        if !starts_write {
+            return;
+        }
+        let limit = self.shared.config.failover.failover_timeout() + Duration::from_secs(1);
+        let deadline = Instant::now() + limit;
+        while self.shared.topology.load().writes == WriteState::Paused && Instant::now() < deadline
+        {
+            tokio::time::sleep(PAUSE_POLL).await;
         }
     }
 

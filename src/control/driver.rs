@@ -1,0 +1,513 @@
+//! The control plane's single writer. One task folds every probe result
+//! into node health and lag, feeds the failover state machine
+//! ([`failover::step`]) with probes, ticks, action outcomes and operator
+//! commands, carries out the actions it returns (persist the epoch, then
+//! publish; promote, repoint, fence, rejoin on tasks of their own), keeps
+//! the primary's `synchronous_standby_names` in line with the replication
+//! mode, and publishes the one [`Topology`] the data plane reads.
+
+use std::collections::{BTreeSet, VecDeque};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio::sync::{mpsc, oneshot, watch};
+use tracing::{error, info, warn};
+
+use super::epoch::EpochStore;
+use super::failover::{
+    self, Action, Event, NodeId, Probe, Published, Refusal, Report, Upstream, WalReceiver, Writes,
+};
+use super::fencing::{self, NodeAdmin};
+use super::monitor::{apply, log_change, measure_lag, NodeReport, ProbeResult, Streak, WalHistory};
+use super::operator::NodeOperator;
+use crate::config::{Config, ReplicationMode};
+use crate::topology::{Topology, TopologyHandle, WriteState};
+
+/// An operator command from the admin console.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Command {
+    /// `SWITCHOVER [TO node]`.
+    Switchover(Option<String>),
+    /// `REJOIN node`.
+    Rejoin(String),
+}
+
+/// A command and where its answer goes: what was started, or why not.
+pub struct Request {
+    pub command: Command,
+    pub reply: oneshot::Sender<Result<String, String>>,
+}
+
+/// The outcome of work the driver handed to a task.
+enum Outcome {
+    Machine(Event),
+    SyncSet {
+        primary: NodeId,
+        names: String,
+        ok: bool,
+    },
+}
+
+/// How often the state machine is ticked between probe results.
+const TICK: Duration = Duration::from_millis(100);
+/// A failed `synchronous_standby_names` change is retried after this.
+const SYNC_RETRY: Duration = Duration::from_secs(1);
+
+pub struct Driver {
+    config: Arc<Config>,
+    topology: TopologyHandle,
+    results: mpsc::Receiver<ProbeResult>,
+    commands: mpsc::Receiver<Request>,
+    outcomes: mpsc::UnboundedReceiver<Outcome>,
+    outcome_tx: mpsc::UnboundedSender<Outcome>,
+    streaks: Vec<Streak>,
+    history: WalHistory,
+    machine: Option<failover::State>,
+    published: Option<Published>,
+    store: Arc<dyn EpochStore>,
+    admins: Vec<NodeAdmin>,
+    operator: Arc<dyn NodeOperator>,
+    clock: Instant,
+    /// The `synchronous_standby_names` last set, and on which primary.
+    sync_applied: Option<(NodeId, String)>,
+    sync_busy_until: Option<Instant>,
+    unseen: usize,
+    seen: Vec<bool>,
+    first_round: watch::Sender<bool>,
+    shutdown: watch::Receiver<bool>,
+}
+
+/// What [`Driver::new`] is wired to.
+pub struct Wiring {
+    pub topology: TopologyHandle,
+    pub results: mpsc::Receiver<ProbeResult>,
+    pub commands: mpsc::Receiver<Request>,
+    pub store: Arc<dyn EpochStore>,
+    pub operator: Arc<dyn NodeOperator>,
+    /// Told once every node has been probed and the result published.
+    pub first_round: watch::Sender<bool>,
+    pub shutdown: watch::Receiver<bool>,
+}
+
+impl Driver {
+    pub fn new(config: Arc<Config>, wiring: Wiring) -> Driver {
+        let (outcome_tx, outcomes) = mpsc::unbounded_channel();
+        let nodes = config.nodes.len();
+        let admins = config
+            .nodes
+            .iter()
+            .map(|n| NodeAdmin {
+                name: n.display_name(),
+                host: n.host.clone(),
+                port: n.port,
+                user: config.backend.user.clone(),
+                password: config.backend.password.clone(),
+                database: config.backend.database.clone(),
+                timeout: config
+                    .proxy
+                    .connect_timeout()
+                    .max(config.monitor.probe_timeout()),
+            })
+            .collect();
+        Driver {
+            machine: Some(failover::State::new(failover::Settings::from_config(
+                &config,
+            ))),
+            config,
+            topology: wiring.topology,
+            results: wiring.results,
+            commands: wiring.commands,
+            outcomes,
+            outcome_tx,
+            streaks: vec![Streak::default(); nodes],
+            history: WalHistory::default(),
+            published: None,
+            store: wiring.store,
+            admins,
+            operator: wiring.operator,
+            clock: Instant::now(),
+            sync_applied: None,
+            sync_busy_until: None,
+            unseen: nodes,
+            seen: vec![false; nodes],
+            first_round: wiring.first_round,
+            shutdown: wiring.shutdown,
+        }
+    }
+
+    pub async fn run(mut self) {
+        let loaded = {
+            let store = self.store.clone();
+            tokio::task::spawn_blocking(move || store.load()).await
+        };
+        let record = match loaded {
+            Ok(Ok(record)) => record,
+            Ok(Err(e)) => {
+                // Without the record the proxy cannot know which node it
+                // fenced: it takes no writes rather than guess.
+                error!(error = %e, "cannot load the epoch state; writes stay refused");
+                self.publish(Some(e.to_string()));
+                let _ = self.first_round.send(true);
+                let _ = self.shutdown.changed().await;
+                return;
+            }
+            Err(e) => {
+                error!(error = %e, "epoch state load panicked");
+                return;
+            }
+        };
+        self.feed(Event::Loaded(record)).await;
+        let mut tick = tokio::time::interval(TICK);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                r = self.results.recv() => match r {
+                    Some(r) => self.on_probe(r).await,
+                    None => return,
+                },
+                Some(outcome) = self.outcomes.recv() => self.on_outcome(outcome).await,
+                Some(request) = self.commands.recv() => self.on_command(request).await,
+                _ = tick.tick() => {
+                    let now = self.now();
+                    self.feed(Event::Tick { now }).await;
+                }
+                _ = self.shutdown.changed() => return,
+            }
+        }
+    }
+
+    fn now(&self) -> u64 {
+        u64::try_from(self.clock.elapsed().as_millis()).unwrap_or(u64::MAX)
+    }
+
+    async fn on_probe(&mut self, result: ProbeResult) {
+        let current = self.topology.load();
+        let next = apply(
+            &current,
+            &mut self.streaks,
+            &result,
+            self.config.monitor.health_threshold,
+        );
+        self.store_topology(&current, next, Some(result.node));
+        let node = result.node;
+        let at = self.now();
+        let primary = self.machine.as_ref().and_then(failover::State::primary);
+        let sync = match &result.report {
+            Some(r) if !r.in_recovery && primary == Some(node) => {
+                Some(self.node_ids(&r.sync_standbys))
+            }
+            _ => None,
+        };
+        self.feed(Event::Probe {
+            node,
+            at,
+            result: probe(result.report.as_ref()),
+        })
+        .await;
+        if let Some(nodes) = sync {
+            self.feed(Event::SyncStandbys { nodes }).await;
+        }
+        if !self.seen[node] {
+            self.seen[node] = true;
+            self.unseen -= 1;
+            if self.unseen == 0 {
+                let _ = self.first_round.send(true);
+            }
+        }
+    }
+
+    fn node_ids(&self, names: &[String]) -> BTreeSet<NodeId> {
+        names
+            .iter()
+            .filter_map(|name| {
+                self.config
+                    .nodes
+                    .iter()
+                    .position(|n| n.display_name() == *name)
+            })
+            .collect()
+    }
+
+    async fn on_outcome(&mut self, outcome: Outcome) {
+        match outcome {
+            Outcome::Machine(event) => {
+                self.feed(event).await;
+            }
+            Outcome::SyncSet { primary, names, ok } => {
+                if ok {
+                    info!(node = %self.admins[primary].name, synchronous_standby_names = %names, "replication mode applied");
+                    self.sync_applied = Some((primary, names));
+                    self.sync_busy_until = None;
+                } else {
+                    self.sync_busy_until = Some(Instant::now() + SYNC_RETRY);
+                }
+            }
+        }
+    }
+
+    async fn on_command(&mut self, request: Request) {
+        let (event, started) = match &request.command {
+            Command::Switchover(target) => {
+                let target = match target {
+                    None => None,
+                    Some(name) => match self.node_named(name) {
+                        Ok(node) => Some(node),
+                        Err(e) => {
+                            let _ = request.reply.send(Err(e));
+                            return;
+                        }
+                    },
+                };
+                (Event::Switchover { target }, "switchover started")
+            }
+            Command::Rejoin(name) => match self.node_named(name) {
+                Ok(node) => (Event::Rejoin { node }, "rejoin started"),
+                Err(e) => {
+                    let _ = request.reply.send(Err(e));
+                    return;
+                }
+            },
+        };
+        let refused = self.feed(event).await;
+        let _ = request.reply.send(match refused {
+            Some(reason) => Err(reason),
+            None => Ok(started.to_owned()),
+        });
+    }
+
+    fn node_named(&self, name: &str) -> Result<NodeId, String> {
+        self.config
+            .nodes
+            .iter()
+            .position(|n| n.display_name() == name)
+            .ok_or_else(|| format!("no node is named {name:?}"))
+    }
+
+    /// Runs `event` and everything it leads to through the state machine;
+    /// returns the reason of a refused operator command, if one was.
+    async fn feed(&mut self, event: Event) -> Option<String> {
+        let mut queue = VecDeque::from([event]);
+        let mut refused = None;
+        while let Some(event) = queue.pop_front() {
+            let Some(state) = self.machine.take() else {
+                return refused;
+            };
+            let (state, actions) = failover::step(state, event);
+            self.machine = Some(state);
+            for action in actions {
+                match action {
+                    Action::PersistEpoch { epoch, primary } => {
+                        queue.push_back(self.persist(epoch, primary).await);
+                    }
+                    Action::PublishTopology(published) => {
+                        info!(epoch = published.epoch, primary = ?published.primary.map(|p| &self.admins[p].name), writes = ?published.writes, fenced = ?published.fenced, "topology");
+                        self.published = Some(published);
+                        self.publish(None);
+                    }
+                    Action::CommandRefused { reason } => {
+                        warn!(%reason, "operator command refused");
+                        refused = Some(reason);
+                    }
+                    other => self.spawn(other),
+                }
+            }
+        }
+        refused
+    }
+
+    async fn persist(&self, epoch: u64, primary: NodeId) -> Event {
+        let name = self.admins[primary].name.clone();
+        let store = self.store.clone();
+        let stored = tokio::task::spawn_blocking(move || store.store(epoch, &name)).await;
+        match stored {
+            Ok(Ok(())) => Event::PersistDone { epoch },
+            Ok(Err(e)) => {
+                error!(epoch, error = %e, "cannot persist the epoch");
+                Event::PersistFailed { epoch }
+            }
+            Err(e) => {
+                error!(epoch, error = %e, "persisting the epoch panicked");
+                Event::PersistFailed { epoch }
+            }
+        }
+    }
+
+    /// Carries out an action that talks to a node, on a task of its own;
+    /// its outcome comes back as an event.
+    fn spawn(&self, action: Action) {
+        let tx = self.outcome_tx.clone();
+        let admins = self.admins.clone();
+        let nodes = self.config.nodes.clone();
+        let operator = self.operator.clone();
+        let promote_wait = self
+            .config
+            .failover
+            .failover_timeout()
+            .max(Duration::from_secs(5));
+        let done = move |event| {
+            let _ = tx.send(Outcome::Machine(event));
+        };
+        tokio::spawn(async move {
+            match action {
+                Action::Promote(node) => {
+                    info!(node = %admins[node].name, "promoting");
+                    match admins[node].promote(promote_wait).await {
+                        Ok(()) => done(Event::Promoted { node }),
+                        Err(e) => {
+                            warn!(error = %e, "promotion failed");
+                            done(Event::PromoteFailed { node });
+                        }
+                    }
+                }
+                Action::Repoint { replica, to } => {
+                    let target = &admins[to];
+                    match admins[replica].repoint(&target.host, target.port).await {
+                        Ok(()) => done(Event::RepointDone { replica, to }),
+                        Err(e) => {
+                            warn!(error = %e, "repoint failed");
+                            done(Event::RepointFailed { replica, to });
+                        }
+                    }
+                }
+                Action::Fence(node) => {
+                    let by_sql = admins[node].fence().await;
+                    let by_hook = operator.fence(&nodes[node]).await;
+                    match (&by_sql, &by_hook) {
+                        (Ok(()), _) | (_, Ok(true)) => {
+                            info!(node = %admins[node].name, "fenced");
+                            done(Event::FenceDone { node });
+                        }
+                        _ => {
+                            warn!(node = %admins[node].name, sql = ?by_sql.err(), hook = ?by_hook.err(), "fencing failed");
+                            done(Event::FenceFailed { node });
+                        }
+                    }
+                }
+                Action::Rejoin { node, to } => {
+                    info!(node = %admins[node].name, to = %admins[to].name, "rejoining");
+                    if let Err(e) = operator.rejoin(&nodes[node], &nodes[to]).await {
+                        warn!(node = %admins[node].name, error = %e, "rejoin failed");
+                        done(Event::RejoinFailed { node });
+                    }
+                }
+                Action::PersistEpoch { .. }
+                | Action::PublishTopology(_)
+                | Action::CommandRefused { .. } => {}
+            }
+        });
+    }
+
+    /// Publishes the current topology with the state machine's decisions;
+    /// `broken` refuses writes for a reason of the driver's own.
+    fn publish(&mut self, broken: Option<String>) {
+        let current = self.topology.load();
+        let mut next = (*current).clone();
+        match (&broken, &self.published) {
+            (Some(reason), _) => {
+                next.leader = None;
+                next.writes = WriteState::Refused(reason.clone());
+            }
+            (None, Some(p)) => {
+                next.epoch = p.epoch;
+                next.leader = p.primary;
+                next.writes = write_state(&p.writes);
+                for (i, node) in next.nodes.iter_mut().enumerate() {
+                    node.fenced = p.fenced.contains(&i);
+                }
+            }
+            (None, None) => {}
+        }
+        self.store_topology(&current, next, None);
+    }
+
+    /// Measures lag, publishes `next` when it differs from `current`, and
+    /// keeps the replication mode applied to the primary.
+    fn store_topology(&mut self, current: &Topology, mut next: Topology, node: Option<usize>) {
+        measure_lag(&mut next, &mut self.history, Instant::now());
+        if next != *current {
+            if let Some(node) = node {
+                log_change(current, &next, node);
+            }
+            self.sync_replication(&next);
+            self.topology.publish(next);
+        }
+    }
+
+    /// In `sync` the primary waits for any one healthy streaming replica,
+    /// or none when none is (availability); in `sync_strict` for any one of
+    /// all its replicas, healthy or not (consistency: writes wait).
+    fn sync_replication(&mut self, topology: &Topology) {
+        let mode = self.config.failover.replication_mode;
+        if mode == ReplicationMode::Async {
+            return;
+        }
+        let Some(primary) = topology.primary() else {
+            return;
+        };
+        let standbys: Vec<String> = topology
+            .nodes
+            .iter()
+            .enumerate()
+            .filter(|&(i, n)| {
+                i != primary
+                    && !n.fenced
+                    && (mode == ReplicationMode::SyncStrict
+                        || (n.healthy && n.replication.streaming))
+            })
+            .map(|(_, n)| n.name.clone())
+            .collect();
+        let names = fencing::sync_standby_names(&standbys);
+        let wanted = Some((primary, names.clone()));
+        if self.sync_applied == wanted || self.sync_busy_until.is_some_and(|t| Instant::now() < t) {
+            return;
+        }
+        // One change at a time: busy until its outcome arrives.
+        self.sync_busy_until = Some(Instant::now() + Duration::from_secs(3600));
+        let admin = self.admins[primary].clone();
+        let tx = self.outcome_tx.clone();
+        tokio::spawn(async move {
+            let ok = match admin.set_sync_standbys(&standbys).await {
+                Ok(()) => true,
+                Err(e) => {
+                    warn!(error = %e, "cannot set synchronous_standby_names");
+                    false
+                }
+            };
+            let _ = tx.send(Outcome::SyncSet { primary, names, ok });
+        });
+    }
+}
+
+fn write_state(writes: &Writes) -> WriteState {
+    match writes {
+        Writes::Open => WriteState::Open,
+        Writes::Paused => WriteState::Paused,
+        Writes::Refused(refusal) => WriteState::Refused(match refusal {
+            Refusal::NoPrimary => "no primary is known yet".to_owned(),
+            Refusal::PrimaryUnreachable => {
+                "the primary is unreachable from the proxy (its replicas still stream from it, so it is not failed over)".to_owned()
+            }
+            Refusal::FailingOver => "a failover is promoting a new primary".to_owned(),
+            Refusal::ReadOnly(reason) => reason.clone(),
+        }),
+    }
+}
+
+/// A probe result as the state machine sees it.
+fn probe(report: Option<&NodeReport>) -> Probe {
+    match report {
+        None => Probe::Unreachable,
+        Some(r) => Probe::Reachable(Report {
+            in_recovery: r.in_recovery,
+            lsn: r.lsn.unwrap_or_default(),
+            receive_lsn: r.receive_lsn,
+            receiver: WalReceiver {
+                streaming: r.streaming,
+                upstream: r
+                    .upstream
+                    .clone()
+                    .map(|(host, port)| Upstream::Addr { host, port }),
+            },
+        }),
+    }
+}

@@ -1,0 +1,678 @@
+//! Automatic failover against real clusters: each test starts a cluster of
+//! its own (a primary and two replicas), since it kills, freezes or cuts off
+//! nodes, and runs alone (`SERIAL`) so that failure detection is not starved
+//! of CPU by another test's cluster.
+//!
+//! Node 0 starts as the primary; the proxy's topology lists the nodes in
+//! cluster order.
+
+mod support;
+
+use std::collections::BTreeSet;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use palisade::cluster::{ClusterOptions, LocalCluster, LocalNode};
+use palisade::config::{Config, ReplicationMode};
+use palisade::demo::LocalRejoin;
+use palisade::proxy::Proxy;
+use palisade::topology::Topology;
+use support::harness::{connect_with, sqlstate};
+use support::nodes::wait_until;
+use support::relay::FaultyRelay;
+use tokio::sync::Mutex;
+use tokio_postgres::Client;
+
+static SERIAL: Mutex<()> = Mutex::const_new(());
+
+/// The failure-detection budget the tests configure.
+const FAILOVER_TIMEOUT_MS: u64 = 2_000;
+
+/// A primary and two replicas whose WAL receivers notice a silent primary
+/// within two seconds (the default is a minute).
+fn cluster() -> Arc<LocalCluster> {
+    let options = ClusterOptions {
+        extra_conf: vec![
+            "wal_receiver_timeout = '2s'".into(),
+            "wal_sender_timeout = '2s'".into(),
+            "wal_retrieve_retry_interval = '200ms'".into(),
+        ],
+        ..ClusterOptions::default()
+    };
+    Arc::new(LocalCluster::start(options).unwrap_or_else(|e| panic!("cannot start a cluster: {e}")))
+}
+
+/// Short probes and timeouts, the epoch kept in `state_dir`.
+fn failover_config(cluster: &LocalCluster, state_dir: &std::path::Path) -> Config {
+    let mut c = palisade::demo::demo_config(cluster, "127.0.0.1:0".parse().unwrap());
+    c.monitor.probe_interval_ms = 100;
+    c.monitor.probe_timeout_ms = 500;
+    c.monitor.health_threshold = 2;
+    c.proxy.connect_timeout_ms = 1_000;
+    c.failover.failover_timeout_ms = FAILOVER_TIMEOUT_MS;
+    c.failover.state_file = Some(state_dir.join("palisade-state.toml"));
+    c
+}
+
+async fn start(config: Config, cluster: &Arc<LocalCluster>) -> Proxy {
+    let proxy = Proxy::start_with(config, Arc::new(LocalRejoin::new(cluster.clone())))
+        .await
+        .expect("proxy starts");
+    wait_topology(&proxy, "a primary", |t| t.primary().is_some()).await;
+    proxy
+}
+
+async fn wait_topology(proxy: &Proxy, what: &str, check: impl Fn(&Topology) -> bool) {
+    wait_until(what, Duration::from_secs(60), || async {
+        check(&proxy.topology())
+    })
+    .await;
+}
+
+fn url(proxy: &Proxy, cluster: &LocalCluster, database: &str) -> String {
+    let addr = proxy.local_addr();
+    format!(
+        "host={} port={} user={} password={} dbname={database} connect_timeout=5",
+        addr.ip(),
+        addr.port(),
+        cluster.superuser(),
+        cluster.password()
+    )
+}
+
+async fn client(proxy: &Proxy, cluster: &LocalCluster) -> Client {
+    connect_with(&url(proxy, cluster, "postgres"))
+        .await
+        .expect("connect through the proxy")
+        .0
+}
+
+async fn direct(node: &LocalNode, cluster: &LocalCluster) -> Result<Client, tokio_postgres::Error> {
+    let url = format!(
+        "host=127.0.0.1 port={} user={} password={} dbname=postgres connect_timeout=5",
+        node.port,
+        cluster.superuser(),
+        cluster.password()
+    );
+    connect_with(&url).await.map(|(c, _)| c)
+}
+
+/// Retries `INSERT INTO t` through fresh connections to the proxy until one
+/// succeeds; returns how long that took.
+async fn write_until_accepted(proxy: &Proxy, cluster: &LocalCluster, table: &str) -> Duration {
+    let began = Instant::now();
+    loop {
+        if let Ok((c, _)) = connect_with(&url(proxy, cluster, "postgres")).await {
+            if c.batch_execute(&format!("INSERT INTO {table} VALUES (-1)"))
+                .await
+                .is_ok()
+            {
+                return began.elapsed();
+            }
+        }
+        assert!(
+            began.elapsed() < Duration::from_secs(60),
+            "no write accepted within 60 s: {:?}",
+            proxy.topology()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Whether `node` streams WAL from a primary listening on `port`.
+async fn streams_from(node: &LocalNode, cluster: &LocalCluster, port: u16) -> bool {
+    let Ok(c) = direct(node, cluster).await else {
+        return false;
+    };
+    c.query_one(
+        "SELECT coalesce((SELECT status = 'streaming' AND sender_port = $1 FROM pg_stat_wal_receiver), false)",
+        &[&i32::from(port)],
+    )
+    .await
+    .is_ok_and(|r| r.get(0))
+}
+
+/// Every process of a node's server (the postmaster and its children) stops
+/// or continues, as a hung machine would.
+fn signal_server(node: &LocalNode, signal: i32) {
+    let pid = node.pid().expect("node runs") as i32;
+    let mut pids = vec![pid];
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else {
+            continue;
+        };
+        // pid (comm) state ppid ...: comm may hold spaces, so split after ')'.
+        let Some(rest) = stat.rsplit_once(')').map(|(_, r)| r) else {
+            continue;
+        };
+        let ppid: i32 = rest
+            .split_whitespace()
+            .nth(1)
+            .and_then(|p| p.parse().ok())
+            .unwrap_or(0);
+        if ppid == pid {
+            if let Ok(child) = entry.file_name().to_string_lossy().parse() {
+                pids.push(child);
+            }
+        }
+    }
+    for p in pids {
+        // SAFETY: kill(2) with a pid we read and a valid signal number.
+        unsafe {
+            libc::kill(p, signal);
+        }
+    }
+}
+
+async fn create_table(c: &Client, table: &str, columns: &str) {
+    c.batch_execute(&format!(
+        "DROP TABLE IF EXISTS {table}; CREATE TABLE {table}({columns})"
+    ))
+    .await
+    .unwrap();
+}
+
+/// Runs the shared checks after the primary (node 0) failed: a replica is
+/// promoted in a new epoch, the other streams from it, writes are accepted
+/// again, and the old primary is fenced in the published topology.
+async fn assert_failed_over(proxy: &Proxy, cluster: &LocalCluster, began: Instant) -> usize {
+    let took = write_until_accepted(proxy, cluster, "ft").await;
+    let elapsed = began.elapsed();
+    let t = proxy.topology();
+    let new = t.primary().expect("a new primary");
+    eprintln!(
+        "failover: writes accepted again {:.1} s after the failure ({:.1} s of retrying); new primary node{new}, epoch {}",
+        elapsed.as_secs_f64(),
+        took.as_secs_f64(),
+        t.epoch
+    );
+    assert_ne!(new, 0, "a replica was promoted");
+    assert!(t.epoch >= 2, "promotion bumps the epoch: {t:?}");
+    assert!(
+        elapsed < Duration::from_millis(FAILOVER_TIMEOUT_MS) + Duration::from_secs(10),
+        "writes took {elapsed:?} to come back"
+    );
+    let other = 3 - new;
+    let new_port = cluster.node(new).port;
+    wait_until(
+        &format!("node{other} to stream from the new primary node{new}"),
+        Duration::from_secs(30),
+        || streams_from(cluster.node(other), cluster, new_port),
+    )
+    .await;
+    new
+}
+
+#[tokio::test]
+async fn a_killed_primary_is_replaced_and_writes_resume() {
+    let _serial = SERIAL.lock().await;
+    let cluster = cluster();
+    let dir = tempfile::tempdir().unwrap();
+    let proxy = start(failover_config(&cluster, dir.path()), &cluster).await;
+    let c = client(&proxy, &cluster).await;
+    create_table(&c, "ft", "i int").await;
+    assert_eq!(proxy.topology().epoch, 1, "the first epoch names node0");
+
+    cluster.primary().kill(libc::SIGKILL).unwrap();
+    let began = Instant::now();
+    let new = assert_failed_over(&proxy, &cluster, began).await;
+    // The session that was connected before carries on, on the new primary.
+    c.batch_execute("INSERT INTO ft VALUES (1)")
+        .await
+        .or_else(|e| {
+            // Its server connection died with the old primary: a clean error once.
+            assert_eq!(sqlstate(&e).get(..2), Some("08"), "{e:?}");
+            Ok::<_, ()>(())
+        })
+        .unwrap();
+    let c = client(&proxy, &cluster).await;
+    let port: i32 = c
+        .query_one("/* palisade: primary */ SELECT inet_server_port()", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(port, i32::from(cluster.node(new).port));
+}
+
+#[tokio::test]
+async fn a_hung_primary_is_replaced() {
+    let _serial = SERIAL.lock().await;
+    let cluster = cluster();
+    let dir = tempfile::tempdir().unwrap();
+    let proxy = start(failover_config(&cluster, dir.path()), &cluster).await;
+    let c = client(&proxy, &cluster).await;
+    create_table(&c, "ft", "i int").await;
+
+    signal_server(cluster.primary(), libc::SIGSTOP);
+    let began = Instant::now();
+    let new = assert_failed_over(&proxy, &cluster, began).await;
+    // Thawed, the old primary still thinks it is a primary: it is fenced.
+    signal_server(cluster.primary(), libc::SIGCONT);
+    wait_topology(&proxy, "node0 fenced", |t| t.nodes[0].fenced).await;
+    assert_eq!(proxy.topology().primary(), Some(new));
+}
+
+#[tokio::test]
+async fn a_proxy_cut_off_from_the_primary_does_not_fail_over() {
+    let _serial = SERIAL.lock().await;
+    let cluster = cluster();
+    let dir = tempfile::tempdir().unwrap();
+    let relay = FaultyRelay::start(
+        format!("127.0.0.1:{}", cluster.primary().port)
+            .parse()
+            .unwrap(),
+    );
+    let mut config = failover_config(&cluster, dir.path());
+    // The proxy reaches the primary only through the relay; the replicas
+    // stream from it directly.
+    config.nodes[0].port = relay.addr().port();
+    let proxy = start(config, &cluster).await;
+    let c = client(&proxy, &cluster).await;
+    create_table(&c, "ft", "i int").await;
+    let epoch = proxy.topology().epoch;
+
+    relay.block();
+    relay.cut();
+    wait_topology(&proxy, "the primary to be unreachable", |t| {
+        t.primary().is_none()
+    })
+    .await;
+    let (c2, _) = connect_with(&url(&proxy, &cluster, "postgres"))
+        .await
+        .unwrap();
+    let err = c2
+        .batch_execute("INSERT INTO ft VALUES (1)")
+        .await
+        .unwrap_err();
+    assert_eq!(
+        sqlstate(&err).get(..2),
+        Some("08"),
+        "writes get a connection error: {err:?}"
+    );
+    // Reads still work from the replicas.
+    let in_recovery: bool = c2
+        .query_one("SELECT pg_is_in_recovery()", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert!(in_recovery);
+    // Well past the failover timeout: nothing was promoted.
+    tokio::time::sleep(Duration::from_millis(3 * FAILOVER_TIMEOUT_MS)).await;
+    let t = proxy.topology();
+    assert_eq!(t.epoch, epoch, "no new epoch: {t:?}");
+    for replica in cluster.replicas() {
+        let r = direct(replica, &cluster).await.unwrap();
+        let still: bool = r
+            .query_one("SELECT pg_is_in_recovery()", &[])
+            .await
+            .unwrap()
+            .get(0);
+        assert!(still, "{} was promoted", replica.name);
+    }
+
+    relay.heal();
+    wait_topology(&proxy, "the primary to be back", |t| t.primary() == Some(0)).await;
+    write_until_accepted(&proxy, &cluster, "ft").await;
+}
+
+#[tokio::test]
+async fn a_returning_old_primary_is_fenced_then_rejoined() {
+    let _serial = SERIAL.lock().await;
+    let cluster = cluster();
+    let dir = tempfile::tempdir().unwrap();
+    let proxy = start(failover_config(&cluster, dir.path()), &cluster).await;
+    let c = client(&proxy, &cluster).await;
+    create_table(&c, "ft", "i int").await;
+
+    cluster.primary().kill(libc::SIGKILL).unwrap();
+    let new = assert_failed_over(&proxy, &cluster, Instant::now()).await;
+
+    // The old primary comes back (after a crash it is still a primary).
+    cluster.primary().start().unwrap();
+    wait_topology(&proxy, "node0 fenced", |t| t.nodes[0].fenced).await;
+    let old = direct(cluster.primary(), &cluster).await.unwrap();
+    wait_until("node0 to be read-only", Duration::from_secs(30), || async {
+        old.batch_execute("INSERT INTO ft VALUES (99)")
+            .await
+            .is_err()
+    })
+    .await;
+    let old = direct(cluster.primary(), &cluster).await.unwrap();
+    let err = old
+        .batch_execute("INSERT INTO ft VALUES (99)")
+        .await
+        .unwrap_err();
+    assert_eq!(
+        sqlstate(&err),
+        "25006",
+        "a write sent to it directly is refused: {err:?}"
+    );
+    // Nothing through the proxy reaches it.
+    let c = client(&proxy, &cluster).await;
+    let table = "fenced_probe";
+    create_table(&c, table, "i int").await;
+    for _ in 0..20 {
+        let port: i32 = c
+            .query_one("SELECT inet_server_port()", &[])
+            .await
+            .unwrap()
+            .get(0);
+        assert_ne!(
+            port,
+            i32::from(cluster.primary().port),
+            "a read reached the fenced node"
+        );
+    }
+    let port: i32 = c
+        .query_one("/* palisade: primary */ SELECT inet_server_port()", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(port, i32::from(cluster.node(new).port));
+
+    // REJOIN from the admin console: rewound, streaming, back in routing.
+    let (console, _) = connect_with(&url(&proxy, &cluster, "palisade"))
+        .await
+        .unwrap();
+    console.simple_query("REJOIN node0").await.unwrap();
+    let new_port = cluster.node(new).port;
+    wait_until(
+        "node0 to stream from the new primary",
+        Duration::from_secs(60),
+        || streams_from(cluster.primary(), &cluster, new_port),
+    )
+    .await;
+    wait_topology(&proxy, "node0 to be a healthy replica again", |t| {
+        !t.nodes[0].fenced
+            && t.nodes[0].healthy
+            && t.nodes[0].role == palisade::topology::Role::Replica
+    })
+    .await;
+    let mut seen = BTreeSet::new();
+    for _ in 0..30 {
+        let port: i32 = c
+            .query_one("SELECT inet_server_port()", &[])
+            .await
+            .unwrap()
+            .get(0);
+        seen.insert(port);
+    }
+    assert!(
+        seen.contains(&i32::from(cluster.primary().port)),
+        "the rejoined node serves reads again: {seen:?}"
+    );
+}
+
+/// Inserts ids through the proxy as fast as it accepts them, reconnecting
+/// after errors, until `stop`; returns the ids whose commit was acknowledged.
+async fn insert_loop(url: String, stop: Arc<AtomicBool>, next: Arc<AtomicU64>) -> Vec<i64> {
+    let mut acked = Vec::new();
+    let mut client: Option<Client> = None;
+    while !stop.load(Ordering::Relaxed) {
+        let c = match &client {
+            Some(c) if !c.is_closed() => c,
+            _ => {
+                client = connect_with(&url).await.ok().map(|(c, _)| c);
+                if client.is_none() {
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+                continue;
+            }
+        };
+        let id = next.fetch_add(1, Ordering::Relaxed) as i64;
+        match c.execute("INSERT INTO acked VALUES ($1)", &[&id]).await {
+            Ok(_) => acked.push(id),
+            Err(_) => tokio::time::sleep(Duration::from_millis(20)).await,
+        }
+    }
+    acked
+}
+
+/// Kills the primary under a load of acknowledged inserts and returns
+/// (acknowledged, lost after the failover).
+async fn acknowledged_inserts_across_a_kill(mode: ReplicationMode) -> (usize, usize) {
+    let cluster = cluster();
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = failover_config(&cluster, dir.path());
+    config.failover.replication_mode = mode;
+    let proxy = start(config, &cluster).await;
+    let c = client(&proxy, &cluster).await;
+    create_table(&c, "acked", "id bigint PRIMARY KEY").await;
+    create_table(&c, "ft", "i int").await;
+    if mode != ReplicationMode::Async {
+        let primary = direct(cluster.primary(), &cluster).await.unwrap();
+        wait_until(
+            "synchronous standbys to be set",
+            Duration::from_secs(30),
+            || async {
+                let names: String = primary
+                    .query_one("SHOW synchronous_standby_names", &[])
+                    .await
+                    .unwrap()
+                    .get(0);
+                names.starts_with("ANY 1")
+            },
+        )
+        .await;
+    }
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let next = Arc::new(AtomicU64::new(1));
+    let workers: Vec<_> = (0..4)
+        .map(|_| {
+            tokio::spawn(insert_loop(
+                url(&proxy, &cluster, "postgres"),
+                stop.clone(),
+                next.clone(),
+            ))
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    cluster.primary().kill(libc::SIGKILL).unwrap();
+    assert_failed_over(&proxy, &cluster, Instant::now()).await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    stop.store(true, Ordering::Relaxed);
+    let mut acked = Vec::new();
+    for w in workers {
+        acked.extend(w.await.unwrap());
+    }
+    let c = client(&proxy, &cluster).await;
+    let present: BTreeSet<i64> = c
+        .query("/* palisade: primary */ SELECT id FROM acked", &[])
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    let lost = acked.iter().filter(|id| !present.contains(id)).count();
+    (acked.len(), lost)
+}
+
+#[tokio::test]
+async fn sync_mode_loses_no_acknowledged_insert() {
+    let _serial = SERIAL.lock().await;
+    let (acked, lost) = acknowledged_inserts_across_a_kill(ReplicationMode::Sync).await;
+    eprintln!("sync: {acked} inserts acknowledged, {lost} lost in the failover");
+    assert!(acked > 100, "the workload ran: {acked}");
+    assert_eq!(lost, 0, "sync mode lost {lost} acknowledged inserts");
+}
+
+#[tokio::test]
+async fn async_mode_reports_what_a_failover_lost() {
+    let _serial = SERIAL.lock().await;
+    let (acked, lost) = acknowledged_inserts_across_a_kill(ReplicationMode::Async).await;
+    eprintln!("async: {acked} inserts acknowledged, {lost} lost in the failover");
+    assert!(acked > 100, "the workload ran: {acked}");
+    assert!(lost <= acked);
+}
+
+#[tokio::test]
+async fn concurrent_transfers_keep_the_total_across_a_failover() {
+    let _serial = SERIAL.lock().await;
+    let cluster = cluster();
+    let dir = tempfile::tempdir().unwrap();
+    let proxy = start(failover_config(&cluster, dir.path()), &cluster).await;
+    let c = client(&proxy, &cluster).await;
+    create_table(
+        &c,
+        "accounts",
+        "id int PRIMARY KEY, balance bigint NOT NULL",
+    )
+    .await;
+    create_table(&c, "ft", "i int").await;
+    c.batch_execute("INSERT INTO accounts SELECT g, 1000 FROM generate_series(1, 20) g")
+        .await
+        .unwrap();
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let committed = Arc::new(AtomicU64::new(0));
+    let workers: Vec<_> = (0..4u64)
+        .map(|w| {
+            let url = url(&proxy, &cluster, "postgres");
+            let (stop, committed) = (stop.clone(), committed.clone());
+            tokio::spawn(async move {
+                let mut n = w;
+                let mut client: Option<Client> = None;
+                while !stop.load(Ordering::Relaxed) {
+                    let c = match &client {
+                        Some(c) if !c.is_closed() => c,
+                        _ => {
+                            client = connect_with(&url).await.ok().map(|(c, _)| c);
+                            tokio::time::sleep(Duration::from_millis(20)).await;
+                            continue;
+                        }
+                    };
+                    n = n.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+                    let from = (n >> 33) % 20 + 1;
+                    let to = (n >> 13) % 20 + 1;
+                    let amount = (n >> 40) % 100;
+                    let sql = format!(
+                        "BEGIN; UPDATE accounts SET balance = balance - {amount} WHERE id = {from}; \
+                         UPDATE accounts SET balance = balance + {amount} WHERE id = {to}; COMMIT"
+                    );
+                    match c.batch_execute(&sql).await {
+                        Ok(()) => {
+                            committed.fetch_add(1, Ordering::Relaxed);
+                        }
+                        Err(_) => {
+                            let _ = c.batch_execute("ROLLBACK").await;
+                            tokio::time::sleep(Duration::from_millis(20)).await;
+                        }
+                    }
+                }
+            })
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    cluster.primary().kill(libc::SIGKILL).unwrap();
+    assert_failed_over(&proxy, &cluster, Instant::now()).await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    stop.store(true, Ordering::Relaxed);
+    for w in workers {
+        w.await.unwrap();
+    }
+    let c = client(&proxy, &cluster).await;
+    let row = c
+        .query_one(
+            "/* palisade: primary */ SELECT sum(balance)::bigint, count(*) FROM accounts",
+            &[],
+        )
+        .await
+        .unwrap();
+    let (total, accounts): (i64, i64) = (row.get(0), row.get(1));
+    eprintln!(
+        "bank: {} transfers committed, total {total} over {accounts} accounts",
+        committed.load(Ordering::Relaxed)
+    );
+    assert!(committed.load(Ordering::Relaxed) > 50, "the transfers ran");
+    assert_eq!(
+        (total, accounts),
+        (20_000, 20),
+        "money was created or destroyed"
+    );
+}
+
+#[tokio::test]
+async fn a_planned_switchover_loses_nothing_and_pauses_writes() {
+    let _serial = SERIAL.lock().await;
+    let cluster = cluster();
+    let dir = tempfile::tempdir().unwrap();
+    let proxy = start(failover_config(&cluster, dir.path()), &cluster).await;
+    let c = client(&proxy, &cluster).await;
+    create_table(&c, "acked", "id bigint PRIMARY KEY").await;
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let next = Arc::new(AtomicU64::new(1));
+    let worker = tokio::spawn(insert_loop(
+        url(&proxy, &cluster, "postgres"),
+        stop.clone(),
+        next.clone(),
+    ));
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let (console, _) = connect_with(&url(&proxy, &cluster, "palisade"))
+        .await
+        .unwrap();
+    let began = Instant::now();
+    console.simple_query("SWITCHOVER TO node2").await.unwrap();
+    wait_topology(&proxy, "node2 to be the primary", |t| {
+        t.primary() == Some(2)
+    })
+    .await;
+    let took = began.elapsed();
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    stop.store(true, Ordering::Relaxed);
+    let acked = worker.await.unwrap();
+    let present: BTreeSet<i64> = client(&proxy, &cluster)
+        .await
+        .query("/* palisade: primary */ SELECT id FROM acked", &[])
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    let lost = acked.iter().filter(|id| !present.contains(id)).count();
+    let attempted = next.load(Ordering::Relaxed) - 1;
+    eprintln!(
+        "switchover to node2 in {:.1} s: {} inserts acknowledged of {attempted} tried, {lost} lost",
+        took.as_secs_f64(),
+        acked.len()
+    );
+    assert_eq!(lost, 0, "a switchover loses nothing");
+    assert!(
+        attempted - acked.len() as u64 <= 4,
+        "writes were paused, not failed: {} of {attempted} failed",
+        attempted - acked.len() as u64
+    );
+    let t = proxy.topology();
+    assert!(t.nodes[0].fenced, "the old primary is fenced: {t:?}");
+}
+
+#[tokio::test]
+async fn a_restarted_proxy_keeps_the_epochs_primary() {
+    let _serial = SERIAL.lock().await;
+    let cluster = cluster();
+    let dir = tempfile::tempdir().unwrap();
+    let proxy = start(failover_config(&cluster, dir.path()), &cluster).await;
+    let c = client(&proxy, &cluster).await;
+    create_table(&c, "ft", "i int").await;
+    cluster.primary().kill(libc::SIGKILL).unwrap();
+    let new = assert_failed_over(&proxy, &cluster, Instant::now()).await;
+    let epoch = proxy.topology().epoch;
+    proxy.shutdown().await;
+
+    // Both the old primary (back, still a primary) and the new one answer
+    // as primaries when the proxy restarts: the persisted epoch decides.
+    cluster.primary().start().unwrap();
+    let proxy = start(failover_config(&cluster, dir.path()), &cluster).await;
+    let t = proxy.topology();
+    assert_eq!((t.primary(), t.epoch), (Some(new), epoch), "{t:?}");
+    wait_topology(&proxy, "node0 fenced", |t| t.nodes[0].fenced).await;
+    let c = client(&proxy, &cluster).await;
+    let port: i32 = c
+        .query_one("/* palisade: primary */ SELECT inet_server_port()", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(port, i32::from(cluster.node(new).port));
+}
