@@ -11,6 +11,7 @@ use std::str::FromStr;
 use std::sync::Arc;
 
 use arc_swap::ArcSwap;
+use tokio::sync::watch;
 
 use crate::config::NodeConfig;
 
@@ -154,20 +155,41 @@ impl Topology {
 
 /// Shared handle: the control plane stores, the data plane loads.
 #[derive(Debug, Clone)]
-pub struct TopologyHandle(Arc<ArcSwap<Topology>>);
+pub struct TopologyHandle(Arc<Shared>);
+
+#[derive(Debug)]
+struct Shared {
+    current: ArcSwap<Topology>,
+    /// Bumped when the epoch or the fenced nodes change, so that sessions
+    /// holding a connection to a node just fenced let go of it at once.
+    fences: watch::Sender<u64>,
+}
 
 impl TopologyHandle {
     pub fn new(initial: Topology) -> TopologyHandle {
-        TopologyHandle(Arc::new(ArcSwap::from_pointee(initial)))
+        TopologyHandle(Arc::new(Shared {
+            current: ArcSwap::from_pointee(initial),
+            fences: watch::channel(0).0,
+        }))
     }
 
     pub fn load(&self) -> Arc<Topology> {
-        self.0.load_full()
+        self.0.current.load_full()
+    }
+
+    /// Changes whenever a node is fenced or unfenced or the epoch moves.
+    pub fn fence_changes(&self) -> watch::Receiver<u64> {
+        self.0.fences.subscribe()
     }
 
     /// Only the control plane's driver calls this.
     pub(crate) fn publish(&self, topology: Topology) {
-        self.0.store(Arc::new(topology));
+        let before = self.0.current.swap(Arc::new(topology));
+        let after = self.0.current.load();
+        let fenced = |t: &Topology| t.nodes.iter().map(|n| n.fenced).collect::<Vec<_>>();
+        if before.epoch != after.epoch || fenced(&before) != fenced(&after) {
+            self.0.fences.send_modify(|n| *n += 1);
+        }
     }
 }
 

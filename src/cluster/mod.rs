@@ -213,6 +213,9 @@ impl LocalCluster {
         let missing = |index| ClusterError::NoSuchNode { index, count };
         let target = self.nodes.get(node).ok_or(missing(node))?;
         let source = self.nodes.get(primary).ok_or(missing(primary))?;
+        // pg_rewind reads the source's timeline from its control file, which
+        // a promotion updates only at the next checkpoint.
+        self.psql(primary, "CHECKPOINT")?;
         target.stop()?;
         let source_server = format!(
             "host=127.0.0.1 port={} user={} dbname=postgres application_name={}",

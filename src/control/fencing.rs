@@ -4,7 +4,8 @@
 //! anything, and each either succeeds or says who failed and why.
 //!
 //! - [`NodeAdmin::promote`]: `pg_promote(wait => true)`, then the read-only
-//!   default a fence may have left is taken back.
+//!   default a fence may have left is taken back, and a checkpoint records
+//!   the new timeline (pg_rewind needs it to rewind the old primary).
 //! - [`NodeAdmin::repoint`]: `primary_conninfo` aimed at another node (its
 //!   other settings kept), reloaded.
 //! - [`NodeAdmin::fence`]: made read-only by default, reloaded, and every
@@ -101,11 +102,14 @@ impl NodeAdmin {
             return Err(self.fail(WHAT, format!("not promoted within {wait:?}")));
         }
         drop(client);
+        // The checkpoint writes the new timeline into the control file,
+        // where pg_rewind looks when the old primary is rejoined.
         self.run(
             WHAT,
             &[
                 "ALTER SYSTEM RESET default_transaction_read_only",
                 "SELECT pg_reload_conf()",
+                "CHECKPOINT",
             ],
         )
         .await

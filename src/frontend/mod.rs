@@ -304,7 +304,8 @@ async fn authenticate(
 }
 
 /// Opens the session's first server connection (on the primary, whose
-/// parameters the client is told) and completes the client's startup.
+/// parameters the client is told, or a replica while the primary takes no
+/// writes) and completes the client's startup.
 async fn connect_session(
     client: &mut ClientIo,
     shared: &Shared,
@@ -313,7 +314,19 @@ async fn connect_session(
     mut params: Vec<(String, String)>,
 ) -> Result<Connected, Refusal> {
     let topology = shared.topology.load();
-    let target = match route::route_write(&topology) {
+    // Without a primary taking writes (unreachable, failing over, paused)
+    // the session still opens on a replica: its reads work, and its writes
+    // get the reason when they come.
+    let target = match route::route_write(&topology).or_else(|write_error| {
+        route::route_read(
+            &topology,
+            &shared.read_policy,
+            shared.next_ticket(),
+            |_| 0,
+            |_| true,
+        )
+        .map_err(|_| write_error)
+    }) {
         Ok(t) => t,
         Err(e) => return Err(tell(client, Sqlstate::UnableToConnect, &e.to_string())),
     };

@@ -25,6 +25,7 @@ use std::time::Duration;
 use bytes::{Buf, BytesMut};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::sync::watch;
 use tracing::{debug, info, Span};
 
 use super::batch::Plan;
@@ -101,6 +102,8 @@ enum Event {
     WroteServer(std::io::Result<usize>),
     ReadServer(std::io::Result<usize>),
     ReadClient(std::io::Result<usize>),
+    /// A node was fenced or the epoch moved.
+    Fenced,
     Shutdown,
 }
 
@@ -233,6 +236,7 @@ pub struct Session {
     write_lsn: Option<Lsn>,
     /// Writes not yet located in the WAL.
     writes: Writes,
+    fences: watch::Receiver<u64>,
 }
 
 impl Session {
@@ -263,6 +267,7 @@ impl Session {
             id,
             max_message_size: shared.config.proxy.max_message_size,
             cache: ClassifyCache::new(shared.config.routing.classify_cache_size),
+            fences: shared.topology.fence_changes(),
             shared,
             span,
             client,
@@ -392,8 +397,10 @@ impl Session {
             server,
             to_server,
             batch_due,
+            fences,
             ..
         } = self;
+        let attached = server.is_some();
         let read_client = !*batch_due && client.inbuf.len() < HIGH_WATER;
         let read_server = client.out.len() < HIGH_WATER;
         let write_server = !to_server.is_empty();
@@ -410,6 +417,7 @@ impl Session {
             r = server_write(server_wr, to_server), if write_server => Event::WroteServer(r),
             r = server_read(server_rd), if read_server => Event::ReadServer(r),
             r = client.rd.read_buf(&mut client.inbuf), if read_client => Event::ReadClient(r),
+            Ok(()) = fences.changed(), if attached => Event::Fenced,
             () = stop => Event::Shutdown,
         };
         match event {
@@ -420,8 +428,29 @@ impl Session {
             Event::WroteClient(_) | Event::ReadClient(_) => return Err(End::ClientGone),
             Event::WroteServer(_) | Event::ReadServer(_) => return Err(End::ServerGone),
             Event::Shutdown => return Err(End::Shutdown),
+            Event::Fenced => return self.leave_fenced_node(),
         }
         Ok(())
+    }
+
+    /// The session's server was just fenced: between transactions it moves
+    /// on quietly (its next batch goes to the epoch's primary); in the
+    /// middle of one the transaction is lost with the node, and the client
+    /// is told so as if the connection had dropped.
+    fn leave_fenced_node(&mut self) -> Result<(), End> {
+        let topology = self.shared.topology.load();
+        let Some(att) = &self.server else {
+            return Ok(());
+        };
+        if !topology.nodes.get(att.node).is_some_and(|n| n.fenced) {
+            return Ok(());
+        }
+        info!(parent: &self.span, server = %self.node_name(), epoch = topology.epoch, "server fenced");
+        if self.phase == Phase::Ready(TxnStatus::Idle) && !self.open_batch {
+            self.drop_server();
+            return Ok(());
+        }
+        Err(End::ServerGone)
     }
 
     fn refuse_client_frame(&mut self, state: Sqlstate, message: &str) {
