@@ -165,6 +165,48 @@ fn signal_server(node: &LocalNode, signal: i32) {
     }
 }
 
+/// A test's own cluster with a proxy in front of it (failover config, the
+/// epoch kept in `dir`), a client through it, and the table `ft` that
+/// [`write_until_accepted`] writes to; `serial` keeps other tests out.
+struct Fixture {
+    serial: tokio::sync::MutexGuard<'static, ()>,
+    cluster: Arc<LocalCluster>,
+    dir: tempfile::TempDir,
+    proxy: Proxy,
+    client: Client,
+}
+
+async fn fixture() -> Fixture {
+    let serial = SERIAL.lock().await;
+    let cluster = cluster();
+    let dir = tempfile::tempdir().unwrap();
+    let proxy = start(failover_config(&cluster, dir.path()), &cluster).await;
+    let client = client(&proxy, &cluster).await;
+    create_table(&client, "ft", "i int").await;
+    Fixture {
+        serial,
+        cluster,
+        dir,
+        proxy,
+        client,
+    }
+}
+
+/// The port of the node that served a read through `c`.
+async fn read_port(c: &Client) -> u16 {
+    served_port(c, "SELECT inet_server_port()").await
+}
+
+/// The port of the node that takes `c`'s writes.
+async fn primary_port(c: &Client) -> u16 {
+    served_port(c, "/* palisade: primary */ SELECT inet_server_port()").await
+}
+
+async fn served_port(c: &Client, sql: &str) -> u16 {
+    let port: i32 = c.query_one(sql, &[]).await.unwrap().get(0);
+    u16::try_from(port).unwrap()
+}
+
 async fn create_table(c: &Client, table: &str, columns: &str) {
     c.batch_execute(&format!(
         "DROP TABLE IF EXISTS {table}; CREATE TABLE {table}({columns})"
@@ -206,12 +248,13 @@ async fn assert_failed_over(proxy: &Proxy, cluster: &LocalCluster, began: Instan
 
 #[tokio::test]
 async fn a_killed_primary_is_replaced_and_writes_resume() {
-    let _serial = SERIAL.lock().await;
-    let cluster = cluster();
-    let dir = tempfile::tempdir().unwrap();
-    let proxy = start(failover_config(&cluster, dir.path()), &cluster).await;
-    let c = client(&proxy, &cluster).await;
-    create_table(&c, "ft", "i int").await;
+    let Fixture {
+        serial: _serial,
+        cluster,
+        dir: _dir,
+        proxy,
+        client: c,
+    } = fixture().await;
     assert_eq!(proxy.topology().epoch, 1, "the first epoch names node0");
 
     cluster.primary().kill(libc::SIGKILL).unwrap();
@@ -227,22 +270,19 @@ async fn a_killed_primary_is_replaced_and_writes_resume() {
         })
         .unwrap();
     let c = client(&proxy, &cluster).await;
-    let port: i32 = c
-        .query_one("/* palisade: primary */ SELECT inet_server_port()", &[])
-        .await
-        .unwrap()
-        .get(0);
-    assert_eq!(port, i32::from(cluster.node(new).port));
+    let port = primary_port(&c).await;
+    assert_eq!(port, cluster.node(new).port);
 }
 
 #[tokio::test]
 async fn a_hung_primary_is_replaced() {
-    let _serial = SERIAL.lock().await;
-    let cluster = cluster();
-    let dir = tempfile::tempdir().unwrap();
-    let proxy = start(failover_config(&cluster, dir.path()), &cluster).await;
-    let c = client(&proxy, &cluster).await;
-    create_table(&c, "ft", "i int").await;
+    let Fixture {
+        serial: _serial,
+        cluster,
+        dir: _dir,
+        proxy,
+        client: _,
+    } = fixture().await;
 
     signal_server(cluster.primary(), libc::SIGSTOP);
     let began = Instant::now();
@@ -318,12 +358,13 @@ async fn a_proxy_cut_off_from_the_primary_does_not_fail_over() {
 
 #[tokio::test]
 async fn a_returning_old_primary_is_fenced_then_rejoined() {
-    let _serial = SERIAL.lock().await;
-    let cluster = cluster();
-    let dir = tempfile::tempdir().unwrap();
-    let proxy = start(failover_config(&cluster, dir.path()), &cluster).await;
-    let c = client(&proxy, &cluster).await;
-    create_table(&c, "ft", "i int").await;
+    let Fixture {
+        serial: _serial,
+        cluster,
+        dir: _dir,
+        proxy,
+        client: _,
+    } = fixture().await;
 
     cluster.primary().kill(libc::SIGKILL).unwrap();
     let new = assert_failed_over(&proxy, &cluster, Instant::now()).await;
@@ -353,23 +394,15 @@ async fn a_returning_old_primary_is_fenced_then_rejoined() {
     let table = "fenced_probe";
     create_table(&c, table, "i int").await;
     for _ in 0..20 {
-        let port: i32 = c
-            .query_one("SELECT inet_server_port()", &[])
-            .await
-            .unwrap()
-            .get(0);
+        let port = read_port(&c).await;
         assert_ne!(
             port,
-            i32::from(cluster.primary().port),
+            cluster.primary().port,
             "a read reached the fenced node"
         );
     }
-    let port: i32 = c
-        .query_one("/* palisade: primary */ SELECT inet_server_port()", &[])
-        .await
-        .unwrap()
-        .get(0);
-    assert_eq!(port, i32::from(cluster.node(new).port));
+    let port = primary_port(&c).await;
+    assert_eq!(port, cluster.node(new).port);
 
     // REJOIN from the admin console: rewound, streaming, back in routing.
     let (console, _) = connect_with(&url(&proxy, &cluster, "palisade"))
@@ -392,15 +425,11 @@ async fn a_returning_old_primary_is_fenced_then_rejoined() {
     .await;
     let mut seen = BTreeSet::new();
     for _ in 0..30 {
-        let port: i32 = c
-            .query_one("SELECT inet_server_port()", &[])
-            .await
-            .unwrap()
-            .get(0);
+        let port = read_port(&c).await;
         seen.insert(port);
     }
     assert!(
-        seen.contains(&i32::from(cluster.primary().port)),
+        seen.contains(&cluster.primary().port),
         "the rejoined node {} serves reads again: {seen:?}",
         cluster.primary().port
     );
@@ -553,18 +582,19 @@ async fn async_mode_reports_what_a_failover_lost() {
 
 #[tokio::test]
 async fn concurrent_transfers_keep_the_total_across_a_failover() {
-    let _serial = SERIAL.lock().await;
-    let cluster = cluster();
-    let dir = tempfile::tempdir().unwrap();
-    let proxy = start(failover_config(&cluster, dir.path()), &cluster).await;
-    let c = client(&proxy, &cluster).await;
+    let Fixture {
+        serial: _serial,
+        cluster,
+        dir: _dir,
+        proxy,
+        client: c,
+    } = fixture().await;
     create_table(
         &c,
         "accounts",
         "id int PRIMARY KEY, balance bigint NOT NULL",
     )
     .await;
-    create_table(&c, "ft", "i int").await;
     c.batch_execute("INSERT INTO accounts SELECT g, 1000 FROM generate_series(1, 20) g")
         .await
         .unwrap();
@@ -639,11 +669,13 @@ async fn concurrent_transfers_keep_the_total_across_a_failover() {
 
 #[tokio::test]
 async fn a_planned_switchover_loses_nothing_and_pauses_writes() {
-    let _serial = SERIAL.lock().await;
-    let cluster = cluster();
-    let dir = tempfile::tempdir().unwrap();
-    let proxy = start(failover_config(&cluster, dir.path()), &cluster).await;
-    let c = client(&proxy, &cluster).await;
+    let Fixture {
+        serial: _serial,
+        cluster,
+        dir: _dir,
+        proxy,
+        client: c,
+    } = fixture().await;
     create_table(&c, "acked", "id bigint PRIMARY KEY").await;
 
     let stop = Arc::new(AtomicBool::new(false));
@@ -694,12 +726,13 @@ async fn a_planned_switchover_loses_nothing_and_pauses_writes() {
 
 #[tokio::test]
 async fn a_restarted_proxy_keeps_the_epochs_primary() {
-    let _serial = SERIAL.lock().await;
-    let cluster = cluster();
-    let dir = tempfile::tempdir().unwrap();
-    let proxy = start(failover_config(&cluster, dir.path()), &cluster).await;
-    let c = client(&proxy, &cluster).await;
-    create_table(&c, "ft", "i int").await;
+    let Fixture {
+        serial: _serial,
+        cluster,
+        dir,
+        proxy,
+        client: _,
+    } = fixture().await;
     cluster.primary().kill(libc::SIGKILL).unwrap();
     let new = assert_failed_over(&proxy, &cluster, Instant::now()).await;
     let epoch = proxy.topology().epoch;
@@ -713,10 +746,6 @@ async fn a_restarted_proxy_keeps_the_epochs_primary() {
     assert_eq!((t.primary(), t.epoch), (Some(new), epoch), "{t:?}");
     wait_topology(&proxy, "node0 fenced", |t| t.nodes[0].fenced).await;
     let c = client(&proxy, &cluster).await;
-    let port: i32 = c
-        .query_one("/* palisade: primary */ SELECT inet_server_port()", &[])
-        .await
-        .unwrap()
-        .get(0);
-    assert_eq!(port, i32::from(cluster.node(new).port));
+    let port = primary_port(&c).await;
+    assert_eq!(port, cluster.node(new).port);
 }

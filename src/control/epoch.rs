@@ -103,6 +103,22 @@ impl StateFile {
     }
 }
 
+impl EpochRecord {
+    /// The record of `epoch` with `primary`, when it means something.
+    fn checked(epoch: u64, primary: &str) -> Result<EpochRecord, EpochStoreError> {
+        let record = EpochRecord {
+            epoch,
+            primary: primary.to_owned(),
+        };
+        check(&record).map_err(|reason| EpochStoreError::BadRecord {
+            epoch,
+            primary: primary.to_owned(),
+            reason,
+        })?;
+        Ok(record)
+    }
+}
+
 fn check(record: &EpochRecord) -> Result<(), &'static str> {
     if record.epoch == 0 {
         return Err("epoch 0 means no epoch");
@@ -133,15 +149,7 @@ impl EpochStore for StateFile {
     }
 
     fn store(&self, epoch: u64, primary: &str) -> Result<(), EpochStoreError> {
-        let record = EpochRecord {
-            epoch,
-            primary: primary.to_owned(),
-        };
-        check(&record).map_err(|reason| EpochStoreError::BadRecord {
-            epoch,
-            primary: primary.to_owned(),
-            reason,
-        })?;
+        let record = EpochRecord::checked(epoch, primary)?;
         let body = toml::to_string(&record)
             .map_err(|e| self.write_error(io::Error::new(io::ErrorKind::InvalidData, e)))?;
         let dir = self.directory();
@@ -181,15 +189,7 @@ impl EpochStore for MemoryStore {
     }
 
     fn store(&self, epoch: u64, primary: &str) -> Result<(), EpochStoreError> {
-        let record = EpochRecord {
-            epoch,
-            primary: primary.to_owned(),
-        };
-        check(&record).map_err(|reason| EpochStoreError::BadRecord {
-            epoch,
-            primary: primary.to_owned(),
-            reason,
-        })?;
+        let record = EpochRecord::checked(epoch, primary)?;
         *self
             .record
             .lock()
