@@ -257,7 +257,7 @@ pub fn node_rows(
                     .to_owned(),
                 ),
                 r.lsn.map(|l| l.to_string()),
-                r.receive_lsn.map(|l| l.to_string()),
+                r.receive_lsn.filter(|_| replica).map(|l| l.to_string()),
                 replica.then(|| r.streaming.to_string()),
                 r.lag_bytes.map(|b| b.to_string()),
                 r.lag_ms.map(|ms| ms.to_string()),
