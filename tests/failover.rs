@@ -17,7 +17,7 @@ use palisade::cluster::{ClusterOptions, LocalCluster, LocalNode};
 use palisade::config::{Config, ReplicationMode};
 use palisade::demo::LocalRejoin;
 use palisade::proxy::Proxy;
-use palisade::topology::Topology;
+use palisade::topology::{Topology, WriteState};
 use support::harness::{connect_with, sqlstate};
 use support::nodes::wait_until;
 use support::relay::FaultyRelay;
@@ -177,10 +177,17 @@ struct Fixture {
 }
 
 async fn fixture() -> Fixture {
+    fixture_with(|_| {}).await
+}
+
+/// [`fixture`] with the proxy's config adjusted by `tweak`.
+async fn fixture_with(tweak: impl FnOnce(&mut Config)) -> Fixture {
     let serial = SERIAL.lock().await;
     let cluster = cluster();
     let dir = tempfile::tempdir().unwrap();
-    let proxy = start(failover_config(&cluster, dir.path()), &cluster).await;
+    let mut config = failover_config(&cluster, dir.path());
+    tweak(&mut config);
+    let proxy = start(config, &cluster).await;
     let client = client(&proxy, &cluster).await;
     create_table(&client, "ft", "i int").await;
     Fixture {
@@ -748,4 +755,78 @@ async fn a_restarted_proxy_keeps_the_epochs_primary() {
     let c = client(&proxy, &cluster).await;
     let port = primary_port(&c).await;
     assert_eq!(port, cluster.node(new).port);
+}
+
+#[tokio::test]
+async fn manual_mode_waits_for_the_operators_switchover() {
+    let Fixture {
+        serial: _serial,
+        cluster,
+        dir: _dir,
+        proxy,
+        client: _,
+    } = fixture_with(|c| c.failover.mode = palisade::config::FailoverMode::Manual).await;
+
+    cluster.primary().kill(libc::SIGKILL).unwrap();
+    wait_topology(
+        &proxy,
+        "writes refused for the failed primary",
+        |t| matches!(&t.writes, WriteState::Refused(reason) if reason.contains("SWITCHOVER")),
+    )
+    .await;
+    tokio::time::sleep(Duration::from_millis(2 * FAILOVER_TIMEOUT_MS)).await;
+    let t = proxy.topology();
+    assert_eq!(t.epoch, 1, "nothing promoted by itself: {t:?}");
+    let (c2, _) = connect_with(&url(&proxy, &cluster, "postgres"))
+        .await
+        .unwrap();
+    let err = c2
+        .batch_execute("INSERT INTO ft VALUES (1)")
+        .await
+        .unwrap_err();
+    let message = err
+        .as_db_error()
+        .map(|e| e.message().to_owned())
+        .unwrap_or_default();
+    assert!(
+        message.contains("SWITCHOVER"),
+        "the client is told why: {err:?}"
+    );
+
+    let (console, _) = connect_with(&url(&proxy, &cluster, "palisade"))
+        .await
+        .unwrap();
+    console.simple_query("SWITCHOVER TO node2").await.unwrap();
+    wait_topology(&proxy, "node2 promoted", |t| t.primary() == Some(2)).await;
+    write_until_accepted(&proxy, &cluster, "ft").await;
+    assert_eq!(
+        primary_port(&client(&proxy, &cluster).await).await,
+        cluster.node(2).port
+    );
+}
+
+#[tokio::test]
+async fn auto_rejoin_brings_the_old_primary_back_by_itself() {
+    let Fixture {
+        serial: _serial,
+        cluster,
+        dir: _dir,
+        proxy,
+        client: _,
+    } = fixture_with(|c| c.failover.auto_rejoin = true).await;
+
+    cluster.primary().kill(libc::SIGKILL).unwrap();
+    let new = assert_failed_over(&proxy, &cluster, Instant::now()).await;
+    cluster.primary().start().unwrap();
+    let new_port = cluster.node(new).port;
+    wait_until(
+        "node0 to stream from the new primary",
+        Duration::from_secs(60),
+        || streams_from(cluster.primary(), &cluster, new_port),
+    )
+    .await;
+    wait_topology(&proxy, "node0 back as a replica", |t| {
+        !t.nodes[0].fenced && t.nodes[0].role == palisade::topology::Role::Replica
+    })
+    .await;
 }
