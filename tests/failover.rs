@@ -255,18 +255,14 @@ async fn assert_failed_over(proxy: &Proxy, cluster: &LocalCluster, began: Instan
 
 #[tokio::test]
 async fn a_killed_primary_is_replaced_and_writes_resume() {
-    let Fixture {
-        serial: _serial,
-        cluster,
-        dir: _dir,
-        proxy,
-        client: c,
-    } = fixture().await;
+    let f = fixture().await;
+    let (cluster, proxy) = (&f.cluster, &f.proxy);
+    let c = &f.client;
     assert_eq!(proxy.topology().epoch, 1, "the first epoch names node0");
 
     cluster.primary().kill(libc::SIGKILL).unwrap();
     let began = Instant::now();
-    let new = assert_failed_over(&proxy, &cluster, began).await;
+    let new = assert_failed_over(proxy, cluster, began).await;
     // The session that was connected before carries on, on the new primary.
     c.batch_execute("INSERT INTO ft VALUES (1)")
         .await
@@ -276,27 +272,22 @@ async fn a_killed_primary_is_replaced_and_writes_resume() {
             Ok::<_, ()>(())
         })
         .unwrap();
-    let c = client(&proxy, &cluster).await;
+    let c = client(proxy, cluster).await;
     let port = primary_port(&c).await;
     assert_eq!(port, cluster.node(new).port);
 }
 
 #[tokio::test]
 async fn a_hung_primary_is_replaced() {
-    let Fixture {
-        serial: _serial,
-        cluster,
-        dir: _dir,
-        proxy,
-        client: _,
-    } = fixture().await;
+    let f = fixture().await;
+    let (cluster, proxy) = (&f.cluster, &f.proxy);
 
     signal_server(cluster.primary(), libc::SIGSTOP);
     let began = Instant::now();
-    let new = assert_failed_over(&proxy, &cluster, began).await;
+    let new = assert_failed_over(proxy, cluster, began).await;
     // Thawed, the old primary still thinks it is a primary: it is fenced.
     signal_server(cluster.primary(), libc::SIGCONT);
-    wait_topology(&proxy, "node0 fenced", |t| t.nodes[0].fenced).await;
+    wait_topology(proxy, "node0 fenced", |t| t.nodes[0].fenced).await;
     assert_eq!(proxy.topology().primary(), Some(new));
 }
 
@@ -365,28 +356,23 @@ async fn a_proxy_cut_off_from_the_primary_does_not_fail_over() {
 
 #[tokio::test]
 async fn a_returning_old_primary_is_fenced_then_rejoined() {
-    let Fixture {
-        serial: _serial,
-        cluster,
-        dir: _dir,
-        proxy,
-        client: _,
-    } = fixture().await;
+    let f = fixture().await;
+    let (cluster, proxy) = (&f.cluster, &f.proxy);
 
     cluster.primary().kill(libc::SIGKILL).unwrap();
-    let new = assert_failed_over(&proxy, &cluster, Instant::now()).await;
+    let new = assert_failed_over(proxy, cluster, Instant::now()).await;
 
     // The old primary comes back (after a crash it is still a primary).
     cluster.primary().start().unwrap();
-    wait_topology(&proxy, "node0 fenced", |t| t.nodes[0].fenced).await;
-    let old = direct(cluster.primary(), &cluster).await.unwrap();
+    wait_topology(proxy, "node0 fenced", |t| t.nodes[0].fenced).await;
+    let old = direct(cluster.primary(), cluster).await.unwrap();
     wait_until("node0 to be read-only", Duration::from_secs(30), || async {
         old.batch_execute("INSERT INTO ft VALUES (99)")
             .await
             .is_err()
     })
     .await;
-    let old = direct(cluster.primary(), &cluster).await.unwrap();
+    let old = direct(cluster.primary(), cluster).await.unwrap();
     let err = old
         .batch_execute("INSERT INTO ft VALUES (99)")
         .await
@@ -397,7 +383,7 @@ async fn a_returning_old_primary_is_fenced_then_rejoined() {
         "a write sent to it directly is refused: {err:?}"
     );
     // Nothing through the proxy reaches it.
-    let c = client(&proxy, &cluster).await;
+    let c = client(proxy, cluster).await;
     let table = "fenced_probe";
     create_table(&c, table, "i int").await;
     for _ in 0..20 {
@@ -412,7 +398,7 @@ async fn a_returning_old_primary_is_fenced_then_rejoined() {
     assert_eq!(port, cluster.node(new).port);
 
     // REJOIN from the admin console: rewound, streaming, back in routing.
-    let (console, _) = connect_with(&url(&proxy, &cluster, "palisade"))
+    let (console, _) = connect_with(&url(proxy, cluster, "palisade"))
         .await
         .unwrap();
     console.simple_query("REJOIN node0").await.unwrap();
@@ -420,10 +406,10 @@ async fn a_returning_old_primary_is_fenced_then_rejoined() {
     wait_until(
         "node0 to stream from the new primary",
         Duration::from_secs(60),
-        || streams_from(cluster.primary(), &cluster, new_port),
+        || streams_from(cluster.primary(), cluster, new_port),
     )
     .await;
-    wait_topology(&proxy, "node0 to be a healthy replica again", |t| {
+    wait_topology(proxy, "node0 to be a healthy replica again", |t| {
         !t.nodes[0].fenced
             && t.nodes[0].healthy
             && t.nodes[0].replication.streaming
@@ -589,19 +575,10 @@ async fn async_mode_reports_what_a_failover_lost() {
 
 #[tokio::test]
 async fn concurrent_transfers_keep_the_total_across_a_failover() {
-    let Fixture {
-        serial: _serial,
-        cluster,
-        dir: _dir,
-        proxy,
-        client: c,
-    } = fixture().await;
-    create_table(
-        &c,
-        "accounts",
-        "id int PRIMARY KEY, balance bigint NOT NULL",
-    )
-    .await;
+    let f = fixture().await;
+    let (cluster, proxy) = (&f.cluster, &f.proxy);
+    let c = &f.client;
+    create_table(c, "accounts", "id int PRIMARY KEY, balance bigint NOT NULL").await;
     c.batch_execute("INSERT INTO accounts SELECT g, 1000 FROM generate_series(1, 20) g")
         .await
         .unwrap();
@@ -610,7 +587,7 @@ async fn concurrent_transfers_keep_the_total_across_a_failover() {
     let committed = Arc::new(AtomicU64::new(0));
     let workers: Vec<_> = (0..4u64)
         .map(|w| {
-            let url = url(&proxy, &cluster, "postgres");
+            let url = url(proxy, cluster, "postgres");
             let (stop, committed) = (stop.clone(), committed.clone());
             tokio::spawn(async move {
                 let mut n = w;
@@ -647,13 +624,13 @@ async fn concurrent_transfers_keep_the_total_across_a_failover() {
         .collect();
     tokio::time::sleep(Duration::from_secs(2)).await;
     cluster.primary().kill(libc::SIGKILL).unwrap();
-    assert_failed_over(&proxy, &cluster, Instant::now()).await;
+    assert_failed_over(proxy, cluster, Instant::now()).await;
     tokio::time::sleep(Duration::from_secs(2)).await;
     stop.store(true, Ordering::Relaxed);
     for w in workers {
         w.await.unwrap();
     }
-    let c = client(&proxy, &cluster).await;
+    let c = client(proxy, cluster).await;
     let row = c
         .query_one(
             "/* palisade: primary */ SELECT sum(balance)::bigint, count(*) FROM accounts",
@@ -676,37 +653,30 @@ async fn concurrent_transfers_keep_the_total_across_a_failover() {
 
 #[tokio::test]
 async fn a_planned_switchover_loses_nothing_and_pauses_writes() {
-    let Fixture {
-        serial: _serial,
-        cluster,
-        dir: _dir,
-        proxy,
-        client: c,
-    } = fixture().await;
-    create_table(&c, "acked", "id bigint PRIMARY KEY").await;
+    let f = fixture().await;
+    let (cluster, proxy) = (&f.cluster, &f.proxy);
+    let c = &f.client;
+    create_table(c, "acked", "id bigint PRIMARY KEY").await;
 
     let stop = Arc::new(AtomicBool::new(false));
     let next = Arc::new(AtomicU64::new(1));
     let worker = tokio::spawn(insert_loop(
-        url(&proxy, &cluster, "postgres"),
+        url(proxy, cluster, "postgres"),
         stop.clone(),
         next.clone(),
     ));
     tokio::time::sleep(Duration::from_secs(1)).await;
-    let (console, _) = connect_with(&url(&proxy, &cluster, "palisade"))
+    let (console, _) = connect_with(&url(proxy, cluster, "palisade"))
         .await
         .unwrap();
     let began = Instant::now();
     console.simple_query("SWITCHOVER TO node2").await.unwrap();
-    wait_topology(&proxy, "node2 to be the primary", |t| {
-        t.primary() == Some(2)
-    })
-    .await;
+    wait_topology(proxy, "node2 to be the primary", |t| t.primary() == Some(2)).await;
     let took = began.elapsed();
     tokio::time::sleep(Duration::from_secs(1)).await;
     stop.store(true, Ordering::Relaxed);
     let acked = worker.await.unwrap();
-    let present: BTreeSet<i64> = client(&proxy, &cluster)
+    let present: BTreeSet<i64> = client(proxy, cluster)
         .await
         .query("/* palisade: primary */ SELECT id FROM acked", &[])
         .await
@@ -759,17 +729,12 @@ async fn a_restarted_proxy_keeps_the_epochs_primary() {
 
 #[tokio::test]
 async fn manual_mode_waits_for_the_operators_switchover() {
-    let Fixture {
-        serial: _serial,
-        cluster,
-        dir: _dir,
-        proxy,
-        client: _,
-    } = fixture_with(|c| c.failover.mode = palisade::config::FailoverMode::Manual).await;
+    let f = fixture_with(|c| c.failover.mode = palisade::config::FailoverMode::Manual).await;
+    let (cluster, proxy) = (&f.cluster, &f.proxy);
 
     cluster.primary().kill(libc::SIGKILL).unwrap();
     wait_topology(
-        &proxy,
+        proxy,
         "writes refused for the failed primary",
         |t| matches!(&t.writes, WriteState::Refused(reason) if reason.contains("SWITCHOVER")),
     )
@@ -777,7 +742,7 @@ async fn manual_mode_waits_for_the_operators_switchover() {
     tokio::time::sleep(Duration::from_millis(2 * FAILOVER_TIMEOUT_MS)).await;
     let t = proxy.topology();
     assert_eq!(t.epoch, 1, "nothing promoted by itself: {t:?}");
-    let (c2, _) = connect_with(&url(&proxy, &cluster, "postgres"))
+    let (c2, _) = connect_with(&url(proxy, cluster, "postgres"))
         .await
         .unwrap();
     let err = c2
@@ -793,39 +758,34 @@ async fn manual_mode_waits_for_the_operators_switchover() {
         "the client is told why: {err:?}"
     );
 
-    let (console, _) = connect_with(&url(&proxy, &cluster, "palisade"))
+    let (console, _) = connect_with(&url(proxy, cluster, "palisade"))
         .await
         .unwrap();
     console.simple_query("SWITCHOVER TO node2").await.unwrap();
-    wait_topology(&proxy, "node2 promoted", |t| t.primary() == Some(2)).await;
-    write_until_accepted(&proxy, &cluster, "ft").await;
+    wait_topology(proxy, "node2 promoted", |t| t.primary() == Some(2)).await;
+    write_until_accepted(proxy, cluster, "ft").await;
     assert_eq!(
-        primary_port(&client(&proxy, &cluster).await).await,
+        primary_port(&client(proxy, cluster).await).await,
         cluster.node(2).port
     );
 }
 
 #[tokio::test]
 async fn auto_rejoin_brings_the_old_primary_back_by_itself() {
-    let Fixture {
-        serial: _serial,
-        cluster,
-        dir: _dir,
-        proxy,
-        client: _,
-    } = fixture_with(|c| c.failover.auto_rejoin = true).await;
+    let f = fixture_with(|c| c.failover.auto_rejoin = true).await;
+    let (cluster, proxy) = (&f.cluster, &f.proxy);
 
     cluster.primary().kill(libc::SIGKILL).unwrap();
-    let new = assert_failed_over(&proxy, &cluster, Instant::now()).await;
+    let new = assert_failed_over(proxy, cluster, Instant::now()).await;
     cluster.primary().start().unwrap();
     let new_port = cluster.node(new).port;
     wait_until(
         "node0 to stream from the new primary",
         Duration::from_secs(60),
-        || streams_from(cluster.primary(), &cluster, new_port),
+        || streams_from(cluster.primary(), cluster, new_port),
     )
     .await;
-    wait_topology(&proxy, "node0 back as a replica", |t| {
+    wait_topology(proxy, "node0 back as a replica", |t| {
         !t.nodes[0].fenced && t.nodes[0].role == palisade::topology::Role::Replica
     })
     .await;
