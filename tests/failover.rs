@@ -214,6 +214,36 @@ async fn served_port(c: &Client, sql: &str) -> u16 {
     u16::try_from(port).unwrap()
 }
 
+/// Waits until the primary's `synchronous_standby_names` satisfies `check`.
+async fn wait_sync_standbys(cluster: &LocalCluster, what: &str, check: impl Fn(&str) -> bool) {
+    let primary = direct(cluster.primary(), cluster).await.unwrap();
+    wait_until(what, Duration::from_secs(30), || async {
+        let names: String = primary
+            .query_one("SHOW synchronous_standby_names", &[])
+            .await
+            .unwrap()
+            .get(0);
+        check(&names)
+    })
+    .await;
+}
+
+/// Stops (or starts) every replica, off the runtime the proxy runs on.
+async fn replicas_running(cluster: &Arc<LocalCluster>, running: bool) {
+    let cluster = cluster.clone();
+    tokio::task::spawn_blocking(move || {
+        for replica in cluster.replicas() {
+            if running {
+                replica.start().unwrap();
+            } else {
+                replica.stop().unwrap();
+            }
+        }
+    })
+    .await
+    .unwrap();
+}
+
 async fn create_table(c: &Client, table: &str, columns: &str) {
     c.batch_execute(&format!(
         "DROP TABLE IF EXISTS {table}; CREATE TABLE {table}({columns})"
@@ -500,19 +530,9 @@ async fn acknowledged_inserts_across_a_kill(mode: ReplicationMode) -> (usize, us
     create_table(&c, "acked", "id bigint PRIMARY KEY").await;
     create_table(&c, "ft", "i int").await;
     if mode != ReplicationMode::Async {
-        let primary = direct(cluster.primary(), &cluster).await.unwrap();
-        wait_until(
-            "synchronous standbys to be set",
-            Duration::from_secs(30),
-            || async {
-                let names: String = primary
-                    .query_one("SHOW synchronous_standby_names", &[])
-                    .await
-                    .unwrap()
-                    .get(0);
-                names.starts_with("ANY 1")
-            },
-        )
+        wait_sync_standbys(&cluster, "synchronous standbys to be set", |n| {
+            n.starts_with("ANY 1")
+        })
         .await;
     }
 
@@ -789,4 +809,48 @@ async fn auto_rejoin_brings_the_old_primary_back_by_itself() {
         !t.nodes[0].fenced && t.nodes[0].role == palisade::topology::Role::Replica
     })
     .await;
+}
+
+#[tokio::test]
+async fn sync_drops_to_async_without_replicas_and_comes_back() {
+    let f = fixture_with(|c| c.failover.replication_mode = ReplicationMode::Sync).await;
+    let (cluster, proxy) = (&f.cluster, &f.proxy);
+    wait_sync_standbys(cluster, "both replicas synchronous", |n| {
+        n == "ANY 1 (\"node1\", \"node2\")"
+    })
+    .await;
+    replicas_running(cluster, false).await;
+    wait_sync_standbys(cluster, "asynchronous commits", str::is_empty).await;
+    let insert = f.client.batch_execute("INSERT INTO ft VALUES (1)");
+    tokio::time::timeout(Duration::from_secs(10), insert)
+        .await
+        .expect("with no replica, sync mode does not hold commits")
+        .unwrap();
+    replicas_running(cluster, true).await;
+    wait_sync_standbys(cluster, "synchronous again", |n| n.starts_with("ANY 1")).await;
+    assert_eq!(proxy.topology().epoch, 1, "no failover");
+}
+
+#[tokio::test]
+async fn sync_strict_holds_commits_until_a_replica_returns() {
+    let f = fixture_with(|c| c.failover.replication_mode = ReplicationMode::SyncStrict).await;
+    let cluster = &f.cluster;
+    wait_sync_standbys(cluster, "both replicas synchronous", |n| {
+        n.starts_with("ANY 1")
+    })
+    .await;
+    replicas_running(cluster, false).await;
+    let mut insert = Box::pin(f.client.batch_execute("INSERT INTO ft VALUES (1)"));
+    assert!(
+        tokio::time::timeout(Duration::from_secs(3), &mut insert)
+            .await
+            .is_err(),
+        "sync_strict acknowledged a commit no replica has"
+    );
+    wait_sync_standbys(cluster, "still synchronous", |n| n.starts_with("ANY 1")).await;
+    replicas_running(cluster, true).await;
+    tokio::time::timeout(Duration::from_secs(30), insert)
+        .await
+        .expect("the commit completes once a replica is back")
+        .unwrap();
 }
