@@ -458,21 +458,34 @@ async fn a_returning_old_primary_is_fenced_then_rejoined() {
     );
 }
 
+/// A client through the proxy that reconnects once its connection dies
+/// (as the old primary's sessions do in a failover).
+struct Reconnecting {
+    url: String,
+    client: Option<Client>,
+}
+
+impl Reconnecting {
+    /// The live client; `None`, after a short pause, when reconnecting failed.
+    async fn get(&mut self) -> Option<&Client> {
+        if self.client.as_ref().is_none_or(Client::is_closed) {
+            self.client = connect_with(&self.url).await.ok().map(|(c, _)| c);
+            if self.client.is_none() {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+        self.client.as_ref()
+    }
+}
+
 /// Inserts ids through the proxy as fast as it accepts them, reconnecting
 /// after errors, until `stop`; returns the ids whose commit was acknowledged.
 async fn insert_loop(url: String, stop: Arc<AtomicBool>, next: Arc<AtomicU64>) -> Vec<i64> {
     let mut acked = Vec::new();
-    let mut client: Option<Client> = None;
+    let mut conn = Reconnecting { url, client: None };
     while !stop.load(Ordering::Relaxed) {
-        let c = match &client {
-            Some(c) if !c.is_closed() => c,
-            _ => {
-                client = connect_with(&url).await.ok().map(|(c, _)| c);
-                if client.is_none() {
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                }
-                continue;
-            }
+        let Some(c) = conn.get().await else {
+            continue;
         };
         let id = next.fetch_add(1, Ordering::Relaxed) as i64;
         match c.execute("INSERT INTO acked VALUES ($1)", &[&id]).await {
@@ -611,15 +624,10 @@ async fn concurrent_transfers_keep_the_total_across_a_failover() {
             let (stop, committed) = (stop.clone(), committed.clone());
             tokio::spawn(async move {
                 let mut n = w;
-                let mut client: Option<Client> = None;
+                let mut conn = Reconnecting { url, client: None };
                 while !stop.load(Ordering::Relaxed) {
-                    let c = match &client {
-                        Some(c) if !c.is_closed() => c,
-                        _ => {
-                            client = connect_with(&url).await.ok().map(|(c, _)| c);
-                            tokio::time::sleep(Duration::from_millis(20)).await;
-                            continue;
-                        }
+                    let Some(c) = conn.get().await else {
+                        continue;
                     };
                     n = n.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
                     let from = (n >> 33) % 20 + 1;

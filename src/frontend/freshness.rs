@@ -70,6 +70,19 @@ impl Need {
         }
     }
 
+    /// `node` meets every need but perhaps the replay position, and is
+    /// worth asking for it: shown past it already, or last shown at most
+    /// `wait` behind the primary (a replica that far behind has likely
+    /// replayed the position since; one further behind is not waited for).
+    pub fn worth_waiting_for(&self, node: &NodeState, wait: Duration) -> bool {
+        self.admits_but_lsn(node)
+            && (self.lsn_reached(node)
+                || node
+                    .replication
+                    .lag_ms
+                    .is_some_and(|ms| u128::from(ms) <= wait.as_millis()))
+    }
+
     fn lsn_reached(&self, node: &NodeState) -> bool {
         match self.min_lsn {
             None => true,
@@ -192,6 +205,25 @@ mod tests {
         assert!(
             !Need::of(Consistency::Bounded, &none, None, &config).admits(&cut_off),
             "its lag is unknown"
+        );
+    }
+
+    #[test]
+    fn only_replicas_close_behind_are_worth_waiting_for() {
+        let causal = need(Consistency::Causal, ReadChoice::default(), Some(100));
+        let wait = Duration::from_millis(50);
+        let shown_past = replica(120, true, Some((0, 0)));
+        let just_behind = replica(90, true, Some((10, 20)));
+        let far_behind = replica(10, true, Some((90, 5_000)));
+        let unknown = replica(90, true, None);
+        let cut_off = replica(90, false, Some((10, 20)));
+        assert!(causal.worth_waiting_for(&shown_past, wait));
+        assert!(causal.worth_waiting_for(&just_behind, wait));
+        assert!(!causal.worth_waiting_for(&far_behind, wait));
+        assert!(!causal.worth_waiting_for(&unknown, wait));
+        assert!(
+            !causal.worth_waiting_for(&cut_off, wait),
+            "partition mode still applies"
         );
     }
 }

@@ -5,6 +5,7 @@
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use tracing::{debug, info};
@@ -38,6 +39,8 @@ pub(super) enum Decision {
     Node(usize),
     /// A replica that may not have replayed `lsn` yet: ask it, and wait.
     Await { node: usize, lsn: Lsn },
+    /// A write while a planned switchover holds writes: ask again shortly.
+    Pause,
     /// Nowhere: the client gets this error for the batch.
     Refuse(Sqlstate, String),
 }
@@ -294,8 +297,7 @@ impl Session {
         if self.needs_write_lsn() && !self.learn_write_lsn().await {
             return Ok(true);
         }
-        self.wait_out_pause().await;
-        let mut decision = self.decide();
+        let mut decision = self.decide_past_pause().await;
         if let Decision::Await { node, lsn } = decision {
             let held = self.server.as_ref().map(|s| s.node);
             decision = if held != Some(node) && !self.connect_to(node).await {
@@ -303,8 +305,10 @@ impl Session {
             } else if self.await_replay(lsn).await {
                 Decision::Stay
             } else {
+                // Another replica may be shown fresh by now; else on_no_replica.
                 let topology = self.shared.topology.load();
-                match self.no_fresh_replica(&topology, self.read_level().unwrap_or_default()) {
+                let level = self.read_level().unwrap_or_default();
+                match self.fresh_target(&topology, level, self.shared.peek_ticket()) {
                     Decision::Node(node) if self.server.as_ref().map(|s| s.node) == Some(node) => {
                         Decision::Stay
                     }
@@ -323,7 +327,7 @@ impl Session {
                     return Ok(true);
                 }
             }
-            Decision::Stay | Decision::Await { .. } => {}
+            Decision::Stay | Decision::Await { .. } | Decision::Pause => {}
         }
         if let Some(att) = &self.server {
             if !self.plan.write && self.plan.begin.is_none() {
@@ -352,6 +356,28 @@ impl Session {
         self.batch.clear();
         self.plan.clear();
         self.batch_due = false;
+    }
+
+    /// [`Self::decide`], waiting out a planned switchover's pause (at most
+    /// the failover timeout and a second): the write then goes to the new
+    /// primary instead of failing.
+    async fn decide_past_pause(&self) -> Decision {
+        let limit = self.shared.config.failover.failover_timeout() + Duration::from_secs(1);
+        let deadline = Instant::now() + limit;
+        loop {
+            match self.decide() {
+                Decision::Pause if Instant::now() < deadline => {
+                    tokio::time::sleep(reads::PAUSE_POLL).await;
+                }
+                Decision::Pause => {
+                    return Decision::Refuse(
+                        Sqlstate::ConnectionFailure,
+                        format!("writes stayed paused for a switchover longer than {limit:?}"),
+                    )
+                }
+                other => return other,
+            }
+        }
     }
 
     /// Where the due batch runs.

@@ -14,8 +14,8 @@ use crate::config::{Consistency, OnNoReplica};
 use crate::frontend::freshness::Need;
 use crate::frontend::local::{self, Command, Param, SetError};
 use crate::protocol::{messages, Sqlstate};
-use crate::route;
-use crate::topology::{Lsn, Role, Topology, WriteState};
+use crate::route::{self, NoRoute};
+use crate::topology::{Lsn, Role, Topology};
 
 /// Between two looks at a replica's replay position, once the first few
 /// looks (back to back: a replica on a fast link replays a commit within a
@@ -24,7 +24,7 @@ const REPLAY_POLL: Duration = Duration::from_millis(1);
 const QUICK_LOOKS: u32 = 4;
 
 /// Between two looks at whether a switchover still holds writes.
-const PAUSE_POLL: Duration = Duration::from_millis(10);
+pub(super) const PAUSE_POLL: Duration = Duration::from_millis(10);
 
 /// At or past every commit the primary has acknowledged: its WAL insert
 /// position (unlike the write position, it covers asynchronous commits).
@@ -54,7 +54,7 @@ impl Session {
     /// to wait for, or what `on_no_replica` says.
     pub(super) fn read_target(&self, topology: &Topology, level: Consistency) -> Decision {
         if level == Consistency::Strong {
-            return write_target(topology);
+            return primary_read_target(topology);
         }
         let config = &self.shared.config.consistency;
         let need = Need::of(level, &self.reads, self.write_lsn, config);
@@ -65,40 +65,75 @@ impl Session {
         } else {
             self.shared.peek_ticket()
         };
-        let policy = &self.shared.read_policy;
-        let pick = |admits: &dyn Fn(usize) -> bool| {
-            let picked = route::route_read(
-                topology,
-                policy,
-                ticket,
-                |n| self.shared.loads.outstanding(n),
-                admits,
-            );
-            // The primary, when it is no read candidate, is what is left.
-            picked.map(|t| {
-                let left = Some(t.node) == topology.primary() && policy.primary_read_weight == 0;
-                (!left).then_some(t.node)
-            })
-        };
-        match pick(&|i| need.admits(&topology.nodes[i])) {
-            Err(e) => return Decision::Refuse(Sqlstate::ConnectionFailure, e.to_string()),
-            Ok(Some(node)) => return Decision::Node(node),
-            Ok(None) => {}
-        }
         if let (Some(lsn), false) = (need.min_lsn, config.causal_wait_ms == 0) {
-            // Published positions trail: ask a replica that only lacks the position.
-            if let Ok(Some(node)) = pick(&|i| need.admits_but_lsn(&topology.nodes[i])) {
-                return Decision::Await { node, lsn };
+            // Published positions trail by up to a probe: the balancer
+            // spreads over every replica close enough to have the position
+            // by now, not only the ones already shown past it (that would
+            // send a session's reads to whichever was probed last), and
+            // the one picked is asked when it is not shown there yet.
+            let wait = config.causal_wait();
+            let picked = self.pick(topology, ticket, |i| {
+                need.worth_waiting_for(&topology.nodes[i], wait)
+            });
+            match picked {
+                Err(e) => return Decision::Refuse(Sqlstate::ConnectionFailure, e.to_string()),
+                Ok(Some(node))
+                    if Some(node) == topology.primary() || need.admits(&topology.nodes[node]) =>
+                {
+                    return Decision::Node(node)
+                }
+                Ok(Some(node)) => return Decision::Await { node, lsn },
+                Ok(None) => {}
             }
         }
-        self.no_fresh_replica(topology, level)
+        self.fresh_target(topology, level, ticket)
+    }
+
+    /// A replica that the published topology shows fresh enough for a read
+    /// at `level`, else what `on_no_replica` says.
+    pub(super) fn fresh_target(
+        &self,
+        topology: &Topology,
+        level: Consistency,
+        ticket: u64,
+    ) -> Decision {
+        let config = &self.shared.config.consistency;
+        let need = Need::of(level, &self.reads, self.write_lsn, config);
+        match self.pick(topology, ticket, |i| need.admits(&topology.nodes[i])) {
+            Err(e) => Decision::Refuse(Sqlstate::ConnectionFailure, e.to_string()),
+            Ok(Some(node)) => Decision::Node(node),
+            Ok(None) => self.no_fresh_replica(topology, level),
+        }
+    }
+
+    /// The balancer's pick among the replicas `eligible` admits (and the
+    /// primary, when it takes reads); `None` when only the primary is left
+    /// and it is no read candidate.
+    fn pick(
+        &self,
+        topology: &Topology,
+        ticket: u64,
+        eligible: impl Fn(usize) -> bool,
+    ) -> Result<Option<usize>, NoRoute> {
+        let policy = &self.shared.read_policy;
+        let picked = route::route_read(
+            topology,
+            policy,
+            ticket,
+            |n| self.shared.loads.outstanding(n),
+            eligible,
+        );
+        picked.map(|t| {
+            let left = Some(t.node) == topology.primary() && policy.primary_read_weight == 0;
+            (!left).then_some(t.node)
+        })
     }
 
     /// No replica may serve the read: the primary does, or the client is
     /// told, as `consistency.on_no_replica` says.
     pub(super) fn no_fresh_replica(&self, topology: &Topology, level: Consistency) -> Decision {
         match self.shared.config.consistency.on_no_replica {
-            OnNoReplica::Primary => write_target(topology),
+            OnNoReplica::Primary => primary_read_target(topology),
             OnNoReplica::Error => Decision::Refuse(
                 Sqlstate::ObjectNotInPrerequisiteState,
                 format!(
@@ -151,25 +186,6 @@ impl Session {
                 self.give_up_server(e);
                 false
             }
-        }
-    }
-
-    /// A planned switchover holds writes for a few seconds: a write that
-    /// would start now waits for the new primary (at most the failover
-    /// timeout and a second) instead of failing.
-    pub(super) async fn wait_out_pause(&self) {
-        let starts_write = self.phase == Phase::Ready(TxnStatus::Idle)
-            && !self.open_batch
-            && self.plan.local.is_none()
-            && self.read_level().is_none();
-        if !starts_write {
-            return;
-        }
-        let limit = self.shared.config.failover.failover_timeout() + Duration::from_secs(1);
-        let deadline = Instant::now() + limit;
-        while self.shared.topology.load().writes == WriteState::Paused && Instant::now() < deadline
-        {
-            tokio::time::sleep(PAUSE_POLL).await;
         }
     }
 
@@ -314,6 +330,16 @@ impl Session {
 pub(super) fn write_target(topology: &Topology) -> Decision {
     match route::route_write(topology) {
         Ok(t) => Decision::Node(t.node),
+        Err(NoRoute::Paused) => Decision::Pause,
         Err(e) => Decision::Refuse(Sqlstate::ConnectionFailure, e.to_string()),
+    }
+}
+
+/// A read's node when it runs on the primary: the epoch's primary, whether
+/// or not writes are open (a switchover's pause holds writes, not reads).
+fn primary_read_target(topology: &Topology) -> Decision {
+    match topology.primary() {
+        Some(node) => Decision::Node(node),
+        None => Decision::Refuse(Sqlstate::ConnectionFailure, NoRoute::NoPrimary.to_string()),
     }
 }
