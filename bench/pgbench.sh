@@ -32,6 +32,14 @@
 #                 newest /usr/lib/postgresql/*/bin)
 #   PALISADE_BIN  Palisade binary (default: target/release/palisade, built with
 #                 `cargo build --release` when missing)
+#   PALISADE_BASE_BIN  a second Palisade binary (say, the build before a change),
+#                 run as target palisade-base with the same config, so that a
+#                 before/after comparison shares one run
+#
+# Every proxy target also reports its own CPU time per transaction: utime +
+# stime of its process tree (children included) over the run, divided by the
+# transactions pgbench processed. On a machine where the proxy shares cores
+# with PostgreSQL and pgbench this is the steadiest figure of a proxy's cost.
 #
 # Note: the benchmark server runs with fsync=off (a throwaway cluster, and the
 # proxies' overhead is what is measured, not the disk). Do not compare its
@@ -364,6 +372,23 @@ per_node_since() { # "before counts" processed
 # Targets: name and port, in the order they run within each group.
 TARGETS=(direct)
 declare -A TARGET_PORT=([direct]="$PRIMARY_PORT")
+declare -A TARGET_PID=()   # proxies only: the process whose tree's CPU time is counted
+CLK_TCK="$(getconf CLK_TCK)"
+
+# CPU ticks (user + system, of live and reaped children too) of $1 and every
+# process below it.
+tree_cpu_ticks() {
+    local pid="$1" total=0 child stat fields
+    stat="$(cat "/proc/$pid/stat" 2>/dev/null)" || { echo 0; return; }
+    # Fields after the ")" that closes the command name: utime is the 12th,
+    # stime the 13th, cutime and cstime the 14th and 15th.
+    read -r -a fields <<<"${stat##*) }"
+    total=$(( fields[11] + fields[12] + fields[13] + fields[14] ))
+    for child in $(cat /proc/"$pid"/task/*/children 2>/dev/null); do
+        total=$(( total + $(tree_cpu_ticks "$child") ))
+    done
+    echo "$total"
+}
 SKIPPED=()
 
 # --------------------------------------------------------------- Palisade --
@@ -404,22 +429,27 @@ password = "$PASSWORD"
 EOF
 }
 
-# Starts Palisade as target $1 with consistency $2.
+# Starts Palisade binary $3 (default $PALISADE_BIN) as target $1 with consistency $2.
 start_palisade() {
-    local port conf
+    local port conf bin="${3:-$PALISADE_BIN}"
     port="$(free_port)"
     conf="$WORK/$1.toml"
     palisade_conf "$port" "$2" >"$conf"
-    "$PALISADE_BIN" --config "$conf" >"$WORK/$1.log" 2>&1 &
+    "$bin" --config "$conf" >"$WORK/$1.log" 2>&1 &
     PIDS+=("$!:TERM")
+    TARGET_PID[$1]="$!"
     wait_sql "$port" "$1" 30 "$!"
     TARGETS+=("$1")
     TARGET_PORT[$1]="$port"
-    log "$1 (consistency $2) on 127.0.0.1:$port ($PALISADE_BIN)"
+    log "$1 (consistency $2) on 127.0.0.1:$port ($bin)"
 }
 
 if (( WITH_PALISADE )); then
     start_palisade palisade causal
+    if [[ -n "${PALISADE_BASE_BIN:-}" ]]; then
+        [[ -x "$PALISADE_BASE_BIN" ]] || die "PALISADE_BASE_BIN=$PALISADE_BASE_BIN is not executable"
+        start_palisade palisade-base causal "$PALISADE_BASE_BIN"
+    fi
     # The cost of read-your-writes is measured against strong, in the same run.
     if [[ " $WORKLOADS " == *" write-read "* ]]; then
         start_palisade palisade-strong strong
@@ -462,6 +492,7 @@ EOF
     for _ in $(seq 1 50); do [[ -s "$dir/pgbouncer.pid" ]] && break; sleep 0.1; done
     [[ -s "$dir/pgbouncer.pid" ]] || die "pgbouncer wrote no pid file"
     PIDS+=("$(cat "$dir/pgbouncer.pid"):TERM")
+    TARGET_PID[pgbouncer]="$(cat "$dir/pgbouncer.pid")"
     wait_sql "$port" PgBouncer
     TARGETS+=(pgbouncer)
     TARGET_PORT[pgbouncer]="$port"
@@ -526,6 +557,7 @@ EOF
     "${AS_PG[@]}" "$PGPOOL_BIN" -n -f "$dir/pgpool.conf" -F "$dir/pcp.conf" -a "$dir/pool_hba.conf" \
         >"$dir/pgpool.log" 2>&1 &
     PIDS+=("$!:INT")
+    TARGET_PID[pgpool]="$!"
     wait_sql "$port" pgpool-II 30 "$!"
     TARGETS+=(pgpool)
     TARGET_PORT[pgpool]="$port"
@@ -582,6 +614,8 @@ for w in $WORKLOADS; do
             [[ "$w" == tpcb-simple || "$w" == write-read ]] && reset_tpcb_tables
             out="$WORK/run-$w-$c-$t.log"
             [[ "$t" == palisade* ]] && commits_before="$(node_commits)"
+            cpu_before=""
+            [[ -n "${TARGET_PID[$t]:-}" ]] && cpu_before="$(tree_cpu_ticks "${TARGET_PID[$t]}")"
             # shellcheck disable=SC2046  # workload_args is a list of options
             if "$PG_BIN/pgbench" -n $(workload_args "$w") -c "$c" -j "$j" -T "$DURATION" \
                     -h 127.0.0.1 -p "${TARGET_PORT[$t]}" -U postgres "$DB" >"$out" 2>&1; then
@@ -612,7 +646,7 @@ for w in $WORKLOADS; do
                     GROUP BY 1, 2, 3 ORDER BY 4 DESC" >&2 || true
                 FAILED+=("$w c=$c $t: $problem")
                 (( KEEP_GOING )) || die "pgbench run failed: $w, $c clients, via $t: $problem"
-                RESULTS+=("$w|$c|$t|FAILED|-|-")
+                RESULTS+=("$w|$c|$t|FAILED|-|-|-")
                 continue
             fi
             if [[ "$t" == direct ]]; then direct_tps="$tps"; fi
@@ -623,8 +657,13 @@ for w in $WORKLOADS; do
             fi
             tps_fmt="$(awk -v a="$tps" 'BEGIN { printf "%.0f", a }')"
             lat_fmt="$(awk -v a="$lat" 'BEGIN { printf "%.3f", a }')"
-            RESULTS+=("$w|$c|$t|$tps_fmt|$lat_fmt|$ratio")
-            log "[$run/$n_runs] $w c=$c $t: $tps_fmt tps, $lat_fmt ms"
+            cpu="-"
+            if [[ -n "$cpu_before" ]]; then
+                cpu="$(awk -v a="$(tree_cpu_ticks "${TARGET_PID[$t]}")" -v b="$cpu_before" -v hz="$CLK_TCK" -v n="$processed" \
+                    'BEGIN { printf "%.1f", (a - b) / hz * 1e6 / n }')"
+            fi
+            RESULTS+=("$w|$c|$t|$tps_fmt|$lat_fmt|$ratio|$cpu")
+            log "[$run/$n_runs] $w c=$c $t: $tps_fmt tps, $lat_fmt ms, proxy CPU $cpu µs/transaction"
             if [[ "$t" == palisade* ]]; then
                 per_node="$(per_node_since "$commits_before" "$processed")"
                 PER_NODE+=("$w|$c|$t|$per_node")
@@ -641,12 +680,12 @@ report() {
     (( REPLICAS > 0 )) && replicas=", $REPLICAS replica(s)"
     echo "pgbench via proxies, $(date -u +%Y-%m-%d) on $(nproc) cores: $PG_VERSION_STR, scale $SCALE, ${DURATION}s per run, fsync=off$replicas"
     echo
-    echo "| workload | clients | target | tps | avg latency ms | ratio to direct |"
-    echo "|---|---:|---|---:|---:|---:|"
+    echo "| workload | clients | target | tps | avg latency ms | ratio to direct | proxy CPU µs/transaction |"
+    echo "|---|---:|---|---:|---:|---:|---:|"
     local r
     for r in "${RESULTS[@]}"; do
-        IFS='|' read -r w c t tps lat ratio <<<"$r"
-        echo "| $w | $c | $t | $tps | $lat | $ratio |"
+        IFS='|' read -r w c t tps lat ratio cpu <<<"$r"
+        echo "| $w | $c | $t | $tps | $lat | $ratio | $cpu |"
     done
     if (( ${#PER_NODE[@]} )); then
         echo
