@@ -63,14 +63,53 @@ async fn wrong_password_is_28p01_and_right_one_works() {
         .await
         .unwrap_err();
     assert_eq!(sqlstate(&err), "28P01");
+    // Said once, naming the startup packet's user (SCRAM's own user field is empty).
+    let said = |e: &tokio_postgres::Error| e.as_db_error().map(|d| d.message().to_owned());
+    let expected = format!(
+        "password authentication failed for user \"{}\"",
+        cluster.superuser()
+    );
+    assert_eq!(said(&err), Some(expected));
     let err = connect_with(&url(&proxy, "nobody", "x")).await.unwrap_err();
     assert_eq!(
         sqlstate(&err),
         "28P01",
         "unknown users look like wrong passwords"
     );
+    assert_eq!(
+        said(&err).as_deref(),
+        Some("password authentication failed for user \"nobody\"")
+    );
     let (client, _) = connect(&proxy, cluster).await;
     select_one_works(&client).await;
+}
+
+#[tokio::test]
+async fn empty_user_is_28000_and_a_repeated_user_parameter_takes_the_last() {
+    let cluster = shared_cluster();
+    let proxy = start_proxy(cluster, |c| c.users[0].auth = AuthMethod::Trust).await;
+    let mut stream = TcpStream::connect(proxy.local_addr()).await.unwrap();
+    let packet = startup_packet(196_608, &[("user", ""), ("database", "postgres")]);
+    stream.write_all(&packet).await.unwrap();
+    let body = read_until(&mut stream, b'E').await;
+    assert_eq!(field(&body, b'C'), "28000");
+    assert_closed(&mut stream).await;
+
+    // PostgreSQL keeps the last value of a parameter sent twice.
+    let mut stream = TcpStream::connect(proxy.local_addr()).await.unwrap();
+    let packet = startup_packet(
+        196_608,
+        &[
+            ("user", "nobody"),
+            ("database", "postgres"),
+            ("user", cluster.superuser()),
+        ],
+    );
+    stream.write_all(&packet).await.unwrap();
+    let (tag, body) = read_message(&mut stream).await;
+    assert_eq!(tag, b'R', "authentication as the last user named: {body:?}");
+    assert_eq!(&body[..4], &0i32.to_be_bytes(), "AuthenticationOk");
+    read_until(&mut stream, b'Z').await;
 }
 
 #[tokio::test]
@@ -222,7 +261,8 @@ async fn newer_protocol_versions_are_negotiated_down_to_3_0() {
     stream.write_all(&packet).await.unwrap();
     let (tag, body) = read_message(&mut stream).await;
     assert_eq!(tag, b'v', "NegotiateProtocolVersion");
-    assert_eq!(&body[..4], &0i32.to_be_bytes());
+    // PostgreSQL sends the whole version number, 3.0 = 196608.
+    assert_eq!(&body[..4], &196_608i32.to_be_bytes());
     assert_eq!(&body[4..8], &1i32.to_be_bytes());
     assert_eq!(&body[8..], b"_pq_.future\0");
     read_until(&mut stream, b'Z').await;

@@ -272,22 +272,24 @@ pub enum Step {
     Refused(Box<ErrorInfo>),
 }
 
-impl From<PgWireResult<AuthState>> for Step {
-    fn from(state: PgWireResult<AuthState>) -> Step {
+impl Step {
+    /// What to do after a mechanism's answer to `user`'s login.
+    pub fn of(state: PgWireResult<AuthState>, user: &str) -> Step {
         match state {
             Ok(AuthState::InProgress(auth)) => Step::Send(auth),
             Ok(AuthState::Ok { final_message, .. }) => Step::Done(final_message),
-            Ok(AuthState::Failed(e)) | Err(e) => Step::Refused(Box::new(refusal(e))),
+            Ok(AuthState::Failed(e)) | Err(e) => Step::Refused(Box::new(refusal(e, user))),
         }
     }
 }
 
-/// Authentication failures are FATAL, as PostgreSQL reports them.
-fn refusal(e: PgWireError) -> ErrorInfo {
+/// Authentication failures are FATAL, as PostgreSQL reports them. A wrong
+/// password names the user of the startup packet: SCRAM's own user name
+/// field, which the mechanism would quote, is empty when libpq sends it.
+fn refusal(e: PgWireError, user: &str) -> ErrorInfo {
     let mut info = ErrorInfo::from(e);
     info.severity = "FATAL".into();
     if info.code == "28P01" {
-        let user = info.message.clone();
         info.message = format!("password authentication failed for user \"{user}\"");
     }
     info
@@ -322,12 +324,16 @@ mod tests {
     }
 
     #[test]
-    fn wrong_password_refusals_say_28p01_fatal() {
-        let info = refusal(PgWireError::InvalidPassword("app".into()));
+    fn wrong_password_refusals_say_28p01_fatal_once_with_the_login_user() {
+        // SCRAM's client-first message from libpq carries no user name.
+        let info = refusal(PgWireError::InvalidPassword(String::new()), "app");
         assert_eq!(
             (info.severity.as_str(), info.code.as_str()),
             ("FATAL", "28P01")
         );
-        assert!(info.message.contains("\"app\""), "{}", info.message);
+        assert_eq!(
+            info.message,
+            "password authentication failed for user \"app\""
+        );
     }
 }

@@ -195,7 +195,10 @@ async fn start(
             "sorry, too many clients already",
         ));
     }
-    let Some(user) = param(&params, "user").map(str::to_owned) else {
+    let Some(user) = param(&params, "user")
+        .filter(|u| !u.is_empty())
+        .map(str::to_owned)
+    else {
         return Err(tell(
             client,
             Sqlstate::InvalidAuthorization,
@@ -273,14 +276,17 @@ async fn authenticate(
 ) -> Result<(), Refusal> {
     if let Some(mut mechanism) = shared.auth.mechanism(user) {
         let login = LoginClient::new(peer, user, database);
-        let mut step = Step::from(mechanism.begin(&login).await);
+        let mut step = Step::of(mechanism.begin(&login).await, user);
         loop {
             match step {
                 Step::Send(request) => {
                     messages::authentication(&mut client.out, &request);
                     flush(client).await?;
                     let body = read_password_message(client).await?;
-                    step = Step::from(mechanism.next(&login, auth::password_message(&body)).await);
+                    step = Step::of(
+                        mechanism.next(&login, auth::password_message(&body)).await,
+                        user,
+                    );
                 }
                 Step::Done(last) => {
                     if let Some(last) = last {
@@ -384,9 +390,12 @@ async fn connect_session(
     })
 }
 
+/// A startup parameter; when the client sent one twice the last wins, as in
+/// PostgreSQL.
 fn param<'a>(params: &'a [(String, String)], name: &str) -> Option<&'a str> {
     params
         .iter()
+        .rev()
         .find(|(k, _)| k == name)
         .map(|(_, v)| v.as_str())
 }

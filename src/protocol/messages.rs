@@ -162,9 +162,19 @@ pub fn query(buf: &mut BytesMut, sql: &str) {
     );
 }
 
+/// The protocol version we speak, 3.0, as a startup packet spells it.
+const PROTOCOL_3_0: i32 = 3 << 16;
+
 /// Tells a client asking for protocol 3.x (x > 0) or `_pq_` options that we speak 3.0.
+///
+/// The version field carries the whole version number (196608), as
+/// PostgreSQL sends it, not the bare minor number the protocol docs name:
+/// libpq 18 reads 0 as a request to go below 3.0 and gives up.
 pub fn negotiate_protocol_version(buf: &mut BytesMut, unsupported_options: Vec<String>) {
-    encode(buf, &NegotiateProtocolVersion::new(0, unsupported_options));
+    encode(
+        buf,
+        &NegotiateProtocolVersion::new(PROTOCOL_3_0, unsupported_options),
+    );
 }
 
 #[cfg(test)]
