@@ -405,6 +405,36 @@ async fn read_only_transactions_run_entirely_on_one_replica() {
 }
 
 #[tokio::test]
+async fn serializable_read_only_transactions_run_on_the_primary() {
+    // Hot standbys refuse SERIALIZABLE (0A000): asyncpg's
+    // transaction(isolation='serializable', readonly=True) must still work.
+    let (_proxy, mut client) = routed("routing-serializable-ro").await;
+    for begin in [
+        "BEGIN ISOLATION LEVEL SERIALIZABLE READ ONLY",
+        "START TRANSACTION READ ONLY, ISOLATION LEVEL SERIALIZABLE, DEFERRABLE",
+    ] {
+        client.batch_execute(begin).await.unwrap();
+        let seen = reads(&client, 4).await;
+        client.batch_execute("COMMIT").await.unwrap();
+        assert_all_primary(&seen, begin);
+    }
+    let tx = client
+        .build_transaction()
+        .isolation_level(tokio_postgres::IsolationLevel::Serializable)
+        .read_only(true)
+        .start()
+        .await
+        .unwrap();
+    let isolation: String = tx
+        .query_one("SHOW transaction_isolation", &[])
+        .await
+        .unwrap()
+        .get(0);
+    tx.commit().await.unwrap();
+    assert_eq!(isolation, "serializable");
+}
+
+#[tokio::test]
 async fn a_failed_transaction_stays_on_its_node_until_rollback() {
     let (_proxy, client) = routed("routing-failed-txn").await;
     for begin in ["BEGIN", "BEGIN READ ONLY"] {

@@ -140,7 +140,9 @@ pub enum PinReason {
 /// holds from the statement that creates it.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum SessionEffect {
-    /// BEGIN / START TRANSACTION; `read_only` from the last access mode given.
+    /// BEGIN / START TRANSACTION; `read_only` from the last access mode
+    /// given: the transaction may run on a hot standby. Never so for a
+    /// SERIALIZABLE one, which standbys refuse.
     Begin {
         read_only: bool,
     },

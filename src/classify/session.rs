@@ -203,11 +203,7 @@ fn session_characteristics(modes: &[TransactionMode], effects: &mut Vec<SessionE
             false,
         ));
     }
-    let isolation = modes.iter().rev().find_map(|m| match m {
-        TransactionMode::IsolationLevel(level) => Some(*level),
-        TransactionMode::AccessMode(_) => None,
-    });
-    let level = match isolation {
+    let level = match isolation(modes) {
         Some(TransactionIsolationLevel::ReadUncommitted) => "'read uncommitted'",
         Some(TransactionIsolationLevel::ReadCommitted) => "'read committed'",
         Some(TransactionIsolationLevel::RepeatableRead) => "'repeatable read'",
@@ -226,6 +222,14 @@ pub(super) fn access_mode(modes: &[TransactionMode]) -> Option<TransactionAccess
     modes.iter().rev().find_map(|m| match m {
         TransactionMode::AccessMode(mode) => Some(*mode),
         TransactionMode::IsolationLevel(_) => None,
+    })
+}
+
+/// The last isolation level given, as PostgreSQL applies them in order.
+pub(super) fn isolation(modes: &[TransactionMode]) -> Option<TransactionIsolationLevel> {
+    modes.iter().rev().find_map(|m| match m {
+        TransactionMode::IsolationLevel(level) => Some(*level),
+        TransactionMode::AccessMode(_) => None,
     })
 }
 

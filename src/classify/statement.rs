@@ -6,11 +6,11 @@ use std::collections::HashSet;
 
 use sqlparser::ast::{
     CloseCursor, CopyTarget, ObjectName, Query, SetExpr, Statement, TransactionAccessMode,
-    UtilityOption,
+    TransactionIsolationLevel, UtilityOption,
 };
 
 use super::scan::{body_is_dml, in_pg_temp, scan};
-use super::session::{self, access_mode, boolean};
+use super::session::{self, access_mode, boolean, isolation};
 use super::{Class, Part, PinReason, Reason, SessionEffect};
 
 pub(crate) fn classify_statement(stmt: &Statement, volatile: &HashSet<String>) -> Part {
@@ -85,7 +85,9 @@ fn cursor_part(stmt: &Statement, volatile: &HashSet<String>) -> Part {
 fn transaction_part(stmt: &Statement) -> Part {
     match stmt {
         Statement::StartTransaction { modes, .. } => {
-            let read_only = access_mode(modes) == Some(TransactionAccessMode::ReadOnly);
+            // Hot standbys refuse SERIALIZABLE transactions, read-only or not.
+            let read_only = access_mode(modes) == Some(TransactionAccessMode::ReadOnly)
+                && isolation(modes) != Some(TransactionIsolationLevel::Serializable);
             let class = if read_only { Class::Read } else { Class::Write };
             Part {
                 class,

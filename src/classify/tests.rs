@@ -257,7 +257,9 @@ const TABLE: &[Row] = &[
     ("BEGIN READ ONLY", Read, is!(R::TransactionControl)),
     ("BEGIN TRANSACTION READ ONLY, READ WRITE", Write, is!(R::TransactionControl)),
     ("START TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY", Read, is!(R::TransactionControl)),
-    ("START TRANSACTION ISOLATION LEVEL SERIALIZABLE, READ ONLY, DEFERRABLE", Read, is!(R::TransactionControl)),
+    // Hot standbys refuse SERIALIZABLE transactions, read-only ones included.
+    ("START TRANSACTION ISOLATION LEVEL SERIALIZABLE, READ ONLY, DEFERRABLE", Write, is!(R::TransactionControl)),
+    ("BEGIN ISOLATION LEVEL SERIALIZABLE READ ONLY", Write, is!(R::TransactionControl)),
     ("START TRANSACTION READ WRITE", Write, is!(R::TransactionControl)),
     ("COMMIT", Write, is!(R::TransactionControl)),
     ("END", Write, is!(R::TransactionControl)),
@@ -390,8 +392,17 @@ fn transaction_effects() {
     assert_eq!(effects("BEGIN"), [E::Begin { read_only: false }]);
     assert_eq!(effects("begin work"), [E::Begin { read_only: false }]);
     assert_eq!(effects("BEGIN READ ONLY"), [E::Begin { read_only: true }]);
+    // Hot standbys refuse SERIALIZABLE: such a transaction needs the primary.
     assert_eq!(
         effects("START TRANSACTION ISOLATION LEVEL SERIALIZABLE, READ ONLY, DEFERRABLE"),
+        [E::Begin { read_only: false }]
+    );
+    assert_eq!(
+        effects("BEGIN ISOLATION LEVEL SERIALIZABLE READ ONLY"),
+        [E::Begin { read_only: false }]
+    );
+    assert_eq!(
+        effects("BEGIN READ ONLY ISOLATION LEVEL SERIALIZABLE, ISOLATION LEVEL READ COMMITTED"),
         [E::Begin { read_only: true }]
     );
     assert_eq!(
