@@ -260,11 +260,19 @@ pub(crate) fn unparsable_effects(statements: &[Vec<TokenWithSpan>]) -> Vec<Sessi
                 Token::Word(w) if w.quote_style.is_none() => Some(w.value.to_uppercase()),
                 _ => None,
             })
-            .take(4)
+            .take(5)
             .collect();
         statement_effects(&words, &mut effects);
     }
     effects
+}
+
+fn xml_option(value: &str, local: bool) -> SessionEffect {
+    SessionEffect::Set {
+        name: "xmloption".into(),
+        value: value.to_ascii_lowercase(),
+        local,
+    }
 }
 
 fn statement_effects(words: &[String], effects: &mut Vec<SessionEffect>) {
@@ -284,6 +292,11 @@ fn statement_effects(words: &[String], effects: &mut Vec<SessionEffect>) {
             effects.push(SessionEffect::Pin(PinReason::TempObject))
         }
         ["LISTEN", ..] => effects.push(SessionEffect::Pin(PinReason::Listen)),
+        // sqlparser knows no SET XML OPTION; PostgreSQL's GUC is xmloption.
+        ["SET", "SESSION", "XML", "OPTION", value] | ["SET", "XML", "OPTION", value] => {
+            effects.push(xml_option(value, false))
+        }
+        ["SET", "LOCAL", "XML", "OPTION", value] => effects.push(xml_option(value, true)),
         _ => {}
     }
 }

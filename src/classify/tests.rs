@@ -586,6 +586,22 @@ fn prepared_statement_effects() {
 }
 
 #[test]
+fn set_forms_sqlparser_cannot_parse_still_follow_the_session() {
+    assert_eq!(
+        effects("SET XML OPTION DOCUMENT"),
+        [set("xmloption", "document", false)]
+    );
+    assert_eq!(
+        effects("set session xml option content"),
+        [set("xmloption", "content", false)]
+    );
+    assert_eq!(
+        effects("SET LOCAL XML OPTION DOCUMENT"),
+        [set("xmloption", "document", true)]
+    );
+}
+
+#[test]
 fn pin_effects() {
     use PinReason::*;
     assert_eq!(effects("LISTEN jobs"), [E::Pin(Listen)]);
