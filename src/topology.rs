@@ -29,6 +29,34 @@ pub enum Role {
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct Lsn(pub u64);
 
+/// PostgreSQL's WAL page size (XLOG_BLCKSZ, fixed at compile time: 8 KiB
+/// in every packaged build).
+const WAL_PAGE: u64 = 8192;
+/// The headers at the start of a WAL page: the short one, and the long one
+/// that opens a segment (SizeOfXLogShortPHD, SizeOfXLogLongPHD).
+const PAGE_HEADERS: [u64; 2] = [24, 40];
+
+impl Lsn {
+    /// The end of the WAL written before this insert position.
+    ///
+    /// `pg_current_wal_insert_lsn()` names the next byte a record may use,
+    /// which on a fresh page is past the page header, while a replica's
+    /// replay position is the end of the last record, the page boundary
+    /// itself. An idle primary whose WAL ends on a page boundary (every one
+    /// right after a segment switch or a base backup) would otherwise stay
+    /// a header ahead of every replica for as long as nothing writes. A
+    /// replica at that boundary has everything: no record ends inside a
+    /// header, and a record continued onto the page ends past it.
+    pub fn before_page_header(self) -> Lsn {
+        let offset = self.0 % WAL_PAGE;
+        if PAGE_HEADERS.contains(&offset) {
+            Lsn(self.0 - offset)
+        } else {
+            self
+        }
+    }
+}
+
 impl fmt::Display for Lsn {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{:X}/{:X}", self.0 >> 32, self.0 & 0xFFFF_FFFF)
@@ -196,6 +224,24 @@ impl TopologyHandle {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_insert_position_past_a_page_header_is_the_boundary() {
+        let segment = 0x4000000;
+        assert_eq!(Lsn(segment + 40).before_page_header(), Lsn(segment));
+        assert_eq!(
+            Lsn(segment + 8192 + 24).before_page_header(),
+            Lsn(segment + 8192)
+        );
+        for inside in [
+            segment,
+            segment + 48,
+            segment + 8192 + 16,
+            segment + 8192 + 8000,
+        ] {
+            assert_eq!(Lsn(inside).before_page_header(), Lsn(inside), "{inside:#x}");
+        }
+    }
 
     #[test]
     fn lsn_reads_and_writes_like_postgresql() {

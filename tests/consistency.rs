@@ -522,6 +522,33 @@ async fn a_rolled_back_transaction_leaves_nothing_to_wait_for() {
 }
 
 #[tokio::test]
+async fn a_write_next_to_a_wal_page_boundary_is_found_on_the_replicas() {
+    let _serial = SERIAL.lock().await;
+    let cluster = shared_cluster();
+    let proxy = proxy(|c| c.consistency.level = Consistency::Causal).await;
+    let c = client(&proxy, "consistency-page-boundary").await;
+    let table = unique("boundary");
+    fresh_table(&c, &table, "i int").await;
+    // A segment switch leaves an idle primary's insert position just past
+    // the new segment's page header, where no replica's replay ever stands.
+    let primary = direct(cluster.primary()).await;
+    primary
+        .batch_execute("SELECT pg_switch_wal()")
+        .await
+        .unwrap();
+    wait_replayed().await;
+    // SET writes no WAL, yet it ran on the primary: the next causal read
+    // locates it there and must find the replicas have it.
+    c.batch_execute("SET work_mem = '2MB'").await.unwrap();
+    let seen = reads(&c, 4).await;
+    assert!(
+        seen.iter().all(|n| n.is_replica()),
+        "the replicas have every record before the page header: {:?}",
+        tally(&seen)
+    );
+}
+
+#[tokio::test]
 async fn an_idle_primary_shows_no_lag() {
     let _serial = SERIAL.lock().await;
     let proxy = proxy(|_| {}).await;

@@ -584,6 +584,55 @@ async fn a_volatile_function_is_called_on_the_primary_and_a_stable_one_on_a_repl
 }
 
 #[tokio::test]
+async fn every_set_form_follows_the_client_to_every_node() {
+    let (_proxy, client) = routed("routing-set-forms").await;
+    client
+        .batch_execute(
+            "SET TIME ZONE 'America/Sao_Paulo'; SET XML OPTION DOCUMENT; \
+             SET datestyle TO postgres, dmy; SET myapp.tenant = 7; \
+             SET plpgsql.extra_warnings TO 'shadowed_variables'; SET ROLE pg_read_all_data",
+        )
+        .await
+        .unwrap();
+    let mut seen = Vec::new();
+    for _ in 0..12 {
+        let messages = client
+            .simple_query(
+                "SELECT inet_server_port(), current_setting('TimeZone'), \
+                 current_setting('xmloption'), current_setting('DateStyle'), \
+                 current_setting('myapp.tenant'), current_setting('plpgsql.extra_warnings'), \
+                 current_user::text",
+            )
+            .await
+            .unwrap();
+        let row = messages
+            .iter()
+            .find_map(|m| match m {
+                tokio_postgres::SimpleQueryMessage::Row(r) => Some(r),
+                _ => None,
+            })
+            .expect("a row");
+        let node = node_of(row.get(0).unwrap().parse().unwrap());
+        let values: Vec<&str> = (1..7).map(|i| row.get(i).unwrap()).collect();
+        assert_eq!(
+            values,
+            [
+                "America/Sao_Paulo",
+                "document",
+                "Postgres, DMY",
+                "7",
+                "shadowed_variables",
+                "pg_read_all_data"
+            ],
+            "settings seen on {node:?}"
+        );
+        seen.push(node);
+    }
+    assert_spread_over_replicas(&seen, "reads after every SET form");
+    client.batch_execute("RESET ALL; RESET ROLE").await.unwrap();
+}
+
+#[tokio::test]
 async fn session_settings_follow_the_client_to_every_node() {
     let (_proxy, client) = routed("routing-settings").await;
     client

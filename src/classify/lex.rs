@@ -174,8 +174,10 @@ pub(crate) fn chain_tokens(tokens: &[TokenWithSpan]) -> usize {
         .count()
 }
 
-/// Rewrites two pieces of valid PostgreSQL that sqlparser rejects and that do
-/// not matter for routing, so the statements still parse:
+/// Rewrites pieces of valid PostgreSQL that sqlparser rejects into forms it
+/// knows that route the same, so the statements still parse:
+/// * `SET XML OPTION v`: sqlparser has no such form; it is PostgreSQL's
+///   `SET xmloption TO v`.
 /// * `FOR NO KEY UPDATE` / `FOR KEY SHARE`: sqlparser knows only `FOR UPDATE`
 ///   and `FOR SHARE`; any row lock is a write, so `NO KEY` / `KEY` go.
 /// * `[NOT] DEFERRABLE` in BEGIN / START TRANSACTION / SET TRANSACTION /
@@ -210,6 +212,11 @@ pub(crate) fn normalize(tokens: &mut Vec<TokenWithSpan>) {
                 Some(Keyword::CHARACTERISTICS)
             )
     );
+    // `SET [SESSION | LOCAL] XML OPTION v` is `SET xmloption TO v`.
+    let scoped = usize::from(matches!(kw(1), Some(Keyword::SESSION | Keyword::LOCAL)));
+    let xml_option = (kw(0) == Some(Keyword::SET)
+        && (kw(1 + scoped), kw(2 + scoped)) == (Some(Keyword::XML), Some(Keyword::OPTION)))
+        .then(|| (sig[1 + scoped], sig[2 + scoped]));
     let mut drop = Vec::new();
     for n in 0..sig.len() {
         match kw(n) {
@@ -237,6 +244,10 @@ pub(crate) fn normalize(tokens: &mut Vec<TokenWithSpan>) {
             _ => {}
         }
     }
+    if let Some((xml, option)) = xml_option {
+        tokens[xml].token = Token::make_word("xmloption", None);
+        tokens[option].token = Token::make_keyword("TO");
+    }
     if drop.is_empty() {
         return;
     }
@@ -260,19 +271,11 @@ pub(crate) fn unparsable_effects(statements: &[Vec<TokenWithSpan>]) -> Vec<Sessi
                 Token::Word(w) if w.quote_style.is_none() => Some(w.value.to_uppercase()),
                 _ => None,
             })
-            .take(5)
+            .take(4)
             .collect();
         statement_effects(&words, &mut effects);
     }
     effects
-}
-
-fn xml_option(value: &str, local: bool) -> SessionEffect {
-    SessionEffect::Set {
-        name: "xmloption".into(),
-        value: value.to_ascii_lowercase(),
-        local,
-    }
 }
 
 fn statement_effects(words: &[String], effects: &mut Vec<SessionEffect>) {
@@ -292,11 +295,6 @@ fn statement_effects(words: &[String], effects: &mut Vec<SessionEffect>) {
             effects.push(SessionEffect::Pin(PinReason::TempObject))
         }
         ["LISTEN", ..] => effects.push(SessionEffect::Pin(PinReason::Listen)),
-        // sqlparser knows no SET XML OPTION; PostgreSQL's GUC is xmloption.
-        ["SET", "SESSION", "XML", "OPTION", value] | ["SET", "XML", "OPTION", value] => {
-            effects.push(xml_option(value, false))
-        }
-        ["SET", "LOCAL", "XML", "OPTION", value] => effects.push(xml_option(value, true)),
         _ => {}
     }
 }

@@ -586,10 +586,10 @@ fn prepared_statement_effects() {
 }
 
 #[test]
-fn set_forms_sqlparser_cannot_parse_still_follow_the_session() {
+fn set_xml_option_follows_the_session_though_sqlparser_has_no_such_form() {
     assert_eq!(
         effects("SET XML OPTION DOCUMENT"),
-        [set("xmloption", "document", false)]
+        [set("xmloption", "DOCUMENT", false)]
     );
     assert_eq!(
         effects("set session xml option content"),
@@ -597,7 +597,15 @@ fn set_forms_sqlparser_cannot_parse_still_follow_the_session() {
     );
     assert_eq!(
         effects("SET LOCAL XML OPTION DOCUMENT"),
-        [set("xmloption", "document", true)]
+        [set("xmloption", "DOCUMENT", true)]
+    );
+    // What follows it in the same string is understood too.
+    assert_eq!(
+        effects("SET XML OPTION DOCUMENT; SET myapp.tenant = 7"),
+        [
+            set("xmloption", "DOCUMENT", false),
+            set("myapp.tenant", "7", false)
+        ]
     );
 }
 

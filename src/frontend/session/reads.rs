@@ -171,6 +171,7 @@ impl Session {
         };
         match replay::query_lsn(&mut att.conn, WRITE_POSITION).await {
             Ok(Some(lsn)) => {
+                let lsn = lsn.before_page_header();
                 self.write_lsn = self.write_lsn.max(Some(lsn));
                 self.writes.unlocated = false;
                 true
