@@ -16,6 +16,8 @@
 mod dispatch;
 mod reads;
 
+use dispatch::Outcome;
+
 use std::collections::VecDeque;
 use std::future::Future;
 use std::pin::Pin;
@@ -28,16 +30,16 @@ use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::sync::watch;
 use tracing::{debug, info, Span};
 
-use super::batch::Plan;
 use super::cancel::{CancelHandle, CancelTarget};
-use super::local::ReadChoice;
+use super::classifier::Classifier;
+use super::collect::Collector;
 use super::state::SessionState;
 use super::{Connected, Shared};
 use crate::backend::pool::PoolKey;
 use crate::backend::{self, ServerConn};
-use crate::classify::{ClassifyCache, SessionEffect};
-use crate::control::functions::VolatileSet;
-use crate::protocol::{messages, FrameScanner, ScanError, Sqlstate};
+use crate::classify::SessionEffect;
+use crate::protocol::{messages, FrameScanner, ScanError, Sqlstate, TxnStatus};
+use crate::route::ReadChoice;
 use crate::topology::Lsn;
 
 /// Stop reading from one side while this much is waiting to be written to
@@ -50,32 +52,6 @@ const CANCEL_TIMEOUT: Duration = Duration::from_secs(5);
 /// stream through, so only this sanity bound applies.
 const MAX_SERVER_FRAME: usize = 1 << 30;
 const TERMINATE: [u8; 5] = [b'X', 0, 0, 0, 4];
-
-/// The transaction status from the last ReadyForQuery.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum TxnStatus {
-    Idle,
-    InTransaction,
-    Failed,
-}
-
-impl TxnStatus {
-    fn from_byte(b: u8) -> TxnStatus {
-        match b {
-            b'T' => TxnStatus::InTransaction,
-            b'E' => TxnStatus::Failed,
-            _ => TxnStatus::Idle,
-        }
-    }
-
-    fn byte(self) -> u8 {
-        match self {
-            TxnStatus::Idle => b'I',
-            TxnStatus::InTransaction => b'T',
-            TxnStatus::Failed => b'E',
-        }
-    }
-}
 
 /// Where the session is in its conversation with the server.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -198,7 +174,6 @@ pub struct Session {
     id: u64,
     shared: Arc<Shared>,
     client: ClientIo,
-    max_message_size: usize,
     server: Option<Attached>,
     server_frames: FrameScanner,
     to_server: BytesMut,
@@ -210,23 +185,9 @@ pub struct Session {
     /// Pool keys of every node, in topology order.
     keys: Vec<PoolKey>,
     state: SessionState,
-    cache: ClassifyCache,
-    volatile: Arc<VolatileSet>,
-    /// The catalog's `published` count when `volatile` was last checked.
-    catalog_seen: u64,
-    /// Frames of the batch being gathered.
-    batch: BytesMut,
-    plan: Plan,
-    /// The batch must be dispatched before more client input is read.
-    batch_due: bool,
-    /// Part of a batch went out (Flush) without its Sync: the rest follows it.
-    open_batch: bool,
-    /// A batch could not be routed after part of it went out: drop the
-    /// client's frames up to its Sync, then say ReadyForQuery.
-    skipping: bool,
+    classifier: Classifier,
+    collector: Collector,
     inflight: VecDeque<Sent>,
-    /// Function DDL succeeded: reload the VOLATILE list before routing again.
-    reload_functions: bool,
     /// The client cancelled while the session was getting a connection:
     /// cancel on that connection once the batch has been written to it.
     cancel_owed: bool,
@@ -245,7 +206,7 @@ impl Session {
         shared: Arc<Shared>,
         client: ClientIo,
         connected: Connected,
-        volatile: Arc<VolatileSet>,
+        classifier: Classifier,
         span: Span,
     ) -> Session {
         let Connected {
@@ -265,8 +226,8 @@ impl Session {
             .collect();
         Session {
             id,
-            max_message_size: shared.config.proxy.max_message_size,
-            cache: ClassifyCache::new(shared.config.routing.classify_cache_size),
+            collector: Collector::new(shared.config.proxy.max_message_size),
+            classifier,
             fences: shared.topology.fence_changes(),
             shared,
             span,
@@ -280,15 +241,7 @@ impl Session {
             login,
             keys,
             state: SessionState::default(),
-            catalog_seen: 0,
-            volatile,
-            batch: BytesMut::with_capacity(1024),
-            plan: Plan::default(),
-            batch_due: false,
-            open_batch: false,
-            skipping: false,
             inflight: VecDeque::new(),
-            reload_functions: false,
             cancel_owed: false,
             reads: ReadChoice::default(),
             write_lsn: None,
@@ -323,7 +276,7 @@ impl Session {
     fn server_reusable(&self, end: &End) -> bool {
         matches!(end, End::ClientTerminated | End::ClientGone)
             && self.phase == Phase::Ready(TxnStatus::Idle)
-            && !self.open_batch
+            && !self.collector.continues()
             && self.to_server.is_empty()
             && !self.server_said_fatal
             && !self.server_frames.mid_frame()
@@ -356,10 +309,10 @@ impl Session {
     /// frames into batches and dispatches every batch that may go now.
     async fn advance(&mut self) -> Result<(), End> {
         loop {
-            if !self.batch_due {
+            if !self.collector.is_due() {
                 self.collect()?;
             }
-            if !self.batch_due || !self.dispatch().await? {
+            if !self.collector.is_due() || self.dispatch().await? == Outcome::Waiting {
                 break;
             }
         }
@@ -396,12 +349,12 @@ impl Session {
             client,
             server,
             to_server,
-            batch_due,
+            collector,
             fences,
             ..
         } = self;
         let attached = server.is_some();
-        let read_client = !*batch_due && client.inbuf.len() < HIGH_WATER;
+        let read_client = !collector.is_due() && client.inbuf.len() < HIGH_WATER;
         let read_server = client.out.len() < HIGH_WATER;
         let write_server = !to_server.is_empty();
         let (server_rd, server_wr) = match server {
@@ -446,7 +399,7 @@ impl Session {
             return Ok(());
         }
         info!(parent: &self.span, server = %self.node_name(), epoch = topology.epoch, "server fenced");
-        if self.phase == Phase::Ready(TxnStatus::Idle) && !self.open_batch {
+        if self.phase == Phase::Ready(TxnStatus::Idle) && !self.collector.continues() {
             self.drop_server();
             return Ok(());
         }
@@ -563,7 +516,9 @@ impl Session {
         if att.conn.settings != self.state.settings() {
             att.conn.settings = self.state.settings().to_vec();
         }
-        self.reload_functions |= self.state.take_catalog_changed();
+        if self.state.take_catalog_changed() {
+            self.classifier.functions_changed();
+        }
     }
 
     /// Hands the server connection back to the pool once the session has
@@ -571,7 +526,7 @@ impl Session {
     fn maybe_release(&mut self) {
         let idle = self.phase == Phase::Ready(TxnStatus::Idle)
             && self.inflight.is_empty()
-            && !self.open_batch
+            && !self.collector.continues()
             && !self.state.is_pinned()
             && self.to_server.is_empty()
             && !self.server_frames.mid_frame()
@@ -746,13 +701,6 @@ mod tests {
         assert!(!is_fatal(b"SERROR\0VERROR\0C42601\0Msyntax\0\0"));
         assert!(!is_fatal(b""));
         assert!(!is_fatal(b"S"));
-    }
-
-    #[test]
-    fn txn_status_bytes_map() {
-        assert_eq!(TxnStatus::from_byte(b'T'), TxnStatus::InTransaction);
-        assert_eq!(TxnStatus::from_byte(b'E'), TxnStatus::Failed);
-        assert_eq!(TxnStatus::from_byte(b'I'), TxnStatus::Idle);
     }
 
     fn sent(on_primary: bool, effects: Vec<SessionEffect>, rolls_back: bool) -> Sent {

@@ -13,6 +13,28 @@ pub mod startup;
 pub use messages::Sqlstate;
 pub use scan::{take_frame, FrameScanner, ScanError};
 
+/// A transaction status as ReadyForQuery reports it. Decoded here once:
+/// everything past the protocol holds this, never the byte.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum TxnStatus {
+    #[default]
+    Idle,
+    InTransaction,
+    Failed,
+}
+
+impl TxnStatus {
+    /// The status byte of a ReadyForQuery body (anything unknown is idle,
+    /// as PostgreSQL sends only these three).
+    pub fn from_byte(b: u8) -> TxnStatus {
+        match b {
+            b'T' => TxnStatus::InTransaction,
+            b'E' => TxnStatus::Failed,
+            _ => TxnStatus::Idle,
+        }
+    }
+}
+
 /// Reads a big-endian i32 from the first four bytes of `b`.
 ///
 /// Callers check the length first; a short slice reads as zero-padded.
