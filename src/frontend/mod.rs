@@ -7,6 +7,7 @@ pub mod batch;
 pub mod cancel;
 pub mod classifier;
 pub mod collect;
+pub mod link;
 pub mod load;
 pub mod local;
 pub mod session;

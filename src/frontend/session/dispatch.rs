@@ -9,7 +9,7 @@ use std::time::Instant;
 
 use tracing::{debug, info, Span};
 
-use super::{reads, Phase, Sent, Session};
+use super::{reads, Session};
 use crate::backend::pool::CheckoutError;
 use crate::backend::replay::{self, ReplayError};
 use crate::backend::ServerConn;
@@ -18,6 +18,7 @@ use crate::classify::{Classification, Reason, SessionEffect};
 use crate::frontend::batch::Plan;
 use crate::frontend::classifier::Classifier;
 use crate::frontend::collect::{CollectError, Collected, Judge};
+use crate::frontend::link::{Phase, Sent};
 use crate::frontend::state::{settings_delta, Prepared, SessionState};
 use crate::frontend::Shared;
 use crate::protocol::{messages, Sqlstate, TxnStatus};
@@ -83,8 +84,8 @@ impl Session {
             match self.collector.collect(&mut self.client.inbuf, &mut judge) {
                 Ok(Collected::Due | Collected::NeedInput) => return Ok(()),
                 Ok(Collected::Copy(frame)) => {
-                    if self.server.is_some() {
-                        self.to_server.extend_from_slice(&frame);
+                    if self.link.node().is_some() {
+                        self.link.out().extend_from_slice(&frame);
                     }
                 }
                 Ok(Collected::Synced) => messages::ready(&mut self.client.out, TxnStatus::Idle),
@@ -102,7 +103,7 @@ impl Session {
     pub(super) async fn dispatch(&mut self) -> Result<Outcome, super::End> {
         let plan = self.collector.plan();
         if (plan.local.is_some() || plan.local_misplaced) && !self.collector.continues() {
-            if matches!(self.phase, Phase::Busy { .. }) {
+            if matches!(self.link.phase(), Phase::Busy { .. }) {
                 // Its answer must not overtake replies still due.
                 return Ok(Outcome::Waiting);
             }
@@ -111,7 +112,7 @@ impl Session {
             self.maybe_release();
             return Ok(Outcome::Answered);
         }
-        if self.classifier.reload_due() && self.phase == Phase::Ready(TxnStatus::Idle) {
+        if self.classifier.reload_due() && self.link.phase() == Phase::Ready(TxnStatus::Idle) {
             self.classifier
                 .reload(&self.shared.catalog, &self.login.database)
                 .await;
@@ -122,7 +123,7 @@ impl Session {
                 return Ok(Outcome::Waiting);
             }
         }
-        if self.server.is_none() && self.collector.plan().only_closes() {
+        if self.link.node().is_none() && self.collector.plan().only_closes() {
             // Between transactions nothing needs a server for this: closed
             // statements are forgotten here, and their copies on pooled
             // connections are closed when the name is prepared again.
@@ -140,10 +141,10 @@ impl Session {
         if let Some(outcome) = self.reach_target().await {
             return Ok(outcome);
         }
-        if let Some(att) = &self.server {
+        if let Some(node) = self.link.node() {
             let plan = self.collector.plan();
             if !plan.write && plan.begin.is_none() {
-                self.warn_if_cut_off(att.node);
+                self.warn_if_cut_off(node);
             }
         }
         if !self.collector.continues() && !self.bring_state().await? {
@@ -179,8 +180,7 @@ impl Session {
                     tokio::time::sleep(reads::PAUSE_POLL).await;
                 }
                 Decision::Wait(Wait::Replay { node, lsn, within }) => {
-                    let held = self.server.as_ref().map(|s| s.node);
-                    if held != Some(node) && !self.connect_to(node).await {
+                    if self.link.node() != Some(node) && !self.connect_to(node).await {
                         return Some(Outcome::Refused);
                     }
                     if self.await_replay(lsn, within).await {
@@ -196,7 +196,7 @@ impl Session {
     /// What routing makes of the due batch now.
     fn decide(&self, tried: Tried) -> Decision {
         let topology = self.shared.topology.load();
-        let ready = match self.phase {
+        let ready = match self.link.phase() {
             Phase::Ready(status) => Some(status),
             Phase::Busy { .. } => None,
         };
@@ -206,9 +206,9 @@ impl Session {
         let lacks_state = !continues
             && ready.is_none()
             && self
-                .server
-                .as_ref()
-                .is_some_and(|s| !Catchup::of(&self.state, plan, &s.conn).is_empty());
+                .link
+                .conn()
+                .is_some_and(|conn| !Catchup::of(&self.state, plan, conn).is_empty());
         let batch = BatchFacts {
             purpose: Purpose::Batch,
             write: plan.write,
@@ -221,12 +221,12 @@ impl Session {
         };
         let session = SessionFacts {
             ready,
-            held: self.server.as_ref().map(|s| s.node),
+            held: self.link.node(),
             pinned: self.state.is_pinned(),
             read_only_default: self.state.read_only_default(),
-            choice: self.reads,
-            write_lsn: self.write_lsn,
-            unlocated_writes: self.writes.unlocated,
+            choice: self.state.reads,
+            write_lsn: self.state.write_lsn,
+            unlocated_writes: self.state.writes.unlocated,
         };
         let policy = self.shared.policy();
         route::decide(
@@ -248,7 +248,7 @@ impl Session {
     /// when none could be had (the client has been told).
     pub(super) async fn connect_to(&mut self, node: usize) -> bool {
         self.release();
-        self.cancel.connecting();
+        self.link.connecting();
         let Some(key) = self.keys.get(node) else {
             self.refuse_batch(Sqlstate::Internal, "node missing from the session's keys");
             return false;
@@ -260,11 +260,11 @@ impl Session {
         };
         match self.shared.pool.checkout(key, self.id, &login).await {
             Ok(conn) => {
-                self.attach(conn, node);
+                self.link.attach(conn, node);
                 true
             }
             Err(e) => {
-                self.cancel.set_target(None);
+                self.link.clear_cancel_target();
                 let state = match &e {
                     CheckoutError::Exhausted { .. } => Sqlstate::TooManyConnections,
                     CheckoutError::Connect(ConnectError::Refused { .. }) => {
@@ -283,10 +283,10 @@ impl Session {
     /// statements the batch needs and the connection lacks. `false` when
     /// the batch was refused instead.
     async fn bring_state(&mut self) -> Result<bool, super::End> {
-        let Some(att) = self.server.as_mut() else {
+        let Some(conn) = self.link.conn_mut() else {
             return Ok(true);
         };
-        let catchup = Catchup::of(&self.state, self.collector.plan(), &att.conn);
+        let catchup = Catchup::of(&self.state, self.collector.plan(), conn);
         if catchup.is_empty() {
             return Ok(true);
         }
@@ -296,9 +296,9 @@ impl Session {
             statements,
         } = catchup;
         let wanted = self.state.settings();
-        let result = replay::replay(&mut att.conn, settings, wanted, &stale, &statements).await;
+        let result = replay::replay(conn, settings, wanted, &stale, &statements).await;
         drop((stale, statements));
-        let in_transaction = self.phase != Phase::Ready(TxnStatus::Idle);
+        let in_transaction = self.link.phase() != Phase::Ready(TxnStatus::Idle);
         let Err(e) = result else {
             return Ok(true);
         };
@@ -318,21 +318,27 @@ impl Session {
     /// Sends the due batch on the session's connection, noting what it changes.
     fn send(&mut self) {
         let continuing = self.collector.continues();
+        let ready_idle = self.link.phase() == Phase::Ready(TxnStatus::Idle);
         let plan = self.collector.plan_mut();
-        let Some(att) = self.server.as_mut() else {
+        let Some(node) = self.link.node() else {
+            return;
+        };
+        let Some(conn) = self.link.conn_mut() else {
             return;
         };
         if plan.has_query {
-            att.conn.prepared.remove("");
+            conn.prepared.remove("");
             self.state.close("");
         }
         for name in plan.closed.drain(..) {
-            att.conn.prepared.remove(&name);
+            conn.prepared.remove(&name);
             self.state.close(&name);
         }
         let mut parsed = Vec::with_capacity(plan.parsed.len());
         for (name, prepared) in plan.parsed.drain(..) {
-            att.conn.prepared.insert(name.clone(), prepared.fingerprint);
+            // The record moves to the session's state; the connection and
+            // the request only note its name and fingerprint.
+            conn.prepared.insert(name.clone(), prepared.fingerprint);
             parsed.push((name.clone(), prepared.fingerprint));
             self.state.prepare(name, prepared);
         }
@@ -341,41 +347,21 @@ impl Session {
                 self.state.pin(*reason);
             }
         }
-        let topology = self.shared.topology.load();
-        let reads_only =
-            !plan.write && plan.begin.is_none() && self.phase == Phase::Ready(TxnStatus::Idle);
+        let reads_only = !plan.write && plan.begin.is_none() && ready_idle;
         // Where a write lands in the WAL is learned when a read needs it.
-        let on_primary = topology.primary() == Some(att.node) && !reads_only;
+        let on_primary = self.shared.topology.load().primary() == Some(node) && !reads_only;
         let rolls_back = plan.statements == 1 && plan.effects == [SessionEffect::Rollback];
         let requests = plan.requests;
-        self.shared.loads.sent(att.node, requests);
-        let effects = std::mem::take(&mut plan.effects);
-        match self.inflight.back_mut().filter(|_| continuing) {
-            Some(sent) => {
-                sent.effects.extend(effects);
-                sent.parsed.extend(parsed);
-                sent.on_primary |= on_primary;
-                sent.rolls_back = false;
-            }
-            None => self.inflight.push_back(Sent {
-                effects,
-                parsed,
-                on_primary,
-                rolls_back,
-                ..Sent::default()
-            }),
-        }
-        self.collector.sent(&mut self.to_server);
-        if requests > 0 {
-            self.phase = match self.phase {
-                Phase::Busy { outstanding } => Phase::Busy {
-                    outstanding: outstanding + requests,
-                },
-                Phase::Ready(_) => Phase::Busy {
-                    outstanding: requests,
-                },
-            };
-        }
+        let sent = Sent {
+            effects: std::mem::take(&mut plan.effects),
+            parsed,
+            on_primary,
+            rolls_back,
+            ..Sent::default()
+        };
+        self.shared.loads.sent(node, requests);
+        self.collector.sent(self.link.out());
+        self.link.sent(sent, requests, continuing);
     }
 
     /// The batch cannot run: the client gets an error and, if the batch is
@@ -393,10 +379,7 @@ impl Session {
 
     /// Closes the session's server connection without pooling it.
     pub(super) fn drop_server(&mut self) {
-        if let Some(att) = self.server.take() {
-            self.cancel.set_target(None);
-            drop(att);
-        }
+        drop(self.link.detach());
     }
 }
 

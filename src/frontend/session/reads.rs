@@ -7,8 +7,9 @@ use std::time::{Duration, Instant};
 
 use tracing::debug;
 
-use super::{Phase, Session};
+use super::Session;
 use crate::backend::replay::{self, ReplayError};
+use crate::frontend::link::Phase;
 use crate::frontend::local::{self, Command, Param, SetError};
 use crate::protocol::{messages, Sqlstate, TxnStatus};
 use crate::route;
@@ -33,17 +34,16 @@ impl Session {
     /// last commit, since that commit was acknowledged before the client
     /// sent what it sends now. `false` when the batch was refused instead.
     pub(super) async fn learn_write_lsn(&mut self, primary: usize) -> bool {
-        if self.server.as_ref().map(|s| s.node) != Some(primary) && !self.connect_to(primary).await
-        {
+        if self.link.node() != Some(primary) && !self.connect_to(primary).await {
             return false;
         }
-        let Some(att) = self.server.as_mut() else {
+        let Some(conn) = self.link.conn_mut() else {
             return false;
         };
-        match replay::query_lsn(&mut att.conn, WRITE_POSITION).await {
+        match replay::query_lsn(conn, WRITE_POSITION).await {
             Ok(Some(lsn)) => {
-                self.write_lsn = self.write_lsn.max(Some(lsn));
-                self.writes.unlocated = false;
+                self.state.write_lsn = self.state.write_lsn.max(Some(lsn));
+                self.state.writes.unlocated = false;
                 true
             }
             Ok(None) => {
@@ -66,10 +66,10 @@ impl Session {
         let deadline = Instant::now() + within;
         let mut looks = 0;
         loop {
-            let Some(att) = self.server.as_mut() else {
+            let Some(conn) = self.link.conn_mut() else {
                 return false;
             };
-            match replay::query_lsn(&mut att.conn, REPLAY_POSITION).await {
+            match replay::query_lsn(conn, REPLAY_POSITION).await {
                 Ok(Some(at)) if at >= lsn => return true,
                 Ok(_) => {}
                 Err(e) => {
@@ -108,14 +108,14 @@ impl Session {
 
     /// Answers one of the proxy's own commands (the due batch).
     pub(super) async fn answer_local(&mut self) {
-        let status = match self.phase {
+        let status = match self.link.phase() {
             Phase::Ready(status) => status,
             Phase::Busy { .. } => TxnStatus::Idle,
         };
         let plan = self.collector.plan();
         if !plan.local_misplaced
             && plan.local == Some(Command::Show(Param::LastWriteLsn))
-            && self.writes.unlocated
+            && self.state.writes.unlocated
             && status == TxnStatus::Idle
         {
             let located = match route::locate_writes(&self.shared.topology.load()) {
@@ -148,7 +148,7 @@ impl Session {
                 Sqlstate::InFailedTransaction,
                 "current transaction is aborted, commands ignored until end of transaction block",
             ),
-            Some(Command::Set(param, value)) => match self.reads.set(param, value.as_deref()) {
+            Some(Command::Set(param, value)) => match self.state.reads.set(param, value.as_deref()) {
                 Ok(()) => messages::command_complete(out, if value.is_some() { "SET" } else { "RESET" }),
                 Err(e) => {
                     let state = match e {
@@ -161,18 +161,19 @@ impl Session {
             Some(Command::Show(param)) => {
                 let value = match param {
                     Param::Consistency => self
+                        .state
                         .reads
                         .level
                         .unwrap_or(self.shared.config.consistency.level)
                         .name()
                         .to_owned(),
                     Param::MaxStaleness => local::show_duration(
-                        self.reads.max_staleness.or(Some(Duration::from_millis(
+                        self.state.reads.max_staleness.or(Some(Duration::from_millis(
                             self.shared.config.consistency.max_lag_ms,
                         ))),
                     ),
-                    Param::MinLsn => self.reads.min_lsn.unwrap_or_default().to_string(),
-                    Param::LastWriteLsn => self.write_lsn.unwrap_or_default().to_string(),
+                    Param::MinLsn => self.state.reads.min_lsn.unwrap_or_default().to_string(),
+                    Param::LastWriteLsn => self.state.write_lsn.unwrap_or_default().to_string(),
                 };
                 messages::text_result(out, &[param.name()], &[vec![Some(value)]], "SHOW");
             }
