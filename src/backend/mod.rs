@@ -188,41 +188,15 @@ impl Startup<'_> {
                 backend::Message::AuthenticationOk => {}
                 backend::Message::AuthenticationCleartextPassword => {
                     let password = self.password(login)?;
-                    frontend::password_message(password.as_bytes(), &mut self.out)
-                        .map_err(|e| self.protocol(e.to_string()))?;
-                    self.flush().await?;
+                    self.send_password(password.as_bytes()).await?;
                 }
                 backend::Message::AuthenticationMd5Password(body) => {
                     let password = self.password(login)?;
                     let hash = md5_hash(login.user.as_bytes(), password.as_bytes(), body.salt());
-                    frontend::password_message(hash.as_bytes(), &mut self.out)
-                        .map_err(|e| self.protocol(e.to_string()))?;
-                    self.flush().await?;
+                    self.send_password(hash.as_bytes()).await?;
                 }
                 backend::Message::AuthenticationSasl(body) => {
-                    let password = self.password(login)?;
-                    let mut mechanisms = body.mechanisms();
-                    let mut has_scram = false;
-                    while let Ok(Some(m)) =
-                        fallible_iterator::FallibleIterator::next(&mut mechanisms)
-                    {
-                        has_scram |= m == sasl::SCRAM_SHA_256;
-                    }
-                    if !has_scram {
-                        return Err(self.auth("server offers no SASL mechanism we support"));
-                    }
-                    let s = sasl::ScramSha256::new(
-                        password.as_bytes(),
-                        sasl::ChannelBinding::unsupported(),
-                    );
-                    frontend::sasl_initial_response(
-                        sasl::SCRAM_SHA_256,
-                        s.message(),
-                        &mut self.out,
-                    )
-                    .map_err(|e| self.protocol(e.to_string()))?;
-                    scram = Some(s);
-                    self.flush().await?;
+                    scram = Some(self.sasl_start(login, &body).await?);
                 }
                 backend::Message::AuthenticationSaslContinue(body) => {
                     let s = scram
@@ -271,6 +245,34 @@ impl Startup<'_> {
                 }
             }
         }
+    }
+
+    async fn send_password(&mut self, password: &[u8]) -> Result<(), ConnectError> {
+        frontend::password_message(password, &mut self.out)
+            .map_err(|e| self.protocol(e.to_string()))?;
+        self.flush().await
+    }
+
+    /// Opens a SCRAM-SHA-256 exchange, the one SASL mechanism we speak.
+    async fn sasl_start(
+        &mut self,
+        login: &Login<'_>,
+        body: &backend::AuthenticationSaslBody,
+    ) -> Result<sasl::ScramSha256, ConnectError> {
+        let password = self.password(login)?;
+        let mut mechanisms = body.mechanisms();
+        let mut has_scram = false;
+        while let Ok(Some(m)) = fallible_iterator::FallibleIterator::next(&mut mechanisms) {
+            has_scram |= m == sasl::SCRAM_SHA_256;
+        }
+        if !has_scram {
+            return Err(self.auth("server offers no SASL mechanism we support"));
+        }
+        let s = sasl::ScramSha256::new(password.as_bytes(), sasl::ChannelBinding::unsupported());
+        frontend::sasl_initial_response(sasl::SCRAM_SHA_256, s.message(), &mut self.out)
+            .map_err(|e| self.protocol(e.to_string()))?;
+        self.flush().await?;
+        Ok(s)
     }
 
     fn password<'l>(&self, login: &Login<'l>) -> Result<&'l str, ConnectError> {

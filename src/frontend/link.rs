@@ -121,9 +121,7 @@ impl Requests {
             |tag| matches!(tag, b'Z' | b'E' | b'1'),
             |frame| match frame.tag {
                 b'Z' => {
-                    ready = Some(TxnStatus::from_byte(
-                        frame.body.first().copied().unwrap_or(b'I'),
-                    ));
+                    ready = Some(TxnStatus::of_ready(frame.body).unwrap_or_default());
                     false
                 }
                 b'1' => {

@@ -346,27 +346,7 @@ async fn connect_session(
     mut params: Vec<(String, String)>,
 ) -> Result<Connected, Refusal> {
     let topology = shared.topology.load();
-    let opening = BatchFacts {
-        purpose: Purpose::Startup,
-        ..BatchFacts::default()
-    };
-    let session = route::SessionFacts::default();
-    let decision = route::decide(
-        &opening,
-        &session,
-        &shared.policy(),
-        &topology,
-        shared,
-        Instant::now(),
-    );
-    let node_index = match decision {
-        Decision::Primary(node) | Decision::Replica(node) => node,
-        // A startup asks for a node and never waits: the session is refused.
-        Decision::Refuse(e) => return Err(tell(client, Sqlstate::UnableToConnect, &e.to_string())),
-        Decision::Stay | Decision::Wait(_) => {
-            return Err(tell(client, Sqlstate::Internal, "no node for the session"))
-        }
-    };
+    let node_index = startup_node(client, shared, &topology)?;
     let node = &topology.nodes[node_index];
     tracing::Span::current().record("epoch", topology.epoch);
     let user_config = shared.config.user(user);
@@ -419,6 +399,35 @@ async fn connect_session(
         cancel,
         login: session_login,
     })
+}
+
+/// The node a new session opens on, as [`route::decide`] has it.
+fn startup_node(
+    client: &mut ClientIo,
+    shared: &Shared,
+    topology: &crate::topology::Topology,
+) -> Result<usize, Refusal> {
+    let opening = BatchFacts {
+        purpose: Purpose::Startup,
+        ..BatchFacts::default()
+    };
+    let session = route::SessionFacts::default();
+    let policy = shared.policy();
+    match route::decide(
+        &opening,
+        &session,
+        &policy,
+        topology,
+        shared,
+        Instant::now(),
+    ) {
+        Decision::Primary(node) | Decision::Replica(node) => Ok(node),
+        Decision::Refuse(e) => Err(tell(client, Sqlstate::UnableToConnect, &e.to_string())),
+        // A startup asks for a node and never waits.
+        Decision::Stay | Decision::Wait(_) => {
+            Err(tell(client, Sqlstate::Internal, "no node for the session"))
+        }
+    }
 }
 
 fn param<'a>(params: &'a [(String, String)], name: &str) -> Option<&'a str> {

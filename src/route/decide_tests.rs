@@ -76,51 +76,42 @@ fn node(
     }
 }
 
-fn topology(cl: Cl) -> Topology {
+/// The nodes, write state and leader of a cluster.
+type Parts = (Vec<NodeState>, WriteState, Option<usize>);
+
+fn down(mut n: NodeState) -> NodeState {
+    n.healthy = false;
+    n
+}
+
+/// Clusters of a healthy primary and two replicas alike, writes open.
+fn alike(cl: Cl) -> Option<NodeState> {
+    Some(match cl {
+        Cl::BothBehind => node(Role::Replica, true, 50, true, Some((5000, 3000))),
+        Cl::Catching => node(Role::Replica, true, 90, true, Some((10, 20))),
+        Cl::Stale => node(Role::Replica, true, 95, true, Some((100, 3000))),
+        Cl::UnknownLag => node(Role::Replica, true, 100, true, None),
+        Cl::CutOff => node(Role::Replica, true, 100, false, None),
+        Cl::ReplicasDown => down(node(Role::Replica, true, 100, true, Some((0, 0)))),
+        _ => return None,
+    })
+}
+
+fn parts(cl: Cl) -> Parts {
     let primary = node(Role::Primary, true, 100, false, None);
     let fresh = node(Role::Replica, true, 100, true, Some((0, 0)));
     let far = node(Role::Replica, true, 50, true, Some((5000, 3000)));
-    let close = node(Role::Replica, true, 90, true, Some((10, 20)));
-    let stale = node(Role::Replica, true, 95, true, Some((100, 3000)));
-    let unknown = node(Role::Replica, true, 100, true, None);
-    let cut_off = node(Role::Replica, true, 100, false, None);
-    let down = |mut n: NodeState| {
-        n.healthy = false;
-        n
-    };
-    let (nodes, writes, leader) = match cl {
-        Cl::Fresh => (
-            vec![primary, fresh.clone(), fresh],
+    let refused = |why: &str| WriteState::Refused(why.into());
+    let pair = vec![primary.clone(), fresh.clone(), fresh.clone()];
+    if let Some(replica) = alike(cl) {
+        return (
+            vec![primary, replica.clone(), replica],
             WriteState::Open,
             Some(0),
-        ),
+        );
+    }
+    match cl {
         Cl::R1Behind => (vec![primary, far, fresh], WriteState::Open, Some(0)),
-        Cl::BothBehind => (vec![primary, far.clone(), far], WriteState::Open, Some(0)),
-        Cl::Catching => (
-            vec![primary, close.clone(), close],
-            WriteState::Open,
-            Some(0),
-        ),
-        Cl::Stale => (
-            vec![primary, stale.clone(), stale],
-            WriteState::Open,
-            Some(0),
-        ),
-        Cl::UnknownLag => (
-            vec![primary, unknown.clone(), unknown],
-            WriteState::Open,
-            Some(0),
-        ),
-        Cl::CutOff => (
-            vec![primary, cut_off.clone(), cut_off],
-            WriteState::Open,
-            Some(0),
-        ),
-        Cl::ReplicasDown => (
-            vec![primary, down(fresh.clone()), down(fresh)],
-            WriteState::Open,
-            Some(0),
-        ),
         Cl::R1Down => (
             vec![primary, down(fresh.clone()), fresh],
             WriteState::Open,
@@ -133,36 +124,30 @@ fn topology(cl: Cl) -> Topology {
         ),
         Cl::Failover => (
             vec![down(primary), fresh.clone(), fresh],
-            WriteState::Refused("a failover is under way".into()),
+            refused("a failover is under way"),
             Some(0),
         ),
-        Cl::Paused => (
-            vec![primary, fresh.clone(), fresh],
-            WriteState::Paused,
-            Some(0),
-        ),
-        Cl::ReadOnly => (
-            vec![primary, fresh.clone(), fresh],
-            WriteState::Refused("read-only until an operator acts".into()),
-            Some(0),
-        ),
+        Cl::Paused => (pair, WriteState::Paused, Some(0)),
+        Cl::ReadOnly => (pair, refused("read-only until an operator acts"), Some(0)),
         Cl::Fenced => {
             let mut p = primary;
             p.fenced = true;
             (vec![p, fresh.clone(), fresh], WriteState::Open, Some(0))
         }
-        Cl::NoLeader => (vec![primary, fresh.clone(), fresh], WriteState::Open, None),
-        Cl::Nothing => (
-            vec![down(primary), down(fresh.clone()), down(fresh)],
-            WriteState::Refused("no primary is known yet".into()),
-            Some(0),
-        ),
-        Cl::Dark => (
-            vec![down(primary), down(fresh.clone()), down(fresh)],
-            WriteState::Open,
-            Some(0),
-        ),
-    };
+        Cl::NoLeader => (pair, WriteState::Open, None),
+        Cl::Nothing | Cl::Dark => {
+            let writes = match cl {
+                Cl::Nothing => refused("no primary is known yet"),
+                _ => WriteState::Open,
+            };
+            (pair.into_iter().map(down).collect(), writes, Some(0))
+        }
+        _ => (pair, WriteState::Open, Some(0)),
+    }
+}
+
+fn topology(cl: Cl) -> Topology {
+    let (nodes, writes, leader) = parts(cl);
     Topology {
         epoch: 7,
         leader,
