@@ -5,13 +5,14 @@
 //! control plane's function catalog, waited for when the session opens,
 //! looked at (lock-free) when a batch begins, and reloaded after function
 //! DDL ran through the session. Changing how the list reaches the data
-//! plane is a change to this file alone.
+//! plane is a change to this file alone: callers hand in [`Shared`] and
+//! the database, never the catalog.
 
 use std::sync::Arc;
 
 use super::Shared;
 use crate::classify::{Classification, ClassifyCache};
-use crate::control::functions::{FunctionCatalog, VolatileSet};
+use crate::control::functions::VolatileSet;
 
 pub struct Classifier {
     cache: ClassifyCache,
@@ -49,7 +50,8 @@ impl Classifier {
 
     /// Picks up a newer list if one was published, dropping
     /// classifications made with the old one.
-    pub fn refresh(&mut self, catalog: &FunctionCatalog, database: &str) {
+    pub fn refresh(&mut self, shared: &Shared, database: &str) {
+        let catalog = &shared.catalog;
         let published = catalog.published();
         if published == self.seen {
             return;
@@ -71,9 +73,9 @@ impl Classifier {
     }
 
     /// Reloads the list now (after function DDL).
-    pub async fn reload(&mut self, catalog: &FunctionCatalog, database: &str) {
+    pub async fn reload(&mut self, shared: &Shared, database: &str) {
         self.reload_due = false;
-        self.volatile = catalog.reload(database).await;
+        self.volatile = shared.catalog.reload(database).await;
         self.cache.clear();
     }
 

@@ -5,7 +5,7 @@
 //!
 //! The link outlives the connections it carries (its buffers keep their
 //! capacity from one to the next). Counting requests and cutting the
-//! server's stream at ReadyForQuery ([`Requests`]) is pure and tested
+//! server's stream at ReadyForQuery (`Requests`) is pure and tested
 //! without a socket; the session does the I/O.
 
 use std::collections::VecDeque;

@@ -12,6 +12,12 @@
 //! the socket buffers cannot deadlock. A batch never overtakes the replies
 //! of an earlier one: while replies are outstanding, a batch that cannot
 //! run on the same connection waits.
+//!
+//! This file is the loop: it moves bytes and reacts to events. The parts
+//! it drives own the rest: [`super::collect`] turns client frames into
+//! batches, [`crate::route`] decides where each goes, [`super::link`] keeps
+//! the server connection and its requests, [`super::state`] the session's
+//! own state; the request path in call order is in `session/dispatch.rs`.
 
 mod dispatch;
 mod reads;

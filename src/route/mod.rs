@@ -3,8 +3,8 @@
 //! Every routing rule lives here: writes go to the primary of the epoch
 //! while writes are open; a transaction and a pipelined batch stay on the
 //! connection they started on; reads go to a replica fresh enough for the
-//! session's consistency level ([`freshness`]), chosen by the balancer
-//! ([`balance`]), or to the primary as `consistency.on_no_replica` says;
+//! session's consistency level ([`Need`]), chosen by the balancer
+//! ([`pick`]), or to the primary as `consistency.on_no_replica` says;
 //! a causal read may wait for a replica to replay the session's last
 //! write; a switchover's pause holds writes for a while; a new session
 //! opens on the primary, or anywhere while the primary takes no writes.

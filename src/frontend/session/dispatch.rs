@@ -1,6 +1,7 @@
 //! The request path of a session, in call order: gather client frames into
-//! a batch ([`Session::collect`]), decide where it runs
-//! ([`Session::decide`], on top of the pure [`crate::route`]), make sure
+//! a batch ([`Session::collect`], driving the pure collector), decide where
+//! it runs ([`Session::decide`] hands the facts to [`crate::route::decide`])
+//! and do what the decision says ([`Session::reach_target`]), make sure
 //! that server connection carries the session's state, and send.
 
 use std::sync::atomic::Ordering;
@@ -52,7 +53,7 @@ struct Judging<'a> {
 
 impl Judge for Judging<'_> {
     fn batch_starts(&mut self) {
-        self.classifier.refresh(&self.shared.catalog, self.database);
+        self.classifier.refresh(self.shared, self.database);
     }
 
     fn classify(&mut self, sql: &str) -> Arc<Classification> {
@@ -114,7 +115,7 @@ impl Session {
         }
         if self.classifier.reload_due() && self.link.phase() == Phase::Ready(TxnStatus::Idle) {
             self.classifier
-                .reload(&self.shared.catalog, &self.login.database)
+                .reload(&self.shared, &self.login.database)
                 .await;
             // The batch was classified with the old list: collect it again.
             self.collector.unread(&mut self.client.inbuf);
