@@ -289,8 +289,9 @@ impl ServerLink {
     /// Takes the connection off the link (to pool or close it); cancels
     /// have nowhere to go until the next one.
     pub fn detach(&mut self) -> Option<(ServerConn, usize)> {
+        let attached = self.attached.take()?;
         self.cancel.set_target(None);
-        self.attached.take().map(|a| (a.conn, a.node))
+        Some((attached.conn, attached.node))
     }
 
     /// A cancel owed to the connection, once the batch it was meant for
