@@ -55,20 +55,28 @@ pub struct ServerConn {
     pub port: u16,
     /// The session whose state this connection carries; 0 when it carries none.
     pub owner: u64,
-    /// Prepared statements on this connection: name → fingerprint of its definition.
-    pub prepared: HashMap<String, u64>,
-    /// Session parameters set on this connection for its owner, in order.
-    pub settings: Vec<(String, String)>,
+    /// What it carries of its owner's session.
+    pub carried: Carried,
     /// Holds a place under the pool's cap for (node, user, database).
     pub permit: Option<OwnedSemaphorePermit>,
+}
+
+/// What a server connection holds of its owner's session. The session's
+/// own state keeps one record per prepared statement; a connection only
+/// notes the names it has prepared and the fingerprint of each definition.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Carried {
+    /// Prepared statements: name → fingerprint of its definition.
+    pub prepared: HashMap<String, u64>,
+    /// Session parameters set for its owner, in order.
+    pub settings: Vec<(String, String)>,
 }
 
 impl ServerConn {
     /// After `DISCARD ALL`: nothing of any session is left on the server.
     pub fn forget_state(&mut self) {
         self.owner = 0;
-        self.prepared.clear();
-        self.settings.clear();
+        self.carried = Carried::default();
     }
 }
 
@@ -160,8 +168,7 @@ async fn connect_inner(
         host: host.into(),
         port,
         owner: 0,
-        prepared: HashMap::new(),
-        settings: Vec::new(),
+        carried: Carried::default(),
         permit: None,
     })
 }

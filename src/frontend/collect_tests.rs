@@ -1,3 +1,5 @@
+//! Unit tests of the collect module, without a socket.
+
 use std::collections::{HashMap, HashSet};
 
 use bytes::BufMut;

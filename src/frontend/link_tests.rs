@@ -1,3 +1,5 @@
+//! Unit tests of the link module, without a socket.
+
 use bytes::BufMut;
 
 use super::*;

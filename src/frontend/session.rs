@@ -323,7 +323,7 @@ impl Session {
         let (Some(sent), Some(conn)) = (answer.sent, self.link.conn_mut()) else {
             return;
         };
-        self.state.answered(&sent, answer.status, conn);
+        self.state.answered(&sent, answer.status, &mut conn.carried);
         if self.state.take_catalog_changed() {
             self.classifier.functions_changed();
         }

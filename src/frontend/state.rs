@@ -14,8 +14,10 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 
+use super::batch::Plan;
 use super::link::Sent;
-use crate::backend::ServerConn;
+use crate::backend::replay;
+use crate::backend::Carried;
 use crate::classify::{Classification, PinReason, SessionEffect};
 use crate::protocol::TxnStatus;
 use crate::route::ReadChoice;
@@ -158,7 +160,7 @@ impl SessionState {
 
     /// One request answered on `conn` with `status`: settles what it
     /// changed, here and in what `conn` is known to hold.
-    pub fn answered(&mut self, sent: &Sent, status: TxnStatus, conn: &mut ServerConn) {
+    pub fn answered(&mut self, sent: &Sent, status: TxnStatus, conn: &mut Carried) {
         self.writes.note(sent, status);
         if sent.failed {
             // Statements the server did not confirm do not exist.
@@ -274,6 +276,55 @@ impl SessionState {
             // Pins are taken when sent; PREPARE is recorded with its text when sent.
             SessionEffect::Pin(_) | SessionEffect::Prepare { .. } => {}
         }
+    }
+}
+
+/// What a connection must be told before it can serve the batch at hand.
+#[derive(Debug)]
+pub struct Catchup<'a> {
+    /// The settings delta, when its settings differ from the session's.
+    pub settings: Option<String>,
+    /// Names the batch prepares anew that the connection still holds.
+    pub stale: Vec<&'a str>,
+    /// Statements the batch uses that the connection lacks.
+    pub statements: Vec<replay::Statement<'a>>,
+}
+
+impl<'a> Catchup<'a> {
+    /// What `conn` lacks of `state` for `plan`.
+    pub fn of(state: &'a SessionState, plan: &'a Plan, conn: &Carried) -> Catchup<'a> {
+        let settings = if conn.settings != state.settings() {
+            settings_delta(&conn.settings, state.settings())
+        } else {
+            None
+        };
+        let statements = plan
+            .needs
+            .iter()
+            .filter_map(|name| {
+                let p = state.statement(name)?;
+                (conn.prepared.get(name) != Some(&p.fingerprint)).then_some(replay::Statement {
+                    name,
+                    fingerprint: p.fingerprint,
+                    source: &p.source,
+                })
+            })
+            .collect();
+        let stale = plan
+            .parsed
+            .iter()
+            .filter(|(name, _)| !name.is_empty() && conn.prepared.contains_key(name))
+            .map(|(name, _)| name.as_str())
+            .collect();
+        Catchup {
+            settings,
+            stale,
+            statements,
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.settings.is_none() && self.stale.is_empty() && self.statements.is_empty()
     }
 }
 
@@ -511,5 +562,79 @@ mod tests {
         );
         w.note(&sent(true, vec![SessionEffect::Rollback], true), I);
         assert!(w.unlocated);
+    }
+
+    fn prepared(fingerprint: u64) -> Prepared {
+        Prepared {
+            source: bytes::Bytes::from_static(b"P"),
+            fingerprint,
+            classification: Arc::new(crate::classify::classify("SELECT 1", &Default::default())),
+        }
+    }
+
+    #[test]
+    fn an_answer_settles_the_session_and_what_the_connection_carries() {
+        let mut s = SessionState::default();
+        let mut conn = Carried::default();
+        s.prepare("a".into(), prepared(1));
+        s.prepare("b".into(), prepared(2));
+        conn.prepared.insert("a".into(), 1);
+        conn.prepared.insert("b".into(), 2);
+        // The server confirmed "a" and then failed: "b" does not exist.
+        let failed = Sent {
+            parsed: vec![("a".into(), 1), ("b".into(), 2)],
+            parse_ok: 1,
+            failed: true,
+            ..Sent::default()
+        };
+        s.answered(&failed, I, &mut conn);
+        assert!(s.statement("a").is_some() && s.statement("b").is_none());
+        assert_eq!(conn.prepared.keys().collect::<Vec<_>>(), ["a"]);
+
+        let set_and_deallocate = Sent {
+            effects: vec![
+                set("work_mem", "'8MB'"),
+                SessionEffect::Deallocate {
+                    name: Some("a".into()),
+                },
+            ],
+            ..Sent::default()
+        };
+        s.answered(&set_and_deallocate, I, &mut conn);
+        assert!(conn.prepared.is_empty() && s.statement("a").is_none());
+        assert_eq!(conn.settings, s.settings(), "the connection now has them");
+    }
+
+    #[test]
+    fn catchup_is_what_the_connection_lacks_for_the_batch() {
+        let mut s = SessionState::default();
+        s.settle(&[set("work_mem", "'8MB'")], false, I);
+        s.prepare("used".into(), prepared(5));
+        let mut plan = Plan::default();
+        plan.need("used");
+        plan.parsed.push(("again".into(), prepared(6)));
+        let mut conn = Carried::default();
+        conn.prepared.insert("again".into(), 3);
+        let c = Catchup::of(&s, &plan, &conn);
+        assert_eq!(c.settings.as_deref(), Some("SET work_mem TO '8MB';"));
+        assert_eq!(c.stale, ["again"]);
+        assert_eq!(c.statements.len(), 1);
+        assert_eq!(c.statements[0].name, "used");
+
+        let carried = Carried {
+            prepared: [("used".to_owned(), 5)].into_iter().collect(),
+            settings: s.settings().to_vec(),
+        };
+        plan.parsed.clear();
+        assert!(Catchup::of(&s, &plan, &carried).is_empty());
+        let redefined = Carried {
+            prepared: [("used".to_owned(), 4)].into_iter().collect(),
+            ..carried
+        };
+        assert_eq!(
+            Catchup::of(&s, &plan, &redefined).statements.len(),
+            1,
+            "another definition under the name"
+        );
     }
 }

@@ -13,14 +13,12 @@ use tracing::{debug, info, Span};
 use super::{reads, Session};
 use crate::backend::pool::CheckoutError;
 use crate::backend::replay::{self, ReplayError};
-use crate::backend::ServerConn;
 use crate::backend::{ConnectError, Login};
 use crate::classify::{Classification, Reason, SessionEffect};
-use crate::frontend::batch::Plan;
 use crate::frontend::classifier::Classifier;
 use crate::frontend::collect::{CollectError, Collected, Judge};
 use crate::frontend::link::{Phase, Sent};
-use crate::frontend::state::{settings_delta, Prepared, SessionState};
+use crate::frontend::state::{Catchup, Prepared, SessionState};
 use crate::frontend::Shared;
 use crate::protocol::{messages, Sqlstate, TxnStatus};
 use crate::route::{self, BatchFacts, Decision, NoRoute, Purpose, SessionFacts, Tried, Wait};
@@ -209,7 +207,7 @@ impl Session {
             && self
                 .link
                 .conn()
-                .is_some_and(|conn| !Catchup::of(&self.state, plan, conn).is_empty());
+                .is_some_and(|conn| !Catchup::of(&self.state, plan, &conn.carried).is_empty());
         let batch = BatchFacts {
             purpose: Purpose::Batch,
             write: plan.write,
@@ -287,7 +285,7 @@ impl Session {
         let Some(conn) = self.link.conn_mut() else {
             return Ok(true);
         };
-        let catchup = Catchup::of(&self.state, self.collector.plan(), conn);
+        let catchup = Catchup::of(&self.state, self.collector.plan(), &conn.carried);
         if catchup.is_empty() {
             return Ok(true);
         }
@@ -328,18 +326,20 @@ impl Session {
             return;
         };
         if plan.has_query {
-            conn.prepared.remove("");
+            conn.carried.prepared.remove("");
             self.state.close("");
         }
         for name in plan.closed.drain(..) {
-            conn.prepared.remove(&name);
+            conn.carried.prepared.remove(&name);
             self.state.close(&name);
         }
         let mut parsed = Vec::with_capacity(plan.parsed.len());
         for (name, prepared) in plan.parsed.drain(..) {
             // The record moves to the session's state; the connection and
             // the request only note its name and fingerprint.
-            conn.prepared.insert(name.clone(), prepared.fingerprint);
+            conn.carried
+                .prepared
+                .insert(name.clone(), prepared.fingerprint);
             parsed.push((name.clone(), prepared.fingerprint));
             self.state.prepare(name, prepared);
         }
@@ -381,52 +381,5 @@ impl Session {
     /// Closes the session's server connection without pooling it.
     pub(super) fn drop_server(&mut self) {
         drop(self.link.detach());
-    }
-}
-
-/// What a connection must be told before it can serve the batch at hand.
-struct Catchup<'a> {
-    /// The settings delta, when its settings differ from the session's.
-    settings: Option<String>,
-    /// Names the batch prepares anew that the connection still holds.
-    stale: Vec<&'a str>,
-    /// Statements the batch uses that the connection lacks.
-    statements: Vec<replay::Statement<'a>>,
-}
-
-impl<'a> Catchup<'a> {
-    fn of(state: &'a SessionState, plan: &'a Plan, conn: &ServerConn) -> Catchup<'a> {
-        let settings = if conn.settings != state.settings() {
-            settings_delta(&conn.settings, state.settings())
-        } else {
-            None
-        };
-        let statements = plan
-            .needs
-            .iter()
-            .filter_map(|name| {
-                let p = state.statement(name)?;
-                (conn.prepared.get(name) != Some(&p.fingerprint)).then_some(replay::Statement {
-                    name,
-                    fingerprint: p.fingerprint,
-                    source: &p.source,
-                })
-            })
-            .collect();
-        let stale = plan
-            .parsed
-            .iter()
-            .filter(|(name, _)| !name.is_empty() && conn.prepared.contains_key(name))
-            .map(|(name, _)| name.as_str())
-            .collect();
-        Catchup {
-            settings,
-            stale,
-            statements,
-        }
-    }
-
-    fn is_empty(&self) -> bool {
-        self.settings.is_none() && self.stale.is_empty() && self.statements.is_empty()
     }
 }
