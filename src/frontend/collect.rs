@@ -94,10 +94,6 @@ impl Collector {
         }
     }
 
-    pub fn stage(&self) -> Stage {
-        self.stage
-    }
-
     pub fn is_due(&self) -> bool {
         matches!(self.stage, Stage::Due { .. })
     }

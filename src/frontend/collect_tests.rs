@@ -79,12 +79,12 @@ fn a_simple_query_is_a_batch_of_its_own() {
     query(&mut input, "SELECT 1");
     query(&mut input, "INSERT INTO t VALUES (1)");
     assert_eq!(c.collect(&mut input, &mut judge).unwrap(), Collected::Due);
-    assert_eq!(c.stage(), Stage::Due { continues: false });
+    assert_eq!(c.stage, Stage::Due { continues: false });
     assert!(!c.plan().write && c.plan().executes && c.plan().requests == 1);
     let mut out = BytesMut::new();
     c.sent(&mut out);
     assert_eq!(&out[..1], b"Q");
-    assert_eq!(c.stage(), Stage::Gathering);
+    assert_eq!(c.stage, Stage::Gathering);
     assert_eq!(c.collect(&mut input, &mut judge).unwrap(), Collected::Due);
     assert!(c.plan().write, "the next batch is the insert");
     assert_eq!(judge.batches, 2);
@@ -101,7 +101,7 @@ fn a_partial_frame_waits_for_more_input() {
         c.collect(&mut input, &mut judge).unwrap(),
         Collected::NeedInput
     );
-    assert_eq!(c.stage(), Stage::Gathering);
+    assert_eq!(c.stage, Stage::Gathering);
     input.extend_from_slice(&whole[whole.len() - 3..]);
     assert_eq!(c.collect(&mut input, &mut judge).unwrap(), Collected::Due);
 }
@@ -165,18 +165,18 @@ fn a_flushed_batch_continues_until_its_sync() {
     execute(&mut input, "");
     flush(&mut input);
     assert_eq!(c.collect(&mut input, &mut judge).unwrap(), Collected::Due);
-    assert_eq!(c.stage(), Stage::Due { continues: false });
+    assert_eq!(c.stage, Stage::Due { continues: false });
     assert!(!c.continues());
     let mut out = BytesMut::new();
     c.sent(&mut out);
-    assert_eq!(c.stage(), Stage::Flushed);
+    assert_eq!(c.stage, Stage::Flushed);
     assert!(c.continues(), "the rest follows what was flushed");
     execute(&mut input, "");
     sync(&mut input);
     assert_eq!(c.collect(&mut input, &mut judge).unwrap(), Collected::Due);
-    assert_eq!(c.stage(), Stage::Due { continues: true });
+    assert_eq!(c.stage, Stage::Due { continues: true });
     c.sent(&mut out);
-    assert_eq!(c.stage(), Stage::Gathering);
+    assert_eq!(c.stage, Stage::Gathering);
 }
 
 #[test]
@@ -188,7 +188,7 @@ fn a_refused_batch_without_its_sync_skips_to_it() {
     flush(&mut input);
     c.collect(&mut input, &mut judge).unwrap();
     assert!(!c.finish_unsent(), "no Sync: nothing is owed yet");
-    assert_eq!(c.stage(), Stage::AwaitingSync);
+    assert_eq!(c.stage, Stage::AwaitingSync);
     bind(&mut input, "", "");
     execute(&mut input, "");
     assert_eq!(
@@ -201,11 +201,11 @@ fn a_refused_batch_without_its_sync_skips_to_it() {
         c.collect(&mut input, &mut judge).unwrap(),
         Collected::Synced
     );
-    assert_eq!(c.stage(), Stage::Gathering);
+    assert_eq!(c.stage, Stage::Gathering);
     assert_eq!(c.collect(&mut input, &mut judge).unwrap(), Collected::Due);
     assert_eq!(c.plan().messages, 1, "only the query after the Sync");
     assert!(c.finish_unsent(), "a whole batch is owed its ReadyForQuery");
-    assert_eq!(c.stage(), Stage::Gathering);
+    assert_eq!(c.stage, Stage::Gathering);
 }
 
 #[test]
@@ -265,7 +265,7 @@ fn a_huge_pipeline_goes_out_before_its_sync_to_the_primary() {
     assert_eq!(c.collect(&mut input, &mut judge).unwrap(), Collected::Due);
     assert!(c.plan().write && c.plan().requests == 0);
     c.sent(&mut BytesMut::new());
-    assert_eq!(c.stage(), Stage::Flushed);
+    assert_eq!(c.stage, Stage::Flushed);
 }
 
 #[test]
@@ -279,7 +279,7 @@ fn unread_collects_the_batch_again() {
     c.collect(&mut input, &mut judge).unwrap();
     let messages_before = c.plan().messages;
     c.unread(&mut input);
-    assert_eq!(c.stage(), Stage::Gathering);
+    assert_eq!(c.stage, Stage::Gathering);
     assert_eq!(c.collect(&mut input, &mut judge).unwrap(), Collected::Due);
     assert_eq!(c.plan().messages, messages_before);
     assert_eq!(
