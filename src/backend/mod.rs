@@ -55,20 +55,28 @@ pub struct ServerConn {
     pub port: u16,
     /// The session whose state this connection carries; 0 when it carries none.
     pub owner: u64,
-    /// Prepared statements on this connection: name → fingerprint of its definition.
-    pub prepared: HashMap<String, u64>,
-    /// Session parameters set on this connection for its owner, in order.
-    pub settings: Vec<(String, String)>,
+    /// What it carries of its owner's session.
+    pub carried: Carried,
     /// Holds a place under the pool's cap for (node, user, database).
     pub permit: Option<OwnedSemaphorePermit>,
+}
+
+/// What a server connection holds of its owner's session. The session's
+/// own state keeps one record per prepared statement; a connection only
+/// notes the names it has prepared and the fingerprint of each definition.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Carried {
+    /// Prepared statements: name → fingerprint of its definition.
+    pub prepared: HashMap<String, u64>,
+    /// Session parameters set for its owner, in order.
+    pub settings: Vec<(String, String)>,
 }
 
 impl ServerConn {
     /// After `DISCARD ALL`: nothing of any session is left on the server.
     pub fn forget_state(&mut self) {
         self.owner = 0;
-        self.prepared.clear();
-        self.settings.clear();
+        self.carried = Carried::default();
     }
 }
 
@@ -160,8 +168,7 @@ async fn connect_inner(
         host: host.into(),
         port,
         owner: 0,
-        prepared: HashMap::new(),
-        settings: Vec::new(),
+        carried: Carried::default(),
         permit: None,
     })
 }
@@ -188,41 +195,15 @@ impl Startup<'_> {
                 backend::Message::AuthenticationOk => {}
                 backend::Message::AuthenticationCleartextPassword => {
                     let password = self.password(login)?;
-                    frontend::password_message(password.as_bytes(), &mut self.out)
-                        .map_err(|e| self.protocol(e.to_string()))?;
-                    self.flush().await?;
+                    self.send_password(password.as_bytes()).await?;
                 }
                 backend::Message::AuthenticationMd5Password(body) => {
                     let password = self.password(login)?;
                     let hash = md5_hash(login.user.as_bytes(), password.as_bytes(), body.salt());
-                    frontend::password_message(hash.as_bytes(), &mut self.out)
-                        .map_err(|e| self.protocol(e.to_string()))?;
-                    self.flush().await?;
+                    self.send_password(hash.as_bytes()).await?;
                 }
                 backend::Message::AuthenticationSasl(body) => {
-                    let password = self.password(login)?;
-                    let mut mechanisms = body.mechanisms();
-                    let mut has_scram = false;
-                    while let Ok(Some(m)) =
-                        fallible_iterator::FallibleIterator::next(&mut mechanisms)
-                    {
-                        has_scram |= m == sasl::SCRAM_SHA_256;
-                    }
-                    if !has_scram {
-                        return Err(self.auth("server offers no SASL mechanism we support"));
-                    }
-                    let s = sasl::ScramSha256::new(
-                        password.as_bytes(),
-                        sasl::ChannelBinding::unsupported(),
-                    );
-                    frontend::sasl_initial_response(
-                        sasl::SCRAM_SHA_256,
-                        s.message(),
-                        &mut self.out,
-                    )
-                    .map_err(|e| self.protocol(e.to_string()))?;
-                    scram = Some(s);
-                    self.flush().await?;
+                    scram = Some(self.sasl_start(login, &body).await?);
                 }
                 backend::Message::AuthenticationSaslContinue(body) => {
                     let s = scram
@@ -271,6 +252,34 @@ impl Startup<'_> {
                 }
             }
         }
+    }
+
+    async fn send_password(&mut self, password: &[u8]) -> Result<(), ConnectError> {
+        frontend::password_message(password, &mut self.out)
+            .map_err(|e| self.protocol(e.to_string()))?;
+        self.flush().await
+    }
+
+    /// Opens a SCRAM-SHA-256 exchange, the one SASL mechanism we speak.
+    async fn sasl_start(
+        &mut self,
+        login: &Login<'_>,
+        body: &backend::AuthenticationSaslBody,
+    ) -> Result<sasl::ScramSha256, ConnectError> {
+        let password = self.password(login)?;
+        let mut mechanisms = body.mechanisms();
+        let mut has_scram = false;
+        while let Ok(Some(m)) = fallible_iterator::FallibleIterator::next(&mut mechanisms) {
+            has_scram |= m == sasl::SCRAM_SHA_256;
+        }
+        if !has_scram {
+            return Err(self.auth("server offers no SASL mechanism we support"));
+        }
+        let s = sasl::ScramSha256::new(password.as_bytes(), sasl::ChannelBinding::unsupported());
+        frontend::sasl_initial_response(sasl::SCRAM_SHA_256, s.message(), &mut self.out)
+            .map_err(|e| self.protocol(e.to_string()))?;
+        self.flush().await?;
+        Ok(s)
     }
 
     fn password<'l>(&self, login: &Login<'l>) -> Result<&'l str, ConnectError> {

@@ -23,7 +23,7 @@ use tracing::debug;
 
 use super::{ConnectError, Login, ServerConn};
 use crate::config::PoolConfig;
-use crate::protocol::{cstr, take_frame};
+use crate::protocol::{cstr, take_frame, TxnStatus};
 
 /// The statement that makes a used server connection like a new one.
 const RESET_QUERY: &[u8] = b"Q\0\0\0\x10DISCARD ALL\0";
@@ -415,8 +415,8 @@ async fn reset(conn: &mut ServerConn) -> Result<(), &'static str> {
                 // Anything asynchronous left over (a notification) must not reach the next client.
                 b'A' => return Err("notification pending"),
                 b'Z' => {
-                    return match (body.first(), conn.pending.is_empty()) {
-                        (Some(b'I'), true) => {
+                    return match (TxnStatus::of_ready(body), conn.pending.is_empty()) {
+                        (Some(TxnStatus::Idle), true) => {
                             conn.forget_state();
                             Ok(())
                         }

@@ -58,7 +58,7 @@ pub async fn replay(
         extended = true;
     }
     for s in statements {
-        if conn.prepared.contains_key(s.name) && !s.name.is_empty() {
+        if conn.carried.prepared.contains_key(s.name) && !s.name.is_empty() {
             close_statement(&mut out, s.name);
             extended = true;
         }
@@ -81,13 +81,15 @@ pub async fn replay(
         .map_err(|_| ReplayError::Lost)?;
     read_replies(conn, ready_expected, |_| {}).await?;
     if settings.is_some() {
-        conn.settings = wanted.to_vec();
+        conn.carried.settings = wanted.to_vec();
     }
     for name in stale {
-        conn.prepared.remove(*name);
+        conn.carried.prepared.remove(*name);
     }
     for s in statements {
-        conn.prepared.insert(s.name.to_owned(), s.fingerprint);
+        conn.carried
+            .prepared
+            .insert(s.name.to_owned(), s.fingerprint);
     }
     Ok(())
 }

@@ -610,7 +610,7 @@ fn set_xml_option_follows_the_session_though_sqlparser_has_no_such_form() {
 }
 
 #[test]
-fn pin_effects() {
+fn listen_and_temp_object_pin_effects() {
     use PinReason::*;
     assert_eq!(effects("LISTEN jobs"), [E::Pin(Listen)]);
     assert_eq!(effects("UNLISTEN jobs"), []);
@@ -634,6 +634,11 @@ fn pin_effects() {
         [E::Pin(TempObject)]
     );
     assert_eq!(effects("CREATE TABLE x (a int)"), []);
+}
+
+#[test]
+fn advisory_lock_effects() {
+    use PinReason::*;
     assert_eq!(
         effects("CREATE TABLE x (a bigint DEFAULT pg_advisory_lock(1))"),
         []
@@ -678,6 +683,11 @@ fn pin_effects() {
         [E::Pin(AdvisoryLock)]
     );
     assert_eq!(effects("CREATE VIEW v AS SELECT pg_advisory_lock(1)"), []);
+}
+
+#[test]
+fn cursor_explicit_and_discard_pin_effects() {
+    use PinReason::*;
     assert_eq!(
         effects("DECLARE c CURSOR WITH HOLD FOR SELECT * FROM t"),
         [E::Pin(HoldCursor)]

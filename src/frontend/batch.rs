@@ -108,7 +108,10 @@ pub struct Plan {
     pub effects: Vec<SessionEffect>,
     /// Prepared statements it uses that it does not itself create.
     pub needs: Vec<String>,
-    /// Statements it creates (Parse, or a SQL PREPARE), in order.
+    /// Statements it creates (Parse, or a SQL PREPARE), in order. Each
+    /// record moves into the session's state when the batch is sent (a
+    /// refused batch creates nothing); connections and in-flight requests
+    /// only note its name and fingerprint.
     pub parsed: Vec<(String, Prepared)>,
     /// Statements it closes.
     pub closed: Vec<String>,

@@ -10,6 +10,7 @@
 use std::time::Duration;
 
 use crate::config::Consistency;
+use crate::route::ReadChoice;
 use crate::topology::Lsn;
 
 /// A proxy-side setting.
@@ -58,19 +59,6 @@ pub enum Command {
     /// `SET p = v` / `SET p TO v`; `None` for `RESET p`, `SET p TO DEFAULT`.
     Set(Param, Option<String>),
     Show(Param),
-}
-
-/// What a session has chosen for its reads (defaults: the config's level,
-/// the config's bounds, no floor).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct ReadChoice {
-    /// `None`: the config's `consistency.level`.
-    pub level: Option<Consistency>,
-    /// A per-session bound on staleness, used by `bounded` reads in place
-    /// of the config's `max_lag_ms`.
-    pub max_staleness: Option<Duration>,
-    /// Reads wait until a replica has replayed this far.
-    pub min_lsn: Option<Lsn>,
 }
 
 /// A value a setting cannot take, or a setting that cannot be set.

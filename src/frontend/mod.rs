@@ -5,7 +5,9 @@
 pub mod auth;
 pub mod batch;
 pub mod cancel;
-pub mod freshness;
+pub mod classifier;
+pub mod collect;
+pub mod link;
 pub mod load;
 pub mod local;
 pub mod session;
@@ -14,6 +16,7 @@ pub mod state;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -28,11 +31,11 @@ use crate::config::Config;
 use crate::control::functions::FunctionCatalog;
 use crate::protocol::startup::{read_startup, StartupError, StartupPacket};
 use crate::protocol::{messages, take_frame, Sqlstate};
-use crate::route;
-use crate::route::ReadPolicy;
+use crate::route::{self, BatchFacts, Decision, NoRoute, Policy, Purpose, ReadPolicy};
 use crate::topology::TopologyHandle;
 use auth::{Authenticator, LoginClient, Step};
 use cancel::{CancelHandle, CancelRegistry, CancelTarget};
+use classifier::Classifier;
 use load::NodeLoads;
 use session::{ClientIo, Session, SessionLogin};
 
@@ -59,13 +62,42 @@ pub struct Shared {
 }
 
 impl Shared {
-    pub fn next_ticket(&self) -> u64 {
+    /// The config's routing rules, as [`route::decide`] takes them.
+    pub fn policy(&self) -> Policy<'_> {
+        Policy {
+            consistency: &self.config.consistency,
+            reads: self.read_policy,
+            // A switchover's pause lasts at most the failover timeout: a
+            // write waits it out (and a second more) instead of failing.
+            pause_limit: self.config.failover.failover_timeout() + Duration::from_secs(1),
+        }
+    }
+}
+
+impl route::Loads for Shared {
+    fn outstanding(&self, node: usize) -> u32 {
+        self.loads.outstanding(node)
+    }
+
+    fn next_ticket(&self) -> u64 {
         self.tickets.fetch_add(1, Ordering::Relaxed)
     }
 
-    /// The ticket the next read will take, without taking it.
-    pub fn peek_ticket(&self) -> u64 {
+    fn peek_ticket(&self) -> u64 {
         self.tickets.load(Ordering::Relaxed)
+    }
+}
+
+/// The SQLSTATE a client gets for a batch that cannot be routed: the
+/// routing reason is chosen in [`route`], its code here at the edge.
+pub fn refusal_state(reason: &NoRoute) -> Sqlstate {
+    match reason {
+        NoRoute::NoFreshReplica(_) => Sqlstate::ObjectNotInPrerequisiteState,
+        NoRoute::NoPrimary
+        | NoRoute::Paused
+        | NoRoute::PausedTooLong(_)
+        | NoRoute::Refused(_)
+        | NoRoute::NoNode => Sqlstate::ConnectionFailure,
     }
 }
 
@@ -108,7 +140,7 @@ pub async fn serve(
             return;
         }
     };
-    let volatile = shared.catalog.volatile(&connected.login.database).await;
+    let classifier = Classifier::open(&shared, &connected.login.database).await;
     // The relay polls far too often to enter a span each time: it logs
     // with the span as an explicit parent instead.
     let session = Session::new(
@@ -116,7 +148,7 @@ pub async fn serve(
         shared.clone(),
         client,
         connected,
-        volatile,
+        classifier,
         span.clone(),
     );
     let end = session.run().await;
@@ -320,24 +352,9 @@ async fn connect_session(
     mut params: Vec<(String, String)>,
 ) -> Result<Connected, Refusal> {
     let topology = shared.topology.load();
-    // Without a primary taking writes (unreachable, failing over, paused)
-    // the session still opens on a replica: its reads work, and its writes
-    // get the reason when they come.
-    let target = match route::route_write(&topology).or_else(|write_error| {
-        route::route_read(
-            &topology,
-            &shared.read_policy,
-            shared.next_ticket(),
-            |_| 0,
-            |_| true,
-        )
-        .map_err(|_| write_error)
-    }) {
-        Ok(t) => t,
-        Err(e) => return Err(tell(client, Sqlstate::UnableToConnect, &e.to_string())),
-    };
-    let node = &topology.nodes[target.node];
-    tracing::Span::current().record("epoch", target.epoch);
+    let node_index = startup_node(client, shared, &topology)?;
+    let node = &topology.nodes[node_index];
+    tracing::Span::current().record("epoch", topology.epoch);
     let user_config = shared.config.user(user);
     let server_user = user_config.map_or(user, |u| u.server_user()).to_owned();
     for (k, v) in params.iter_mut() {
@@ -381,13 +398,42 @@ async fn connect_session(
         messages::parameter_status(&mut client.out, name, value);
     }
     messages::backend_key_data(&mut client.out, cancel.key.pid, cancel.key.secret);
-    messages::ready_for_query(&mut client.out, b'I');
+    messages::ready(&mut client.out, crate::protocol::TxnStatus::Idle);
     Ok(Connected {
         server,
-        node: target.node,
+        node: node_index,
         cancel,
         login: session_login,
     })
+}
+
+/// The node a new session opens on, as [`route::decide`] has it.
+fn startup_node(
+    client: &mut ClientIo,
+    shared: &Shared,
+    topology: &crate::topology::Topology,
+) -> Result<usize, Refusal> {
+    let opening = BatchFacts {
+        purpose: Purpose::Startup,
+        ..BatchFacts::default()
+    };
+    let session = route::SessionFacts::default();
+    let policy = shared.policy();
+    match route::decide(
+        &opening,
+        &session,
+        &policy,
+        topology,
+        shared,
+        Instant::now(),
+    ) {
+        Decision::Primary(node) | Decision::Replica(node) => Ok(node),
+        Decision::Refuse(e) => Err(tell(client, Sqlstate::UnableToConnect, &e.to_string())),
+        // A startup asks for a node and never waits.
+        Decision::Stay | Decision::Wait(_) => {
+            Err(tell(client, Sqlstate::Internal, "no node for the session"))
+        }
+    }
 }
 
 /// A startup parameter; when the client sent one twice the last wins, as in

@@ -12,11 +12,18 @@
 //! the socket buffers cannot deadlock. A batch never overtakes the replies
 //! of an earlier one: while replies are outstanding, a batch that cannot
 //! run on the same connection waits.
+//!
+//! This file is the loop: it moves bytes and reacts to events. The parts
+//! it drives own the rest: [`super::collect`] turns client frames into
+//! batches, [`crate::route`] decides where each goes, [`super::link`] keeps
+//! the server connection and its requests, [`super::state`] the session's
+//! own state; the request path in call order is in `session/dispatch.rs`.
 
 mod dispatch;
 mod reads;
 
-use std::collections::VecDeque;
+use dispatch::Outcome;
+
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -25,20 +32,16 @@ use std::time::Duration;
 use bytes::{Buf, BytesMut};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
-use tokio::sync::watch;
 use tracing::{debug, info, Span};
 
-use super::batch::Plan;
-use super::cancel::{CancelHandle, CancelTarget};
-use super::local::ReadChoice;
+use super::classifier::Classifier;
+use super::collect::Collector;
+use super::link::{Answer, LinkIo, Phase, ServerLink};
 use super::state::SessionState;
 use super::{Connected, Shared};
+use crate::backend;
 use crate::backend::pool::PoolKey;
-use crate::backend::{self, ServerConn};
-use crate::classify::{ClassifyCache, SessionEffect};
-use crate::control::functions::VolatileSet;
-use crate::protocol::{messages, FrameScanner, ScanError, Sqlstate};
-use crate::topology::Lsn;
+use crate::protocol::{messages, ScanError, Sqlstate, TxnStatus};
 
 /// Stop reading from one side while this much is waiting to be written to
 /// the other: backpressure instead of unbounded buffering.
@@ -46,45 +49,7 @@ const HIGH_WATER: usize = 256 * 1024;
 /// How long a closing session may take to deliver its last words.
 const FINAL_FLUSH: Duration = Duration::from_secs(5);
 const CANCEL_TIMEOUT: Duration = Duration::from_secs(5);
-/// Server frames are trusted in size (PostgreSQL caps them at 1 GiB) and
-/// stream through, so only this sanity bound applies.
-const MAX_SERVER_FRAME: usize = 1 << 30;
 const TERMINATE: [u8; 5] = [b'X', 0, 0, 0, 4];
-
-/// The transaction status from the last ReadyForQuery.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum TxnStatus {
-    Idle,
-    InTransaction,
-    Failed,
-}
-
-impl TxnStatus {
-    fn from_byte(b: u8) -> TxnStatus {
-        match b {
-            b'T' => TxnStatus::InTransaction,
-            b'E' => TxnStatus::Failed,
-            _ => TxnStatus::Idle,
-        }
-    }
-
-    fn byte(self) -> u8 {
-        match self {
-            TxnStatus::Idle => b'I',
-            TxnStatus::InTransaction => b'T',
-            TxnStatus::Failed => b'E',
-        }
-    }
-}
-
-/// Where the session is in its conversation with the server.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Phase {
-    /// Waiting for the client; the last ReadyForQuery said this.
-    Ready(TxnStatus),
-    /// Requests (Query or Sync) sent whose ReadyForQuery has not come back.
-    Busy { outstanding: u32 },
-}
 
 /// Why a session ended.
 #[derive(Debug, PartialEq, Eq)]
@@ -128,115 +93,23 @@ pub struct SessionLogin {
     pub database: String,
 }
 
-/// The server connection serving the session right now.
-struct Attached {
-    conn: ServerConn,
-    node: usize,
-}
-
-/// What the session has written that its causal reads have not located in
-/// the WAL yet.
-#[derive(Debug)]
-struct Writes {
-    /// Something may have committed since the session's write position
-    /// was last learned.
-    unlocated: bool,
-    /// The open transaction has written: `unlocated` once it ends, unless
-    /// it rolls back.
-    in_transaction: bool,
-    /// The transaction status of the last ReadyForQuery.
-    last_status: u8,
-}
-
-impl Default for Writes {
-    fn default() -> Writes {
-        Writes {
-            unlocated: false,
-            in_transaction: false,
-            last_status: b'I',
-        }
-    }
-}
-
-impl Writes {
-    /// `sent` was answered with transaction status `status`.
-    fn note(&mut self, sent: &Sent, status: u8) {
-        let before = std::mem::replace(&mut self.last_status, status);
-        if sent.on_primary {
-            let opens = matches!(sent.effects.first(), Some(SessionEffect::Begin { .. }));
-            let commits = sent
-                .effects
-                .iter()
-                .any(|e| matches!(e, SessionEffect::Commit | SessionEffect::Chain));
-            if (before != b'I' || opens) && !commits {
-                self.in_transaction = true;
-            } else {
-                self.unlocated = true;
-            }
-        }
-        if status == b'I' {
-            self.unlocated |= std::mem::take(&mut self.in_transaction) && !sent.rolls_back;
-        }
-    }
-}
-
-/// A request sent and not yet answered, with what it will change once it is.
-#[derive(Debug, Default)]
-struct Sent {
-    effects: Vec<SessionEffect>,
-    /// It ran on the primary and may have written.
-    on_primary: bool,
-    /// It is one ROLLBACK statement: whatever its transaction wrote is undone.
-    rolls_back: bool,
-    /// Statements it creates; the first `parse_ok` were confirmed.
-    parsed: Vec<(String, u64)>,
-    parse_ok: usize,
-    failed: bool,
-}
-
+/// One client's session: the relay loop's state, in parts that each own
+/// one concern.
 pub struct Session {
     id: u64,
     shared: Arc<Shared>,
-    client: ClientIo,
-    max_message_size: usize,
-    server: Option<Attached>,
-    server_frames: FrameScanner,
-    to_server: BytesMut,
-    phase: Phase,
-    server_said_fatal: bool,
-    cancel: CancelHandle,
     span: Span,
+    client: ClientIo,
+    /// How client frames become batches.
+    collector: Collector,
+    classifier: Classifier,
+    /// The server connection and its bookkeeping.
+    link: ServerLink,
+    /// Settings, prepared statements, pins, read choices, write positions.
+    state: SessionState,
     login: SessionLogin,
     /// Pool keys of every node, in topology order.
     keys: Vec<PoolKey>,
-    state: SessionState,
-    cache: ClassifyCache,
-    volatile: Arc<VolatileSet>,
-    /// The catalog's `published` count when `volatile` was last checked.
-    catalog_seen: u64,
-    /// Frames of the batch being gathered.
-    batch: BytesMut,
-    plan: Plan,
-    /// The batch must be dispatched before more client input is read.
-    batch_due: bool,
-    /// Part of a batch went out (Flush) without its Sync: the rest follows it.
-    open_batch: bool,
-    /// A batch could not be routed after part of it went out: drop the
-    /// client's frames up to its Sync, then say ReadyForQuery.
-    skipping: bool,
-    inflight: VecDeque<Sent>,
-    /// Function DDL succeeded: reload the VOLATILE list before routing again.
-    reload_functions: bool,
-    /// The client cancelled while the session was getting a connection:
-    /// cancel on that connection once the batch has been written to it.
-    cancel_owed: bool,
-    /// How fresh the session's reads must be, as it chose with `SET palisade.*`.
-    reads: ReadChoice,
-    /// At or past the session's last write that has been located.
-    write_lsn: Option<Lsn>,
-    /// Writes not yet located in the WAL.
-    writes: Writes,
-    fences: watch::Receiver<u64>,
 }
 
 impl Session {
@@ -245,17 +118,15 @@ impl Session {
         shared: Arc<Shared>,
         client: ClientIo,
         connected: Connected,
-        volatile: Arc<VolatileSet>,
+        classifier: Classifier,
         span: Span,
     ) -> Session {
         let Connected {
-            mut server,
+            server,
             node,
             cancel,
             login,
         } = connected;
-        // Anything the server sent past its startup ReadyForQuery is relayed first.
-        server.pending.reserve(16 * 1024);
         let keys = shared
             .topology
             .load()
@@ -265,34 +136,15 @@ impl Session {
             .collect();
         Session {
             id,
-            max_message_size: shared.config.proxy.max_message_size,
-            cache: ClassifyCache::new(shared.config.routing.classify_cache_size),
-            fences: shared.topology.fence_changes(),
+            collector: Collector::new(shared.config.proxy.max_message_size),
+            classifier,
+            link: ServerLink::new(server, node, cancel, shared.topology.fence_changes()),
             shared,
             span,
             client,
-            server: Some(Attached { conn: server, node }),
-            server_frames: FrameScanner::new(MAX_SERVER_FRAME),
-            to_server: BytesMut::with_capacity(16 * 1024),
-            phase: Phase::Ready(TxnStatus::Idle),
-            server_said_fatal: false,
-            cancel,
             login,
             keys,
             state: SessionState::default(),
-            catalog_seen: 0,
-            volatile,
-            batch: BytesMut::with_capacity(1024),
-            plan: Plan::default(),
-            batch_due: false,
-            open_batch: false,
-            skipping: false,
-            inflight: VecDeque::new(),
-            reload_functions: false,
-            cancel_owed: false,
-            reads: ReadChoice::default(),
-            write_lsn: None,
-            writes: Writes::default(),
         }
     }
 
@@ -301,17 +153,13 @@ impl Session {
         let end = self.relay().await;
         let reusable = self.server_reusable(&end);
         self.finish(&end, reusable).await;
-        if let Some(att) = &self.server {
-            let left = match self.phase {
-                Phase::Busy { outstanding } => outstanding,
-                Phase::Ready(_) => 0,
-            };
-            self.shared.loads.done(att.node, left);
+        if let Some(node) = self.link.node() {
+            self.shared.loads.done(node, self.link.outstanding());
         }
         if reusable {
             self.release();
         }
-        self.server = None;
+        drop(self.link.detach());
         if self.state.is_stateful() {
             tokio::spawn(self.shared.pool.clone().release_owner(self.id));
         }
@@ -322,15 +170,9 @@ impl Session {
     /// idle: outside a transaction, nothing in flight, nothing half-sent.
     fn server_reusable(&self, end: &End) -> bool {
         matches!(end, End::ClientTerminated | End::ClientGone)
-            && self.phase == Phase::Ready(TxnStatus::Idle)
-            && !self.open_batch
-            && self.to_server.is_empty()
-            && !self.server_said_fatal
-            && !self.server_frames.mid_frame()
-            && self
-                .server
-                .as_ref()
-                .is_some_and(|s| s.conn.pending.is_empty())
+            && self.link.quiet()
+            && !self.collector.continues()
+            && !self.link.fatal_seen()
     }
 
     async fn relay(&mut self) -> End {
@@ -356,15 +198,16 @@ impl Session {
     /// frames into batches and dispatches every batch that may go now.
     async fn advance(&mut self) -> Result<(), End> {
         loop {
-            if !self.batch_due {
+            if !self.collector.is_due() {
                 self.collect()?;
             }
-            if !self.batch_due || !self.dispatch().await? {
+            if !self.collector.is_due() || self.dispatch().await? == Outcome::Waiting {
                 break;
             }
         }
-        if let Some(att) = &self.server {
-            write_now(&att.conn.wr, &mut self.to_server).map_err(|_| End::ServerGone)?;
+        let io = self.link.io();
+        if let Some(wr) = io.write {
+            write_now(wr, io.out).map_err(|_| End::ServerGone)?;
         }
         self.pay_owed_cancel();
         write_now(&self.client.wr, &mut self.client.out).map_err(|_| End::ClientGone)
@@ -373,19 +216,11 @@ impl Session {
     /// Sends a cancel that arrived while connecting, once the batch it was
     /// meant for has reached the server (earlier, it would stop nothing).
     fn pay_owed_cancel(&mut self) {
-        if !self.cancel_owed || !self.to_server.is_empty() {
-            return;
-        }
-        self.cancel_owed = false;
-        if let Some((conn, key)) = self
-            .server
-            .as_ref()
-            .and_then(|att| Some((&att.conn, att.conn.key?)))
-        {
-            let (host, port) = (conn.host.clone(), conn.port);
+        if let Some(target) = self.link.owed_cancel() {
             debug!(parent: &self.span, "passing on a cancel that came while connecting");
             tokio::spawn(async move {
-                let _ = backend::cancel(&host, port, key, CANCEL_TIMEOUT).await;
+                let _ =
+                    backend::cancel(&target.host, target.port, target.key, CANCEL_TIMEOUT).await;
             });
         }
     }
@@ -394,23 +229,20 @@ impl Session {
     async fn step(&mut self, stop: Pin<&mut impl Future<Output = ()>>) -> Result<(), End> {
         let Session {
             client,
-            server,
-            to_server,
-            batch_due,
-            fences,
+            link,
+            collector,
             ..
         } = self;
-        let attached = server.is_some();
-        let read_client = !*batch_due && client.inbuf.len() < HIGH_WATER;
+        let attached = link.node().is_some();
+        let read_client = !collector.is_due() && client.inbuf.len() < HIGH_WATER;
         let read_server = client.out.len() < HIGH_WATER;
+        let LinkIo {
+            read: server_rd,
+            write: server_wr,
+            out: to_server,
+            fences,
+        } = link.io();
         let write_server = !to_server.is_empty();
-        let (server_rd, server_wr) = match server {
-            Some(att) => {
-                let conn = &mut att.conn;
-                (Some((&mut conn.rd, &mut conn.pending)), Some(&mut conn.wr))
-            }
-            None => (None, None),
-        };
         let event = tokio::select! {
             biased;
             r = client.wr.write(&client.out), if !client.out.is_empty() => Event::WroteClient(r),
@@ -422,7 +254,7 @@ impl Session {
         };
         match event {
             Event::WroteClient(Ok(n)) if n > 0 => self.client.out.advance(n),
-            Event::WroteServer(Ok(n)) if n > 0 => self.to_server.advance(n),
+            Event::WroteServer(Ok(n)) if n > 0 => self.link.out().advance(n),
             Event::ReadServer(Ok(n)) if n > 0 => self.on_server_bytes()?,
             Event::ReadClient(Ok(n)) if n > 0 => {}
             Event::WroteClient(_) | Event::ReadClient(_) => return Err(End::ClientGone),
@@ -439,14 +271,14 @@ impl Session {
     /// is told so as if the connection had dropped.
     fn leave_fenced_node(&mut self) -> Result<(), End> {
         let topology = self.shared.topology.load();
-        let Some(att) = &self.server else {
+        let Some(node) = self.link.node() else {
             return Ok(());
         };
-        if !topology.nodes.get(att.node).is_some_and(|n| n.fenced) {
+        if !topology.nodes.get(node).is_some_and(|n| n.fenced) {
             return Ok(());
         }
         info!(parent: &self.span, server = %self.node_name(), epoch = topology.epoch, "server fenced");
-        if self.phase == Phase::Ready(TxnStatus::Idle) && !self.open_batch {
+        if self.link.phase() == Phase::Ready(TxnStatus::Idle) && !self.collector.continues() {
             self.drop_server();
             return Ok(());
         }
@@ -470,51 +302,15 @@ impl Session {
     /// Moves server bytes to the client, settling each answered request.
     fn on_server_bytes(&mut self) -> Result<(), End> {
         loop {
-            let Some(att) = self.server.as_mut() else {
-                return Ok(());
-            };
-            let mut ready = None;
-            let mut errors = 0u32;
-            let mut fatal = false;
-            let mut parse_ok = 0usize;
-            let scanned = self.server_frames.scan(
-                &att.conn.pending,
-                |tag| matches!(tag, b'Z' | b'E' | b'1'),
-                |frame| match frame.tag {
-                    b'Z' => {
-                        ready = Some(frame.body.first().copied().unwrap_or(b'I'));
-                        false
-                    }
-                    b'1' => {
-                        parse_ok += 1;
-                        true
-                    }
-                    _ => {
-                        errors += 1;
-                        fatal |= is_fatal(frame.body);
-                        true
-                    }
-                },
-            );
-            // Server lengths are only sanity-checked, but a server that breaks
-            // framing cannot be relayed any further.
-            let n = match scanned {
-                Ok(n) => n,
+            match self.link.relay(&mut self.client.out) {
+                Ok(Some(answer)) => self.settle(answer),
+                Ok(None) => break,
+                // Server lengths are only sanity-checked, but a server that
+                // breaks framing cannot be relayed any further.
                 Err(e) => {
                     info!(parent: &self.span, error = %e, "server sent an invalid frame");
                     return Err(End::ServerGone);
                 }
-            };
-            self.client.out.extend_from_slice(&att.conn.pending[..n]);
-            att.conn.pending.advance(n);
-            self.server_said_fatal |= fatal;
-            if let Some(sent) = self.inflight.front_mut() {
-                sent.parse_ok += parse_ok;
-                sent.failed |= errors > 0;
-            }
-            match ready {
-                Some(status) => self.on_ready(status),
-                None => break,
             }
         }
         self.maybe_release();
@@ -522,63 +318,24 @@ impl Session {
     }
 
     /// One request answered: settle what it changed.
-    fn on_ready(&mut self, status: u8) {
-        let Some(att) = self.server.as_mut() else {
+    fn settle(&mut self, answer: Answer) {
+        self.shared.loads.done(answer.node, 1);
+        let (Some(sent), Some(conn)) = (answer.sent, self.link.conn_mut()) else {
             return;
         };
-        self.shared.loads.done(att.node, 1);
-        self.phase = match self.phase {
-            Phase::Busy { outstanding } if outstanding > 1 => Phase::Busy {
-                outstanding: outstanding - 1,
-            },
-            _ => Phase::Ready(TxnStatus::from_byte(status)),
-        };
-        let Some(sent) = self.inflight.pop_front() else {
-            return;
-        };
-        self.writes.note(&sent, status);
-        if sent.failed {
-            for (name, fingerprint) in sent.parsed.iter().skip(sent.parse_ok) {
-                if att.conn.prepared.get(name) == Some(fingerprint) {
-                    att.conn.prepared.remove(name);
-                }
-                self.state.unprepare(name, *fingerprint);
-            }
+        self.state.answered(&sent, answer.status, &mut conn.carried);
+        if self.state.take_catalog_changed() {
+            self.classifier.functions_changed();
         }
-        if sent.effects.is_empty() && !sent.failed && status == b'T' {
-            return;
-        }
-        self.state.settle(&sent.effects, sent.failed, status);
-        if !sent.failed {
-            for effect in &sent.effects {
-                match effect {
-                    SessionEffect::Deallocate { name: Some(name) } => {
-                        att.conn.prepared.remove(name);
-                    }
-                    SessionEffect::Deallocate { name: None } => att.conn.prepared.clear(),
-                    _ => {}
-                }
-            }
-        }
-        if att.conn.settings != self.state.settings() {
-            att.conn.settings = self.state.settings().to_vec();
-        }
-        self.reload_functions |= self.state.take_catalog_changed();
     }
 
     /// Hands the server connection back to the pool once the session has
     /// left it idle and nothing ties the session to it.
     fn maybe_release(&mut self) {
-        let idle = self.phase == Phase::Ready(TxnStatus::Idle)
-            && self.inflight.is_empty()
-            && !self.open_batch
-            && !self.state.is_pinned()
-            && self.to_server.is_empty()
-            && !self.server_frames.mid_frame()
-            && self
-                .server
-                .as_ref()
-                .is_some_and(|s| s.conn.pending.is_empty());
+        let idle = self.link.quiet()
+            && self.link.settled()
+            && !self.collector.continues()
+            && !self.state.is_pinned();
         if idle {
             self.release();
         }
@@ -587,77 +344,47 @@ impl Session {
     /// Returns the server connection to the pool, tagged with this session
     /// when it carries the session's state.
     fn release(&mut self) {
-        if let Some(mut att) = self.server.take() {
-            att.conn.owner = if self.state.is_stateful() { self.id } else { 0 };
-            self.cancel.set_target(None);
-            if let Some(key) = self.keys.get(att.node) {
-                self.shared.pool.check_in(key, att.conn);
+        if let Some((mut conn, node)) = self.link.detach() {
+            conn.owner = if self.state.is_stateful() { self.id } else { 0 };
+            if let Some(key) = self.keys.get(node) {
+                self.shared.pool.check_in(key, conn);
             }
         }
     }
 
-    /// Makes `conn` the session's server connection (on node `node`).
-    fn attach(&mut self, conn: ServerConn, node: usize) {
-        self.cancel_owed = self.cancel.set_target(conn.key.map(|key| CancelTarget {
-            host: conn.host.clone(),
-            port: conn.port,
-            key,
-        }));
-        self.server = Some(Attached { conn, node });
-    }
-
     fn node_name(&self) -> String {
         let topology = self.shared.topology.load();
-        self.server
-            .as_ref()
-            .and_then(|s| topology.nodes.get(s.node))
+        self.link
+            .node()
+            .and_then(|node| topology.nodes.get(node))
             .map_or_else(|| "server".to_owned(), |n| n.name.clone())
     }
 
     /// Says goodbye on both sides according to why the session ended.
     async fn finish(&mut self, end: &End, reusable: bool) {
-        let busy = matches!(self.phase, Phase::Busy { .. });
+        let busy = matches!(self.link.phase(), Phase::Busy { .. });
         match end {
             End::ClientTerminated | End::ClientGone if reusable => {}
             End::ClientTerminated => {
-                if let Some(att) = self.server.as_mut() {
-                    // Whatever the client sent before Terminate still goes first.
-                    self.to_server.extend_from_slice(&TERMINATE);
-                    let _ = att.conn.wr.write_all(&self.to_server).await;
+                // Whatever the client sent before Terminate still goes first.
+                self.link.out().extend_from_slice(&TERMINATE);
+                let io = self.link.io();
+                if let Some(wr) = io.write {
+                    let _ = wr.write_all(io.out).await;
                 }
             }
-            End::ClientGone => {
-                if let Some(att) = self.server.as_ref().filter(|_| busy) {
-                    // Closing the socket does not stop a running query: cancel it.
-                    if let Some(key) = att.conn.key {
-                        debug!(parent: &self.span, "client left mid-query; cancelling it on the server");
-                        let _ = backend::cancel(&att.conn.host, att.conn.port, key, CANCEL_TIMEOUT)
-                            .await;
-                    }
+            End::ClientGone if busy => {
+                // Closing the socket does not stop a running query: cancel it.
+                if let Some(target) = self.link.cancel_target() {
+                    debug!(parent: &self.span, "client left mid-query; cancelling it on the server");
+                    let _ = backend::cancel(&target.host, target.port, target.key, CANCEL_TIMEOUT)
+                        .await;
                 }
             }
-            End::ServerGone => {
-                let name = self.node_name();
-                if !self.server_said_fatal && !self.server_frames.mid_frame() {
-                    let message = format!(
-                        "server connection to {name} was lost{}",
-                        if busy {
-                            " while a query was running"
-                        } else {
-                            ""
-                        }
-                    );
-                    messages::error(
-                        &mut self.client.out,
-                        true,
-                        Sqlstate::ConnectionFailure,
-                        &message,
-                    );
-                }
-                info!(parent: &self.span, server = %name, "server connection lost");
-            }
-            End::Shutdown => {
-                if !self.server_frames.mid_frame() {
+            End::ClientGone => {}
+            End::ServerGone => self.tell_server_lost(busy),
+            End::Shutdown | End::ClientProtocolError => {
+                if *end == End::Shutdown && !self.link.mid_frame() {
                     messages::error(
                         &mut self.client.out,
                         true,
@@ -665,22 +392,38 @@ impl Session {
                         "terminating connection because the proxy is shutting down",
                     );
                 }
-                if let Some(att) = self.server.as_mut() {
-                    let _ = att.conn.wr.write_all(&TERMINATE).await;
-                }
-            }
-            End::ClientProtocolError => {
-                if let Some(att) = self.server.as_mut() {
-                    let _ = att.conn.wr.write_all(&TERMINATE).await;
+                if let Some(wr) = self.link.io().write {
+                    let _ = wr.write_all(&TERMINATE).await;
                 }
             }
         }
-        self.cancel.set_target(None);
+        self.link.clear_cancel_target();
         if !self.client.out.is_empty() && *end != End::ClientGone {
             let _ =
                 tokio::time::timeout(FINAL_FLUSH, self.client.wr.write_all(&self.client.out)).await;
         }
         let _ = self.client.wr.shutdown().await;
+    }
+
+    /// The server connection dropped: the client hears it as PostgreSQL
+    /// would say it, unless the server said FATAL itself or a frame was cut.
+    fn tell_server_lost(&mut self, busy: bool) {
+        let name = self.node_name();
+        if !self.link.fatal_seen() && !self.link.mid_frame() {
+            let running = if busy {
+                " while a query was running"
+            } else {
+                ""
+            };
+            let message = format!("server connection to {name} was lost{running}");
+            messages::error(
+                &mut self.client.out,
+                true,
+                Sqlstate::ConnectionFailure,
+                &message,
+            );
+        }
+        info!(parent: &self.span, server = %name, "server connection lost");
     }
 }
 
@@ -714,92 +457,5 @@ fn write_now(wr: &OwnedWriteHalf, buf: &mut BytesMut) -> std::io::Result<()> {
         }
         Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => Ok(()),
         Err(e) => Err(e),
-    }
-}
-
-/// Whether an ErrorResponse body has severity FATAL or PANIC.
-fn is_fatal(body: &[u8]) -> bool {
-    let mut rest = body;
-    while let [code, tail @ ..] = rest {
-        if *code == 0 {
-            break;
-        }
-        let Some((value, after)) = crate::protocol::cstr(tail) else {
-            break;
-        };
-        if matches!(*code, b'S' | b'V') {
-            return matches!(value, "FATAL" | "PANIC");
-        }
-        rest = after;
-    }
-    false
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn fatal_errors_are_recognised() {
-        assert!(is_fatal(b"SFATAL\0VFATAL\0C57P01\0Mbye\0\0"));
-        assert!(is_fatal(b"VPANIC\0\0"));
-        assert!(!is_fatal(b"SERROR\0VERROR\0C42601\0Msyntax\0\0"));
-        assert!(!is_fatal(b""));
-        assert!(!is_fatal(b"S"));
-    }
-
-    #[test]
-    fn txn_status_bytes_map() {
-        assert_eq!(TxnStatus::from_byte(b'T'), TxnStatus::InTransaction);
-        assert_eq!(TxnStatus::from_byte(b'E'), TxnStatus::Failed);
-        assert_eq!(TxnStatus::from_byte(b'I'), TxnStatus::Idle);
-    }
-
-    fn sent(on_primary: bool, effects: Vec<SessionEffect>, rolls_back: bool) -> Sent {
-        Sent {
-            effects,
-            on_primary,
-            rolls_back,
-            ..Sent::default()
-        }
-    }
-
-    #[test]
-    fn writes_count_once_they_may_have_committed() {
-        let begin = SessionEffect::Begin { read_only: false };
-        let mut w = Writes::default();
-        w.note(&sent(false, vec![], false), b'I');
-        assert!(!w.unlocated, "a read on a replica");
-        w.note(&sent(true, vec![], false), b'I');
-        assert!(w.unlocated, "an autocommit write");
-
-        // BEGIN; INSERT; COMMIT in three requests.
-        let mut w = Writes::default();
-        w.note(&sent(true, vec![begin.clone()], false), b'T');
-        w.note(&sent(true, vec![], false), b'T');
-        assert!(!w.unlocated && w.in_transaction, "not committed yet");
-        w.note(&sent(true, vec![SessionEffect::Commit], false), b'I');
-        assert!(w.unlocated && !w.in_transaction);
-
-        // BEGIN; INSERT; then an error and ROLLBACK.
-        let mut w = Writes::default();
-        w.note(&sent(true, vec![begin.clone()], false), b'T');
-        w.note(&sent(true, vec![], false), b'E');
-        w.note(&sent(true, vec![SessionEffect::Rollback], true), b'I');
-        assert!(!w.unlocated && !w.in_transaction, "rolled back");
-
-        // One string that commits and opens another transaction, then a
-        // ROLLBACK of only the second: the first still counts.
-        let mut w = Writes::default();
-        w.note(
-            &sent(
-                true,
-                vec![begin.clone(), SessionEffect::Commit, begin],
-                false,
-            ),
-            b'T',
-        );
-        w.note(&sent(true, vec![SessionEffect::Rollback], true), b'I');
-        assert!(w.unlocated);
     }
 }

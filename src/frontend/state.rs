@@ -1,7 +1,9 @@
-//! What a client session has made of its server: session parameters,
-//! prepared statements and pins. Pure bookkeeping: the relay feeds it the
-//! effects of each request once the server has answered, and asks it what
-//! a server connection must be told before it can serve the session.
+//! The session's own state, with one owner: session parameters, prepared
+//! statements (one record each: a connection only notes which names and
+//! fingerprints it holds), pins, what the session chose for its reads, and
+//! where its writes are in the WAL. Pure bookkeeping: the relay feeds it
+//! each answered request ([`SessionState::answered`]), and asks it what a
+//! server connection must be told before it can serve the session.
 //!
 //! Settings follow PostgreSQL's transaction rules: a SET inside a
 //! transaction that rolls back (or fails) is undone, SET LOCAL ends with
@@ -12,7 +14,14 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 
+use super::batch::Plan;
+use super::link::Sent;
+use crate::backend::replay;
+use crate::backend::Carried;
 use crate::classify::{Classification, PinReason, SessionEffect};
+use crate::protocol::TxnStatus;
+use crate::route::ReadChoice;
+use crate::topology::Lsn;
 
 /// A prepared statement as the client created it.
 #[derive(Debug, Clone)]
@@ -41,6 +50,48 @@ pub struct SessionState {
     stateful: bool,
     /// Function DDL succeeded: the VOLATILE list must be reloaded.
     catalog_changed: bool,
+    /// What the session chose with `SET palisade.*`.
+    pub reads: ReadChoice,
+    /// At or past the session's last write that has been located.
+    pub write_lsn: Option<Lsn>,
+    /// Writes not yet located in the WAL.
+    pub writes: Writes,
+}
+
+/// What the session has written that its causal reads have not located in
+/// the WAL yet.
+#[derive(Debug, Default)]
+pub struct Writes {
+    /// Something may have committed since the session's write position
+    /// was last learned.
+    pub unlocated: bool,
+    /// The open transaction has written: `unlocated` once it ends, unless
+    /// it rolls back.
+    in_transaction: bool,
+    /// The transaction status of the last ReadyForQuery.
+    last_status: TxnStatus,
+}
+
+impl Writes {
+    /// `sent` was answered with transaction status `status`.
+    fn note(&mut self, sent: &Sent, status: TxnStatus) {
+        let before = std::mem::replace(&mut self.last_status, status);
+        if sent.on_primary {
+            let opens = matches!(sent.effects.first(), Some(SessionEffect::Begin { .. }));
+            let commits = sent
+                .effects
+                .iter()
+                .any(|e| matches!(e, SessionEffect::Commit | SessionEffect::Chain));
+            if (before != TxnStatus::Idle || opens) && !commits {
+                self.in_transaction = true;
+            } else {
+                self.unlocated = true;
+            }
+        }
+        if status == TxnStatus::Idle {
+            self.unlocated |= std::mem::take(&mut self.in_transaction) && !sent.rolls_back;
+        }
+    }
 }
 
 impl SessionState {
@@ -107,18 +158,51 @@ impl SessionState {
         }
     }
 
+    /// One request answered on `conn` with `status`: settles what it
+    /// changed, here and in what `conn` is known to hold.
+    pub fn answered(&mut self, sent: &Sent, status: TxnStatus, conn: &mut Carried) {
+        self.writes.note(sent, status);
+        if sent.failed {
+            // Statements the server did not confirm do not exist.
+            for (name, fingerprint) in sent.parsed.iter().skip(sent.parse_ok) {
+                if conn.prepared.get(name) == Some(fingerprint) {
+                    conn.prepared.remove(name);
+                }
+                self.unprepare(name, *fingerprint);
+            }
+        }
+        if sent.effects.is_empty() && !sent.failed && status == TxnStatus::InTransaction {
+            return;
+        }
+        self.settle(&sent.effects, sent.failed, status);
+        if !sent.failed {
+            for effect in &sent.effects {
+                match effect {
+                    SessionEffect::Deallocate { name: Some(name) } => {
+                        conn.prepared.remove(name);
+                    }
+                    SessionEffect::Deallocate { name: None } => conn.prepared.clear(),
+                    _ => {}
+                }
+            }
+        }
+        if conn.settings != self.settings {
+            conn.settings.clone_from(&self.settings);
+        }
+    }
+
     /// Applies the effects of one answered request. `failed` says the
     /// server reported an error for it; `status` is the transaction status
     /// of its ReadyForQuery.
-    pub fn settle(&mut self, effects: &[SessionEffect], failed: bool, status: u8) {
+    pub fn settle(&mut self, effects: &[SessionEffect], failed: bool, status: TxnStatus) {
         if !failed {
             for effect in effects {
                 self.apply(effect);
             }
         }
         match status {
-            b'E' => self.txn_failed = true,
-            b'I' => {
+            TxnStatus::Failed => self.txn_failed = true,
+            TxnStatus::Idle => {
                 if let Some(snapshot) = self.snapshot.take() {
                     if self.txn_failed {
                         self.settings = snapshot;
@@ -127,7 +211,7 @@ impl SessionState {
                 self.txn_failed = false;
                 self.savepoints.clear();
             }
-            _ => {}
+            TxnStatus::InTransaction => {}
         }
     }
 
@@ -195,6 +279,55 @@ impl SessionState {
     }
 }
 
+/// What a connection must be told before it can serve the batch at hand.
+#[derive(Debug)]
+pub struct Catchup<'a> {
+    /// The settings delta, when its settings differ from the session's.
+    pub settings: Option<String>,
+    /// Names the batch prepares anew that the connection still holds.
+    pub stale: Vec<&'a str>,
+    /// Statements the batch uses that the connection lacks.
+    pub statements: Vec<replay::Statement<'a>>,
+}
+
+impl<'a> Catchup<'a> {
+    /// What `conn` lacks of `state` for `plan`.
+    pub fn of(state: &'a SessionState, plan: &'a Plan, conn: &Carried) -> Catchup<'a> {
+        let settings = if conn.settings != state.settings() {
+            settings_delta(&conn.settings, state.settings())
+        } else {
+            None
+        };
+        let statements = plan
+            .needs
+            .iter()
+            .filter_map(|name| {
+                let p = state.statement(name)?;
+                (conn.prepared.get(name) != Some(&p.fingerprint)).then_some(replay::Statement {
+                    name,
+                    fingerprint: p.fingerprint,
+                    source: &p.source,
+                })
+            })
+            .collect();
+        let stale = plan
+            .parsed
+            .iter()
+            .filter(|(name, _)| !name.is_empty() && conn.prepared.contains_key(name))
+            .map(|(name, _)| name.as_str())
+            .collect();
+        Catchup {
+            settings,
+            stale,
+            statements,
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.settings.is_none() && self.stale.is_empty() && self.statements.is_empty()
+    }
+}
+
 /// The SQL that turns a connection's `current` settings into `wanted`,
 /// or `None` when they already agree.
 pub fn settings_delta(current: &[(String, String)], wanted: &[(String, String)]) -> Option<String> {
@@ -222,6 +355,10 @@ fn is_true(value: &str) -> bool {
 mod tests {
     use super::*;
 
+    const I: TxnStatus = TxnStatus::Idle;
+    const T: TxnStatus = TxnStatus::InTransaction;
+    const E: TxnStatus = TxnStatus::Failed;
+
     fn set(name: &str, value: &str) -> SessionEffect {
         SessionEffect::Set {
             name: name.into(),
@@ -244,9 +381,9 @@ mod tests {
         s.settle(
             &[set("work_mem", "'3MB'"), set("search_path", "a, b")],
             false,
-            b'I',
+            I,
         );
-        s.settle(&[set("work_mem", "'4MB'")], false, b'I');
+        s.settle(&[set("work_mem", "'4MB'")], false, I);
         assert_eq!(names(&s), [("work_mem", "'4MB'"), ("search_path", "a, b")]);
         assert!(s.is_stateful());
         s.settle(
@@ -254,17 +391,17 @@ mod tests {
                 name: Some("work_mem".into()),
             }],
             false,
-            b'I',
+            I,
         );
         assert_eq!(names(&s), [("search_path", "a, b")]);
-        s.settle(&[SessionEffect::Reset { name: None }], false, b'I');
+        s.settle(&[SessionEffect::Reset { name: None }], false, I);
         assert!(names(&s).is_empty());
     }
 
     #[test]
     fn a_failed_request_changes_nothing() {
         let mut s = SessionState::default();
-        s.settle(&[set("work_mem", "'bogus'")], true, b'I');
+        s.settle(&[set("work_mem", "'bogus'")], true, I);
         assert!(names(&s).is_empty());
     }
 
@@ -279,19 +416,19 @@ mod tests {
         s.settle(
             &[SessionEffect::Begin { read_only: false }, local],
             false,
-            b'T',
+            T,
         );
-        s.settle(&[SessionEffect::Commit], false, b'I');
+        s.settle(&[SessionEffect::Commit], false, I);
         assert!(names(&s).is_empty());
     }
 
     #[test]
     fn rollback_undoes_sets_made_in_the_transaction() {
         let mut s = SessionState::default();
-        s.settle(&[set("work_mem", "'1MB'")], false, b'I');
-        s.settle(&[SessionEffect::Begin { read_only: false }], false, b'T');
-        s.settle(&[set("work_mem", "'2MB'")], false, b'T');
-        s.settle(&[SessionEffect::Rollback], false, b'I');
+        s.settle(&[set("work_mem", "'1MB'")], false, I);
+        s.settle(&[SessionEffect::Begin { read_only: false }], false, T);
+        s.settle(&[set("work_mem", "'2MB'")], false, T);
+        s.settle(&[SessionEffect::Rollback], false, I);
         assert_eq!(names(&s), [("work_mem", "'1MB'")]);
         // In one string too.
         s.settle(
@@ -301,7 +438,7 @@ mod tests {
                 SessionEffect::Rollback,
             ],
             false,
-            b'I',
+            I,
         );
         assert_eq!(names(&s), [("work_mem", "'1MB'")]);
     }
@@ -309,15 +446,15 @@ mod tests {
     #[test]
     fn commit_keeps_sets_unless_the_transaction_failed() {
         let mut s = SessionState::default();
-        s.settle(&[SessionEffect::Begin { read_only: false }], false, b'T');
-        s.settle(&[set("work_mem", "'2MB'")], false, b'T');
-        s.settle(&[SessionEffect::Commit], false, b'I');
+        s.settle(&[SessionEffect::Begin { read_only: false }], false, T);
+        s.settle(&[set("work_mem", "'2MB'")], false, T);
+        s.settle(&[SessionEffect::Commit], false, I);
         assert_eq!(names(&s), [("work_mem", "'2MB'")]);
 
-        s.settle(&[SessionEffect::Begin { read_only: false }], false, b'T');
-        s.settle(&[set("work_mem", "'8MB'")], false, b'T');
-        s.settle(&[], true, b'E');
-        s.settle(&[SessionEffect::Commit], false, b'I');
+        s.settle(&[SessionEffect::Begin { read_only: false }], false, T);
+        s.settle(&[set("work_mem", "'8MB'")], false, T);
+        s.settle(&[], true, E);
+        s.settle(&[SessionEffect::Commit], false, I);
         assert_eq!(names(&s), [("work_mem", "'2MB'")]);
     }
 
@@ -325,19 +462,15 @@ mod tests {
     fn rollback_to_a_savepoint_undoes_sets_made_after_it() {
         let mut s = SessionState::default();
         let sp = |name: &str| SessionEffect::Savepoint { name: name.into() };
-        s.settle(&[SessionEffect::Begin { read_only: false }], false, b'T');
-        s.settle(&[set("work_mem", "'1MB'"), sp("a")], false, b'T');
-        s.settle(&[set("work_mem", "'2MB'"), sp("b")], false, b'T');
-        s.settle(&[set("work_mem", "'3MB'")], false, b'T');
-        s.settle(&[], true, b'E');
-        s.settle(
-            &[SessionEffect::RollbackTo { name: "a".into() }],
-            false,
-            b'T',
-        );
+        s.settle(&[SessionEffect::Begin { read_only: false }], false, T);
+        s.settle(&[set("work_mem", "'1MB'"), sp("a")], false, T);
+        s.settle(&[set("work_mem", "'2MB'"), sp("b")], false, T);
+        s.settle(&[set("work_mem", "'3MB'")], false, T);
+        s.settle(&[], true, E);
+        s.settle(&[SessionEffect::RollbackTo { name: "a".into() }], false, T);
         assert_eq!(names(&s), [("work_mem", "'1MB'")]);
-        s.settle(&[SessionEffect::Release { name: "a".into() }], false, b'T');
-        s.settle(&[SessionEffect::Commit], false, b'I');
+        s.settle(&[SessionEffect::Release { name: "a".into() }], false, T);
+        s.settle(&[SessionEffect::Commit], false, I);
         assert_eq!(
             names(&s),
             [("work_mem", "'1MB'")],
@@ -350,9 +483,9 @@ mod tests {
         let mut s = SessionState::default();
         s.pin(PinReason::Listen);
         s.pin(PinReason::TempObject);
-        s.settle(&[SessionEffect::Unpin(PinReason::Listen)], false, b'I');
+        s.settle(&[SessionEffect::Unpin(PinReason::Listen)], false, I);
         assert!(s.is_pinned());
-        s.settle(&[SessionEffect::Unpin(PinReason::TempObject)], false, b'I');
+        s.settle(&[SessionEffect::Unpin(PinReason::TempObject)], false, I);
         assert!(!s.is_pinned());
     }
 
@@ -360,13 +493,9 @@ mod tests {
     fn read_only_default_follows_the_setting() {
         let mut s = SessionState::default();
         assert!(!s.read_only_default());
-        s.settle(&[set("default_transaction_read_only", "'on'")], false, b'I');
+        s.settle(&[set("default_transaction_read_only", "'on'")], false, I);
         assert!(s.read_only_default());
-        s.settle(
-            &[set("default_transaction_read_only", "false")],
-            false,
-            b'I',
-        );
+        s.settle(&[set("default_transaction_read_only", "false")], false, I);
         assert!(!s.read_only_default());
     }
 
@@ -385,5 +514,127 @@ mod tests {
             Some("RESET a;SET b TO 3;SET c TO 'x';")
         );
         assert_eq!(settings_delta(&wanted, &wanted), None);
+    }
+
+    fn sent(on_primary: bool, effects: Vec<SessionEffect>, rolls_back: bool) -> Sent {
+        Sent {
+            effects,
+            on_primary,
+            rolls_back,
+            ..Sent::default()
+        }
+    }
+
+    #[test]
+    fn writes_count_once_they_may_have_committed() {
+        let begin = SessionEffect::Begin { read_only: false };
+        let mut w = Writes::default();
+        w.note(&sent(false, vec![], false), I);
+        assert!(!w.unlocated, "a read on a replica");
+        w.note(&sent(true, vec![], false), I);
+        assert!(w.unlocated, "an autocommit write");
+
+        // BEGIN; INSERT; COMMIT in three requests.
+        let mut w = Writes::default();
+        w.note(&sent(true, vec![begin.clone()], false), T);
+        w.note(&sent(true, vec![], false), T);
+        assert!(!w.unlocated && w.in_transaction, "not committed yet");
+        w.note(&sent(true, vec![SessionEffect::Commit], false), I);
+        assert!(w.unlocated && !w.in_transaction);
+
+        // BEGIN; INSERT; then an error and ROLLBACK.
+        let mut w = Writes::default();
+        w.note(&sent(true, vec![begin.clone()], false), T);
+        w.note(&sent(true, vec![], false), E);
+        w.note(&sent(true, vec![SessionEffect::Rollback], true), I);
+        assert!(!w.unlocated && !w.in_transaction, "rolled back");
+
+        // One string that commits and opens another transaction, then a
+        // ROLLBACK of only the second: the first still counts.
+        let mut w = Writes::default();
+        w.note(
+            &sent(
+                true,
+                vec![begin.clone(), SessionEffect::Commit, begin],
+                false,
+            ),
+            T,
+        );
+        w.note(&sent(true, vec![SessionEffect::Rollback], true), I);
+        assert!(w.unlocated);
+    }
+
+    fn prepared(fingerprint: u64) -> Prepared {
+        Prepared {
+            source: bytes::Bytes::from_static(b"P"),
+            fingerprint,
+            classification: Arc::new(crate::classify::classify("SELECT 1", &Default::default())),
+        }
+    }
+
+    #[test]
+    fn an_answer_settles_the_session_and_what_the_connection_carries() {
+        let mut s = SessionState::default();
+        let mut conn = Carried::default();
+        s.prepare("a".into(), prepared(1));
+        s.prepare("b".into(), prepared(2));
+        conn.prepared.insert("a".into(), 1);
+        conn.prepared.insert("b".into(), 2);
+        // The server confirmed "a" and then failed: "b" does not exist.
+        let failed = Sent {
+            parsed: vec![("a".into(), 1), ("b".into(), 2)],
+            parse_ok: 1,
+            failed: true,
+            ..Sent::default()
+        };
+        s.answered(&failed, I, &mut conn);
+        assert!(s.statement("a").is_some() && s.statement("b").is_none());
+        assert_eq!(conn.prepared.keys().collect::<Vec<_>>(), ["a"]);
+
+        let set_and_deallocate = Sent {
+            effects: vec![
+                set("work_mem", "'8MB'"),
+                SessionEffect::Deallocate {
+                    name: Some("a".into()),
+                },
+            ],
+            ..Sent::default()
+        };
+        s.answered(&set_and_deallocate, I, &mut conn);
+        assert!(conn.prepared.is_empty() && s.statement("a").is_none());
+        assert_eq!(conn.settings, s.settings(), "the connection now has them");
+    }
+
+    #[test]
+    fn catchup_is_what_the_connection_lacks_for_the_batch() {
+        let mut s = SessionState::default();
+        s.settle(&[set("work_mem", "'8MB'")], false, I);
+        s.prepare("used".into(), prepared(5));
+        let mut plan = Plan::default();
+        plan.need("used");
+        plan.parsed.push(("again".into(), prepared(6)));
+        let mut conn = Carried::default();
+        conn.prepared.insert("again".into(), 3);
+        let c = Catchup::of(&s, &plan, &conn);
+        assert_eq!(c.settings.as_deref(), Some("SET work_mem TO '8MB';"));
+        assert_eq!(c.stale, ["again"]);
+        assert_eq!(c.statements.len(), 1);
+        assert_eq!(c.statements[0].name, "used");
+
+        let carried = Carried {
+            prepared: [("used".to_owned(), 5)].into_iter().collect(),
+            settings: s.settings().to_vec(),
+        };
+        plan.parsed.clear();
+        assert!(Catchup::of(&s, &plan, &carried).is_empty());
+        let redefined = Carried {
+            prepared: [("used".to_owned(), 4)].into_iter().collect(),
+            ..carried
+        };
+        assert_eq!(
+            Catchup::of(&s, &plan, &redefined).statements.len(),
+            1,
+            "another definition under the name"
+        );
     }
 }

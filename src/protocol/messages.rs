@@ -146,10 +146,15 @@ pub fn backend_key_data(buf: &mut BytesMut, pid: i32, secret: i32) {
 }
 
 pub fn ready_for_query(buf: &mut BytesMut, status: u8) {
+    ready(buf, super::TxnStatus::from_byte(status));
+}
+
+/// ReadyForQuery with the session's transaction status.
+pub fn ready(buf: &mut BytesMut, status: super::TxnStatus) {
     let status = match status {
-        b'T' => TransactionStatus::Transaction,
-        b'E' => TransactionStatus::Error,
-        _ => TransactionStatus::Idle,
+        super::TxnStatus::InTransaction => TransactionStatus::Transaction,
+        super::TxnStatus::Failed => TransactionStatus::Error,
+        super::TxnStatus::Idle => TransactionStatus::Idle,
     };
     encode(buf, &ReadyForQuery::new(status));
 }

@@ -13,6 +13,39 @@ pub mod startup;
 pub use messages::Sqlstate;
 pub use scan::{take_frame, FrameScanner, ScanError};
 
+/// A transaction status as ReadyForQuery reports it. Decoded here once:
+/// everything past the protocol holds this, never the byte.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum TxnStatus {
+    #[default]
+    Idle,
+    InTransaction,
+    Failed,
+}
+
+impl TxnStatus {
+    /// The status in a ReadyForQuery body; `None` when it holds none of
+    /// the three.
+    pub fn of_ready(body: &[u8]) -> Option<TxnStatus> {
+        match body.first() {
+            Some(b'I') => Some(TxnStatus::Idle),
+            Some(b'T') => Some(TxnStatus::InTransaction),
+            Some(b'E') => Some(TxnStatus::Failed),
+            _ => None,
+        }
+    }
+
+    /// The status byte of a ReadyForQuery body (anything unknown is idle,
+    /// as PostgreSQL sends only these three).
+    pub fn from_byte(b: u8) -> TxnStatus {
+        match b {
+            b'T' => TxnStatus::InTransaction,
+            b'E' => TxnStatus::Failed,
+            _ => TxnStatus::Idle,
+        }
+    }
+}
+
 /// Reads a big-endian i32 from the first four bytes of `b`.
 ///
 /// Callers check the length first; a short slice reads as zero-padded.
@@ -28,4 +61,19 @@ pub fn cstr(b: &[u8]) -> Option<(&str, &[u8])> {
     let end = b.iter().position(|&c| c == 0)?;
     let s = std::str::from_utf8(&b[..end]).ok()?;
     Some((s, &b[end + 1..]))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ready_for_query_bodies_decode() {
+        assert_eq!(TxnStatus::of_ready(b"I"), Some(TxnStatus::Idle));
+        assert_eq!(TxnStatus::of_ready(b"T"), Some(TxnStatus::InTransaction));
+        assert_eq!(TxnStatus::of_ready(b"E"), Some(TxnStatus::Failed));
+        assert_eq!(TxnStatus::of_ready(b"X"), None);
+        assert_eq!(TxnStatus::of_ready(b""), None);
+        assert_eq!(TxnStatus::from_byte(b'X'), TxnStatus::Idle);
+    }
 }

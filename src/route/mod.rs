@@ -1,24 +1,154 @@
-//! Pure routing: given the current topology, which node serves a statement.
+//! Routing: where a batch runs, decided in one pure function, [`decide`].
 //!
-//! No I/O, no clock, no locks: the session asks, this module answers from the
-//! snapshot it is handed. Writes go to the healthy primary ([`route_write`]);
-//! reads are spread over the healthy replicas, and the primary when it is
-//! configured to take reads, by a [`ReadPolicy`] ([`route_read`]). Anything
-//! that changes over time (the read counter, in-flight requests, replication
-//! lag) comes in from the caller as a plain value or closure.
+//! Every routing rule lives here: writes go to the primary of the epoch
+//! while writes are open; a transaction and a pipelined batch stay on the
+//! connection they started on; reads go to a replica fresh enough for the
+//! session's consistency level ([`Need`]), chosen by the balancer
+//! ([`pick`]), or to the primary as `consistency.on_no_replica` says;
+//! a causal read may wait for a replica to replay the session's last
+//! write; a switchover's pause holds writes for a while; a new session
+//! opens on the primary, or anywhere while the primary takes no writes.
+//!
+//! No I/O, no clock, no locks: the caller hands in what it knows about the
+//! batch ([`BatchFacts`]) and the session ([`SessionFacts`]), the config's
+//! rules ([`Policy`]), the published [`Topology`], the balancer's counters
+//! ([`Loads`]) and the time. A refusal carries a [`NoRoute`] reason; the
+//! frontend turns it into a SQLSTATE and a message at the edge.
 
-use crate::config::{LoadBalance, RoutingConfig};
-use crate::topology::{Role, Topology, WriteState};
+mod balance;
+mod freshness;
 
-/// Where a statement goes.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Target {
-    /// Index into `Topology::nodes`.
-    pub node: usize,
-    pub epoch: u64,
+use std::time::{Duration, Instant};
+
+use crate::config::{Consistency, ConsistencyConfig, OnNoReplica};
+use crate::protocol::TxnStatus;
+use crate::topology::{Lsn, Topology, WriteState};
+
+pub use balance::{pick, ReadPolicy};
+pub use freshness::{Need, ReadChoice};
+
+/// The balancer's view of the data plane: requests in flight per node and
+/// the shared read counter. Plain counters, read without waiting; taking a
+/// ticket is the one thing [`decide`] changes outside its answer.
+pub trait Loads {
+    /// Requests in flight on `node` (least-outstanding balancing).
+    fn outstanding(&self, node: usize) -> u32;
+    /// Takes the next read ticket (it drives round-robin across sessions).
+    fn next_ticket(&self) -> u64;
+    /// The ticket the next read will take, without taking it.
+    fn peek_ticket(&self) -> u64;
 }
 
-/// Why no node can serve a statement right now.
+/// The config's routing rules.
+#[derive(Debug, Clone, Copy)]
+pub struct Policy<'a> {
+    pub consistency: &'a ConsistencyConfig,
+    pub reads: ReadPolicy,
+    /// How long a write waits out a switchover's pause before it is refused.
+    pub pause_limit: Duration,
+}
+
+/// What the decision is for.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Purpose {
+    /// A batch of client requests.
+    #[default]
+    Batch,
+    /// The first server connection of a new session: the primary, or while
+    /// it takes no writes any node (reads work, writes get the reason when
+    /// they come).
+    Startup,
+}
+
+/// What the caller knows about the batch at hand.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct BatchFacts {
+    pub purpose: Purpose,
+    /// Some part writes (or might): only the primary may run it.
+    pub write: bool,
+    /// It begins a transaction; `Some(true)` when READ ONLY was asked for.
+    pub begin: Option<bool>,
+    /// A hint in what it executes named the consistency of its reads.
+    pub hint: Option<Consistency>,
+    /// It runs something rather than only preparing: it takes a ticket,
+    /// so that the prepare before it and it land on the same node.
+    pub executes: bool,
+    /// Part of it went out already (Flush): the rest follows.
+    pub continues: bool,
+    /// The held connection lacks settings or statements it needs (only
+    /// looked at while replies are due: catching up needs the connection
+    /// to itself).
+    pub lacks_state: bool,
+    /// What deciding for it has already met.
+    pub tried: Tried,
+}
+
+/// What earlier decisions for the same batch led to.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Tried {
+    /// When it first met a switchover's pause.
+    pub paused_since: Option<Instant>,
+    /// A replica was waited for and did not replay in time: only replicas
+    /// the topology shows fresh now are taken, with no waiting.
+    pub replay_waited: bool,
+}
+
+/// What the caller knows about the session.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct SessionFacts {
+    /// The status of the last ReadyForQuery when no replies are due;
+    /// `None` while some are.
+    pub ready: Option<TxnStatus>,
+    /// The node of the server connection the session holds.
+    pub held: Option<usize>,
+    /// Something ties the session to the primary (LISTEN, temp tables, …).
+    pub pinned: bool,
+    /// `default_transaction_read_only` is on.
+    pub read_only_default: bool,
+    /// What it chose with `SET palisade.*`.
+    pub choice: ReadChoice,
+    /// At or past its last write that has been located.
+    pub write_lsn: Option<Lsn>,
+    /// Something it wrote may have committed since `write_lsn` was learned.
+    pub unlocated_writes: bool,
+}
+
+/// Where the batch goes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Decision {
+    /// The connection the session holds.
+    Stay,
+    /// A connection to the primary, node `n`.
+    Primary(usize),
+    /// A connection to replica `n`.
+    Replica(usize),
+    /// Not yet: what to wait for, then decide again.
+    Wait(Wait),
+    /// Nowhere: the client gets an error for the batch.
+    Refuse(NoRoute),
+}
+
+/// What a batch waits for before it can go.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Wait {
+    /// Replies to earlier requests must come back first.
+    Replies,
+    /// Learn on the primary where the session's writes are in the WAL (a
+    /// causal read needs it).
+    WritePosition { primary: usize },
+    /// Ask replica `node` until it has replayed `lsn`, for at most
+    /// `within`; it then serves the read (its published position may be
+    /// a probe old). If it does not, decide again with `replay_waited`.
+    Replay {
+        node: usize,
+        lsn: Lsn,
+        within: Duration,
+    },
+    /// A switchover holds writes: ask again shortly, with `paused_since`.
+    Pause { since: Instant },
+}
+
+/// Why no node can serve a batch.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum NoRoute {
     #[error("no primary is available")]
@@ -26,179 +156,233 @@ pub enum NoRoute {
     /// A planned switchover holds writes for a moment.
     #[error("writes are paused for a switchover")]
     Paused,
+    #[error("writes stayed paused for a switchover longer than {0:?}")]
+    PausedTooLong(Duration),
     #[error("writes are refused: {0}")]
     Refused(String),
     #[error("no node is available to serve the read")]
     NoNode,
+    /// No replica is fresh enough and `on_no_replica = error`.
+    #[error("no replica is fresh enough for a {} read, and consistency.on_no_replica = error", .0.name())]
+    NoFreshReplica(Consistency),
 }
 
-/// How reads are spread (built from [`RoutingConfig`] by the caller).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct ReadPolicy {
-    pub balance: LoadBalance,
-    /// When greater than 0 the primary is a read candidate with this weight.
-    pub primary_read_weight: u32,
-}
-
-impl ReadPolicy {
-    pub fn from_config(routing: &RoutingConfig) -> ReadPolicy {
-        ReadPolicy {
-            balance: routing.load_balance,
-            primary_read_weight: routing.primary_read_weight,
+/// Where the batch runs: every routing rule, in order.
+pub fn decide(
+    batch: &BatchFacts,
+    session: &SessionFacts,
+    policy: &Policy,
+    topology: &Topology,
+    loads: &impl Loads,
+    now: Instant,
+) -> Decision {
+    if batch.purpose == Purpose::Startup {
+        return open_session(policy, topology, loads);
+    }
+    if batch.continues {
+        return Decision::Stay;
+    }
+    if let Some(decision) = follow_held(batch, session, topology) {
+        return decision;
+    }
+    let decision = match read_level(batch, session, policy) {
+        Some(Consistency::Causal)
+            if session.unlocated_writes && session.ready == Some(TxnStatus::Idle) =>
+        {
+            match locate_writes(topology) {
+                Ok(primary) => Decision::Wait(Wait::WritePosition { primary }),
+                Err(e) => Decision::Refuse(e),
+            }
         }
+        Some(level) => read_target(level, batch, session, policy, topology, loads),
+        None => write_target(batch, policy, topology, now),
+    };
+    match decision {
+        Decision::Primary(n) | Decision::Replica(n) if session.held == Some(n) => Decision::Stay,
+        other => other,
     }
 }
 
-/// Picks the node for a write: the healthy primary of the epoch, while
-/// writes are open.
-pub fn route_write(topology: &Topology) -> Result<Target, NoRoute> {
+/// Where the session's last writes are located: on the primary, whose WAL
+/// is at or past every commit it has acknowledged.
+pub fn locate_writes(topology: &Topology) -> Result<usize, NoRoute> {
+    topology.primary().ok_or(NoRoute::NoPrimary)
+}
+
+/// The consistency of the batch's reads; `None` when it is not a read (it
+/// writes, or the session is pinned to the primary).
+pub fn read_level(
+    batch: &BatchFacts,
+    session: &SessionFacts,
+    policy: &Policy,
+) -> Option<Consistency> {
+    let read = if session.pinned {
+        false
+    } else if let Some(read_only) = batch.begin {
+        read_only || session.read_only_default
+    } else {
+        !batch.write
+    };
+    read.then(|| {
+        batch
+            .hint
+            .or(session.choice.level)
+            .unwrap_or(policy.consistency.level)
+    })
+}
+
+/// The rules of a held connection: a transaction stays on it; while
+/// replies are due, a batch that fits there follows them (a batch never
+/// overtakes an earlier one's replies), anything else waits.
+fn follow_held(
+    batch: &BatchFacts,
+    session: &SessionFacts,
+    topology: &Topology,
+) -> Option<Decision> {
+    match (session.ready, session.held) {
+        (Some(TxnStatus::InTransaction | TxnStatus::Failed), Some(_)) => Some(Decision::Stay),
+        (None, Some(node)) => {
+            let on_primary = topology.primary() == Some(node);
+            let fits = on_primary || (!batch.write && batch.begin.is_none());
+            Some(if fits && !batch.lacks_state {
+                Decision::Stay
+            } else {
+                Decision::Wait(Wait::Replies)
+            })
+        }
+        _ => None,
+    }
+}
+
+/// A write goes to the epoch's primary while writes are open; a
+/// switchover's pause is waited out for at most `pause_limit`.
+fn write_target(
+    batch: &BatchFacts,
+    policy: &Policy,
+    topology: &Topology,
+    now: Instant,
+) -> Decision {
     match &topology.writes {
         WriteState::Open => {}
-        WriteState::Paused => return Err(NoRoute::Paused),
-        WriteState::Refused(reason) => return Err(NoRoute::Refused(reason.clone())),
+        WriteState::Paused => {
+            let since = batch.tried.paused_since.unwrap_or(now);
+            return if now < since + policy.pause_limit {
+                Decision::Wait(Wait::Pause { since })
+            } else {
+                Decision::Refuse(NoRoute::PausedTooLong(policy.pause_limit))
+            };
+        }
+        WriteState::Refused(reason) => return Decision::Refuse(NoRoute::Refused(reason.clone())),
     }
-    let node = topology.primary().ok_or(NoRoute::NoPrimary)?;
-    Ok(target(topology, node))
+    match topology.primary() {
+        Some(node) => Decision::Primary(node),
+        None => Decision::Refuse(NoRoute::NoPrimary),
+    }
 }
 
-/// Picks the node for a read. `ticket` is a counter the caller bumps per read
-/// (it drives round-robin and tie-breaks); `outstanding(i)` is node i's number of
-/// in-flight requests (least-outstanding); `eligible(i)` lets the caller exclude
-/// replicas (later: by replication lag), it is never asked about the primary.
-///
-/// Each closure is called at most once per node, so a caller reading shared
-/// counters gets one consistent answer per node for the whole decision.
-pub fn route_read(
+/// Where a read at `level` runs: a replica fresh enough for it, one to
+/// wait for, or what `on_no_replica` says.
+fn read_target(
+    level: Consistency,
+    batch: &BatchFacts,
+    session: &SessionFacts,
+    policy: &Policy,
     topology: &Topology,
-    policy: &ReadPolicy,
-    ticket: u64,
-    outstanding: impl Fn(usize) -> u32,
-    eligible: impl Fn(usize) -> bool,
-) -> Result<Target, NoRoute> {
-    // This runs per query: candidates live on the stack unless the cluster is
-    // larger than any real deployment, when one allocation is acceptable.
-    let count = topology.nodes.len();
-    let picked = if count <= INLINE_CANDIDATES {
-        let mut buf = [Candidate::EMPTY; INLINE_CANDIDATES];
-        pick_read(topology, policy, ticket, &outstanding, &eligible, &mut buf)
+    loads: &impl Loads,
+) -> Decision {
+    if level == Consistency::Strong {
+        return primary_read(topology);
+    }
+    let config = policy.consistency;
+    let need = Need::of(level, &session.choice, session.write_lsn, config);
+    let retry = batch.tried.replay_waited;
+    let ticket = if batch.executes && !retry {
+        loads.next_ticket()
     } else {
-        let mut buf = vec![Candidate::EMPTY; count];
-        pick_read(topology, policy, ticket, &outstanding, &eligible, &mut buf)
+        loads.peek_ticket()
     };
-    // With no candidate the primary still serves the read: stale-free and
-    // better than refusing it.
-    let node = picked
-        .or_else(|| topology.primary())
-        .ok_or(NoRoute::NoNode)?;
-    Ok(target(topology, node))
+    if let (Some(lsn), false, false) = (need.min_lsn, config.causal_wait_ms == 0, retry) {
+        // Published positions trail by up to a probe: the balancer spreads
+        // over every replica close enough to have the position by now, not
+        // only the ones already shown past it (that would send a session's
+        // reads to whichever was probed last), and the one picked is asked
+        // when it is not shown there yet.
+        let within = config.causal_wait();
+        let picked = pick_node(policy, topology, loads, ticket, |i| {
+            need.worth_waiting_for(&topology.nodes[i], within)
+        });
+        match picked {
+            Err(e) => return Decision::Refuse(e),
+            Ok(Some(node)) if Some(node) == topology.primary() => return Decision::Primary(node),
+            Ok(Some(node)) if need.admits(&topology.nodes[node]) => return Decision::Replica(node),
+            Ok(Some(node)) => return Decision::Wait(Wait::Replay { node, lsn, within }),
+            Ok(None) => {}
+        }
+    }
+    match pick_node(policy, topology, loads, ticket, |i| {
+        need.admits(&topology.nodes[i])
+    }) {
+        Err(e) => Decision::Refuse(e),
+        Ok(Some(node)) => node_decision(topology, node),
+        Ok(None) => match config.on_no_replica {
+            OnNoReplica::Primary => primary_read(topology),
+            OnNoReplica::Error => Decision::Refuse(NoRoute::NoFreshReplica(level)),
+        },
+    }
 }
 
-/// Nodes handled without allocating in [`route_read`].
-const INLINE_CANDIDATES: usize = 32;
-
-/// A node that may serve the read.
-#[derive(Debug, Clone, Copy)]
-struct Candidate {
-    node: usize,
-    weight: u64,
-    /// Only filled in for least-outstanding.
-    outstanding: u32,
-}
-
-impl Candidate {
-    const EMPTY: Candidate = Candidate {
-        node: 0,
-        weight: 0,
-        outstanding: 0,
-    };
-}
-
-/// Fills `buf` (at least as long as the topology) with the candidates and
-/// picks one; `None` when there are none.
-fn pick_read(
+/// The balancer's pick among the replicas `eligible` admits (and the
+/// primary, when it takes reads); `None` when no replica may serve the
+/// read but the primary could; an error when not even that.
+fn pick_node(
+    policy: &Policy,
     topology: &Topology,
-    policy: &ReadPolicy,
+    loads: &impl Loads,
     ticket: u64,
-    outstanding: &impl Fn(usize) -> u32,
-    eligible: &impl Fn(usize) -> bool,
-    buf: &mut [Candidate],
-) -> Option<usize> {
-    let primary = topology.primary();
-    let mut n = 0;
-    for (i, node) in topology.nodes.iter().enumerate() {
-        let weight = if Some(i) == primary {
-            policy.primary_read_weight
-        } else if node.healthy && node.role == Role::Replica && node.weight > 0 && eligible(i) {
-            node.weight
-        } else {
-            0
-        };
-        if weight == 0 {
-            continue;
-        }
-        buf[n] = Candidate {
-            node: i,
-            weight: weight.into(),
-            outstanding: match policy.balance {
-                LoadBalance::LeastOutstanding => outstanding(i),
-                _ => 0,
-            },
-        };
-        n += 1;
+    eligible: impl Fn(usize) -> bool,
+) -> Result<Option<usize>, NoRoute> {
+    let outstanding = |n| loads.outstanding(n);
+    match pick(topology, &policy.reads, ticket, outstanding, eligible) {
+        Some(node) => Ok(Some(node)),
+        None if topology.primary().is_some() => Ok(None),
+        None => Err(NoRoute::NoNode),
     }
-    let candidates = &buf[..n];
-    if candidates.is_empty() {
-        return None;
+}
+
+/// A read on the primary: the epoch's primary, whether or not writes are
+/// open (a switchover's pause holds writes, not reads).
+fn primary_read(topology: &Topology) -> Decision {
+    match topology.primary() {
+        Some(node) => Decision::Primary(node),
+        None => Decision::Refuse(NoRoute::NoPrimary),
     }
-    let pick = match policy.balance {
-        LoadBalance::RoundRobin => candidates[nth(ticket, n)],
-        LoadBalance::Weighted => weighted(candidates, ticket),
-        LoadBalance::LeastOutstanding => least_outstanding(candidates, ticket),
+}
+
+/// A new session opens where writes go; while none do (unreachable,
+/// failing over, paused) on any read candidate, so that its reads work;
+/// with neither, it is refused with the writes' reason.
+fn open_session(policy: &Policy, topology: &Topology, loads: &impl Loads) -> Decision {
+    let write_error = match (&topology.writes, topology.primary()) {
+        (WriteState::Open, Some(node)) => return Decision::Primary(node),
+        (WriteState::Open, None) => NoRoute::NoPrimary,
+        (WriteState::Paused, _) => NoRoute::Paused,
+        (WriteState::Refused(reason), _) => NoRoute::Refused(reason.clone()),
     };
-    Some(pick.node)
-}
-
-/// `ticket` modulo a non-zero count, as an index.
-fn nth(ticket: u64, count: usize) -> usize {
-    // A count always fits in u64 and the remainder is below it, so both casts
-    // are lossless.
-    (ticket % count as u64) as usize
-}
-
-/// Walks cumulative weights: over any `total` consecutive tickets each
-/// candidate gets exactly its weight.
-fn weighted(candidates: &[Candidate], ticket: u64) -> Candidate {
-    let total = candidates
-        .iter()
-        .fold(0u64, |sum, c| sum.saturating_add(c.weight));
-    let mut rest = ticket % total;
-    for c in candidates {
-        if rest < c.weight {
-            return *c;
-        }
-        rest -= c.weight;
+    let ticket = loads.next_ticket();
+    match pick(topology, &policy.reads, ticket, |_| 0, |_| true).or(topology.primary()) {
+        Some(node) => node_decision(topology, node),
+        None => Decision::Refuse(write_error),
     }
-    // Reached only if the total saturated, which bounded weights rule out.
-    candidates[candidates.len() - 1]
 }
 
-/// The fewest in flight; equal loads rotate with the ticket so an idle
-/// cluster (all zero) still spreads reads.
-fn least_outstanding(candidates: &[Candidate], ticket: u64) -> Candidate {
-    let least = candidates.iter().map(|c| c.outstanding).min().unwrap_or(0);
-    let mut tied = candidates.iter().filter(|c| c.outstanding == least);
-    let ties = tied.clone().count();
-    tied.nth(nth(ticket, ties))
-        .copied()
-        .unwrap_or(candidates[0])
-}
-
-fn target(topology: &Topology, node: usize) -> Target {
-    Target {
-        node,
-        epoch: topology.epoch,
+fn node_decision(topology: &Topology, node: usize) -> Decision {
+    if topology.primary() == Some(node) {
+        Decision::Primary(node)
+    } else {
+        Decision::Replica(node)
     }
 }
 
 #[cfg(test)]
+#[path = "decide_tests.rs"]
 mod tests;

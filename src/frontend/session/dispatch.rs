@@ -1,427 +1,253 @@
 //! The request path of a session, in call order: gather client frames into
-//! a batch ([`Session::collect`]), decide where it runs
-//! ([`Session::decide`], on top of the pure [`crate::route`]), make sure
+//! a batch ([`Session::collect`], driving the pure collector), decide where
+//! it runs ([`Session::decide`] hands the facts to [`crate::route::decide`])
+//! and do what the decision says ([`Session::reach_target`]), make sure
 //! that server connection carries the session's state, and send.
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
-use bytes::Bytes;
-use tracing::{debug, info};
+use tracing::{debug, info, Span};
 
-use super::{reads, Phase, Sent, Session, TxnStatus};
+use super::{reads, Session};
 use crate::backend::pool::CheckoutError;
 use crate::backend::replay::{self, ReplayError};
-use crate::backend::ServerConn;
 use crate::backend::{ConnectError, Login};
-use crate::classify::{Class, Classification, Hint, PinReason, Reason, SessionEffect};
-use crate::frontend::batch::Plan;
-use crate::frontend::batch::{fingerprint, parse_message, Message};
-use crate::frontend::local;
-use crate::frontend::state::{settings_delta, Prepared, SessionState};
-use crate::protocol::{messages, take_frame, Sqlstate};
-use crate::topology::Lsn;
+use crate::classify::{Classification, Reason, SessionEffect};
+use crate::frontend::classifier::Classifier;
+use crate::frontend::collect::{CollectError, Collected, Judge};
+use crate::frontend::link::{Phase, Sent};
+use crate::frontend::state::{Catchup, Prepared, SessionState};
+use crate::frontend::Shared;
+use crate::protocol::{messages, Sqlstate, TxnStatus};
+use crate::route::{self, BatchFacts, Decision, NoRoute, Purpose, SessionFacts, Tried, Wait};
 
-/// A batch bigger than this goes out before its Sync, to the primary, so
-/// that a client streaming a huge pipeline is not buffered whole.
-const MAX_BATCH: usize = 1 << 20;
 const CLOSE_COMPLETE: [u8; 5] = [b'3', 0, 0, 0, 4];
 
-/// Where the batch at hand goes.
-#[derive(Debug, PartialEq, Eq)]
-pub(super) enum Decision {
-    /// The connection the session holds.
-    Stay,
-    /// Not yet: replies to earlier requests must come back first.
-    Hold,
-    /// A connection to this node.
-    Node(usize),
-    /// A replica that may not have replayed `lsn` yet: ask it, and wait.
-    Await { node: usize, lsn: Lsn },
-    /// A write while a planned switchover holds writes: ask again shortly.
-    Pause,
-    /// Nowhere: the client gets this error for the batch.
-    Refuse(Sqlstate, String),
+/// What [`Session::dispatch`] did with the due batch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Outcome {
+    /// Sent to a server.
+    Sent,
+    /// The client was told why it cannot run.
+    Refused,
+    /// The proxy answered it itself.
+    Answered,
+    /// Not yet: replies to earlier requests must come back first, or the
+    /// batch needs more client input.
+    Waiting,
 }
 
-impl Session {
-    /// Takes client frames into the batch until one is due.
-    pub(super) fn collect(&mut self) -> Result<(), super::End> {
-        while !self.batch_due {
-            let frame = match take_frame(&mut self.client.inbuf, self.max_message_size) {
-                Ok(Some(frame)) => frame.freeze(),
-                Ok(None) => return Ok(()),
-                Err(e) => return Err(self.refuse_scan(&e)),
-            };
-            let message = match parse_message(frame[0], &frame[5..]) {
-                Ok(m) => m,
-                Err(e) => {
-                    self.refuse_client_frame(Sqlstate::ProtocolViolation, &e.to_string());
-                    return Err(super::End::ClientProtocolError);
-                }
-            };
-            if self.skipping {
-                if message == Message::Sync {
-                    self.skipping = false;
-                    messages::ready_for_query(&mut self.client.out, b'I');
-                }
-                continue;
-            }
-            if self.batch.is_empty() {
-                self.refresh_volatile();
-            }
-            match message {
-                Message::Terminate => return Err(super::End::ClientTerminated),
-                Message::Copy if self.batch.is_empty() => {
-                    // COPY data follows the request that started the COPY.
-                    if self.server.is_some() {
-                        self.to_server.extend_from_slice(&frame);
-                    }
-                    continue;
-                }
-                Message::Query { sql } => {
-                    match local::parse(sql) {
-                        Some(command) if self.plan.messages == 0 => self.plan.local = Some(command),
-                        Some(_) => self.plan.local_misplaced = true,
-                        None => self.plan_query(sql, &frame),
-                    }
-                    self.plan.requests += 1;
-                    self.batch_due = true;
-                }
-                Message::Parse { name, sql } => {
-                    self.plan.local_misplaced |= local::parse(sql).is_some();
-                    let classification = self.classify(sql);
-                    self.plan.write |= classification.class == Class::Write;
-                    let prepared = Prepared {
-                        fingerprint: fingerprint(&frame),
-                        source: frame.clone(),
-                        classification,
-                    };
-                    self.plan.parsed.push((name.to_owned(), prepared));
-                }
-                Message::Bind { portal, statement } => {
-                    self.plan_use(statement);
-                    self.plan
-                        .portals
-                        .push((portal.to_owned(), statement.to_owned()));
-                }
-                Message::Describe {
-                    statement: Some(statement),
-                } => self.plan_use(statement),
-                Message::Execute { portal } => {
-                    let executed = self.plan.portal(portal).and_then(|statement| {
-                        self.plan
-                            .parsed(statement)
-                            .or_else(|| self.state.statement(statement))
-                            .map(|p| Arc::clone(&p.classification))
-                    });
-                    match executed {
-                        Some(c) => {
-                            self.plan.hint(c.hint);
-                            self.plan.execute(c.class == Class::Write, &c.effects, 1);
-                        }
-                        None => self.plan.execute(false, &[], 1),
-                    }
-                }
-                Message::Close { statement } => {
-                    self.plan.closes += 1;
-                    if let Some(statement) = statement {
-                        self.plan.closed.push(statement.to_owned());
-                    }
-                }
-                Message::Sync => {
-                    self.plan.requests += 1;
-                    self.batch_due = true;
-                }
-                Message::Flush => self.batch_due = true,
-                // A function call or anything unknown: the primary judges it.
-                Message::Other => self.plan.write = true,
-                Message::Copy | Message::Describe { .. } => {}
-            }
-            self.plan.messages += 1;
-            self.batch.extend_from_slice(&frame);
-            if self.batch.len() > MAX_BATCH {
-                self.plan.write = true;
-                self.batch_due = true;
-            }
-        }
-        Ok(())
+/// What the collector asks while it plans a batch, answered from the
+/// session's classifier and prepared statements.
+struct Judging<'a> {
+    classifier: &'a mut Classifier,
+    state: &'a SessionState,
+    shared: &'a Shared,
+    database: &'a str,
+    span: &'a Span,
+}
+
+impl Judge for Judging<'_> {
+    fn batch_starts(&mut self) {
+        self.classifier.refresh(self.shared, self.database);
     }
 
-    /// Picks up a newer VOLATILE function list, dropping classifications
-    /// made with the old one.
-    fn refresh_volatile(&mut self) {
-        let published = self.shared.catalog.published();
-        if published == self.catalog_seen {
-            return;
-        }
-        self.catalog_seen = published;
-        if let Some(current) = self.shared.catalog.current(&self.login.database) {
-            if current.generation != self.volatile.generation {
-                self.volatile = current;
-                self.cache.clear();
-            }
-        }
-    }
-
-    /// Classifies (or recalls) one statement string.
     fn classify(&mut self, sql: &str) -> Arc<Classification> {
-        let c = self.cache.get_or_classify(sql, &self.volatile.names);
+        let c = self.classifier.classify(sql);
         if c.reason == Reason::Unparsable {
             self.shared.unparsable.fetch_add(1, Ordering::Relaxed);
-            debug!(parent: &self.span, sql, "statement not understood; it runs on the primary");
+            debug!(parent: self.span, sql, "statement not understood; it runs on the primary");
         }
         c
     }
 
-    fn plan_query(&mut self, sql: &str, frame: &Bytes) {
-        let c = self.classify(sql);
-        self.plan.has_query = true;
-        self.plan.hint(c.hint);
-        self.plan.local_misplaced |= c.effects.iter().any(|e| match e {
-            SessionEffect::Set { name, .. } | SessionEffect::Reset { name: Some(name) } => {
-                local::is_proxy_setting(name)
-            }
-            _ => false,
-        });
-        let mut write = c.class == Class::Write;
-        if let Reason::ExecutePrepared(name) = &c.reason {
-            // EXECUTE runs whatever was prepared: route by that.
-            let prepared = self.state.statement(name).map(|p| p.classification.class);
-            let only_execute =
-                c.statements == 1 && c.effects.is_empty() && c.hint != Some(Hint::Primary);
-            if only_execute && prepared == Some(Class::Read) {
-                write = false;
-            }
-            if prepared.is_some() {
-                self.plan.need(name);
-            }
-        }
-        let mut texts = None;
-        for effect in &c.effects {
-            if let SessionEffect::Prepare { name, class } = effect {
-                // Replayed as the client's own string when it is the only
-                // statement, else as the PREPARE alone.
-                let source = if c.statements == 1 {
-                    Some(frame.clone())
-                } else {
-                    texts
-                        .get_or_insert_with(|| crate::classify::prepare_texts(sql))
-                        .iter()
-                        .find(|(n, _)| n == name)
-                        .map(|(_, text)| query_frame(text))
-                };
-                let Some(source) = source else {
-                    // Nothing recreates it alone: the session stays put.
-                    self.plan
-                        .effects
-                        .push(SessionEffect::Pin(PinReason::Explicit));
-                    continue;
-                };
-                let prepared = Prepared {
-                    fingerprint: fingerprint(&source),
-                    source,
-                    classification: Arc::new(Classification {
-                        class: *class,
-                        reason: Reason::ExecutePrepared(name.clone()),
-                        hint: None,
-                        effects: Vec::new(),
-                        statements: 1,
-                    }),
-                };
-                self.plan.parsed.push((name.clone(), prepared));
-            }
-        }
-        if matches!(&c.reason, Reason::SideEffectFunction(f) if f == "set_config") {
-            // Session state we cannot replay.
-            self.plan
-                .effects
-                .push(SessionEffect::Pin(PinReason::Explicit));
-        }
-        self.plan.execute(write, &c.effects, c.statements);
+    fn statement(&self, name: &str) -> Option<&Prepared> {
+        self.state.statement(name)
     }
+}
 
-    /// The batch uses a prepared statement it did not create itself.
-    fn plan_use(&mut self, statement: &str) {
-        if let Some(p) = self.plan.parsed(statement) {
-            self.plan.write |= p.classification.class == Class::Write;
-            return;
-        }
-        match self.state.statement(statement) {
-            Some(p) => {
-                self.plan.write |= p.classification.class == Class::Write;
-                self.plan.need(statement);
+impl Session {
+    /// Takes client frames into the batch until one is due or the input
+    /// runs out.
+    pub(super) fn collect(&mut self) -> Result<(), super::End> {
+        loop {
+            let mut judge = Judging {
+                classifier: &mut self.classifier,
+                state: &self.state,
+                shared: &self.shared,
+                database: &self.login.database,
+                span: &self.span,
+            };
+            match self.collector.collect(&mut self.client.inbuf, &mut judge) {
+                Ok(Collected::Due | Collected::NeedInput) => return Ok(()),
+                Ok(Collected::Copy(frame)) => {
+                    if self.link.node().is_some() {
+                        self.link.out().extend_from_slice(&frame);
+                    }
+                }
+                Ok(Collected::Synced) => messages::ready(&mut self.client.out, TxnStatus::Idle),
+                Ok(Collected::Terminate) => return Err(super::End::ClientTerminated),
+                Err(CollectError::Frame(e)) => return Err(self.refuse_scan(&e)),
+                Err(CollectError::Malformed(e)) => {
+                    self.refuse_client_frame(Sqlstate::ProtocolViolation, &e.to_string());
+                    return Err(super::End::ClientProtocolError);
+                }
             }
-            // The server will say it does not exist; the primary is as good as any.
-            None => self.plan.write = true,
         }
     }
 
-    /// Sends the due batch where it belongs. `false` when it has to wait
-    /// for replies to earlier requests.
-    pub(super) async fn dispatch(&mut self) -> Result<bool, super::End> {
-        if (self.plan.local.is_some() || self.plan.local_misplaced) && !self.open_batch {
-            if matches!(self.phase, Phase::Busy { .. }) {
+    /// Sends the due batch where it belongs.
+    pub(super) async fn dispatch(&mut self) -> Result<Outcome, super::End> {
+        let plan = self.collector.plan();
+        if (plan.local.is_some() || plan.local_misplaced) && !self.collector.continues() {
+            if matches!(self.link.phase(), Phase::Busy { .. }) {
                 // Its answer must not overtake replies still due.
-                return Ok(false);
+                return Ok(Outcome::Waiting);
             }
             self.answer_local().await;
             // Locating the last write may have taken a connection.
             self.maybe_release();
-            return Ok(true);
+            return Ok(Outcome::Answered);
         }
-        if self.reload_functions && self.phase == Phase::Ready(TxnStatus::Idle) {
-            self.reload_functions = false;
-            self.volatile = self.shared.catalog.reload(&self.login.database).await;
-            self.cache.clear();
-            self.requalify()?;
-            if !self.batch_due {
-                return Ok(false);
+        if self.classifier.reload_due() && self.link.phase() == Phase::Ready(TxnStatus::Idle) {
+            self.classifier
+                .reload(&self.shared, &self.login.database)
+                .await;
+            // The batch was classified with the old list: collect it again.
+            self.collector.unread(&mut self.client.inbuf);
+            self.collect()?;
+            if !self.collector.is_due() {
+                return Ok(Outcome::Waiting);
             }
         }
-        if self.server.is_none() && self.plan.only_closes() {
+        if self.link.node().is_none() && self.collector.plan().only_closes() {
             // Between transactions nothing needs a server for this: closed
             // statements are forgotten here, and their copies on pooled
             // connections are closed when the name is prepared again.
-            for name in self.plan.closed.drain(..) {
+            let plan = self.collector.plan_mut();
+            for name in plan.closed.drain(..) {
                 self.state.close(&name);
             }
-            for _ in 0..self.plan.closes {
+            for _ in 0..plan.closes {
                 self.client.out.extend_from_slice(&CLOSE_COMPLETE);
             }
-            self.clear_batch();
-            messages::ready_for_query(&mut self.client.out, b'I');
-            return Ok(true);
+            self.collector.finish_unsent();
+            messages::ready(&mut self.client.out, TxnStatus::Idle);
+            return Ok(Outcome::Answered);
         }
-        if self.needs_write_lsn() && !self.learn_write_lsn().await {
-            return Ok(true);
+        if let Some(outcome) = self.reach_target().await {
+            return Ok(outcome);
         }
-        let mut decision = self.decide_past_pause().await;
-        if let Decision::Await { node, lsn } = decision {
-            let held = self.server.as_ref().map(|s| s.node);
-            decision = if held != Some(node) && !self.connect_to(node).await {
-                return Ok(true);
-            } else if self.await_replay(lsn).await {
-                Decision::Stay
-            } else {
-                // Another replica may be shown fresh by now; else on_no_replica.
-                let topology = self.shared.topology.load();
-                let level = self.read_level().unwrap_or_default();
-                match self.fresh_target(&topology, level, self.shared.peek_ticket()) {
-                    Decision::Node(node) if self.server.as_ref().map(|s| s.node) == Some(node) => {
-                        Decision::Stay
-                    }
-                    other => other,
-                }
-            };
-        }
-        match decision {
-            Decision::Hold => return Ok(false),
-            Decision::Refuse(state, message) => {
-                self.refuse_batch(state, &message);
-                return Ok(true);
-            }
-            Decision::Node(node) => {
-                if !self.connect_to(node).await {
-                    return Ok(true);
-                }
-            }
-            Decision::Stay | Decision::Await { .. } | Decision::Pause => {}
-        }
-        if let Some(att) = &self.server {
-            if !self.plan.write && self.plan.begin.is_none() {
-                self.warn_if_cut_off(att.node);
+        if let Some(node) = self.link.node() {
+            let plan = self.collector.plan();
+            if !plan.write && plan.begin.is_none() {
+                self.warn_if_cut_off(node);
             }
         }
-        if !self.open_batch && !self.bring_state().await? {
-            return Ok(true);
+        if !self.collector.continues() && !self.bring_state().await? {
+            return Ok(Outcome::Refused);
         }
         self.send();
-        Ok(true)
+        Ok(Outcome::Sent)
     }
 
-    /// After a reload of the VOLATILE list, classify the waiting batch
-    /// again: its frames go back in front of the unread input.
-    fn requalify(&mut self) -> Result<(), super::End> {
-        let mut input = bytes::BytesMut::with_capacity(self.batch.len() + self.client.inbuf.len());
-        input.extend_from_slice(&self.batch);
-        input.extend_from_slice(&self.client.inbuf);
-        self.client.inbuf = input;
-        self.clear_batch();
-        self.collect()
-    }
-
-    pub(super) fn clear_batch(&mut self) {
-        self.batch.clear();
-        self.plan.clear();
-        self.batch_due = false;
-    }
-
-    /// [`Self::decide`], waiting out a planned switchover's pause (at most
-    /// the failover timeout and a second): the write then goes to the new
-    /// primary instead of failing.
-    async fn decide_past_pause(&self) -> Decision {
-        let limit = self.shared.config.failover.failover_timeout() + Duration::from_secs(1);
-        let deadline = Instant::now() + limit;
+    /// Gets the session onto the connection [`route::decide`] picks for the
+    /// due batch, doing what it says to wait for on the way. `None` once
+    /// the session holds that connection; otherwise what became of the batch.
+    async fn reach_target(&mut self) -> Option<Outcome> {
+        let mut tried = Tried::default();
         loop {
-            match self.decide() {
-                Decision::Pause if Instant::now() < deadline => {
+            match self.decide(tried) {
+                Decision::Stay => return None,
+                Decision::Primary(node) | Decision::Replica(node) => {
+                    return (!self.connect_to(node).await).then_some(Outcome::Refused)
+                }
+                Decision::Refuse(reason) => {
+                    self.refuse_route(&reason);
+                    return Some(Outcome::Refused);
+                }
+                Decision::Wait(Wait::Replies) => return Some(Outcome::Waiting),
+                Decision::Wait(Wait::WritePosition { primary }) => {
+                    if !self.learn_write_lsn(primary).await {
+                        return Some(Outcome::Refused);
+                    }
+                }
+                Decision::Wait(Wait::Pause { since }) => {
+                    tried.paused_since = Some(since);
                     tokio::time::sleep(reads::PAUSE_POLL).await;
                 }
-                Decision::Pause => {
-                    return Decision::Refuse(
-                        Sqlstate::ConnectionFailure,
-                        format!("writes stayed paused for a switchover longer than {limit:?}"),
-                    )
+                Decision::Wait(Wait::Replay { node, lsn, within }) => {
+                    if self.link.node() != Some(node) && !self.connect_to(node).await {
+                        return Some(Outcome::Refused);
+                    }
+                    if self.await_replay(lsn, within).await {
+                        return None;
+                    }
+                    // Another replica may be shown fresh by now; else on_no_replica.
+                    tried.replay_waited = true;
                 }
-                other => return other,
             }
         }
     }
 
-    /// Where the due batch runs.
-    fn decide(&self) -> Decision {
-        if self.open_batch {
-            return Decision::Stay;
-        }
+    /// What routing makes of the due batch now.
+    fn decide(&self, tried: Tried) -> Decision {
         let topology = self.shared.topology.load();
-        let held = self.server.as_ref().map(|s| s.node);
-        match (self.phase, held) {
-            (Phase::Ready(TxnStatus::InTransaction | TxnStatus::Failed), Some(_)) => {
-                return Decision::Stay
-            }
-            (Phase::Busy { .. }, Some(node)) => {
-                let on_primary = topology.primary() == Some(node);
-                // Catching a connection up needs it to itself: not while replies are due.
-                let lacks = self
-                    .server
-                    .as_ref()
-                    .is_some_and(|s| !Catchup::of(&self.state, &self.plan, &s.conn).is_empty());
-                let fits = on_primary || (!self.plan.write && self.plan.begin.is_none());
-                return if fits && !lacks {
-                    Decision::Stay
-                } else {
-                    Decision::Hold
-                };
-            }
-            _ => {}
-        }
-        let decision = match self.read_level() {
-            Some(level) => self.read_target(&topology, level),
-            None => reads::write_target(&topology),
+        let ready = match self.link.phase() {
+            Phase::Ready(status) => Some(status),
+            Phase::Busy { .. } => None,
         };
-        match decision {
-            Decision::Node(node) if held == Some(node) => Decision::Stay,
-            other => other,
-        }
+        // Only asked while replies are due: that is when it costs a look.
+        let plan = self.collector.plan();
+        let continues = self.collector.continues();
+        let lacks_state = !continues
+            && ready.is_none()
+            && self
+                .link
+                .conn()
+                .is_some_and(|conn| !Catchup::of(&self.state, plan, &conn.carried).is_empty());
+        let batch = BatchFacts {
+            purpose: Purpose::Batch,
+            write: plan.write,
+            begin: plan.begin,
+            hint: plan.level,
+            executes: plan.executes,
+            continues,
+            lacks_state,
+            tried,
+        };
+        let session = SessionFacts {
+            ready,
+            held: self.link.node(),
+            pinned: self.state.is_pinned(),
+            read_only_default: self.state.read_only_default(),
+            choice: self.state.reads,
+            write_lsn: self.state.write_lsn,
+            unlocated_writes: self.state.writes.unlocated,
+        };
+        let policy = self.shared.policy();
+        route::decide(
+            &batch,
+            &session,
+            &policy,
+            &topology,
+            &*self.shared,
+            Instant::now(),
+        )
+    }
+
+    /// The batch cannot run anywhere: the client is told why.
+    pub(super) fn refuse_route(&mut self, reason: &NoRoute) {
+        self.refuse_batch(super::super::refusal_state(reason), &reason.to_string());
     }
 
     /// Swaps the session's server connection for one to `node`. `false`
     /// when none could be had (the client has been told).
     pub(super) async fn connect_to(&mut self, node: usize) -> bool {
         self.release();
-        self.cancel.connecting();
+        self.link.connecting();
         let Some(key) = self.keys.get(node) else {
             self.refuse_batch(Sqlstate::Internal, "node missing from the session's keys");
             return false;
@@ -433,11 +259,11 @@ impl Session {
         };
         match self.shared.pool.checkout(key, self.id, &login).await {
             Ok(conn) => {
-                self.attach(conn, node);
+                self.link.attach(conn, node);
                 true
             }
             Err(e) => {
-                self.cancel.set_target(None);
+                self.link.clear_cancel_target();
                 let state = match &e {
                     CheckoutError::Exhausted { .. } => Sqlstate::TooManyConnections,
                     CheckoutError::Connect(ConnectError::Refused { .. }) => {
@@ -456,10 +282,10 @@ impl Session {
     /// statements the batch needs and the connection lacks. `false` when
     /// the batch was refused instead.
     async fn bring_state(&mut self) -> Result<bool, super::End> {
-        let Some(att) = self.server.as_mut() else {
+        let Some(conn) = self.link.conn_mut() else {
             return Ok(true);
         };
-        let catchup = Catchup::of(&self.state, &self.plan, &att.conn);
+        let catchup = Catchup::of(&self.state, self.collector.plan(), &conn.carried);
         if catchup.is_empty() {
             return Ok(true);
         }
@@ -469,9 +295,9 @@ impl Session {
             statements,
         } = catchup;
         let wanted = self.state.settings();
-        let result = replay::replay(&mut att.conn, settings, wanted, &stale, &statements).await;
+        let result = replay::replay(conn, settings, wanted, &stale, &statements).await;
         drop((stale, statements));
-        let in_transaction = self.phase != Phase::Ready(TxnStatus::Idle);
+        let in_transaction = self.link.phase() != Phase::Ready(TxnStatus::Idle);
         let Err(e) = result else {
             return Ok(true);
         };
@@ -490,22 +316,30 @@ impl Session {
 
     /// Sends the due batch on the session's connection, noting what it changes.
     fn send(&mut self) {
-        let plan = &mut self.plan;
-        let Some(att) = self.server.as_mut() else {
+        let continuing = self.collector.continues();
+        let ready_idle = self.link.phase() == Phase::Ready(TxnStatus::Idle);
+        let plan = self.collector.plan_mut();
+        let Some(node) = self.link.node() else {
             return;
         };
-        let continuing = self.open_batch;
+        let Some(conn) = self.link.conn_mut() else {
+            return;
+        };
         if plan.has_query {
-            att.conn.prepared.remove("");
+            conn.carried.prepared.remove("");
             self.state.close("");
         }
         for name in plan.closed.drain(..) {
-            att.conn.prepared.remove(&name);
+            conn.carried.prepared.remove(&name);
             self.state.close(&name);
         }
         let mut parsed = Vec::with_capacity(plan.parsed.len());
         for (name, prepared) in plan.parsed.drain(..) {
-            att.conn.prepared.insert(name.clone(), prepared.fingerprint);
+            // The record moves to the session's state; the connection and
+            // the request only note its name and fingerprint.
+            conn.carried
+                .prepared
+                .insert(name.clone(), prepared.fingerprint);
             parsed.push((name.clone(), prepared.fingerprint));
             self.state.prepare(name, prepared);
         }
@@ -514,45 +348,21 @@ impl Session {
                 self.state.pin(*reason);
             }
         }
-        let topology = self.shared.topology.load();
-        let reads_only =
-            !plan.write && plan.begin.is_none() && self.phase == Phase::Ready(TxnStatus::Idle);
+        let reads_only = !plan.write && plan.begin.is_none() && ready_idle;
         // Where a write lands in the WAL is learned when a read needs it.
-        let on_primary = topology.primary() == Some(att.node) && !reads_only;
+        let on_primary = self.shared.topology.load().primary() == Some(node) && !reads_only;
         let rolls_back = plan.statements == 1 && plan.effects == [SessionEffect::Rollback];
-        self.to_server.extend_from_slice(&self.batch);
-        self.batch.clear();
-        self.batch_due = false;
         let requests = plan.requests;
-        self.shared.loads.sent(att.node, requests);
-        let effects = std::mem::take(&mut plan.effects);
-        match self.inflight.back_mut().filter(|_| continuing) {
-            Some(sent) => {
-                sent.effects.extend(effects);
-                sent.parsed.extend(parsed);
-                sent.on_primary |= on_primary;
-                sent.rolls_back = false;
-            }
-            None => self.inflight.push_back(Sent {
-                effects,
-                parsed,
-                on_primary,
-                rolls_back,
-                ..Sent::default()
-            }),
-        }
-        self.open_batch = requests == 0;
-        if requests > 0 {
-            self.phase = match self.phase {
-                Phase::Busy { outstanding } => Phase::Busy {
-                    outstanding: outstanding + requests,
-                },
-                Phase::Ready(_) => Phase::Busy {
-                    outstanding: requests,
-                },
-            };
-        }
-        plan.clear();
+        let sent = Sent {
+            effects: std::mem::take(&mut plan.effects),
+            parsed,
+            on_primary,
+            rolls_back,
+            ..Sent::default()
+        };
+        self.shared.loads.sent(node, requests);
+        self.collector.sent(self.link.out());
+        self.link.sent(sent, requests, continuing);
     }
 
     /// The batch cannot run: the client gets an error and, if the batch is
@@ -563,74 +373,13 @@ impl Session {
     }
 
     pub(super) fn refuse_batch_quietly(&mut self) {
-        let whole = self.plan.requests > 0;
-        if whole {
-            messages::ready_for_query(&mut self.client.out, b'I');
-        } else {
-            self.skipping = true;
+        if self.collector.finish_unsent() {
+            messages::ready(&mut self.client.out, TxnStatus::Idle);
         }
-        self.clear_batch();
     }
 
     /// Closes the session's server connection without pooling it.
     pub(super) fn drop_server(&mut self) {
-        if let Some(att) = self.server.take() {
-            self.cancel.set_target(None);
-            drop(att);
-        }
+        drop(self.link.detach());
     }
-}
-
-/// What a connection must be told before it can serve the batch at hand.
-struct Catchup<'a> {
-    /// The settings delta, when its settings differ from the session's.
-    settings: Option<String>,
-    /// Names the batch prepares anew that the connection still holds.
-    stale: Vec<&'a str>,
-    /// Statements the batch uses that the connection lacks.
-    statements: Vec<replay::Statement<'a>>,
-}
-
-impl<'a> Catchup<'a> {
-    fn of(state: &'a SessionState, plan: &'a Plan, conn: &ServerConn) -> Catchup<'a> {
-        let settings = if conn.settings != state.settings() {
-            settings_delta(&conn.settings, state.settings())
-        } else {
-            None
-        };
-        let statements = plan
-            .needs
-            .iter()
-            .filter_map(|name| {
-                let p = state.statement(name)?;
-                (conn.prepared.get(name) != Some(&p.fingerprint)).then_some(replay::Statement {
-                    name,
-                    fingerprint: p.fingerprint,
-                    source: &p.source,
-                })
-            })
-            .collect();
-        let stale = plan
-            .parsed
-            .iter()
-            .filter(|(name, _)| !name.is_empty() && conn.prepared.contains_key(name))
-            .map(|(name, _)| name.as_str())
-            .collect();
-        Catchup {
-            settings,
-            stale,
-            statements,
-        }
-    }
-
-    fn is_empty(&self) -> bool {
-        self.settings.is_none() && self.stale.is_empty() && self.statements.is_empty()
-    }
-}
-
-/// A simple Query message holding `sql`.
-fn query_frame(sql: &str) -> Bytes {
-    let mut frame = bytes::BytesMut::with_capacity(sql.len() + 6);
-    messages::query(&mut frame, sql);
-    frame.freeze()
 }

@@ -40,41 +40,21 @@ fn policy(balance: LoadBalance, primary_read_weight: u32) -> ReadPolicy {
 }
 
 /// Routes a read with no load anywhere and every replica eligible.
-fn read(t: &Topology, p: ReadPolicy, ticket: u64) -> Result<Target, NoRoute> {
-    route_read(t, &p, ticket, |_| 0, |_| true)
+fn read(t: &Topology, p: ReadPolicy, ticket: u64) -> Option<usize> {
+    pick(t, &p, ticket, |_| 0, |_| true)
 }
 
 /// How many of tickets `0..reads` each node serves.
 fn spread(t: &Topology, p: ReadPolicy, reads: u64) -> Vec<u64> {
     let mut counts = vec![0; t.nodes.len()];
     for ticket in 0..reads {
-        counts[read(t, p, ticket).unwrap().node] += 1;
+        counts[read(t, p, ticket).unwrap()] += 1;
     }
     counts
 }
 
-/// (case, nodes, expected write target)
-type WriteRow = (&'static str, &'static [Spec], Result<usize, NoRoute>);
-
-#[rustfmt::skip]
-const WRITES: &[WriteRow] = &[
-    ("healthy primary", &[(R, true, 1), (P, true, 1)], Ok(1)),
-    ("unhealthy primary", &[(R, true, 1), (P, false, 1)], Err(NoRoute::NoPrimary)),
-    ("no primary", &[(R, true, 1), (U, true, 1)], Err(NoRoute::NoPrimary)),
-    ("no nodes", &[], Err(NoRoute::NoPrimary)),
-];
-
-#[test]
-fn writes_go_to_the_healthy_primary_or_nowhere() {
-    for (name, specs, expected) in WRITES {
-        let got = route_write(&topo(3, specs));
-        let expected = expected.clone().map(|node| Target { node, epoch: 3 });
-        assert_eq!(got, expected, "{name}");
-    }
-}
-
 /// (case, nodes, balance, primary_read_weight, ticket, outstanding per node,
-/// eligible per node, expected read target)
+/// eligible per node, expected pick)
 type ReadRow = (
     &'static str,
     &'static [Spec],
@@ -83,7 +63,7 @@ type ReadRow = (
     u64,
     &'static [u32],
     &'static [bool],
-    Result<usize, NoRoute>,
+    Option<usize>,
 );
 
 const IDLE: &[u32] = &[0; 4];
@@ -93,44 +73,44 @@ const PRS: &[Spec] = &[(P, true, 1), (R, true, 1), (R, true, 1)];
 #[rustfmt::skip]
 const READS: &[ReadRow] = &[
     // Round-robin walks the candidates in node order.
-    ("rr first", PRS, RoundRobin, 0, 0, IDLE, ALL, Ok(1)),
-    ("rr second", PRS, RoundRobin, 0, 1, IDLE, ALL, Ok(2)),
-    ("rr wraps", PRS, RoundRobin, 0, 2, IDLE, ALL, Ok(1)),
-    ("rr ignores weights above 0", &[(R, true, 9), (R, true, 1)], RoundRobin, 0, 1, IDLE, ALL, Ok(1)),
-    ("rr skips weight 0", &[(R, true, 0), (R, true, 1), (P, true, 1)], RoundRobin, 0, 0, IDLE, ALL, Ok(1)),
-    ("rr skips unhealthy", &[(R, false, 1), (R, true, 1), (P, true, 1)], RoundRobin, 0, 0, IDLE, ALL, Ok(1)),
-    ("rr skips unknown", &[(U, true, 1), (R, true, 1), (P, true, 1)], RoundRobin, 0, 0, IDLE, ALL, Ok(1)),
-    ("rr skips ineligible", &[(R, true, 1), (R, true, 1), (P, true, 1)], RoundRobin, 0, 0, IDLE, &[false, true, true], Ok(1)),
-    ("rr primary joins", PRS, RoundRobin, 5, 0, IDLE, ALL, Ok(0)),
-    ("rr primary joins, next", PRS, RoundRobin, 5, 1, IDLE, ALL, Ok(1)),
-    ("rr primary joins, last", PRS, RoundRobin, 5, 2, IDLE, ALL, Ok(2)),
-    ("primary is not asked eligible", PRS, RoundRobin, 1, 0, IDLE, &[false, false, false], Ok(0)),
+    ("rr first", PRS, RoundRobin, 0, 0, IDLE, ALL, Some(1)),
+    ("rr second", PRS, RoundRobin, 0, 1, IDLE, ALL, Some(2)),
+    ("rr wraps", PRS, RoundRobin, 0, 2, IDLE, ALL, Some(1)),
+    ("rr ignores weights above 0", &[(R, true, 9), (R, true, 1)], RoundRobin, 0, 1, IDLE, ALL, Some(1)),
+    ("rr skips weight 0", &[(R, true, 0), (R, true, 1), (P, true, 1)], RoundRobin, 0, 0, IDLE, ALL, Some(1)),
+    ("rr skips unhealthy", &[(R, false, 1), (R, true, 1), (P, true, 1)], RoundRobin, 0, 0, IDLE, ALL, Some(1)),
+    ("rr skips unknown", &[(U, true, 1), (R, true, 1), (P, true, 1)], RoundRobin, 0, 0, IDLE, ALL, Some(1)),
+    ("rr skips ineligible", &[(R, true, 1), (R, true, 1), (P, true, 1)], RoundRobin, 0, 0, IDLE, &[false, true, true], Some(1)),
+    ("rr primary joins", PRS, RoundRobin, 5, 0, IDLE, ALL, Some(0)),
+    ("rr primary joins, next", PRS, RoundRobin, 5, 1, IDLE, ALL, Some(1)),
+    ("rr primary joins, last", PRS, RoundRobin, 5, 2, IDLE, ALL, Some(2)),
+    ("primary is not asked eligible", PRS, RoundRobin, 1, 0, IDLE, &[false, false, false], Some(0)),
     // Weighted: 3:1 sends tickets 0..3 to the first, 3 to the second.
-    ("weighted low ticket", &[(R, true, 3), (R, true, 1), (P, true, 1)], Weighted, 0, 2, IDLE, ALL, Ok(0)),
-    ("weighted high ticket", &[(R, true, 3), (R, true, 1), (P, true, 1)], Weighted, 0, 3, IDLE, ALL, Ok(1)),
-    ("weighted wraps", &[(R, true, 3), (R, true, 1), (P, true, 1)], Weighted, 0, 4, IDLE, ALL, Ok(0)),
-    ("weighted primary weight", &[(P, true, 1), (R, true, 1)], Weighted, 2, 1, IDLE, ALL, Ok(0)),
-    ("weighted primary weight, rest", &[(P, true, 1), (R, true, 1)], Weighted, 2, 2, IDLE, ALL, Ok(1)),
-    ("weighted skips weight 0", &[(R, true, 0), (R, true, 2), (P, true, 1)], Weighted, 0, 0, IDLE, ALL, Ok(1)),
-    ("weighted skips ineligible", &[(R, true, 5), (R, true, 1), (P, true, 1)], Weighted, 0, 0, IDLE, &[false, true, true], Ok(1)),
+    ("weighted low ticket", &[(R, true, 3), (R, true, 1), (P, true, 1)], Weighted, 0, 2, IDLE, ALL, Some(0)),
+    ("weighted high ticket", &[(R, true, 3), (R, true, 1), (P, true, 1)], Weighted, 0, 3, IDLE, ALL, Some(1)),
+    ("weighted wraps", &[(R, true, 3), (R, true, 1), (P, true, 1)], Weighted, 0, 4, IDLE, ALL, Some(0)),
+    ("weighted primary weight", &[(P, true, 1), (R, true, 1)], Weighted, 2, 1, IDLE, ALL, Some(0)),
+    ("weighted primary weight, rest", &[(P, true, 1), (R, true, 1)], Weighted, 2, 2, IDLE, ALL, Some(1)),
+    ("weighted skips weight 0", &[(R, true, 0), (R, true, 2), (P, true, 1)], Weighted, 0, 0, IDLE, ALL, Some(1)),
+    ("weighted skips ineligible", &[(R, true, 5), (R, true, 1), (P, true, 1)], Weighted, 0, 0, IDLE, &[false, true, true], Some(1)),
     // Least-outstanding takes the least loaded candidate.
-    ("lo least loaded", PRS, LeastOutstanding, 0, 0, &[0, 5, 2], ALL, Ok(2)),
-    ("lo counts a reading primary", PRS, LeastOutstanding, 1, 0, &[1, 5, 2], ALL, Ok(0)),
-    ("lo skips ineligible idle", &[(R, true, 1), (R, true, 1)], LeastOutstanding, 0, 0, &[0, 7], &[false, true], Ok(1)),
-    ("lo skips weight 0 idle", &[(R, true, 0), (R, true, 1)], LeastOutstanding, 0, 0, &[0, 7], ALL, Ok(1)),
-    ("lo skips unhealthy idle", &[(R, false, 1), (R, true, 1)], LeastOutstanding, 0, 0, &[0, 7], ALL, Ok(1)),
-    ("lo tie, ticket 0", &[(R, true, 1), (R, true, 1), (R, true, 1)], LeastOutstanding, 0, 0, &[2, 1, 1], ALL, Ok(1)),
-    ("lo tie, ticket 1", &[(R, true, 1), (R, true, 1), (R, true, 1)], LeastOutstanding, 0, 1, &[2, 1, 1], ALL, Ok(2)),
-    ("lo tie, ticket 2", &[(R, true, 1), (R, true, 1), (R, true, 1)], LeastOutstanding, 0, 2, &[2, 1, 1], ALL, Ok(1)),
-    // No candidate: the healthy primary serves the read, else nothing does.
-    ("fallback: no replicas", &[(P, true, 1)], RoundRobin, 0, 7, IDLE, ALL, Ok(0)),
-    ("fallback: replicas down", &[(R, false, 1), (P, true, 1)], Weighted, 0, 7, IDLE, ALL, Ok(1)),
-    ("fallback: replicas ineligible", &[(R, true, 1), (P, true, 1)], LeastOutstanding, 0, 7, IDLE, &[false, true], Ok(1)),
-    ("fallback: replica weights 0", &[(R, true, 0), (P, true, 1)], RoundRobin, 0, 7, IDLE, ALL, Ok(1)),
-    ("no node: primary down", &[(R, false, 1), (P, false, 1)], RoundRobin, 0, 0, IDLE, ALL, Err(NoRoute::NoNode)),
-    ("no node: unknown only", &[(U, true, 1)], Weighted, 1, 0, IDLE, ALL, Err(NoRoute::NoNode)),
-    ("no node: empty", &[], LeastOutstanding, 1, 0, IDLE, ALL, Err(NoRoute::NoNode)),
-    ("no node: reading primary down", &[(P, false, 1)], RoundRobin, 3, 0, IDLE, ALL, Err(NoRoute::NoNode)),
+    ("lo least loaded", PRS, LeastOutstanding, 0, 0, &[0, 5, 2], ALL, Some(2)),
+    ("lo counts a reading primary", PRS, LeastOutstanding, 1, 0, &[1, 5, 2], ALL, Some(0)),
+    ("lo skips ineligible idle", &[(R, true, 1), (R, true, 1)], LeastOutstanding, 0, 0, &[0, 7], &[false, true], Some(1)),
+    ("lo skips weight 0 idle", &[(R, true, 0), (R, true, 1)], LeastOutstanding, 0, 0, &[0, 7], ALL, Some(1)),
+    ("lo skips unhealthy idle", &[(R, false, 1), (R, true, 1)], LeastOutstanding, 0, 0, &[0, 7], ALL, Some(1)),
+    ("lo tie, ticket 0", &[(R, true, 1), (R, true, 1), (R, true, 1)], LeastOutstanding, 0, 0, &[2, 1, 1], ALL, Some(1)),
+    ("lo tie, ticket 1", &[(R, true, 1), (R, true, 1), (R, true, 1)], LeastOutstanding, 0, 1, &[2, 1, 1], ALL, Some(2)),
+    ("lo tie, ticket 2", &[(R, true, 1), (R, true, 1), (R, true, 1)], LeastOutstanding, 0, 2, &[2, 1, 1], ALL, Some(1)),
+    // No candidate: what then is the caller's rule, not the balancer's.
+    ("no candidate: no replicas", &[(P, true, 1)], RoundRobin, 0, 7, IDLE, ALL, None),
+    ("no candidate: replicas down", &[(R, false, 1), (P, true, 1)], Weighted, 0, 7, IDLE, ALL, None),
+    ("no candidate: replicas ineligible", &[(R, true, 1), (P, true, 1)], LeastOutstanding, 0, 7, IDLE, &[false, true], None),
+    ("no candidate: replica weights 0", &[(R, true, 0), (P, true, 1)], RoundRobin, 0, 7, IDLE, ALL, None),
+    ("no node: primary down", &[(R, false, 1), (P, false, 1)], RoundRobin, 0, 0, IDLE, ALL, None),
+    ("no node: unknown only", &[(U, true, 1)], Weighted, 1, 0, IDLE, ALL, None),
+    ("no node: empty", &[], LeastOutstanding, 1, 0, IDLE, ALL, None),
+    ("no node: reading primary down", &[(P, false, 1)], RoundRobin, 3, 0, IDLE, ALL, None),
 ];
 
 #[test]
@@ -138,9 +118,8 @@ fn reads_pick_the_expected_node() {
     for &(name, specs, balance, primary_weight, ticket, load, ok, ref expected) in READS {
         let t = topo(4, specs);
         let p = policy(balance, primary_weight);
-        let got = route_read(&t, &p, ticket, |i| load[i], |i| ok[i]);
-        let expected = expected.clone().map(|node| Target { node, epoch: 4 });
-        assert_eq!(got, expected, "{name}");
+        let got = pick(&t, &p, ticket, |i| load[i], |i| ok[i]);
+        assert_eq!(got, *expected, "{name}");
     }
 }
 
@@ -149,7 +128,7 @@ fn eligible_is_never_asked_about_the_primary() {
     let t = topo(0, &[(P, true, 1), (R, true, 1), (R, true, 1)]);
     for balance in [RoundRobin, Weighted, LeastOutstanding] {
         for ticket in 0..6 {
-            let got = route_read(
+            let got = pick(
                 &t,
                 &policy(balance, 1),
                 ticket,
@@ -159,7 +138,7 @@ fn eligible_is_never_asked_about_the_primary() {
                     true
                 },
             );
-            assert!(got.is_ok());
+            assert!(got.is_some());
         }
     }
 }
@@ -199,7 +178,7 @@ fn weighted_is_exact_over_every_window_of_total_weight() {
     let t = topo(0, &[(R, true, 3), (R, true, 1)]);
     for start in 0..20u64 {
         let first = (start..start + 4)
-            .filter(|&ticket| read(&t, policy(Weighted, 0), ticket).unwrap().node == 0)
+            .filter(|&ticket| read(&t, policy(Weighted, 0), ticket) == Some(0))
             .count();
         assert_eq!(first, 3, "window starting at {start}");
     }
@@ -210,14 +189,14 @@ fn extreme_tickets_and_weights_do_not_panic() {
     let t = topo(0, &[(P, true, 1), (R, true, u32::MAX), (R, true, u32::MAX)]);
     for balance in [RoundRobin, Weighted, LeastOutstanding] {
         for ticket in [0, 1, u64::MAX - 1, u64::MAX] {
-            let got = route_read(
+            let got = pick(
                 &t,
                 &policy(balance, u32::MAX),
                 ticket,
                 |_| u32::MAX,
                 |_| true,
             );
-            assert!(got.is_ok(), "{balance:?} ticket {ticket}");
+            assert!(got.is_some(), "{balance:?} ticket {ticket}");
         }
     }
 }
@@ -230,14 +209,14 @@ fn large_topologies_route_past_the_inline_buffer() {
     let counts = spread(&t, policy(RoundRobin, 0), (INLINE_CANDIDATES * 2) as u64);
     assert!(counts[..INLINE_CANDIDATES * 2].iter().all(|&c| c == 1));
     assert_eq!(counts[INLINE_CANDIDATES * 2], 0);
-    let got = route_read(
+    let got = pick(
         &t,
         &policy(LeastOutstanding, 0),
         0,
         |i| if i == 50 { 0 } else { 1 },
         |_| true,
     );
-    assert_eq!(got.unwrap().node, 50);
+    assert_eq!(got, Some(50));
 }
 
 #[test]

@@ -1,13 +1,26 @@
-//! Which replicas are fresh enough for a read (pure). The session works out
-//! a [`Need`] from its consistency level, its own writes and the config;
-//! [`Need::admits`] judges one node of the published topology against it.
+//! Which replicas are fresh enough for a read. A [`Need`] is worked out
+//! from the read's consistency level, what the session chose for its reads
+//! ([`ReadChoice`]), its own writes and the config; [`Need::admits`] judges
+//! one node of the published topology against it.
 
 use std::time::Duration;
 
 use crate::config::{Consistency, ConsistencyConfig, PartitionMode};
 use crate::topology::{Lsn, NodeState};
 
-use super::local::ReadChoice;
+/// What a session has chosen for its reads with `SET palisade.*` (defaults:
+/// the config's level, the config's bounds, no floor). The frontend parses
+/// the settings; routing only reads them.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ReadChoice {
+    /// `None`: the config's `consistency.level`.
+    pub level: Option<Consistency>,
+    /// A per-session bound on staleness, used by `bounded` reads in place
+    /// of the config's `max_lag_ms`.
+    pub max_staleness: Option<Duration>,
+    /// Reads wait until a replica has replayed this far.
+    pub min_lsn: Option<Lsn>,
+}
 
 /// What a read asks of the replica that serves it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

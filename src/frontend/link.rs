@@ -1,0 +1,364 @@
+//! The session's link to a server: the one server connection attached to
+//! it (if any) and the bookkeeping that goes with it — the node it is on,
+//! the bytes waiting to go to it, the requests in flight on it, where a
+//! cancel goes, and whether it said FATAL.
+//!
+//! The link outlives the connections it carries (its buffers keep their
+//! capacity from one to the next). Counting requests and cutting the
+//! server's stream at ReadyForQuery (`Requests`) is pure and tested
+//! without a socket; the session does the I/O.
+
+use std::collections::VecDeque;
+
+use bytes::{Buf, BytesMut};
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::sync::watch;
+
+use super::cancel::{CancelHandle, CancelTarget};
+use crate::backend::ServerConn;
+use crate::classify::SessionEffect;
+use crate::protocol::{FrameScanner, ScanError, TxnStatus};
+
+/// Server frames are trusted in size (PostgreSQL caps them at 1 GiB) and
+/// stream through, so only this sanity bound applies.
+const MAX_SERVER_FRAME: usize = 1 << 30;
+
+/// Where the session is in its conversation with the server.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Phase {
+    /// Waiting for the client; the last ReadyForQuery said this.
+    Ready(TxnStatus),
+    /// Requests (Query or Sync) sent whose ReadyForQuery has not come back.
+    Busy { outstanding: u32 },
+}
+
+/// A request sent and not yet answered, with what it will change once it is.
+#[derive(Debug, Default)]
+pub struct Sent {
+    pub effects: Vec<SessionEffect>,
+    /// It ran on the primary and may have written.
+    pub on_primary: bool,
+    /// It is one ROLLBACK statement: whatever its transaction wrote is undone.
+    pub rolls_back: bool,
+    /// Statements it creates (name, fingerprint); the first `parse_ok`
+    /// were confirmed by the server.
+    pub parsed: Vec<(String, u64)>,
+    pub parse_ok: usize,
+    /// The server reported an error for it.
+    pub failed: bool,
+}
+
+/// One request answered: what was sent and the status it left.
+#[derive(Debug)]
+pub struct Answer {
+    /// The node it ran on.
+    pub node: usize,
+    pub sent: Option<Sent>,
+    pub status: TxnStatus,
+}
+
+/// The requests in flight on a connection, and how far its replies have
+/// been passed on (pure).
+#[derive(Debug)]
+struct Requests {
+    phase: Phase,
+    inflight: VecDeque<Sent>,
+    frames: FrameScanner,
+    /// The server sent a FATAL or PANIC error: the connection is ending.
+    fatal_seen: bool,
+}
+
+impl Requests {
+    fn new() -> Requests {
+        Requests {
+            phase: Phase::Ready(TxnStatus::Idle),
+            inflight: VecDeque::new(),
+            frames: FrameScanner::new(MAX_SERVER_FRAME),
+            fatal_seen: false,
+        }
+    }
+
+    /// `requests` requests (ReadyForQuery each) went out as `sent`; the
+    /// rest of a flushed batch joins the request it completes.
+    fn sent(&mut self, sent: Sent, requests: u32, continuing: bool) {
+        match self.inflight.back_mut().filter(|_| continuing) {
+            Some(last) => {
+                last.effects.extend(sent.effects);
+                last.parsed.extend(sent.parsed);
+                last.on_primary |= sent.on_primary;
+                last.rolls_back = false;
+            }
+            None => self.inflight.push_back(sent),
+        }
+        if requests > 0 {
+            self.phase = Phase::Busy {
+                outstanding: self.outstanding() + requests,
+            };
+        }
+    }
+
+    fn outstanding(&self) -> u32 {
+        match self.phase {
+            Phase::Busy { outstanding } => outstanding,
+            Phase::Ready(_) => 0,
+        }
+    }
+
+    /// Moves whole or streaming frames from `pending` to `out` up to and
+    /// including the next ReadyForQuery, noting errors and confirmed
+    /// parses; the status when a ReadyForQuery was passed on.
+    fn relay(
+        &mut self,
+        pending: &mut BytesMut,
+        out: &mut BytesMut,
+    ) -> Result<Option<(Option<Sent>, TxnStatus)>, ScanError> {
+        let mut ready = None;
+        let mut errors = 0u32;
+        let mut fatal = false;
+        let mut parse_ok = 0usize;
+        let n = self.frames.scan(
+            pending,
+            |tag| matches!(tag, b'Z' | b'E' | b'1'),
+            |frame| match frame.tag {
+                b'Z' => {
+                    ready = Some(TxnStatus::of_ready(frame.body).unwrap_or_default());
+                    false
+                }
+                b'1' => {
+                    parse_ok += 1;
+                    true
+                }
+                _ => {
+                    errors += 1;
+                    fatal |= is_fatal(frame.body);
+                    true
+                }
+            },
+        )?;
+        out.extend_from_slice(&pending[..n]);
+        pending.advance(n);
+        self.fatal_seen |= fatal;
+        if let Some(sent) = self.inflight.front_mut() {
+            sent.parse_ok += parse_ok;
+            sent.failed |= errors > 0;
+        }
+        let Some(status) = ready else {
+            return Ok(None);
+        };
+        self.phase = match self.phase {
+            Phase::Busy { outstanding } if outstanding > 1 => Phase::Busy {
+                outstanding: outstanding - 1,
+            },
+            _ => Phase::Ready(status),
+        };
+        Ok(Some((self.inflight.pop_front(), status)))
+    }
+}
+
+/// The attached connection and its node.
+#[derive(Debug)]
+struct Attached {
+    conn: ServerConn,
+    node: usize,
+}
+
+/// The session's side of its server connection.
+pub struct ServerLink {
+    attached: Option<Attached>,
+    /// Bytes waiting to be written to the server.
+    out: BytesMut,
+    requests: Requests,
+    cancel: CancelHandle,
+    /// A cancel came while the session was getting a connection: it is
+    /// passed on once the batch has been written to that connection.
+    cancel_owed: bool,
+    /// Changes when nodes are fenced or the epoch moves.
+    fences: watch::Receiver<u64>,
+}
+
+/// The link's halves for one turn of the relay loop.
+pub struct LinkIo<'a> {
+    pub read: Option<(&'a mut OwnedReadHalf, &'a mut BytesMut)>,
+    pub write: Option<&'a mut OwnedWriteHalf>,
+    pub out: &'a mut BytesMut,
+    pub fences: &'a mut watch::Receiver<u64>,
+}
+
+impl ServerLink {
+    /// A link carrying the session's first connection, `conn` on `node`,
+    /// whose cancel target is already set.
+    pub fn new(
+        mut conn: ServerConn,
+        node: usize,
+        cancel: CancelHandle,
+        fences: watch::Receiver<u64>,
+    ) -> ServerLink {
+        // Anything the server sent past its startup ReadyForQuery is relayed first.
+        conn.pending.reserve(16 * 1024);
+        ServerLink {
+            attached: Some(Attached { conn, node }),
+            out: BytesMut::with_capacity(16 * 1024),
+            requests: Requests::new(),
+            cancel,
+            cancel_owed: false,
+            fences,
+        }
+    }
+
+    /// The node of the attached connection.
+    pub fn node(&self) -> Option<usize> {
+        self.attached.as_ref().map(|a| a.node)
+    }
+
+    pub fn conn(&self) -> Option<&ServerConn> {
+        self.attached.as_ref().map(|a| &a.conn)
+    }
+
+    pub fn conn_mut(&mut self) -> Option<&mut ServerConn> {
+        self.attached.as_mut().map(|a| &mut a.conn)
+    }
+
+    pub fn phase(&self) -> Phase {
+        self.requests.phase
+    }
+
+    /// Requests whose ReadyForQuery has not come back.
+    pub fn outstanding(&self) -> u32 {
+        self.requests.outstanding()
+    }
+
+    pub fn fatal_seen(&self) -> bool {
+        self.requests.fatal_seen
+    }
+
+    /// Part of a server frame has gone to the client and the rest not.
+    pub fn mid_frame(&self) -> bool {
+        self.requests.frames.mid_frame()
+    }
+
+    /// Bytes waiting to go to the server.
+    pub fn out(&mut self) -> &mut BytesMut {
+        &mut self.out
+    }
+
+    /// Nothing between the session and the connection: idle outside a
+    /// transaction, nothing to write, nothing half read.
+    pub fn quiet(&self) -> bool {
+        self.requests.phase == Phase::Ready(TxnStatus::Idle)
+            && self.out.is_empty()
+            && !self.mid_frame()
+            && self.conn().is_some_and(|c| c.pending.is_empty())
+    }
+
+    /// No request is waiting for its reply either.
+    pub fn settled(&self) -> bool {
+        self.requests.inflight.is_empty()
+    }
+
+    /// The session is getting a connection for a batch: a cancel that
+    /// arrives meanwhile is kept for it.
+    pub fn connecting(&self) {
+        self.cancel.connecting();
+    }
+
+    /// Makes `conn` (on `node`) the session's connection.
+    pub fn attach(&mut self, conn: ServerConn, node: usize) {
+        self.cancel_owed = self.cancel.set_target(conn.key.map(|key| CancelTarget {
+            host: conn.host.clone(),
+            port: conn.port,
+            key,
+        }));
+        self.attached = Some(Attached { conn, node });
+    }
+
+    /// Where a cancel for the attached connection goes.
+    pub fn cancel_target(&self) -> Option<CancelTarget> {
+        let conn = self.conn()?;
+        Some(CancelTarget {
+            host: conn.host.clone(),
+            port: conn.port,
+            key: conn.key?,
+        })
+    }
+
+    /// Cancels stop going anywhere (the session is ending).
+    pub fn clear_cancel_target(&self) {
+        self.cancel.set_target(None);
+    }
+
+    /// Takes the connection off the link (to pool or close it); cancels
+    /// have nowhere to go until the next one.
+    pub fn detach(&mut self) -> Option<(ServerConn, usize)> {
+        let attached = self.attached.take()?;
+        self.cancel.set_target(None);
+        Some((attached.conn, attached.node))
+    }
+
+    /// A cancel owed to the connection, once the batch it was meant for
+    /// has been written (earlier, it would stop nothing).
+    pub fn owed_cancel(&mut self) -> Option<CancelTarget> {
+        if !self.cancel_owed || !self.out.is_empty() {
+            return None;
+        }
+        self.cancel_owed = false;
+        self.cancel_target()
+    }
+
+    /// Notes a request written to `out`.
+    pub fn sent(&mut self, sent: Sent, requests: u32, continuing: bool) {
+        self.requests.sent(sent, requests, continuing);
+    }
+
+    /// Passes the server's replies on to `client` up to the next
+    /// ReadyForQuery; the answer when one came.
+    pub fn relay(&mut self, client: &mut BytesMut) -> Result<Option<Answer>, ScanError> {
+        let Some(att) = self.attached.as_mut() else {
+            return Ok(None);
+        };
+        let answered = self.requests.relay(&mut att.conn.pending, client)?;
+        Ok(answered.map(|(sent, status)| Answer {
+            node: att.node,
+            sent,
+            status,
+        }))
+    }
+
+    /// The halves the relay loop waits on.
+    pub fn io(&mut self) -> LinkIo<'_> {
+        let (read, write) = match self.attached.as_mut() {
+            Some(att) => {
+                let conn = &mut att.conn;
+                (Some((&mut conn.rd, &mut conn.pending)), Some(&mut conn.wr))
+            }
+            None => (None, None),
+        };
+        LinkIo {
+            read,
+            write,
+            out: &mut self.out,
+            fences: &mut self.fences,
+        }
+    }
+}
+
+/// Whether an ErrorResponse body has severity FATAL or PANIC.
+fn is_fatal(body: &[u8]) -> bool {
+    let mut rest = body;
+    while let [code, tail @ ..] = rest {
+        if *code == 0 {
+            break;
+        }
+        let Some((value, after)) = crate::protocol::cstr(tail) else {
+            break;
+        };
+        if matches!(*code, b'S' | b'V') {
+            return matches!(value, "FATAL" | "PANIC");
+        }
+        rest = after;
+    }
+    false
+}
+
+#[cfg(test)]
+#[path = "link_tests.rs"]
+mod tests;
