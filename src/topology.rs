@@ -92,17 +92,41 @@ pub struct NodeState {
     pub fenced: bool,
 }
 
-/// Whether the primary of the epoch takes writes now.
+/// Whether the primary of the epoch takes writes now. The failover state
+/// machine decides it; the data plane routes by it.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub enum WriteState {
     #[default]
     Open,
     /// A planned switchover: writes wait for the new primary, they do not fail.
     Paused,
-    /// Writes fail, for this reason (no primary known yet, the primary is
-    /// unreachable, a failover is under way, or the cluster is read-only
-    /// until an operator acts).
-    Refused(String),
+    /// Writes fail, for this reason.
+    Refused(Refusal),
+}
+
+/// Why writes are refused. Its text is what clients are told.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Refusal {
+    /// Not yet known which node is the primary.
+    NoPrimary,
+    /// The proxy cannot reach the primary (08006 to writes); no failover
+    /// while the replicas still stream from it.
+    PrimaryUnreachable,
+    /// A failover is promoting a replica.
+    FailingOver,
+    /// The cluster stays read-only until an operator acts, for this reason.
+    ReadOnly(String),
+}
+
+impl fmt::Display for Refusal {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Refusal::NoPrimary => "no primary is known yet",
+            Refusal::PrimaryUnreachable => "the primary is unreachable from the proxy (its replicas still stream from it, so it is not failed over)",
+            Refusal::FailingOver => "a failover is promoting a new primary",
+            Refusal::ReadOnly(reason) => reason,
+        })
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -122,7 +146,7 @@ impl Topology {
         Topology {
             epoch: 0,
             leader: None,
-            writes: WriteState::Refused("no primary is known yet".into()),
+            writes: WriteState::Refused(Refusal::NoPrimary),
             nodes: nodes
                 .iter()
                 .map(|n| NodeState {

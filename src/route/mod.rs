@@ -55,7 +55,7 @@ pub fn route_write(topology: &Topology) -> Result<Target, NoRoute> {
     match &topology.writes {
         WriteState::Open => {}
         WriteState::Paused => return Err(NoRoute::Paused),
-        WriteState::Refused(reason) => return Err(NoRoute::Refused(reason.clone())),
+        WriteState::Refused(reason) => return Err(NoRoute::Refused(reason.to_string())),
     }
     let node = topology.primary().ok_or(NoRoute::NoPrimary)?;
     Ok(target(topology, node))

@@ -1,5 +1,9 @@
 //! The failover state machine: which node is the primary of which epoch,
-//! when a failed primary is replaced, and which nodes are fenced.
+//! when a failed primary is replaced, which nodes are fenced, and whether
+//! each node counts as healthy (its health flips only after
+//! `health_threshold` probe results in a row; a node never heard from
+//! before counts as up on first contact). The monitor only probes; this is
+//! the one place that counts.
 //!
 //! It is pure: [`step`] folds one [`Event`] (a probe result, a tick, the
 //! outcome of an earlier action, an operator command) into the [`State`] and
@@ -30,9 +34,9 @@ mod commands;
 mod detect;
 mod events;
 
+pub use crate::topology::{Refusal, WriteState};
 pub use events::{
-    Action, Event, NodeAddr, Probe, Published, Refusal, Report, Settings, Upstream, WalReceiver,
-    Writes,
+    Action, Event, NodeAddr, Probe, Published, Report, Settings, Upstream, WalReceiver,
 };
 
 const EPOCHS_SPENT: &str = "the epoch counter is exhausted; reset the state file";
@@ -70,6 +74,8 @@ pub struct NodeView {
     /// The last answer, kept while the node is unreachable.
     pub report: Option<Report>,
     pub reachable: bool,
+    /// Up for routing: flips only after `health_threshold` results in a row.
+    pub healthy: bool,
     pub probed_at: Option<u64>,
     pub ok_streak: u32,
     pub miss_streak: u32,
@@ -123,7 +129,7 @@ pub struct Failover {
     pub excluded: BTreeSet<NodeId>,
     /// Only this node may be promoted (an operator's switchover target).
     pub pinned: Option<NodeId>,
-    pub writes: Writes,
+    pub writes: WriteState,
     pub stage: FailoverStage,
 }
 
@@ -186,6 +192,9 @@ pub struct State {
     primary_lost_since: Option<u64>,
     primary_misses: u32,
     phase: Phase,
+    /// Promoted by us and not probed since: a primary, whatever its last
+    /// report (from before the promotion) said.
+    promoted: Option<NodeId>,
     published: Option<Published>,
 }
 
@@ -216,6 +225,7 @@ impl State {
             primary_lost_since: None,
             primary_misses: 0,
             phase: Phase::Loading,
+            promoted: None,
             published: None,
         }
     }
@@ -247,6 +257,16 @@ impl State {
     /// The last published snapshot.
     pub fn published(&self) -> Option<&Published> {
         self.published.as_ref()
+    }
+
+    /// Whether `node` answers as a primary, as far as the state machine
+    /// knows: its last report said so, or it was promoted since.
+    pub fn is_primary(&self, node: NodeId) -> bool {
+        self.promoted == Some(node)
+            || self
+                .view(node)
+                .and_then(|v| v.report.as_ref())
+                .is_some_and(|r| !r.in_recovery)
     }
 
     fn timeout(&self) -> u64 {
@@ -357,12 +377,16 @@ impl State {
             return; // an answer overtaken by a newer one
         }
         let was_reachable = view.reachable;
+        let threshold = self.settings.health_threshold;
         view.probed_at = Some(at);
         match result {
             Probe::Unreachable => {
                 view.reachable = false;
                 view.ok_streak = 0;
                 view.miss_streak = view.miss_streak.saturating_add(1);
+                if view.miss_streak >= threshold {
+                    view.healthy = false;
+                }
             }
             Probe::Reachable(report) => {
                 // A fenced node seen again may have been restarted, or could
@@ -374,8 +398,17 @@ impl State {
                 view.reachable = true;
                 view.miss_streak = 0;
                 view.ok_streak = view.ok_streak.saturating_add(1);
+                // First contact counts at once: there is no health to keep.
+                if view.report.is_none() || view.ok_streak >= threshold {
+                    view.healthy = true;
+                }
                 view.report = Some(report);
             }
+        }
+        // A probe sent before the promotion finished may still say "in
+        // recovery": only an answer as a primary, or none, replaces it.
+        if self.promoted == Some(node) && !view.answering_as_replica() {
+            self.promoted = None;
         }
         if self.primary == Some(node) {
             self.observe_primary(node, at);
@@ -387,7 +420,7 @@ impl State {
             return;
         };
         if view.answering_as_primary() {
-            let lsn = view.report.as_ref().map(|r| r.lsn).unwrap_or_default();
+            let lsn = view.report.as_ref().map(Report::wal).unwrap_or_default();
             self.last_primary_lsn = match self.last_primary_lsn {
                 Some((epoch, seen)) if epoch == self.epoch => Some((epoch, seen.max(lsn))),
                 _ => Some((self.epoch, lsn)),
@@ -477,7 +510,7 @@ impl State {
                     old: None,
                     excluded: BTreeSet::new(),
                     pinned: None,
-                    writes: Writes::Refused(Refusal::FailingOver),
+                    writes: WriteState::Refused(Refusal::FailingOver),
                     stage: FailoverStage::Promoting { candidate: primary },
                 });
                 return;
@@ -488,7 +521,7 @@ impl State {
                 old: Some(primary),
                 excluded: BTreeSet::new(),
                 pinned: None,
-                writes: Writes::Refused(Refusal::FailingOver),
+                writes: WriteState::Refused(Refusal::FailingOver),
                 stage: FailoverStage::Choosing {
                     reason: None,
                     retry_at: 0,
@@ -555,7 +588,7 @@ impl State {
     fn abandon_candidate(&mut self, candidate: NodeId) {
         if let Phase::Failover(f) = &mut self.phase {
             f.excluded.insert(candidate);
-            f.writes = Writes::Refused(Refusal::FailingOver);
+            f.writes = WriteState::Refused(Refusal::FailingOver);
             f.stage = FailoverStage::Choosing {
                 reason: None,
                 retry_at: 0,
@@ -637,6 +670,7 @@ impl State {
             return;
         }
         self.phase = Phase::Steady { confirmed: true };
+        self.promoted = Some(node);
         self.primary_lost_since = None;
         self.primary_misses = 0;
         // Kept until now so that a next candidate could still be chosen by
@@ -658,36 +692,36 @@ impl State {
     }
 
     /// Whether writes may go to the primary, and if not why.
-    pub fn writes(&self) -> Writes {
+    pub fn writes(&self) -> WriteState {
         let failed_manual = self.settings.mode == FailoverMode::Manual && self.primary_failed();
         match &self.phase {
-            Phase::Loading | Phase::Adopting { .. } => Writes::Refused(Refusal::NoPrimary),
-            Phase::Bootstrapping { reason, .. } => Writes::Refused(
+            Phase::Loading | Phase::Adopting { .. } => WriteState::Refused(Refusal::NoPrimary),
+            Phase::Bootstrapping { reason, .. } => WriteState::Refused(
                 reason
                     .clone()
                     .map_or(Refusal::NoPrimary, Refusal::ReadOnly),
             ),
-            Phase::Steady { .. } if failed_manual => Writes::Refused(Refusal::ReadOnly(format!(
+            Phase::Steady { .. } if failed_manual => WriteState::Refused(Refusal::ReadOnly(format!(
                 "the primary {} has failed and failover = manual: run SWITCHOVER to promote a replica",
                 self.primary.map_or("?", |p| self.name(p))
             ))),
             Phase::Steady { confirmed } => {
                 if *confirmed && self.primary_misses < self.settings.health_threshold {
-                    Writes::Open
+                    WriteState::Open
                 } else if *confirmed || self.primary_lost_since.is_some() {
-                    Writes::Refused(Refusal::PrimaryUnreachable)
+                    WriteState::Refused(Refusal::PrimaryUnreachable)
                 } else {
-                    Writes::Refused(Refusal::NoPrimary)
+                    WriteState::Refused(Refusal::NoPrimary)
                 }
             }
             Phase::Failover(f) => match &f.stage {
                 FailoverStage::Choosing {
                     reason: Some(reason),
                     ..
-                } => Writes::Refused(Refusal::ReadOnly(reason.clone())),
+                } => WriteState::Refused(Refusal::ReadOnly(reason.clone())),
                 _ => f.writes.clone(),
             },
-            Phase::Switchover(_) => Writes::Paused,
+            Phase::Switchover(_) => WriteState::Paused,
         }
     }
 
