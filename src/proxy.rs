@@ -1,6 +1,7 @@
 //! Assembles a running proxy, and is the one place that wires it: the epoch
 //! store chosen from the config, the control plane's named tasks (a prober
-//! per node, the driver, the catalog refresher, the idle-connection reaper,
+//! per node, the driver, the function catalog's refresher (which loads the
+//! backend database's set before the proxy listens), the idle-connection reaper,
 //! the listener), and a [`TaskTracker`] for the client sessions and the
 //! driver's action tasks, so that shutdown waits for them.
 //! [`Proxy::start`] is what `palisade --config`, the demo and the
@@ -25,6 +26,7 @@ use crate::control::driver::{Driver, Wiring};
 use crate::control::handle::Request;
 use crate::control::monitor;
 use crate::control::operator::{CommandOperator, NodeOperator};
+use crate::control::refresher::{FunctionsLoaded, Refresher};
 use crate::control::{ControlHandle, EpochStore, FunctionCatalog, MemoryStore, StateFile};
 use crate::frontend::auth::Authenticator;
 use crate::frontend::cancel::CancelRegistry;
@@ -103,10 +105,12 @@ impl Proxy {
         let config = Arc::new(config);
         let tracker = TaskTracker::new();
         let (control, commands) = ControlHandle::channel();
+        let (loaded, functions) = mpsc::unbounded_channel();
         let mut tasks = start_control(ControlWiring {
             config: config.clone(),
             topology: topology.clone(),
             commands,
+            functions,
             operator,
             tracker: tracker.clone(),
             shutdown: shutdown_rx.clone(),
@@ -125,12 +129,18 @@ impl Proxy {
             ),
         ));
         let catalog = Arc::new(FunctionCatalog::new(&config, topology.clone()));
-        tasks.push(spawn_named(
-            "catalog",
-            catalog
-                .clone()
-                .refresh_loop(config.routing.function_refresh(), shutdown_rx.clone()),
-        ));
+        if let Some(refresher) = Refresher::new(
+            catalog.clone(),
+            topology.clone(),
+            loaded,
+            config.routing.function_refresh(),
+            shutdown_rx.clone(),
+        ) {
+            // The backend's database is the one clients most likely use.
+            let limit = config.proxy.connect_timeout() + config.monitor.probe_timeout();
+            refresher.preload(&config.backend.database, limit).await;
+            tasks.push(spawn_named("catalog", refresher.run()));
+        }
         let shared = Arc::new(Shared {
             pool,
             auth: Authenticator::new(&config),
@@ -224,6 +234,7 @@ struct ControlWiring {
     config: Arc<Config>,
     topology: TopologyHandle,
     commands: mpsc::Receiver<Request>,
+    functions: mpsc::UnboundedReceiver<FunctionsLoaded>,
     operator: Arc<dyn NodeOperator>,
     tracker: TaskTracker,
     shutdown: watch::Receiver<bool>,
@@ -248,6 +259,7 @@ async fn start_control(w: ControlWiring) -> Vec<Named> {
             topology: w.topology,
             results: probed,
             commands: w.commands,
+            functions: w.functions,
             store: epoch_store(&w.config),
             operator: w.operator,
             first_round,

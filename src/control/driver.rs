@@ -22,6 +22,7 @@ pub use super::handle::{Command, Request};
 use super::lag::{measure_lag, WalHistory};
 use super::monitor::ProbeResult;
 use super::operator::NodeOperator;
+use super::refresher::FunctionsLoaded;
 use super::snapshot::{log_changes, snapshot};
 use crate::config::{Config, ReplicationMode};
 use crate::topology::{Topology, TopologyHandle};
@@ -46,6 +47,7 @@ pub struct Driver {
     topology: TopologyHandle,
     results: mpsc::Receiver<ProbeResult>,
     commands: mpsc::Receiver<Request>,
+    functions: mpsc::UnboundedReceiver<FunctionsLoaded>,
     outcomes: mpsc::UnboundedReceiver<Outcome>,
     outcome_tx: mpsc::UnboundedSender<Outcome>,
     history: WalHistory,
@@ -72,6 +74,8 @@ pub struct Wiring {
     pub topology: TopologyHandle,
     pub results: mpsc::Receiver<ProbeResult>,
     pub commands: mpsc::Receiver<Request>,
+    /// Catalog loads to publish beside the topology.
+    pub functions: mpsc::UnboundedReceiver<FunctionsLoaded>,
     pub store: Arc<dyn EpochStore>,
     pub operator: Arc<dyn NodeOperator>,
     /// Told once every node has been probed and the result published.
@@ -109,6 +113,7 @@ impl Driver {
             topology: wiring.topology,
             results: wiring.results,
             commands: wiring.commands,
+            functions: wiring.functions,
             outcomes,
             outcome_tx,
             history: WalHistory::default(),
@@ -141,8 +146,12 @@ impl Driver {
                 self.broken = Some(e.to_string());
                 self.publish();
                 let _ = self.first_round.send(true);
-                let _ = self.shutdown.changed().await;
-                return;
+                loop {
+                    tokio::select! {
+                        Some(loaded) = self.functions.recv() => self.publish_functions(loaded),
+                        _ = self.shutdown.changed() => return,
+                    }
+                }
             }
             Err(e) => {
                 error!(error = %e, "epoch state load panicked");
@@ -160,12 +169,22 @@ impl Driver {
                 },
                 Some(outcome) = self.outcomes.recv() => self.on_outcome(outcome).await,
                 Some(request) = self.commands.recv() => self.on_command(request).await,
+                Some(loaded) = self.functions.recv() => self.publish_functions(loaded),
                 _ = tick.tick() => {
                     let now = self.now();
                     self.feed(Event::Tick { now }).await;
                 }
                 _ = self.shutdown.changed() => return,
             }
+        }
+    }
+
+    /// Publishes a catalog load beside the topology.
+    fn publish_functions(&self, loaded: FunctionsLoaded) {
+        self.topology
+            .publish_functions(&loaded.database, loaded.published);
+        if let Some(ack) = loaded.ack {
+            let _ = ack.send(());
         }
     }
 

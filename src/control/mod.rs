@@ -3,7 +3,8 @@
 //! ([`failover`]) owns health, epochs and fences; the driver ([`driver`]) is
 //! the single writer that feeds it, carries out its actions and publishes
 //! the snapshot read off its state ([`snapshot`], [`lag`]), along with the
-//! catalog of VOLATILE functions loaded from the primary ([`functions`]).
+//! catalog of VOLATILE functions loaded from the primary ([`functions`],
+//! kept current by the [`refresher`]).
 //! Nothing here is on a client's request path; the data plane only reads
 //! what it publishes, and the admin console talks to the driver through a
 //! [`ControlHandle`]. The proxy ([`crate::proxy`]) wires it all.
@@ -17,6 +18,7 @@ pub mod handle;
 pub mod lag;
 pub mod monitor;
 pub mod operator;
+pub mod refresher;
 pub mod snapshot;
 
 pub use epoch::{EpochRecord, EpochStore, EpochStoreError, MemoryStore, StateFile};
