@@ -20,6 +20,7 @@ use tokio::task::JoinHandle;
 use tokio_util::task::TaskTracker;
 use tracing::{info, warn, Instrument};
 
+use crate::admin::Console;
 use crate::backend::pool::ServerPool;
 use crate::config::{Config, ConfigError};
 use crate::control::driver::{Driver, Wiring};
@@ -149,7 +150,7 @@ impl Proxy {
             read_policy: ReadPolicy::from_config(&config.routing),
             tickets: AtomicU64::new(0),
             unparsable: AtomicU64::new(0),
-            control: control.sender(),
+            admin: Console::new(control.clone()),
             config,
             topology: topology.clone(),
             cancels: Arc::new(CancelRegistry::default()),

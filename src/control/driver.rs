@@ -18,7 +18,7 @@ use tracing::{error, info, warn};
 use super::epoch::EpochStore;
 use super::failover::{self, Action, Event, NodeId, Probe};
 use super::fencing::{self, NodeAdmin};
-pub use super::handle::{Command, Request};
+use super::handle::{Command, Request};
 use super::lag::{measure_lag, WalHistory};
 use super::monitor::ProbeResult;
 use super::operator::NodeOperator;

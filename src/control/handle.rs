@@ -35,12 +35,6 @@ impl ControlHandle {
         (ControlHandle { commands }, queue)
     }
 
-    /// The raw queue, for the session's shared state until the console
-    /// holds the handle itself.
-    pub(crate) fn sender(&self) -> mpsc::Sender<Request> {
-        self.commands.clone()
-    }
-
     /// Hands `command` to the driver and waits for its answer: what was
     /// started, or why not.
     pub async fn ask(&self, command: Command) -> Result<String, String> {
