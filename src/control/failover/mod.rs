@@ -33,6 +33,8 @@ mod chores;
 mod commands;
 mod detect;
 mod events;
+mod health;
+mod outcomes;
 
 pub use crate::topology::{Refusal, WriteState};
 pub use events::{
@@ -259,16 +261,6 @@ impl State {
         self.published.as_ref()
     }
 
-    /// Whether `node` answers as a primary, as far as the state machine
-    /// knows: its last report said so, or it was promoted since.
-    pub fn is_primary(&self, node: NodeId) -> bool {
-        self.promoted == Some(node)
-            || self
-                .view(node)
-                .and_then(|v| v.report.as_ref())
-                .is_some_and(|r| !r.in_recovery)
-    }
-
     fn timeout(&self) -> u64 {
         self.settings.failover_timeout_ms
     }
@@ -365,71 +357,6 @@ impl State {
         if let Some((since, misses)) = lost {
             self.primary_lost_since = since;
             self.primary_misses = misses;
-        }
-    }
-
-    fn observe(&mut self, node: NodeId, at: u64, result: Probe) {
-        let fenced = self.fenced.contains(&node);
-        let Some(view) = self.nodes.get_mut(node) else {
-            return;
-        };
-        if view.probed_at.is_some_and(|last| at < last) {
-            return; // an answer overtaken by a newer one
-        }
-        let was_reachable = view.reachable;
-        let threshold = self.settings.health_threshold;
-        view.probed_at = Some(at);
-        match result {
-            Probe::Unreachable => {
-                view.reachable = false;
-                view.ok_streak = 0;
-                view.miss_streak = view.miss_streak.saturating_add(1);
-                if view.miss_streak >= threshold {
-                    view.healthy = false;
-                }
-            }
-            Probe::Reachable(report) => {
-                // A fenced node seen again may have been restarted, or could
-                // not be fenced while it was away: fence it now.
-                let again = matches!(view.fence, Task::Done | Task::Failed { .. });
-                if fenced && !was_reachable && !report.in_recovery && again {
-                    view.fence = Task::Needed;
-                }
-                view.reachable = true;
-                view.miss_streak = 0;
-                view.ok_streak = view.ok_streak.saturating_add(1);
-                // First contact counts at once: there is no health to keep.
-                if view.report.is_none() || view.ok_streak >= threshold {
-                    view.healthy = true;
-                }
-                view.report = Some(report);
-            }
-        }
-        // A probe sent before the promotion finished may still say "in
-        // recovery": only an answer as a primary, or none, replaces it.
-        if self.promoted == Some(node) && !view.answering_as_replica() {
-            self.promoted = None;
-        }
-        if self.primary == Some(node) {
-            self.observe_primary(node, at);
-        }
-    }
-
-    fn observe_primary(&mut self, node: NodeId, at: u64) {
-        let Some(view) = self.view(node) else {
-            return;
-        };
-        if view.answering_as_primary() {
-            let lsn = view.report.as_ref().map(Report::wal).unwrap_or_default();
-            self.last_primary_lsn = match self.last_primary_lsn {
-                Some((epoch, seen)) if epoch == self.epoch => Some((epoch, seen.max(lsn))),
-                _ => Some((self.epoch, lsn)),
-            };
-            self.primary_lost_since = None;
-            self.primary_misses = 0;
-        } else {
-            self.primary_lost_since.get_or_insert(at);
-            self.primary_misses = self.primary_misses.saturating_add(1);
         }
     }
 
@@ -580,113 +507,6 @@ impl State {
                     self.abandon_candidate(candidate);
                     self.drive_failover(out);
                 }
-            }
-        }
-    }
-
-    /// The candidate failed or vanished: the next one gets a newer epoch.
-    fn abandon_candidate(&mut self, candidate: NodeId) {
-        if let Phase::Failover(f) = &mut self.phase {
-            f.excluded.insert(candidate);
-            f.writes = WriteState::Refused(Refusal::FailingOver);
-            f.stage = FailoverStage::Choosing {
-                reason: None,
-                retry_at: 0,
-            };
-        }
-    }
-
-    fn persisted(&mut self, epoch: u64, out: &mut Vec<Action>) {
-        match self.phase.clone() {
-            Phase::Adopting { node, epoch: e } if e == epoch => {
-                self.epoch = epoch;
-                self.set_primary(node);
-                self.phase = Phase::Steady { confirmed: true };
-            }
-            Phase::Failover(mut f) => {
-                let FailoverStage::Persisting {
-                    epoch: e,
-                    candidate,
-                } = f.stage
-                else {
-                    return;
-                };
-                if e != epoch {
-                    return;
-                }
-                self.epoch = epoch;
-                self.set_primary(candidate);
-                if let Some(old) = f.old.take() {
-                    self.fence(old);
-                }
-                f.stage = FailoverStage::Promoting { candidate };
-                self.phase = Phase::Failover(f);
-                out.push(Action::Promote(candidate));
-            }
-            Phase::Switchover(mut s) => {
-                if s.stage != (SwitchoverStage::Persisting { epoch }) {
-                    return;
-                }
-                self.epoch = epoch;
-                self.set_primary(s.target);
-                self.fence(s.old);
-                s.stage = SwitchoverStage::Fencing { done_at: None };
-                self.phase = Phase::Switchover(s);
-            }
-            _ => {}
-        }
-    }
-
-    fn persist_failed(&mut self, epoch: u64, out: &mut Vec<Action>) {
-        let retry_at = self.later();
-        match &mut self.phase {
-            Phase::Adopting { epoch: e, .. } if *e == epoch => {
-                self.phase = Phase::Bootstrapping {
-                    reason: Some(format!("could not persist epoch {epoch}; retrying")),
-                    retry_at,
-                };
-            }
-            Phase::Failover(f) if f.stage_epoch() == Some(epoch) => {
-                f.stage = FailoverStage::Choosing {
-                    reason: Some(format!("could not persist epoch {epoch}; retrying")),
-                    retry_at,
-                };
-            }
-            Phase::Switchover(s) if s.stage == (SwitchoverStage::Persisting { epoch }) => {
-                self.phase = Phase::Steady { confirmed: true };
-                out.push(Action::CommandRefused {
-                    reason: format!("switchover abandoned: could not persist epoch {epoch}"),
-                });
-            }
-            _ => {}
-        }
-    }
-
-    fn promoted(&mut self, node: NodeId) {
-        let Phase::Failover(f) = &self.phase else {
-            return;
-        };
-        if f.stage != (FailoverStage::Promoting { candidate: node }) {
-            return;
-        }
-        self.phase = Phase::Steady { confirmed: true };
-        self.promoted = Some(node);
-        self.primary_lost_since = None;
-        self.primary_misses = 0;
-        // Kept until now so that a next candidate could still be chosen by
-        // it; the new primary reports its own.
-        self.sync_standbys.clear();
-        for (id, view) in self.nodes.iter_mut().enumerate() {
-            if id != node && !self.fenced.contains(&id) {
-                view.repoint = Task::Needed;
-            }
-        }
-    }
-
-    fn promote_failed(&mut self, node: NodeId) {
-        if let Phase::Failover(f) = &self.phase {
-            if f.stage == (FailoverStage::Promoting { candidate: node }) {
-                self.abandon_candidate(node);
             }
         }
     }
