@@ -1,21 +1,34 @@
-//! Assembles a running proxy: the control plane's monitor, the listener, and
-//! one task per client. [`Proxy::start`] is what `palisade --config`, the
-//! demo and the integration tests all run.
+//! Assembles a running proxy, and is the one place that wires it: the epoch
+//! store chosen from the config, the control plane's named tasks (a prober
+//! per node, the driver, the function catalog's refresher (which loads the
+//! backend database's set before the proxy listens), the idle-connection reaper,
+//! the listener), and a [`TaskTracker`] for the client sessions and the
+//! driver's action tasks, so that shutdown waits for them.
+//! [`Proxy::start`] is what `palisade --config`, the demo and the
+//! integration tests all run.
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use std::future::Future;
+
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, watch, Semaphore};
 use tokio::task::JoinHandle;
-use tracing::{info, warn};
+use tokio_util::task::TaskTracker;
+use tracing::{info, warn, Instrument};
 
+use crate::admin::Console;
 use crate::backend::pool::ServerPool;
 use crate::config::{Config, ConfigError};
+use crate::control::driver::{Driver, Wiring};
+use crate::control::handle::Request;
+use crate::control::monitor;
 use crate::control::operator::{CommandOperator, NodeOperator};
-use crate::control::{FunctionCatalog, Monitor};
+use crate::control::refresher::{FunctionsLoaded, Refresher};
+use crate::control::{ControlHandle, EpochStore, FunctionCatalog, MemoryStore, StateFile};
 use crate::frontend::auth::Authenticator;
 use crate::frontend::cancel::CancelRegistry;
 use crate::frontend::load::NodeLoads;
@@ -34,16 +47,36 @@ pub enum StartError {
     },
 }
 
+/// How long shutdown waits for sessions and action tasks to end.
+const DRAIN: Duration = Duration::from_secs(10);
+
+/// A background task, by name, so shutdown can say which one failed.
+struct Named {
+    name: String,
+    handle: JoinHandle<()>,
+}
+
+/// Spawns `task` as `name`, its logs in a span of that name.
+fn spawn_named(name: impl Into<String>, task: impl Future<Output = ()> + Send + 'static) -> Named {
+    let name = name.into();
+    let span = tracing::info_span!("task", task = %name);
+    Named {
+        handle: tokio::spawn(task.instrument(span)),
+        name,
+    }
+}
+
 /// A running proxy. Dropping it without [`Proxy::shutdown`] aborts its tasks.
 pub struct Proxy {
     addr: SocketAddr,
     shared: Arc<Shared>,
     topology: TopologyHandle,
+    control: ControlHandle,
     shutdown: watch::Sender<bool>,
-    listener: JoinHandle<()>,
-    reaper: JoinHandle<()>,
-    refresher: JoinHandle<()>,
-    monitor: Monitor,
+    /// Listener first: it stops before the rest.
+    tasks: Vec<Named>,
+    /// Client sessions and the driver's action tasks.
+    tracker: TaskTracker,
 }
 
 impl Proxy {
@@ -71,30 +104,44 @@ impl Proxy {
         let (shutdown, shutdown_rx) = watch::channel(false);
         let topology = TopologyHandle::new(Topology::from_config(&config.nodes));
         let config = Arc::new(config);
-        let (control, commands) = mpsc::channel(16);
-        let monitor = Monitor::start(
-            config.clone(),
-            topology.clone(),
+        let tracker = TaskTracker::new();
+        let (control, commands) = ControlHandle::channel();
+        let (loaded, functions) = mpsc::unbounded_channel();
+        let mut tasks = start_control(ControlWiring {
+            config: config.clone(),
+            topology: topology.clone(),
             commands,
+            functions,
             operator,
-            shutdown_rx.clone(),
-        )
+            tracker: tracker.clone(),
+            shutdown: shutdown_rx.clone(),
+        })
         .await;
         let pool = Arc::new(ServerPool::new(
             &config.pool,
             config.proxy.connect_timeout(),
         ));
-        let reaper = tokio::spawn(prune_idle(
-            pool.clone(),
-            config.pool.idle_timeout(),
-            shutdown_rx.clone(),
+        tasks.push(spawn_named(
+            "reaper",
+            prune_idle(
+                pool.clone(),
+                config.pool.idle_timeout(),
+                shutdown_rx.clone(),
+            ),
         ));
         let catalog = Arc::new(FunctionCatalog::new(&config, topology.clone()));
-        let refresher = tokio::spawn(
-            catalog
-                .clone()
-                .refresh_loop(config.routing.function_refresh(), shutdown_rx.clone()),
-        );
+        if let Some(refresher) = Refresher::new(
+            catalog.clone(),
+            topology.clone(),
+            loaded,
+            config.routing.function_refresh(),
+            shutdown_rx.clone(),
+        ) {
+            // The backend's database is the one clients most likely use.
+            let limit = config.proxy.connect_timeout() + config.monitor.probe_timeout();
+            refresher.preload(&config.backend.database, limit).await;
+            tasks.push(spawn_named("catalog", refresher.run()));
+        }
         let shared = Arc::new(Shared {
             pool,
             auth: Authenticator::new(&config),
@@ -103,23 +150,23 @@ impl Proxy {
             read_policy: ReadPolicy::from_config(&config.routing),
             tickets: AtomicU64::new(0),
             unparsable: AtomicU64::new(0),
-            control,
+            admin: Console::new(control.clone()),
             config,
             topology: topology.clone(),
             cancels: Arc::new(CancelRegistry::default()),
             shutdown: shutdown_rx,
         });
         info!(%addr, "palisade is listening");
-        let listener = tokio::spawn(accept_loop(listener, shared.clone()));
+        let accept = accept_loop(listener, shared.clone(), tracker.clone());
+        tasks.insert(0, spawn_named("listener", accept));
         Ok(Proxy {
             addr,
             shared,
             topology,
+            control,
             shutdown,
-            listener,
-            reaper,
-            refresher,
-            monitor,
+            tasks,
+            tracker,
         })
     }
 
@@ -145,23 +192,93 @@ impl Proxy {
         self.topology.load()
     }
 
+    /// Where operator commands for the control plane's driver go (what
+    /// the admin console uses).
+    pub fn control(&self) -> &ControlHandle {
+        &self.control
+    }
+
     /// Stops accepting, tells every session to end, and waits for the
-    /// listener and the control plane to stop.
+    /// named tasks to stop and for sessions and action tasks to end (at
+    /// most [`DRAIN`] for those).
     pub async fn shutdown(mut self) {
         let _ = self.shutdown.send(true);
-        let _ = (&mut self.listener).await;
-        let _ = (&mut self.reaper).await;
-        let _ = (&mut self.refresher).await;
-        self.monitor.join().await;
+        for task in std::mem::take(&mut self.tasks) {
+            if let Err(e) = task.handle.await {
+                warn!(task = %task.name, error = %e, "task ended abnormally");
+            }
+        }
+        self.tracker.close();
+        if tokio::time::timeout(DRAIN, self.tracker.wait())
+            .await
+            .is_err()
+        {
+            warn!(
+                left = self.tracker.len(),
+                "sessions or actions still running at shutdown"
+            );
+        }
     }
 }
 
 impl Drop for Proxy {
     fn drop(&mut self) {
         let _ = self.shutdown.send(true);
-        self.listener.abort();
-        self.reaper.abort();
-        self.refresher.abort();
+        for task in &self.tasks {
+            task.handle.abort();
+        }
+    }
+}
+
+/// What the control plane is started with.
+struct ControlWiring {
+    config: Arc<Config>,
+    topology: TopologyHandle,
+    commands: mpsc::Receiver<Request>,
+    functions: mpsc::UnboundedReceiver<FunctionsLoaded>,
+    operator: Arc<dyn NodeOperator>,
+    tracker: TaskTracker,
+    shutdown: watch::Receiver<bool>,
+}
+
+/// Starts a prober per node and the driver; returns once every node has
+/// been probed once, so the first published snapshot already knows the
+/// primary.
+async fn start_control(w: ControlWiring) -> Vec<Named> {
+    let (results, probed) = mpsc::channel(64);
+    let mut tasks: Vec<Named> = monitor::probers(&w.config, &results, &w.shutdown)
+        .into_iter()
+        .map(|prober| {
+            let name = format!("probe {}", w.config.nodes[prober.node()].display_name());
+            spawn_named(name, prober.run())
+        })
+        .collect();
+    let (first_round, mut first_round_done) = watch::channel(false);
+    let driver = Driver::new(
+        w.config.clone(),
+        Wiring {
+            topology: w.topology,
+            results: probed,
+            commands: w.commands,
+            functions: w.functions,
+            store: epoch_store(&w.config),
+            operator: w.operator,
+            first_round,
+            tracker: w.tracker,
+            shutdown: w.shutdown,
+        },
+    );
+    tasks.push(spawn_named("driver", driver.run()));
+    let _ = first_round_done.wait_for(|done| *done).await;
+    tasks
+}
+
+/// The state file when one is configured; otherwise the epoch lives only
+/// as long as the process.
+fn epoch_store(config: &Config) -> Arc<dyn EpochStore> {
+    match &config.failover.state_file {
+        Some(path) => Arc::new(StateFile::new(path)),
+        None => Arc::new(MemoryStore::default()),
     }
 }
 
@@ -180,7 +297,8 @@ async fn prune_idle(
     }
 }
 
-async fn accept_loop(listener: TcpListener, shared: Arc<Shared>) {
+/// Accepts clients until shutdown; each session runs on `sessions`.
+async fn accept_loop(listener: TcpListener, shared: Arc<Shared>, sessions: TaskTracker) {
     let limit = Arc::new(Semaphore::new(shared.config.proxy.max_client_connections));
     let mut shutdown = shared.shutdown.clone();
     loop {
@@ -192,7 +310,7 @@ async fn accept_loop(listener: TcpListener, shared: Arc<Shared>) {
             Ok((stream, peer)) => {
                 // Over the limit the client is still served, with 53300, so it learns why.
                 let permit = limit.clone().try_acquire_owned().ok();
-                tokio::spawn(frontend::serve(stream, peer, shared.clone(), permit));
+                sessions.spawn(frontend::serve(stream, peer, shared.clone(), permit));
             }
             Err(e) => {
                 // Out of file descriptors and the like: back off instead of spinning.

@@ -764,7 +764,7 @@ async fn manual_mode_waits_for_the_operators_switchover() {
     wait_topology(
         proxy,
         "writes refused for the failed primary",
-        |t| matches!(&t.writes, WriteState::Refused(reason) if reason.contains("SWITCHOVER")),
+        |t| matches!(&t.writes, WriteState::Refused(reason) if reason.to_string().contains("SWITCHOVER")),
     )
     .await;
     tokio::time::sleep(Duration::from_millis(2 * FAILOVER_TIMEOUT_MS)).await;

@@ -3,16 +3,16 @@
 //! `SHOW NODES` (the published topology with each node's replication
 //! position, lag and traffic) and `SHOW CONFIG` (the running config,
 //! secrets masked), and passes `SWITCHOVER [TO node]` and `REJOIN node` to
-//! the control plane's driver, over the simple query protocol, like
-//! PgBouncer's `pgbouncer` database.
+//! the control plane's driver through the [`ControlHandle`] the proxy gave
+//! its [`Console`], over the simple query protocol, like PgBouncer's
+//! `pgbouncer` database.
 
 use bytes::BytesMut;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-use tokio::sync::oneshot;
-
 use crate::config::Config;
-use crate::control::driver as control;
+use crate::control::handle as control;
+use crate::control::ControlHandle;
 use crate::frontend::session::ClientIo;
 use crate::frontend::Shared;
 use crate::protocol::{messages, take_frame, Sqlstate};
@@ -31,6 +31,19 @@ const STARTUP_PARAMETERS: [(&str, &str); 6] = [
     ("integer_datetimes", "on"),
     ("standard_conforming_strings", "on"),
 ];
+
+/// What the console needs of the proxy beyond what every client task
+/// shares: the way to the control plane's driver.
+#[derive(Debug, Clone)]
+pub struct Console {
+    control: ControlHandle,
+}
+
+impl Console {
+    pub fn new(control: ControlHandle) -> Console {
+        Console { control }
+    }
+}
 
 /// One console command.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -151,7 +164,7 @@ async fn answer(out: &mut BytesMut, sql: &str, shared: &Shared) {
                 control::Command::Switchover(_) => "SWITCHOVER",
                 control::Command::Rejoin(_) => "REJOIN",
             };
-            match ask(shared, command).await {
+            match shared.admin.control.ask(command).await {
                 Ok(done) => {
                     messages::notice(out, &done);
                     messages::command_complete(out, tag);
@@ -193,18 +206,6 @@ async fn answer(out: &mut BytesMut, sql: &str, shared: &Shared) {
             ),
         ),
     }
-}
-
-/// Hands `command` to the control plane's driver and waits for its answer.
-async fn ask(shared: &Shared, command: control::Command) -> Result<String, String> {
-    let (reply, answer) = oneshot::channel();
-    let request = control::Request { command, reply };
-    if shared.control.send(request).await.is_err() {
-        return Err("the control plane is not running".to_owned());
-    }
-    answer
-        .await
-        .unwrap_or_else(|_| Err("the control plane stopped before answering".to_owned()))
 }
 
 pub const NODE_COLUMNS: [&str; 12] = [

@@ -334,6 +334,26 @@ fn classify_parts(sql: &str, volatile: &HashSet<String>) -> Part {
     all.finish()
 }
 
+/// The first function a string calls that is not one of the built-ins
+/// this module lists (name as written, lower case), whatever its
+/// volatility: what a session cannot vouch for while the catalog it
+/// classifies with may predate a function just created. `None` when it
+/// calls none, or does not parse (then it is a write already).
+pub fn first_unlisted_call(sql: &str) -> Option<String> {
+    if sql.len() > MAX_SQL_LEN {
+        return None;
+    }
+    let dialect = PostgreSqlDialect {};
+    let tokens = Tokenizer::new(&dialect, sql)
+        .tokenize_with_location()
+        .ok()?;
+    let none = HashSet::new();
+    lex::split_statements(tokens)
+        .into_iter()
+        .map_while(|tokens| parse_one(&dialect, tokens))
+        .find_map(|stmt| scan::scan(&stmt, &none).unlisted)
+}
+
 /// Parses the tokens of exactly one statement, or gives up.
 fn parse_one(dialect: &PostgreSqlDialect, mut tokens: Vec<TokenWithSpan>) -> Option<Statement> {
     if lex::chain_tokens(&tokens) > MAX_CHAIN_TOKENS {

@@ -13,11 +13,13 @@ use sqlparser::ast::{Expr, ObjectName, Query, Select, SetExpr, TableFactor, Visi
 use super::functions::{self, FnKind};
 use super::{PinReason, Reason, SessionEffect};
 
-/// What the walk found: the first reason to write, and every effect in order.
+/// What the walk found: the first reason to write, every effect in order,
+/// and the first call of a function the built-in list does not know.
 #[derive(Debug, Default)]
 pub(crate) struct Findings {
     pub write: Option<Reason>,
     pub effects: Vec<SessionEffect>,
+    pub unlisted: Option<String>,
 }
 
 /// Walks `node` entirely (no early exit: a later call may still pin).
@@ -90,11 +92,14 @@ impl Scanner<'_> {
             }
             return;
         }
+        let qualified = parts.join(".");
+        if self.found.unlisted.is_none() {
+            self.found.unlisted = Some(qualified.clone());
+        }
         if self.volatile.is_empty() {
             return;
         }
         // The caller lists both `f` and `s.f`; also try `s.f` of `db.s.f`.
-        let qualified = parts.join(".");
         let tail = parts.len().checked_sub(2).map(|i| parts[i..].join("."));
         if self.volatile.contains(last.as_ref())
             || self.volatile.contains(&qualified)

@@ -988,3 +988,21 @@ fn prepare_texts_recreate_each_prepare_alone() {
     }
     assert!(super::prepare_texts("PREPARE broken AS").is_empty());
 }
+
+#[test]
+fn the_first_unlisted_call_is_any_function_the_built_in_list_does_not_know() {
+    use super::first_unlisted_call as unlisted;
+    assert_eq!(unlisted("SELECT 1 FROM t WHERE x = $1"), None);
+    assert_eq!(unlisted("SELECT nextval('s')"), None, "listed");
+    assert_eq!(unlisted("SELECT my_fn()"), Some("my_fn".into()));
+    assert_eq!(
+        unlisted("SELECT 1; SELECT * FROM App.Gen(3)"),
+        Some("app.gen".into())
+    );
+    assert_eq!(
+        unlisted("SELECT x FROM t WHERE y IN (SELECT now())"),
+        Some("now".into()),
+        "built-ins outside the list count too"
+    );
+    assert_eq!(unlisted("SELECT (((("), None, "unparsable");
+}

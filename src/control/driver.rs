@@ -1,42 +1,31 @@
-//! The control plane's single writer. One task folds every probe result
-//! into node health and lag, feeds the failover state machine
-//! ([`failover::step`]) with probes, ticks, action outcomes and operator
-//! commands, carries out the actions it returns (persist the epoch, then
-//! publish; promote, repoint, fence, rejoin on tasks of their own), keeps
-//! the primary's `synchronous_standby_names` in line with the replication
-//! mode, and publishes the one [`Topology`] the data plane reads.
+//! The control plane's single writer. One task feeds the failover state
+//! machine ([`failover::step`]) with probe results, ticks, action outcomes
+//! and operator commands, carries out the actions it returns (persist the
+//! epoch, then publish; promote, repoint, fence, rejoin on tracked tasks of
+//! their own), keeps the primary's `synchronous_standby_names` in line with
+//! the replication mode, and after every step publishes the whole
+//! [`Topology`] read off the machine's state ([`super::snapshot`]), with lag
+//! measured ([`super::lag`]). The proxy wires it ([`Wiring`]).
 
 use std::collections::{BTreeSet, VecDeque};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use tokio::sync::{mpsc, oneshot, watch};
+use tokio::sync::{mpsc, watch};
+use tokio_util::task::TaskTracker;
 use tracing::{error, info, warn};
 
 use super::epoch::EpochStore;
-use super::failover::{
-    self, Action, Event, NodeId, Probe, Published, Refusal, Report, Upstream, WalReceiver, Writes,
-};
+use super::failover::{self, Action, Event, NodeId, Probe};
 use super::fencing::{self, NodeAdmin};
-use super::monitor::{apply, log_change, measure_lag, NodeReport, ProbeResult, Streak, WalHistory};
+use super::handle::{Command, Request};
+use super::lag::{measure_lag, WalHistory};
+use super::monitor::ProbeResult;
 use super::operator::NodeOperator;
+use super::refresher::FunctionsLoaded;
+use super::snapshot::{log_changes, snapshot};
 use crate::config::{Config, ReplicationMode};
-use crate::topology::{Topology, TopologyHandle, WriteState};
-
-/// An operator command from the admin console.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Command {
-    /// `SWITCHOVER [TO node]`.
-    Switchover(Option<String>),
-    /// `REJOIN node`.
-    Rejoin(String),
-}
-
-/// A command and where its answer goes: what was started, or why not.
-pub struct Request {
-    pub command: Command,
-    pub reply: oneshot::Sender<Result<String, String>>,
-}
+use crate::topology::{Topology, TopologyHandle};
 
 /// The outcome of work the driver handed to a task.
 enum Outcome {
@@ -58,13 +47,16 @@ pub struct Driver {
     topology: TopologyHandle,
     results: mpsc::Receiver<ProbeResult>,
     commands: mpsc::Receiver<Request>,
+    functions: mpsc::UnboundedReceiver<FunctionsLoaded>,
     outcomes: mpsc::UnboundedReceiver<Outcome>,
     outcome_tx: mpsc::UnboundedSender<Outcome>,
-    streaks: Vec<Streak>,
     history: WalHistory,
     machine: Option<failover::State>,
-    published: Option<Published>,
+    /// Writes refused for a reason of the driver's own (no epoch record).
+    broken: Option<String>,
     store: Arc<dyn EpochStore>,
+    /// Action tasks, so that shutdown waits for them.
+    tracker: TaskTracker,
     admins: Vec<NodeAdmin>,
     operator: Arc<dyn NodeOperator>,
     clock: Instant,
@@ -82,10 +74,14 @@ pub struct Wiring {
     pub topology: TopologyHandle,
     pub results: mpsc::Receiver<ProbeResult>,
     pub commands: mpsc::Receiver<Request>,
+    /// Catalog loads to publish beside the topology.
+    pub functions: mpsc::UnboundedReceiver<FunctionsLoaded>,
     pub store: Arc<dyn EpochStore>,
     pub operator: Arc<dyn NodeOperator>,
     /// Told once every node has been probed and the result published.
     pub first_round: watch::Sender<bool>,
+    /// Where the tasks carrying out actions are spawned.
+    pub tracker: TaskTracker,
     pub shutdown: watch::Receiver<bool>,
 }
 
@@ -117,12 +113,13 @@ impl Driver {
             topology: wiring.topology,
             results: wiring.results,
             commands: wiring.commands,
+            functions: wiring.functions,
             outcomes,
             outcome_tx,
-            streaks: vec![Streak::default(); nodes],
             history: WalHistory::default(),
-            published: None,
+            broken: None,
             store: wiring.store,
+            tracker: wiring.tracker,
             admins,
             operator: wiring.operator,
             clock: Instant::now(),
@@ -146,10 +143,15 @@ impl Driver {
                 // Without the record the proxy cannot know which node it
                 // fenced: it takes no writes rather than guess.
                 error!(error = %e, "cannot load the epoch state; writes stay refused");
-                self.publish(Some(e.to_string()));
+                self.broken = Some(e.to_string());
+                self.publish();
                 let _ = self.first_round.send(true);
-                let _ = self.shutdown.changed().await;
-                return;
+                loop {
+                    tokio::select! {
+                        Some(loaded) = self.functions.recv() => self.publish_functions(loaded),
+                        _ = self.shutdown.changed() => return,
+                    }
+                }
             }
             Err(e) => {
                 error!(error = %e, "epoch state load panicked");
@@ -167,6 +169,7 @@ impl Driver {
                 },
                 Some(outcome) = self.outcomes.recv() => self.on_outcome(outcome).await,
                 Some(request) = self.commands.recv() => self.on_command(request).await,
+                Some(loaded) = self.functions.recv() => self.publish_functions(loaded),
                 _ = tick.tick() => {
                     let now = self.now();
                     self.feed(Event::Tick { now }).await;
@@ -176,24 +179,25 @@ impl Driver {
         }
     }
 
+    /// Publishes a catalog load beside the topology.
+    fn publish_functions(&self, loaded: FunctionsLoaded) {
+        self.topology
+            .publish_functions(&loaded.database, loaded.published);
+        if let Some(ack) = loaded.ack {
+            let _ = ack.send(());
+        }
+    }
+
     fn now(&self) -> u64 {
         u64::try_from(self.clock.elapsed().as_millis()).unwrap_or(u64::MAX)
     }
 
-    async fn on_probe(&mut self, result: ProbeResult) {
-        let current = self.topology.load();
-        let next = apply(
-            &current,
-            &mut self.streaks,
-            &result,
-            self.config.monitor.health_threshold,
-        );
-        self.store_topology(&current, next, Some(result.node));
-        let node = result.node;
+    async fn on_probe(&mut self, probe: ProbeResult) {
+        let node = probe.node;
         let at = self.now();
         let primary = self.machine.as_ref().and_then(failover::State::primary);
-        let sync = match &result.report {
-            Some(r) if !r.in_recovery && primary == Some(node) => {
+        let sync = match &probe.result {
+            Probe::Reachable(r) if !r.in_recovery && primary == Some(node) => {
                 Some(self.node_ids(&r.sync_standbys))
             }
             _ => None,
@@ -201,12 +205,14 @@ impl Driver {
         self.feed(Event::Probe {
             node,
             at,
-            result: probe(result.report.as_ref()),
+            result: probe.result,
         })
         .await;
         if let Some(nodes) = sync {
             self.feed(Event::SyncStandbys { nodes }).await;
         }
+        // Health, roles and positions change with every probe.
+        self.publish();
         if !self.seen[node] {
             self.seen[node] = true;
             self.unseen -= 1;
@@ -283,8 +289,9 @@ impl Driver {
             .ok_or_else(|| format!("no node is named {name:?}"))
     }
 
-    /// Runs `event` and everything it leads to through the state machine;
-    /// returns the reason of a refused operator command, if one was.
+    /// Runs `event` and everything it leads to through the state machine,
+    /// publishing when it published; returns the reason of a refused
+    /// operator command, if one was.
     async fn feed(&mut self, event: Event) -> Option<String> {
         let mut queue = VecDeque::from([event]);
         let mut refused = None;
@@ -301,8 +308,7 @@ impl Driver {
                     }
                     Action::PublishTopology(published) => {
                         info!(epoch = published.epoch, primary = ?published.primary.map(|p| &self.admins[p].name), writes = ?published.writes, fenced = ?published.fenced, "topology");
-                        self.published = Some(published);
-                        self.publish(None);
+                        self.publish();
                     }
                     Action::CommandRefused { reason } => {
                         warn!(%reason, "operator command refused");
@@ -347,7 +353,7 @@ impl Driver {
         let done = move |event| {
             let _ = tx.send(Outcome::Machine(event));
         };
-        tokio::spawn(async move {
+        self.tracker.spawn(async move {
             match action {
                 Action::Promote(node) => {
                     info!(node = %admins[node].name, "promoting");
@@ -397,37 +403,16 @@ impl Driver {
         });
     }
 
-    /// Publishes the current topology with the state machine's decisions;
-    /// `broken` refuses writes for a reason of the driver's own.
-    fn publish(&mut self, broken: Option<String>) {
+    /// Publishes the topology the state machine's state describes, with
+    /// lag measured, when it differs from the current one, and keeps the
+    /// replication mode applied to its primary.
+    fn publish(&mut self) {
+        let Some(machine) = &self.machine else { return };
         let current = self.topology.load();
-        let mut next = (*current).clone();
-        match (&broken, &self.published) {
-            (Some(reason), _) => {
-                next.leader = None;
-                next.writes = WriteState::Refused(reason.clone());
-            }
-            (None, Some(p)) => {
-                next.epoch = p.epoch;
-                next.leader = p.primary;
-                next.writes = write_state(&p.writes);
-                for (i, node) in next.nodes.iter_mut().enumerate() {
-                    node.fenced = p.fenced.contains(&i);
-                }
-            }
-            (None, None) => {}
-        }
-        self.store_topology(&current, next, None);
-    }
-
-    /// Measures lag, publishes `next` when it differs from `current`, and
-    /// keeps the replication mode applied to the primary.
-    fn store_topology(&mut self, current: &Topology, mut next: Topology, node: Option<usize>) {
+        let mut next = snapshot(machine, &current, self.broken.as_deref());
         measure_lag(&mut next, &mut self.history, Instant::now());
         if next != *current {
-            if let Some(node) = node {
-                log_change(current, &next, node);
-            }
+            log_changes(&current, &next);
             self.sync_replication(&next);
             self.topology.publish(next);
         }
@@ -450,7 +435,7 @@ impl Driver {
         self.sync_busy_until = Some(Instant::now() + Duration::from_secs(3600));
         let admin = self.admins[primary].clone();
         let tx = self.outcome_tx.clone();
-        tokio::spawn(async move {
+        self.tracker.spawn(async move {
             let ok = match admin.set_sync_standbys(&standbys).await {
                 Ok(()) => true,
                 Err(e) => {
@@ -488,44 +473,10 @@ pub fn sync_standbys(mode: ReplicationMode, topology: &Topology) -> Option<(Node
     Some((primary, standbys))
 }
 
-fn write_state(writes: &Writes) -> WriteState {
-    match writes {
-        Writes::Open => WriteState::Open,
-        Writes::Paused => WriteState::Paused,
-        Writes::Refused(refusal) => WriteState::Refused(match refusal {
-            Refusal::NoPrimary => "no primary is known yet".to_owned(),
-            Refusal::PrimaryUnreachable => {
-                "the primary is unreachable from the proxy (its replicas still stream from it, so it is not failed over)".to_owned()
-            }
-            Refusal::FailingOver => "a failover is promoting a new primary".to_owned(),
-            Refusal::ReadOnly(reason) => reason.clone(),
-        }),
-    }
-}
-
-/// A probe result as the state machine sees it.
-fn probe(report: Option<&NodeReport>) -> Probe {
-    match report {
-        None => Probe::Unreachable,
-        Some(r) => Probe::Reachable(Report {
-            in_recovery: r.in_recovery,
-            lsn: r.lsn.unwrap_or_default(),
-            receive_lsn: r.receive_lsn,
-            receiver: WalReceiver {
-                streaming: r.streaming,
-                upstream: r
-                    .upstream
-                    .clone()
-                    .map(|(host, port)| Upstream::Addr { host, port }),
-            },
-        }),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::topology::{NodeState, Replication, Role};
+    use crate::topology::{NodeState, Replication, Role, WriteState};
 
     fn node(name: &str, role: Role, healthy: bool, streaming: bool) -> NodeState {
         NodeState {

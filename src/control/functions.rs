@@ -2,11 +2,12 @@
 //! the classifier must treat as writes (`classify(sql, &set.names)`). Sets
 //! are loaded from the current primary's `pg_proc` over a short-lived
 //! connection of their own, kept per database (pg_proc is per database), and
-//! replaced whole when a reload finds a different list. The data plane reads
-//! the latest set lock-free ([`FunctionCatalog::current`]); loading happens on
-//! first use of a database, after function DDL ran through the proxy
-//! ([`FunctionCatalog::reload`]), and on an interval
-//! ([`FunctionCatalog::refresh_loop`]) for DDL that did not.
+//! replaced whole when a reload finds a different list. This is the
+//! loader's own record; the data plane reads what the driver publishes
+//! beside the topology ([`crate::topology::FunctionView`]), fed by the
+//! refresher ([`super::refresher`]), which loads when a database is first
+//! seen, after function DDL ran through the proxy, and on an interval for
+//! DDL that did not.
 //!
 //! A failed load never empties a set that was loaded before: routing keeps
 //! the last known list, and the next call tries again.
@@ -42,18 +43,28 @@ const VOLATILE_FUNCTIONS_SQL: &str = "\
 const MAX_TRACKED_DATABASES: usize = 4096;
 
 /// The refresh loop never spins faster than this, whatever it is given.
-const MIN_REFRESH_INTERVAL: Duration = Duration::from_millis(10);
+pub(crate) const MIN_REFRESH_INTERVAL: Duration = Duration::from_millis(10);
 
-/// One database's VOLATILE functions, as loaded at one moment.
-#[derive(Debug, Clone, PartialEq, Eq, Default)]
-pub struct VolatileSet {
-    /// 0 for "never loaded" (an empty set); otherwise increases every time a
-    /// database's set is replaced, so a cache filled with one set can tell
-    /// when it is stale.
-    pub generation: u64,
-    /// Folded with [`fold_name`]: every function's bare name and its
-    /// `schema.name`.
-    pub names: HashSet<String>,
+pub use crate::topology::VolatileSet;
+
+/// How one load of a database's set ended.
+#[derive(Debug, Clone)]
+pub(crate) enum Loaded {
+    /// Read from the primary just now (changed or not).
+    Fresh(Arc<VolatileSet>),
+    /// The load failed; this is what was known before (maybe empty).
+    Kept(Arc<VolatileSet>),
+    /// The database does not exist: nothing is kept for it.
+    Forgotten,
+}
+
+impl Loaded {
+    fn set(self, empty: &Arc<VolatileSet>) -> Arc<VolatileSet> {
+        match self {
+            Loaded::Fresh(set) | Loaded::Kept(set) => set,
+            Loaded::Forgotten => Arc::clone(empty),
+        }
+    }
 }
 
 /// Why a load failed. Every variant may succeed on a later try except
@@ -152,7 +163,7 @@ impl FunctionCatalog {
         if let Some(set) = self.current(database) {
             return set;
         }
-        self.load(database, true).await
+        self.load(database, true).await.set(&self.empty)
     }
 
     /// The latest loaded set, without waiting; `None` before the first
@@ -172,6 +183,11 @@ impl FunctionCatalog {
     /// ran) and returns it. The generation increases only if the list
     /// changed; on failure this is the previous set.
     pub async fn reload(&self, database: &str) -> Arc<VolatileSet> {
+        self.load(database, false).await.set(&self.empty)
+    }
+
+    /// [`FunctionCatalog::reload`], saying how the load ended.
+    pub(crate) async fn reload_outcome(&self, database: &str) -> Loaded {
         self.load(database, false).await
     }
 
@@ -205,7 +221,7 @@ impl FunctionCatalog {
     }
 
     /// Every database whose set is loaded or being loaded.
-    fn databases(&self) -> Vec<String> {
+    pub(crate) fn databases(&self) -> Vec<String> {
         let slots = self.slots.lock().unwrap_or_else(PoisonError::into_inner);
         slots.keys().cloned().collect()
     }
@@ -213,41 +229,42 @@ impl FunctionCatalog {
     /// One load of `database`, serialised with the others of the same
     /// database. With `share`, a caller that waited while another load of the
     /// database finished takes that load's answer instead of loading again.
-    async fn load(&self, database: &str, share: bool) -> Arc<VolatileSet> {
+    async fn load(&self, database: &str, share: bool) -> Loaded {
         // The server would take an empty name as the user's database:
         // nothing a session can be connected to under this name.
         if database.is_empty() {
-            return Arc::clone(&self.empty);
+            return Loaded::Kept(Arc::clone(&self.empty));
         }
         let slot = self.slot(database);
         let seen = slot.finished.load(Ordering::Acquire);
         let mut last = slot.last.lock().await;
         if share {
             if slot.finished.load(Ordering::Acquire) != seen {
-                return Arc::clone(&last);
+                return Loaded::Kept(Arc::clone(&last));
             }
             if let Some(set) = self.current(database) {
-                return set;
+                return Loaded::Kept(set);
             }
         }
-        let set = match self.fetch(database).await {
-            Ok(names) => self.store(database, names),
+        let loaded = match self.fetch(database).await {
+            Ok(names) => Loaded::Fresh(self.store(database, names)),
             Err(e) => {
                 let previous = self.current(database);
                 if e.database_missing() {
                     // Client-supplied names end here when mistyped: not a warning.
                     debug!(database, error = %e, "no such database: forgetting its volatile functions");
                     self.forget(database);
+                    Loaded::Forgotten
                 } else {
                     let kept_generation = previous.as_ref().map_or(0, |s| s.generation);
                     warn!(database, error = %e, kept_generation, "could not load volatile functions");
+                    Loaded::Kept(previous.unwrap_or_else(|| Arc::clone(&self.empty)))
                 }
-                previous.unwrap_or_else(|| Arc::clone(&self.empty))
             }
         };
-        *last = Arc::clone(&set);
+        *last = loaded.clone().set(&self.empty);
         slot.finished.fetch_add(1, Ordering::Release);
-        set
+        loaded
     }
 
     /// `database`'s load slot, tracked from now on if there is room.

@@ -21,7 +21,7 @@ use std::time::{Duration, Instant};
 use bytes::BytesMut;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
-use tokio::sync::{mpsc, watch, OwnedSemaphorePermit};
+use tokio::sync::{watch, OwnedSemaphorePermit};
 use tracing::{debug, info, Instrument};
 
 use crate::admin;
@@ -56,8 +56,8 @@ pub struct Shared {
     pub tickets: AtomicU64,
     /// Statements the classifier could not parse (sent to the primary).
     pub unparsable: AtomicU64,
-    /// Operator commands for the control plane's driver (admin console).
-    pub control: mpsc::Sender<crate::control::driver::Request>,
+    /// The admin console's way to the control plane.
+    pub admin: admin::Console,
     pub shutdown: watch::Receiver<bool>,
 }
 

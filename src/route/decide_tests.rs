@@ -8,7 +8,7 @@ use std::cell::Cell;
 
 use super::*;
 use crate::config::{LoadBalance, PartitionMode};
-use crate::topology::{NodeState, Replication, Role};
+use crate::topology::{NodeState, Refusal, Replication, Role};
 
 use Consistency::{Bounded, Causal, Eventual, Strong};
 
@@ -101,7 +101,6 @@ fn parts(cl: Cl) -> Parts {
     let primary = node(Role::Primary, true, 100, false, None);
     let fresh = node(Role::Replica, true, 100, true, Some((0, 0)));
     let far = node(Role::Replica, true, 50, true, Some((5000, 3000)));
-    let refused = |why: &str| WriteState::Refused(why.into());
     let pair = vec![primary.clone(), fresh.clone(), fresh.clone()];
     if let Some(replica) = alike(cl) {
         return (
@@ -124,11 +123,15 @@ fn parts(cl: Cl) -> Parts {
         ),
         Cl::Failover => (
             vec![down(primary), fresh.clone(), fresh],
-            refused("a failover is under way"),
+            WriteState::Refused(Refusal::FailingOver),
             Some(0),
         ),
         Cl::Paused => (pair, WriteState::Paused, Some(0)),
-        Cl::ReadOnly => (pair, refused("read-only until an operator acts"), Some(0)),
+        Cl::ReadOnly => (
+            pair,
+            WriteState::Refused(Refusal::ReadOnly("read-only until an operator acts".into())),
+            Some(0),
+        ),
         Cl::Fenced => {
             let mut p = primary;
             p.fenced = true;
@@ -137,7 +140,7 @@ fn parts(cl: Cl) -> Parts {
         Cl::NoLeader => (pair, WriteState::Open, None),
         Cl::Nothing | Cl::Dark => {
             let writes = match cl {
-                Cl::Nothing => refused("no primary is known yet"),
+                Cl::Nothing => WriteState::Refused(Refusal::NoPrimary),
                 _ => WriteState::Open,
             };
             (pair.into_iter().map(down).collect(), writes, Some(0))
@@ -700,10 +703,7 @@ fn startup_refusals_give_the_writes_reason() {
         &counters(Cf::Default),
         Instant::now(),
     );
-    assert_eq!(
-        got,
-        Decision::Refuse(NoRoute::Refused("no primary is known yet".into()))
-    );
+    assert_eq!(got, Decision::Refuse(NoRoute::Refused(Refusal::NoPrimary)));
 }
 
 #[test]

@@ -22,7 +22,7 @@ use std::time::{Duration, Instant};
 
 use crate::config::{Consistency, ConsistencyConfig, OnNoReplica};
 use crate::protocol::TxnStatus;
-use crate::topology::{Lsn, Topology, WriteState};
+use crate::topology::{Lsn, Refusal, Topology, WriteState};
 
 pub use balance::{pick, ReadPolicy};
 pub use freshness::{Need, ReadChoice};
@@ -159,7 +159,7 @@ pub enum NoRoute {
     #[error("writes stayed paused for a switchover longer than {0:?}")]
     PausedTooLong(Duration),
     #[error("writes are refused: {0}")]
-    Refused(String),
+    Refused(Refusal),
     #[error("no node is available to serve the read")]
     NoNode,
     /// No replica is fresh enough and `on_no_replica = error`.

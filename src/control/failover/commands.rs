@@ -6,8 +6,8 @@
 use std::collections::BTreeSet;
 
 use super::{
-    Action, Failover, FailoverStage, NodeId, Phase, Refusal, State, Switchover, SwitchoverStage,
-    Task, Writes, EPOCHS_SPENT,
+    Action, Failover, FailoverStage, NodeId, Phase, Refusal, Report, State, Switchover,
+    SwitchoverStage, Task, WriteState, EPOCHS_SPENT,
 };
 
 impl State {
@@ -40,7 +40,7 @@ impl State {
                 old: Some(primary),
                 excluded: BTreeSet::new(),
                 pinned: target,
-                writes: Writes::Refused(Refusal::FailingOver),
+                writes: WriteState::Refused(Refusal::FailingOver),
                 stage: FailoverStage::Choosing {
                     reason: None,
                     retry_at: 0,
@@ -78,8 +78,8 @@ impl State {
         let (Some(old), Some(target)) = (self.view(s.old), self.view(s.target)) else {
             return;
         };
-        let target_lsn = target.report.as_ref().map(|r| r.lsn).unwrap_or_default();
-        let old_lsn = old.report.as_ref().map(|r| r.lsn).unwrap_or_default();
+        let target_lsn = target.report.as_ref().map(Report::wal).unwrap_or_default();
+        let old_lsn = old.report.as_ref().map(Report::wal).unwrap_or_default();
         match s.stage {
             SwitchoverStage::CatchingUp => {
                 if self.primary_misses >= self.settings.health_threshold {
@@ -123,7 +123,7 @@ impl State {
                         old: None,
                         excluded: BTreeSet::new(),
                         pinned: None,
-                        writes: Writes::Paused,
+                        writes: WriteState::Paused,
                         stage: FailoverStage::Promoting {
                             candidate: s.target,
                         },

@@ -7,7 +7,7 @@ use std::collections::BTreeSet;
 use super::NodeId;
 use crate::config::{Config, FailoverMode, ReplicationMode};
 use crate::control::epoch::EpochRecord;
-use crate::topology::Lsn;
+use crate::topology::{Lsn, WriteState};
 
 /// How a node is known: its configured name (persisted) and address (what
 /// replicas name as their upstream).
@@ -96,21 +96,31 @@ pub struct WalReceiver {
     pub upstream: Option<Upstream>,
 }
 
-/// A node's answer to a probe.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// What a node that answered a probe said about itself: the one report
+/// the monitor sends, the state machine keeps, and the snapshot shows.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Report {
     pub in_recovery: bool,
-    /// A primary's current WAL position; a replica's replay position.
-    pub lsn: Lsn,
-    /// A replica's received (flushed) position.
+    /// A primary's current WAL (write) position; a replica's replay
+    /// position. `None` when the node did not say.
+    pub lsn: Option<Lsn>,
+    /// A replica's last WAL position received and flushed.
     pub receive_lsn: Option<Lsn>,
     pub receiver: WalReceiver,
+    /// A primary's standbys that may acknowledge synchronous commits
+    /// (`sync_state` sync or quorum), by application name.
+    pub sync_standbys: Vec<String>,
 }
 
 impl Report {
+    /// The WAL position reported, 0 when none was.
+    pub(super) fn wal(&self) -> Lsn {
+        self.lsn.unwrap_or_default()
+    }
+
     /// How much WAL the node holds: what it would have if promoted now.
     pub(super) fn position(&self) -> Lsn {
-        self.lsn.max(self.receive_lsn.unwrap_or(self.lsn))
+        self.wal().max(self.receive_lsn.unwrap_or(self.wal()))
     }
 }
 
@@ -179,36 +189,15 @@ pub enum Event {
     },
 }
 
-/// Whether the data plane may send writes to the published primary.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Writes {
-    Open,
-    /// Held, not failed: a planned switchover is under way.
-    Paused,
-    Refused(Refusal),
-}
-
-/// Why writes are refused.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Refusal {
-    /// Not yet known which node is the primary.
-    NoPrimary,
-    /// The proxy cannot reach the primary (08006 to writes); no failover
-    /// while the replicas still stream from it.
-    PrimaryUnreachable,
-    /// A failover is promoting a replica.
-    FailingOver,
-    /// The cluster stays read-only until an operator acts, for this reason.
-    ReadOnly(String),
-}
-
-/// The snapshot the driver publishes; its epoch is always persisted.
+/// The state machine's part of the published topology; its epoch is
+/// always persisted. Kept once, in the [`super::State`]; the action that
+/// announces a change carries a copy for the log.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Published {
     pub epoch: u64,
     /// The primary of the epoch: the only node that may receive writes.
     pub primary: Option<NodeId>,
-    pub writes: Writes,
+    pub writes: WriteState,
     /// Nodes that receive no traffic at all.
     pub fenced: BTreeSet<NodeId>,
 }

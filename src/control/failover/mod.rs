@@ -1,5 +1,9 @@
 //! The failover state machine: which node is the primary of which epoch,
-//! when a failed primary is replaced, and which nodes are fenced.
+//! when a failed primary is replaced, which nodes are fenced, and whether
+//! each node counts as healthy (its health flips only after
+//! `health_threshold` probe results in a row; a node never heard from
+//! before counts as up on first contact). The monitor only probes; this is
+//! the one place that counts.
 //!
 //! It is pure: [`step`] folds one [`Event`] (a probe result, a tick, the
 //! outcome of an earlier action, an operator command) into the [`State`] and
@@ -29,10 +33,12 @@ mod chores;
 mod commands;
 mod detect;
 mod events;
+mod health;
+mod outcomes;
 
+pub use crate::topology::{Refusal, WriteState};
 pub use events::{
-    Action, Event, NodeAddr, Probe, Published, Refusal, Report, Settings, Upstream, WalReceiver,
-    Writes,
+    Action, Event, NodeAddr, Probe, Published, Report, Settings, Upstream, WalReceiver,
 };
 
 const EPOCHS_SPENT: &str = "the epoch counter is exhausted; reset the state file";
@@ -70,6 +76,8 @@ pub struct NodeView {
     /// The last answer, kept while the node is unreachable.
     pub report: Option<Report>,
     pub reachable: bool,
+    /// Up for routing: flips only after `health_threshold` results in a row.
+    pub healthy: bool,
     pub probed_at: Option<u64>,
     pub ok_streak: u32,
     pub miss_streak: u32,
@@ -123,7 +131,7 @@ pub struct Failover {
     pub excluded: BTreeSet<NodeId>,
     /// Only this node may be promoted (an operator's switchover target).
     pub pinned: Option<NodeId>,
-    pub writes: Writes,
+    pub writes: WriteState,
     pub stage: FailoverStage,
 }
 
@@ -186,6 +194,9 @@ pub struct State {
     primary_lost_since: Option<u64>,
     primary_misses: u32,
     phase: Phase,
+    /// Promoted by us and not probed since: a primary, whatever its last
+    /// report (from before the promotion) said.
+    promoted: Option<NodeId>,
     published: Option<Published>,
 }
 
@@ -216,6 +227,7 @@ impl State {
             primary_lost_since: None,
             primary_misses: 0,
             phase: Phase::Loading,
+            promoted: None,
             published: None,
         }
     }
@@ -348,58 +360,6 @@ impl State {
         }
     }
 
-    fn observe(&mut self, node: NodeId, at: u64, result: Probe) {
-        let fenced = self.fenced.contains(&node);
-        let Some(view) = self.nodes.get_mut(node) else {
-            return;
-        };
-        if view.probed_at.is_some_and(|last| at < last) {
-            return; // an answer overtaken by a newer one
-        }
-        let was_reachable = view.reachable;
-        view.probed_at = Some(at);
-        match result {
-            Probe::Unreachable => {
-                view.reachable = false;
-                view.ok_streak = 0;
-                view.miss_streak = view.miss_streak.saturating_add(1);
-            }
-            Probe::Reachable(report) => {
-                // A fenced node seen again may have been restarted, or could
-                // not be fenced while it was away: fence it now.
-                let again = matches!(view.fence, Task::Done | Task::Failed { .. });
-                if fenced && !was_reachable && !report.in_recovery && again {
-                    view.fence = Task::Needed;
-                }
-                view.reachable = true;
-                view.miss_streak = 0;
-                view.ok_streak = view.ok_streak.saturating_add(1);
-                view.report = Some(report);
-            }
-        }
-        if self.primary == Some(node) {
-            self.observe_primary(node, at);
-        }
-    }
-
-    fn observe_primary(&mut self, node: NodeId, at: u64) {
-        let Some(view) = self.view(node) else {
-            return;
-        };
-        if view.answering_as_primary() {
-            let lsn = view.report.as_ref().map(|r| r.lsn).unwrap_or_default();
-            self.last_primary_lsn = match self.last_primary_lsn {
-                Some((epoch, seen)) if epoch == self.epoch => Some((epoch, seen.max(lsn))),
-                _ => Some((self.epoch, lsn)),
-            };
-            self.primary_lost_since = None;
-            self.primary_misses = 0;
-        } else {
-            self.primary_lost_since.get_or_insert(at);
-            self.primary_misses = self.primary_misses.saturating_add(1);
-        }
-    }
-
     fn evaluate(&mut self, out: &mut Vec<Action>) {
         match &self.phase {
             Phase::Loading | Phase::Adopting { .. } => {}
@@ -477,7 +437,7 @@ impl State {
                     old: None,
                     excluded: BTreeSet::new(),
                     pinned: None,
-                    writes: Writes::Refused(Refusal::FailingOver),
+                    writes: WriteState::Refused(Refusal::FailingOver),
                     stage: FailoverStage::Promoting { candidate: primary },
                 });
                 return;
@@ -488,7 +448,7 @@ impl State {
                 old: Some(primary),
                 excluded: BTreeSet::new(),
                 pinned: None,
-                writes: Writes::Refused(Refusal::FailingOver),
+                writes: WriteState::Refused(Refusal::FailingOver),
                 stage: FailoverStage::Choosing {
                     reason: None,
                     retry_at: 0,
@@ -551,143 +511,37 @@ impl State {
         }
     }
 
-    /// The candidate failed or vanished: the next one gets a newer epoch.
-    fn abandon_candidate(&mut self, candidate: NodeId) {
-        if let Phase::Failover(f) = &mut self.phase {
-            f.excluded.insert(candidate);
-            f.writes = Writes::Refused(Refusal::FailingOver);
-            f.stage = FailoverStage::Choosing {
-                reason: None,
-                retry_at: 0,
-            };
-        }
-    }
-
-    fn persisted(&mut self, epoch: u64, out: &mut Vec<Action>) {
-        match self.phase.clone() {
-            Phase::Adopting { node, epoch: e } if e == epoch => {
-                self.epoch = epoch;
-                self.set_primary(node);
-                self.phase = Phase::Steady { confirmed: true };
-            }
-            Phase::Failover(mut f) => {
-                let FailoverStage::Persisting {
-                    epoch: e,
-                    candidate,
-                } = f.stage
-                else {
-                    return;
-                };
-                if e != epoch {
-                    return;
-                }
-                self.epoch = epoch;
-                self.set_primary(candidate);
-                if let Some(old) = f.old.take() {
-                    self.fence(old);
-                }
-                f.stage = FailoverStage::Promoting { candidate };
-                self.phase = Phase::Failover(f);
-                out.push(Action::Promote(candidate));
-            }
-            Phase::Switchover(mut s) => {
-                if s.stage != (SwitchoverStage::Persisting { epoch }) {
-                    return;
-                }
-                self.epoch = epoch;
-                self.set_primary(s.target);
-                self.fence(s.old);
-                s.stage = SwitchoverStage::Fencing { done_at: None };
-                self.phase = Phase::Switchover(s);
-            }
-            _ => {}
-        }
-    }
-
-    fn persist_failed(&mut self, epoch: u64, out: &mut Vec<Action>) {
-        let retry_at = self.later();
-        match &mut self.phase {
-            Phase::Adopting { epoch: e, .. } if *e == epoch => {
-                self.phase = Phase::Bootstrapping {
-                    reason: Some(format!("could not persist epoch {epoch}; retrying")),
-                    retry_at,
-                };
-            }
-            Phase::Failover(f) if f.stage_epoch() == Some(epoch) => {
-                f.stage = FailoverStage::Choosing {
-                    reason: Some(format!("could not persist epoch {epoch}; retrying")),
-                    retry_at,
-                };
-            }
-            Phase::Switchover(s) if s.stage == (SwitchoverStage::Persisting { epoch }) => {
-                self.phase = Phase::Steady { confirmed: true };
-                out.push(Action::CommandRefused {
-                    reason: format!("switchover abandoned: could not persist epoch {epoch}"),
-                });
-            }
-            _ => {}
-        }
-    }
-
-    fn promoted(&mut self, node: NodeId) {
-        let Phase::Failover(f) = &self.phase else {
-            return;
-        };
-        if f.stage != (FailoverStage::Promoting { candidate: node }) {
-            return;
-        }
-        self.phase = Phase::Steady { confirmed: true };
-        self.primary_lost_since = None;
-        self.primary_misses = 0;
-        // Kept until now so that a next candidate could still be chosen by
-        // it; the new primary reports its own.
-        self.sync_standbys.clear();
-        for (id, view) in self.nodes.iter_mut().enumerate() {
-            if id != node && !self.fenced.contains(&id) {
-                view.repoint = Task::Needed;
-            }
-        }
-    }
-
-    fn promote_failed(&mut self, node: NodeId) {
-        if let Phase::Failover(f) = &self.phase {
-            if f.stage == (FailoverStage::Promoting { candidate: node }) {
-                self.abandon_candidate(node);
-            }
-        }
-    }
-
     /// Whether writes may go to the primary, and if not why.
-    pub fn writes(&self) -> Writes {
+    pub fn writes(&self) -> WriteState {
         let failed_manual = self.settings.mode == FailoverMode::Manual && self.primary_failed();
         match &self.phase {
-            Phase::Loading | Phase::Adopting { .. } => Writes::Refused(Refusal::NoPrimary),
-            Phase::Bootstrapping { reason, .. } => Writes::Refused(
+            Phase::Loading | Phase::Adopting { .. } => WriteState::Refused(Refusal::NoPrimary),
+            Phase::Bootstrapping { reason, .. } => WriteState::Refused(
                 reason
                     .clone()
                     .map_or(Refusal::NoPrimary, Refusal::ReadOnly),
             ),
-            Phase::Steady { .. } if failed_manual => Writes::Refused(Refusal::ReadOnly(format!(
+            Phase::Steady { .. } if failed_manual => WriteState::Refused(Refusal::ReadOnly(format!(
                 "the primary {} has failed and failover = manual: run SWITCHOVER to promote a replica",
                 self.primary.map_or("?", |p| self.name(p))
             ))),
             Phase::Steady { confirmed } => {
                 if *confirmed && self.primary_misses < self.settings.health_threshold {
-                    Writes::Open
+                    WriteState::Open
                 } else if *confirmed || self.primary_lost_since.is_some() {
-                    Writes::Refused(Refusal::PrimaryUnreachable)
+                    WriteState::Refused(Refusal::PrimaryUnreachable)
                 } else {
-                    Writes::Refused(Refusal::NoPrimary)
+                    WriteState::Refused(Refusal::NoPrimary)
                 }
             }
             Phase::Failover(f) => match &f.stage {
                 FailoverStage::Choosing {
                     reason: Some(reason),
                     ..
-                } => Writes::Refused(Refusal::ReadOnly(reason.clone())),
+                } => WriteState::Refused(Refusal::ReadOnly(reason.clone())),
                 _ => f.writes.clone(),
             },
-            Phase::Switchover(_) => Writes::Paused,
+            Phase::Switchover(_) => WriteState::Paused,
         }
     }
 

@@ -143,12 +143,12 @@ impl Sim {
         self.published.as_ref().and_then(|p| p.primary)
     }
 
-    fn writes_state(&self) -> Option<Writes> {
+    fn writes_state(&self) -> Option<WriteState> {
         self.published.as_ref().map(|p| p.writes.clone())
     }
 
     fn writes_open(&self) -> bool {
-        self.writes_state() == Some(Writes::Open)
+        self.writes_state() == Some(WriteState::Open)
     }
 
     fn fenced(&self) -> BTreeSet<NodeId> {
@@ -221,12 +221,13 @@ impl Sim {
         });
         Probe::Reachable(Report {
             in_recovery: n.in_recovery,
-            lsn: Lsn(n.lsn),
+            lsn: Some(Lsn(n.lsn)),
             receive_lsn: n.in_recovery.then_some(Lsn(n.lsn)),
             receiver: WalReceiver {
                 streaming,
                 upstream,
             },
+            sync_standbys: Vec::new(),
         })
     }
 
@@ -253,7 +254,7 @@ impl Sim {
         let Some(p) = self.published.clone() else {
             return;
         };
-        let (Writes::Open, Some(primary)) = (&p.writes, p.primary) else {
+        let (WriteState::Open, Some(primary)) = (&p.writes, p.primary) else {
             return;
         };
         if self.write_bytes == 0 || !self.answers(primary) || self.proxy_cut.contains(&primary) {
@@ -532,7 +533,7 @@ fn primary_hang_fails_over_only_once_the_replicas_stop_streaming() {
     assert!(sim.promotions().is_empty(), "replicas still stream from it");
     assert_eq!(
         sim.writes_state(),
-        Some(Writes::Refused(Refusal::PrimaryUnreachable))
+        Some(WriteState::Refused(Refusal::PrimaryUnreachable))
     );
     sim.run_until(2 * TIMEOUT, "failover after the hang", |s| {
         s.epoch() == 2 && s.writes_open()
@@ -558,7 +559,7 @@ fn proxy_cut_off_from_the_primary_refuses_writes_and_promotes_nothing() {
     assert!(sim.promotions().is_empty());
     assert_eq!(
         sim.writes_state(),
-        Some(Writes::Refused(Refusal::PrimaryUnreachable))
+        Some(WriteState::Refused(Refusal::PrimaryUnreachable))
     );
     assert!(sim.fenced().is_empty());
     assert_eq!(sim.writes_to_since(0, cut_at), 0);
@@ -668,7 +669,7 @@ fn a_candidate_that_dies_during_promotion_is_replaced_and_fenced_if_it_returns_a
     assert_eq!(sim.epoch(), 2);
     assert_eq!(
         sim.writes_state(),
-        Some(Writes::Refused(Refusal::FailingOver))
+        Some(WriteState::Refused(Refusal::FailingOver))
     );
     sim.crash(2);
     sim.run_until(TIMEOUT, "node 1 promoted", |s| {
@@ -714,7 +715,7 @@ fn bootstrap_with_two_primaries_stays_read_only_until_one_is_demoted() {
     sim.run(2_000);
     assert!(sim.persisted().is_empty());
     match sim.writes_state() {
-        Some(Writes::Refused(Refusal::ReadOnly(reason))) => {
+        Some(WriteState::Refused(Refusal::ReadOnly(reason))) => {
             assert!(reason.contains("n0, n1"), "{reason}")
         }
         other => panic!("expected read-only, got {other:?}"),
@@ -813,7 +814,7 @@ fn a_replica_too_far_behind_is_not_promoted_and_says_why() {
     assert!(sim.promotions().is_empty());
     assert_eq!(sim.epoch(), 1);
     match sim.writes_state() {
-        Some(Writes::Refused(Refusal::ReadOnly(reason))) => {
+        Some(WriteState::Refused(Refusal::ReadOnly(reason))) => {
             assert!(reason.contains("max_lag_on_failover_bytes"), "{reason}");
             assert!(reason.contains("behind"), "{reason}");
         }
@@ -834,7 +835,7 @@ fn manual_mode_never_promotes_by_itself_and_switchover_does() {
     sim.run(5 * TIMEOUT);
     assert!(sim.promotions().is_empty());
     match sim.writes_state() {
-        Some(Writes::Refused(Refusal::ReadOnly(reason))) => {
+        Some(WriteState::Refused(Refusal::ReadOnly(reason))) => {
             assert!(reason.contains("manual"), "{reason}")
         }
         other => panic!("expected read-only, got {other:?}"),
@@ -857,7 +858,7 @@ fn switchover_pauses_writes_waits_for_the_target_and_fences_before_promoting() {
     assert!(behind > 0);
     let asked_at = sim.now;
     sim.command(Event::Switchover { target: Some(1) });
-    assert_eq!(sim.writes_state(), Some(Writes::Paused));
+    assert_eq!(sim.writes_state(), Some(WriteState::Paused));
     sim.run_until(TIMEOUT, "switchover done", |s| {
         s.epoch() == 2 && s.writes_open()
     });
@@ -1010,7 +1011,7 @@ fn sync_mode_without_a_synchronous_standby_stays_read_only() {
     sim.run(3 * TIMEOUT);
     assert!(sim.promotions().is_empty());
     match sim.writes_state() {
-        Some(Writes::Refused(Refusal::ReadOnly(reason))) => {
+        Some(WriteState::Refused(Refusal::ReadOnly(reason))) => {
             assert!(reason.contains("synchronous"), "{reason}")
         }
         other => panic!("expected read-only, got {other:?}"),
@@ -1026,7 +1027,7 @@ fn a_failed_persist_is_retried_with_a_new_epoch_and_never_published() {
         s.persisted().len() == 2
     });
     match sim.writes_state() {
-        Some(Writes::Refused(Refusal::ReadOnly(reason))) => {
+        Some(WriteState::Refused(Refusal::ReadOnly(reason))) => {
             assert!(reason.contains("could not persist"), "{reason}")
         }
         other => panic!("expected read-only, got {other:?}"),
@@ -1051,9 +1052,8 @@ fn nothing_is_decided_before_the_state_is_loaded_and_strays_are_ignored() {
     let up = |in_recovery| {
         Probe::Reachable(Report {
             in_recovery,
-            lsn: Lsn(1),
-            receive_lsn: None,
-            receiver: WalReceiver::default(),
+            lsn: Some(Lsn(1)),
+            ..Report::default()
         })
     };
     let (state, actions) = step(
@@ -1094,7 +1094,7 @@ fn nothing_is_decided_before_the_state_is_loaded_and_strays_are_ignored() {
         [Action::PublishTopology(Published {
             epoch: 4,
             primary: Some(0),
-            writes: Writes::Open,
+            writes: WriteState::Open,
             fenced: BTreeSet::new(),
         })]
     );
@@ -1129,4 +1129,121 @@ fn a_persisted_primary_missing_from_the_config_is_learned_in_a_newer_epoch() {
     sim.run_until(2_000, "adopted", |s| s.writes_open());
     assert_eq!(sim.epoch(), 8);
     assert_eq!(sim.primary(), Some(0));
+}
+
+/// One probe of `node` at `at`: a replica's answer, or none.
+fn probe_at(state: State, node: NodeId, at: u64, answered: bool) -> State {
+    let result = if answered {
+        Probe::Reachable(Report {
+            in_recovery: true,
+            lsn: Some(Lsn(at)),
+            ..Report::default()
+        })
+    } else {
+        Probe::Unreachable
+    };
+    step(state, Event::Probe { node, at, result }).0
+}
+
+fn healthy(state: &State, node: NodeId) -> bool {
+    state.node(node).is_some_and(|v| v.healthy)
+}
+
+#[test]
+fn health_counts_up_at_first_contact_then_flips_only_after_threshold_results_in_a_row() {
+    let (mut state, _) = step(State::new(settings(2)), Event::Loaded(None));
+    assert!(!healthy(&state, 1), "never heard from");
+    let mut at = 0;
+    let mut probe = |state: State, answered: bool| {
+        at += 1;
+        probe_at(state, 1, at, answered)
+    };
+    state = probe(state, true);
+    assert!(healthy(&state, 1), "first contact counts at once");
+    // Two misses, an answer, two misses: still up all along.
+    for answered in [false, false, true, false, false] {
+        state = probe(state, answered);
+        assert!(healthy(&state, 1), "after a probe answered={answered}");
+    }
+    state = probe(state, false);
+    assert!(!healthy(&state, 1), "third miss in a row");
+    let kept = state.node(1).and_then(|v| v.report.clone());
+    assert!(
+        kept.is_some_and(|r| r.in_recovery),
+        "the last report is kept"
+    );
+    for _ in 0..2 {
+        state = probe(state, true);
+        assert!(!healthy(&state, 1), "not back before three answers");
+    }
+    state = probe(state, true);
+    assert!(healthy(&state, 1), "third answer in a row");
+}
+
+#[test]
+fn a_threshold_of_one_flips_health_with_every_result() {
+    let mut s = settings(2);
+    s.health_threshold = 1;
+    let (mut state, _) = step(State::new(s), Event::Loaded(None));
+    for (at, answered) in [(1, true), (2, false), (3, true), (4, false)] {
+        state = probe_at(state, 1, at, answered);
+        assert_eq!(healthy(&state, 1), answered, "at {at}");
+    }
+}
+
+#[test]
+fn an_overtaken_probe_result_changes_no_health() {
+    let (mut state, _) = step(State::new(settings(2)), Event::Loaded(None));
+    state = probe_at(state, 1, 10, true);
+    for _ in 0..3 {
+        state = probe_at(state, 1, 5, false);
+    }
+    assert!(
+        healthy(&state, 1),
+        "answers older than the last are ignored"
+    );
+}
+
+#[test]
+fn a_promoted_node_is_the_primary_in_the_step_that_opens_writes() {
+    let mut sim = Sim::steady(settings(3));
+    sim.hold_promote_of = Some(2);
+    node_2_ahead(&mut sim);
+    sim.crash(0);
+    sim.run_until(TIMEOUT + 2_000, "node 2 chosen", |s| s.promotions() == [2]);
+    assert!(
+        !sim.state().is_primary(2),
+        "still a replica by its last probe"
+    );
+    // pg_promote returned; no probe has seen the node since.
+    sim.hold_promote_of = None;
+    sim.nodes[2].in_recovery = false;
+    sim.nodes[2].upstream = None;
+    sim.deliver(Event::Promoted { node: 2 });
+    assert!(sim.writes_open());
+    assert_eq!(sim.primary(), Some(2));
+    let view = sim.state().node(2).expect("node 2");
+    assert!(view.report.as_ref().is_some_and(|r| r.in_recovery));
+    assert!(sim.state().is_primary(2), "known a primary at once");
+    assert!(!sim.state().is_primary(1));
+    // A probe sent before the promotion finished does not undo it...
+    let mut state = sim.state.take().expect("state");
+    let at = sim.now + 1;
+    state = probe_at(state, 2, at, true);
+    assert!(state.is_primary(2));
+    // ...and the node's own answer takes over from there.
+    let answer = Probe::Reachable(Report {
+        lsn: Some(Lsn(1)),
+        ..Report::default()
+    });
+    let (state, _) = step(
+        state,
+        Event::Probe {
+            node: 2,
+            at: at + 1,
+            result: answer,
+        },
+    );
+    assert!(state.is_primary(2));
+    assert_eq!(state.node(2).map(|v| v.healthy), Some(true));
 }
