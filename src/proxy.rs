@@ -131,7 +131,7 @@ impl Proxy {
         ));
         let catalog = Arc::new(FunctionCatalog::new(&config, topology.clone()));
         if let Some(refresher) = Refresher::new(
-            catalog.clone(),
+            catalog,
             topology.clone(),
             loaded,
             config.routing.function_refresh(),
@@ -145,7 +145,6 @@ impl Proxy {
         let shared = Arc::new(Shared {
             pool,
             auth: Authenticator::new(&config),
-            catalog,
             loads: NodeLoads::new(config.nodes.len()),
             read_policy: ReadPolicy::from_config(&config.routing),
             tickets: AtomicU64::new(0),

@@ -1,123 +1,151 @@
-//! One session's statement classification: its classify cache and the
-//! VOLATILE-function list the cache was filled with.
+//! One session's statement classification: its classify cache and the view
+//! of its database's VOLATILE functions the cache was filled with.
 //!
-//! This is the one place that knows where that list comes from: the
-//! control plane's function catalog, waited for when the session opens,
-//! looked at (lock-free) when a batch begins, and reloaded after function
-//! DDL ran through the session. Changing how the list reaches the data
-//! plane is a change to this file alone: callers hand in [`Shared`] and
-//! the database, never the catalog.
+//! This is the one place that knows where that list comes from: the control
+//! plane publishes it beside the topology ([`FunctionView`]); the session
+//! looks at it (lock-free) when a batch begins and never waits for it. After
+//! function DDL committed through the session, the list is asked for again,
+//! and until a load that started after the DDL is published, a read calling
+//! a function the list cannot vouch for goes to the primary.
 
 use std::sync::Arc;
 
 use super::Shared;
-use crate::classify::{Classification, ClassifyCache};
-use crate::control::functions::VolatileSet;
+use crate::classify::{self, Class, Classification, ClassifyCache, Reason};
+use crate::topology::FunctionView;
 
 pub struct Classifier {
     cache: ClassifyCache,
-    volatile: Arc<VolatileSet>,
-    /// The catalog's `published` count when `volatile` was last checked.
-    seen: u64,
-    /// Function DDL succeeded: reload the list before routing again.
-    reload_due: bool,
+    functions: FunctionView,
+    /// Function DDL succeeded; its transaction may still be open.
+    ddl_seen: bool,
+    /// The list was asked for again: the batch waiting to be routed was
+    /// classified with the old one.
+    reclassify_due: bool,
 }
 
 impl Classifier {
-    /// The classifier of a session on `database`, with its VOLATILE list
-    /// (loaded on the database's first use).
-    pub async fn open(shared: &Shared, database: &str) -> Classifier {
-        let volatile = shared.catalog.volatile(database).await;
+    /// The classifier of a session on `database`, with its VOLATILE list as
+    /// published now (asked for, and pending, when nothing is yet).
+    pub fn open(shared: &Shared, database: &str) -> Classifier {
         Classifier::with(
             ClassifyCache::new(shared.config.routing.classify_cache_size),
-            volatile,
+            FunctionView::new(&shared.topology, database),
         )
     }
 
-    fn with(cache: ClassifyCache, volatile: Arc<VolatileSet>) -> Classifier {
+    fn with(cache: ClassifyCache, functions: FunctionView) -> Classifier {
         Classifier {
             cache,
-            volatile,
-            seen: 0,
-            reload_due: false,
+            functions,
+            ddl_seen: false,
+            reclassify_due: false,
         }
     }
 
-    /// Classifies (or recalls) one statement string.
+    /// Classifies (or recalls) one statement string. While the list may
+    /// predate a function just created, a read that calls a function the
+    /// list does not know is a write.
     pub fn classify(&mut self, sql: &str) -> Arc<Classification> {
-        self.cache.get_or_classify(sql, &self.volatile.names)
+        let c = self.cache.get_or_classify(sql, self.functions.names());
+        if !(self.functions.pending() && c.is_read()) {
+            return c;
+        }
+        match classify::first_unlisted_call(sql) {
+            Some(name) => Arc::new(Classification {
+                class: Class::Write,
+                reason: Reason::VolatileFunction(name),
+                ..Classification::clone(&c)
+            }),
+            None => c,
+        }
     }
 
     /// Picks up a newer list if one was published, dropping
     /// classifications made with the old one.
-    pub fn refresh(&mut self, shared: &Shared, database: &str) {
-        let catalog = &shared.catalog;
-        let published = catalog.published();
-        if published == self.seen {
-            return;
-        }
-        self.seen = published;
-        if let Some(current) = catalog.current(database) {
-            self.replace(current);
-        }
-    }
-
-    /// Function DDL ran through the session: its own next batch must see
-    /// the new list, so it is reloaded before routing again.
-    pub fn functions_changed(&mut self) {
-        self.reload_due = true;
-    }
-
-    pub fn reload_due(&self) -> bool {
-        self.reload_due
-    }
-
-    /// Reloads the list now (after function DDL).
-    pub async fn reload(&mut self, shared: &Shared, database: &str) {
-        self.reload_due = false;
-        self.volatile = shared.catalog.reload(database).await;
-        self.cache.clear();
-    }
-
-    fn replace(&mut self, current: Arc<VolatileSet>) {
-        if current.generation != self.volatile.generation {
-            self.volatile = current;
+    pub fn refresh(&mut self) {
+        if self.functions.refresh() {
             self.cache.clear();
         }
+    }
+
+    /// Function DDL ran through the session.
+    pub fn functions_changed(&mut self) {
+        self.ddl_seen = true;
+    }
+
+    /// The session is between transactions: DDL seen since the last time
+    /// has committed, so the list is asked for again (without waiting).
+    pub fn idle(&mut self) {
+        if std::mem::take(&mut self.ddl_seen) {
+            self.functions.changed();
+            self.reclassify_due = true;
+        }
+    }
+
+    /// Whether the batch waiting to be routed must be classified again
+    /// (once: the flag is cleared).
+    pub fn take_reclassify(&mut self) -> bool {
+        std::mem::take(&mut self.reclassify_due)
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::classify::Class;
+    use crate::control::VolatileSet;
+    use crate::topology::{PublishedFunctions, Topology, TopologyHandle};
 
-    fn set(generation: u64, names: &[&str]) -> Arc<VolatileSet> {
-        Arc::new(VolatileSet {
+    fn publish(handle: &TopologyHandle, generation: u64, names: &[&str]) {
+        let set = Arc::new(VolatileSet {
             generation,
             names: names.iter().map(|n| (*n).to_owned()).collect(),
-        })
+        });
+        handle.publish_functions("db", Some(PublishedFunctions { generation, set }));
+    }
+
+    fn classifier(handle: &TopologyHandle) -> Classifier {
+        Classifier::with(ClassifyCache::new(16), FunctionView::new(handle, "db"))
     }
 
     #[test]
     fn a_new_list_drops_what_the_old_one_classified() {
-        let mut c = Classifier::with(ClassifyCache::new(16), set(1, &[]));
+        let handle = TopologyHandle::new(Topology::from_config(&[]));
+        publish(&handle, 1, &[]);
+        let mut c = classifier(&handle);
         assert_eq!(c.classify("SELECT bump()").class, Class::Read);
-        c.replace(set(1, &["bump"]));
+        publish(&handle, 2, &["bump"]);
         assert_eq!(
             c.classify("SELECT bump()").class,
             Class::Read,
-            "the same generation is the same list"
+            "not looked at until a batch begins"
         );
-        c.replace(set(2, &["bump"]));
+        c.refresh();
         assert_eq!(c.classify("SELECT bump()").class, Class::Write);
     }
 
     #[test]
-    fn function_ddl_makes_a_reload_due() {
-        let mut c = Classifier::with(ClassifyCache::new(16), set(0, &[]));
-        assert!(!c.reload_due());
+    fn after_function_ddl_unknown_calls_go_to_the_primary_until_a_new_list_lands() {
+        let handle = TopologyHandle::new(Topology::from_config(&[]));
+        publish(&handle, 1, &[]);
+        let mut c = classifier(&handle);
         c.functions_changed();
-        assert!(c.reload_due());
+        assert_eq!(
+            c.classify("SELECT made_just_now()").class,
+            Class::Read,
+            "not committed yet"
+        );
+        c.idle();
+        assert!(c.take_reclassify());
+        assert!(!c.take_reclassify(), "once");
+        assert_eq!(c.classify("SELECT made_just_now()").class, Class::Write);
+        assert_eq!(
+            c.classify("SELECT 1").class,
+            Class::Read,
+            "no call: nothing to vouch for"
+        );
+        publish(&handle, 2, &[]);
+        c.refresh();
+        assert_eq!(c.classify("SELECT made_just_now()").class, Class::Read);
     }
 }

@@ -28,7 +28,6 @@ use crate::admin;
 use crate::backend::pool::{CheckoutError, PoolKey, ServerPool};
 use crate::backend::{self, ConnectError, Login, ServerConn};
 use crate::config::Config;
-use crate::control::functions::FunctionCatalog;
 use crate::protocol::startup::{read_startup, StartupError, StartupPacket};
 use crate::protocol::{messages, take_frame, Sqlstate};
 use crate::route::{self, BatchFacts, Decision, NoRoute, Policy, Purpose, ReadPolicy};
@@ -49,7 +48,6 @@ pub struct Shared {
     pub topology: TopologyHandle,
     pub cancels: Arc<CancelRegistry>,
     pub auth: Authenticator,
-    pub catalog: Arc<FunctionCatalog>,
     pub loads: NodeLoads,
     pub read_policy: ReadPolicy,
     /// Bumped per routed read: drives round-robin across all sessions.
@@ -140,7 +138,7 @@ pub async fn serve(
             return;
         }
     };
-    let classifier = Classifier::open(&shared, &connected.login.database).await;
+    let classifier = Classifier::open(&shared, &connected.login.database);
     // The relay polls far too often to enter a span each time: it logs
     // with the span as an explicit parent instead.
     let session = Session::new(

@@ -327,6 +327,9 @@ impl Session {
         if self.state.take_catalog_changed() {
             self.classifier.functions_changed();
         }
+        if answer.status == TxnStatus::Idle {
+            self.classifier.idle();
+        }
     }
 
     /// Hands the server connection back to the pool once the session has

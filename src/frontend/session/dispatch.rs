@@ -45,13 +45,12 @@ struct Judging<'a> {
     classifier: &'a mut Classifier,
     state: &'a SessionState,
     shared: &'a Shared,
-    database: &'a str,
     span: &'a Span,
 }
 
 impl Judge for Judging<'_> {
     fn batch_starts(&mut self) {
-        self.classifier.refresh(self.shared, self.database);
+        self.classifier.refresh();
     }
 
     fn classify(&mut self, sql: &str) -> Arc<Classification> {
@@ -77,7 +76,6 @@ impl Session {
                 classifier: &mut self.classifier,
                 state: &self.state,
                 shared: &self.shared,
-                database: &self.login.database,
                 span: &self.span,
             };
             match self.collector.collect(&mut self.client.inbuf, &mut judge) {
@@ -111,10 +109,7 @@ impl Session {
             self.maybe_release();
             return Ok(Outcome::Answered);
         }
-        if self.classifier.reload_due() && self.link.phase() == Phase::Ready(TxnStatus::Idle) {
-            self.classifier
-                .reload(&self.shared, &self.login.database)
-                .await;
+        if self.link.phase() == Phase::Ready(TxnStatus::Idle) && self.classifier.take_reclassify() {
             // The batch was classified with the old list: collect it again.
             self.collector.unread(&mut self.client.inbuf);
             self.collect()?;
