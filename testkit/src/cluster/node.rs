@@ -154,6 +154,27 @@ impl LocalNode {
         Ok(())
     }
 
+    /// Sends `signal` to the postmaster and every child of it (backends, WAL sender and
+    /// receiver, ...): SIGSTOP freezes the whole server as a hung machine would, SIGCONT
+    /// thaws it.
+    pub fn signal_server(&self, signal: i32) -> Result<(), ClusterError> {
+        let postmaster = self.postmaster().ok_or_else(|| ClusterError::NotRunning {
+            node: self.name.clone(),
+        })?;
+        let pid = postmaster.pid();
+        let children = children_of(pid);
+        postmaster
+            .signal(signal)
+            .transpose()
+            .map_err(|e| ClusterError::io(format!("{}: kill({pid}, {signal})", self.name), e))?;
+        for child in children {
+            // A backend may have exited since the listing; that is no failure.
+            let _ = crate::signal::send(child, signal);
+        }
+        info!(node = %self.name, pid, signal, "server signalled");
+        Ok(())
+    }
+
     /// Sends a shutdown signal, plus SIGCONT so that a frozen postmaster can act on it.
     /// Returns whether there was a postmaster to signal.
     pub(crate) fn send_shutdown(&self, signal: i32) -> bool {
@@ -317,6 +338,29 @@ impl Drop for LocalNode {
             let _ = self.await_exit(TEARDOWN_TIMEOUT);
         }
     }
+}
+
+/// The pids whose parent is `parent`, from /proc.
+fn children_of(parent: u32) -> Vec<u32> {
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    entries
+        .flatten()
+        .filter_map(|entry| {
+            let pid: u32 = entry.file_name().to_str()?.parse().ok()?;
+            let stat = std::fs::read_to_string(entry.path().join("stat")).ok()?;
+            // pid (comm) state ppid ...: comm may hold spaces, so split after ')'.
+            let ppid: u32 = stat
+                .rsplit_once(')')?
+                .1
+                .split_whitespace()
+                .nth(1)?
+                .parse()
+                .ok()?;
+            (ppid == parent).then_some(pid)
+        })
+        .collect()
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {

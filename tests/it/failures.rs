@@ -1,16 +1,14 @@
 //! Bad input and dying servers: every failure gets a proper ErrorResponse
 //! with a real SQLSTATE, and the proxy keeps serving everyone else.
 
-mod support;
-
 use std::time::Duration;
 
-use palisade::cluster::{ClusterOptions, LocalCluster};
+use crate::support::harness::{self, connect, connect_with, sqlstate, start_proxy, url, user};
+use crate::support::shared_cluster;
 use palisade::config::AuthMethod;
-use support::harness::{self, connect, connect_with, sqlstate, start_proxy, url, user};
-use support::relay::FaultyRelay;
-use support::shared_cluster;
-use support::wire::{read_message, startup_packet};
+use palisade_testkit::wire::{read_message, startup_packet};
+use palisade_testkit::FaultyRelay;
+use palisade_testkit::{signal, ClusterOptions, LocalCluster};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
@@ -408,8 +406,7 @@ async fn killed_server_process_mid_query_gets_an_error_not_a_hang() {
         .get(0);
     let running = tokio::spawn(async move { client.batch_execute("SELECT pg_sleep(30)").await });
     tokio::time::sleep(Duration::from_millis(300)).await;
-    // SAFETY: kill(2) with a pid of a server process this test started.
-    assert_eq!(unsafe { libc::kill(pid, libc::SIGKILL) }, 0);
+    signal::send(pid.unsigned_abs(), signal::SIGKILL).unwrap();
     let err = tokio::time::timeout(TIMEOUT, running)
         .await
         .expect("no hang")

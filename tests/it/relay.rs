@@ -1,13 +1,11 @@
 //! The faithful relay, end to end: tokio-postgres through Palisade to a real
 //! cluster, one path of the protocol per test.
 
-mod support;
-
 use std::time::{Duration, Instant};
 
+use crate::support::harness::{connect, proxied, sqlstate, start_proxy};
+use crate::support::shared_cluster;
 use futures_util::SinkExt;
-use support::harness::{connect, proxied, sqlstate, start_proxy};
-use support::shared_cluster;
 use tokio_postgres::{AsyncMessage, SimpleQueryMessage};
 
 #[tokio::test]
@@ -265,9 +263,9 @@ async fn startup_parameters_reach_the_server() {
     let proxy = start_proxy(cluster, |_| {}).await;
     let url = format!(
         "{} application_name=relay-test options='-c search_path=relay_path,public -c work_mem=7MB'",
-        support::harness::url(&proxy, cluster.superuser(), cluster.password())
+        crate::support::harness::url(&proxy, cluster.superuser(), cluster.password())
     );
-    let (client, _) = support::harness::connect_with(&url).await.unwrap();
+    let (client, _) = crate::support::harness::connect_with(&url).await.unwrap();
     let row = client
         .query_one(
             "SELECT current_setting('application_name'), current_setting('search_path'), current_setting('work_mem')",
@@ -349,7 +347,7 @@ async fn a_client_leaving_mid_query_frees_its_server_connection() {
     let cluster = shared_cluster();
     let proxy = start_proxy(cluster, |_| {}).await;
     let marker = format!("relay_gone_{}", std::process::id());
-    let url = support::harness::url(&proxy, cluster.superuser(), cluster.password());
+    let url = crate::support::harness::url(&proxy, cluster.superuser(), cluster.password());
     let (client, connection) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
         .await
         .unwrap();

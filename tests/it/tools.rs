@@ -1,11 +1,9 @@
 //! The real PostgreSQL clients, psql and pgbench, through Palisade.
 
-mod support;
-
 use std::process::{Command, Output};
 
-use support::harness::start_proxy;
-use support::shared_cluster;
+use crate::support::harness::start_proxy;
+use crate::support::shared_cluster;
 
 /// Runs a client program from the cluster's bin dir against the proxy.
 fn run(program: &str, proxy_port: u16, args: &[&str]) -> Output {

@@ -2,12 +2,10 @@
 //! the same startup packet, and reset so that nothing of the last session
 //! shows through.
 
-mod support;
-
 use std::time::Duration;
 
-use support::harness::{app_url, connect, connect_with, sqlstate, start_proxy, url};
-use support::shared_cluster;
+use crate::support::harness::{app_url, connect, connect_with, sqlstate, start_proxy, url};
+use crate::support::shared_cluster;
 use tokio_postgres::Client;
 
 async fn backend_pid(client: &Client) -> i32 {
