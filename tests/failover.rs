@@ -450,11 +450,11 @@ async fn replicate_through(cluster: &LocalCluster, port: u16) {
     }
 }
 
-/// Runs acknowledged inserts through the proxy, holds the replicas' WAL
-/// stream (a relay between them and the primary blocks) for the last half
-/// second, then kills the primary; returns (acknowledged, lost after the
-/// failover). What the primary acknowledged during that half second reached
-/// no replica, unless commits waited for one.
+/// Runs acknowledged inserts through the proxy, then holds the replicas' WAL
+/// stream (a relay between them and the primary blocks) while more are
+/// tried, then kills the primary; returns (acknowledged, lost after the
+/// failover). What the primary acknowledged while the stream was held
+/// reached no replica, unless commits waited for one.
 async fn acknowledged_inserts_across_a_kill(mode: ReplicationMode) -> (usize, usize) {
     let cluster = cluster();
     let dir = tempfile::tempdir().unwrap();
@@ -488,9 +488,28 @@ async fn acknowledged_inserts_across_a_kill(mode: ReplicationMode) -> (usize, us
             ))
         })
         .collect();
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    // Counted in inserts tried (nothing fails yet), not in seconds.
+    let tried = || next.load(Ordering::Relaxed) - 1;
+    wait_until("200 inserts", Duration::from_secs(60), || async {
+        tried() >= 200
+    })
+    .await;
     relay.block();
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    if mode == ReplicationMode::Async {
+        // Commits go on without the replicas: what is acknowledged from now
+        // on reached none of them.
+        let blocked_at = tried();
+        wait_until(
+            "20 inserts while the WAL stream is held",
+            Duration::from_secs(60),
+            || async { tried() >= blocked_at + 20 },
+        )
+        .await;
+    } else {
+        // Commits wait for a replica: give them half a second in which an
+        // acknowledgement could slip out unreplicated if they did not.
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
     cluster.primary().kill(signal::SIGKILL).unwrap();
     relay.cut();
     assert_failed_over(&proxy, &cluster, Instant::now()).await;
@@ -527,7 +546,8 @@ async fn async_mode_reports_what_a_failover_lost() {
     let (acked, lost) = acknowledged_inserts_across_a_kill(ReplicationMode::Async).await;
     eprintln!("async: {acked} inserts acknowledged, {lost} lost in the failover");
     assert!(acked > 100, "the workload ran: {acked}");
-    // Commits did not wait for the blocked replicas: the last half second's are gone.
+    // Commits did not wait for the blocked replicas: those acknowledged
+    // while the stream was held are gone.
     assert!(
         lost > 0,
         "async mode lost nothing, so the test proves nothing about sync"
@@ -578,7 +598,10 @@ async fn concurrent_transfers_keep_the_total_across_a_failover() {
             })
         })
         .collect();
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    wait_until("100 transfers", Duration::from_secs(60), || async {
+        committed.load(Ordering::Relaxed) >= 100
+    })
+    .await;
     cluster.primary().kill(signal::SIGKILL).unwrap();
     assert_failed_over(proxy, cluster, Instant::now()).await;
     tokio::time::sleep(Duration::from_secs(2)).await;

@@ -4,6 +4,7 @@
 use std::time::Duration;
 
 use crate::support::harness::{self, connect, connect_with, sqlstate, start_proxy, url, user};
+use crate::support::nodes::{direct, unique, wait_running, wait_until};
 use crate::support::shared_cluster;
 use palisade::config::AuthMethod;
 use palisade_testkit::wire::{read_message, startup_packet};
@@ -317,15 +318,11 @@ async fn too_many_clients_get_53300() {
     select_one_works(&a).await;
     drop(a);
     // The freed slot can be used again once the first session has ended.
-    let mut last = None;
-    for _ in 0..50 {
-        match connect_with(&url(&proxy, cluster.superuser(), cluster.password())).await {
-            Ok(_) => return,
-            Err(e) => last = Some(sqlstate(&e)),
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    panic!("slot never freed: {last:?}");
+    let url = url(&proxy, cluster.superuser(), cluster.password());
+    wait_until("the freed slot to take a client", TIMEOUT * 3, || async {
+        connect_with(&url).await.is_ok()
+    })
+    .await;
 }
 
 #[tokio::test]
@@ -341,8 +338,10 @@ async fn server_terminated_session_gets_57p01() {
         .unwrap()
         .get(0);
     let (killer, _) = connect(&proxy, cluster).await;
-    let sleeping = tokio::spawn(async move { victim.batch_execute("SELECT pg_sleep(30)").await });
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    let marker = unique("terminated");
+    let sql = format!("SELECT pg_sleep(30) AS {marker}");
+    let sleeping = tokio::spawn(async move { victim.batch_execute(&sql).await });
+    wait_running(cluster, &marker).await;
     killer
         .query("SELECT pg_terminate_backend($1)", &[&pid])
         .await
@@ -370,8 +369,10 @@ async fn lost_server_connection_mid_query_gets_class_08() {
     })
     .await;
     let (client, _) = connect(&proxy, cluster).await;
-    let running = tokio::spawn(async move { client.batch_execute("SELECT pg_sleep(30)").await });
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    let marker = unique("cut_mid_query");
+    let sql = format!("SELECT pg_sleep(30) AS {marker}");
+    let running = tokio::spawn(async move { client.batch_execute(&sql).await });
+    wait_running(cluster, &marker).await;
     relay.cut();
     let err = tokio::time::timeout(TIMEOUT, running)
         .await
@@ -404,8 +405,10 @@ async fn killed_server_process_mid_query_gets_an_error_not_a_hang() {
         .await
         .unwrap()
         .get(0);
-    let running = tokio::spawn(async move { client.batch_execute("SELECT pg_sleep(30)").await });
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    let marker = unique("killed_mid_query");
+    let sql = format!("SELECT pg_sleep(30) AS {marker}");
+    let running = tokio::spawn(async move { client.batch_execute(&sql).await });
+    wait_running(&cluster, &marker).await;
     signal::send(pid.unsigned_abs(), signal::SIGKILL).unwrap();
     let err = tokio::time::timeout(TIMEOUT, running)
         .await
@@ -449,7 +452,26 @@ async fn a_batch_abandoned_before_sync_is_never_committed() {
     read_until(&mut stream, b'C').await;
     // ...but without Sync the implicit transaction is still open when the client vanishes.
     drop(stream);
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    // Until the proxy has dealt with that server connection, the insert's
+    // transaction is merely open, and counting rows could not tell.
+    let primary = direct(cluster.primary()).await;
+    wait_until(
+        "the abandoned batch's server connection to be closed or reset",
+        TIMEOUT * 3,
+        || async {
+            let open: i64 = primary
+                .query_one(
+                    "SELECT count(*) FROM pg_stat_activity \
+                     WHERE query = 'INSERT INTO unsynced VALUES (1)' AND state <> 'idle'",
+                    &[],
+                )
+                .await
+                .unwrap()
+                .get(0);
+            open == 0
+        },
+    )
+    .await;
 
     // The proxy must not reuse that server connection in a way that commits
     // the batch (its reset is refused inside the open pipeline, so the

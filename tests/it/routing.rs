@@ -901,7 +901,13 @@ async fn set_palisade_pin_keeps_the_session_on_the_primary() {
 #[tokio::test]
 async fn session_state_does_not_leak_between_clients() {
     let cluster = shared_cluster();
-    let proxy = start_proxy(cluster, |_| {}).await;
+    // One server connection per node: every client runs on the very
+    // connections the others used, so whatever leaked would show.
+    let proxy = start_proxy(cluster, |c| {
+        c.pool.max_server_connections = 1;
+        c.pool.acquire_timeout_ms = 30_000;
+    })
+    .await;
     let default = server_default("work_mem").await;
     let a = client(&proxy, shared_cluster(), "routing-isolation").await;
     a.batch_execute("SET work_mem = '7MB'").await.unwrap();
@@ -912,8 +918,7 @@ async fn session_state_does_not_leak_between_clients() {
     let again_a = work_mem_reads(&a, 8).await;
     drop(a);
     drop(b);
-    // A newcomer may get the server connections A and B left behind.
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    // The newcomer gets the server connections A and B left behind.
     let c = client(&proxy, shared_cluster(), "routing-isolation").await;
     let seen_c = work_mem_reads(&c, 8).await;
     for (what, seen, expected) in [

@@ -187,6 +187,37 @@ pub async fn wait_replayed(cluster: &LocalCluster) {
     }
 }
 
+/// Waits until a statement whose text holds `marker` runs on a node of
+/// `cluster` (as that node's pg_stat_activity shows, asked directly), and
+/// returns the node's index: a test that cancels, cuts or kills a running
+/// query knows it is running, rather than guessing how long that takes.
+pub async fn wait_running(cluster: &LocalCluster, marker: &str) -> usize {
+    let mut nodes = Vec::new();
+    for node in cluster.nodes() {
+        let client = connect_node(cluster, node)
+            .await
+            .unwrap_or_else(|e| panic!("connect to {} directly: {e}", node.name));
+        nodes.push(client);
+    }
+    let probe = "SELECT count(*) FROM pg_stat_activity WHERE state = 'active' \
+                 AND strpos(query, $1) > 0 AND pid <> pg_backend_pid()";
+    let limit = Duration::from_secs(30);
+    let deadline = Instant::now() + limit;
+    loop {
+        for (i, node) in nodes.iter().enumerate() {
+            let n: i64 = node.query_one(probe, &[&marker]).await.unwrap().get(0);
+            if n > 0 {
+                return i;
+            }
+        }
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {limit:?} waiting for a statement marked {marker} to run"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 /// Polls `check` every 20 ms until it holds, failing after `limit`.
 pub async fn wait_until<F, Fut>(what: &str, limit: Duration, check: F)
 where
