@@ -59,7 +59,7 @@ pub async fn served_by(client: &Client) -> Node {
     let row = client
         .query_one("SELECT inet_server_port(), pg_is_in_recovery()", &[])
         .await
-        .unwrap_or_else(|e| panic!("SELECT inet_server_port(): {e}"));
+        .unwrap_or_else(|e| panic!("SELECT inet_server_port(): {e:?}"));
     let node = node_of(i64::from(row.get::<_, i32>(0)));
     let in_recovery: bool = row.get(1);
     assert_eq!(
