@@ -1,5 +1,6 @@
 //! One PostgreSQL node of a local cluster: its postmaster is our direct child, so its pid is
-//! known and it can be stopped, killed, frozen and restarted by tests.
+//! known and it can be stopped, killed, frozen and restarted by tests; a thread of its own
+//! reaps it the moment it exits, even when something outside kills it.
 
 use std::fs::OpenOptions;
 use std::path::{Path, PathBuf};
