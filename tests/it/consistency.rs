@@ -61,9 +61,14 @@ async fn each_level_keeps_its_promise_while_a_replica_lags() {
     c.batch_execute(&format!("INSERT INTO {table} VALUES (1)"))
         .await
         .unwrap();
-    wait_topology(&proxy, "replica 2 to lag by more than 300 ms", |t| {
-        t.nodes[2].replication.lag_ms.is_some_and(|ms| ms > 300)
-    })
+    wait_topology(
+        &proxy,
+        "replica 2 to lag by more than 300 ms, and replica 1 not",
+        |t| {
+            t.nodes[2].replication.lag_ms.is_some_and(|ms| ms > 300)
+                && t.nodes[1].replication.lag_ms.is_some_and(|ms| ms <= 300)
+        },
+    )
     .await;
 
     let bounded = reads(&c, 20).await;
@@ -237,11 +242,12 @@ async fn a_token_from_one_connection_makes_anothers_reads_wait() {
         resume_replay(replica).await;
     }
     wait_replayed(lagging_cluster()).await;
-    let seen = reads(&reader, 10).await;
+    // Within `causal_wait_ms` (200 ms here) a read may still fall back to
+    // the primary while the proxy learns where the replicas are: the
+    // promise is that they serve the token's reads again, not how soon.
     assert!(
-        seen.iter().all(|n| n.is_replica()),
-        "replicas past the token serve it again: {:?}",
-        tally(&seen)
+        reaches_replica(&reader, 50).await,
+        "replicas past the token never served it again"
     );
     let row = reader.query_one(&count, &[]).await.unwrap();
     assert_eq!(row.get::<_, i64>(0), 1);
@@ -277,6 +283,12 @@ async fn when_every_replica_lags_on_no_replica_decides() {
     .await;
     fresh_table(&a, &table, "i int").await;
     wait_replayed(lagging_cluster()).await;
+    for proxy in [&primary_mode, &error_mode] {
+        wait_topology(proxy, "both replicas within the bound", |t| {
+            (1..=2).all(|n| t.nodes[n].replication.lag_ms.is_some_and(|ms| ms <= 200))
+        })
+        .await;
+    }
     assert!(
         served_by(&b).await.is_replica(),
         "fresh replicas serve reads"
@@ -319,6 +331,16 @@ async fn when_every_replica_lags_on_no_replica_decides() {
     for replica in cluster.replicas() {
         resume_replay(replica).await;
     }
+}
+
+/// Reads through `c` until one lands on a replica or `tries` run out.
+async fn reaches_replica(c: &Client, tries: usize) -> bool {
+    for _ in 0..tries {
+        if served_by(c).await.is_replica() {
+            return true;
+        }
+    }
+    false
 }
 
 /// Reads through `c` until one lands on `node` or `tries` run out.

@@ -30,10 +30,19 @@ pub fn proxy_config(cluster: &LocalCluster) -> Config {
     config
 }
 
-/// A proxy on [`proxy_config`], adjusted by `tweak`, once it has found the
-/// primary.
+/// How long a causal read waits for a replica to have the session's last
+/// write in the tests, instead of the default 50 ms: on a loaded machine a
+/// replica can take longer than that to replay, or to answer where it is,
+/// and the read then falls back to the primary, as designed. Tests that
+/// check where reads land should not depend on how fast the machine is;
+/// a read that must fall back still does, only later.
+pub const CAUSAL_WAIT_MS: u64 = 5_000;
+
+/// A proxy on [`proxy_config`] with [`CAUSAL_WAIT_MS`], adjusted by `tweak`,
+/// once it has found the primary.
 pub async fn start_proxy(cluster: &LocalCluster, tweak: impl FnOnce(&mut Config)) -> Proxy {
     let mut config = proxy_config(cluster);
+    config.consistency.causal_wait_ms = CAUSAL_WAIT_MS;
     tweak(&mut config);
     let proxy = Proxy::start(config).await.expect("proxy starts");
     // Many proxies starting at once on two cores can miss their first probe.
