@@ -7,23 +7,13 @@ use crate::support::harness::{self, connect, connect_with, sqlstate, start_proxy
 use crate::support::nodes::{direct, unique, wait_running, wait_until};
 use crate::support::shared_cluster;
 use palisade::config::AuthMethod;
-use palisade_testkit::wire::{read_message, startup_packet};
+use palisade_testkit::wire::{frame, read_message, read_until, startup_packet};
 use palisade_testkit::FaultyRelay;
 use palisade_testkit::{signal, ClusterOptions, LocalCluster};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 const TIMEOUT: Duration = Duration::from_secs(10);
-
-/// Reads messages until one with `tag`; returns it.
-async fn read_until(stream: &mut TcpStream, tag: u8) -> Vec<u8> {
-    loop {
-        let (t, body) = read_message(stream).await;
-        if t == tag {
-            return body;
-        }
-    }
-}
 
 /// The value of one field of an ErrorResponse body.
 fn field(body: &[u8], code: u8) -> String {
@@ -273,9 +263,9 @@ async fn oversized_and_malformed_frames_close_only_that_client() {
     let (bystander, _) = connect(&proxy, cluster).await;
 
     let mut stream = raw_session(proxy.local_addr(), cluster.superuser()).await;
-    let mut frame = vec![b'Q'];
-    frame.extend(i32::MAX.to_be_bytes());
-    stream.write_all(&frame).await.unwrap();
+    let mut oversized = vec![b'Q'];
+    oversized.extend(i32::MAX.to_be_bytes());
+    stream.write_all(&oversized).await.unwrap();
     let (tag, body) = read_message(&mut stream).await;
     assert_eq!(
         (tag, field(&body, b'C').as_str()),
@@ -294,10 +284,9 @@ async fn oversized_and_malformed_frames_close_only_that_client() {
     // A query just under the limit is fine.
     let mut stream = raw_session(proxy.local_addr(), cluster.superuser()).await;
     let sql = format!("SELECT length('{}')\0", "x".repeat(60 * 1024));
-    let mut frame = vec![b'Q'];
-    frame.extend(((sql.len() + 4) as i32).to_be_bytes());
-    frame.extend(sql.as_bytes());
-    stream.write_all(&frame).await.unwrap();
+    let mut query = Vec::new();
+    frame(&mut query, b'Q', sql.as_bytes());
+    stream.write_all(&query).await.unwrap();
     let row = read_until(&mut stream, b'D').await;
     assert!(row.ends_with(b"61440"), "{row:?}");
     read_until(&mut stream, b'Z').await;
@@ -438,15 +427,10 @@ async fn a_batch_abandoned_before_sync_is_never_committed() {
 
     let mut stream = raw_session(proxy.local_addr(), cluster.superuser()).await;
     let mut batch = Vec::new();
-    let mut push = |tag: u8, body: &[u8]| {
-        batch.push(tag);
-        batch.extend(((body.len() + 4) as i32).to_be_bytes());
-        batch.extend_from_slice(body);
-    };
-    push(b'P', b"\0INSERT INTO unsynced VALUES (1)\0\0\0");
-    push(b'B', b"\0\0\0\0\0\0\0\0");
-    push(b'E', b"\0\0\0\0\0");
-    push(b'H', b"");
+    frame(&mut batch, b'P', b"\0INSERT INTO unsynced VALUES (1)\0\0\0");
+    frame(&mut batch, b'B', b"\0\0\0\0\0\0\0\0");
+    frame(&mut batch, b'E', b"\0\0\0\0\0");
+    frame(&mut batch, b'H', b"");
     stream.write_all(&batch).await.unwrap();
     // ParseComplete, BindComplete, CommandComplete arrive after the Flush...
     read_until(&mut stream, b'C').await;

@@ -17,7 +17,7 @@ use crate::support::nodes::{
 use crate::support::shared_cluster;
 use palisade::config::AuthMethod;
 use palisade::proxy::Proxy;
-use palisade_testkit::wire::{read_message, startup_packet};
+use palisade_testkit::wire::{frame, read_message, startup_packet};
 use palisade_testkit::FaultyRelay;
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
@@ -161,13 +161,6 @@ async fn a_multi_statement_query_is_a_write_if_any_part_writes() {
         .batch_execute(&format!("DROP TABLE {table}"))
         .await
         .unwrap();
-}
-
-/// One extended-protocol message.
-fn frame(out: &mut Vec<u8>, tag: u8, body: &[u8]) {
-    out.push(tag);
-    out.extend(((body.len() + 4) as i32).to_be_bytes());
-    out.extend_from_slice(body);
 }
 
 /// Parse, Bind and Execute of each statement (unnamed, text results), then
