@@ -10,16 +10,17 @@
 //! The control plane ([`control`]) probes every node on its own connections
 //! and is the single writer of the topology snapshot the data plane reads.
 //! [`admin`] is the console behind the virtual database `palisade`.
-//! [`proxy::Proxy`] assembles both; [`cluster`] starts real local PostgreSQL
-//! clusters for the demo and the tests.
+//! [`proxy::Proxy`] assembles both.
+//!
+//! The test harness is not here: local PostgreSQL clusters, fault injection
+//! and raw-wire helpers live in the `palisade-testkit` crate beside this
+//! one, which the integration tests and the binary's `palisade demo` use.
 
 pub mod admin;
 pub mod backend;
 pub mod classify;
-pub mod cluster;
 pub mod config;
 pub mod control;
-pub mod demo;
 pub mod frontend;
 pub mod protocol;
 pub mod proxy;

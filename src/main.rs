@@ -1,5 +1,7 @@
 //! The `palisade` command: run the proxy, run the demo, check a config.
 
+mod demo;
+
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -59,7 +61,7 @@ fn main() -> ExitCode {
         },
         (Some(Command::Demo { listen, replicas }), _) => {
             let threads = palisade::config::ProxyConfig::default().worker_threads;
-            runtime(threads, palisade::demo::run(listen, replicas))
+            runtime(threads, demo::run(listen, replicas))
         }
         (None, Some(file)) => match Config::load(&file) {
             Ok(config) => runtime(config.proxy.worker_threads, run(config)),
@@ -73,7 +75,7 @@ fn main() -> ExitCode {
 
 async fn run(config: Config) -> Result<(), String> {
     let proxy = Proxy::start(config).await.map_err(|e| e.to_string())?;
-    palisade::demo::wait_for_signal().await;
+    wait_for_signal().await;
     proxy.shutdown().await;
     Ok(())
 }
@@ -102,6 +104,21 @@ fn runtime(
 fn fail(message: &str) -> ExitCode {
     eprintln!("palisade: {message}");
     ExitCode::FAILURE
+}
+
+/// Resolves on Ctrl-C or SIGTERM.
+async fn wait_for_signal() {
+    let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+        Ok(s) => s,
+        Err(_) => {
+            let _ = tokio::signal::ctrl_c().await;
+            return;
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
 }
 
 fn init_tracing() {

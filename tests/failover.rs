@@ -13,14 +13,15 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use palisade::cluster::{ClusterOptions, LocalCluster, LocalNode};
 use palisade::config::{Config, ReplicationMode};
-use palisade::demo::LocalRejoin;
 use palisade::proxy::Proxy;
-use palisade::topology::{Topology, WriteState};
-use support::harness::{connect_with, sqlstate};
-use support::nodes::wait_until;
-use support::relay::FaultyRelay;
+use palisade::topology::WriteState;
+use palisade_testkit::{signal, ClusterOptions, FaultyRelay, LocalCluster, LocalNode};
+use support::demo::LocalRejoin;
+use support::harness::{
+    client, connect_node, connect_with, console_url, proxy_config, sqlstate, url, wait_topology,
+};
+use support::nodes::{fresh_table, wait_until};
 use tokio::sync::Mutex;
 use tokio_postgres::Client;
 
@@ -45,8 +46,7 @@ fn cluster() -> Arc<LocalCluster> {
 
 /// Short probes and timeouts, the epoch kept in `state_dir`.
 fn failover_config(cluster: &LocalCluster, state_dir: &std::path::Path) -> Config {
-    let mut c = palisade::demo::demo_config(cluster, "127.0.0.1:0".parse().unwrap());
-    c.monitor.probe_interval_ms = 100;
+    let mut c = proxy_config(cluster);
     c.monitor.probe_timeout_ms = 500;
     c.monitor.health_threshold = 2;
     c.proxy.connect_timeout_ms = 1_000;
@@ -63,39 +63,9 @@ async fn start(config: Config, cluster: &Arc<LocalCluster>) -> Proxy {
     proxy
 }
 
-async fn wait_topology(proxy: &Proxy, what: &str, check: impl Fn(&Topology) -> bool) {
-    wait_until(what, Duration::from_secs(60), || async {
-        check(&proxy.topology())
-    })
-    .await;
-}
-
-fn url(proxy: &Proxy, cluster: &LocalCluster, database: &str) -> String {
-    let addr = proxy.local_addr();
-    format!(
-        "host={} port={} user={} password={} dbname={database} connect_timeout=5",
-        addr.ip(),
-        addr.port(),
-        cluster.superuser(),
-        cluster.password()
-    )
-}
-
-async fn client(proxy: &Proxy, cluster: &LocalCluster) -> Client {
-    connect_with(&url(proxy, cluster, "postgres"))
-        .await
-        .expect("connect through the proxy")
-        .0
-}
-
-async fn direct(node: &LocalNode, cluster: &LocalCluster) -> Result<Client, tokio_postgres::Error> {
-    let url = format!(
-        "host=127.0.0.1 port={} user={} password={} dbname=postgres connect_timeout=5",
-        node.port,
-        cluster.superuser(),
-        cluster.password()
-    );
-    connect_with(&url).await.map(|(c, _)| c)
+/// The superuser's connection string through `proxy`.
+fn superuser_url(proxy: &Proxy, cluster: &LocalCluster) -> String {
+    url(proxy, cluster.superuser(), cluster.password())
 }
 
 /// Retries `INSERT INTO t` through fresh connections to the proxy until one
@@ -103,7 +73,7 @@ async fn direct(node: &LocalNode, cluster: &LocalCluster) -> Result<Client, toki
 async fn write_until_accepted(proxy: &Proxy, cluster: &LocalCluster, table: &str) -> Duration {
     let began = Instant::now();
     loop {
-        if let Ok((c, _)) = connect_with(&url(proxy, cluster, "postgres")).await {
+        if let Ok((c, _)) = connect_with(&superuser_url(proxy, cluster)).await {
             if c.batch_execute(&format!("INSERT INTO {table} VALUES (-1)"))
                 .await
                 .is_ok()
@@ -122,7 +92,7 @@ async fn write_until_accepted(proxy: &Proxy, cluster: &LocalCluster, table: &str
 
 /// Whether `node` streams WAL from a primary listening on `port`.
 async fn streams_from(node: &LocalNode, cluster: &LocalCluster, port: u16) -> bool {
-    let Ok(c) = direct(node, cluster).await else {
+    let Ok(c) = connect_node(cluster, node).await else {
         return false;
     };
     c.query_one(
@@ -131,38 +101,6 @@ async fn streams_from(node: &LocalNode, cluster: &LocalCluster, port: u16) -> bo
     )
     .await
     .is_ok_and(|r| r.get(0))
-}
-
-/// Every process of a node's server (the postmaster and its children) stops
-/// or continues, as a hung machine would.
-fn signal_server(node: &LocalNode, signal: i32) {
-    let pid = node.pid().expect("node runs") as i32;
-    let mut pids = vec![pid];
-    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
-        let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else {
-            continue;
-        };
-        // pid (comm) state ppid ...: comm may hold spaces, so split after ')'.
-        let Some(rest) = stat.rsplit_once(')').map(|(_, r)| r) else {
-            continue;
-        };
-        let ppid: i32 = rest
-            .split_whitespace()
-            .nth(1)
-            .and_then(|p| p.parse().ok())
-            .unwrap_or(0);
-        if ppid == pid {
-            if let Ok(child) = entry.file_name().to_string_lossy().parse() {
-                pids.push(child);
-            }
-        }
-    }
-    for p in pids {
-        // SAFETY: kill(2) with a pid we read and a valid signal number.
-        unsafe {
-            libc::kill(p, signal);
-        }
-    }
 }
 
 /// A test's own cluster with a proxy in front of it (failover config, the
@@ -188,8 +126,8 @@ async fn fixture_with(tweak: impl FnOnce(&mut Config)) -> Fixture {
     let mut config = failover_config(&cluster, dir.path());
     tweak(&mut config);
     let proxy = start(config, &cluster).await;
-    let client = client(&proxy, &cluster).await;
-    create_table(&client, "ft", "i int").await;
+    let client = client(&proxy, &cluster, "failover").await;
+    fresh_table(&client, "ft", "i int").await;
     Fixture {
         serial,
         cluster,
@@ -216,7 +154,7 @@ async fn served_port(c: &Client, sql: &str) -> u16 {
 
 /// Waits until the primary's `synchronous_standby_names` satisfies `check`.
 async fn wait_sync_standbys(cluster: &LocalCluster, what: &str, check: impl Fn(&str) -> bool) {
-    let primary = direct(cluster.primary(), cluster).await.unwrap();
+    let primary = connect_node(cluster, cluster.primary()).await.unwrap();
     wait_until(what, Duration::from_secs(30), || async {
         let names: String = primary
             .query_one("SHOW synchronous_standby_names", &[])
@@ -240,14 +178,6 @@ async fn replicas_running(cluster: &Arc<LocalCluster>, running: bool) {
             }
         }
     })
-    .await
-    .unwrap();
-}
-
-async fn create_table(c: &Client, table: &str, columns: &str) {
-    c.batch_execute(&format!(
-        "DROP TABLE IF EXISTS {table}; CREATE TABLE {table}({columns})"
-    ))
     .await
     .unwrap();
 }
@@ -290,7 +220,7 @@ async fn a_killed_primary_is_replaced_and_writes_resume() {
     let c = &f.client;
     assert_eq!(proxy.topology().epoch, 1, "the first epoch names node0");
 
-    cluster.primary().kill(libc::SIGKILL).unwrap();
+    cluster.primary().kill(signal::SIGKILL).unwrap();
     let began = Instant::now();
     let new = assert_failed_over(proxy, cluster, began).await;
     // The session that was connected before carries on, on the new primary.
@@ -302,7 +232,7 @@ async fn a_killed_primary_is_replaced_and_writes_resume() {
             Ok::<_, ()>(())
         })
         .unwrap();
-    let c = client(proxy, cluster).await;
+    let c = client(proxy, cluster, "failover").await;
     let port = primary_port(&c).await;
     assert_eq!(port, cluster.node(new).port);
 }
@@ -312,11 +242,11 @@ async fn a_hung_primary_is_replaced() {
     let f = fixture().await;
     let (cluster, proxy) = (&f.cluster, &f.proxy);
 
-    signal_server(cluster.primary(), libc::SIGSTOP);
+    cluster.primary().signal_server(signal::SIGSTOP).unwrap();
     let began = Instant::now();
     let new = assert_failed_over(proxy, cluster, began).await;
     // Thawed, the old primary still thinks it is a primary: it is fenced.
-    signal_server(cluster.primary(), libc::SIGCONT);
+    cluster.primary().signal_server(signal::SIGCONT).unwrap();
     wait_topology(proxy, "node0 fenced", |t| t.nodes[0].fenced).await;
     assert_eq!(proxy.topology().primary(), Some(new));
 }
@@ -336,8 +266,8 @@ async fn a_proxy_cut_off_from_the_primary_does_not_fail_over() {
     // stream from it directly.
     config.nodes[0].port = relay.addr().port();
     let proxy = start(config, &cluster).await;
-    let c = client(&proxy, &cluster).await;
-    create_table(&c, "ft", "i int").await;
+    let c = client(&proxy, &cluster, "failover").await;
+    fresh_table(&c, "ft", "i int").await;
     let epoch = proxy.topology().epoch;
 
     relay.block();
@@ -346,7 +276,7 @@ async fn a_proxy_cut_off_from_the_primary_does_not_fail_over() {
         t.primary().is_none()
     })
     .await;
-    let (c2, _) = connect_with(&url(&proxy, &cluster, "postgres"))
+    let (c2, _) = connect_with(&superuser_url(&proxy, &cluster))
         .await
         .unwrap();
     let err = c2
@@ -370,7 +300,7 @@ async fn a_proxy_cut_off_from_the_primary_does_not_fail_over() {
     let t = proxy.topology();
     assert_eq!(t.epoch, epoch, "no new epoch: {t:?}");
     for replica in cluster.replicas() {
-        let r = direct(replica, &cluster).await.unwrap();
+        let r = connect_node(&cluster, replica).await.unwrap();
         let still: bool = r
             .query_one("SELECT pg_is_in_recovery()", &[])
             .await
@@ -389,20 +319,20 @@ async fn a_returning_old_primary_is_fenced_then_rejoined() {
     let f = fixture().await;
     let (cluster, proxy) = (&f.cluster, &f.proxy);
 
-    cluster.primary().kill(libc::SIGKILL).unwrap();
+    cluster.primary().kill(signal::SIGKILL).unwrap();
     let new = assert_failed_over(proxy, cluster, Instant::now()).await;
 
     // The old primary comes back (after a crash it is still a primary).
     cluster.primary().start().unwrap();
     wait_topology(proxy, "node0 fenced", |t| t.nodes[0].fenced).await;
-    let old = direct(cluster.primary(), cluster).await.unwrap();
+    let old = connect_node(cluster, cluster.primary()).await.unwrap();
     wait_until("node0 to be read-only", Duration::from_secs(30), || async {
         old.batch_execute("INSERT INTO ft VALUES (99)")
             .await
             .is_err()
     })
     .await;
-    let old = direct(cluster.primary(), cluster).await.unwrap();
+    let old = connect_node(cluster, cluster.primary()).await.unwrap();
     let err = old
         .batch_execute("INSERT INTO ft VALUES (99)")
         .await
@@ -413,9 +343,9 @@ async fn a_returning_old_primary_is_fenced_then_rejoined() {
         "a write sent to it directly is refused: {err:?}"
     );
     // Nothing through the proxy reaches it.
-    let c = client(proxy, cluster).await;
+    let c = client(proxy, cluster, "failover").await;
     let table = "fenced_probe";
-    create_table(&c, table, "i int").await;
+    fresh_table(&c, table, "i int").await;
     for _ in 0..20 {
         let port = read_port(&c).await;
         assert_ne!(
@@ -428,9 +358,7 @@ async fn a_returning_old_primary_is_fenced_then_rejoined() {
     assert_eq!(port, cluster.node(new).port);
 
     // REJOIN from the admin console: rewound, streaming, back in routing.
-    let (console, _) = connect_with(&url(proxy, cluster, "palisade"))
-        .await
-        .unwrap();
+    let (console, _) = connect_with(&console_url(proxy, cluster)).await.unwrap();
     console.simple_query("REJOIN node0").await.unwrap();
     let new_port = cluster.node(new).port;
     wait_until(
@@ -500,7 +428,7 @@ async fn insert_loop(url: String, stop: Arc<AtomicBool>, next: Arc<AtomicU64>) -
 /// primary) and waits until both stream through it.
 async fn replicate_through(cluster: &LocalCluster, port: u16) {
     for replica in cluster.replicas() {
-        let c = direct(replica, cluster).await.unwrap();
+        let c = connect_node(cluster, replica).await.unwrap();
         let conninfo = format!(
             "host=127.0.0.1 port={port} user={} password={} application_name={}",
             cluster.superuser(),
@@ -522,11 +450,11 @@ async fn replicate_through(cluster: &LocalCluster, port: u16) {
     }
 }
 
-/// Runs acknowledged inserts through the proxy, holds the replicas' WAL
-/// stream (a relay between them and the primary blocks) for the last half
-/// second, then kills the primary; returns (acknowledged, lost after the
-/// failover). What the primary acknowledged during that half second reached
-/// no replica, unless commits waited for one.
+/// Runs acknowledged inserts through the proxy, then holds the replicas' WAL
+/// stream (a relay between them and the primary blocks) while more are
+/// tried, then kills the primary; returns (acknowledged, lost after the
+/// failover). What the primary acknowledged while the stream was held
+/// reached no replica, unless commits waited for one.
 async fn acknowledged_inserts_across_a_kill(mode: ReplicationMode) -> (usize, usize) {
     let cluster = cluster();
     let dir = tempfile::tempdir().unwrap();
@@ -539,9 +467,9 @@ async fn acknowledged_inserts_across_a_kill(mode: ReplicationMode) -> (usize, us
     let mut config = failover_config(&cluster, dir.path());
     config.failover.replication_mode = mode;
     let proxy = start(config, &cluster).await;
-    let c = client(&proxy, &cluster).await;
-    create_table(&c, "acked", "id bigint PRIMARY KEY").await;
-    create_table(&c, "ft", "i int").await;
+    let c = client(&proxy, &cluster, "failover").await;
+    fresh_table(&c, "acked", "id bigint PRIMARY KEY").await;
+    fresh_table(&c, "ft", "i int").await;
     if mode != ReplicationMode::Async {
         wait_sync_standbys(&cluster, "synchronous standbys to be set", |n| {
             n.starts_with("ANY 1")
@@ -554,16 +482,35 @@ async fn acknowledged_inserts_across_a_kill(mode: ReplicationMode) -> (usize, us
     let workers: Vec<_> = (0..4)
         .map(|_| {
             tokio::spawn(insert_loop(
-                url(&proxy, &cluster, "postgres"),
+                superuser_url(&proxy, &cluster),
                 stop.clone(),
                 next.clone(),
             ))
         })
         .collect();
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    // Counted in inserts tried (nothing fails yet), not in seconds.
+    let tried = || next.load(Ordering::Relaxed) - 1;
+    wait_until("200 inserts", Duration::from_secs(60), || async {
+        tried() >= 200
+    })
+    .await;
     relay.block();
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    cluster.primary().kill(libc::SIGKILL).unwrap();
+    if mode == ReplicationMode::Async {
+        // Commits go on without the replicas: what is acknowledged from now
+        // on reached none of them.
+        let blocked_at = tried();
+        wait_until(
+            "20 inserts while the WAL stream is held",
+            Duration::from_secs(60),
+            || async { tried() >= blocked_at + 20 },
+        )
+        .await;
+    } else {
+        // Commits wait for a replica: give them half a second in which an
+        // acknowledgement could slip out unreplicated if they did not.
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    cluster.primary().kill(signal::SIGKILL).unwrap();
     relay.cut();
     assert_failed_over(&proxy, &cluster, Instant::now()).await;
     tokio::time::sleep(Duration::from_secs(1)).await;
@@ -572,7 +519,7 @@ async fn acknowledged_inserts_across_a_kill(mode: ReplicationMode) -> (usize, us
     for w in workers {
         acked.extend(w.await.unwrap());
     }
-    let c = client(&proxy, &cluster).await;
+    let c = client(&proxy, &cluster, "failover").await;
     let present: BTreeSet<i64> = c
         .query("/* palisade: primary */ SELECT id FROM acked", &[])
         .await
@@ -599,7 +546,8 @@ async fn async_mode_reports_what_a_failover_lost() {
     let (acked, lost) = acknowledged_inserts_across_a_kill(ReplicationMode::Async).await;
     eprintln!("async: {acked} inserts acknowledged, {lost} lost in the failover");
     assert!(acked > 100, "the workload ran: {acked}");
-    // Commits did not wait for the blocked replicas: the last half second's are gone.
+    // Commits did not wait for the blocked replicas: those acknowledged
+    // while the stream was held are gone.
     assert!(
         lost > 0,
         "async mode lost nothing, so the test proves nothing about sync"
@@ -611,7 +559,7 @@ async fn concurrent_transfers_keep_the_total_across_a_failover() {
     let f = fixture().await;
     let (cluster, proxy) = (&f.cluster, &f.proxy);
     let c = &f.client;
-    create_table(c, "accounts", "id int PRIMARY KEY, balance bigint NOT NULL").await;
+    fresh_table(c, "accounts", "id int PRIMARY KEY, balance bigint NOT NULL").await;
     c.batch_execute("INSERT INTO accounts SELECT g, 1000 FROM generate_series(1, 20) g")
         .await
         .unwrap();
@@ -620,7 +568,7 @@ async fn concurrent_transfers_keep_the_total_across_a_failover() {
     let committed = Arc::new(AtomicU64::new(0));
     let workers: Vec<_> = (0..4u64)
         .map(|w| {
-            let url = url(proxy, cluster, "postgres");
+            let url = superuser_url(proxy, cluster);
             let (stop, committed) = (stop.clone(), committed.clone());
             tokio::spawn(async move {
                 let mut n = w;
@@ -650,15 +598,18 @@ async fn concurrent_transfers_keep_the_total_across_a_failover() {
             })
         })
         .collect();
-    tokio::time::sleep(Duration::from_secs(2)).await;
-    cluster.primary().kill(libc::SIGKILL).unwrap();
+    wait_until("100 transfers", Duration::from_secs(60), || async {
+        committed.load(Ordering::Relaxed) >= 100
+    })
+    .await;
+    cluster.primary().kill(signal::SIGKILL).unwrap();
     assert_failed_over(proxy, cluster, Instant::now()).await;
     tokio::time::sleep(Duration::from_secs(2)).await;
     stop.store(true, Ordering::Relaxed);
     for w in workers {
         w.await.unwrap();
     }
-    let c = client(proxy, cluster).await;
+    let c = client(proxy, cluster, "failover").await;
     let row = c
         .query_one(
             "/* palisade: primary */ SELECT sum(balance)::bigint, count(*) FROM accounts",
@@ -684,19 +635,17 @@ async fn a_planned_switchover_loses_nothing_and_pauses_writes() {
     let f = fixture().await;
     let (cluster, proxy) = (&f.cluster, &f.proxy);
     let c = &f.client;
-    create_table(c, "acked", "id bigint PRIMARY KEY").await;
+    fresh_table(c, "acked", "id bigint PRIMARY KEY").await;
 
     let stop = Arc::new(AtomicBool::new(false));
     let next = Arc::new(AtomicU64::new(1));
     let worker = tokio::spawn(insert_loop(
-        url(proxy, cluster, "postgres"),
+        superuser_url(proxy, cluster),
         stop.clone(),
         next.clone(),
     ));
     tokio::time::sleep(Duration::from_secs(1)).await;
-    let (console, _) = connect_with(&url(proxy, cluster, "palisade"))
-        .await
-        .unwrap();
+    let (console, _) = connect_with(&console_url(proxy, cluster)).await.unwrap();
     let began = Instant::now();
     console.simple_query("SWITCHOVER TO node2").await.unwrap();
     wait_topology(proxy, "node2 to be the primary", |t| t.primary() == Some(2)).await;
@@ -704,7 +653,7 @@ async fn a_planned_switchover_loses_nothing_and_pauses_writes() {
     tokio::time::sleep(Duration::from_secs(1)).await;
     stop.store(true, Ordering::Relaxed);
     let acked = worker.await.unwrap();
-    let present: BTreeSet<i64> = client(proxy, cluster)
+    let present: BTreeSet<i64> = client(proxy, cluster, "failover")
         .await
         .query("/* palisade: primary */ SELECT id FROM acked", &[])
         .await
@@ -738,7 +687,7 @@ async fn a_restarted_proxy_keeps_the_epochs_primary() {
         proxy,
         client: _,
     } = fixture().await;
-    cluster.primary().kill(libc::SIGKILL).unwrap();
+    cluster.primary().kill(signal::SIGKILL).unwrap();
     let new = assert_failed_over(&proxy, &cluster, Instant::now()).await;
     let epoch = proxy.topology().epoch;
     proxy.shutdown().await;
@@ -750,7 +699,7 @@ async fn a_restarted_proxy_keeps_the_epochs_primary() {
     let t = proxy.topology();
     assert_eq!((t.primary(), t.epoch), (Some(new), epoch), "{t:?}");
     wait_topology(&proxy, "node0 fenced", |t| t.nodes[0].fenced).await;
-    let c = client(&proxy, &cluster).await;
+    let c = client(&proxy, &cluster, "failover").await;
     let port = primary_port(&c).await;
     assert_eq!(port, cluster.node(new).port);
 }
@@ -760,7 +709,7 @@ async fn manual_mode_waits_for_the_operators_switchover() {
     let f = fixture_with(|c| c.failover.mode = palisade::config::FailoverMode::Manual).await;
     let (cluster, proxy) = (&f.cluster, &f.proxy);
 
-    cluster.primary().kill(libc::SIGKILL).unwrap();
+    cluster.primary().kill(signal::SIGKILL).unwrap();
     wait_topology(
         proxy,
         "writes refused for the failed primary",
@@ -770,9 +719,7 @@ async fn manual_mode_waits_for_the_operators_switchover() {
     tokio::time::sleep(Duration::from_millis(2 * FAILOVER_TIMEOUT_MS)).await;
     let t = proxy.topology();
     assert_eq!(t.epoch, 1, "nothing promoted by itself: {t:?}");
-    let (c2, _) = connect_with(&url(proxy, cluster, "postgres"))
-        .await
-        .unwrap();
+    let (c2, _) = connect_with(&superuser_url(proxy, cluster)).await.unwrap();
     let err = c2
         .batch_execute("INSERT INTO ft VALUES (1)")
         .await
@@ -786,14 +733,12 @@ async fn manual_mode_waits_for_the_operators_switchover() {
         "the client is told why: {err:?}"
     );
 
-    let (console, _) = connect_with(&url(proxy, cluster, "palisade"))
-        .await
-        .unwrap();
+    let (console, _) = connect_with(&console_url(proxy, cluster)).await.unwrap();
     console.simple_query("SWITCHOVER TO node2").await.unwrap();
     wait_topology(proxy, "node2 promoted", |t| t.primary() == Some(2)).await;
     write_until_accepted(proxy, cluster, "ft").await;
     assert_eq!(
-        primary_port(&client(proxy, cluster).await).await,
+        primary_port(&client(proxy, cluster, "failover").await).await,
         cluster.node(2).port
     );
 }
@@ -803,7 +748,7 @@ async fn auto_rejoin_brings_the_old_primary_back_by_itself() {
     let f = fixture_with(|c| c.failover.auto_rejoin = true).await;
     let (cluster, proxy) = (&f.cluster, &f.proxy);
 
-    cluster.primary().kill(libc::SIGKILL).unwrap();
+    cluster.primary().kill(signal::SIGKILL).unwrap();
     let new = assert_failed_over(proxy, cluster, Instant::now()).await;
     cluster.primary().start().unwrap();
     let new_port = cluster.node(new).port;

@@ -3,7 +3,7 @@
 //! pg_rewind, standby.signal, start) and fencing harder than SQL can (stop
 //! the server, STONITH). [`CommandOperator`] runs the configured shell
 //! commands; the demo and the tests plug in one that drives their local
-//! cluster ([`crate::demo::LocalRejoin`]).
+//! cluster (`LocalRejoin`, in the `palisade` binary's `demo` module).
 
 use async_trait::async_trait;
 use tokio::process::Command;

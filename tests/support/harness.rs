@@ -1,11 +1,18 @@
 //! Starting Palisade in-process in front of a test cluster, and connecting
-//! to it with tokio-postgres the way an application would.
+//! to it (or straight to a node) with tokio-postgres the way an application
+//! would.
 
-use palisade::cluster::LocalCluster;
+use std::time::Duration;
+
 use palisade::config::{AuthMethod, Config, UserConfig};
 use palisade::proxy::Proxy;
+use palisade::topology::Topology;
+use palisade_testkit::{LocalCluster, LocalNode};
 use tokio::sync::mpsc;
 use tokio_postgres::{AsyncMessage, Client, NoTls};
+
+use super::demo::demo_config;
+use super::nodes::wait_until;
 
 /// Roles the shared cluster's pg_hba.conf authenticates with methods other
 /// than SCRAM, so the proxy's server-side md5, cleartext and trust paths run.
@@ -16,23 +23,42 @@ pub const SERVER_AUTH_HBA: [&str; 3] = [
 ];
 
 /// The demo's config (every node, the superuser over SCRAM) listening on a
-/// free port and probing fast; `tweak` adjusts it before start.
-pub async fn start_proxy(cluster: &LocalCluster, tweak: impl FnOnce(&mut Config)) -> Proxy {
-    let mut config = palisade::demo::demo_config(cluster, "127.0.0.1:0".parse().unwrap());
+/// free port and probing fast.
+pub fn proxy_config(cluster: &LocalCluster) -> Config {
+    let mut config = demo_config(cluster, "127.0.0.1:0".parse().unwrap());
     config.monitor.probe_interval_ms = 100;
+    config
+}
+
+/// How long a causal read waits for a replica to have the session's last
+/// write in the tests, instead of the default 50 ms: on a loaded machine a
+/// replica can take longer than that to replay, or to answer where it is,
+/// and the read then falls back to the primary, as designed. Tests that
+/// check where reads land should not depend on how fast the machine is;
+/// a read that must fall back still does, only later.
+pub const CAUSAL_WAIT_MS: u64 = 5_000;
+
+/// A proxy on [`proxy_config`] with [`CAUSAL_WAIT_MS`], adjusted by `tweak`,
+/// once it has found the primary.
+pub async fn start_proxy(cluster: &LocalCluster, tweak: impl FnOnce(&mut Config)) -> Proxy {
+    let mut config = proxy_config(cluster);
+    config.consistency.causal_wait_ms = CAUSAL_WAIT_MS;
     tweak(&mut config);
     let proxy = Proxy::start(config).await.expect("proxy starts");
     // Many proxies starting at once on two cores can miss their first probe.
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
-    while proxy.topology().primary().is_none() {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the proxy found no primary: {:?}",
-            proxy.topology()
-        );
-        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-    }
+    wait_topology(&proxy, "the proxy to find the primary", |t| {
+        t.primary().is_some()
+    })
+    .await;
     proxy
+}
+
+/// Waits until the proxy's published topology satisfies `check`.
+pub async fn wait_topology(proxy: &Proxy, what: &str, check: impl Fn(&Topology) -> bool) {
+    wait_until(what, Duration::from_secs(60), || async {
+        check(&proxy.topology())
+    })
+    .await;
 }
 
 pub fn user(name: &str, auth: AuthMethod, password: Option<&str>) -> UserConfig {
@@ -46,12 +72,44 @@ pub fn user(name: &str, auth: AuthMethod, password: Option<&str>) -> UserConfig 
     }
 }
 
+fn conninfo(host: &str, port: u16, user: &str, password: &str, database: &str) -> String {
+    format!(
+        "host={host} port={port} user={user} password={password} dbname={database} connect_timeout=10"
+    )
+}
+
+/// `user` into database `postgres` through the proxy.
 pub fn url(proxy: &Proxy, user: &str, password: &str) -> String {
     let addr = proxy.local_addr();
-    format!(
-        "host={} port={} user={user} password={password} dbname=postgres connect_timeout=10",
-        addr.ip(),
-        addr.port()
+    conninfo(
+        &addr.ip().to_string(),
+        addr.port(),
+        user,
+        password,
+        "postgres",
+    )
+}
+
+/// The superuser into the proxy's admin console (the virtual database `palisade`).
+pub fn console_url(proxy: &Proxy, cluster: &LocalCluster) -> String {
+    let addr = proxy.local_addr();
+    conninfo(
+        &addr.ip().to_string(),
+        addr.port(),
+        cluster.superuser(),
+        cluster.password(),
+        "palisade",
+    )
+}
+
+/// The superuser straight into `database` on `node`, bypassing the proxy.
+pub fn node_url(cluster: &LocalCluster, node: &LocalNode, database: &str) -> String {
+    conninfo(
+        node.host(),
+        node.port,
+        cluster.superuser(),
+        cluster.password(),
+        database,
     )
 }
 
@@ -78,6 +136,25 @@ pub async fn connect(
     connect_with(&url(proxy, cluster.superuser(), cluster.password()))
         .await
         .expect("connect through the proxy")
+}
+
+/// The superuser through the proxy as application `app`.
+pub async fn client(proxy: &Proxy, cluster: &LocalCluster, app: &str) -> Client {
+    connect_with(&app_url(proxy, cluster, app))
+        .await
+        .unwrap_or_else(|e| panic!("connect as {app}: {e}"))
+        .0
+}
+
+/// The superuser straight to `node`, bypassing the proxy (which may fail:
+/// the node may be down).
+pub async fn connect_node(
+    cluster: &LocalCluster,
+    node: &LocalNode,
+) -> Result<Client, tokio_postgres::Error> {
+    connect_with(&node_url(cluster, node, "postgres"))
+        .await
+        .map(|(c, _)| c)
 }
 
 /// A proxy in front of the shared cluster and one superuser client through it.

@@ -3,20 +3,20 @@
 //! splitting from the outside.
 //!
 //! A node is recognised by the port its server reports (`inet_server_port()`,
-//! `SHOW port`), checked against `pg_is_in_recovery()` where both are at hand.
-#![allow(dead_code)]
+//! `SHOW port`), checked against `pg_is_in_recovery()` where both are at hand,
+//! in whichever of the support's clusters listens there.
 
 use std::collections::BTreeMap;
 use std::future::Future;
 use std::time::{Duration, Instant};
 
-use palisade::cluster::LocalNode;
+use palisade_testkit::{LocalCluster, LocalNode};
 use tokio_postgres::{Client, SimpleQueryMessage};
 
-use super::harness::connect_with;
-use super::shared_cluster;
+use super::harness::connect_node;
+use super::started_clusters;
 
-/// A node of the shared cluster, as seen by a client.
+/// A node of a support cluster, as seen by a client.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum Node {
     Primary,
@@ -30,9 +30,16 @@ impl Node {
     }
 }
 
+/// The support cluster one of whose nodes listens on `port`.
+fn cluster_of(port: i64) -> &'static LocalCluster {
+    started_clusters()
+        .find(|c| c.nodes().iter().any(|n| i64::from(n.port) == port))
+        .unwrap_or_else(|| panic!("port {port} is no node of a support cluster"))
+}
+
 /// The node listening on `port` (as reported by the server itself).
 pub fn node_of(port: i64) -> Node {
-    let cluster = shared_cluster();
+    let cluster = cluster_of(port);
     if port == i64::from(cluster.primary().port) {
         return Node::Primary;
     }
@@ -42,7 +49,7 @@ pub fn node_of(port: i64) -> Node {
         .position(|r| i64::from(r.port) == port)
     {
         Some(i) => Node::Replica(i + 1),
-        None => panic!("port {port} is no node of the shared cluster"),
+        None => unreachable!("cluster_of found port {port}"),
     }
 }
 
@@ -52,7 +59,7 @@ pub async fn served_by(client: &Client) -> Node {
     let row = client
         .query_one("SELECT inet_server_port(), pg_is_in_recovery()", &[])
         .await
-        .unwrap_or_else(|e| panic!("SELECT inet_server_port(): {e}"));
+        .unwrap_or_else(|e| panic!("SELECT inet_server_port(): {e:?}"));
     let node = node_of(i64::from(row.get::<_, i32>(0)));
     let in_recovery: bool = row.get(1);
     assert_eq!(
@@ -145,26 +152,18 @@ pub fn assert_one_replica(seen: &[Node], what: &str) -> Node {
     seen[0]
 }
 
-/// A superuser connection straight to a node, bypassing the proxy.
+/// A superuser connection straight to a node of a support cluster, bypassing
+/// the proxy.
 pub async fn direct(node: &LocalNode) -> Client {
-    let cluster = shared_cluster();
-    let url = format!(
-        "host={} port={} user={} password={} dbname=postgres connect_timeout=10",
-        node.host(),
-        node.port,
-        cluster.superuser(),
-        cluster.password()
-    );
-    connect_with(&url)
+    connect_node(cluster_of(i64::from(node.port)), node)
         .await
         .unwrap_or_else(|e| panic!("connect to {} directly: {e}", node.name))
-        .0
 }
 
-/// Waits until every replica has replayed the primary's WAL as of now, so a
-/// read served by any of them sees what was committed before the call.
-pub async fn wait_replayed() {
-    let cluster = shared_cluster();
+/// Waits until every replica of `cluster` has replayed the primary's WAL as
+/// of now, so a read served by any of them sees what was committed before
+/// the call.
+pub async fn wait_replayed(cluster: &LocalCluster) {
     let primary = direct(cluster.primary()).await;
     let lsn: String = primary
         .query_one("SELECT pg_current_wal_lsn()::text", &[])
@@ -185,6 +184,37 @@ pub async fn wait_replayed() {
                 .get::<_, bool>(0)
         })
         .await;
+    }
+}
+
+/// Waits until a statement whose text holds `marker` runs on a node of
+/// `cluster` (as that node's pg_stat_activity shows, asked directly), and
+/// returns the node's index: a test that cancels, cuts or kills a running
+/// query knows it is running, rather than guessing how long that takes.
+pub async fn wait_running(cluster: &LocalCluster, marker: &str) -> usize {
+    let mut nodes = Vec::new();
+    for node in cluster.nodes() {
+        let client = connect_node(cluster, node)
+            .await
+            .unwrap_or_else(|e| panic!("connect to {} directly: {e}", node.name));
+        nodes.push(client);
+    }
+    let probe = "SELECT count(*) FROM pg_stat_activity WHERE state = 'active' \
+                 AND strpos(query, $1) > 0 AND pid <> pg_backend_pid()";
+    let limit = Duration::from_secs(30);
+    let deadline = Instant::now() + limit;
+    loop {
+        for (i, node) in nodes.iter().enumerate() {
+            let n: i64 = node.query_one(probe, &[&marker]).await.unwrap().get(0);
+            if n > 0 {
+                return i;
+            }
+        }
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {limit:?} waiting for a statement marked {marker} to run"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
 

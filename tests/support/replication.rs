@@ -1,12 +1,11 @@
-//! Making a replica of the shared cluster lag or lose its primary, and
+//! Making a replica of the lagging cluster lag or lose its primary, and
 //! undoing it: what the consistency tests need to put the proxy's
 //! freshness rules to work. Every change is undone by its counterpart, and
 //! each waits until the replica really is in the state it asked for.
-#![allow(dead_code)]
 
 use std::time::Duration;
 
-use palisade::cluster::LocalNode;
+use palisade_testkit::LocalNode;
 
 use super::nodes::{direct, wait_until};
 

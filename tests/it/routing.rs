@@ -6,21 +6,19 @@
 //! transactions and pinned sessions to the primary, read-only transactions
 //! to one replica; settings and prepared statements hold on every node.
 
-mod support;
-
 use std::time::Duration;
 
-use palisade::config::AuthMethod;
-use palisade::proxy::Proxy;
-use support::harness::{app_url, connect_with, sqlstate, start_proxy};
-use support::nodes::{
+use crate::support::harness::{app_url, client, connect_with, sqlstate, start_proxy};
+use crate::support::nodes::{
     assert_all_primary, assert_one_replica, assert_spread_over_replicas, direct, first_column,
     fresh_table, node_of, reads, served_by, simple_nodes, tally, unique, wait_replayed, wait_until,
     Node,
 };
-use support::relay::FaultyRelay;
-use support::shared_cluster;
-use support::wire::{read_message, startup_packet};
+use crate::support::shared_cluster;
+use palisade::config::AuthMethod;
+use palisade::proxy::Proxy;
+use palisade_testkit::wire::{frame, read_message, startup_packet};
+use palisade_testkit::FaultyRelay;
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 use tokio_postgres::{AsyncMessage, Client};
@@ -31,15 +29,8 @@ const TIMEOUT: Duration = Duration::from_secs(10);
 async fn routed(app: &str) -> (Proxy, Client) {
     let cluster = shared_cluster();
     let proxy = start_proxy(cluster, |_| {}).await;
-    let client = client(&proxy, app).await;
+    let client = client(&proxy, shared_cluster(), app).await;
     (proxy, client)
-}
-
-async fn client(proxy: &Proxy, app: &str) -> Client {
-    connect_with(&app_url(proxy, shared_cluster(), app))
-        .await
-        .unwrap_or_else(|e| panic!("connect as {app}: {e}"))
-        .0
 }
 
 /// The server default of a setting, asked of the primary directly.
@@ -172,13 +163,6 @@ async fn a_multi_statement_query_is_a_write_if_any_part_writes() {
         .unwrap();
 }
 
-/// One extended-protocol message.
-fn frame(out: &mut Vec<u8>, tag: u8, body: &[u8]) {
-    out.push(tag);
-    out.extend(((body.len() + 4) as i32).to_be_bytes());
-    out.extend_from_slice(body);
-}
-
 /// Parse, Bind and Execute of each statement (unnamed, text results), then
 /// one Sync; returns the first column of every DataRow, in order.
 async fn batch(stream: &mut TcpStream, statements: &[String]) -> Vec<String> {
@@ -221,7 +205,7 @@ async fn an_extended_batch_is_routed_as_a_whole_up_to_sync() {
     let cluster = shared_cluster();
     let proxy = start_proxy(cluster, |c| c.users[0].auth = AuthMethod::Trust).await;
     let table = unique("routing_batch");
-    let setup = client(&proxy, "routing-batch").await;
+    let setup = client(&proxy, shared_cluster(), "routing-batch").await;
     fresh_table(&setup, &table, "x int").await;
 
     let mut stream = TcpStream::connect(proxy.local_addr()).await.unwrap();
@@ -498,7 +482,7 @@ async fn savepoints_and_rollback_to_work_in_both_kinds_of_transaction() {
         .batch_execute("RELEASE SAVEPOINT a; COMMIT")
         .await
         .unwrap();
-    wait_replayed().await;
+    wait_replayed(shared_cluster()).await;
     let mut seen = Vec::new();
     for _ in 0..6 {
         let row = client
@@ -564,7 +548,7 @@ async fn a_volatile_function_is_called_on_the_primary_and_a_stable_one_on_a_repl
         ))
         .await
         .unwrap();
-    wait_replayed().await;
+    wait_replayed(shared_cluster()).await;
     let mut seen = Vec::new();
     for _ in 0..4 {
         seen.extend(simple_nodes(&client, &format!("SELECT {stable}()")).await);
@@ -872,7 +856,7 @@ async fn listen_pins_the_session_to_the_primary_and_notifications_arrive() {
         .unwrap();
     assert_all_primary(&reads(&listener, 6).await, "reads after LISTEN");
 
-    let notifier = client(&proxy, "routing-notify").await;
+    let notifier = client(&proxy, shared_cluster(), "routing-notify").await;
     notifier
         .batch_execute(&format!("NOTIFY {channel}, 'pinned'"))
         .await
@@ -989,20 +973,25 @@ async fn set_palisade_pin_keeps_the_session_on_the_primary() {
 #[tokio::test]
 async fn session_state_does_not_leak_between_clients() {
     let cluster = shared_cluster();
-    let proxy = start_proxy(cluster, |_| {}).await;
+    // One server connection per node: every client runs on the very
+    // connections the others used, so whatever leaked would show.
+    let proxy = start_proxy(cluster, |c| {
+        c.pool.max_server_connections = 1;
+        c.pool.acquire_timeout_ms = 30_000;
+    })
+    .await;
     let default = server_default("work_mem").await;
-    let a = client(&proxy, "routing-isolation").await;
+    let a = client(&proxy, shared_cluster(), "routing-isolation").await;
     a.batch_execute("SET work_mem = '7MB'").await.unwrap();
     let seen_a = work_mem_reads(&a, 8).await;
-    let b = client(&proxy, "routing-isolation").await;
+    let b = client(&proxy, shared_cluster(), "routing-isolation").await;
     let seen_b = work_mem_reads(&b, 8).await;
     b.batch_execute("SET work_mem = '5MB'").await.unwrap();
     let again_a = work_mem_reads(&a, 8).await;
     drop(a);
     drop(b);
-    // A newcomer may get the server connections A and B left behind.
-    tokio::time::sleep(Duration::from_millis(200)).await;
-    let c = client(&proxy, "routing-isolation").await;
+    // The newcomer gets the server connections A and B left behind.
+    let c = client(&proxy, shared_cluster(), "routing-isolation").await;
     let seen_c = work_mem_reads(&c, 8).await;
     for (what, seen, expected) in [
         ("A after its SET", &seen_a, "7MB"),
@@ -1028,9 +1017,11 @@ async fn reads_avoid_an_unhealthy_replica() {
             .parse()
             .unwrap(),
     );
+    // The default probe timeout (1 s), not a shorter one: on a loaded
+    // machine a healthy node can miss a 200 ms probe twice in a row, and
+    // this test is about the node that is really cut off.
     let proxy = start_proxy(cluster, |c| {
         c.nodes[1].port = relay.addr().port();
-        c.monitor.probe_timeout_ms = 200;
         c.monitor.health_threshold = 2;
     })
     .await;
@@ -1038,12 +1029,13 @@ async fn reads_avoid_an_unhealthy_replica() {
         let proxy = &proxy;
         async move { proxy.topology().nodes.iter().skip(1).all(|n| n.healthy) == want }
     };
-    wait_until("both replicas healthy", TIMEOUT, || healthy(true)).await;
-    let client = client(&proxy, "routing-unhealthy").await;
+    let health_limit = Duration::from_secs(30);
+    wait_until("both replicas healthy", health_limit, || healthy(true)).await;
+    let client = client(&proxy, shared_cluster(), "routing-unhealthy").await;
     assert_spread_over_replicas(&reads(&client, 6).await, "reads with both replicas up");
 
     relay.block();
-    wait_until("replica 1 to be marked unhealthy", TIMEOUT, || async {
+    wait_until("replica 1 to be marked unhealthy", health_limit, || async {
         !proxy.topology().nodes[1].healthy
     })
     .await;
@@ -1057,7 +1049,7 @@ async fn reads_avoid_an_unhealthy_replica() {
     );
 
     relay.heal();
-    wait_until("replica 1 healthy again", TIMEOUT, || healthy(true)).await;
+    wait_until("replica 1 healthy again", health_limit, || healthy(true)).await;
     assert_spread_over_replicas(&reads(&client, 6).await, "reads after the replica is back");
 }
 

@@ -3,7 +3,6 @@
 //! neither delivered nor lost, new connections are accepted but get nowhere), and `heal`
 //! lets everything flow again. It runs on its own thread and runtime, so it keeps relaying
 //! while the test's own runtime is blocked, and it works from sync and async tests alike.
-#![allow(dead_code)]
 
 use std::net::SocketAddr;
 use std::sync::Arc;

@@ -1,12 +1,11 @@
-//! The cluster harness against real PostgreSQL, and the fault-injecting relay.
-
-mod support;
+//! The test kit against real PostgreSQL: clusters start, stop, crash and
+//! come back, postmasters killed from outside are reaped, and the
+//! fault-injecting relay cuts, blocks and heals.
 
 use std::net::{SocketAddr, TcpStream};
 use std::time::{Duration, Instant};
 
-use palisade::cluster::{ClusterError, ClusterOptions, LocalCluster};
-use support::relay::FaultyRelay;
+use palisade_testkit::{signal, ClusterError, ClusterOptions, FaultyRelay, LocalCluster};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 fn start_cluster(opts: ClusterOptions) -> LocalCluster {
@@ -74,10 +73,10 @@ fn cluster_lifecycle() {
     // A crashed replica comes back and catches up.
     let replica = cluster.node(1);
     let old_pid = replica.pid().expect("node1 running");
-    replica.kill(libc::SIGKILL).unwrap();
+    replica.kill(signal::SIGKILL).unwrap();
     assert!(!replica.is_running());
     assert!(matches!(
-        replica.kill(libc::SIGKILL),
+        replica.kill(signal::SIGKILL),
         Err(ClusterError::NotRunning { .. })
     ));
     replica.start().unwrap();
@@ -89,7 +88,7 @@ fn cluster_lifecycle() {
 
     // A frozen node still stops (fast shutdown) and starts again.
     let frozen = cluster.node(2);
-    frozen.kill(libc::SIGSTOP).unwrap();
+    frozen.kill(signal::SIGSTOP).unwrap();
     assert!(frozen.is_running());
     frozen.stop().unwrap();
     assert!(!frozen.is_running());
@@ -124,13 +123,41 @@ fn a_node_that_cannot_start_fails_the_cluster_with_its_log() {
     assert!(err.to_string().contains("no_such_setting"), "{err}");
 }
 
+/// The process state letter of `pid` in /proc ('Z' for a zombie), or None
+/// once no such process exists.
+fn proc_state(pid: u32) -> Option<char> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // pid (comm) state ...: comm may hold spaces, so split after ')'.
+    stat.rsplit_once(')')?.1.trim_start().chars().next()
+}
+
 #[test]
-fn shared_cluster_serves_every_node() {
-    let cluster = support::shared_cluster();
-    assert!(std::ptr::eq(cluster, support::shared_cluster()));
-    for i in 0..cluster.nodes().len() {
-        assert_eq!(cluster.psql(i, "SELECT 1").unwrap(), "1");
+fn a_postmaster_killed_from_outside_is_reaped_and_can_start_again() {
+    let cluster = start_cluster(ClusterOptions {
+        replicas: 0,
+        ..ClusterOptions::default()
+    });
+    let node = cluster.primary();
+    let pid = node.pid().expect("node0 running");
+    // As a user would with `kill -9`: nothing in the harness is told, and
+    // nothing asks the node about its postmaster until it has been reaped.
+    signal::send(pid, signal::SIGKILL).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let state = proc_state(pid);
+        if state.is_none() {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "postmaster {pid} still in /proc (state {state:?}) 30 s after SIGKILL"
+        );
+        std::thread::sleep(Duration::from_millis(20));
     }
+    assert!(!node.is_running());
+    node.start().unwrap();
+    assert_ne!(node.pid(), Some(pid));
+    assert_eq!(cluster.psql(0, "SELECT 1").unwrap(), "1");
 }
 
 async fn echo_server() -> SocketAddr {
@@ -151,15 +178,26 @@ async fn connect(relay: &FaultyRelay) -> tokio::net::TcpStream {
     tokio::net::TcpStream::connect(relay.addr()).await.unwrap()
 }
 
-/// Writes `msg` and reads it back, or None if nothing came within 300 ms.
-async fn echo(conn: &mut tokio::net::TcpStream, msg: &[u8]) -> Option<Vec<u8>> {
+/// How long an echo that should come back may take.
+const ECHO: Duration = Duration::from_secs(10);
+/// How long an echo that must not come back is watched for: a relay that
+/// leaks would deliver in microseconds, and a slow machine can only make
+/// this pass later, never fail falsely.
+const SILENCE: Duration = Duration::from_millis(300);
+
+/// Writes `msg` and reads it back, or None if nothing came within `limit`.
+async fn echo(conn: &mut tokio::net::TcpStream, msg: &[u8], limit: Duration) -> Option<Vec<u8>> {
     conn.write_all(msg).await.unwrap();
-    read_echo(conn, msg.len()).await
+    read_echo(conn, msg.len(), limit).await
 }
 
-async fn read_echo(conn: &mut tokio::net::TcpStream, len: usize) -> Option<Vec<u8>> {
+async fn read_echo(
+    conn: &mut tokio::net::TcpStream,
+    len: usize,
+    limit: Duration,
+) -> Option<Vec<u8>> {
     let mut buf = vec![0; len];
-    tokio::time::timeout(Duration::from_millis(300), conn.read_exact(&mut buf))
+    tokio::time::timeout(limit, conn.read_exact(&mut buf))
         .await
         .ok()?
         .ok()?;
@@ -172,64 +210,40 @@ async fn relay_cuts_blocks_and_heals() {
 
     let mut first = connect(&relay).await;
     assert_eq!(
-        echo(&mut first, b"ping").await.as_deref(),
+        echo(&mut first, b"ping", ECHO).await.as_deref(),
         Some(&b"ping"[..])
     );
 
     relay.cut();
     let mut buf = [0u8; 16];
-    let after_cut = tokio::time::timeout(Duration::from_secs(2), first.read(&mut buf))
+    let after_cut = tokio::time::timeout(ECHO, first.read(&mut buf))
         .await
         .expect("a cut connection must not hang");
     assert!(matches!(after_cut, Ok(0) | Err(_)), "{after_cut:?}");
 
     let mut second = connect(&relay).await;
     assert_eq!(
-        echo(&mut second, b"again").await.as_deref(),
+        echo(&mut second, b"again", ECHO).await.as_deref(),
         Some(&b"again"[..])
     );
 
     relay.block();
-    assert_eq!(echo(&mut second, b"held").await, None);
+    assert_eq!(echo(&mut second, b"held", SILENCE).await, None);
     let mut third = connect(&relay).await;
-    assert_eq!(echo(&mut third, b"new").await, None);
+    assert_eq!(echo(&mut third, b"new", SILENCE).await, None);
 
     relay.heal();
     assert_eq!(
-        read_echo(&mut second, 4).await.as_deref(),
+        read_echo(&mut second, 4, ECHO).await.as_deref(),
         Some(&b"held"[..])
     );
-    assert_eq!(read_echo(&mut third, 3).await.as_deref(), Some(&b"new"[..]));
+    assert_eq!(
+        read_echo(&mut third, 3, ECHO).await.as_deref(),
+        Some(&b"new"[..])
+    );
     let mut fourth = connect(&relay).await;
     assert_eq!(
-        echo(&mut fourth, b"fresh").await.as_deref(),
+        echo(&mut fourth, b"fresh", ECHO).await.as_deref(),
         Some(&b"fresh"[..])
     );
-}
-
-#[test]
-fn relay_works_from_sync_code_in_front_of_postgres() {
-    let cluster = support::shared_cluster();
-    let primary = SocketAddr::from(([127, 0, 0, 1], cluster.primary().port));
-    let relay = FaultyRelay::start(primary);
-    let status = std::process::Command::new(cluster.bin_dir().join("pg_isready"))
-        .args([
-            "-q",
-            "-h",
-            "127.0.0.1",
-            "-p",
-            &relay.addr().port().to_string(),
-        ])
-        .status()
-        .unwrap();
-    assert!(status.success());
-}
-
-#[test]
-fn shared_cluster_applies_the_harness_hba_lines() {
-    let cluster = support::shared_cluster();
-    let hba = cluster
-        .psql(0, "SELECT count(*) FROM pg_hba_file_rules WHERE 'palisade_trust' = ANY(user_name) AND auth_method = 'trust'")
-        .unwrap();
-    assert_eq!(hba, "1");
 }

@@ -2,23 +2,22 @@
 //! primary: exactly the volatile functions, bare and schema-qualified, per
 //! database, reloaded on demand and on an interval.
 
-mod support;
-
 use std::collections::HashSet;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use crate::support::harness::{node_url, proxy_config};
+use crate::support::shared_cluster;
 use palisade::classify::{classify, Class};
-use palisade::cluster::LocalCluster;
 use palisade::control::{FunctionCatalog, VolatileSet};
 use palisade::topology::{Role, Topology, TopologyHandle};
-use support::shared_cluster;
+use palisade_testkit::LocalCluster;
 use tokio_postgres::{Client, NoTls};
 
 /// A catalog over the demo config, with node 0 published as the healthy primary.
 fn catalog(cluster: &LocalCluster) -> FunctionCatalog {
-    let config = palisade::demo::demo_config(cluster, "127.0.0.1:0".parse().unwrap());
+    let config = proxy_config(cluster);
     let mut topology = Topology::from_config(&config.nodes);
     topology.nodes[0].role = Role::Primary;
     topology.nodes[0].healthy = true;
@@ -49,15 +48,7 @@ impl<'a> TempDatabase<'a> {
 
     /// A direct connection to the primary, in this database.
     async fn connect(&self) -> Client {
-        let primary = self.cluster.primary();
-        let url = format!(
-            "host={} port={} user={} password={} dbname={} connect_timeout=10",
-            primary.host(),
-            primary.port,
-            self.cluster.superuser(),
-            self.cluster.password(),
-            self.name
-        );
+        let url = node_url(self.cluster, self.cluster.primary(), &self.name);
         let (client, connection) = tokio_postgres::connect(&url, NoTls)
             .await
             .expect("connect to the primary");

@@ -1,11 +1,10 @@
 //! The real PostgreSQL clients, psql and pgbench, through Palisade.
 
-mod support;
-
 use std::process::{Command, Output};
 
-use support::harness::start_proxy;
-use support::shared_cluster;
+use crate::support::harness::start_proxy;
+use crate::support::nodes::wait_replayed;
+use crate::support::shared_cluster;
 
 /// Runs a client program from the cluster's bin dir against the proxy.
 fn run(program: &str, proxy_port: u16, args: &[&str]) -> Output {
@@ -183,23 +182,6 @@ fn quiesced_xact_commits(db: &str) -> Vec<i64> {
     }
 }
 
-/// Blocks until every replica has replayed the primary's WAL as of now.
-fn wait_replayed_blocking() {
-    let cluster = shared_cluster();
-    let lsn = cluster.psql(0, "SELECT pg_current_wal_lsn()").unwrap();
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
-    for i in 1..cluster.nodes().len() {
-        let sql = format!("SELECT pg_last_wal_replay_lsn() >= '{lsn}'::pg_lsn");
-        while cluster.psql(i, &sql).unwrap() != "t" {
-            assert!(
-                std::time::Instant::now() < deadline,
-                "node {i} did not replay up to {lsn}"
-            );
-            std::thread::sleep(std::time::Duration::from_millis(50));
-        }
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pgbench_select_only_spreads_over_both_replicas_in_every_query_mode() {
     let cluster = shared_cluster();
@@ -210,12 +192,10 @@ async fn pgbench_select_only_spreads_over_both_replicas_in_every_query_mode() {
     cluster.psql(0, &format!("CREATE DATABASE {db}")).unwrap();
     let proxy = start_proxy(cluster, |_| {}).await;
     let port = proxy.local_addr().port();
-    tokio::task::spawn_blocking(move || {
-        run("pgbench", port, &["-i", "-q", "-s", "1", db]);
-        wait_replayed_blocking();
-    })
-    .await
-    .unwrap();
+    tokio::task::spawn_blocking(move || run("pgbench", port, &["-i", "-q", "-s", "1", db]))
+        .await
+        .unwrap();
+    wait_replayed(cluster).await;
     drop(proxy);
     for mode in ["simple", "extended", "prepared"] {
         // A proxy per mode, so that its server connections can be ended

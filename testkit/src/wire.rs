@@ -1,5 +1,5 @@
 //! Raw protocol for the tests that speak to the proxy byte by byte: a
-//! startup packet, and reading one tagged message back.
+//! startup packet, tagged messages out, and tagged messages read back.
 
 use std::time::Duration;
 
@@ -23,6 +23,13 @@ pub fn startup_packet(version: i32, params: &[(&str, &str)]) -> Vec<u8> {
     packet
 }
 
+/// Appends one tagged message (`Q`, `P`, `B`, `E`, `S`, ...) to `out`.
+pub fn frame(out: &mut Vec<u8>, tag: u8, body: &[u8]) {
+    out.push(tag);
+    out.extend(((body.len() + 4) as i32).to_be_bytes());
+    out.extend_from_slice(body);
+}
+
 /// Reads one tagged message: its tag and body.
 pub async fn read_message(stream: &mut TcpStream) -> (u8, Vec<u8>) {
     let mut header = [0u8; 5];
@@ -34,4 +41,14 @@ pub async fn read_message(stream: &mut TcpStream) -> (u8, Vec<u8>) {
     let mut body = vec![0u8; len - 4];
     stream.read_exact(&mut body).await.unwrap();
     (header[0], body)
+}
+
+/// Reads messages until one tagged `tag`; returns its body.
+pub async fn read_until(stream: &mut TcpStream, tag: u8) -> Vec<u8> {
+    loop {
+        let (t, body) = read_message(stream).await;
+        if t == tag {
+            return body;
+        }
+    }
 }

@@ -1,30 +1,19 @@
 //! Bad input and dying servers: every failure gets a proper ErrorResponse
 //! with a real SQLSTATE, and the proxy keeps serving everyone else.
 
-mod support;
-
 use std::time::Duration;
 
-use palisade::cluster::{ClusterOptions, LocalCluster};
+use crate::support::harness::{self, connect, connect_with, sqlstate, start_proxy, url, user};
+use crate::support::nodes::{direct, unique, wait_running, wait_until};
+use crate::support::shared_cluster;
 use palisade::config::AuthMethod;
-use support::harness::{self, connect, connect_with, sqlstate, start_proxy, url, user};
-use support::relay::FaultyRelay;
-use support::shared_cluster;
-use support::wire::{read_message, startup_packet};
+use palisade_testkit::wire::{frame, read_message, read_until, startup_packet};
+use palisade_testkit::FaultyRelay;
+use palisade_testkit::{signal, ClusterOptions, LocalCluster};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 const TIMEOUT: Duration = Duration::from_secs(10);
-
-/// Reads messages until one with `tag`; returns it.
-async fn read_until(stream: &mut TcpStream, tag: u8) -> Vec<u8> {
-    loop {
-        let (t, body) = read_message(stream).await;
-        if t == tag {
-            return body;
-        }
-    }
-}
 
 /// The value of one field of an ErrorResponse body.
 fn field(body: &[u8], code: u8) -> String {
@@ -314,9 +303,9 @@ async fn oversized_and_malformed_frames_close_only_that_client() {
     let (bystander, _) = connect(&proxy, cluster).await;
 
     let mut stream = raw_session(proxy.local_addr(), cluster.superuser()).await;
-    let mut frame = vec![b'Q'];
-    frame.extend(i32::MAX.to_be_bytes());
-    stream.write_all(&frame).await.unwrap();
+    let mut oversized = vec![b'Q'];
+    oversized.extend(i32::MAX.to_be_bytes());
+    stream.write_all(&oversized).await.unwrap();
     let (tag, body) = read_message(&mut stream).await;
     assert_eq!(
         (tag, field(&body, b'C').as_str()),
@@ -335,10 +324,9 @@ async fn oversized_and_malformed_frames_close_only_that_client() {
     // A query just under the limit is fine.
     let mut stream = raw_session(proxy.local_addr(), cluster.superuser()).await;
     let sql = format!("SELECT length('{}')\0", "x".repeat(60 * 1024));
-    let mut frame = vec![b'Q'];
-    frame.extend(((sql.len() + 4) as i32).to_be_bytes());
-    frame.extend(sql.as_bytes());
-    stream.write_all(&frame).await.unwrap();
+    let mut query = Vec::new();
+    frame(&mut query, b'Q', sql.as_bytes());
+    stream.write_all(&query).await.unwrap();
     let row = read_until(&mut stream, b'D').await;
     assert!(row.ends_with(b"61440"), "{row:?}");
     read_until(&mut stream, b'Z').await;
@@ -359,15 +347,11 @@ async fn too_many_clients_get_53300() {
     select_one_works(&a).await;
     drop(a);
     // The freed slot can be used again once the first session has ended.
-    let mut last = None;
-    for _ in 0..50 {
-        match connect_with(&url(&proxy, cluster.superuser(), cluster.password())).await {
-            Ok(_) => return,
-            Err(e) => last = Some(sqlstate(&e)),
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    panic!("slot never freed: {last:?}");
+    let url = url(&proxy, cluster.superuser(), cluster.password());
+    wait_until("the freed slot to take a client", TIMEOUT * 3, || async {
+        connect_with(&url).await.is_ok()
+    })
+    .await;
 }
 
 #[tokio::test]
@@ -383,8 +367,10 @@ async fn server_terminated_session_gets_57p01() {
         .unwrap()
         .get(0);
     let (killer, _) = connect(&proxy, cluster).await;
-    let sleeping = tokio::spawn(async move { victim.batch_execute("SELECT pg_sleep(30)").await });
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    let marker = unique("terminated");
+    let sql = format!("SELECT pg_sleep(30) AS {marker}");
+    let sleeping = tokio::spawn(async move { victim.batch_execute(&sql).await });
+    wait_running(cluster, &marker).await;
     killer
         .query("SELECT pg_terminate_backend($1)", &[&pid])
         .await
@@ -412,8 +398,10 @@ async fn lost_server_connection_mid_query_gets_class_08() {
     })
     .await;
     let (client, _) = connect(&proxy, cluster).await;
-    let running = tokio::spawn(async move { client.batch_execute("SELECT pg_sleep(30)").await });
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    let marker = unique("cut_mid_query");
+    let sql = format!("SELECT pg_sleep(30) AS {marker}");
+    let running = tokio::spawn(async move { client.batch_execute(&sql).await });
+    wait_running(cluster, &marker).await;
     relay.cut();
     let err = tokio::time::timeout(TIMEOUT, running)
         .await
@@ -446,10 +434,11 @@ async fn killed_server_process_mid_query_gets_an_error_not_a_hang() {
         .await
         .unwrap()
         .get(0);
-    let running = tokio::spawn(async move { client.batch_execute("SELECT pg_sleep(30)").await });
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    // SAFETY: kill(2) with a pid of a server process this test started.
-    assert_eq!(unsafe { libc::kill(pid, libc::SIGKILL) }, 0);
+    let marker = unique("killed_mid_query");
+    let sql = format!("SELECT pg_sleep(30) AS {marker}");
+    let running = tokio::spawn(async move { client.batch_execute(&sql).await });
+    wait_running(&cluster, &marker).await;
+    signal::send(pid.unsigned_abs(), signal::SIGKILL).unwrap();
     let err = tokio::time::timeout(TIMEOUT, running)
         .await
         .expect("no hang")
@@ -478,21 +467,35 @@ async fn a_batch_abandoned_before_sync_is_never_committed() {
 
     let mut stream = raw_session(proxy.local_addr(), cluster.superuser()).await;
     let mut batch = Vec::new();
-    let mut push = |tag: u8, body: &[u8]| {
-        batch.push(tag);
-        batch.extend(((body.len() + 4) as i32).to_be_bytes());
-        batch.extend_from_slice(body);
-    };
-    push(b'P', b"\0INSERT INTO unsynced VALUES (1)\0\0\0");
-    push(b'B', b"\0\0\0\0\0\0\0\0");
-    push(b'E', b"\0\0\0\0\0");
-    push(b'H', b"");
+    frame(&mut batch, b'P', b"\0INSERT INTO unsynced VALUES (1)\0\0\0");
+    frame(&mut batch, b'B', b"\0\0\0\0\0\0\0\0");
+    frame(&mut batch, b'E', b"\0\0\0\0\0");
+    frame(&mut batch, b'H', b"");
     stream.write_all(&batch).await.unwrap();
     // ParseComplete, BindComplete, CommandComplete arrive after the Flush...
     read_until(&mut stream, b'C').await;
     // ...but without Sync the implicit transaction is still open when the client vanishes.
     drop(stream);
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    // Until the proxy has dealt with that server connection, the insert's
+    // transaction is merely open, and counting rows could not tell.
+    let primary = direct(cluster.primary()).await;
+    wait_until(
+        "the abandoned batch's server connection to be closed or reset",
+        TIMEOUT * 3,
+        || async {
+            let open: i64 = primary
+                .query_one(
+                    "SELECT count(*) FROM pg_stat_activity \
+                     WHERE query = 'INSERT INTO unsynced VALUES (1)' AND state <> 'idle'",
+                    &[],
+                )
+                .await
+                .unwrap()
+                .get(0);
+            open == 0
+        },
+    )
+    .await;
 
     // The proxy must not reuse that server connection in a way that commits
     // the batch (its reset is refused inside the open pipeline, so the

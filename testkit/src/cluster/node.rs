@@ -1,16 +1,18 @@
 //! One PostgreSQL node of a local cluster: its postmaster is our direct child, so its pid is
-//! known and it can be stopped, killed, frozen and restarted by tests.
+//! known and it can be stopped, killed, frozen and restarted by tests; a thread of its own
+//! reaps it the moment it exits, even when something outside kills it.
 
 use std::fs::OpenOptions;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Stdio};
+use std::process::Stdio;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
 use tracing::{debug, info, warn};
 
 use super::exec::{log_tail, Runner};
-use super::{reaper, ClusterError};
+use super::reaper::{self, Watched};
+use super::ClusterError;
 
 /// How long a postmaster may take to accept connections, crash recovery included.
 const START_TIMEOUT: Duration = Duration::from_secs(60);
@@ -42,14 +44,15 @@ pub struct LocalNode {
     runner: Arc<Runner>,
     /// Serializes start and stop, so two threads cannot spawn two postmasters.
     lifecycle: Mutex<()>,
-    /// The running postmaster; held only briefly, so `pid()` never waits on a slow stop.
-    child: Mutex<Option<Child>>,
+    /// The running postmaster, which a thread of its own reaps when it exits; held only
+    /// briefly, so `pid()` never waits on a slow stop.
+    child: Mutex<Option<Arc<Watched>>>,
 }
 
 /// What `poll` found out about the postmaster.
 enum Poll {
     Running(u32),
-    /// It exited since the last poll (and is now reaped).
+    /// It exited (and was reaped) since the last poll.
     Exited(String),
     Absent,
 }
@@ -136,12 +139,14 @@ impl LocalNode {
     /// Sends `signal` (SIGKILL, SIGSTOP, SIGCONT, ...) to the postmaster. After SIGKILL it
     /// also waits for the process to die, so that `start` may follow at once.
     pub fn kill(&self, signal: i32) -> Result<(), ClusterError> {
-        let Some(pid) = self.pid() else {
-            return Err(ClusterError::NotRunning {
-                node: self.name.clone(),
-            });
+        let not_running = || ClusterError::NotRunning {
+            node: self.name.clone(),
         };
-        send_signal(pid, signal)
+        let postmaster = self.postmaster().ok_or_else(not_running)?;
+        let pid = postmaster.pid();
+        postmaster
+            .signal(signal)
+            .ok_or_else(not_running)?
             .map_err(|e| ClusterError::io(format!("{}: kill({pid}, {signal})", self.name), e))?;
         info!(node = %self.name, pid, signal, "signalled");
         if signal == libc::SIGKILL {
@@ -150,14 +155,36 @@ impl LocalNode {
         Ok(())
     }
 
+    /// Sends `signal` to the postmaster and every child of it (backends, WAL sender and
+    /// receiver, ...): SIGSTOP freezes the whole server as a hung machine would, SIGCONT
+    /// thaws it.
+    pub fn signal_server(&self, signal: i32) -> Result<(), ClusterError> {
+        let postmaster = self.postmaster().ok_or_else(|| ClusterError::NotRunning {
+            node: self.name.clone(),
+        })?;
+        let pid = postmaster.pid();
+        let children = children_of(pid);
+        postmaster
+            .signal(signal)
+            .transpose()
+            .map_err(|e| ClusterError::io(format!("{}: kill({pid}, {signal})", self.name), e))?;
+        for child in children {
+            // A backend may have exited since the listing; that is no failure.
+            let _ = crate::signal::send(child, signal);
+        }
+        info!(node = %self.name, pid, signal, "server signalled");
+        Ok(())
+    }
+
     /// Sends a shutdown signal, plus SIGCONT so that a frozen postmaster can act on it.
     /// Returns whether there was a postmaster to signal.
     pub(crate) fn send_shutdown(&self, signal: i32) -> bool {
-        let Some(pid) = self.pid() else {
+        let Some(postmaster) = self.postmaster() else {
             return false;
         };
+        let pid = postmaster.pid();
         for sig in [signal, libc::SIGCONT] {
-            if let Err(e) = send_signal(pid, sig) {
+            if let Some(Err(e)) = postmaster.signal(sig) {
                 warn!(node = %self.name, pid, sig, error = %e, "could not signal postmaster");
             }
         }
@@ -207,9 +234,11 @@ impl LocalNode {
             .stderr(Stdio::from(log_err))
             .spawn()
             .map_err(|e| ClusterError::io(format!("{}: spawn postgres", self.name), e))?;
-        reaper::track_pid(child.id());
-        debug!(node = %self.name, pid = child.id(), "postmaster spawned");
-        *lock(&self.child) = Some(child);
+        let pid = child.id();
+        let watched = reaper::watch(child)
+            .map_err(|e| ClusterError::io(format!("{}: spawn a reaper thread", self.name), e))?;
+        debug!(node = %self.name, pid, "postmaster spawned");
+        *lock(&self.child) = Some(watched);
         Ok(())
     }
 
@@ -274,30 +303,31 @@ impl LocalNode {
         TRANSIENT_START_FAILURES.iter().any(|m| recent.contains(m))
     }
 
-    /// Reaps the postmaster if it has exited. The registry entry goes with the reap: a pid is
-    /// only reused by the kernel after it is reaped, so the atexit handler never signals a
-    /// stranger.
+    /// Whether the postmaster runs; one that the reaper thread has reaped is forgotten here.
     fn poll(&self) -> Poll {
         let mut slot = lock(&self.child);
-        let Some(child) = slot.as_mut() else {
+        let Some(postmaster) = slot.as_ref() else {
             return Poll::Absent;
         };
-        let status = match child.try_wait() {
-            Ok(None) => return Poll::Running(child.id()),
-            Ok(Some(status)) => status.to_string(),
-            Err(e) => format!("unknown: {e}"),
-        };
-        reaper::forget_pid(child.id());
-        *slot = None;
-        Poll::Exited(status)
+        match postmaster.exit_status() {
+            None => Poll::Running(postmaster.pid()),
+            Some(status) => {
+                *slot = None;
+                Poll::Exited(status)
+            }
+        }
+    }
+
+    /// The postmaster last spawned, unless it has been seen to exit.
+    fn postmaster(&self) -> Option<Arc<Watched>> {
+        lock(&self.child).clone()
     }
 
     fn kill_and_reap(&self) {
-        let mut slot = lock(&self.child);
-        if let Some(mut child) = slot.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-            reaper::forget_pid(child.id());
+        let taken = lock(&self.child).take();
+        if let Some(postmaster) = taken {
+            let _ = postmaster.signal(libc::SIGKILL);
+            postmaster.wait();
         }
     }
 }
@@ -311,15 +341,27 @@ impl Drop for LocalNode {
     }
 }
 
-fn send_signal(pid: u32, signal: i32) -> std::io::Result<()> {
-    let pid = libc::pid_t::try_from(pid)
-        .map_err(|_| std::io::Error::from(std::io::ErrorKind::InvalidInput))?;
-    // SAFETY: kill(2) has no memory-safety preconditions.
-    if unsafe { libc::kill(pid, signal) } == 0 {
-        Ok(())
-    } else {
-        Err(std::io::Error::last_os_error())
-    }
+/// The pids whose parent is `parent`, from /proc.
+fn children_of(parent: u32) -> Vec<u32> {
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    entries
+        .flatten()
+        .filter_map(|entry| {
+            let pid: u32 = entry.file_name().to_str()?.parse().ok()?;
+            let stat = std::fs::read_to_string(entry.path().join("stat")).ok()?;
+            // pid (comm) state ppid ...: comm may hold spaces, so split after ')'.
+            let ppid: u32 = stat
+                .rsplit_once(')')?
+                .1
+                .split_whitespace()
+                .nth(1)?
+                .parse()
+                .ok()?;
+            (ppid == parent).then_some(pid)
+        })
+        .collect()
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {

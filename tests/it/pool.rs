@@ -2,12 +2,13 @@
 //! the same startup packet, and reset so that nothing of the last session
 //! shows through.
 
-mod support;
-
 use std::time::Duration;
 
-use support::harness::{app_url, connect, connect_with, sqlstate, start_proxy, url};
-use support::shared_cluster;
+use crate::support::harness::{app_url, connect, connect_with, sqlstate, start_proxy, url};
+use crate::support::nodes::{direct, wait_until};
+use crate::support::shared_cluster;
+use palisade::config::Config;
+use palisade::proxy::Proxy;
 use tokio_postgres::Client;
 
 async fn backend_pid(client: &Client) -> i32 {
@@ -18,30 +19,41 @@ async fn backend_pid(client: &Client) -> i32 {
         .get(0)
 }
 
-/// Whether a server process still exists.
-async fn is_alive(client: &Client, pid: i32) -> bool {
-    let n: i64 = client
-        .query_one(
-            "/* palisade: primary */ SELECT count(*) FROM pg_stat_activity WHERE pid = $1",
-            &[&pid],
-        )
-        .await
-        .unwrap()
-        .get(0);
-    n > 0
+/// A proxy whose pool holds one server connection per node, and makes a
+/// client wait for it: the next client's checkout can only happen once the
+/// last client's connection is back (or closed), however long the proxy
+/// takes to notice it left, so no test here sleeps for that.
+async fn one_connection_proxy(tweak: impl FnOnce(&mut Config)) -> Proxy {
+    start_proxy(shared_cluster(), |c| {
+        c.pool.max_server_connections = 1;
+        c.pool.acquire_timeout_ms = 30_000;
+        tweak(c);
+    })
+    .await
 }
 
-/// Closes a client politely (Terminate) and waits for the proxy to have
-/// reset and pooled its server connection.
-async fn leave(client: Client) {
-    drop(client);
-    tokio::time::sleep(Duration::from_millis(300)).await;
+/// Waits until a server process of the primary has gone, asked of the
+/// primary directly (a closed connection's backend exits a moment later).
+async fn wait_gone(pid: i32, what: &str) {
+    let primary = direct(shared_cluster().primary()).await;
+    wait_until(what, Duration::from_secs(30), || async {
+        let n: i64 = primary
+            .query_one(
+                "SELECT count(*) FROM pg_stat_activity WHERE pid = $1",
+                &[&pid],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        n == 0
+    })
+    .await;
 }
 
 #[tokio::test]
 async fn next_client_reuses_the_server_connection_reset() {
     let cluster = shared_cluster();
-    let proxy = start_proxy(cluster, |_| {}).await;
+    let proxy = one_connection_proxy(|_| {}).await;
     let url = app_url(&proxy, cluster, "pool-reset");
 
     let (first, _) = connect_with(&url).await.unwrap();
@@ -53,7 +65,7 @@ async fn next_client_reuses_the_server_connection_reset() {
         )
         .await
         .unwrap();
-    leave(first).await;
+    drop(first);
 
     let (second, _) = connect_with(&url).await.unwrap();
     assert_eq!(
@@ -99,13 +111,15 @@ async fn next_client_reuses_the_server_connection_reset() {
 #[tokio::test]
 async fn different_startup_parameters_get_different_connections() {
     let cluster = shared_cluster();
-    let proxy = start_proxy(cluster, |_| {}).await;
+    // The second client waits for the first's connection to come back, and
+    // must then close it for one with its own startup parameters.
+    let proxy = one_connection_proxy(|_| {}).await;
     let base = url(&proxy, cluster.superuser(), cluster.password());
     let (first, _) = connect_with(&format!("{base} application_name=pool-a"))
         .await
         .unwrap();
     let pid = backend_pid(&first).await;
-    leave(first).await;
+    drop(first);
     let (second, _) = connect_with(&format!("{base} application_name=pool-b"))
         .await
         .unwrap();
@@ -121,18 +135,17 @@ async fn different_startup_parameters_get_different_connections() {
 #[tokio::test]
 async fn a_client_leaving_inside_a_transaction_does_not_hand_its_server_on() {
     let cluster = shared_cluster();
-    let proxy = start_proxy(cluster, |_| {}).await;
+    // The second client gets the one connection only once the first's is
+    // back in the pool or closed.
+    let proxy = one_connection_proxy(|_| {}).await;
     let url = app_url(&proxy, cluster, "pool-txn");
     let (first, _) = connect_with(&url).await.unwrap();
     let pid = backend_pid(&first).await;
     first.batch_execute("BEGIN; SELECT 1").await.unwrap();
-    leave(first).await;
+    drop(first);
     let (second, _) = connect_with(&url).await.unwrap();
     assert_ne!(backend_pid(&second).await, pid);
-    assert!(
-        !is_alive(&second, pid).await,
-        "the abandoned server connection is closed"
-    );
+    wait_gone(pid, "the abandoned server connection to be closed").await;
 }
 
 #[tokio::test]
@@ -142,12 +155,10 @@ async fn idle_connections_expire() {
     let url = app_url(&proxy, cluster, "pool-expire");
     let (first, _) = connect_with(&url).await.unwrap();
     let pid = backend_pid(&first).await;
-    leave(first).await;
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    drop(first);
+    // Closed by the proxy, not just skipped by the next checkout: nobody
+    // checks out a connection meanwhile.
+    wait_gone(pid, "the expired connection to be closed").await;
     let (second, _) = connect_with(&url).await.unwrap();
     assert_ne!(backend_pid(&second).await, pid);
-    assert!(
-        !is_alive(&second, pid).await,
-        "the expired connection was closed, not just skipped"
-    );
 }
