@@ -543,9 +543,9 @@ async fn a_rolled_back_transaction_leaves_nothing_to_wait_for() {
 #[tokio::test]
 async fn a_write_next_to_a_wal_page_boundary_is_found_on_the_replicas() {
     let _serial = SERIAL.lock().await;
-    let cluster = shared_cluster();
+    let cluster = lagging_cluster();
     let proxy = proxy(|c| c.consistency.level = Consistency::Causal).await;
-    let c = client(&proxy, "consistency-page-boundary").await;
+    let c = client(&proxy, cluster, "consistency-page-boundary").await;
     let table = unique("boundary");
     fresh_table(&c, &table, "i int").await;
     // A segment switch leaves an idle primary's insert position just past
@@ -555,7 +555,7 @@ async fn a_write_next_to_a_wal_page_boundary_is_found_on_the_replicas() {
         .batch_execute("SELECT pg_switch_wal()")
         .await
         .unwrap();
-    wait_replayed().await;
+    wait_replayed(cluster).await;
     // SET writes no WAL, yet it ran on the primary: the next causal read
     // locates it there and must find the replicas have it.
     c.batch_execute("SET work_mem = '2MB'").await.unwrap();
