@@ -51,7 +51,7 @@ enum Cl {
     Dark,
 }
 
-fn node(
+pub(super) fn node(
     role: Role,
     healthy: bool,
     lsn: u64,

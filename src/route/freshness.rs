@@ -107,25 +107,10 @@ impl Need {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::topology::{Replication, Role};
+    use crate::topology::Role;
 
     fn replica(lsn: u64, streaming: bool, lag: Option<(u64, u64)>) -> NodeState {
-        NodeState {
-            name: "r".into(),
-            host: "127.0.0.1".into(),
-            port: 1,
-            role: Role::Replica,
-            healthy: true,
-            weight: 1,
-            replication: Replication {
-                lsn: Some(Lsn(lsn)),
-                receive_lsn: Some(Lsn(lsn)),
-                streaming,
-                lag_bytes: lag.map(|l| l.0),
-                lag_ms: lag.map(|l| l.1),
-            },
-            fenced: false,
-        }
+        crate::route::tests::node(Role::Replica, true, lsn, streaming, lag)
     }
 
     fn need(level: Consistency, choice: ReadChoice, write: Option<u64>) -> Need {
