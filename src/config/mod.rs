@@ -13,6 +13,7 @@ mod failover;
 mod nodes;
 mod sections;
 mod users;
+mod verifier;
 
 pub use consistency::{Consistency, ConsistencyConfig, OnNoReplica, PartitionMode};
 pub use failover::{FailoverConfig, FailoverMode, ReplicationMode};
@@ -21,6 +22,7 @@ pub use sections::{
     BackendConfig, LoadBalance, MonitorConfig, PoolConfig, ProxyConfig, RoutingConfig,
 };
 pub use users::{AuthMethod, UserConfig};
+pub use verifier::{parse_scram_verifier, StoredVerifier};
 
 use std::fmt;
 use std::net::SocketAddr;

@@ -3,6 +3,7 @@
 
 use serde::{Deserialize, Serialize};
 
+use super::verifier::parse_scram_verifier;
 use super::{invalid, ConfigError};
 
 /// How a client user proves who it is to Palisade.
@@ -62,7 +63,7 @@ pub(super) fn validate(users: &[UserConfig]) -> Result<(), ConfigError> {
             ));
         }
         if let Some(verifier) = &user.scram_verifier {
-            if crate::frontend::auth::parse_scram_verifier(verifier).is_none() {
+            if parse_scram_verifier(verifier).is_none() {
                 return Err(invalid(
                     key("scram_verifier"),
                     "must look like SCRAM-SHA-256$<iterations>:<salt>$<storedkey>:<serverkey>",
