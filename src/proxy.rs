@@ -34,7 +34,7 @@ use crate::frontend::cancel::CancelRegistry;
 use crate::frontend::load::NodeLoads;
 use crate::frontend::{self, Shared};
 use crate::route::ReadPolicy;
-use crate::topology::{Topology, TopologyHandle};
+use crate::topology::{PublishedFunctions, Topology, TopologyHandle};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
@@ -189,6 +189,12 @@ impl Proxy {
     /// The current published topology.
     pub fn topology(&self) -> Arc<Topology> {
         self.topology.load()
+    }
+
+    /// `database`'s VOLATILE functions as the driver published them (what
+    /// sessions classify with); `None` before its first load.
+    pub fn functions(&self, database: &str) -> Option<Arc<PublishedFunctions>> {
+        self.topology.functions(database)
     }
 
     /// Where operator commands for the control plane's driver go (what

@@ -349,8 +349,9 @@ mod tests {
         }
     }
 
-    #[test]
-    fn node_rows_show_role_health_position_and_lag() {
+    /// A healthy primary at 0/3000060 and a replica marked down, 96 bytes
+    /// and 40 ms behind, in epoch 3.
+    fn primary_and_lagging_replica() -> Topology {
         let node = |name: &str, role, healthy, replication| NodeState {
             name: name.into(),
             host: "127.0.0.1".into(),
@@ -361,7 +362,7 @@ mod tests {
             replication,
             fenced: false,
         };
-        let topology = Topology {
+        Topology {
             epoch: 3,
             leader: Some(0),
             writes: Default::default(),
@@ -388,13 +389,19 @@ mod tests {
                     },
                 ),
             ],
-        };
-        let rows = node_rows(&topology, |_, _| 2, |n| 10 + n as u64);
-        let text = |row: &[Option<String>]| -> Vec<String> {
-            row.iter()
-                .map(|v| v.clone().unwrap_or("NULL".into()))
-                .collect()
-        };
+        }
+    }
+
+    /// A row as the console prints it, NULL for a missing value.
+    fn text(row: &[Option<String>]) -> Vec<String> {
+        row.iter()
+            .map(|v| v.clone().unwrap_or("NULL".into()))
+            .collect()
+    }
+
+    #[test]
+    fn node_rows_show_role_health_position_and_lag() {
+        let rows = node_rows(&primary_and_lagging_replica(), |_, _| 2, |n| 10 + n as u64);
         assert_eq!(
             text(&rows[0]),
             [

@@ -19,7 +19,6 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
-use tokio::sync::watch;
 use tokio_postgres::error::SqlState;
 use tokio_postgres::NoTls;
 use tracing::{debug, warn};
@@ -42,7 +41,7 @@ const VOLATILE_FUNCTIONS_SQL: &str = "\
 /// caps the rest (e.g. names asked for while the primary is unreachable).
 const MAX_TRACKED_DATABASES: usize = 4096;
 
-/// The refresh loop never spins faster than this, whatever it is given.
+/// The refresher never spins faster than this, whatever it is given.
 pub(crate) const MIN_REFRESH_INTERVAL: Duration = Duration::from_millis(10);
 
 pub use crate::topology::VolatileSet;
@@ -130,8 +129,6 @@ pub struct FunctionCatalog {
     slots: Mutex<HashMap<String, Arc<Slot>>>,
     /// The last generation handed out (global, so also increasing per database).
     generation: AtomicU64,
-    /// Bumped after every change to `sets`, so a reader can skip looking.
-    published: AtomicU64,
     /// The answer before any load succeeded.
     empty: Arc<VolatileSet>,
 }
@@ -149,7 +146,6 @@ impl FunctionCatalog {
             sets: ArcSwap::default(),
             slots: Mutex::new(HashMap::new()),
             generation: AtomicU64::new(0),
-            published: AtomicU64::new(0),
             empty: Arc::new(VolatileSet::default()),
         }
     }
@@ -172,13 +168,6 @@ impl FunctionCatalog {
         self.sets.load().get(database).cloned()
     }
 
-    /// Changes whenever any database's set is replaced (after the new set is
-    /// visible to [`FunctionCatalog::current`]): one atomic load, for the
-    /// per-query check of whether to look again.
-    pub fn published(&self) -> u64 {
-        self.published.load(Ordering::Acquire)
-    }
-
     /// Loads `database`'s set again now (function DDL or CREATE EXTENSION
     /// ran) and returns it. The generation increases only if the list
     /// changed; on failure this is the previous set.
@@ -189,35 +178,6 @@ impl FunctionCatalog {
     /// [`FunctionCatalog::reload`], saying how the load ended.
     pub(crate) async fn reload_outcome(&self, database: &str) -> Loaded {
         self.load(database, false).await
-    }
-
-    /// Reloads every database seen so far every `interval`, until `shutdown`
-    /// turns true (or its sender is gone), to catch functions created without
-    /// going through the proxy.
-    pub async fn refresh_loop(
-        self: Arc<Self>,
-        interval: Duration,
-        mut shutdown: watch::Receiver<bool>,
-    ) {
-        let stop = async move {
-            let _ = shutdown.wait_for(|stop| *stop).await;
-        };
-        tokio::pin!(stop);
-        let interval = interval.max(MIN_REFRESH_INTERVAL);
-        let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + interval, interval);
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        loop {
-            tokio::select! {
-                _ = tick.tick() => {}
-                _ = &mut stop => return,
-            }
-            for database in self.databases() {
-                tokio::select! {
-                    _ = self.reload(&database) => {}
-                    _ = &mut stop => return,
-                }
-            }
-        }
     }
 
     /// Every database whose set is loaded or being loaded.
@@ -313,7 +273,6 @@ impl FunctionCatalog {
             }
             next
         });
-        self.published.fetch_add(1, Ordering::Release);
         debug!(
             database,
             generation = set.generation,
@@ -442,7 +401,7 @@ mod tests {
         let set = catalog.volatile("app").await;
         assert_eq!(*set, VolatileSet::default());
         assert!(catalog.current("app").is_none());
-        // Still tracked: the refresh loop and the next call try again.
+        // Still tracked: the refresher and the next call try again.
         assert_eq!(catalog.databases(), vec!["app".to_owned()]);
     }
 

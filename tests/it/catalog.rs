@@ -1,19 +1,24 @@
 //! The catalog of user-defined VOLATILE functions, loaded from a real
 //! primary: exactly the volatile functions, bare and schema-qualified, per
-//! database, reloaded on demand and on an interval.
+//! database, reloaded on demand, and through a running proxy on an interval.
 
 use std::collections::HashSet;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crate::support::harness::{node_url, proxy_config};
+use crate::support::harness::{node_url, proxy_config, start_proxy};
+use crate::support::nodes::wait_until;
 use crate::support::shared_cluster;
 use palisade::classify::{classify, Class};
 use palisade::control::{FunctionCatalog, VolatileSet};
+use palisade::proxy::Proxy;
 use palisade::topology::{Role, Topology, TopologyHandle};
 use palisade_testkit::LocalCluster;
 use tokio_postgres::{Client, NoTls};
+
+/// How long a load of a database's functions may take to be published.
+const LOAD_LIMIT: Duration = Duration::from_secs(10);
 
 /// A catalog over the demo config, with node 0 published as the healthy primary.
 fn catalog(cluster: &LocalCluster) -> FunctionCatalog {
@@ -44,6 +49,22 @@ impl<'a> TempDatabase<'a> {
             .psql(0, &format!("CREATE DATABASE {name}"))
             .expect("create a test database");
         TempDatabase { cluster, name }
+    }
+
+    /// A client through `proxy`, in this database.
+    async fn connect_through(&self, proxy: &Proxy) -> Client {
+        let addr = proxy.local_addr();
+        let (client, connection) = tokio_postgres::Config::new()
+            .host(addr.ip().to_string())
+            .port(addr.port())
+            .user(self.cluster.superuser())
+            .password(self.cluster.password())
+            .dbname(&self.name)
+            .connect(NoTls)
+            .await
+            .expect("connect through the proxy");
+        tokio::spawn(connection);
+        client
     }
 
     /// A direct connection to the primary, in this database.
@@ -236,35 +257,40 @@ async fn concurrent_first_calls_share_one_load() {
 }
 
 #[tokio::test]
-async fn the_refresh_loop_catches_functions_created_elsewhere_and_stops_on_shutdown() {
+async fn the_refresher_catches_functions_created_elsewhere_and_stops_on_shutdown() {
     let cluster = shared_cluster();
     let db = TempDatabase::create(cluster);
-    let catalog = Arc::new(catalog(cluster));
-    let first = catalog.volatile(&db.name).await;
-    assert!(first.names.is_empty());
+    let proxy = start_proxy(cluster, |c| c.routing.function_refresh_ms = 100).await;
+    // A session in the database makes the proxy load its functions.
+    let session = db.connect_through(&proxy).await;
+    let published = || proxy.functions(&db.name);
+    wait_until("the first load to be published", LOAD_LIMIT, || async {
+        published().is_some()
+    })
+    .await;
+    let first = published().unwrap();
+    assert!(first.set.names.is_empty());
 
-    let (stop, shutdown) = tokio::sync::watch::channel(false);
-    let refresh =
-        tokio::spawn(Arc::clone(&catalog).refresh_loop(Duration::from_millis(100), shutdown));
     db.connect()
         .await
         .batch_execute("CREATE FUNCTION made_elsewhere() RETURNS int LANGUAGE sql AS 'SELECT 1'")
         .await
         .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let current = catalog.current(&db.name).unwrap();
-        if current.names.contains("made_elsewhere") {
-            assert!(current.generation > first.generation);
-            break;
-        }
-        assert!(Instant::now() < deadline, "the refresh loop never reloaded");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    wait_until(
+        "the refresher to publish made_elsewhere",
+        LOAD_LIMIT,
+        || async { published().is_some_and(|p| p.set.names.contains("made_elsewhere")) },
+    )
+    .await;
+    let caught = published().unwrap();
+    assert!(caught.set.generation > first.set.generation);
+    assert!(caught.generation > first.generation);
 
-    stop.send(true).unwrap();
-    tokio::time::timeout(Duration::from_secs(10), refresh)
+    // Shutdown awaits the proxy's named tasks, the refresher among them, with
+    // no limit (sessions get at most 10 s): only a task that ignores shutdown
+    // keeps it past this bound.
+    drop(session);
+    tokio::time::timeout(Duration::from_secs(20), proxy.shutdown())
         .await
-        .expect("the refresh loop stops on shutdown")
-        .unwrap();
+        .expect("the proxy and its refresher stop on shutdown");
 }

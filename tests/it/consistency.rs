@@ -57,19 +57,7 @@ async fn each_level_keeps_its_promise_while_a_replica_lags() {
     wait_replayed(lagging_cluster()).await;
 
     let lagging = &cluster.replicas()[1];
-    pause_replay(lagging).await;
-    c.batch_execute(&format!("INSERT INTO {table} VALUES (1)"))
-        .await
-        .unwrap();
-    wait_topology(
-        &proxy,
-        "replica 2 to lag by more than 300 ms, and replica 1 not",
-        |t| {
-            t.nodes[2].replication.lag_ms.is_some_and(|ms| ms > 300)
-                && t.nodes[1].replication.lag_ms.is_some_and(|ms| ms <= 300)
-        },
-    )
-    .await;
+    lag_replica_2_past_300ms(&proxy, &c, &table).await;
 
     let bounded = reads(&c, 20).await;
     eprintln!("bounded while replica 2 lags: {:?}", tally(&bounded));
@@ -122,6 +110,24 @@ async fn each_level_keeps_its_promise_while_a_replica_lags() {
         "bounded reads return to the replica once it caught up: {:?}",
         tally(&back)
     );
+}
+
+/// Pauses replica 2's replay and writes to `table` through `c` until the
+/// proxy sees replica 2 more than 300 ms behind and replica 1 within that.
+async fn lag_replica_2_past_300ms(proxy: &Proxy, c: &Client, table: &str) {
+    pause_replay(&lagging_cluster().replicas()[1]).await;
+    c.batch_execute(&format!("INSERT INTO {table} VALUES (1)"))
+        .await
+        .unwrap();
+    wait_topology(
+        proxy,
+        "replica 2 to lag by more than 300 ms, and replica 1 not",
+        |t| {
+            t.nodes[2].replication.lag_ms.is_some_and(|ms| ms > 300)
+                && t.nodes[1].replication.lag_ms.is_some_and(|ms| ms <= 300)
+        },
+    )
+    .await;
 }
 
 /// Runs `rounds` of INSERT then an immediate SELECT of that row on one
@@ -411,34 +417,24 @@ async fn palisade_settings_are_answered_by_the_proxy() {
     let _serial = SERIAL.lock().await;
     let proxy = proxy(|_| {}).await;
     let c = client(&proxy, lagging_cluster(), "consistency-settings").await;
-    let show = |name: &'static str| {
-        let c = &c;
-        async move {
-            c.simple_query(&format!("SHOW {name}"))
-                .await
-                .unwrap()
-                .iter()
-                .find_map(|m| match m {
-                    tokio_postgres::SimpleQueryMessage::Row(r) => r.get(0).map(str::to_owned),
-                    _ => None,
-                })
-                .unwrap()
-        }
-    };
-    assert_eq!(show("palisade.consistency").await, "causal", "the default");
     assert_eq!(
-        show("palisade.last_write_lsn").await,
+        show(&c, "palisade.consistency").await,
+        "causal",
+        "the default"
+    );
+    assert_eq!(
+        show(&c, "palisade.last_write_lsn").await,
         "0/0",
         "nothing written"
     );
     c.batch_execute("SET palisade.consistency TO 'Bounded'; ")
         .await
         .unwrap();
-    assert_eq!(show("palisade.consistency").await, "bounded");
+    assert_eq!(show(&c, "palisade.consistency").await, "bounded");
     c.batch_execute("SET palisade.max_staleness = '1.5s'")
         .await
         .unwrap();
-    assert_eq!(show("palisade.max_staleness").await, "1500ms");
+    assert_eq!(show(&c, "palisade.max_staleness").await, "1500ms");
     // PostgreSQL never heard of them.
     let on_server = c
         .query_one("SELECT current_setting('palisade.consistency', true)", &[])
@@ -475,11 +471,29 @@ async fn palisade_settings_are_answered_by_the_proxy() {
         .unwrap_err();
     assert_eq!(sqlstate(&err), "25P02");
     c.batch_execute("ROLLBACK").await.unwrap();
-    assert_eq!(show("palisade.consistency").await, "eventual");
+    assert_eq!(show(&c, "palisade.consistency").await, "eventual");
     c.batch_execute("RESET palisade.consistency").await.unwrap();
-    assert_eq!(show("palisade.consistency").await, "causal");
+    assert_eq!(show(&c, "palisade.consistency").await, "causal");
+}
 
-    // After a write the token is where the primary's WAL was, or later.
+/// The value of setting `name` as `c`'s session shows it.
+async fn show(c: &Client, name: &str) -> String {
+    c.simple_query(&format!("SHOW {name}"))
+        .await
+        .unwrap()
+        .iter()
+        .find_map(|m| match m {
+            tokio_postgres::SimpleQueryMessage::Row(r) => r.get(0).map(str::to_owned),
+            _ => None,
+        })
+        .unwrap()
+}
+
+#[tokio::test]
+async fn after_a_write_the_token_is_past_the_primarys_wal() {
+    let _serial = SERIAL.lock().await;
+    let proxy = proxy(|_| {}).await;
+    let c = client(&proxy, lagging_cluster(), "consistency-token").await;
     let table = unique("settings");
     fresh_table(&c, &table, "i int").await;
     let primary = direct(lagging_cluster().primary()).await;
@@ -491,7 +505,7 @@ async fn palisade_settings_are_answered_by_the_proxy() {
     c.batch_execute(&format!("INSERT INTO {table} VALUES (1)"))
         .await
         .unwrap();
-    let token = show("palisade.last_write_lsn").await;
+    let token = show(&c, "palisade.last_write_lsn").await;
     let later: bool = primary
         .query_one(
             "SELECT $1::text::pg_lsn > $2::text::pg_lsn",
@@ -632,6 +646,46 @@ async fn console_rows(c: &Client, sql: &str) -> (Vec<String>, Vec<Vec<String>>) 
     (columns, rows)
 }
 
+/// Columns SHOW NODES must have.
+const SHOW_NODES_COLUMNS: [&str; 10] = [
+    "name",
+    "address",
+    "role",
+    "health",
+    "lsn",
+    "lag_bytes",
+    "lag_ms",
+    "epoch",
+    "connections",
+    "queries_routed",
+];
+
+/// SHOW CONFIG on `console` lists the proxy's settings (`max_lag_ms` as
+/// configured, the primary's port) and masks every password.
+async fn assert_show_config(console: &Client, max_lag_ms: u64) {
+    let (_, config) = console_rows(console, "show config").await;
+    let value = |key: &str| {
+        config
+            .iter()
+            .find(|r| r[0] == key)
+            .map(|r| r[1].clone())
+            .unwrap_or_else(|| panic!("no {key} in SHOW CONFIG"))
+    };
+    assert_eq!(value("consistency.max_lag_ms"), max_lag_ms.to_string());
+    assert_eq!(
+        value("nodes[0].port"),
+        lagging_cluster().primary().port.to_string()
+    );
+    let secrets: Vec<_> = config
+        .iter()
+        .filter(|r| r[0].ends_with("password"))
+        .collect();
+    assert!(
+        !secrets.is_empty() && secrets.iter().all(|r| r[1] == "********"),
+        "SHOW CONFIG masks passwords: {secrets:?}"
+    );
+}
+
 #[tokio::test]
 async fn the_admin_console_shows_nodes_lag_and_config() {
     let _serial = SERIAL.lock().await;
@@ -660,18 +714,7 @@ async fn the_admin_console_shows_nodes_lag_and_config() {
     let (columns, rows) = console_rows(&console, "SHOW NODES;").await;
     resume_replay(lagging).await;
     eprintln!("SHOW NODES: {columns:?}\n{rows:#?}");
-    for wanted in [
-        "name",
-        "address",
-        "role",
-        "health",
-        "lsn",
-        "lag_bytes",
-        "lag_ms",
-        "epoch",
-        "connections",
-        "queries_routed",
-    ] {
+    for wanted in SHOW_NODES_COLUMNS {
         assert!(
             columns.iter().any(|c| c == wanted),
             "no column {wanted}: {columns:?}"
@@ -700,24 +743,7 @@ async fn the_admin_console_shows_nodes_lag_and_config() {
         .sum();
     assert!(connections >= 1, "{rows:?}");
 
-    let (_, config) = console_rows(&console, "show config").await;
-    let value = |key: &str| {
-        config
-            .iter()
-            .find(|r| r[0] == key)
-            .map(|r| r[1].clone())
-            .unwrap_or_else(|| panic!("no {key} in SHOW CONFIG"))
-    };
-    assert_eq!(value("consistency.max_lag_ms"), "777");
-    assert_eq!(value("nodes[0].port"), cluster.primary().port.to_string());
-    let secrets: Vec<_> = config
-        .iter()
-        .filter(|r| r[0].ends_with("password"))
-        .collect();
-    assert!(
-        !secrets.is_empty() && secrets.iter().all(|r| r[1] == "********"),
-        "SHOW CONFIG masks passwords: {secrets:?}"
-    );
+    assert_show_config(&console, 777).await;
 
     let err = console.simple_query("SELECT 1").await.unwrap_err();
     assert_eq!(sqlstate(&err), "42601", "{err:?}");

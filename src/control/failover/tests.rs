@@ -340,60 +340,12 @@ impl Sim {
 
     fn execute(&mut self, action: Action) -> Option<Event> {
         match action {
-            Action::PersistEpoch { epoch, primary } => {
-                if self.hold_persist {
-                    return None;
-                }
-                if self.persist_failures > 0 {
-                    self.persist_failures -= 1;
-                    return Some(Event::PersistFailed { epoch });
-                }
-                let stored = self.store.as_ref().map_or(0, |r| r.epoch);
-                assert!(epoch > stored, "epoch {epoch} persisted after {stored}");
-                self.store = Some(EpochRecord {
-                    epoch,
-                    primary: self.settings.nodes[primary].name.clone(),
-                });
-                Some(Event::PersistDone { epoch })
-            }
+            Action::PersistEpoch { epoch, primary } => self.persist(epoch, primary),
             Action::PublishTopology(p) => {
-                let stored = self.store.as_ref().map_or(0, |r| r.epoch);
-                assert!(
-                    p.epoch <= stored,
-                    "epoch {} published before it was persisted (stored {stored})",
-                    p.epoch
-                );
-                if let Some(primary) = p.primary {
-                    let record = self.store.as_ref().expect("a primary implies a record");
-                    if p.epoch == stored {
-                        assert_eq!(record.primary, self.settings.nodes[primary].name);
-                    }
-                }
-                self.published = Some(p);
+                self.publish(p);
                 None
             }
-            Action::Promote(node) => {
-                if self.hold_promote_of == Some(node) {
-                    return None;
-                }
-                let primary_lsn = self
-                    .nodes
-                    .iter()
-                    .filter(|n| !n.in_recovery)
-                    .map(|n| n.lsn)
-                    .max()
-                    .unwrap_or(0);
-                let n = &mut self.nodes[node];
-                let ok = n.up && n.hung_since.is_none() && !n.fail_promote;
-                if !ok {
-                    return Some(Event::PromoteFailed { node });
-                }
-                self.promote_gaps
-                    .push((node, primary_lsn.saturating_sub(n.lsn)));
-                n.in_recovery = false;
-                n.upstream = None;
-                Some(Event::Promoted { node })
-            }
+            Action::Promote(node) => self.promote(node),
             Action::Repoint { replica, to } => {
                 if !self.answers(replica) {
                     return Some(Event::RepointFailed { replica, to });
@@ -425,6 +377,68 @@ impl Sim {
                 None
             }
         }
+    }
+
+    /// The epoch store: held, failing, or recording `epoch` (always above
+    /// what it held).
+    fn persist(&mut self, epoch: u64, primary: NodeId) -> Option<Event> {
+        if self.hold_persist {
+            return None;
+        }
+        if self.persist_failures > 0 {
+            self.persist_failures -= 1;
+            return Some(Event::PersistFailed { epoch });
+        }
+        let stored = self.store.as_ref().map_or(0, |r| r.epoch);
+        assert!(epoch > stored, "epoch {epoch} persisted after {stored}");
+        self.store = Some(EpochRecord {
+            epoch,
+            primary: self.settings.nodes[primary].name.clone(),
+        });
+        Some(Event::PersistDone { epoch })
+    }
+
+    /// The published snapshot, checked against the store: never an epoch
+    /// that is not persisted, nor a primary other than the stored one.
+    fn publish(&mut self, p: Published) {
+        let stored = self.store.as_ref().map_or(0, |r| r.epoch);
+        assert!(
+            p.epoch <= stored,
+            "epoch {} published before it was persisted (stored {stored})",
+            p.epoch
+        );
+        if let Some(primary) = p.primary {
+            let record = self.store.as_ref().expect("a primary implies a record");
+            if p.epoch == stored {
+                assert_eq!(record.primary, self.settings.nodes[primary].name);
+            }
+        }
+        self.published = Some(p);
+    }
+
+    /// Promotes `node` if it answers, noting how far behind the primary
+    /// it was.
+    fn promote(&mut self, node: NodeId) -> Option<Event> {
+        if self.hold_promote_of == Some(node) {
+            return None;
+        }
+        let primary_lsn = self
+            .nodes
+            .iter()
+            .filter(|n| !n.in_recovery)
+            .map(|n| n.lsn)
+            .max()
+            .unwrap_or(0);
+        let n = &mut self.nodes[node];
+        let ok = n.up && n.hung_since.is_none() && !n.fail_promote;
+        if !ok {
+            return Some(Event::PromoteFailed { node });
+        }
+        self.promote_gaps
+            .push((node, primary_lsn.saturating_sub(n.lsn)));
+        n.in_recovery = false;
+        n.upstream = None;
+        Some(Event::Promoted { node })
     }
 
     fn actions(&self) -> impl Iterator<Item = &Action> {

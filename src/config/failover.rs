@@ -1,0 +1,141 @@
+//! `[failover]`: failure detection, promotion, fencing and rejoin settings,
+//! and their rules, some of which depend on `[monitor]` and the node count.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use super::{invalid, positive, ConfigError, MonitorConfig};
+
+/// Whether Palisade promotes a replica by itself when the primary fails.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum FailoverMode {
+    /// A confirmed primary failure promotes the best replica.
+    #[default]
+    Automatic,
+    /// Nothing is promoted until an operator runs `SWITCHOVER`; until then
+    /// the cluster is read-only.
+    Manual,
+}
+
+/// How commits wait for replicas, and so which replicas may be promoted
+/// without losing an acknowledged commit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ReplicationMode {
+    /// Commits do not wait for replicas (availability; a failover may lose
+    /// the last commits).
+    #[default]
+    Async,
+    /// Commits wait for one healthy replica; with none healthy the primary
+    /// drops to async rather than block writes.
+    Sync,
+    /// Commits always wait for a replica, even when none is healthy
+    /// (consistency: writes block).
+    SyncStrict,
+}
+
+/// Failure detection, promotion, fencing and recovery of the old primary.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct FailoverConfig {
+    pub mode: FailoverMode,
+    /// The primary must have missed its probes this long (and the replicas
+    /// must have stopped streaming from it) before it is declared failed.
+    /// Also how long a planned switchover may pause writes.
+    pub failover_timeout_ms: u64,
+    /// No replica further behind the last known primary position than this
+    /// is promoted; the cluster stays read-only instead.
+    pub max_lag_on_failover_bytes: u64,
+    /// Where the epoch and its primary are persisted; without one they live
+    /// only in memory and a restarted proxy learns the primary afresh.
+    pub state_file: Option<PathBuf>,
+    /// A fenced old primary is brought back as a replica without an operator.
+    pub auto_rejoin: bool,
+    pub replication_mode: ReplicationMode,
+    /// Run to fence a node (e.g. stop the server, STONITH), on top of making
+    /// it read-only when it is reachable.
+    pub fence_command: Option<String>,
+    /// Run to turn a fenced old primary into a replica of the new one
+    /// (pg_rewind, standby.signal, primary_conninfo).
+    pub rejoin_command: Option<String>,
+}
+
+impl Default for FailoverConfig {
+    fn default() -> Self {
+        FailoverConfig {
+            mode: FailoverMode::Automatic,
+            failover_timeout_ms: 5_000,
+            max_lag_on_failover_bytes: 16 * 1024 * 1024,
+            state_file: None,
+            auto_rejoin: false,
+            replication_mode: ReplicationMode::Async,
+            fence_command: None,
+            rejoin_command: None,
+        }
+    }
+}
+
+impl FailoverConfig {
+    pub fn failover_timeout(&self) -> Duration {
+        Duration::from_millis(self.failover_timeout_ms)
+    }
+
+    /// `monitor` bounds the timeout from below; sync modes need `node_count` ≥ 2.
+    pub(super) fn validate(
+        &self,
+        monitor: &MonitorConfig,
+        node_count: usize,
+    ) -> Result<(), ConfigError> {
+        positive("failover.failover_timeout_ms", self.failover_timeout_ms)?;
+        // Fewer probes than the health threshold would declare a failure on
+        // a blip the monitor itself does not yet count as one.
+        let min = monitor
+            .probe_interval_ms
+            .saturating_mul(monitor.health_threshold.into());
+        if self.failover_timeout_ms < min {
+            return Err(invalid(
+                "failover.failover_timeout_ms",
+                format!(
+                    "must be at least monitor.probe_interval_ms × monitor.health_threshold ({min})"
+                ),
+            ));
+        }
+        // A hung primary is only noticed once a probe has timed out.
+        if self.failover_timeout_ms <= monitor.probe_timeout_ms {
+            return Err(invalid(
+                "failover.failover_timeout_ms",
+                format!(
+                    "must be greater than monitor.probe_timeout_ms ({})",
+                    monitor.probe_timeout_ms
+                ),
+            ));
+        }
+        if let Some(path) = &self.state_file {
+            let text = path.to_string_lossy();
+            if text.trim().is_empty() || text.ends_with('/') || path.file_name().is_none() {
+                return Err(invalid(
+                    "failover.state_file",
+                    "must name a file, e.g. /var/lib/palisade/state.toml",
+                ));
+            }
+        }
+        for (key, command) in [
+            ("failover.fence_command", &self.fence_command),
+            ("failover.rejoin_command", &self.rejoin_command),
+        ] {
+            if command.as_deref().is_some_and(|c| c.trim().is_empty()) {
+                return Err(invalid(key, "must not be empty; leave it out instead"));
+            }
+        }
+        if self.replication_mode != ReplicationMode::Async && node_count < 2 {
+            return Err(invalid(
+                "failover.replication_mode",
+                "sync and sync_strict need at least two nodes",
+            ));
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,182 @@
+//! The plain settings sections — `[proxy]`, `[backend]`, `[monitor]`,
+//! `[pool]` and `[routing]` — with their defaults and the durations they
+//! hold as milliseconds. Their rules are checked by
+//! [`Config::validate`](super::Config::validate).
+
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ProxyConfig {
+    /// Address clients connect to.
+    pub listen: String,
+    /// Client connections beyond this are refused with 53300.
+    pub max_client_connections: usize,
+    /// Largest message accepted from a client or a server, in bytes.
+    pub max_message_size: usize,
+    /// A client must finish startup and authentication within this time.
+    pub startup_timeout_ms: u64,
+    /// Opening (and authenticating) a server connection must finish within this time.
+    pub connect_timeout_ms: u64,
+    /// Threads relaying traffic. 1 (the default) runs everything on one
+    /// thread, like PgBouncer: on a machine whose cores PostgreSQL needs,
+    /// cross-thread wake-ups cost more than a second thread gains.
+    pub worker_threads: usize,
+}
+
+impl Default for ProxyConfig {
+    fn default() -> Self {
+        ProxyConfig {
+            listen: "127.0.0.1:6432".into(),
+            max_client_connections: 1000,
+            max_message_size: 128 * 1024 * 1024,
+            startup_timeout_ms: 10_000,
+            connect_timeout_ms: 5_000,
+            worker_threads: 1,
+        }
+    }
+}
+
+impl ProxyConfig {
+    pub fn startup_timeout(&self) -> Duration {
+        Duration::from_millis(self.startup_timeout_ms)
+    }
+
+    pub fn connect_timeout(&self) -> Duration {
+        Duration::from_millis(self.connect_timeout_ms)
+    }
+}
+
+/// Credentials of Palisade's own control-plane connections (probes).
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct BackendConfig {
+    pub user: String,
+    pub password: Option<String>,
+    pub database: String,
+}
+
+impl Default for BackendConfig {
+    fn default() -> Self {
+        BackendConfig {
+            user: "postgres".into(),
+            password: None,
+            database: "postgres".into(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MonitorConfig {
+    /// How often every node is probed.
+    pub probe_interval_ms: u64,
+    /// A probe that takes longer than this counts as failed.
+    pub probe_timeout_ms: u64,
+    /// A node's health flips after this many probe results in a row.
+    pub health_threshold: u32,
+}
+
+impl Default for MonitorConfig {
+    fn default() -> Self {
+        MonitorConfig {
+            probe_interval_ms: 250,
+            probe_timeout_ms: 1_000,
+            health_threshold: 3,
+        }
+    }
+}
+
+impl MonitorConfig {
+    pub fn probe_interval(&self) -> Duration {
+        Duration::from_millis(self.probe_interval_ms)
+    }
+
+    pub fn probe_timeout(&self) -> Duration {
+        Duration::from_millis(self.probe_timeout_ms)
+    }
+}
+
+/// Server connections: how many may be open, and which idle ones are kept for reuse.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PoolConfig {
+    /// Idle connections kept per (node, startup parameters); 0 turns reuse off.
+    pub max_idle_per_key: usize,
+    /// An idle connection older than this is closed.
+    pub idle_timeout_ms: u64,
+    /// The most server connections open at once per (node, server user,
+    /// database), idle or busy.
+    pub max_server_connections: usize,
+    /// How long a client waits for a server connection when
+    /// `max_server_connections` is reached.
+    pub acquire_timeout_ms: u64,
+}
+
+impl Default for PoolConfig {
+    fn default() -> Self {
+        PoolConfig {
+            max_idle_per_key: 64,
+            idle_timeout_ms: 60_000,
+            max_server_connections: 100,
+            acquire_timeout_ms: 5_000,
+        }
+    }
+}
+
+impl PoolConfig {
+    pub fn idle_timeout(&self) -> Duration {
+        Duration::from_millis(self.idle_timeout_ms)
+    }
+
+    pub fn acquire_timeout(&self) -> Duration {
+        Duration::from_millis(self.acquire_timeout_ms)
+    }
+}
+
+/// How reads are spread over the nodes that may serve them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]
+pub enum LoadBalance {
+    /// Each candidate in turn; weights only matter at 0 (excluded).
+    #[default]
+    #[serde(rename = "round-robin")]
+    RoundRobin,
+    /// Candidates in proportion to their weights.
+    #[serde(rename = "weighted")]
+    Weighted,
+    /// The candidate with the fewest requests in flight.
+    #[serde(rename = "least-outstanding")]
+    LeastOutstanding,
+}
+
+/// Read routing and statement classification.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RoutingConfig {
+    pub load_balance: LoadBalance,
+    /// When greater than 0 the primary serves reads too, with this weight.
+    pub primary_read_weight: u32,
+    /// Classified statements remembered by text; 0 turns the cache off.
+    pub classify_cache_size: usize,
+    /// How often the list of VOLATILE user functions is reloaded from the primary.
+    pub function_refresh_ms: u64,
+}
+
+impl Default for RoutingConfig {
+    fn default() -> Self {
+        RoutingConfig {
+            load_balance: LoadBalance::RoundRobin,
+            primary_read_weight: 0,
+            classify_cache_size: 4096,
+            function_refresh_ms: 60_000,
+        }
+    }
+}
+
+impl RoutingConfig {
+    pub fn function_refresh(&self) -> Duration {
+        Duration::from_millis(self.function_refresh_ms)
+    }
+}
