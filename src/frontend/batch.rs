@@ -41,22 +41,28 @@ pub enum Message<'a> {
     Terminate,
     /// CopyData, CopyDone, CopyFail: they follow the request that started the COPY.
     Copy,
-    /// Anything else goes to the server, which judges it.
-    Other,
+    /// FunctionCall (libpq's large-object API): a request of its own, with
+    /// its own ReadyForQuery, like a Query.
+    FunctionCall,
 }
 
-/// A message whose body does not hold what its type requires.
+/// A client message that cannot be taken: PostgreSQL ends the session with
+/// 08P01 for either.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("invalid {tag:?} message format")]
-pub struct Malformed {
-    pub tag: char,
+pub enum Malformed {
+    /// Its body does not hold what its type requires.
+    #[error("invalid {0:?} message format")]
+    Body(char),
+    /// No message of the protocol after startup has this type.
+    #[error("invalid frontend message type {0}")]
+    UnknownType(u8),
 }
 
 /// Reads the parts of a client message that routing needs.
 pub fn parse_message(tag: u8, body: &[u8]) -> Result<Message<'_>, Malformed> {
-    let bad = || Malformed { tag: tag as char };
+    let bad = || Malformed::Body(tag as char);
     fn text(b: &[u8], tag: u8) -> Result<(&str, &[u8]), Malformed> {
-        cstr(b).ok_or(Malformed { tag: tag as char })
+        cstr(b).ok_or(Malformed::Body(tag as char))
     }
     Ok(match tag {
         b'Q' => Message::Query {
@@ -93,7 +99,8 @@ pub fn parse_message(tag: u8, body: &[u8]) -> Result<Message<'_>, Malformed> {
         b'H' => Message::Flush,
         b'X' => Message::Terminate,
         b'd' | b'c' | b'f' => Message::Copy,
-        _ => Message::Other,
+        b'F' => Message::FunctionCall,
+        _ => return Err(Malformed::UnknownType(tag)),
     })
 }
 
@@ -258,6 +265,18 @@ mod tests {
     }
 
     #[test]
+    fn function_calls_are_known_and_unknown_types_are_errors() {
+        assert_eq!(
+            parse_message(b'F', b"\0\0\0\x01"),
+            Ok(Message::FunctionCall)
+        );
+        // A password message is only taken during authentication.
+        for tag in [b'p', b'z', 0] {
+            assert_eq!(parse_message(tag, b""), Err(Malformed::UnknownType(tag)));
+        }
+    }
+
+    #[test]
     fn malformed_bodies_are_errors_not_panics() {
         for (tag, body) in [
             (b'Q', &b"no terminator"[..]),
@@ -270,7 +289,7 @@ mod tests {
         ] {
             assert_eq!(
                 parse_message(tag, body),
-                Err(Malformed { tag: tag as char }),
+                Err(Malformed::Body(tag as char)),
                 "{:?}",
                 tag as char
             );

@@ -208,8 +208,12 @@ impl Collector {
                 self.make_due();
             }
             Message::Flush => self.make_due(),
-            // A function call or anything unknown: the primary judges it.
-            Message::Other => plan.write = true,
+            // Large objects are written through it: the primary serves it.
+            Message::FunctionCall => {
+                plan.write = true;
+                plan.requests += 1;
+                self.make_due();
+            }
             Message::Copy | Message::Describe { .. } | Message::Terminate => {}
         }
     }

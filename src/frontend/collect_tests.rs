@@ -315,3 +315,28 @@ fn sql_prepare_is_recorded_with_the_text_that_recreates_it() {
     assert_eq!(name, "p");
     assert_eq!(prepared.source, query_frame("PREPARE p AS SELECT 1"));
 }
+
+#[test]
+fn a_function_call_is_a_request_of_its_own_on_the_primary() {
+    let mut c = collector();
+    let mut judge = TestJudge::default();
+    let mut input = BytesMut::new();
+    // FunctionCall: function oid, no argument formats, no arguments, text result.
+    frame(&mut input, b'F', &[0, 0, 3, 0xB8, 0, 0, 0, 0, 0, 0]);
+    query(&mut input, "SELECT 1");
+    assert_eq!(c.collect(&mut input, &mut judge).unwrap(), Collected::Due);
+    assert_eq!(c.plan().requests, 1);
+    assert!(c.plan().write, "large objects are written through it");
+}
+
+#[test]
+fn an_unknown_message_type_is_an_error_at_once() {
+    let mut c = collector();
+    let mut judge = TestJudge::default();
+    let mut input = BytesMut::new();
+    frame(&mut input, b'z', b"");
+    assert!(matches!(
+        c.collect(&mut input, &mut judge),
+        Err(CollectError::Malformed(Malformed::UnknownType(b'z')))
+    ));
+}

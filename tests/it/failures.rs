@@ -321,6 +321,15 @@ async fn oversized_and_malformed_frames_close_only_that_client() {
     assert_eq!((tag, field(&body, b'C').as_str()), (b'E', "08P01"));
     assert_closed(&mut stream).await;
 
+    // A type no frontend message has: FATAL 08P01 at once, as PostgreSQL
+    // says it, not silence until a Sync that never comes.
+    let mut stream = raw_session(proxy.local_addr(), cluster.superuser()).await;
+    stream.write_all(&[b'z', 0, 0, 0, 4]).await.unwrap();
+    let (tag, body) = read_message(&mut stream).await;
+    assert_eq!((tag, field(&body, b'C').as_str()), (b'E', "08P01"));
+    assert_eq!(field(&body, b'M'), "invalid frontend message type 122");
+    assert_closed(&mut stream).await;
+
     // A query just under the limit is fine.
     let mut stream = raw_session(proxy.local_addr(), cluster.superuser()).await;
     let sql = format!("SELECT length('{}')\0", "x".repeat(60 * 1024));

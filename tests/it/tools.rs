@@ -93,6 +93,61 @@ async fn psql_describe_and_copy_work_through_the_proxy() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn psql_large_objects_import_and_export_through_the_proxy() {
+    // libpq's large-object API speaks FunctionCall ('F') messages.
+    let cluster = shared_cluster();
+    let proxy = start_proxy(cluster, |_| {}).await;
+    let port = proxy.local_addr().port();
+    let dir = tempfile::tempdir().unwrap();
+    let original = dir.path().join("in.bin");
+    let payload: Vec<u8> = (0..3 * 1024 * 1024).map(|i| (i % 251) as u8).collect();
+    std::fs::write(&original, &payload).unwrap();
+    let copy = dir.path().join("out.bin");
+    let (from, to) = (original.display().to_string(), copy.display().to_string());
+    let output = tokio::task::spawn_blocking(move || {
+        let imported = run(
+            "psql",
+            port,
+            &[
+                "-X",
+                "-d",
+                "postgres",
+                "-c",
+                &format!("\\lo_import '{from}'"),
+            ],
+        );
+        let oid = stdout(&imported)
+            .trim()
+            .strip_prefix("lo_import ")
+            .unwrap_or_else(|| panic!("lo_import said: {}", stdout(&imported)))
+            .to_owned();
+        run(
+            "psql",
+            port,
+            &[
+                "-X",
+                "-d",
+                "postgres",
+                "-c",
+                &format!("\\lo_export {oid} '{to}'"),
+            ],
+        );
+        run(
+            "psql",
+            port,
+            &["-X", "-d", "postgres", "-c", &format!("\\lo_unlink {oid}")],
+        )
+    })
+    .await
+    .unwrap();
+    assert!(stdout(&output).contains("lo_unlink"), "{}", stdout(&output));
+    assert!(
+        std::fs::read(&copy).unwrap() == payload,
+        "the exported object is the imported file"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pgbench_runs_in_every_query_mode_without_errors() {
     let cluster = shared_cluster();
     let proxy = start_proxy(cluster, |_| {}).await;
