@@ -43,8 +43,8 @@ use crate::backend;
 use crate::backend::pool::PoolKey;
 use crate::protocol::{messages, ScanError, Sqlstate, TxnStatus};
 
-/// Stop reading from one side while this much is waiting to be written to
-/// the other: backpressure instead of unbounded buffering.
+/// Stop reading the server while this much is waiting to be written to the
+/// client: backpressure instead of unbounded buffering.
 const HIGH_WATER: usize = 256 * 1024;
 /// How long a closing session may take to deliver its last words.
 const FINAL_FLUSH: Duration = Duration::from_secs(5);
@@ -234,7 +234,11 @@ impl Session {
             ..
         } = self;
         let attached = link.node().is_some();
-        let read_client = !collector.is_due() && client.inbuf.len() < HIGH_WATER;
+        // Until a batch is due the collector has taken every whole frame,
+        // so what is left is part of one frame, capped at max_message_size
+        // by its length: keep reading (a message over any buffer mark must
+        // still arrive whole, and a client leaving mid-message must be seen).
+        let read_client = !collector.is_due();
         let read_server = client.out.len() < HIGH_WATER;
         let LinkIo {
             read: server_rd,

@@ -384,3 +384,80 @@ async fn a_client_leaving_mid_query_frees_its_server_connection() {
 async fn running_queries(observer: &tokio_postgres::Client, count_sql: &str) -> i64 {
     observer.query_one(count_sql, &[]).await.unwrap().get(0)
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn messages_of_1_16_and_100_mb_pass_both_ways() {
+    // A message the proxy cannot take whole used to hang: fail instead.
+    tokio::time::timeout(Duration::from_secs(300), big_messages_both_ways())
+        .await
+        .expect("big messages passed within 5 minutes");
+}
+
+async fn big_messages_both_ways() {
+    let (_proxy, client) = proxied().await;
+    for mb in [1usize, 16, 100] {
+        let len = mb * 1024 * 1024;
+        // Client to server: a simple query and a bound text parameter that big.
+        let sql = format!("SELECT length('{}')", "x".repeat(len));
+        let rows = client.simple_query(&sql).await.unwrap();
+        let said = rows.iter().find_map(|m| match m {
+            SimpleQueryMessage::Row(r) => r.get(0).map(str::to_owned),
+            _ => None,
+        });
+        assert_eq!(said, Some(len.to_string()), "{mb} MB query");
+        let value = "y".repeat(len);
+        let n: i32 = client
+            .query_one("SELECT length($1::text)", &[&value])
+            .await
+            .unwrap()
+            .get(0);
+        assert_eq!(n as usize, len, "{mb} MB parameter");
+        // Server to client: a value that big.
+        let back: String = client
+            .query_one("SELECT repeat('z', $1)", &[&(len as i32)])
+            .await
+            .unwrap()
+            .get(0);
+        assert_eq!(back.len(), len, "{mb} MB result");
+    }
+}
+
+#[tokio::test]
+async fn a_client_leaving_halfway_through_a_message_frees_its_slot() {
+    let cluster = shared_cluster();
+    let proxy = start_proxy(cluster, |c| {
+        c.users[0].auth = palisade::config::AuthMethod::Trust;
+        c.proxy.max_client_connections = 1;
+    })
+    .await;
+    let mut stream = tokio::net::TcpStream::connect(proxy.local_addr())
+        .await
+        .unwrap();
+    let startup = palisade_testkit::wire::startup_packet(
+        196_608,
+        &[("user", cluster.superuser()), ("database", "postgres")],
+    );
+    tokio::io::AsyncWriteExt::write_all(&mut stream, &startup)
+        .await
+        .unwrap();
+    palisade_testkit::wire::read_until(&mut stream, b'Z').await;
+    // The header of a 1 MB query and 300 KB of it, then the client is gone.
+    let mut half = vec![b'Q'];
+    half.extend((1024 * 1024 + 4i32).to_be_bytes());
+    half.extend(vec![b' '; 300 * 1024]);
+    tokio::io::AsyncWriteExt::write_all(&mut stream, &half)
+        .await
+        .unwrap();
+    drop(stream);
+    let url = crate::support::harness::url(&proxy, cluster.superuser(), "");
+    wait_until(
+        "the only client slot to be free again",
+        Duration::from_secs(1),
+        || async {
+            tokio_postgres::connect(&url, tokio_postgres::NoTls)
+                .await
+                .is_ok()
+        },
+    )
+    .await;
+}
