@@ -19,6 +19,7 @@ use super::state::Prepared;
 use crate::classify::{Class, Classification, Hint, PinReason, Reason, SessionEffect};
 use crate::protocol::{messages, take_frame, ScanError};
 
+const SYNC: [u8; 5] = [b'S', 0, 0, 0, 4];
 /// A batch bigger than this goes out before its Sync, to the primary, so
 /// that a client streaming a huge pipeline is not buffered whole.
 const MAX_BATCH: usize = 1 << 20;
@@ -222,6 +223,30 @@ impl Collector {
         self.stage = Stage::Due {
             continues: self.continues(),
         };
+    }
+
+    /// The due batch ended on Flush having only prepared or described
+    /// statements: it executed nothing and holds no portal, so a Sync of
+    /// the proxy's own can close it on its server without the client
+    /// seeing a difference (only its ReadyForQuery, which is not relayed).
+    /// What follows is then routed by itself instead of following a read
+    /// to the replica that prepared it (asyncpg prepares with Flush).
+    pub fn may_close_with_own_sync(&self) -> bool {
+        let plan = &self.plan;
+        matches!(self.stage, Stage::Due { continues: false })
+            && plan.requests == 0
+            && !plan.executes
+            && !plan.has_query
+            && plan.portals.is_empty()
+    }
+
+    /// The due batch was sent with a Sync of the proxy's own after it
+    /// ([`Collector::may_close_with_own_sync`]): the next batch starts afresh.
+    pub fn sent_with_own_sync(&mut self, out: &mut BytesMut) {
+        out.extend_from_slice(&self.batch);
+        out.extend_from_slice(&SYNC);
+        self.stage = Stage::Gathering;
+        self.clear();
     }
 
     /// The due batch was sent: its frames go to `out`. A batch without a

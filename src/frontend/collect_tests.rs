@@ -340,3 +340,29 @@ fn an_unknown_message_type_is_an_error_at_once() {
         Err(CollectError::Malformed(Malformed::UnknownType(b'z')))
     ));
 }
+
+#[test]
+fn a_batch_that_only_prepared_before_flush_may_be_closed_with_a_sync_of_our_own() {
+    let mut c = collector();
+    let mut judge = TestJudge::default();
+    let mut input = BytesMut::new();
+    parse(&mut input, "s1", "SELECT 1");
+    frame(&mut input, b'D', b"Ss1\0");
+    flush(&mut input);
+    assert_eq!(c.collect(&mut input, &mut judge).unwrap(), Collected::Due);
+    assert!(c.may_close_with_own_sync());
+    let mut out = BytesMut::new();
+    c.sent_with_own_sync(&mut out);
+    assert!(out.ends_with(&[b'S', 0, 0, 0, 4]), "a Sync follows the batch");
+    assert!(!c.continues(), "what follows is a batch of its own");
+
+    // Once something is bound or executed before the Flush, the rest must follow it.
+    let mut input = BytesMut::new();
+    bind(&mut input, "", "s1");
+    execute(&mut input, "");
+    flush(&mut input);
+    assert_eq!(c.collect(&mut input, &mut judge).unwrap(), Collected::Due);
+    assert!(!c.may_close_with_own_sync());
+    c.sent(&mut BytesMut::new());
+    assert!(c.continues());
+}

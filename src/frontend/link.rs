@@ -22,6 +22,8 @@ use crate::protocol::{FrameScanner, ScanError, TxnStatus};
 /// Server frames are trusted in size (PostgreSQL caps them at 1 GiB) and
 /// stream through, so only this sanity bound applies.
 const MAX_SERVER_FRAME: usize = 1 << 30;
+/// A ReadyForQuery frame's length: tag, length, status.
+const READY_LEN: usize = 6;
 
 /// Where the session is in its conversation with the server.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -46,6 +48,9 @@ pub struct Sent {
     pub parse_ok: usize,
     /// The server reported an error for it.
     pub failed: bool,
+    /// It ends with a Sync of the proxy's own: its ReadyForQuery is not
+    /// the client's and is not relayed.
+    pub own_sync: bool,
 }
 
 /// One request answered: what was sent and the status it left.
@@ -135,7 +140,10 @@ impl Requests {
                 }
             },
         )?;
-        out.extend_from_slice(&pending[..n]);
+        let own_sync = ready.is_some() && self.inflight.front().is_some_and(|s| s.own_sync);
+        // The ReadyForQuery is the last frame passed on, when one came.
+        let relayed = if own_sync { n - READY_LEN } else { n };
+        out.extend_from_slice(&pending[..relayed]);
         pending.advance(n);
         self.fatal_seen |= fatal;
         if let Some(sent) = self.inflight.front_mut() {

@@ -137,3 +137,30 @@ fn a_server_breaking_framing_is_an_error() {
     let mut pending = BytesMut::from(&b"Z\0\0\0\x01"[..]);
     assert!(r.relay(&mut pending, &mut BytesMut::new()).is_err());
 }
+
+#[test]
+fn the_ready_for_query_of_the_proxys_own_sync_is_not_relayed() {
+    let mut r = Requests::new();
+    r.sent(
+        Sent {
+            own_sync: true,
+            parsed: vec![("s1".into(), 7)],
+            ..Sent::default()
+        },
+        1,
+        false,
+    );
+    let mut pending = BytesMut::new();
+    frame(&mut pending, b'1', b"");
+    frame(&mut pending, b't', b"\0\0");
+    frame(&mut pending, b'n', b"");
+    let replies = pending.clone();
+    ready(&mut pending, b'I');
+    let mut client = BytesMut::new();
+    let (sent, status) = r.relay(&mut pending, &mut client).unwrap().unwrap();
+    assert_eq!(&client[..], &replies[..], "everything but the ReadyForQuery");
+    assert_eq!(sent.unwrap().parse_ok, 1);
+    assert_eq!(status, TxnStatus::Idle);
+    assert_eq!(r.phase, Phase::Ready(TxnStatus::Idle));
+    assert!(pending.is_empty());
+}

@@ -246,6 +246,74 @@ async fn an_extended_batch_is_routed_as_a_whole_up_to_sync() {
 }
 
 #[tokio::test]
+async fn a_read_prepared_with_flush_does_not_decide_where_the_next_write_goes() {
+    // asyncpg's copy_records_to_table: Parse/Describe/Flush of a read, then
+    // COPY on the same connection.
+    let cluster = shared_cluster();
+    let proxy = start_proxy(cluster, |c| c.users[0].auth = AuthMethod::Trust).await;
+    let table = unique("routing_flush");
+    let setup = client(&proxy, shared_cluster(), "routing-flush").await;
+    fresh_table(&setup, &table, "x int").await;
+    let mut stream = TcpStream::connect(proxy.local_addr()).await.unwrap();
+    let packet = startup_packet(
+        196_608,
+        &[("user", cluster.superuser()), ("database", "postgres")],
+    );
+    stream.write_all(&packet).await.unwrap();
+    until_ready(&mut stream, "startup").await;
+    for round in 0..4 {
+        let name = format!("s{round}");
+        let mut out = Vec::new();
+        let sql = format!("SELECT x, inet_server_port() FROM {table} LIMIT 1");
+        frame(&mut out, b'P', format!("{name}\0{sql}\0\0\0").as_bytes());
+        frame(&mut out, b'D', format!("S{name}\0").as_bytes());
+        frame(&mut out, b'H', b"");
+        stream.write_all(&out).await.unwrap();
+        let tags = [
+            read_message(&mut stream).await.0,
+            read_message(&mut stream).await.0,
+        ];
+        assert_eq!(tags, [b'1', b't'], "ParseComplete, ParameterDescription");
+        assert_eq!(
+            read_message(&mut stream).await.0,
+            b'T',
+            "RowDescription, and no ReadyForQuery"
+        );
+        let mut copy = Vec::new();
+        frame(
+            &mut copy,
+            b'Q',
+            format!("COPY {table} FROM STDIN\0").as_bytes(),
+        );
+        stream.write_all(&copy).await.unwrap();
+        let (tag, body) = read_message(&mut stream).await;
+        assert_eq!(tag, b'G', "COPY starts: {}", String::from_utf8_lossy(&body));
+        let mut data = Vec::new();
+        frame(&mut data, b'd', format!("{round}\n").as_bytes());
+        frame(&mut data, b'c', b"");
+        stream.write_all(&data).await.unwrap();
+        assert_eq!(read_message(&mut stream).await.0, b'C', "COPY 1");
+        assert_eq!(read_message(&mut stream).await.0, b'Z');
+        // The statement prepared wherever the read went runs anywhere.
+        let mut run = Vec::new();
+        frame(&mut run, b'B', format!("\0{name}\0\0\0\0\0\0\0").as_bytes());
+        frame(&mut run, b'E', b"\0\0\0\0\0");
+        frame(&mut run, b'S', b"");
+        stream.write_all(&run).await.unwrap();
+        until_ready(&mut stream, "the prepared read").await;
+    }
+    let n: i64 = setup
+        .query_one(
+            &format!("/* palisade: primary */ SELECT count(*) FROM {table}"),
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(n, 4);
+}
+
+#[tokio::test]
 async fn hint_comments_send_reads_to_the_primary_but_never_writes_to_a_replica() {
     let (_proxy, client) = routed("routing-hints").await;
     let table = unique("routing_hints");

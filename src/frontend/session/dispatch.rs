@@ -347,16 +347,23 @@ impl Session {
         // Where a write lands in the WAL is learned when a read needs it.
         let on_primary = self.shared.topology.load().primary() == Some(node) && !reads_only;
         let rolls_back = plan.statements == 1 && plan.effects == [SessionEffect::Rollback];
-        let requests = plan.requests;
+        let own_sync = ready_idle && self.collector.may_close_with_own_sync();
+        let plan = self.collector.plan_mut();
+        let requests = plan.requests + u32::from(own_sync);
         let sent = Sent {
             effects: std::mem::take(&mut plan.effects),
             parsed,
             on_primary,
             rolls_back,
+            own_sync,
             ..Sent::default()
         };
         self.shared.loads.sent(node, requests);
-        self.collector.sent(self.link.out());
+        if own_sync {
+            self.collector.sent_with_own_sync(self.link.out());
+        } else {
+            self.collector.sent(self.link.out());
+        }
         self.link.sent(sent, requests, continuing);
     }
 
