@@ -1,0 +1,112 @@
+"""Shared connection parameters and fixtures for the driver suite.
+
+Everything comes from the environment (see ../run.sh for the contract):
+PALISADE_HOST, PALISADE_PORT, PALISADE_USER, PALISADE_PASSWORD, PALISADE_DB,
+and optionally PALISADE_PRIMARY_HOST / PALISADE_PRIMARY_PORT (ground truth:
+the primary reached directly, used to drop tables and double-check counts).
+"""
+import os
+import subprocess
+import uuid
+from urllib.parse import quote
+
+import pytest
+
+HOST = os.environ.get("PALISADE_HOST", "127.0.0.1")
+PORT = int(os.environ.get("PALISADE_PORT", "6432"))
+USER = os.environ.get("PALISADE_USER", "postgres")
+PASSWORD = os.environ.get("PALISADE_PASSWORD", "")
+DB = os.environ.get("PALISADE_DB", "postgres")
+PRIMARY_HOST = os.environ.get("PALISADE_PRIMARY_HOST", HOST)
+PRIMARY_PORT = int(os.environ["PALISADE_PRIMARY_PORT"]) if os.environ.get("PALISADE_PRIMARY_PORT") else None
+
+# 5 MB values: well past any buffer high-water mark in the proxy.
+BIG = 5 * 1024 * 1024
+COPY_ROWS = 100_000
+ROUNDS = 200
+
+
+def kwargs(port=None, host=None):
+    """libpq-style keyword parameters (psycopg 3, psycopg2)."""
+    return dict(
+        host=host or HOST,
+        port=port or PORT,
+        user=USER,
+        password=PASSWORD,
+        dbname=DB,
+        connect_timeout=10,
+        application_name="palisade-driver-suite",
+    )
+
+
+def url(scheme="postgresql", port=None):
+    return "%s://%s:%s@%s:%d/%s" % (
+        scheme, quote(USER, safe=""), quote(PASSWORD, safe=""), HOST, port or PORT, quote(DB, safe=""))
+
+
+def psql_env(port=None, host=None):
+    env = dict(os.environ)
+    env.update(PGHOST=host or HOST, PGPORT=str(port or PORT), PGUSER=USER, PGPASSWORD=PASSWORD,
+               PGDATABASE=DB, PGCONNECT_TIMEOUT="10", PSQLRC="/dev/null")
+    return env
+
+
+def unique(prefix="drv"):
+    return "%s_%s" % (prefix, uuid.uuid4().hex[:12])
+
+
+def _drop(name):
+    """Drop a test table, directly on the primary when we know it, else through the proxy."""
+    import psycopg
+
+    if PRIMARY_PORT is not None:
+        kw = kwargs(port=PRIMARY_PORT, host=PRIMARY_HOST)
+    else:
+        kw = kwargs()
+    try:
+        with psycopg.connect(autocommit=True, **kw) as c:
+            c.execute("SET statement_timeout = '20s'")
+            c.execute('DROP TABLE IF EXISTS "%s"' % name)
+    except Exception as e:  # teardown must not hide the test's own failure
+        print("drop of %s failed: %r" % (name, e))
+
+
+@pytest.fixture
+def table():
+    """A fresh, unique table name; the test creates the table, the fixture drops it."""
+    name = unique()
+    yield name
+    _drop(name)
+
+
+@pytest.fixture
+def table2():
+    name = unique()
+    yield name
+    _drop(name)
+
+
+def primary_count(name):
+    """COUNT(*) of a table read on the primary directly (None when no primary port was given)."""
+    if PRIMARY_PORT is None:
+        return None
+    import psycopg
+
+    with psycopg.connect(autocommit=True, **kwargs(port=PRIMARY_PORT, host=PRIMARY_HOST)) as c:
+        return c.execute('SELECT count(*) FROM "%s"' % name).fetchone()[0]
+
+
+# SET forms that must follow the session to whichever node runs its next statement
+# (issue 11, bug 6): (SET statement, probe query, expected value).
+SET_FORMS = [
+    ("SET TIME ZONE 'UTC'", "SELECT current_setting('TimeZone')", "UTC"),
+    ("SET TIME ZONE 'Asia/Tokyo'", "SELECT current_setting('TimeZone')", "Asia/Tokyo"),
+    ("SET datestyle TO postgres, dmy", "SELECT current_setting('DateStyle')", "Postgres, DMY"),
+    ("SET myapp.tenant = 7", "SELECT current_setting('myapp.tenant')", "7"),
+    ("SELECT set_config('myapp.user', 'alice', false)", "SELECT current_setting('myapp.user')", "alice"),
+    ("SET search_path TO pg_catalog, public", "SELECT current_setting('search_path')", "pg_catalog, public"),
+    ("SET XML OPTION DOCUMENT", "SELECT current_setting('xmloption')", "document"),
+]
+SET_IDS = ["time_zone_utc", "time_zone_tokyo", "datestyle_list", "custom_placeholder", "set_config",
+           "search_path", "xml_option"]
+SET_PROBES = 50
