@@ -9,7 +9,9 @@ from conftest import psql_env
 PSQL = os.environ.get("PALISADE_PSQL", "psql")
 
 
-def psql(*args, timeout=40):
+# Each psql call has its own deadline, well inside the test's pytest-timeout, so a
+# hang fails here (psql is killed) rather than by SIGALRM somewhere in pytest.
+def psql(*args, timeout=15):
     try:
         return subprocess.run([PSQL, "-X", "-v", "ON_ERROR_STOP=1", *args], env=psql_env(), capture_output=True,
                               text=True, timeout=timeout)
@@ -17,6 +19,7 @@ def psql(*args, timeout=40):
         pytest.fail("psql %r hung: no answer within %ds" % (args, timeout))
 
 
+@pytest.mark.timeout(120)
 def test_psql_lo_import_export_unlink(tmp_path):
     src, dst = tmp_path / "in.bin", tmp_path / "out.bin"
     payload = os.urandom(2 * 1024 * 1024 + 17)
@@ -34,6 +37,7 @@ def test_psql_lo_import_export_unlink(tmp_path):
     assert r.stdout.strip() == "0"
 
 
+@pytest.mark.timeout(120)
 def test_psql_big_literal_from_file(tmp_path):
     f = tmp_path / "big.sql"
     f.write_text("SELECT length('" + "x" * 1_000_000 + "');\n")

@@ -20,19 +20,26 @@ from conftest import BIG, COPY_ROWS, ROUNDS, SET_FORMS, SET_IDS, SET_PROBES, kwa
 psycopg2.extensions.set_wait_callback(psycopg2.extras.wait_select)
 
 
-def blocking(fn, seconds=45):
-    """Run fn in a daemon thread with the wait callback off (copy_expert and lobject refuse it).
+def blocking(fn, seconds=40):
+    """Run fn(conn) in a daemon thread, on a connection of its own, with the wait callback off.
 
-    libpq then waits inside C where SIGALRM cannot reach it, so the deadline is
-    kept here: a hang fails the test and leaves only a daemon thread behind.
+    copy_expert and lobject refuse psycopg2's wait callback, so libpq then waits
+    inside C where SIGALRM cannot reach it: the deadline is kept here. On a hang
+    the main thread must not touch that connection (closing it would block on
+    the connection's lock held by the stuck thread); the daemon thread is left.
     """
     box = {}
 
     def body():
+        c = None
         try:
-            box["value"] = fn()
+            c = connect()
+            box["value"] = fn(c)
         except BaseException as e:  # noqa
             box["error"] = e
+        finally:
+            if c is not None:
+                c.close()
 
     t = threading.Thread(target=body, daemon=True)
     psycopg2.extensions.set_wait_callback(None)
@@ -107,33 +114,29 @@ def test_row_of_1000_columns(table):
         c.close()
 
 
+@pytest.mark.timeout(60)
 def test_copy_expert_100k_in_and_out(table):
-    c = connect()
-    try:
-        blocking(lambda: _copy_expert(c, table))
-        assert primary_count(table) in (None, COPY_ROWS)
-    finally:
-        c.close()
+    blocking(lambda c: _copy_expert(c, table))
+    assert primary_count(table) in (None, COPY_ROWS)
 
 
 def _copy_expert(c, table):
     with c.cursor() as cur:
-        if True:
-            cur.execute(sql.SQL("CREATE TABLE {} (id int, v text)").format(q(table)))
-            data = io.StringIO("".join("%d\trow %d\n" % (i, i) for i in range(COPY_ROWS)))
-            cur.copy_expert(sql.SQL("COPY {} (id, v) FROM STDIN").format(q(table)), data)
-            assert cur.rowcount == COPY_ROWS
-            cur.execute(sql.SQL("SELECT count(*) FROM {}").format(q(table)))
-            assert cur.fetchone() == (COPY_ROWS,)
-            out = io.StringIO()
-            cur.copy_expert(sql.SQL("COPY {} TO STDOUT").format(q(table)), out)
-            assert out.getvalue().count("\n") == COPY_ROWS
-            # copy_from / copy_to, the older API
-            out2 = io.StringIO()
-            cur.copy_to(out2, table, columns=("id",))
-            assert len(out2.getvalue().splitlines()) == COPY_ROWS
-            cur.execute("SELECT 1")
-            assert cur.fetchone() == (1,)
+        cur.execute(sql.SQL("CREATE TABLE {} (id int, v text)").format(q(table)))
+        data = io.StringIO("".join("%d\trow %d\n" % (i, i) for i in range(COPY_ROWS)))
+        cur.copy_expert(sql.SQL("COPY {} (id, v) FROM STDIN").format(q(table)), data)
+        assert cur.rowcount == COPY_ROWS
+        cur.execute(sql.SQL("SELECT count(*) FROM {}").format(q(table)))
+        assert cur.fetchone() == (COPY_ROWS,)
+        out = io.StringIO()
+        cur.copy_expert(sql.SQL("COPY {} TO STDOUT").format(q(table)), out)
+        assert out.getvalue().count("\n") == COPY_ROWS
+        # copy_from / copy_to, the older API
+        out2 = io.StringIO()
+        cur.copy_to(out2, table, columns=("id",))
+        assert len(out2.getvalue().splitlines()) == COPY_ROWS
+        cur.execute("SELECT 1")
+        assert cur.fetchone() == (1,)
 
 
 def test_listen_notify_between_two_connections():
@@ -201,35 +204,30 @@ def test_errors_leave_session_usable(table):
         c.close()
 
 
+@pytest.mark.timeout(60)
 def test_large_object_lobject():
-    c = connect(autocommit=False)
-    try:
-        blocking(lambda: _lobject(c))
-    finally:
-        c.close()
+    blocking(_lobject)
 
 
 def _lobject(c):
+    c.autocommit = False
     payload = os.urandom(3 * 1024 * 1024)
-    try:
-        lo = c.lobject(0, "wb")
-        oid = lo.oid
-        lo.write(payload)
-        lo.close()
-        c.commit()
-        lo = c.lobject(oid, "rb")
-        got = lo.read()
-        lo.seek(10)
-        assert lo.read(5) == payload[10:15]
-        lo.close()
-        assert got == payload
-        c.commit()
-        c.lobject(oid, "wb").unlink()
-        c.commit()
-        assert one(c, "SELECT count(*) FROM pg_largeobject_metadata WHERE oid = %s", [oid]) == (0,)
-        c.commit()
-    finally:
-        pass
+    lo = c.lobject(0, "wb")
+    oid = lo.oid
+    lo.write(payload)
+    lo.close()
+    c.commit()
+    lo = c.lobject(oid, "rb")
+    got = lo.read()
+    lo.seek(10)
+    assert lo.read(5) == payload[10:15]
+    lo.close()
+    assert got == payload
+    c.commit()
+    c.lobject(oid, "wb").unlink()
+    c.commit()
+    assert one(c, "SELECT count(*) FROM pg_largeobject_metadata WHERE oid = %s", [oid]) == (0,)
+    c.commit()
 
 
 def test_write_then_read_200_rounds_one_connection(table):

@@ -297,9 +297,10 @@ def test_prepared_statements_and_eviction(table):
 @pytest.mark.parametrize("iso", ["READ_COMMITTED", "REPEATABLE_READ", "SERIALIZABLE"])
 @pytest.mark.parametrize("readonly", [False, True], ids=["rw", "ro"])
 def test_transaction_isolation_and_readonly(table, iso, readonly):
-    with connect() as setup:
-        setup.execute(sql.SQL("CREATE TABLE {} (id int)").format(q(table)))
-    with connect(autocommit=False) as c:
+    with connect() as c:
+        # same connection: causal consistency is per session
+        c.execute(sql.SQL("CREATE TABLE {} (id int)").format(q(table)))
+        c.autocommit = False
         c.isolation_level = getattr(psycopg.IsolationLevel, iso)
         c.read_only = readonly
         row = c.execute("SELECT current_setting('transaction_isolation'), current_setting('transaction_read_only')").fetchone()
