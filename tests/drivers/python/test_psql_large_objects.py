@@ -12,10 +12,13 @@ PSQL = os.environ.get("PALISADE_PSQL", "psql")
 # Each psql call has its own deadline, well inside the test's pytest-timeout, so a
 # hang fails here (psql is killed) rather than by SIGALRM somewhere in pytest.
 def psql(*args, timeout=15):
+    hung = False
     try:
         return subprocess.run([PSQL, "-X", "-v", "ON_ERROR_STOP=1", *args], env=psql_env(), capture_output=True,
                               text=True, timeout=timeout)
     except subprocess.TimeoutExpired:
+        hung = True
+    if hung:  # outside the except block: no chained subprocess traceback
         pytest.fail("psql %r hung: no answer within %ds" % (args, timeout))
 
 
