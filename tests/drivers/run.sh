@@ -54,7 +54,7 @@ for s in $suites; do
       junit=()
       [[ -n "${PALISADE_REPORT_DIR:-}" ]] && mkdir -p "$PALISADE_REPORT_DIR" && junit=(--junitxml "$PALISADE_REPORT_DIR/python.xml")
       (cd "$here/python" && timeout -k 10 "$suite_timeout" .venv/bin/python -m pytest \
-        --timeout "$PALISADE_TEST_TIMEOUT" "${junit[@]}" "$@")
+        --timeout "$(( ${PALISADE_TEST_TIMEOUT%.*} * 3 + 60 ))" "${junit[@]}" "$@")
       r=$?
       ;;
     node)

@@ -12,6 +12,16 @@ from urllib.parse import quote
 
 import pytest
 
+try:
+    # psycopg2 (directly and under SQLAlchemy) waits in Python (select) instead of
+    # inside libpq, so that the suite's SIGALRM deadlines can interrupt a hang.
+    import psycopg2.extensions
+    import psycopg2.extras
+
+    psycopg2.extensions.set_wait_callback(psycopg2.extras.wait_select)
+except ImportError:  # pragma: no cover
+    pass
+
 HOST = os.environ.get("PALISADE_HOST", "127.0.0.1")
 PORT = int(os.environ.get("PALISADE_PORT", "6432"))
 USER = os.environ.get("PALISADE_USER", "postgres")
@@ -65,7 +75,7 @@ def _drop(name):
         kw = kwargs()
     try:
         with psycopg.connect(autocommit=True, **kw) as c:
-            c.execute("SET statement_timeout = '20s'")
+            c.execute("SET lock_timeout = '2s'")  # a hung session may hold the table's lock
             c.execute('DROP TABLE IF EXISTS "%s"' % name)
     except Exception as e:  # teardown must not hide the test's own failure
         print("drop of %s failed: %r" % (name, e))
@@ -110,3 +120,70 @@ SET_FORMS = [
 SET_IDS = ["time_zone_utc", "time_zone_tokyo", "datestyle_list", "custom_placeholder", "set_config",
            "search_path", "xml_option"]
 SET_PROBES = 50
+
+
+# ---- deadlines ------------------------------------------------------------------
+# A hang must be a failure, not a stuck suite. pytest-timeout's signal method
+# fires once: a driver's cleanup (psycopg's pipeline exit, a pool's rollback)
+# then waits on the same hung connection for ever. So each phase of a test
+# (setup, call, teardown) gets its own SIGALRM that raises pytest's Failed
+# after PALISADE_TEST_TIMEOUT seconds and again every few seconds until the
+# phase is over. `@pytest.mark.deadline(s)` gives a test a budget of its own.
+# pytest-timeout stays as the last resort (thread method, a much longer limit
+# set by run.sh): it dumps every stack and ends the process.
+import signal  # noqa: E402
+
+TEST_TIMEOUT = float(os.environ.get("PALISADE_TEST_TIMEOUT", "60"))
+REFIRE = 3.0
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "deadline(seconds): this test's own hang deadline")
+
+
+def _budget(item):
+    m = item.get_closest_marker("deadline")
+    return float(m.args[0]) if m else TEST_TIMEOUT
+
+
+def _armed(item, phase):
+    budget = _budget(item)
+
+    def on_alarm(signum, frame):
+        pytest.fail("hung: %s of %s still running after %.0fs" % (phase, item.name, budget), pytrace=False)
+
+    old = signal.signal(signal.SIGALRM, on_alarm)
+    signal.setitimer(signal.ITIMER_REAL, budget, REFIRE)
+    return old
+
+
+def _disarm(old):
+    signal.setitimer(signal.ITIMER_REAL, 0, 0)
+    signal.signal(signal.SIGALRM, old)
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_setup(item):
+    old = _armed(item, "setup")
+    try:
+        yield
+    finally:
+        _disarm(old)
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_call(item):
+    old = _armed(item, "call")
+    try:
+        yield
+    finally:
+        _disarm(old)
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_teardown(item, nextitem):
+    old = _armed(item, "teardown")
+    try:
+        yield
+    finally:
+        _disarm(old)

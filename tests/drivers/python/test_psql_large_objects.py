@@ -22,7 +22,7 @@ def psql(*args, timeout=15):
         pytest.fail("psql %r hung: no answer within %ds" % (args, timeout))
 
 
-@pytest.mark.timeout(120)
+@pytest.mark.deadline(120)
 def test_psql_lo_import_export_unlink(tmp_path):
     src, dst = tmp_path / "in.bin", tmp_path / "out.bin"
     payload = os.urandom(2 * 1024 * 1024 + 17)
@@ -40,7 +40,7 @@ def test_psql_lo_import_export_unlink(tmp_path):
     assert r.stdout.strip() == "0"
 
 
-@pytest.mark.timeout(120)
+@pytest.mark.deadline(120)
 def test_psql_big_literal_from_file(tmp_path):
     f = tmp_path / "big.sql"
     f.write_text("SELECT length('" + "x" * 1_000_000 + "');\n")

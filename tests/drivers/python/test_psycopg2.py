@@ -15,7 +15,7 @@ from psycopg2 import sql
 
 from conftest import BIG, COPY_ROWS, ROUNDS, SET_FORMS, SET_IDS, SET_PROBES, kwargs, primary_count
 
-# Wait in Python (select) instead of inside libpq, so that pytest-timeout's
+# Wait in Python (select) instead of inside libpq, so that the suite's
 # SIGALRM can interrupt a hung query: a hang becomes a failure.
 psycopg2.extensions.set_wait_callback(psycopg2.extras.wait_select)
 
@@ -114,7 +114,7 @@ def test_row_of_1000_columns(table):
         c.close()
 
 
-@pytest.mark.timeout(60)
+@pytest.mark.deadline(60)
 def test_copy_expert_100k_in_and_out(table):
     blocking(lambda c: _copy_expert(c, table))
     assert primary_count(table) in (None, COPY_ROWS)
@@ -204,7 +204,7 @@ def test_errors_leave_session_usable(table):
         c.close()
 
 
-@pytest.mark.timeout(60)
+@pytest.mark.deadline(60)
 def test_large_object_lobject():
     blocking(_lobject)
 

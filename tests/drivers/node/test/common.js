@@ -41,7 +41,7 @@ async function drop(name) {
     c = new pg.Client({ ...(primaryConfig || config) })
     c.on('error', () => {})
     await c.connect()
-    await c.query(`SET statement_timeout = '20s'`)
+    await c.query(`SET lock_timeout = '2s'`) // a hung session may hold the table's lock
     await c.query(`DROP TABLE IF EXISTS "${name}"`)
   } catch (e) {
     console.error(`drop of ${name} failed: ${e.message}`)
