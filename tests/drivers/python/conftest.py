@@ -134,6 +134,7 @@ SET_PROBES = 50
 import signal  # noqa: E402
 
 TEST_TIMEOUT = float(os.environ.get("PALISADE_TEST_TIMEOUT", "60"))
+HERE = os.path.dirname(os.path.abspath(__file__))
 REFIRE = 3.0
 
 
@@ -150,7 +151,24 @@ def _armed(item, phase):
     budget = _budget(item)
 
     def on_alarm(signum, frame):
-        pytest.fail("hung: %s of %s still running after %.0fs" % (phase, item.name, budget), pytrace=False)
+        where = ""
+        f = frame
+        while f is not None:  # the innermost line of the suite's own code that is waiting
+            if os.path.dirname(os.path.abspath(f.f_code.co_filename)) == HERE:
+                where = " at %s:%d" % (os.path.basename(f.f_code.co_filename), f.f_lineno)
+                break
+            f = f.f_back
+        try:  # asyncio: the suite's own coroutine that is waiting
+            import asyncio
+
+            loop = asyncio._get_running_loop()
+            for task in asyncio.all_tasks(loop) if loop else ():
+                for fr in task.get_stack():
+                    if os.path.dirname(os.path.abspath(fr.f_code.co_filename)) == HERE:
+                        where = " at %s:%d" % (os.path.basename(fr.f_code.co_filename), fr.f_lineno)
+        except Exception:  # noqa
+            pass
+        pytest.fail("hung: %s of %s still running after %.0fs%s" % (phase, item.name, budget, where), pytrace=False)
 
     old = signal.signal(signal.SIGALRM, on_alarm)
     signal.setitimer(signal.ITIMER_REAL, budget, REFIRE)
