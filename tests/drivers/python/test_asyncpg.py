@@ -43,6 +43,16 @@ def test_bytea_param_5mb_roundtrip():
     run(body())
 
 
+def test_5mb_result_from_server():
+    async def body():
+        c = await connect()
+        row = await c.fetchrow("SELECT repeat('x', $1::int) AS t, decode(repeat('ab', $2::int), 'hex') AS b",
+                               BIG, BIG // 2)
+        assert len(row["t"]) == BIG and row["b"] == b"\xab" * (BIG // 2)
+        await c.close()
+    run(body())
+
+
 def test_literal_5mb_simple_query():
     async def body():
         c = await connect()

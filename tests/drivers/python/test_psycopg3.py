@@ -39,6 +39,15 @@ def test_bytea_param_5mb_roundtrip(binary):
         assert bytes(row[0]) == value
 
 
+@pytest.mark.parametrize("binary", [False, True], ids=["text", "binary"])
+def test_5mb_result_from_server(binary):
+    # only the result is big: the proxy-to-client direction on its own
+    with connect() as c:
+        row = c.cursor(binary=binary).execute(
+            "SELECT repeat('x', %s), decode(repeat('ab', %s), 'hex')", [BIG, BIG // 2]).fetchone()
+        assert len(row[0]) == BIG and bytes(row[1]) == b"\xab" * (BIG // 2)
+
+
 def test_literal_5mb_simple_query():
     # No parameters: psycopg 3 sends this as a simple Query message of 5 MB.
     with connect() as c:

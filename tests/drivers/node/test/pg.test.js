@@ -35,6 +35,12 @@ t('Buffer (bytea) parameter of 5 MB round trip', async (c) => {
   assert.ok(Buffer.compare(r.rows[0].v, v) === 0)
 })
 
+t('5 MB result from the server (text and bytea)', async (c) => {
+  const r = await c.query(`SELECT repeat('x', $1::int) AS t, decode(repeat('ab', $2::int), 'hex') AS b`, [BIG, BIG / 2])
+  assert.equal(r.rows[0].t.length, BIG)
+  assert.ok(Buffer.compare(r.rows[0].b, Buffer.alloc(BIG / 2, 0xab)) === 0)
+})
+
 t('literal of 5 MB in a simple query', async (c) => {
   const r = await c.query("SELECT length('" + 'y'.repeat(BIG) + "') AS n")
   assert.equal(r.rows[0].n, BIG)
