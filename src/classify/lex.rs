@@ -34,6 +34,38 @@ pub(crate) fn leading_hint(sql: &str) -> Option<Hint> {
     }
 }
 
+/// The session effects the first words of `sql` make certain, for a string
+/// too long to tokenize and parse (a huge literal in `CREATE TEMP TABLE …
+/// AS SELECT` still pins the session).
+pub(crate) fn leading_effects(sql: &str) -> Vec<SessionEffect> {
+    let bytes = sql.as_bytes();
+    let mut words = Vec::new();
+    let mut i = 0;
+    while words.len() < 5 && i < bytes.len() {
+        let rest = &bytes[i..];
+        if rest[0].is_ascii_whitespace() {
+            i += 1;
+        } else if rest.starts_with(b"--") {
+            i += rest.iter().position(|&b| b == b'\n').unwrap_or(rest.len());
+        } else if rest.starts_with(b"/*") {
+            i += 2 + block_comment(&rest[2..]).1;
+        } else {
+            let len = rest
+                .iter()
+                .position(|b| !(b.is_ascii_alphanumeric() || *b == b'_'))
+                .unwrap_or(rest.len());
+            if len == 0 {
+                break;
+            }
+            words.push(sql[i..i + len].to_ascii_uppercase());
+            i += len;
+        }
+    }
+    let mut effects = Vec::new();
+    statement_effects(&words, &mut effects);
+    effects
+}
+
 /// For the text after a `/*`: the length of the comment body and the bytes
 /// consumed including the closing `*/`. PostgreSQL block comments nest.
 fn block_comment(s: &[u8]) -> (usize, usize) {

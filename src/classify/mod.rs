@@ -302,7 +302,7 @@ pub fn classify(sql: &str, volatile: &HashSet<String>) -> Classification {
 
 fn classify_parts(sql: &str, volatile: &HashSet<String>) -> Part {
     if sql.len() > MAX_SQL_LEN {
-        return Part::write(Reason::Unparsable);
+        return Part::write(Reason::Unparsable).with_effects(lex::leading_effects(sql));
     }
     let dialect = PostgreSqlDialect {};
     let Ok(tokens) = Tokenizer::new(&dialect, sql).tokenize_with_location() else {

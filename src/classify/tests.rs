@@ -610,6 +610,19 @@ fn set_xml_option_follows_the_session_though_sqlparser_has_no_such_form() {
 }
 
 #[test]
+fn a_string_too_long_to_parse_still_pins_by_its_first_words() {
+    let big = "x".repeat(MAX_SQL_LEN);
+    let sql = format!("/* load */ CREATE TEMP TABLE big AS SELECT length('{big}')");
+    let c = classify(&sql, &volatile());
+    assert_eq!((c.class, &c.reason), (Write, &Reason::Unparsable));
+    assert_eq!(c.effects, [E::Pin(PinReason::TempObject)]);
+    let c = classify(&format!("INSERT INTO t VALUES ('{big}')"), &volatile());
+    assert!(c.effects.is_empty(), "an ordinary big write pins nothing");
+    let c = classify(&format!("é{big}"), &volatile());
+    assert!(c.effects.is_empty());
+}
+
+#[test]
 fn listen_and_temp_object_pin_effects() {
     use PinReason::*;
     assert_eq!(effects("LISTEN jobs"), [E::Pin(Listen)]);

@@ -353,7 +353,10 @@ fn a_batch_that_only_prepared_before_flush_may_be_closed_with_a_sync_of_our_own(
     assert!(c.may_close_with_own_sync());
     let mut out = BytesMut::new();
     c.sent_with_own_sync(&mut out);
-    assert!(out.ends_with(&[b'S', 0, 0, 0, 4]), "a Sync follows the batch");
+    assert!(
+        out.ends_with(&[b'S', 0, 0, 0, 4]),
+        "a Sync follows the batch"
+    );
     assert!(!c.continues(), "what follows is a batch of its own");
 
     // Once something is bound or executed before the Flush, the rest must follow it.

@@ -158,7 +158,11 @@ fn the_ready_for_query_of_the_proxys_own_sync_is_not_relayed() {
     ready(&mut pending, b'I');
     let mut client = BytesMut::new();
     let (sent, status) = r.relay(&mut pending, &mut client).unwrap().unwrap();
-    assert_eq!(&client[..], &replies[..], "everything but the ReadyForQuery");
+    assert_eq!(
+        &client[..],
+        &replies[..],
+        "everything but the ReadyForQuery"
+    );
     assert_eq!(sent.unwrap().parse_ok, 1);
     assert_eq!(status, TxnStatus::Idle);
     assert_eq!(r.phase, Phase::Ready(TxnStatus::Idle));

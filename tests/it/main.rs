@@ -12,6 +12,7 @@ mod balance;
 mod catalog;
 mod cluster;
 mod consistency;
+mod drivers;
 mod failures;
 mod pool;
 mod relay;
