@@ -181,6 +181,24 @@ async fn batch(stream: &mut TcpStream, statements: &[String]) -> Vec<String> {
 }
 
 /// Reads up to ReadyForQuery; returns the first column of every DataRow.
+/// A raw protocol connection through `proxy` as the (trusted) superuser,
+/// ready for query.
+async fn raw_client(proxy: &Proxy, app: &str) -> TcpStream {
+    let cluster = shared_cluster();
+    let mut stream = TcpStream::connect(proxy.local_addr()).await.unwrap();
+    let packet = startup_packet(
+        196_608,
+        &[
+            ("user", cluster.superuser()),
+            ("database", "postgres"),
+            ("application_name", app),
+        ],
+    );
+    stream.write_all(&packet).await.unwrap();
+    until_ready(&mut stream, "startup").await;
+    stream
+}
+
 async fn until_ready(stream: &mut TcpStream, what: &str) -> Vec<String> {
     let mut values = Vec::new();
     loop {
@@ -208,17 +226,7 @@ async fn an_extended_batch_is_routed_as_a_whole_up_to_sync() {
     let setup = client(&proxy, shared_cluster(), "routing-batch").await;
     fresh_table(&setup, &table, "x int").await;
 
-    let mut stream = TcpStream::connect(proxy.local_addr()).await.unwrap();
-    let packet = startup_packet(
-        196_608,
-        &[
-            ("user", cluster.superuser()),
-            ("database", "postgres"),
-            ("application_name", "routing-batch"),
-        ],
-    );
-    stream.write_all(&packet).await.unwrap();
-    until_ready(&mut stream, "startup").await;
+    let mut stream = raw_client(&proxy, "routing-batch").await;
 
     let port = "SELECT inet_server_port()".to_owned();
     let write = format!("INSERT INTO {table} VALUES (1) RETURNING inet_server_port()");
@@ -254,13 +262,7 @@ async fn a_read_prepared_with_flush_does_not_decide_where_the_next_write_goes() 
     let table = unique("routing_flush");
     let setup = client(&proxy, shared_cluster(), "routing-flush").await;
     fresh_table(&setup, &table, "x int").await;
-    let mut stream = TcpStream::connect(proxy.local_addr()).await.unwrap();
-    let packet = startup_packet(
-        196_608,
-        &[("user", cluster.superuser()), ("database", "postgres")],
-    );
-    stream.write_all(&packet).await.unwrap();
-    until_ready(&mut stream, "startup").await;
+    let mut stream = raw_client(&proxy, "routing-flush").await;
     for round in 0..4 {
         let name = format!("s{round}");
         let mut out = Vec::new();
