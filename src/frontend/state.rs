@@ -121,6 +121,15 @@ impl SessionState {
             .is_some_and(|(_, v)| is_true(v))
     }
 
+    /// `default_transaction_isolation` as the session has set it is
+    /// serializable.
+    pub fn serializable_default(&self) -> bool {
+        self.settings
+            .iter()
+            .find(|(n, _)| n == "default_transaction_isolation")
+            .is_some_and(|(_, v)| v.trim_matches('\'').eq_ignore_ascii_case("serializable"))
+    }
+
     /// Takes and clears the "function DDL ran" flag.
     pub fn take_catalog_changed(&mut self) -> bool {
         std::mem::take(&mut self.catalog_changed)
@@ -497,6 +506,24 @@ mod tests {
         assert!(s.read_only_default());
         s.settle(&[set("default_transaction_read_only", "false")], false, I);
         assert!(!s.read_only_default());
+    }
+
+    #[test]
+    fn serializable_default_follows_the_setting() {
+        let mut s = SessionState::default();
+        assert!(!s.serializable_default());
+        s.settle(
+            &[set("default_transaction_isolation", "'SERIALIZABLE'")],
+            false,
+            I,
+        );
+        assert!(s.serializable_default());
+        s.settle(
+            &[set("default_transaction_isolation", "'repeatable read'")],
+            false,
+            I,
+        );
+        assert!(!s.serializable_default());
     }
 
     #[test]

@@ -296,6 +296,7 @@ const IDLE: S = S(SessionFacts {
     held: None,
     pinned: false,
     read_only_default: false,
+    serializable_default: false,
     choice: ReadChoice {
         level: None,
         max_staleness: None,
@@ -328,6 +329,10 @@ impl S {
     }
     const fn ro_default(mut self) -> S {
         self.0.read_only_default = true;
+        self
+    }
+    const fn serializable(mut self) -> S {
+        self.0.serializable_default = true;
         self
     }
     const fn level(mut self, level: Consistency) -> S {
@@ -634,6 +639,9 @@ const ROWS: &[Row] = &[
     ("pinned: a read waits out a pause", Cl::Paused, Cf::Default, READ, EVENTUAL.pinned(), Pause),
     ("pinned: a replica hint changes nothing", Cl::Fresh, Cf::Default, READ.hint(Eventual), IDLE.pinned(), P(0)),
     ("pinned: read-only transaction too", Cl::Fresh, Cf::Default, BEGIN_RO, EVENTUAL.pinned(), P(0)),
+    ("serializable default: a read on the primary", Cl::Fresh, Cf::Default, READ, EVENTUAL.serializable(), P(0)),
+    ("serializable default: a read-only transaction too", Cl::Fresh, Cf::Default, BEGIN_RO, EVENTUAL.serializable(), P(0)),
+    ("serializable default: strong reads unchanged", Cl::Fresh, Cf::Default, READ, STRONG.serializable(), P(0)),
     ("begin: a transaction goes to the primary", Cl::Fresh, Cf::Default, BEGIN, EVENTUAL, P(0)),
     ("begin: paused", Cl::Paused, Cf::Default, BEGIN, EVENTUAL, Pause),
     ("begin: read only on a replica", Cl::Fresh, Cf::Default, BEGIN_RO, EVENTUAL, R(1)),

@@ -105,6 +105,9 @@ pub struct SessionFacts {
     pub pinned: bool,
     /// `default_transaction_read_only` is on.
     pub read_only_default: bool,
+    /// `default_transaction_isolation` is serializable: hot standbys refuse
+    /// every transaction it starts, implicit ones included.
+    pub serializable_default: bool,
     /// What it chose with `SET palisade.*`.
     pub choice: ReadChoice,
     /// At or past its last write that has been located.
@@ -210,13 +213,14 @@ pub fn locate_writes(topology: &Topology) -> Result<usize, NoRoute> {
 }
 
 /// The consistency of the batch's reads; `None` when it is not a read (it
-/// writes, or the session is pinned to the primary).
+/// writes, the session is pinned to the primary, or its transactions are
+/// serializable, which no hot standby runs).
 pub fn read_level(
     batch: &BatchFacts,
     session: &SessionFacts,
     policy: &Policy,
 ) -> Option<Consistency> {
-    let read = if session.pinned {
+    let read = if session.pinned || session.serializable_default {
         false
     } else if let Some(read_only) = batch.begin {
         read_only || session.read_only_default

@@ -489,6 +489,28 @@ async fn serializable_read_only_transactions_run_on_the_primary() {
 }
 
 #[tokio::test]
+async fn a_serializable_session_default_keeps_reads_on_the_primary() {
+    // Hot standbys refuse every serializable transaction, implicit ones too.
+    let (_proxy, client) = routed("routing-serializable-default").await;
+    for set in [
+        "SET default_transaction_isolation = serializable",
+        "SET SESSION CHARACTERISTICS AS TRANSACTION ISOLATION LEVEL SERIALIZABLE",
+    ] {
+        client.batch_execute(set).await.unwrap();
+        let mut seen = reads(&client, 4).await;
+        client.batch_execute("BEGIN READ ONLY").await.unwrap();
+        seen.extend(reads(&client, 2).await);
+        client.batch_execute("COMMIT").await.unwrap();
+        assert_all_primary(&seen, set);
+        client
+            .batch_execute("RESET default_transaction_isolation")
+            .await
+            .unwrap();
+    }
+    assert_spread_over_replicas(&reads(&client, 6).await, "reads after RESET");
+}
+
+#[tokio::test]
 async fn a_failed_transaction_stays_on_its_node_until_rollback() {
     let (_proxy, client) = routed("routing-failed-txn").await;
     for begin in ["BEGIN", "BEGIN READ ONLY"] {

@@ -218,6 +218,7 @@ impl Session {
             held: self.link.node(),
             pinned: self.state.is_pinned(),
             read_only_default: self.state.read_only_default(),
+            serializable_default: self.state.serializable_default(),
             choice: self.state.reads,
             write_lsn: self.state.write_lsn,
             unlocated_writes: self.state.writes.unlocated,
