@@ -17,20 +17,11 @@ pub(crate) fn leading_hint(sql: &str) -> Option<Hint> {
         while i < bytes.len() && bytes[i].is_ascii_whitespace() {
             i += 1;
         }
-        let rest = &bytes[i..];
-        let (body, next) = if rest.starts_with(b"--") {
-            let end = rest.iter().position(|&b| b == b'\n').unwrap_or(rest.len());
-            (&rest[2..end], i + end)
-        } else if rest.starts_with(b"/*") {
-            let (body_len, consumed) = block_comment(&rest[2..]);
-            (&rest[2..2 + body_len], i + 2 + consumed)
-        } else {
-            return None;
-        };
+        let (body, consumed) = comment(&bytes[i..])?;
         if let Some(hint) = parse_hint(body) {
             return Some(hint);
         }
-        i = next;
+        i += consumed;
     }
 }
 
@@ -45,10 +36,8 @@ pub(crate) fn leading_effects(sql: &str) -> Vec<SessionEffect> {
         let rest = &bytes[i..];
         if rest[0].is_ascii_whitespace() {
             i += 1;
-        } else if rest.starts_with(b"--") {
-            i += rest.iter().position(|&b| b == b'\n').unwrap_or(rest.len());
-        } else if rest.starts_with(b"/*") {
-            i += 2 + block_comment(&rest[2..]).1;
+        } else if let Some((_, consumed)) = comment(rest) {
+            i += consumed;
         } else {
             let len = rest
                 .iter()
@@ -64,6 +53,20 @@ pub(crate) fn leading_effects(sql: &str) -> Vec<SessionEffect> {
     let mut effects = Vec::new();
     statement_effects(&words, &mut effects);
     effects
+}
+
+/// The comment `s` starts with, if any (`--` to the end of the line, or a
+/// block comment): its body and the bytes it takes.
+fn comment(s: &[u8]) -> Option<(&[u8], usize)> {
+    if s.starts_with(b"--") {
+        let end = s.iter().position(|&b| b == b'\n').unwrap_or(s.len());
+        Some((&s[2..end], end))
+    } else if s.starts_with(b"/*") {
+        let (body_len, consumed) = block_comment(&s[2..]);
+        Some((&s[2..2 + body_len], 2 + consumed))
+    } else {
+        None
+    }
 }
 
 /// For the text after a `/*`: the length of the comment body and the bytes
