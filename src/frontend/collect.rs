@@ -243,10 +243,9 @@ impl Collector {
     /// The due batch was sent with a Sync of the proxy's own after it
     /// ([`Collector::may_close_with_own_sync`]): the next batch starts afresh.
     pub fn sent_with_own_sync(&mut self, out: &mut BytesMut) {
-        out.extend_from_slice(&self.batch);
-        out.extend_from_slice(&SYNC);
-        self.stage = Stage::Gathering;
-        self.clear();
+        self.batch.extend_from_slice(&SYNC);
+        self.plan.requests += 1;
+        self.sent(out);
     }
 
     /// The due batch was sent: its frames go to `out`. A batch without a
