@@ -23,6 +23,7 @@ use tracing::{info, warn, Instrument};
 use crate::admin::Console;
 use crate::backend::pool::ServerPool;
 use crate::config::{Config, ConfigError};
+use crate::control::commits::{CommitLog, Sampler};
 use crate::control::driver::{Driver, Wiring};
 use crate::control::handle::Request;
 use crate::control::monitor;
@@ -142,7 +143,16 @@ impl Proxy {
             refresher.preload(&config.backend.database, limit).await;
             tasks.push(spawn_named("catalog", refresher.run()));
         }
+        let commits = Arc::new(CommitLog::default());
+        let sampler = Sampler::new(
+            commits.clone(),
+            &config,
+            topology.clone(),
+            shutdown_rx.clone(),
+        );
+        tasks.push(spawn_named("commits", sampler.run()));
         let shared = Arc::new(Shared {
+            commits,
             pool,
             auth: Authenticator::new(&config),
             loads: NodeLoads::new(config.nodes.len()),

@@ -461,7 +461,7 @@ mod tests {
                 .map(|(_, v)| v.as_str())
         };
         assert_eq!(get("proxy.listen"), Some("127.0.0.1:6432"));
-        assert_eq!(get("consistency.level"), Some("causal"));
+        assert_eq!(get("consistency.level"), Some("read-after-commit"));
         assert_eq!(get("routing.load_balance"), Some("round-robin"));
         assert_eq!(get("nodes[0].port"), Some("5432"));
         assert_eq!(get("users[0].name"), Some("app"));

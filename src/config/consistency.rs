@@ -19,9 +19,14 @@ const MAX_LAG_MS: u64 = 604_800_000;
 pub enum Consistency {
     /// Every read on the primary.
     Strong,
+    /// A read sees every write acknowledged through this proxy before the
+    /// read arrived, on any connection: a replica serves it only once it
+    /// has replayed them.
+    #[default]
+    #[serde(rename = "read-after-commit", alias = "read_after_commit")]
+    ReadAfterCommit,
     /// Read-your-writes: a replica serves a session's read only once it has
     /// replayed that session's last write.
-    #[default]
     Causal,
     /// Replicas within `max_lag_bytes` and `max_lag_ms`.
     Bounded,
@@ -33,16 +38,24 @@ impl Consistency {
     pub fn name(self) -> &'static str {
         match self {
             Consistency::Strong => "strong",
+            Consistency::ReadAfterCommit => "read-after-commit",
             Consistency::Causal => "causal",
             Consistency::Bounded => "bounded",
             Consistency::Eventual => "eventual",
         }
     }
 
-    /// The level named `name` (as in config, `SET palisade.consistency` and hints).
+    /// The level named `name` (as in config, `SET palisade.consistency` and
+    /// hints; `read_after_commit` is taken too).
     pub fn from_name(name: &str) -> Option<Consistency> {
+        let name = if name.eq_ignore_ascii_case("read_after_commit") {
+            "read-after-commit"
+        } else {
+            name
+        };
         [
             Consistency::Strong,
+            Consistency::ReadAfterCommit,
             Consistency::Causal,
             Consistency::Bounded,
             Consistency::Eventual,
@@ -86,8 +99,10 @@ pub struct ConsistencyConfig {
     pub max_lag_bytes: u64,
     /// `bounded`: the most a replica's data may be stale, in milliseconds.
     pub max_lag_ms: u64,
-    /// `causal`: how long a read waits for a replica to replay the
-    /// session's last write before the primary serves it.
+    /// `read-after-commit` and `causal`: how long a read waits for a
+    /// replica to replay the writes it must see (and, for
+    /// `read-after-commit`, for their position to be sampled) before the
+    /// primary serves it.
     pub causal_wait_ms: u64,
     pub on_no_replica: OnNoReplica,
     pub partition_mode: PartitionMode,
@@ -96,7 +111,7 @@ pub struct ConsistencyConfig {
 impl Default for ConsistencyConfig {
     fn default() -> Self {
         ConsistencyConfig {
-            level: Consistency::Causal,
+            level: Consistency::ReadAfterCommit,
             max_lag_bytes: 16 * 1024 * 1024,
             max_lag_ms: 1_000,
             causal_wait_ms: 50,

@@ -4,11 +4,13 @@
 //! the single writer that feeds it, carries out its actions and publishes
 //! the snapshot read off its state ([`snapshot`], [`lag`]), along with the
 //! catalog of VOLATILE functions loaded from the primary ([`functions`],
-//! kept current by the [`refresher`]).
+//! kept current by the [`refresher`]), and the primary's WAL position that
+//! `read-after-commit` reads wait for ([`commits`]).
 //! Nothing here is on a client's request path; the data plane only reads
 //! what it publishes, and the admin console talks to the driver through a
 //! [`ControlHandle`]. The proxy ([`crate::proxy`]) wires it all.
 
+pub mod commits;
 pub mod driver;
 pub mod epoch;
 pub mod failover;

@@ -47,7 +47,7 @@ pub fn probers(
     (0..config.nodes.len())
         .map(|node| Prober {
             node,
-            pool: probe_pool(config, node),
+            pool: probe_pool(config, node, "palisade-monitor"),
             interval: config.monitor.probe_interval(),
             connect_timeout: config.proxy.connect_timeout(),
             timeout: config.monitor.probe_timeout(),
@@ -57,14 +57,15 @@ pub fn probers(
         .collect()
 }
 
-fn probe_pool(config: &Config, node: usize) -> Pool {
+/// A one-connection pool to `node` with the backend's credentials.
+pub(super) fn probe_pool(config: &Config, node: usize, application: &str) -> Pool {
     let n = &config.nodes[node];
     let mut pg = tokio_postgres::Config::new();
     pg.host(&n.host)
         .port(n.port)
         .user(&config.backend.user)
         .dbname(&config.backend.database)
-        .application_name("palisade-monitor")
+        .application_name(application)
         .connect_timeout(config.proxy.connect_timeout());
     if let Some(password) = &config.backend.password {
         pg.password(password);

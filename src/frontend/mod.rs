@@ -28,6 +28,7 @@ use crate::admin;
 use crate::backend::pool::{CheckoutError, PoolKey, ServerPool};
 use crate::backend::{self, ConnectError, Login, ServerConn};
 use crate::config::Config;
+use crate::control::commits::CommitLog;
 use crate::protocol::startup::{read_startup, StartupError, StartupPacket};
 use crate::protocol::{messages, take_frame, Sqlstate};
 use crate::route::{self, BatchFacts, Decision, NoRoute, Policy, Purpose, ReadPolicy};
@@ -54,6 +55,9 @@ pub struct Shared {
     pub tickets: AtomicU64,
     /// Statements the classifier could not parse (sent to the primary).
     pub unparsable: AtomicU64,
+    /// Commits acknowledged through the proxy, and where the primary's
+    /// WAL stood after them (`read-after-commit` reads).
+    pub commits: Arc<CommitLog>,
     /// The admin console's way to the control plane.
     pub admin: admin::Console,
     pub shutdown: watch::Receiver<bool>,

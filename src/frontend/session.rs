@@ -327,7 +327,10 @@ impl Session {
         let (Some(sent), Some(conn)) = (answer.sent, self.link.conn_mut()) else {
             return;
         };
-        self.state.answered(&sent, answer.status, &mut conn.carried);
+        if self.state.answered(&sent, answer.status, &mut conn.carried) {
+            // Before the client hears of it: any read it sends after sees it.
+            self.shared.commits.committed();
+        }
         if self.state.take_catalog_changed() {
             self.classifier.functions_changed();
         }

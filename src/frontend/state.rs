@@ -73,9 +73,11 @@ pub struct Writes {
 }
 
 impl Writes {
-    /// `sent` was answered with transaction status `status`.
-    fn note(&mut self, sent: &Sent, status: TxnStatus) {
+    /// `sent` was answered with transaction status `status`; `true` when
+    /// that answer acknowledges a commit of something it wrote.
+    fn note(&mut self, sent: &Sent, status: TxnStatus) -> bool {
         let before = std::mem::replace(&mut self.last_status, status);
+        let mut committed = false;
         if sent.on_primary {
             let opens = matches!(sent.effects.first(), Some(SessionEffect::Begin { .. }));
             let commits = sent
@@ -85,12 +87,14 @@ impl Writes {
             if (before != TxnStatus::Idle || opens) && !commits {
                 self.in_transaction = true;
             } else {
-                self.unlocated = true;
+                committed = true;
             }
         }
         if status == TxnStatus::Idle {
-            self.unlocated |= std::mem::take(&mut self.in_transaction) && !sent.rolls_back;
+            committed |= std::mem::take(&mut self.in_transaction) && !sent.rolls_back;
         }
+        self.unlocated |= committed;
+        committed
     }
 }
 
@@ -168,9 +172,10 @@ impl SessionState {
     }
 
     /// One request answered on `conn` with `status`: settles what it
-    /// changed, here and in what `conn` is known to hold.
-    pub fn answered(&mut self, sent: &Sent, status: TxnStatus, conn: &mut Carried) {
-        self.writes.note(sent, status);
+    /// changed, here and in what `conn` is known to hold. `true` when the
+    /// answer acknowledges a commit of something the session wrote.
+    pub fn answered(&mut self, sent: &Sent, status: TxnStatus, conn: &mut Carried) -> bool {
+        let committed = self.writes.note(sent, status);
         if sent.failed {
             // Statements the server did not confirm do not exist.
             for (name, fingerprint) in sent.parsed.iter().skip(sent.parse_ok) {
@@ -181,7 +186,7 @@ impl SessionState {
             }
         }
         if sent.effects.is_empty() && !sent.failed && status == TxnStatus::InTransaction {
-            return;
+            return committed;
         }
         self.settle(&sent.effects, sent.failed, status);
         if !sent.failed {
@@ -198,6 +203,7 @@ impl SessionState {
         if conn.settings != self.settings {
             conn.settings.clone_from(&self.settings);
         }
+        committed
     }
 
     /// Applies the effects of one answered request. `failed` says the
@@ -556,37 +562,32 @@ mod tests {
     fn writes_count_once_they_may_have_committed() {
         let begin = SessionEffect::Begin { read_only: false };
         let mut w = Writes::default();
-        w.note(&sent(false, vec![], false), I);
+        assert!(!w.note(&sent(false, vec![], false), I));
         assert!(!w.unlocated, "a read on a replica");
-        w.note(&sent(true, vec![], false), I);
+        assert!(w.note(&sent(true, vec![], false), I), "acknowledged");
         assert!(w.unlocated, "an autocommit write");
+        assert!(w.note(&sent(true, vec![], false), I), "each write counts");
 
         // BEGIN; INSERT; COMMIT in three requests.
         let mut w = Writes::default();
-        w.note(&sent(true, vec![begin.clone()], false), T);
-        w.note(&sent(true, vec![], false), T);
+        assert!(!w.note(&sent(true, vec![begin.clone()], false), T));
+        assert!(!w.note(&sent(true, vec![], false), T));
         assert!(!w.unlocated && w.in_transaction, "not committed yet");
-        w.note(&sent(true, vec![SessionEffect::Commit], false), I);
+        assert!(w.note(&sent(true, vec![SessionEffect::Commit], false), I));
         assert!(w.unlocated && !w.in_transaction);
 
         // BEGIN; INSERT; then an error and ROLLBACK.
         let mut w = Writes::default();
         w.note(&sent(true, vec![begin.clone()], false), T);
         w.note(&sent(true, vec![], false), E);
-        w.note(&sent(true, vec![SessionEffect::Rollback], true), I);
+        assert!(!w.note(&sent(true, vec![SessionEffect::Rollback], true), I));
         assert!(!w.unlocated && !w.in_transaction, "rolled back");
 
         // One string that commits and opens another transaction, then a
         // ROLLBACK of only the second: the first still counts.
         let mut w = Writes::default();
-        w.note(
-            &sent(
-                true,
-                vec![begin.clone(), SessionEffect::Commit, begin],
-                false,
-            ),
-            T,
-        );
+        let both = vec![begin.clone(), SessionEffect::Commit, begin];
+        assert!(w.note(&sent(true, both, false), T), "the first committed");
         w.note(&sent(true, vec![SessionEffect::Rollback], true), I);
         assert!(w.unlocated);
     }

@@ -10,7 +10,7 @@ use super::*;
 use crate::config::{LoadBalance, PartitionMode};
 use crate::topology::{NodeState, Refusal, Replication, Role};
 
-use Consistency::{Bounded, Causal, Eventual, Strong};
+use Consistency::{Bounded, Causal, Eventual, ReadAfterCommit, Strong};
 
 /// The published topology a row routes against.
 #[derive(Debug, Clone, Copy)]
@@ -162,7 +162,7 @@ fn topology(cl: Cl) -> Topology {
 /// The config a row routes under: the defaults but for one rule.
 #[derive(Debug, Clone, Copy)]
 enum Cf {
-    /// Level causal, 50 ms causal wait, bounded at 1000 bytes and 500 ms,
+    /// Level causal (the rows name read-after-commit per session), 50 ms causal wait, bounded at 1000 bytes and 500 ms,
     /// on_no_replica primary, partition consistent, round-robin, the
     /// primary takes no reads.
     Default,
@@ -183,6 +183,7 @@ fn config(cf: Cf) -> (ConsistencyConfig, ReadPolicy) {
         max_lag_bytes: 1000,
         max_lag_ms: 500,
         causal_wait_ms: 50,
+        level: Causal,
         ..ConsistencyConfig::default()
     };
     let mut p = ReadPolicy {
@@ -221,6 +222,7 @@ struct B(BatchFacts, Pz);
 const NO_TRY: Tried = Tried {
     paused_since: None,
     replay_waited: false,
+    commits_waited: false,
 };
 
 /// A read that executes.
@@ -281,6 +283,10 @@ impl B {
         self.0.tried.replay_waited = true;
         self
     }
+    const fn unsampled(mut self) -> B {
+        self.0.tried.commits_waited = true;
+        self
+    }
     const fn paused(mut self, pz: Pz) -> B {
         self.1 = pz;
         self
@@ -304,6 +310,7 @@ const IDLE: S = S(SessionFacts {
     },
     write_lsn: None,
     unlocated_writes: false,
+    commits: CommitPosition::Nothing,
 });
 
 impl S {
@@ -355,11 +362,22 @@ impl S {
         self.0.unlocated_writes = true;
         self
     }
+    /// The proxy's commits are sampled at `lsn`.
+    const fn committed(mut self, lsn: u64) -> S {
+        self.0.commits = CommitPosition::At(Lsn(lsn));
+        self
+    }
+    /// The proxy has acknowledged 3 commits since its last sample.
+    const fn unsampled(mut self) -> S {
+        self.0.commits = CommitPosition::Unsampled(3);
+        self
+    }
 }
 
 const EVENTUAL: S = IDLE.level(Eventual);
 const BOUNDED: S = IDLE.level(Bounded);
 const STRONG: S = IDLE.level(Strong);
+const RAC: S = IDLE.level(ReadAfterCommit);
 
 /// A refusal's reason, without its text.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -381,11 +399,13 @@ enum Ex {
     Replies,
     Locate(usize),
     Replay(usize, u64),
+    /// Wait for a sample of the proxy's commits covering this count.
+    Sample(u64),
     Pause,
     No(Why),
 }
 
-use Ex::{Locate, No, Pause, Replay, Replies, Stay, P, R};
+use Ex::{Locate, No, Pause, Replay, Replies, Sample, Stay, P, R};
 
 fn expected_of(d: &Decision) -> Ex {
     match d {
@@ -395,6 +415,7 @@ fn expected_of(d: &Decision) -> Ex {
         Decision::Wait(Wait::Replies) => Replies,
         Decision::Wait(Wait::WritePosition { primary }) => Locate(*primary),
         Decision::Wait(Wait::Replay { node, lsn, .. }) => Replay(*node, lsn.0),
+        Decision::Wait(Wait::CommitPosition { count, .. }) => Sample(*count),
         Decision::Wait(Wait::Pause { .. }) => Pause,
         Decision::Refuse(reason) => No(match reason {
             NoRoute::NoPrimary => Why::NoPrimary,
@@ -590,6 +611,31 @@ const ROWS: &[Row] = &[
     ("causal: replicas down", Cl::ReplicasDown, Cf::Default, READ, IDLE.wrote(100), P(0)),
     ("causal: one down, other close", Cl::R1Down, Cf::Default, READ, IDLE.wrote(100), R(2)),
     ("causal: stale in time is too far to wait", Cl::Stale, Cf::Default, READ, IDLE.wrote(100), P(0)),
+    // Read-after-commit reads: a replica that has replayed every commit
+    // the proxy acknowledged, on any connection.
+    ("rac: nothing committed", Cl::BothBehind, Cf::Default, READ, RAC, R(1)),
+    ("rac: commits replayed", Cl::Fresh, Cf::Default, READ, RAC.committed(100), R(1)),
+    ("rac: replayed on one", Cl::R1Behind, Cf::Default, READ, RAC.committed(100), R(2)),
+    ("rac: close behind is waited for", Cl::Catching, Cf::Default, READ, RAC.committed(100), Replay(1, 100)),
+    ("rac: far behind, primary", Cl::BothBehind, Cf::Default, READ, RAC.committed(100), P(0)),
+    ("rac: far behind, error", Cl::BothBehind, NoReplicaError, READ, RAC.committed(100), No(Why::NoFresh(ReadAfterCommit))),
+    ("rac: waited in vain, primary", Cl::Catching, Cf::Default, READ.waited(), RAC.committed(100), P(0)),
+    ("rac: the session's own write counts too", Cl::Catching, Cf::Default, READ, RAC.committed(80).wrote(100), Replay(1, 100)),
+    ("rac: unlocated own writes need no locating", Cl::Fresh, Cf::Default, READ, RAC.committed(100).unlocated(), R(1)),
+    ("rac: unsampled commits wait for a sample", Cl::Fresh, Cf::Default, READ, RAC.unsampled(), Sample(3)),
+    ("rac: unsampled on a held replica", Cl::Fresh, Cf::Default, READ, RAC.unsampled().on(1), Sample(3)),
+    ("rac: sample waited in vain, primary", Cl::Fresh, Cf::Default, READ.unsampled(), RAC.unsampled(), P(0)),
+    ("rac: sample waited in vain, error", Cl::Fresh, NoReplicaError, READ.unsampled(), RAC.unsampled(), No(Why::NoFresh(ReadAfterCommit))),
+    ("rac: unsampled, no primary", Cl::PrimaryDown, Cf::Default, READ.unsampled(), RAC.unsampled(), No(Why::NoPrimary)),
+    ("rac: by hint", Cl::Catching, Cf::Default, READ.hint(ReadAfterCommit), EVENTUAL.committed(100), Replay(1, 100)),
+    ("rac: a causal hint ignores others' commits", Cl::BothBehind, Cf::Default, READ.hint(Causal), RAC.committed(100), R(1)),
+    ("rac: eventual ignores them", Cl::BothBehind, Cf::Default, READ, EVENTUAL.unsampled(), R(1)),
+    ("rac: writes are not held up", Cl::Fresh, Cf::Default, WRITE, RAC.unsampled(), P(0)),
+    ("rac: a transaction stays", Cl::Fresh, Cf::Default, READ, RAC.unsampled().txn().on(1), Stay),
+    ("rac: follows replies due", Cl::Fresh, Cf::Default, READ, RAC.unsampled().busy().on(1), Stay),
+    ("rac: read-only transaction samples", Cl::Fresh, Cf::Default, BEGIN_RO, RAC.unsampled(), Sample(3)),
+    ("rac: pinned reads on the primary", Cl::Fresh, Cf::Default, READ, RAC.unsampled().pinned(), P(0)),
+    ("rac: cut off, available", Cl::CutOff, Available, READ, RAC.committed(100), R(1)),
     // Causal reads locate the session's writes first.
     ("locate: unlocated writes", Cl::Fresh, Cf::Default, READ, IDLE.unlocated(), Locate(0)),
     ("locate: held replica", Cl::Fresh, Cf::Default, READ, IDLE.unlocated().on(1), Locate(0)),

@@ -22,6 +22,40 @@ pub struct ReadChoice {
     pub min_lsn: Option<Lsn>,
 }
 
+/// Where the commits acknowledged through the proxy stand in the WAL, as a
+/// read arriving now sees it (the frontend's commit log says).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum CommitPosition {
+    /// Nothing has been committed through the proxy.
+    #[default]
+    Nothing,
+    /// Every acknowledged commit is at or before this position.
+    At(Lsn),
+    /// Commits were acknowledged since the last sample of the primary's
+    /// position: a sample taken once the count reached this is needed.
+    Unsampled(u64),
+}
+
+impl CommitPosition {
+    /// The position, when known.
+    pub fn lsn(self) -> Option<Lsn> {
+        match self {
+            CommitPosition::At(lsn) => Some(lsn),
+            CommitPosition::Nothing | CommitPosition::Unsampled(_) => None,
+        }
+    }
+}
+
+/// Where the writes a read may have to see are in the WAL.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Written {
+    /// At or past the session's own last located write (`causal`).
+    pub session: Option<Lsn>,
+    /// At or past every commit acknowledged through the proxy before the
+    /// read arrived (`read-after-commit`).
+    pub proxy: Option<Lsn>,
+}
+
 /// What a read asks of the replica that serves it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Need {
@@ -35,16 +69,17 @@ pub struct Need {
 }
 
 impl Need {
-    /// The need of a read at `level` for a session that chose `choice` and
-    /// whose last write is at `write_lsn`.
+    /// The need of a read at `level` for a session that chose `choice`,
+    /// with the writes it may have to see at `written`.
     pub fn of(
         level: Consistency,
         choice: &ReadChoice,
-        write_lsn: Option<Lsn>,
+        written: Written,
         config: &ConsistencyConfig,
     ) -> Need {
         let causal = match level {
-            Consistency::Causal => write_lsn,
+            Consistency::Causal => written.session,
+            Consistency::ReadAfterCommit => written.proxy.max(written.session),
             _ => None,
         };
         let max_lag = (level == Consistency::Bounded).then(|| {
@@ -119,7 +154,11 @@ mod tests {
             max_lag_ms: 500,
             ..ConsistencyConfig::default()
         };
-        Need::of(level, &choice, write.map(Lsn), &config)
+        let written = Written {
+            session: write.map(Lsn),
+            proxy: None,
+        };
+        Need::of(level, &choice, written, &config)
     }
 
     #[test]
@@ -157,6 +196,37 @@ mod tests {
         assert!(!causal.admits(&lagging));
         assert!(causal.admits_but_lsn(&lagging), "worth asking again");
         assert!(need(Consistency::Causal, none, None).admits(&lagging));
+    }
+
+    #[test]
+    fn read_after_commit_needs_every_acknowledged_commit() {
+        let config = ConsistencyConfig::default();
+        let none = ReadChoice::default();
+        let written = Written {
+            session: Some(Lsn(70)),
+            proxy: Some(Lsn(90)),
+        };
+        let n = Need::of(Consistency::ReadAfterCommit, &none, written, &config);
+        assert_eq!(n.min_lsn, Some(Lsn(90)));
+        assert!(!n.admits(&replica(80, true, Some((0, 0)))));
+        assert!(n.admits(&replica(90, true, Some((0, 0)))));
+        let causal = Need::of(Consistency::Causal, &none, written, &config);
+        assert_eq!(causal.min_lsn, Some(Lsn(70)), "causal: the session's own");
+        for level in [
+            Consistency::Bounded,
+            Consistency::Eventual,
+            Consistency::Strong,
+        ] {
+            let n = Need::of(level, &none, written, &config);
+            assert_eq!(n.min_lsn, None, "{level:?} waits for no write");
+        }
+        let nothing = Need::of(
+            Consistency::ReadAfterCommit,
+            &none,
+            Written::default(),
+            &config,
+        );
+        assert!(nothing.admits(&replica(10, true, Some((5000, 3000)))));
     }
 
     #[test]
@@ -198,10 +268,15 @@ mod tests {
         };
         let cut_off = replica(100, false, None);
         let none = ReadChoice::default();
-        assert!(Need::of(Consistency::Eventual, &none, None, &config).admits(&cut_off));
-        assert!(Need::of(Consistency::Causal, &none, Some(Lsn(90)), &config).admits(&cut_off));
+        let written = Written {
+            session: Some(Lsn(90)),
+            proxy: None,
+        };
+        let nothing = Written::default();
+        assert!(Need::of(Consistency::Eventual, &none, nothing, &config).admits(&cut_off));
+        assert!(Need::of(Consistency::Causal, &none, written, &config).admits(&cut_off));
         assert!(
-            !Need::of(Consistency::Bounded, &none, None, &config).admits(&cut_off),
+            !Need::of(Consistency::Bounded, &none, nothing, &config).admits(&cut_off),
             "its lag is unknown"
         );
     }

@@ -6,7 +6,8 @@
 //! session's consistency level ([`Need`]), chosen by the balancer
 //! ([`pick`]), or to the primary as `consistency.on_no_replica` says;
 //! a causal read may wait for a replica to replay the session's last
-//! write; a switchover's pause holds writes for a while; a new session
+//! write, a read-after-commit read for one to replay every write the proxy
+//! has acknowledged; a switchover's pause holds writes for a while; a new session
 //! opens on the primary, or anywhere while the primary takes no writes.
 //!
 //! No I/O, no clock, no locks: the caller hands in what it knows about the
@@ -25,7 +26,7 @@ use crate::protocol::TxnStatus;
 use crate::topology::{Lsn, Refusal, Topology, WriteState};
 
 pub use balance::{pick, ReadPolicy};
-pub use freshness::{Need, ReadChoice};
+pub use freshness::{CommitPosition, Need, ReadChoice, Written};
 
 /// The balancer's view of the data plane: requests in flight per node and
 /// the shared read counter. Plain counters, read without waiting; taking a
@@ -91,6 +92,9 @@ pub struct Tried {
     /// A replica was waited for and did not replay in time: only replicas
     /// the topology shows fresh now are taken, with no waiting.
     pub replay_waited: bool,
+    /// The position of the proxy's commits was waited for and not sampled
+    /// in time: no replica is known to be fresh enough.
+    pub commits_waited: bool,
 }
 
 /// What the caller knows about the session.
@@ -114,6 +118,8 @@ pub struct SessionFacts {
     pub write_lsn: Option<Lsn>,
     /// Something it wrote may have committed since `write_lsn` was learned.
     pub unlocated_writes: bool,
+    /// Where the commits acknowledged through the proxy stand.
+    pub commits: CommitPosition,
 }
 
 /// Where the batch goes.
@@ -139,6 +145,11 @@ pub enum Wait {
     /// Learn on the primary where the session's writes are in the WAL (a
     /// causal read needs it).
     WritePosition { primary: usize },
+    /// Wait, for at most `within`, for a sample of the primary's position
+    /// taken once the proxy's commit count reached `count` (a
+    /// read-after-commit read needs it); if none comes, decide again with
+    /// `commits_waited`.
+    CommitPosition { count: u64, within: Duration },
     /// Ask replica `node` until it has replayed `lsn`, for at most
     /// `within`; it then serves the read (its published position may be
     /// a probe old). If it does not, decide again with `replay_waited`.
@@ -195,6 +206,17 @@ pub fn decide(
             match locate_writes(topology) {
                 Ok(primary) => Decision::Wait(Wait::WritePosition { primary }),
                 Err(e) => Decision::Refuse(e),
+            }
+        }
+        Some(level @ Consistency::ReadAfterCommit)
+            if matches!(session.commits, CommitPosition::Unsampled(_)) =>
+        {
+            match session.commits {
+                CommitPosition::Unsampled(count) if !batch.tried.commits_waited => {
+                    let within = policy.consistency.causal_wait();
+                    Decision::Wait(Wait::CommitPosition { count, within })
+                }
+                _ => no_fresh_replica(level, policy, topology),
             }
         }
         Some(level) => read_target(level, batch, session, policy, topology, loads),
@@ -298,7 +320,11 @@ fn read_target(
         return primary_read(topology);
     }
     let config = policy.consistency;
-    let need = Need::of(level, &session.choice, session.write_lsn, config);
+    let written = Written {
+        session: session.write_lsn,
+        proxy: session.commits.lsn(),
+    };
+    let need = Need::of(level, &session.choice, written, config);
     let retry = batch.tried.replay_waited;
     let ticket = if batch.executes && !retry {
         loads.next_ticket()
@@ -328,10 +354,16 @@ fn read_target(
     }) {
         Err(e) => Decision::Refuse(e),
         Ok(Some(node)) => node_decision(topology, node),
-        Ok(None) => match config.on_no_replica {
-            OnNoReplica::Primary => primary_read(topology),
-            OnNoReplica::Error => Decision::Refuse(NoRoute::NoFreshReplica(level)),
-        },
+        Ok(None) => no_fresh_replica(level, policy, topology),
+    }
+}
+
+/// No replica is fresh enough for a read at `level`: `on_no_replica` says
+/// what it gets.
+fn no_fresh_replica(level: Consistency, policy: &Policy, topology: &Topology) -> Decision {
+    match policy.consistency.on_no_replica {
+        OnNoReplica::Primary => primary_read(topology),
+        OnNoReplica::Error => Decision::Refuse(NoRoute::NoFreshReplica(level)),
     }
 }
 

@@ -3,7 +3,8 @@
 //! paused), read-your-writes holds over a thousand write-then-read rounds,
 //! a token carries causality across connections, `on_no_replica` and
 //! `partition_mode` do what they say, and the proxy answers the
-//! `palisade.*` settings itself.
+//! `palisade.*` settings itself. `read-after-commit` has its own module,
+//! [`crate::commits`].
 //!
 //! The tests pause and cut replicas, so they run on the lagging cluster,
 //! not the shared one, one at a time (`SERIAL`), and leave every replica
@@ -30,9 +31,9 @@ use palisade::topology::Lsn;
 use tokio::sync::Mutex;
 use tokio_postgres::{AsyncMessage, Client};
 
-static SERIAL: Mutex<()> = Mutex::const_new(());
+pub(crate) static SERIAL: Mutex<()> = Mutex::const_new(());
 
-async fn proxy(tweak: impl FnOnce(&mut palisade::config::Config)) -> Proxy {
+pub(crate) async fn proxy(tweak: impl FnOnce(&mut palisade::config::Config)) -> Proxy {
     start_proxy(lagging_cluster(), |c| {
         c.monitor.probe_interval_ms = 100;
         c.monitor.health_threshold = 1;
@@ -350,7 +351,7 @@ async fn reaches_replica(c: &Client, tries: usize) -> bool {
 }
 
 /// Reads through `c` until one lands on `node` or `tries` run out.
-async fn reaches(c: &Client, node: Node, tries: usize) -> bool {
+pub(crate) async fn reaches(c: &Client, node: Node, tries: usize) -> bool {
     for _ in 0..tries {
         if served_by(c).await == node {
             return true;
@@ -419,7 +420,7 @@ async fn palisade_settings_are_answered_by_the_proxy() {
     let c = client(&proxy, lagging_cluster(), "consistency-settings").await;
     assert_eq!(
         show(&c, "palisade.consistency").await,
-        "causal",
+        "read-after-commit",
         "the default"
     );
     assert_eq!(
@@ -473,7 +474,11 @@ async fn palisade_settings_are_answered_by_the_proxy() {
     c.batch_execute("ROLLBACK").await.unwrap();
     assert_eq!(show(&c, "palisade.consistency").await, "eventual");
     c.batch_execute("RESET palisade.consistency").await.unwrap();
-    assert_eq!(show(&c, "palisade.consistency").await, "causal");
+    assert_eq!(show(&c, "palisade.consistency").await, "read-after-commit");
+    c.batch_execute("SET palisade.consistency = 'read_after_commit'")
+        .await
+        .unwrap();
+    assert_eq!(show(&c, "palisade.consistency").await, "read-after-commit");
 }
 
 /// The value of setting `name` as `c`'s session shows it.

@@ -1,7 +1,7 @@
 //! The driver conformance suite (`tests/drivers`): psycopg 3, psycopg2,
 //! asyncpg, SQLAlchemy 2 and node-postgres, installed from the suite's own
 //! pinned files, run through Palisade in front of the shared cluster with
-//! the default routing (split on, causal reads).
+//! the default routing (split on, read-after-commit reads).
 
 use std::path::Path;
 use std::process::Command;

@@ -11,6 +11,7 @@ mod support;
 mod balance;
 mod catalog;
 mod cluster;
+mod commits;
 mod consistency;
 mod drivers;
 mod failures;

@@ -169,6 +169,9 @@ impl Session {
                         return Some(Outcome::Refused);
                     }
                 }
+                Decision::Wait(Wait::CommitPosition { count, within }) => {
+                    tried.commits_waited = !self.shared.commits.sampled(count, within).await;
+                }
                 Decision::Wait(Wait::Pause { since }) => {
                     tried.paused_since = Some(since);
                     tokio::time::sleep(reads::PAUSE_POLL).await;
@@ -222,6 +225,7 @@ impl Session {
             choice: self.state.reads,
             write_lsn: self.state.write_lsn,
             unlocated_writes: self.state.writes.unlocated,
+            commits: self.shared.commits.position(),
         };
         let policy = self.shared.policy();
         route::decide(

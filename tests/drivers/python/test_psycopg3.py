@@ -203,6 +203,34 @@ def test_write_then_read_200_rounds_one_connection(table):
     assert stale == [], "stale reads after own write: %d of %d" % (len(stale), ROUNDS)
 
 
+def test_commit_on_one_connection_read_on_another_1000_rounds(table):
+    """read-after-commit (the default): what one connection committed, the
+    next read on another sees, and replicas serve most of those reads."""
+    stale, on_replica, rounds = [], 0, 1000
+    with connect() as a, connect() as b:
+        a.execute(sql.SQL("CREATE TABLE {} (id int primary key, v text)").format(q(table)))
+        ins = sql.SQL("INSERT INTO {} VALUES (%s, %s)").format(q(table))
+        sel = sql.SQL("SELECT (SELECT v FROM {} WHERE id = %s), pg_is_in_recovery()").format(q(table))
+        for i in range(rounds):
+            if i % 2:
+                a.execute(ins, [i, "v%d" % i])
+            else:
+                with a.transaction():
+                    a.execute(ins, [i, "v%d" % i])
+            v, replica = b.execute(sel, [i]).fetchone()
+            if v != "v%d" % i:
+                stale.append(i)
+            on_replica += replica
+    assert stale == [], "stale reads after another connection's commit: %d of %d" % (len(stale), rounds)
+    assert on_replica > rounds // 2, "replicas served only %d of %d reads" % (on_replica, rounds)
+
+
+def test_table_created_on_one_connection_is_there_on_another(table):
+    with connect() as a, connect() as b:
+        a.execute(sql.SQL("CREATE TABLE {} (id int)").format(q(table)))
+        assert b.execute(sql.SQL("SELECT count(*) FROM {}").format(q(table))).fetchone() == (0,)
+
+
 def test_two_connections_at_once(table):
     with connect() as a, connect(autocommit=False) as b:
         a.execute(sql.SQL("CREATE TABLE {} (id int)").format(q(table)))

@@ -144,6 +144,26 @@ t('200 write-then-read rounds on one connection see every write', async (c, tabl
   assert.deepEqual(stale, [], `stale reads after own write: ${stale.length} of ${ROUNDS}`)
 })
 
+t('a commit on one connection is read on another, 200 rounds, mostly by replicas', async (c, table) => {
+  await c.query(`CREATE TABLE "${table}" (id int primary key, v text)`)
+  const d = await connect()
+  try {
+    const stale = []
+    let onReplica = 0
+    for (let i = 0; i < ROUNDS; i++) {
+      await c.query(`INSERT INTO "${table}" VALUES ($1, $2)`, [i, `v${i}`])
+      const r = await d.query(
+        `SELECT (SELECT v FROM "${table}" WHERE id = $1) AS v, pg_is_in_recovery() AS replica`, [i])
+      if (r.rows[0].v !== `v${i}`) stale.push(i)
+      if (r.rows[0].replica) onReplica++
+    }
+    assert.deepEqual(stale, [], `stale reads after another connection's commit: ${stale.length} of ${ROUNDS}`)
+    assert.ok(onReplica > ROUNDS / 2, `replicas served only ${onReplica} of ${ROUNDS} reads`)
+  } finally {
+    await close(d)
+  }
+})
+
 t('two connections at once', async (c, table) => {
   await c.query(`CREATE TABLE "${table}" (id int)`)
   const d = await connect()
