@@ -23,10 +23,16 @@
 #   DURATION      seconds per pgbench run (default 10)
 #   CLIENTS       client counts, space or comma separated (default "1 8 32")
 #   WORKLOADS     subset of: select-simple select-extended select-prepared tpcb-simple
-#                 churn-simple write-read (default: all six). write-read updates an
-#                 account and reads it back at once (two autocommit statements);
-#                 it also runs through a second Palisade whose consistency is
-#                 strong (target palisade-strong), to price causal reads.
+#                 churn-simple write-read commit-read (default: all seven).
+#                 write-read updates an account and reads it back at once (two
+#                 autocommit statements on one connection). commit-read is not
+#                 pgbench: pairs of connections (clients / 2), one committing, the
+#                 other reading the row back at once (examples/commit_read.rs),
+#                 and it counts stale reads. Palisade runs at its default level,
+#                 read-after-commit; select-simple, select-extended, write-read
+#                 and commit-read also run through a Palisade at causal (target
+#                 palisade-causal), and write-read and commit-read through one at
+#                 strong (palisade-strong), to price the levels in one run.
 #   SCALE         pgbench scale factor (default 10)
 #   PG_BIN        PostgreSQL bin directory (default: pg_config --bindir, else the
 #                 newest /usr/lib/postgresql/*/bin)
@@ -72,7 +78,7 @@ done
 DURATION="${DURATION:-10}"
 CLIENTS="${CLIENTS:-1 8 32}"
 CLIENTS="${CLIENTS//,/ }"
-ALL_WORKLOADS="select-simple select-extended select-prepared tpcb-simple churn-simple write-read"
+ALL_WORKLOADS="select-simple select-extended select-prepared tpcb-simple churn-simple write-read commit-read"
 WORKLOADS="${WORKLOADS:-$ALL_WORKLOADS}"
 WORKLOADS="${WORKLOADS//,/ }"
 SCALE="${SCALE:-10}"
@@ -126,6 +132,12 @@ if (( WITH_PALISADE )) && [[ ! -x "$PALISADE_BIN" ]]; then
     (cd "$REPO_ROOT" && cargo build --release) \
         || die "cargo build --release failed (run with --no-palisade to bench the peers only)"
     [[ -x "$PALISADE_BIN" ]] || die "$PALISADE_BIN not found after the build"
+fi
+COMMIT_READ_BIN="$REPO_ROOT/target/release/examples/commit_read"
+if [[ " $WORKLOADS " == *" commit-read "* ]]; then
+    log "building the commit-read client (cargo build --release --example commit_read)"
+    (cd "$REPO_ROOT" && cargo build --release --example commit_read) \
+        || die "cargo build --release --example commit_read failed"
 fi
 
 PGBOUNCER_BIN="$(command -v pgbouncer || true)"
@@ -444,14 +456,22 @@ start_palisade() {
     log "$1 (consistency $2) on 127.0.0.1:$port ($bin)"
 }
 
+# The workloads a Palisade at another level than the default also runs.
+CAUSAL_WORKLOADS="select-simple select-extended write-read commit-read"
+STRONG_WORKLOADS="write-read commit-read"
+runs_any() { local w; for w in $1; do [[ " $WORKLOADS " == *" $w "* ]] && return 0; done; return 1; }
+
 if (( WITH_PALISADE )); then
-    start_palisade palisade causal
+    start_palisade palisade read-after-commit
     if [[ -n "${PALISADE_BASE_BIN:-}" ]]; then
         [[ -x "$PALISADE_BASE_BIN" ]] || die "PALISADE_BASE_BIN=$PALISADE_BASE_BIN is not executable"
-        start_palisade palisade-base causal "$PALISADE_BASE_BIN"
+        start_palisade palisade-base read-after-commit "$PALISADE_BASE_BIN"
     fi
-    # The cost of read-your-writes is measured against strong, in the same run.
-    if [[ " $WORKLOADS " == *" write-read "* ]]; then
+    # What each level costs is measured against the others, in the same run.
+    if runs_any "$CAUSAL_WORKLOADS"; then
+        start_palisade palisade-causal causal
+    fi
+    if runs_any "$STRONG_WORKLOADS"; then
         start_palisade palisade-strong strong
     fi
 else
@@ -582,6 +602,19 @@ workload_args() {
     esac
 }
 
+# Runs workload $1 with $2 clients against port $3 for DURATION seconds,
+# printing pgbench's summary lines.
+run_workload() {
+    local j=$(( $2 < 2 ? $2 : 2 ))
+    if [[ "$1" == commit-read ]]; then
+        PGDATABASE="$DB" "$COMMIT_READ_BIN" "$3" "$2" "$DURATION"
+        return
+    fi
+    # shellcheck disable=SC2046  # workload_args is a list of options
+    "$PG_BIN/pgbench" -n $(workload_args "$1") -c "$2" -j "$j" -T "$DURATION" \
+        -h 127.0.0.1 -p "$3" -U postgres "$DB"
+}
+
 # What pgbench's own pre-run vacuum does, done directly on the primary before
 # every read-write run (the runs use -n), so each target starts from the same
 # table state and no proxy has to relay VACUUM.
@@ -596,8 +629,15 @@ RESULTS=()   # "workload|clients|target|tps|latency|ratio"
 PER_NODE=()  # "workload|clients|count|count|...", one count per node, Palisade runs only
 FAILED=()
 n_runs=0
-# palisade-strong only prices causal reads, on write-read.
-runs_target() { [[ "$1" != palisade-strong || "$2" == write-read ]]; }
+# palisade-causal and palisade-strong only price the levels, on some workloads
+# (the peers send every commit-read read to the primary: never stale).
+runs_target() {
+    case "$1" in
+        palisade-causal) [[ " $CAUSAL_WORKLOADS " == *" $2 "* ]] ;;
+        palisade-strong) [[ " $STRONG_WORKLOADS " == *" $2 "* ]] ;;
+        *) true ;;
+    esac
+}
 for w in $WORKLOADS; do for c in $CLIENTS; do for t in "${TARGETS[@]}"; do
     if runs_target "$t" "$w"; then n_runs=$(( n_runs + 1 )); fi
 done; done; done
@@ -606,19 +646,16 @@ log "targets: ${TARGETS[*]}; workloads: $WORKLOADS; clients: $CLIENTS; ${DURATIO
 run=0
 for w in $WORKLOADS; do
     for c in $CLIENTS; do
-        j=$(( c < 2 ? c : 2 ))
         direct_tps=""
         for t in "${TARGETS[@]}"; do
             runs_target "$t" "$w" || continue
             run=$(( run + 1 ))
-            [[ "$w" == tpcb-simple || "$w" == write-read ]] && reset_tpcb_tables
+            [[ "$w" == tpcb-simple || "$w" == write-read || "$w" == commit-read ]] && reset_tpcb_tables
             out="$WORK/run-$w-$c-$t.log"
             [[ "$t" == palisade* ]] && commits_before="$(node_commits)"
             cpu_before=""
             [[ -n "${TARGET_PID[$t]:-}" ]] && cpu_before="$(tree_cpu_ticks "${TARGET_PID[$t]}")"
-            # shellcheck disable=SC2046  # workload_args is a list of options
-            if "$PG_BIN/pgbench" -n $(workload_args "$w") -c "$c" -j "$j" -T "$DURATION" \
-                    -h 127.0.0.1 -p "${TARGET_PORT[$t]}" -U postgres "$DB" >"$out" 2>&1; then
+            if run_workload "$w" "$c" "${TARGET_PORT[$t]}" >"$out" 2>&1; then
                 rc=0
             else
                 rc=$?
@@ -646,7 +683,7 @@ for w in $WORKLOADS; do
                     GROUP BY 1, 2, 3 ORDER BY 4 DESC" >&2 || true
                 FAILED+=("$w c=$c $t: $problem")
                 (( KEEP_GOING )) || die "pgbench run failed: $w, $c clients, via $t: $problem"
-                RESULTS+=("$w|$c|$t|FAILED|-|-|-")
+                RESULTS+=("$w|$c|$t|FAILED|-|-|-|-")
                 continue
             fi
             if [[ "$t" == direct ]]; then direct_tps="$tps"; fi
@@ -662,8 +699,9 @@ for w in $WORKLOADS; do
                 cpu="$(awk -v a="$(tree_cpu_ticks "${TARGET_PID[$t]}")" -v b="$cpu_before" -v hz="$CLK_TCK" -v n="$processed" \
                     'BEGIN { printf "%.1f", (a - b) / hz * 1e6 / n }')"
             fi
-            RESULTS+=("$w|$c|$t|$tps_fmt|$lat_fmt|$ratio|$cpu")
-            log "[$run/$n_runs] $w c=$c $t: $tps_fmt tps, $lat_fmt ms, proxy CPU $cpu µs/transaction"
+            stale="$(sed -n 's/^stale reads: \([0-9]*\)$/\1/p' "$out" | head -n 1)"
+            RESULTS+=("$w|$c|$t|$tps_fmt|$lat_fmt|$ratio|$cpu|${stale:--}")
+            log "[$run/$n_runs] $w c=$c $t: $tps_fmt tps, $lat_fmt ms, proxy CPU $cpu µs/transaction${stale:+, $stale stale reads}"
             if [[ "$t" == palisade* ]]; then
                 per_node="$(per_node_since "$commits_before" "$processed")"
                 PER_NODE+=("$w|$c|$t|$per_node")
@@ -680,12 +718,12 @@ report() {
     (( REPLICAS > 0 )) && replicas=", $REPLICAS replica(s)"
     echo "pgbench via proxies, $(date -u +%Y-%m-%d) on $(nproc) cores: $PG_VERSION_STR, scale $SCALE, ${DURATION}s per run, fsync=off$replicas"
     echo
-    echo "| workload | clients | target | tps | avg latency ms | ratio to direct | proxy CPU µs/transaction |"
-    echo "|---|---:|---|---:|---:|---:|---:|"
+    echo "| workload | clients | target | tps | avg latency ms | ratio to direct | proxy CPU µs/transaction | stale reads |"
+    echo "|---|---:|---|---:|---:|---:|---:|---:|"
     local r
     for r in "${RESULTS[@]}"; do
-        IFS='|' read -r w c t tps lat ratio cpu <<<"$r"
-        echo "| $w | $c | $t | $tps | $lat | $ratio | $cpu |"
+        IFS='|' read -r w c t tps lat ratio cpu stale <<<"$r"
+        echo "| $w | $c | $t | $tps | $lat | $ratio | $cpu | $stale |"
     done
     if (( ${#PER_NODE[@]} )); then
         echo

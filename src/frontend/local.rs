@@ -86,10 +86,9 @@ impl ReadChoice {
             Param::Consistency => {
                 self.level = match value {
                     None => None,
-                    Some(v) => Some(
-                        Consistency::from_name(v)
-                            .ok_or_else(|| invalid("strong, causal, bounded or eventual"))?,
-                    ),
+                    Some(v) => Some(Consistency::from_name(v).ok_or_else(|| {
+                        invalid("read-after-commit, strong, causal, bounded or eventual")
+                    })?),
                 }
             }
             Param::MaxStaleness => {
