@@ -23,7 +23,7 @@ async fn connect(port: u16) -> Result<Client, tokio_postgres::Error> {
         .host("127.0.0.1")
         .port(port)
         .user("postgres")
-        .dbname(&std::env::var("PGDATABASE").unwrap_or_else(|_| "postgres".into()))
+        .dbname(std::env::var("PGDATABASE").unwrap_or_else(|_| "postgres".into()))
         .application_name("commit-read");
     if let Ok(password) = std::env::var("PGPASSWORD") {
         config.password(password);
