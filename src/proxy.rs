@@ -15,7 +15,7 @@ use std::time::Duration;
 use std::future::Future;
 
 use tokio::net::TcpListener;
-use tokio::sync::{mpsc, watch, Semaphore};
+use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 use tokio_util::task::TaskTracker;
 use tracing::{info, warn, Instrument};
@@ -30,6 +30,7 @@ use crate::control::monitor;
 use crate::control::operator::{CommandOperator, NodeOperator};
 use crate::control::refresher::{FunctionsLoaded, Refresher};
 use crate::control::{ControlHandle, EpochStore, FunctionCatalog, MemoryStore, StateFile};
+use crate::frontend::admission::{self, Admission};
 use crate::frontend::auth::Authenticator;
 use crate::frontend::cancel::CancelRegistry;
 use crate::frontend::load::NodeLoads;
@@ -160,6 +161,7 @@ impl Proxy {
             tickets: AtomicU64::new(0),
             unparsable: AtomicU64::new(0),
             admin: Console::new(control.clone()),
+            admission: Admission::new(&config.proxy),
             config,
             topology: topology.clone(),
             cancels: Arc::new(CancelRegistry::default()),
@@ -312,9 +314,9 @@ async fn prune_idle(
     }
 }
 
-/// Accepts clients until shutdown; each session runs on `sessions`.
+/// Accepts clients until shutdown; each session runs on `sessions`. A
+/// client past `max_client_connections` is refused at once.
 async fn accept_loop(listener: TcpListener, shared: Arc<Shared>, sessions: TaskTracker) {
-    let limit = Arc::new(Semaphore::new(shared.config.proxy.max_client_connections));
     let mut shutdown = shared.shutdown.clone();
     loop {
         let accepted = tokio::select! {
@@ -322,11 +324,12 @@ async fn accept_loop(listener: TcpListener, shared: Arc<Shared>, sessions: TaskT
             _ = shutdown.changed() => return,
         };
         match accepted {
-            Ok((stream, peer)) => {
-                // Over the limit the client is still served, with 53300, so it learns why.
-                let permit = limit.clone().try_acquire_owned().ok();
-                sessions.spawn(frontend::serve(stream, peer, shared.clone(), permit));
-            }
+            Ok((stream, peer)) => match shared.admission.arrive() {
+                Some(arrival) => {
+                    sessions.spawn(frontend::serve(stream, peer, shared.clone(), arrival));
+                }
+                None => admission::refuse_at_once(stream),
+            },
             Err(e) => {
                 // Out of file descriptors and the like: back off instead of spinning.
                 warn!(error = %e, "accept failed");

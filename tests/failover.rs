@@ -13,13 +13,14 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use palisade::config::{Config, ReplicationMode};
+use palisade::config::{AuthMethod, Config, ReplicationMode};
 use palisade::proxy::Proxy;
 use palisade::topology::WriteState;
 use palisade_testkit::{signal, ClusterOptions, FaultyRelay, LocalCluster, LocalNode};
 use support::demo::LocalRejoin;
 use support::harness::{
-    client, connect_node, connect_with, console_url, proxy_config, sqlstate, url, wait_topology,
+    client, connect_node, connect_with, console_url, proxy_config, sqlstate, url, user,
+    wait_topology,
 };
 use support::nodes::{fresh_table, wait_until};
 use tokio::sync::Mutex;
@@ -630,10 +631,45 @@ async fn concurrent_transfers_keep_the_total_across_a_failover() {
     );
 }
 
+/// A SWITCHOVER from a user who may not run it (one in no `[admin]` list,
+/// one that may only SHOW) is refused with 42501 and changes nothing.
+async fn assert_switchover_denied(proxy: &Proxy) {
+    let before = proxy.topology();
+    for name in ["intruder", "watcher"] {
+        let addr = proxy.local_addr();
+        let conninfo = format!(
+            "host={} port={} user={name} password=pw dbname=palisade",
+            addr.ip(),
+            addr.port()
+        );
+        let (console, _) = connect_with(&conninfo).await.unwrap();
+        let err = console
+            .simple_query("SWITCHOVER TO node2")
+            .await
+            .unwrap_err();
+        assert_eq!(sqlstate(&err), "42501", "{name}: {err:?}");
+    }
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let after = proxy.topology();
+    assert_eq!(
+        (after.epoch, after.primary(), after.writes.clone()),
+        (before.epoch, before.primary(), before.writes.clone()),
+        "a denied SWITCHOVER did nothing"
+    );
+}
+
 #[tokio::test]
 async fn a_planned_switchover_loses_nothing_and_pauses_writes() {
-    let f = fixture().await;
+    let f = fixture_with(|c| {
+        c.users
+            .push(user("intruder", AuthMethod::ScramSha256, Some("pw")));
+        c.users
+            .push(user("watcher", AuthMethod::ScramSha256, Some("pw")));
+        c.admin.stats_users = vec!["watcher".into()];
+    })
+    .await;
     let (cluster, proxy) = (&f.cluster, &f.proxy);
+    assert_switchover_denied(proxy).await;
     let c = &f.client;
     fresh_table(c, "acked", "id bigint PRIMARY KEY").await;
 

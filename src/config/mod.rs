@@ -8,6 +8,7 @@
 //! module owns [`Config`] itself, loading, the error type and the rules on
 //! the plain settings sections.
 
+mod admin;
 mod consistency;
 mod failover;
 mod nodes;
@@ -15,6 +16,7 @@ mod sections;
 mod users;
 mod verifier;
 
+pub use admin::{AdminConfig, ConsoleAccess};
 pub use consistency::{Consistency, ConsistencyConfig, OnNoReplica, PartitionMode};
 pub use failover::{FailoverConfig, FailoverMode, ReplicationMode};
 pub use nodes::NodeConfig;
@@ -80,6 +82,8 @@ pub struct Config {
     pub nodes: Vec<NodeConfig>,
     #[serde(default)]
     pub users: Vec<UserConfig>,
+    #[serde(default)]
+    pub admin: AdminConfig,
 }
 
 impl Config {
@@ -135,6 +139,7 @@ impl Config {
             ));
         }
         positive("proxy.startup_timeout_ms", p.startup_timeout_ms)?;
+        p.validate_limits()?;
         positive("proxy.connect_timeout_ms", p.connect_timeout_ms)?;
         positive("monitor.probe_interval_ms", self.monitor.probe_interval_ms)?;
         positive("monitor.probe_timeout_ms", self.monitor.probe_timeout_ms)?;
@@ -163,6 +168,7 @@ impl Config {
         self.consistency.validate()?;
         nodes::validate(&self.nodes)?;
         self.failover.validate(&self.monitor, self.nodes.len())?;
+        self.admin.validate()?;
         users::validate(&self.users)
     }
 }

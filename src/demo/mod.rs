@@ -1,8 +1,9 @@
 //! `palisade demo`: a local primary + replicas from the machine's PostgreSQL
 //! binaries (started by `palisade-testkit`), Palisade in front, and one line
 //! of psql to connect. Failover works on it: kill the primary and a replica
-//! takes over; `REJOIN node0` in the admin console rewinds the old primary
-//! into a replica ([`LocalRejoin`]). The demo lives in the binary, not the
+//! takes over; `REJOIN node0` in the admin console (which admits the
+//! superuser, `postgres`, as its only admin) rewinds the old primary into a
+//! replica ([`LocalRejoin`]). The demo lives in the binary, not the
 //! library: the proxy itself ships no test harness.
 
 mod local;
@@ -52,6 +53,11 @@ pub async fn run(listen: SocketAddr, replicas: usize) -> Result<(), String> {
     let addr = proxy.local_addr();
     println!(
         "psql \"postgresql://{DEMO_USER}:{DEMO_PASSWORD}@{}:{}/postgres\"",
+        addr.ip(),
+        addr.port()
+    );
+    eprintln!(
+        "  admin console ({DEMO_USER} is its admin): psql \"postgresql://{DEMO_USER}:{DEMO_PASSWORD}@{}:{}/palisade\"",
         addr.ip(),
         addr.port()
     );

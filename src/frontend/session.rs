@@ -19,9 +19,11 @@
 //! the server connection and its requests, [`super::state`] the session's
 //! own state; the request path in call order is in `session/dispatch.rs`.
 
+mod clock;
 mod dispatch;
 mod reads;
 
+use clock::{ClientClock, Watch};
 use dispatch::Outcome;
 
 use std::future::Future;
@@ -58,6 +60,8 @@ pub enum End {
     ClientGone,
     ServerGone,
     ClientProtocolError,
+    /// Idle outside a transaction past `client_idle_timeout_ms`.
+    IdleTimeout,
     Shutdown,
 }
 
@@ -69,6 +73,8 @@ enum Event {
     ReadClient(std::io::Result<usize>),
     /// A node was fenced or the epoch moved.
     Fenced,
+    /// The client's clock ran out on what it timed.
+    ClientClock(Watch),
     Shutdown,
 }
 
@@ -169,8 +175,10 @@ impl Session {
     /// A server connection can serve another client when this one left it
     /// idle: outside a transaction, nothing in flight, nothing half-sent.
     fn server_reusable(&self, end: &End) -> bool {
-        matches!(end, End::ClientTerminated | End::ClientGone)
-            && self.link.quiet()
+        matches!(
+            end,
+            End::ClientTerminated | End::ClientGone | End::IdleTimeout
+        ) && self.link.quiet()
             && !self.collector.continues()
             && !self.link.fatal_seen()
     }
@@ -184,11 +192,12 @@ impl Session {
             let _ = shutdown.wait_for(|stopping| *stopping).await;
         };
         tokio::pin!(stop);
+        let mut clock = ClientClock::new(&self.shared.config.proxy);
         loop {
             if let Err(end) = self.advance().await {
                 return end;
             }
-            if let Err(end) = self.step(stop.as_mut()).await {
+            if let Err(end) = self.step(stop.as_mut(), &mut clock).await {
                 return end;
             }
         }
@@ -226,7 +235,11 @@ impl Session {
     }
 
     /// Waits for the next thing that can happen and handles it.
-    async fn step(&mut self, stop: Pin<&mut impl Future<Output = ()>>) -> Result<(), End> {
+    async fn step(
+        &mut self,
+        stop: Pin<&mut impl Future<Output = ()>>,
+        clock: &mut ClientClock,
+    ) -> Result<(), End> {
         let Session {
             client,
             link,
@@ -240,6 +253,10 @@ impl Session {
         // still arrive whole, and a client leaving mid-message must be seen).
         let read_client = !collector.is_due();
         let read_server = client.out.len() < HIGH_WATER;
+        // Between transactions with every request answered.
+        let between = link.phase() == Phase::Ready(TxnStatus::Idle)
+            && link.settled()
+            && !collector.continues();
         let LinkIo {
             read: server_rd,
             write: server_wr,
@@ -247,6 +264,13 @@ impl Session {
             fences,
         } = link.io();
         let write_server = !to_server.is_empty();
+        let timed = clock.watch(if read_client && !client.inbuf.is_empty() {
+            Watch::Partial
+        } else if read_client && between && client.out.is_empty() && !write_server {
+            Watch::Idle
+        } else {
+            Watch::Off
+        });
         let event = tokio::select! {
             biased;
             r = client.wr.write(&client.out), if !client.out.is_empty() => Event::WroteClient(r),
@@ -254,19 +278,44 @@ impl Session {
             r = server_read(server_rd), if read_server => Event::ReadServer(r),
             r = client.rd.read_buf(&mut client.inbuf), if read_client => Event::ReadClient(r),
             Ok(()) = fences.changed(), if attached => Event::Fenced,
+            watch = clock.expired(), if timed => Event::ClientClock(watch),
             () = stop => Event::Shutdown,
         };
         match event {
             Event::WroteClient(Ok(n)) if n > 0 => self.client.out.advance(n),
             Event::WroteServer(Ok(n)) if n > 0 => self.link.out().advance(n),
             Event::ReadServer(Ok(n)) if n > 0 => self.on_server_bytes()?,
-            Event::ReadClient(Ok(n)) if n > 0 => {}
+            Event::ReadClient(Ok(n)) if n > 0 => clock.heard(),
             Event::WroteClient(_) | Event::ReadClient(_) => return Err(End::ClientGone),
             Event::WroteServer(_) | Event::ReadServer(_) => return Err(End::ServerGone),
             Event::Shutdown => return Err(End::Shutdown),
             Event::Fenced => return self.leave_fenced_node(),
+            Event::ClientClock(watch) => return Err(self.client_timed_out(watch)),
         }
         Ok(())
+    }
+
+    /// The client's clock ran out: a message left half sent breaks the
+    /// protocol (08P01); an idle session ends as PostgreSQL's
+    /// `idle_session_timeout` ends it (57P05).
+    fn client_timed_out(&mut self, watch: Watch) -> End {
+        let proxy = &self.shared.config.proxy;
+        if watch == Watch::Partial {
+            let message = format!(
+                "incomplete message from client: nothing more arrived within client_message_timeout_ms ({} ms)",
+                proxy.client_message_timeout_ms
+            );
+            self.refuse_client_frame(Sqlstate::ProtocolViolation, &message);
+            return End::ClientProtocolError;
+        }
+        debug!(parent: &self.span, idle_ms = proxy.client_idle_timeout_ms, "closing an idle session");
+        messages::error(
+            &mut self.client.out,
+            true,
+            Sqlstate::IdleSessionTimeout,
+            "terminating connection due to idle-session timeout",
+        );
+        End::IdleTimeout
     }
 
     /// The session's server was just fenced: between transactions it moves
@@ -374,7 +423,7 @@ impl Session {
     async fn finish(&mut self, end: &End, reusable: bool) {
         let busy = matches!(self.link.phase(), Phase::Busy { .. });
         match end {
-            End::ClientTerminated | End::ClientGone if reusable => {}
+            End::ClientTerminated | End::ClientGone | End::IdleTimeout if reusable => {}
             End::ClientTerminated => {
                 // Whatever the client sent before Terminate still goes first.
                 self.link.out().extend_from_slice(&TERMINATE);
@@ -393,7 +442,7 @@ impl Session {
             }
             End::ClientGone => {}
             End::ServerGone => self.tell_server_lost(busy),
-            End::Shutdown | End::ClientProtocolError => {
+            End::Shutdown | End::ClientProtocolError | End::IdleTimeout => {
                 if *end == End::Shutdown && !self.link.mid_frame() {
                     messages::error(
                         &mut self.client.out,
