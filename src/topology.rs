@@ -209,6 +209,11 @@ impl Topology {
     pub fn primary_lsn(&self) -> Option<Lsn> {
         self.nodes.get(self.primary()?)?.replication.lsn
     }
+
+    /// The last WAL position the epoch's primary reported, healthy or not.
+    pub fn leader_lsn(&self) -> Option<Lsn> {
+        self.nodes.get(self.leader?)?.replication.lsn
+    }
 }
 
 /// Shared handle: the control plane stores, the data plane loads.

@@ -266,6 +266,8 @@ async fn a_proxy_cut_off_from_the_primary_does_not_fail_over() {
     // The proxy reaches the primary only through the relay; the replicas
     // stream from it directly.
     config.nodes[0].port = relay.addr().port();
+    // A write waits this long for a primary before it is refused.
+    config.failover.failover_wait_ms = 1_000;
     let proxy = start(config, &cluster).await;
     let c = client(&proxy, &cluster, "failover").await;
     fresh_table(&c, "ft", "i int").await;
@@ -280,6 +282,7 @@ async fn a_proxy_cut_off_from_the_primary_does_not_fail_over() {
     let (c2, _) = connect_with(&superuser_url(&proxy, &cluster))
         .await
         .unwrap();
+    let began = std::time::Instant::now();
     let err = c2
         .batch_execute("INSERT INTO ft VALUES (1)")
         .await
@@ -288,6 +291,11 @@ async fn a_proxy_cut_off_from_the_primary_does_not_fail_over() {
         sqlstate(&err).get(..2),
         Some("08"),
         "writes get a connection error: {err:?}"
+    );
+    assert!(
+        began.elapsed() >= Duration::from_millis(900),
+        "the write waited failover_wait_ms for a primary first ({:?})",
+        began.elapsed()
     );
     // Reads still work from the replicas.
     let in_recovery: bool = c2

@@ -76,6 +76,7 @@ impl Shared {
             // A switchover's pause lasts at most the failover timeout: a
             // write waits it out (and a second more) instead of failing.
             pause_limit: self.config.failover.failover_timeout() + Duration::from_secs(1),
+            failover_wait: self.config.failover.failover_wait(),
         }
     }
 }
