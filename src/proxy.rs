@@ -2,8 +2,9 @@
 //! store chosen from the config, the control plane's named tasks (a prober
 //! per node, the driver, the function catalog's refresher (which loads the
 //! backend database's set before the proxy listens), the idle-connection reaper,
-//! the listener), and a [`TaskTracker`] for the client sessions and the
-//! driver's action tasks, so that shutdown waits for them.
+//! the listener, the HTTP endpoint when `[http] listen` is set), and a
+//! [`TaskTracker`] for the client sessions and the driver's action tasks, so
+//! that shutdown waits for them.
 //! [`Proxy::start`] is what `palisade --config`, the demo and the
 //! integration tests all run.
 
@@ -71,6 +72,8 @@ fn spawn_named(name: impl Into<String>, task: impl Future<Output = ()> + Send + 
 /// A running proxy. Dropping it without [`Proxy::shutdown`] aborts its tasks.
 pub struct Proxy {
     addr: SocketAddr,
+    /// The monitoring endpoint's address, when `[http] listen` is set.
+    http_addr: Option<SocketAddr>,
     shared: Arc<Shared>,
     topology: TopologyHandle,
     control: ControlHandle,
@@ -96,13 +99,8 @@ impl Proxy {
         operator: Arc<dyn NodeOperator>,
     ) -> Result<Proxy, StartError> {
         config.validate()?;
-        let addr = config.listen_addr()?;
-        let listener = TcpListener::bind(addr)
-            .await
-            .map_err(|source| StartError::Listen { addr, source })?;
-        let addr = listener
-            .local_addr()
-            .map_err(|source| StartError::Listen { addr, source })?;
+        let (listener, addr) = bind(config.listen_addr()?).await?;
+        let http = bind_http(&config).await?;
         let (shutdown, shutdown_rx) = watch::channel(false);
         let topology = TopologyHandle::new(Topology::from_config(&config.nodes));
         let config = Arc::new(config);
@@ -170,8 +168,10 @@ impl Proxy {
         info!(%addr, "palisade is listening");
         let accept = accept_loop(listener, shared.clone(), tracker.clone());
         tasks.insert(0, spawn_named("listener", accept));
+        let http_addr = http.map(|http| serve_http(http, &shared, &mut tasks));
         Ok(Proxy {
             addr,
+            http_addr,
             shared,
             topology,
             control,
@@ -184,6 +184,12 @@ impl Proxy {
     /// The address clients connect to (useful when listening on port 0).
     pub fn local_addr(&self) -> SocketAddr {
         self.addr
+    }
+
+    /// The monitoring endpoint's address (`[http] listen`, useful when
+    /// listening on port 0); `None` when it is off.
+    pub fn http_addr(&self) -> Option<SocketAddr> {
+        self.http_addr
     }
 
     /// How many statements the classifier could not parse (they ran on the primary).
@@ -245,6 +251,39 @@ impl Drop for Proxy {
             task.handle.abort();
         }
     }
+}
+
+/// A listener on `addr`, and the address it got (port 0 picks one).
+async fn bind(addr: SocketAddr) -> Result<(TcpListener, SocketAddr), StartError> {
+    let listener = TcpListener::bind(addr)
+        .await
+        .map_err(|source| StartError::Listen { addr, source })?;
+    let bound = listener
+        .local_addr()
+        .map_err(|source| StartError::Listen { addr, source })?;
+    Ok((listener, bound))
+}
+
+/// The monitoring endpoint's listener, when `[http] listen` is set.
+async fn bind_http(config: &Config) -> Result<Option<(TcpListener, SocketAddr)>, StartError> {
+    match config.http.listen_addr()? {
+        Some(at) => bind(at).await.map(Some),
+        None => Ok(None),
+    }
+}
+
+/// Starts the monitoring endpoint as a named task; returns its address.
+fn serve_http(
+    (listener, addr): (TcpListener, SocketAddr),
+    shared: &Arc<Shared>,
+    tasks: &mut Vec<Named>,
+) -> SocketAddr {
+    info!(%addr, "http endpoint is listening");
+    tasks.push(spawn_named(
+        "http",
+        crate::http::serve(listener, shared.clone()),
+    ));
+    addr
 }
 
 /// What the control plane is started with.

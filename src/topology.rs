@@ -30,6 +30,17 @@ pub enum Role {
     Unknown,
 }
 
+impl Role {
+    /// How the console, the metrics and the status page write it.
+    pub fn name(self) -> &'static str {
+        match self {
+            Role::Primary => "primary",
+            Role::Replica => "replica",
+            Role::Unknown => "unknown",
+        }
+    }
+}
+
 /// A WAL position (PostgreSQL's `pg_lsn`) as a byte offset; written
 /// `X/Y` in hex like PostgreSQL writes it.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -124,6 +135,17 @@ pub struct NodeState {
     /// Receives no traffic at all: a node that claims to be a primary but
     /// is not the primary of the current epoch.
     pub fenced: bool,
+}
+
+impl NodeState {
+    /// `fenced`, `up` or `down`, as the console and the status page show it.
+    pub fn health(&self) -> &'static str {
+        match (self.fenced, self.healthy) {
+            (true, _) => "fenced",
+            (false, true) => "up",
+            (false, false) => "down",
+        }
+    }
 }
 
 /// Whether the primary of the epoch takes writes now. The failover state

@@ -359,22 +359,8 @@ pub fn node_rows(
             vec![
                 Some(n.name.clone()),
                 Some(format!("{}:{}", n.host, n.port)),
-                Some(
-                    match n.role {
-                        Role::Primary => "primary",
-                        Role::Replica => "replica",
-                        Role::Unknown => "unknown",
-                    }
-                    .to_owned(),
-                ),
-                Some(
-                    match (n.fenced, n.healthy) {
-                        (true, _) => "fenced",
-                        (false, true) => "up",
-                        (false, false) => "down",
-                    }
-                    .to_owned(),
-                ),
+                Some(n.role.name().to_owned()),
+                Some(n.health().to_owned()),
                 r.lsn.map(|l| l.to_string()),
                 r.receive_lsn.filter(|_| replica).map(|l| l.to_string()),
                 replica.then(|| r.streaming.to_string()),

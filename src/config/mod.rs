@@ -11,6 +11,7 @@
 mod admin;
 mod consistency;
 mod failover;
+mod http;
 mod nodes;
 mod sections;
 mod users;
@@ -19,6 +20,7 @@ mod verifier;
 pub use admin::{AdminConfig, ConsoleAccess};
 pub use consistency::{Consistency, ConsistencyConfig, OnNoReplica, PartitionMode};
 pub use failover::{FailoverConfig, FailoverMode, ReplicationMode};
+pub use http::HttpConfig;
 pub use nodes::NodeConfig;
 pub use sections::{
     BackendConfig, LoadBalance, MonitorConfig, PoolConfig, ProxyConfig, RoutingConfig,
@@ -84,6 +86,8 @@ pub struct Config {
     pub users: Vec<UserConfig>,
     #[serde(default)]
     pub admin: AdminConfig,
+    #[serde(default)]
+    pub http: HttpConfig,
 }
 
 impl Config {
@@ -119,6 +123,7 @@ impl Config {
 
     pub fn validate(&self) -> Result<(), ConfigError> {
         self.listen_addr()?;
+        self.http.listen_addr()?;
         let p = &self.proxy;
         if p.max_client_connections == 0 {
             return Err(invalid(

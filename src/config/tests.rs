@@ -112,6 +112,20 @@ fn bad_listen_address_names_the_key() {
 }
 
 #[test]
+fn http_endpoint_is_off_by_default_and_its_address_is_checked() {
+    let c = Config::parse(GOOD).unwrap();
+    assert_eq!(c.http.listen_addr(), Ok(None));
+    let on = format!("{GOOD}\n[http]\nlisten = \"127.0.0.1:7432\"\n");
+    let c = Config::parse(&on).unwrap();
+    assert_eq!(
+        c.http.listen_addr(),
+        Ok(Some("127.0.0.1:7432".parse().unwrap()))
+    );
+    let e = error_of(&format!("{GOOD}\n[http]\nlisten = \"localhost\"\n"));
+    assert_eq!(e.key, "http.listen");
+}
+
+#[test]
 fn zero_max_client_connections_is_rejected() {
     let e = error_of(&good_with(
         "listen = \"127.0.0.1:6432\"",

@@ -9,7 +9,7 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use palisade::config::{
-    AdminConfig, AuthMethod, BackendConfig, Config, ConsistencyConfig, FailoverConfig,
+    AdminConfig, AuthMethod, BackendConfig, Config, ConsistencyConfig, FailoverConfig, HttpConfig,
     MonitorConfig, NodeConfig, PoolConfig, ProxyConfig, RoutingConfig, UserConfig,
 };
 use palisade::control::operator::NodeOperator;
@@ -55,6 +55,7 @@ pub fn demo_config(cluster: &LocalCluster, listen: SocketAddr) -> Config {
             admin_users: vec![cluster.superuser().into()],
             stats_users: Vec::new(),
         },
+        http: HttpConfig::default(),
     }
 }
 

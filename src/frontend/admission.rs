@@ -39,6 +39,7 @@ const MAX_TRACKED: usize = 65_536;
 /// The proxy's admission limits, shared by the listener and every client task.
 pub struct Admission {
     sessions: Arc<Semaphore>,
+    max_sessions: usize,
     pending: Arc<Mutex<Pending>>,
     failures: Mutex<Failures>,
     startup_timeout: Duration,
@@ -95,6 +96,7 @@ impl Admission {
     pub fn new(proxy: &ProxyConfig) -> Admission {
         Admission {
             sessions: Arc::new(Semaphore::new(proxy.max_client_connections)),
+            max_sessions: proxy.max_client_connections,
             pending: Arc::new(Mutex::new(Pending {
                 cap: proxy.max_pending_logins,
                 next: 0,
@@ -134,6 +136,17 @@ impl Admission {
             deadline: Instant::now() + self.startup_timeout,
             permit: None,
         })
+    }
+
+    /// Logged-in sessions now (console included).
+    pub fn sessions(&self) -> usize {
+        self.max_sessions
+            .saturating_sub(self.sessions.available_permits())
+    }
+
+    /// Connections still starting up or authenticating now.
+    pub fn logins_in_progress(&self) -> usize {
+        lock(&self.pending).logins.len()
     }
 
     /// The login authenticated: it is no longer in progress and takes a

@@ -15,6 +15,7 @@ mod commits;
 mod consistency;
 mod drivers;
 mod failures;
+mod http;
 mod limits;
 mod pool;
 mod relay;
