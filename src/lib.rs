@@ -10,6 +10,7 @@
 //! The control plane ([`control`]) probes every node on its own connections
 //! and is the single writer of the topology snapshot the data plane reads.
 //! [`admin`] is the console behind the virtual database `palisade`.
+//! [`tls`] is TLS on both sides (rustls).
 //! [`proxy::Proxy`] assembles both.
 //!
 //! The test harness is not here: local PostgreSQL clusters, fault injection
@@ -25,4 +26,5 @@ pub mod frontend;
 pub mod protocol;
 pub mod proxy;
 pub mod route;
+pub mod tls;
 pub mod topology;

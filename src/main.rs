@@ -9,6 +9,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 use palisade::config::Config;
 use palisade::proxy::Proxy;
+use tokio::signal::unix::{signal, SignalKind};
 
 #[derive(Parser)]
 #[command(
@@ -75,7 +76,7 @@ fn main() -> ExitCode {
 
 async fn run(config: Config) -> Result<(), String> {
     let proxy = Proxy::start(config).await.map_err(|e| e.to_string())?;
-    wait_for_signal().await;
+    serve_until_signal(&proxy).await;
     proxy.shutdown().await;
     Ok(())
 }
@@ -106,9 +107,28 @@ fn fail(message: &str) -> ExitCode {
     ExitCode::FAILURE
 }
 
+/// Resolves on Ctrl-C or SIGTERM; each SIGHUP meanwhile reloads the TLS
+/// certificate, as `pg_ctl reload` does PostgreSQL's.
+async fn serve_until_signal(proxy: &Proxy) {
+    let stop = wait_for_signal();
+    tokio::pin!(stop);
+    let Ok(mut hangup) = signal(SignalKind::hangup()) else {
+        return stop.await;
+    };
+    loop {
+        tokio::select! {
+            () = &mut stop => return,
+            Some(()) = hangup.recv() => {
+                // Logged by the proxy; a failed reload keeps the old certificate.
+                let _ = proxy.reload_tls();
+            }
+        }
+    }
+}
+
 /// Resolves on Ctrl-C or SIGTERM.
 async fn wait_for_signal() {
-    let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+    let mut term = match signal(SignalKind::terminate()) {
         Ok(s) => s,
         Err(_) => {
             let _ = tokio::signal::ctrl_c().await;

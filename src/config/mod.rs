@@ -12,6 +12,7 @@ mod consistency;
 mod failover;
 mod nodes;
 mod sections;
+mod tls;
 mod users;
 mod verifier;
 
@@ -21,6 +22,7 @@ pub use nodes::NodeConfig;
 pub use sections::{
     BackendConfig, LoadBalance, MonitorConfig, PoolConfig, ProxyConfig, RoutingConfig,
 };
+pub use tls::{ServerTlsMode, TlsConfig, TlsMode};
 pub use users::{AuthMethod, UserConfig};
 pub use verifier::{parse_scram_verifier, StoredVerifier};
 
@@ -80,6 +82,8 @@ pub struct Config {
     pub nodes: Vec<NodeConfig>,
     #[serde(default)]
     pub users: Vec<UserConfig>,
+    #[serde(default)]
+    pub tls: TlsConfig,
 }
 
 impl Config {
@@ -161,6 +165,8 @@ impl Config {
             return Err(invalid("backend.user", "must not be empty"));
         }
         self.consistency.validate()?;
+        self.tls.validate()?;
+        tls::validate_server(&self.backend)?;
         nodes::validate(&self.nodes)?;
         self.failover.validate(&self.monitor, self.nodes.len())?;
         users::validate(&self.users)

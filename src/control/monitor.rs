@@ -12,11 +12,11 @@ use std::time::Duration;
 
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
 use tokio::sync::{mpsc, watch};
-use tokio_postgres::NoTls;
 use tracing::debug;
 
 use super::failover::{NodeId, Probe, Report, Upstream, WalReceiver};
 use crate::config::Config;
+use crate::tls::ServerTls;
 
 /// One probe's answer about one node.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -41,13 +41,14 @@ const PROBE: &str = "SELECT pg_is_in_recovery(), \
 /// `shutdown` or until the receiver is gone.
 pub fn probers(
     config: &Arc<Config>,
+    tls: &ServerTls,
     results: &mpsc::Sender<ProbeResult>,
     shutdown: &watch::Receiver<bool>,
 ) -> Vec<Prober> {
     (0..config.nodes.len())
         .map(|node| Prober {
             node,
-            pool: probe_pool(config, node),
+            pool: probe_pool(config, tls, node),
             interval: config.monitor.probe_interval(),
             connect_timeout: config.proxy.connect_timeout(),
             timeout: config.monitor.probe_timeout(),
@@ -57,7 +58,7 @@ pub fn probers(
         .collect()
 }
 
-fn probe_pool(config: &Config, node: usize) -> Pool {
+fn probe_pool(config: &Config, tls: &ServerTls, node: usize) -> Pool {
     let n = &config.nodes[node];
     let mut pg = tokio_postgres::Config::new();
     pg.host(&n.host)
@@ -69,9 +70,10 @@ fn probe_pool(config: &Config, node: usize) -> Pool {
     if let Some(password) = &config.backend.password {
         pg.password(password);
     }
+    let tls = tls.postgres(&mut pg);
     let manager = Manager::from_config(
         pg,
-        NoTls,
+        tls,
         ManagerConfig {
             recycling_method: RecyclingMethod::Fast,
         },

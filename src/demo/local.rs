@@ -10,7 +10,7 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use palisade::config::{
     AuthMethod, BackendConfig, Config, ConsistencyConfig, FailoverConfig, MonitorConfig,
-    NodeConfig, PoolConfig, ProxyConfig, RoutingConfig, UserConfig,
+    NodeConfig, PoolConfig, ProxyConfig, RoutingConfig, TlsConfig, UserConfig,
 };
 use palisade::control::operator::NodeOperator;
 use palisade_testkit::LocalCluster;
@@ -26,6 +26,7 @@ pub fn demo_config(cluster: &LocalCluster, listen: SocketAddr) -> Config {
             user: cluster.superuser().into(),
             password: Some(cluster.password().into()),
             database: "postgres".into(),
+            ..BackendConfig::default()
         },
         monitor: MonitorConfig::default(),
         pool: PoolConfig::default(),
@@ -50,6 +51,7 @@ pub fn demo_config(cluster: &LocalCluster, listen: SocketAddr) -> Config {
             server_user: None,
             server_password: None,
         }],
+        tls: TlsConfig::default(),
     }
 }
 

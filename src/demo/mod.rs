@@ -8,9 +8,12 @@
 mod local;
 
 use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use palisade::config::{Config, TlsConfig, TlsMode};
 use palisade::proxy::Proxy;
+use palisade_testkit::tls::TestCa;
 use palisade_testkit::{ClusterOptions, LocalCluster};
 
 pub use local::{demo_config, LocalRejoin};
@@ -33,6 +36,13 @@ pub async fn run(listen: SocketAddr, replicas: usize) -> Result<(), String> {
     let cluster = Arc::new(cluster);
     let mut config = demo_config(&cluster, listen);
     config.failover.state_file = Some(cluster.base_dir().join("palisade-state.toml"));
+    let ca_file = match demo_tls(&mut config, cluster.base_dir()) {
+        Ok(ca_file) => ca_file,
+        Err(e) => {
+            stop(cluster).await;
+            return Err(format!("cannot make the demo's TLS certificate: {e}"));
+        }
+    };
     let operator = Arc::new(LocalRejoin::new(cluster.clone()));
     let proxy = match Proxy::start_with(config, operator).await {
         Ok(p) => p,
@@ -55,12 +65,36 @@ pub async fn run(listen: SocketAddr, replicas: usize) -> Result<(), String> {
         addr.ip(),
         addr.port()
     );
+    eprintln!(
+        "  TLS: a certificate made at start (sslmode=require, or verify-full with sslrootcert={})",
+        ca_file.display()
+    );
     eprintln!("palisade demo: ready; Ctrl-C stops the proxy and the cluster");
-    super::wait_for_signal().await;
+    super::serve_until_signal(&proxy).await;
     eprintln!("palisade demo: stopping");
     proxy.shutdown().await;
     stop(cluster).await;
     Ok(())
+}
+
+/// Serves TLS with a certificate for `localhost` and 127.0.0.1 signed by
+/// a CA made now, both written under `dir`; returns the CA's file.
+fn demo_tls(config: &mut Config, dir: &Path) -> Result<PathBuf, String> {
+    let ca = TestCa::new("Palisade demo CA").map_err(|e| e.to_string())?;
+    let cert = ca
+        .issue(&["localhost", "127.0.0.1"])
+        .map_err(|e| e.to_string())?;
+    let tls_dir = dir.join("demo-tls");
+    std::fs::create_dir_all(&tls_dir).map_err(|e| e.to_string())?;
+    let (cert_file, key_file) = cert.write(&tls_dir).map_err(|e| e.to_string())?;
+    let ca_file = tls_dir.join("ca.pem");
+    std::fs::write(&ca_file, ca.cert_pem()).map_err(|e| e.to_string())?;
+    config.tls = TlsConfig {
+        mode: Some(TlsMode::Allow),
+        cert_file: Some(cert_file),
+        key_file: Some(key_file),
+    };
+    Ok(ca_file)
 }
 
 /// Stops the cluster and removes its directory (when the proxy, which

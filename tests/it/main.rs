@@ -17,4 +17,5 @@ mod failures;
 mod pool;
 mod relay;
 mod routing;
+mod tls;
 mod tools;
