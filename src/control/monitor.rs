@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
 use tokio::sync::{mpsc, watch};
-use tracing::debug;
+use tracing::{debug, warn};
 
 use super::failover::{NodeId, Probe, Report, Upstream, WalReceiver};
 use crate::config::Config;
@@ -54,6 +54,7 @@ pub fn probers(
             timeout: config.monitor.probe_timeout(),
             results: results.clone(),
             shutdown: shutdown.clone(),
+            said: None,
         })
         .collect()
 }
@@ -96,6 +97,10 @@ pub struct Prober {
     timeout: Duration,
     results: mpsc::Sender<ProbeResult>,
     shutdown: watch::Receiver<bool>,
+    /// The last connection error logged as a warning: a new cause (TLS
+    /// refused, a certificate that does not verify) is said once, not on
+    /// every probe.
+    said: Option<String>,
 }
 
 impl Prober {
@@ -126,11 +131,20 @@ impl Prober {
         }
     }
 
-    async fn probe(&self) -> Option<Report> {
+    async fn probe(&mut self) -> Option<Report> {
         let client = match tokio::time::timeout(self.connect_timeout, self.pool.get()).await {
-            Ok(Ok(c)) => c,
+            Ok(Ok(c)) => {
+                self.said = None;
+                c
+            }
             Ok(Err(e)) => {
-                debug!(node = self.node, error = %e, "probe connection failed");
+                let error = e.to_string();
+                if self.said.as_ref() != Some(&error) {
+                    warn!(node = self.node, %error, "probe connection failed");
+                    self.said = Some(error);
+                } else {
+                    debug!(node = self.node, %error, "probe connection failed");
+                }
                 return None;
             }
             Err(_) => {

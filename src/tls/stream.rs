@@ -6,7 +6,8 @@
 //! socket is full, and the relay never flushes a TCP socket, so a
 //! [`WriteHalf`] write flushes before it reports the bytes taken. Until
 //! then it answers `Pending`, holding the count: the caller must come back
-//! with the same bytes first, as the relay and `write_all` do.
+//! with the same bytes first, as the relay and `write_all` do (the relay
+//! advances its buffer only by what a write reports).
 
 use std::io;
 use std::pin::Pin;
@@ -166,7 +167,13 @@ impl AsyncWrite for WriteHalf {
                     }
                 }
                 match Pin::new(half).poll_flush(cx) {
-                    Poll::Ready(Ok(())) => Poll::Ready(Ok(std::mem::take(taken))),
+                    Poll::Ready(Ok(())) => {
+                        // Never more than this caller offered (a caller that
+                        // broke the contract loses bytes, but nothing panics).
+                        let n = (*taken).min(buf.len());
+                        *taken -= n;
+                        Poll::Ready(Ok(n))
+                    }
                     Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
                     Poll::Pending => Poll::Pending,
                 }

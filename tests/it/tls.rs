@@ -690,3 +690,44 @@ async fn server_tls_refuses_a_wrong_ca_and_a_server_without_tls_clearly() {
         .expect("prefer takes TLS when offered");
     assert!(matches!(conn.rd, ReadHalf::Tls(_)));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn big_messages_and_pipelines_cross_tls_on_both_sides() {
+    let (cluster, server_ca) = tls_cluster();
+    let dir = tempfile::tempdir().unwrap();
+    let ca_file = dir.path().join("server-ca.pem");
+    std::fs::write(&ca_file, server_ca.cert_pem()).unwrap();
+    let pki = Pki::new("both sides CA");
+    let proxy = start_proxy(cluster, |c| {
+        c.tls = pki.tls_config(TlsMode::Require);
+        c.backend.server_tls = ServerTlsMode::VerifyFull;
+        c.backend.server_ca_file = Some(ca_file);
+    })
+    .await;
+    let client = tls_client(&proxy, &pki.ca.cert_pem()).await.unwrap();
+    // 16 MB each way: far past rustls's buffers and the sockets', so writes
+    // must wait for the peer on both legs.
+    let big = "x".repeat(16 * 1024 * 1024);
+    let row = client
+        .query_one(
+            "SELECT length($1::text), repeat('y', 16 * 1024 * 1024)",
+            &[&big],
+        )
+        .await
+        .unwrap();
+    assert_eq!(row.get::<_, i32>(0), 16 * 1024 * 1024);
+    assert_eq!(row.get::<_, &str>(1).len(), 16 * 1024 * 1024);
+    // Queries issued at once are pipelined on the one connection.
+    let client = Arc::new(client);
+    let statement = client.prepare("SELECT $1::int * 2").await.unwrap();
+    let mut queries = tokio::task::JoinSet::new();
+    for i in 0..200i32 {
+        let (client, statement) = (client.clone(), statement.clone());
+        queries.spawn(async move { (i, client.query_one(&statement, &[&i]).await) });
+    }
+    while let Some(done) = queries.join_next().await {
+        let (i, row) = done.unwrap();
+        assert_eq!(row.unwrap().get::<_, i32>(0), i * 2);
+    }
+    assert!(server_side_ssl(&client).await);
+}
