@@ -1,9 +1,10 @@
 //! `palisade demo`: a local primary + replicas from the machine's PostgreSQL
 //! binaries (started by `palisade-testkit`), Palisade in front, and one line
-//! of psql to connect. Failover works on it: kill the primary and a replica
-//! takes over; `REJOIN node0` in the admin console rewinds the old primary
-//! into a replica ([`LocalRejoin`]). The demo lives in the binary, not the
-//! library: the proxy itself ships no test harness.
+//! of psql to connect. Clients may use TLS: a CA and a certificate for
+//! `localhost` and 127.0.0.1 are made at start. Failover works on it: kill
+//! the primary and a replica takes over; `REJOIN node0` in the admin console
+//! rewinds the old primary into a replica ([`LocalRejoin`]). The demo lives
+//! in the binary, not the library: the proxy itself ships no test harness.
 
 mod local;
 
