@@ -9,6 +9,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 use palisade::config::Config;
 use palisade::proxy::Proxy;
+use palisade::tls::{ClientTls, ServerTls};
 use tokio::signal::unix::{signal, SignalKind};
 
 #[derive(Parser)]
@@ -48,7 +49,10 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     init_tracing();
     match (cli.command, cli.config) {
-        (Some(Command::CheckConfig { file }), _) => match Config::load(&file) {
+        (Some(Command::CheckConfig { file }), _) => match Config::load(&file)
+            .map_err(|e| e.to_string())
+            .and_then(check_tls)
+        {
             Ok(c) => {
                 println!(
                     "{}: ok ({} nodes, {} users)",
@@ -72,6 +76,14 @@ fn main() -> ExitCode {
             fail("nothing to do: pass --config FILE, or try `palisade demo` (see --help)")
         }
     }
+}
+
+/// Loads the certificate, key and CA files the config names, as a start
+/// would, so that `check-config` catches a file that cannot be used.
+fn check_tls(config: Config) -> Result<Config, String> {
+    ClientTls::load(&config.tls).map_err(|e| e.to_string())?;
+    ServerTls::from_config(&config.backend).map_err(|e| e.to_string())?;
+    Ok(config)
 }
 
 async fn run(config: Config) -> Result<(), String> {

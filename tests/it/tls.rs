@@ -731,3 +731,38 @@ async fn big_messages_and_pipelines_cross_tls_on_both_sides() {
     }
     assert!(server_side_ssl(&client).await);
 }
+
+#[test]
+fn check_config_loads_the_certificate_and_key_it_names() {
+    let pki = Pki::new("check-config CA");
+    let file = pki.dir.path().join("palisade.toml");
+    let config = |key_file: &Path| {
+        format!(
+            "[tls]\nmode = \"require\"\ncert_file = {:?}\nkey_file = {:?}\n\n\
+             [[nodes]]\nhost = \"127.0.0.1\"\nport = 5432\n\n[[users]]\nname = \"app\"\npassword = \"pw\"\n",
+            pki.cert_file, key_file
+        )
+    };
+    let check = || {
+        Command::new(env!("CARGO_BIN_EXE_palisade"))
+            .arg("check-config")
+            .arg(&file)
+            .output()
+            .unwrap()
+    };
+    std::fs::write(&file, config(&pki.key_file)).unwrap();
+    let good = check();
+    assert!(good.status.success(), "{}", text(&good));
+    // The key of another certificate does not go with this one.
+    let other = pki.ca.issue(&["localhost"]).unwrap();
+    let other_key = pki.dir.path().join("other-key.pem");
+    std::fs::write(&other_key, other.key_pem).unwrap();
+    let garbage = pki.dir.path().join("garbage.pem");
+    std::fs::write(&garbage, "not a key").unwrap();
+    for key in [other_key, garbage] {
+        std::fs::write(&file, config(&key)).unwrap();
+        let bad = check();
+        assert!(!bad.status.success(), "{}", text(&bad));
+        assert!(text(&bad).contains("tls.key_file"), "{}", text(&bad));
+    }
+}
