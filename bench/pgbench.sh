@@ -12,12 +12,19 @@
 # spread over the replicas. Everything it starts is stopped on exit and its
 # temp directory removed.
 #
-# Usage: bench/pgbench.sh [--replicas N] [--out FILE] [--no-palisade] [--keep-going]
+# Usage: bench/pgbench.sh [--replicas N] [--out FILE] [--no-palisade] [--keep-going] [--tls]
 #   --replicas N   also start N streaming replicas (pg_basebackup -R) and give
 #                  them to Palisade as nodes (default 0: a single-node comparison)
 #   --out FILE     also write the result table to FILE
 #   --no-palisade  bench the peers only (no Palisade build needed)
 #   --keep-going   record a failed run as FAILED and go on; still exits non-zero
+#   --tls          clients speak TLS (pgbench with sslmode=require) to every
+#                  target: PostgreSQL itself (ssl = on, the `direct` row),
+#                  Palisade ([tls] mode = "require") and PgBouncer
+#                  (client_tls_sslmode = require), all with one self-signed
+#                  certificate made here with openssl; the proxies talk to
+#                  PostgreSQL in the clear. pgpool-II is skipped. E.g. the
+#                  issue-13 cell: WORKLOADS=select-simple CLIENTS=8 bench/pgbench.sh --tls
 #
 # Environment:
 #   DURATION      seconds per pgbench run (default 10)
@@ -62,6 +69,7 @@ REPLICAS=0
 OUT_FILE=""
 WITH_PALISADE=1
 KEEP_GOING=0
+TLS=0
 while [[ $# -gt 0 ]]; do
     case "$1" in
         --replicas) REPLICAS="${2:?--replicas needs a number}"; shift 2 ;;
@@ -70,6 +78,7 @@ while [[ $# -gt 0 ]]; do
         --out=*) OUT_FILE="${1#*=}"; shift ;;
         --no-palisade) WITH_PALISADE=0; shift ;;
         --keep-going) KEEP_GOING=1; shift ;;
+        --tls) TLS=1; shift ;;
         -h|--help) usage; exit 0 ;;
         *) echo "pgbench.sh: unknown argument: $1 (see --help)" >&2; exit 2 ;;
     esac
@@ -171,6 +180,19 @@ cat >"$WORK/write-read.sql" <<'EOF'
 UPDATE pgbench_accounts SET abalance = abalance + :delta WHERE aid = :aid;
 SELECT abalance FROM pgbench_accounts WHERE aid = :aid;
 EOF
+
+# --tls: one self-signed certificate for PostgreSQL, Palisade and PgBouncer.
+if (( TLS )); then
+    command -v openssl >/dev/null || die "--tls needs the openssl command"
+    mkdir -p "$WORK/tls"
+    openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 2 \
+        -subj /CN=localhost -addext subjectAltName=DNS:localhost,IP:127.0.0.1 \
+        -keyout "$WORK/tls/key.pem" -out "$WORK/tls/cert.pem" >"$WORK/openssl.log" 2>&1 \
+        || die "openssl could not make a certificate: $(cat "$WORK/openssl.log")"
+    chmod 0600 "$WORK/tls/key.pem"
+    give_to_pg "$WORK/tls"
+    export PGSSLMODE=require
+fi
 
 PG_DIRS=()          # data directories of servers to stop with pg_ctl
 PIDS=()             # "pid:SIGNAL" of processes to stop with kill (by pid)
@@ -287,6 +309,10 @@ max_wal_senders = 10
 hot_standby = on
 log_min_messages = warning
 EOF
+if (( TLS )); then
+    printf "ssl = on\nssl_cert_file = '%s'\nssl_key_file = '%s'\n" "$WORK/tls/cert.pem" "$WORK/tls/key.pem" \
+        | as_pg tee -a "$PRIMARY_DIR/postgresql.conf" >/dev/null
+fi
 
 # Start a server on a free port (appended to its postgresql.conf; the last
 # setting wins) and leave the port in STARTED_PORT. Other programs on this
@@ -439,6 +465,10 @@ name = "postgres"
 auth = "scram-sha-256"
 password = "$PASSWORD"
 EOF
+    if (( TLS )); then
+        printf '\n[tls]\nmode = "require"\ncert_file = "%s"\nkey_file = "%s"\n' \
+            "$WORK/tls/cert.pem" "$WORK/tls/key.pem"
+    fi
 }
 
 # Starts Palisade binary $3 (default $PALISADE_BIN) as target $1 with consistency $2.
@@ -505,6 +535,11 @@ pidfile = $dir/pgbouncer.pid
 log_connections = 0
 log_disconnections = 0
 EOF
+    if (( TLS )); then
+        # Clients over TLS; to the server in the clear, as Palisade's default.
+        printf 'client_tls_sslmode = require\nclient_tls_cert_file = %s\nclient_tls_key_file = %s\nserver_tls_sslmode = disable\n' \
+            "$WORK/tls/cert.pem" "$WORK/tls/key.pem" >>"$dir/pgbouncer.ini"
+    fi
     give_to_pg "$dir"
     # -d: daemonise; the pid file says which process to stop.
     as_pg "$PGBOUNCER_BIN" -d "$dir/pgbouncer.ini" >"$WORK/pgbouncer-start.log" 2>&1 \
@@ -523,7 +558,9 @@ fi
 
 # -------------------------------------------------------------- pgpool-II --
 
-if [[ -n "$PGPOOL_BIN" ]]; then
+if (( TLS )); then
+    SKIPPED+=("pgpool (--tls: not set up for TLS)")
+elif [[ -n "$PGPOOL_BIN" ]]; then
     port="$(free_port)"
     pcp_port="$(free_port)"
     dir="$WORK/pgpool"
@@ -716,7 +753,9 @@ done
 report() {
     local replicas=""
     (( REPLICAS > 0 )) && replicas=", $REPLICAS replica(s)"
-    echo "pgbench via proxies, $(date -u +%Y-%m-%d) on $(nproc) cores: $PG_VERSION_STR, scale $SCALE, ${DURATION}s per run, fsync=off$replicas"
+    local tls=""
+    (( TLS )) && tls=", clients over TLS (sslmode=require; direct = PostgreSQL's own TLS)"
+    echo "pgbench via proxies, $(date -u +%Y-%m-%d) on $(nproc) cores: $PG_VERSION_STR, scale $SCALE, ${DURATION}s per run, fsync=off$replicas$tls"
     echo
     echo "| workload | clients | target | tps | avg latency ms | ratio to direct | proxy CPU µs/transaction | stale reads |"
     echo "|---|---:|---|---:|---:|---:|---:|---:|"

@@ -10,7 +10,8 @@
 //! The control plane ([`control`]) probes every node on its own connections
 //! and is the single writer of the topology snapshot the data plane reads.
 //! [`admin`] is the console behind the virtual database `palisade`;
-//! [`http`] the monitoring endpoint (metrics, health checks, status page).
+//! [`http`] the monitoring endpoint (metrics, health checks, status page);
+//! [`tls`] is TLS on both sides (rustls).
 //! [`proxy::Proxy`] assembles both.
 //!
 //! The test harness is not here: local PostgreSQL clusters, fault injection
@@ -27,4 +28,5 @@ pub mod http;
 pub mod protocol;
 pub mod proxy;
 pub mod route;
+pub mod tls;
 pub mod topology;

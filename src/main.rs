@@ -9,6 +9,8 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 use palisade::config::Config;
 use palisade::proxy::Proxy;
+use palisade::tls::{ClientTls, ServerTls};
+use tokio::signal::unix::{signal, SignalKind};
 
 #[derive(Parser)]
 #[command(
@@ -51,7 +53,10 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     init_tracing();
     match (cli.command, cli.config) {
-        (Some(Command::CheckConfig { file }), _) => match Config::load(&file) {
+        (Some(Command::CheckConfig { file }), _) => match Config::load(&file)
+            .map_err(|e| e.to_string())
+            .and_then(check_tls)
+        {
             Ok(c) => {
                 println!(
                     "{}: ok ({} nodes, {} users)",
@@ -85,9 +90,17 @@ fn main() -> ExitCode {
     }
 }
 
+/// Loads the certificate, key and CA files the config names, as a start
+/// would, so that `check-config` catches a file that cannot be used.
+fn check_tls(config: Config) -> Result<Config, String> {
+    ClientTls::load(&config.tls).map_err(|e| e.to_string())?;
+    ServerTls::from_config(&config.backend).map_err(|e| e.to_string())?;
+    Ok(config)
+}
+
 async fn run(config: Config) -> Result<(), String> {
     let proxy = Proxy::start(config).await.map_err(|e| e.to_string())?;
-    wait_for_signal().await;
+    serve_until_signal(&proxy).await;
     proxy.shutdown().await;
     Ok(())
 }
@@ -118,9 +131,28 @@ fn fail(message: &str) -> ExitCode {
     ExitCode::FAILURE
 }
 
+/// Resolves on Ctrl-C or SIGTERM; each SIGHUP meanwhile reloads the TLS
+/// certificate, as `pg_ctl reload` does PostgreSQL's.
+async fn serve_until_signal(proxy: &Proxy) {
+    let stop = wait_for_signal();
+    tokio::pin!(stop);
+    let Ok(mut hangup) = signal(SignalKind::hangup()) else {
+        return stop.await;
+    };
+    loop {
+        tokio::select! {
+            () = &mut stop => return,
+            Some(()) = hangup.recv() => {
+                // Logged by the proxy; a failed reload keeps the old certificate.
+                let _ = proxy.reload_tls();
+            }
+        }
+    }
+}
+
 /// Resolves on Ctrl-C or SIGTERM.
 async fn wait_for_signal() {
-    let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+    let mut term = match signal(SignalKind::terminate()) {
         Ok(s) => s,
         Err(_) => {
             let _ = tokio::signal::ctrl_c().await;

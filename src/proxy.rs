@@ -37,12 +37,15 @@ use crate::frontend::cancel::CancelRegistry;
 use crate::frontend::load::NodeLoads;
 use crate::frontend::{self, Shared};
 use crate::route::ReadPolicy;
+use crate::tls::{ClientTls, ServerTls, TlsError};
 use crate::topology::{PublishedFunctions, Topology, TopologyHandle};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
     #[error(transparent)]
     Config(#[from] ConfigError),
+    #[error(transparent)]
+    Tls(#[from] TlsError),
     #[error("cannot listen on {addr}: {source}")]
     Listen {
         addr: SocketAddr,
@@ -99,6 +102,8 @@ impl Proxy {
         operator: Arc<dyn NodeOperator>,
     ) -> Result<Proxy, StartError> {
         config.validate()?;
+        let client_tls = ClientTls::load(&config.tls)?;
+        let server_tls = ServerTls::from_config(&config.backend)?;
         let (listener, addr) = bind(config.listen_addr()?).await?;
         let http = bind_http(&config).await?;
         let (shutdown, shutdown_rx) = watch::channel(false);
@@ -114,12 +119,14 @@ impl Proxy {
             functions,
             operator,
             tracker: tracker.clone(),
+            tls: server_tls.clone(),
             shutdown: shutdown_rx.clone(),
         })
         .await;
         let pool = Arc::new(ServerPool::new(
             &config.pool,
             config.proxy.connect_timeout(),
+            server_tls.clone(),
         ));
         tasks.push(spawn_named(
             "reaper",
@@ -129,7 +136,16 @@ impl Proxy {
                 shutdown_rx.clone(),
             ),
         ));
-        let catalog = Arc::new(FunctionCatalog::new(&config, topology.clone()));
+        let commits = Arc::new(CommitLog::default());
+        let sampler = Sampler::new(
+            commits.clone(),
+            &config,
+            &server_tls,
+            topology.clone(),
+            shutdown_rx.clone(),
+        );
+        tasks.push(spawn_named("commits", sampler.run()));
+        let catalog = Arc::new(FunctionCatalog::new(&config, server_tls, topology.clone()));
         if let Some(refresher) = Refresher::new(
             catalog,
             topology.clone(),
@@ -142,18 +158,11 @@ impl Proxy {
             refresher.preload(&config.backend.database, limit).await;
             tasks.push(spawn_named("catalog", refresher.run()));
         }
-        let commits = Arc::new(CommitLog::default());
-        let sampler = Sampler::new(
-            commits.clone(),
-            &config,
-            topology.clone(),
-            shutdown_rx.clone(),
-        );
-        tasks.push(spawn_named("commits", sampler.run()));
         let shared = Arc::new(Shared {
             commits,
             pool,
             auth: Authenticator::new(&config),
+            tls: client_tls,
             loads: NodeLoads::new(config.nodes.len()),
             read_policy: ReadPolicy::from_config(&config.routing),
             tickets: AtomicU64::new(0),
@@ -202,6 +211,19 @@ impl Proxy {
         (0..self.shared.config.nodes.len())
             .map(|n| self.shared.loads.routed(n))
             .collect()
+    }
+
+    /// Reads `tls.cert_file` and `tls.key_file` again (SIGHUP): new
+    /// connections get the new certificate, open sessions keep theirs. On an
+    /// error the certificate in use stays. `Ok(false)` when TLS is off.
+    pub fn reload_tls(&self) -> Result<bool, TlsError> {
+        let reloaded = self.shared.tls.reload();
+        match &reloaded {
+            Ok(true) => info!("TLS certificate reloaded"),
+            Ok(false) => {}
+            Err(e) => warn!(error = %e, "TLS certificate not reloaded; the one in use stays"),
+        }
+        reloaded
     }
 
     /// The current published topology.
@@ -294,6 +316,7 @@ struct ControlWiring {
     functions: mpsc::UnboundedReceiver<FunctionsLoaded>,
     operator: Arc<dyn NodeOperator>,
     tracker: TaskTracker,
+    tls: ServerTls,
     shutdown: watch::Receiver<bool>,
 }
 
@@ -302,7 +325,7 @@ struct ControlWiring {
 /// primary.
 async fn start_control(w: ControlWiring) -> Vec<Named> {
     let (results, probed) = mpsc::channel(64);
-    let mut tasks: Vec<Named> = monitor::probers(&w.config, &results, &w.shutdown)
+    let mut tasks: Vec<Named> = monitor::probers(&w.config, &w.tls, &results, &w.shutdown)
         .into_iter()
         .map(|prober| {
             let name = format!("probe {}", w.config.nodes[prober.node()].display_name());
@@ -321,6 +344,7 @@ async fn start_control(w: ControlWiring) -> Vec<Named> {
             operator: w.operator,
             first_round,
             tracker: w.tracker,
+            tls: w.tls,
             shutdown: w.shutdown,
         },
     );

@@ -16,11 +16,11 @@ use bytes::{Bytes, BytesMut};
 use postgres_protocol::authentication::{md5_hash, sasl};
 use postgres_protocol::message::{backend, frontend};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::TcpStream;
 use tokio::sync::OwnedSemaphorePermit;
 
 use crate::protocol::take_frame;
+use crate::tls::{ReadHalf, ServerTls, WriteHalf};
 
 /// Startup replies are small; anything bigger is a broken server.
 const MAX_STARTUP_REPLY: usize = 1 << 20;
@@ -44,8 +44,8 @@ pub struct BackendKey {
 /// An authenticated server connection, ready for query.
 #[derive(Debug)]
 pub struct ServerConn {
-    pub rd: OwnedReadHalf,
-    pub wr: OwnedWriteHalf,
+    pub rd: ReadHalf,
+    pub wr: WriteHalf,
     /// Bytes already read past ReadyForQuery (normally empty).
     pub pending: BytesMut,
     /// ParameterStatus values reported during startup.
@@ -88,6 +88,12 @@ pub enum ConnectError {
         port: u16,
         source: std::io::Error,
     },
+    #[error("could not set up TLS with server {host}:{port}: {source}")]
+    Tls {
+        host: String,
+        port: u16,
+        source: crate::tls::connect::OpenError,
+    },
     #[error("timed out connecting to server {host}:{port}")]
     Timeout { host: String, port: u16 },
     /// The server refused us with its own ErrorResponse (raw frame).
@@ -117,14 +123,15 @@ pub enum ConnectError {
     },
 }
 
-/// Opens and authenticates a connection to `host:port`.
+/// Opens and authenticates a connection to `host:port`, with TLS as `tls` says.
 pub async fn connect(
     host: &str,
     port: u16,
     login: &Login<'_>,
+    tls: &ServerTls,
     timeout: Duration,
 ) -> Result<ServerConn, ConnectError> {
-    tokio::time::timeout(timeout, connect_inner(host, port, login))
+    tokio::time::timeout(timeout, connect_inner(host, port, login, tls))
         .await
         .unwrap_or_else(|_| {
             Err(ConnectError::Timeout {
@@ -138,6 +145,7 @@ async fn connect_inner(
     host: &str,
     port: u16,
     login: &Login<'_>,
+    tls: &ServerTls,
 ) -> Result<ServerConn, ConnectError> {
     let io_err = |source| ConnectError::Io {
         host: host.into(),
@@ -146,7 +154,15 @@ async fn connect_inner(
     };
     let stream = TcpStream::connect((host, port)).await.map_err(io_err)?;
     stream.set_nodelay(true).map_err(io_err)?;
-    let (rd, wr) = stream.into_split();
+    let stream = tls
+        .open(stream, host)
+        .await
+        .map_err(|source| ConnectError::Tls {
+            host: host.into(),
+            port,
+            source,
+        })?;
+    let (rd, wr) = stream.split();
     let mut startup = Startup {
         host,
         port,
@@ -176,8 +192,8 @@ async fn connect_inner(
 struct Startup<'a> {
     host: &'a str,
     port: u16,
-    rd: OwnedReadHalf,
-    wr: OwnedWriteHalf,
+    rd: ReadHalf,
+    wr: WriteHalf,
     buf: BytesMut,
     out: BytesMut,
 }
@@ -346,15 +362,21 @@ impl Startup<'_> {
     }
 }
 
-/// Sends a CancelRequest for `key` to `host:port` (fire and forget, as libpq does).
+/// Sends a CancelRequest for `key` to `host:port` (fire and forget, as libpq
+/// does), under TLS as `tls` says.
 pub async fn cancel(
     host: &str,
     port: u16,
     key: BackendKey,
+    tls: &ServerTls,
     timeout: Duration,
 ) -> std::io::Result<()> {
     let work = async {
-        let mut stream = TcpStream::connect((host, port)).await?;
+        let stream = TcpStream::connect((host, port)).await?;
+        let mut stream = tls
+            .open(stream, host)
+            .await
+            .map_err(std::io::Error::other)?;
         let mut buf = BytesMut::with_capacity(16);
         frontend::cancel_request(key.pid, key.secret, &mut buf);
         stream.write_all(&buf).await?;

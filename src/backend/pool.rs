@@ -24,6 +24,7 @@ use tracing::debug;
 use super::{ConnectError, Login, ServerConn};
 use crate::config::PoolConfig;
 use crate::protocol::{cstr, take_frame, TxnStatus};
+use crate::tls::ServerTls;
 
 /// The statement that makes a used server connection like a new one.
 const RESET_QUERY: &[u8] = b"Q\0\0\0\x10DISCARD ALL\0";
@@ -117,10 +118,12 @@ pub struct ServerPool {
     acquire_timeout: Duration,
     reset_timeout: Duration,
     connect_timeout: Duration,
+    /// TLS to the nodes, for connections and cancel requests.
+    tls: ServerTls,
 }
 
 impl ServerPool {
-    pub fn new(config: &PoolConfig, connect_timeout: Duration) -> ServerPool {
+    pub fn new(config: &PoolConfig, connect_timeout: Duration, tls: ServerTls) -> ServerPool {
         ServerPool {
             idle: Mutex::new(HashMap::new()),
             limits: Mutex::new(HashMap::new()),
@@ -130,7 +133,13 @@ impl ServerPool {
             acquire_timeout: config.acquire_timeout(),
             reset_timeout: connect_timeout,
             connect_timeout,
+            tls,
         }
+    }
+
+    /// How connections (and cancel requests) to the nodes use TLS.
+    pub fn tls(&self) -> &ServerTls {
+        &self.tls
     }
 
     fn idle(&self) -> std::sync::MutexGuard<'_, HashMap<PoolKey, Vec<Idle>>> {
@@ -233,7 +242,8 @@ impl ServerPool {
         login: &Login<'_>,
         permit: OwnedSemaphorePermit,
     ) -> Result<ServerConn, CheckoutError> {
-        let mut conn = super::connect(&key.host, key.port, login, self.connect_timeout).await?;
+        let mut conn =
+            super::connect(&key.host, key.port, login, &self.tls, self.connect_timeout).await?;
         conn.permit = Some(permit);
         Ok(conn)
     }

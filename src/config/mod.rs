@@ -14,6 +14,7 @@ mod failover;
 mod http;
 mod nodes;
 mod sections;
+mod tls;
 mod users;
 mod verifier;
 
@@ -25,6 +26,7 @@ pub use nodes::NodeConfig;
 pub use sections::{
     BackendConfig, LoadBalance, MonitorConfig, PoolConfig, ProxyConfig, RoutingConfig,
 };
+pub use tls::{ServerTlsMode, TlsConfig, TlsMode};
 pub use users::{AuthMethod, UserConfig};
 pub use verifier::{parse_scram_verifier, StoredVerifier};
 
@@ -88,6 +90,7 @@ pub struct Config {
     pub admin: AdminConfig,
     #[serde(default)]
     pub http: HttpConfig,
+    pub tls: TlsConfig,
 }
 
 impl Config {
@@ -171,6 +174,8 @@ impl Config {
             return Err(invalid("backend.user", "must not be empty"));
         }
         self.consistency.validate()?;
+        self.tls.validate()?;
+        tls::validate_server(&self.backend)?;
         nodes::validate(&self.nodes)?;
         self.failover.validate(&self.monitor, self.nodes.len())?;
         self.admin.validate()?;

@@ -3,10 +3,12 @@
 //! hold as milliseconds. Their rules are checked by
 //! [`Config::validate`](super::Config::validate).
 
+use std::path::PathBuf;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+use super::ServerTlsMode;
 use super::{invalid, positive, ConfigError};
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -103,13 +105,18 @@ impl ProxyConfig {
     }
 }
 
-/// Credentials of Palisade's own control-plane connections (probes).
+/// Credentials of Palisade's own control-plane connections (probes), and
+/// TLS for every connection to PostgreSQL.
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct BackendConfig {
     pub user: String,
     pub password: Option<String>,
     pub database: String,
+    /// TLS to the nodes, for sessions and the control plane alike.
+    pub server_tls: ServerTlsMode,
+    /// PEM CA certificates the nodes' certificates must chain to (`verify-full`).
+    pub server_ca_file: Option<PathBuf>,
 }
 
 impl Default for BackendConfig {
@@ -118,6 +125,8 @@ impl Default for BackendConfig {
             user: "postgres".into(),
             password: None,
             database: "postgres".into(),
+            server_tls: ServerTlsMode::Disable,
+            server_ca_file: None,
         }
     }
 }

@@ -20,6 +20,7 @@ use tracing::debug;
 
 use crate::config::Config;
 use crate::route::CommitPosition;
+use crate::tls::ServerTls;
 use crate::topology::{Lsn, TopologyHandle};
 
 /// After a failed sample, the sampler waits this long before the next try
@@ -111,13 +112,14 @@ impl Sampler {
     pub fn new(
         log: Arc<CommitLog>,
         config: &Config,
+        tls: &ServerTls,
         topology: TopologyHandle,
         shutdown: watch::Receiver<bool>,
     ) -> Sampler {
         Sampler {
             log,
             pools: (0..config.nodes.len())
-                .map(|node| super::monitor::probe_pool(config, node, "palisade-commits"))
+                .map(|node| super::monitor::probe_pool(config, tls, node, "palisade-commits"))
                 .collect(),
             topology,
             timeout: config.proxy.connect_timeout() + config.monitor.probe_timeout(),

@@ -25,6 +25,7 @@ use super::operator::NodeOperator;
 use super::refresher::FunctionsLoaded;
 use super::snapshot::{log_changes, snapshot};
 use crate::config::{Config, ReplicationMode};
+use crate::tls::ServerTls;
 use crate::topology::{Topology, TopologyHandle};
 
 /// The outcome of work the driver handed to a task.
@@ -82,6 +83,8 @@ pub struct Wiring {
     pub first_round: watch::Sender<bool>,
     /// Where the tasks carrying out actions are spawned.
     pub tracker: TaskTracker,
+    /// TLS for the failover's own connections (fencing, promotion).
+    pub tls: ServerTls,
     pub shutdown: watch::Receiver<bool>,
 }
 
@@ -99,6 +102,7 @@ impl Driver {
                 user: config.backend.user.clone(),
                 password: config.backend.password.clone(),
                 database: config.backend.database.clone(),
+                tls: wiring.tls.clone(),
                 timeout: config
                     .proxy
                     .connect_timeout()

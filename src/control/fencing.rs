@@ -15,8 +15,10 @@
 
 use std::time::Duration;
 
-use tokio_postgres::{Client, NoTls};
+use tokio_postgres::Client;
 use tracing::debug;
+
+use crate::tls::ServerTls;
 
 /// One action on one node failed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -36,6 +38,7 @@ pub struct NodeAdmin {
     pub user: String,
     pub password: Option<String>,
     pub database: String,
+    pub tls: ServerTls,
     /// Connecting, and each statement, must finish within this.
     pub timeout: Duration,
 }
@@ -60,7 +63,8 @@ impl NodeAdmin {
         if let Some(p) = &self.password {
             pg.password(p);
         }
-        let (client, connection) = tokio::time::timeout(self.timeout, pg.connect(NoTls))
+        let tls = self.tls.postgres(&mut pg);
+        let (client, connection) = tokio::time::timeout(self.timeout, pg.connect(tls))
             .await
             .map_err(|_| self.fail(what, "connection timed out"))?
             .map_err(|e| self.fail(what, describe(&e)))?;

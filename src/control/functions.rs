@@ -20,11 +20,11 @@ use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use tokio_postgres::error::SqlState;
-use tokio_postgres::NoTls;
 use tracing::{debug, warn};
 
 use crate::classify::fold_name;
 use crate::config::Config;
+use crate::tls::ServerTls;
 use crate::topology::TopologyHandle;
 
 /// Plain functions (not procedures, aggregates or window functions) that
@@ -103,6 +103,7 @@ impl LoadError {
 
 /// How to reach the primary: from the config, fixed for the catalog's life.
 struct Settings {
+    tls: ServerTls,
     user: String,
     password: Option<String>,
     connect_timeout: Duration,
@@ -134,9 +135,10 @@ pub struct FunctionCatalog {
 }
 
 impl FunctionCatalog {
-    pub fn new(config: &Config, topology: TopologyHandle) -> FunctionCatalog {
+    pub fn new(config: &Config, tls: ServerTls, topology: TopologyHandle) -> FunctionCatalog {
         FunctionCatalog {
             settings: Settings {
+                tls,
                 user: config.backend.user.clone(),
                 password: config.backend.password.clone(),
                 connect_timeout: config.proxy.connect_timeout(),
@@ -311,9 +313,10 @@ impl FunctionCatalog {
         if let Some(password) = &s.password {
             pg.password(password);
         }
+        let tls = s.tls.postgres(&mut pg);
         // The outer bound covers authentication too, not just TCP.
         let (client, connection) =
-            match tokio::time::timeout(s.connect_timeout, pg.connect(NoTls)).await {
+            match tokio::time::timeout(s.connect_timeout, pg.connect(tls)).await {
                 Ok(Ok(pair)) => pair,
                 Ok(Err(source)) => return Err(LoadError::Connect { node: name, source }),
                 Err(_) => {
@@ -392,7 +395,7 @@ mod tests {
         )
         .expect("config");
         let topology = TopologyHandle::new(Topology::from_config(&config.nodes));
-        FunctionCatalog::new(&config, topology)
+        FunctionCatalog::new(&config, ServerTls::disabled(), topology)
     }
 
     #[tokio::test]

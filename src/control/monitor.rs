@@ -12,11 +12,11 @@ use std::time::Duration;
 
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
 use tokio::sync::{mpsc, watch};
-use tokio_postgres::NoTls;
-use tracing::debug;
+use tracing::{debug, warn};
 
 use super::failover::{NodeId, Probe, Report, Upstream, WalReceiver};
 use crate::config::Config;
+use crate::tls::ServerTls;
 
 /// One probe's answer about one node.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -41,24 +41,26 @@ const PROBE: &str = "SELECT pg_is_in_recovery(), \
 /// `shutdown` or until the receiver is gone.
 pub fn probers(
     config: &Arc<Config>,
+    tls: &ServerTls,
     results: &mpsc::Sender<ProbeResult>,
     shutdown: &watch::Receiver<bool>,
 ) -> Vec<Prober> {
     (0..config.nodes.len())
         .map(|node| Prober {
             node,
-            pool: probe_pool(config, node, "palisade-monitor"),
+            pool: probe_pool(config, tls, node, "palisade-monitor"),
             interval: config.monitor.probe_interval(),
             connect_timeout: config.proxy.connect_timeout(),
             timeout: config.monitor.probe_timeout(),
             results: results.clone(),
             shutdown: shutdown.clone(),
+            said: None,
         })
         .collect()
 }
 
 /// A one-connection pool to `node` with the backend's credentials.
-pub(super) fn probe_pool(config: &Config, node: usize, application: &str) -> Pool {
+pub(super) fn probe_pool(config: &Config, tls: &ServerTls, node: usize, application: &str) -> Pool {
     let n = &config.nodes[node];
     let mut pg = tokio_postgres::Config::new();
     pg.host(&n.host)
@@ -70,9 +72,10 @@ pub(super) fn probe_pool(config: &Config, node: usize, application: &str) -> Poo
     if let Some(password) = &config.backend.password {
         pg.password(password);
     }
+    let tls = tls.postgres(&mut pg);
     let manager = Manager::from_config(
         pg,
-        NoTls,
+        tls,
         ManagerConfig {
             recycling_method: RecyclingMethod::Fast,
         },
@@ -95,6 +98,10 @@ pub struct Prober {
     timeout: Duration,
     results: mpsc::Sender<ProbeResult>,
     shutdown: watch::Receiver<bool>,
+    /// The last connection error logged as a warning: a new cause (TLS
+    /// refused, a certificate that does not verify) is said once, not on
+    /// every probe.
+    said: Option<String>,
 }
 
 impl Prober {
@@ -125,11 +132,20 @@ impl Prober {
         }
     }
 
-    async fn probe(&self) -> Option<Report> {
+    async fn probe(&mut self) -> Option<Report> {
         let client = match tokio::time::timeout(self.connect_timeout, self.pool.get()).await {
-            Ok(Ok(c)) => c,
+            Ok(Ok(c)) => {
+                self.said = None;
+                c
+            }
             Ok(Err(e)) => {
-                debug!(node = self.node, error = %e, "probe connection failed");
+                let error = e.to_string();
+                if self.said.as_ref() != Some(&error) {
+                    warn!(node = self.node, %error, "probe connection failed");
+                    self.said = Some(error);
+                } else {
+                    debug!(node = self.node, %error, "probe connection failed");
+                }
                 return None;
             }
             Err(_) => {

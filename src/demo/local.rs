@@ -10,7 +10,7 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use palisade::config::{
     AdminConfig, AuthMethod, BackendConfig, Config, ConsistencyConfig, FailoverConfig, HttpConfig,
-    MonitorConfig, NodeConfig, PoolConfig, ProxyConfig, RoutingConfig, UserConfig,
+    MonitorConfig, NodeConfig, PoolConfig, ProxyConfig, RoutingConfig, TlsConfig, UserConfig,
 };
 use palisade::control::operator::NodeOperator;
 use palisade_testkit::LocalCluster;
@@ -27,6 +27,7 @@ pub fn demo_config(cluster: &LocalCluster, listen: SocketAddr) -> Config {
             user: cluster.superuser().into(),
             password: Some(cluster.password().into()),
             database: "postgres".into(),
+            ..BackendConfig::default()
         },
         monitor: MonitorConfig::default(),
         pool: PoolConfig::default(),
@@ -56,6 +57,7 @@ pub fn demo_config(cluster: &LocalCluster, listen: SocketAddr) -> Config {
             stats_users: Vec::new(),
         },
         http: HttpConfig::default(),
+        tls: TlsConfig::default(),
     }
 }
 

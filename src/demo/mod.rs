@@ -1,17 +1,21 @@
 //! `palisade demo`: a local primary + replicas from the machine's PostgreSQL
 //! binaries (started by `palisade-testkit`), Palisade in front, and one line
-//! of psql to connect. Failover works on it: kill the primary and a replica
-//! takes over; `REJOIN node0` in the admin console (which admits the
-//! superuser, `postgres`, as its only admin) rewinds the old primary into a
-//! replica ([`LocalRejoin`]). The demo lives in the binary, not the
-//! library: the proxy itself ships no test harness.
+//! of psql to connect. Clients may use TLS: a CA and a certificate for
+//! `localhost` and 127.0.0.1 are made at start. Failover works on it: kill
+//! the primary and a replica takes over; `REJOIN node0` in the admin console
+//! (which admits the superuser, `postgres`, as its only admin) rewinds the
+//! old primary into a replica ([`LocalRejoin`]). The demo lives in the
+//! binary, not the library: the proxy itself ships no test harness.
 
 mod local;
 
 use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use palisade::config::{Config, TlsConfig, TlsMode};
 use palisade::proxy::Proxy;
+use palisade_testkit::tls::TestCa;
 use palisade_testkit::{ClusterOptions, LocalCluster};
 
 pub use local::{demo_config, LocalRejoin};
@@ -45,6 +49,13 @@ pub async fn run(listen: SocketAddr, replicas: usize, http: SocketAddr) -> Resul
     let mut config = demo_config(&cluster, listen);
     config.http.listen = http.to_string();
     config.failover.state_file = Some(cluster.base_dir().join("palisade-state.toml"));
+    let ca_file = match demo_tls(&mut config, cluster.base_dir()) {
+        Ok(ca_file) => ca_file,
+        Err(e) => {
+            stop(cluster).await;
+            return Err(format!("cannot make the demo's TLS certificate: {e}"));
+        }
+    };
     let operator = Arc::new(LocalRejoin::new(cluster.clone()));
     let proxy = match Proxy::start_with(config, operator).await {
         Ok(p) => p,
@@ -75,12 +86,36 @@ pub async fn run(listen: SocketAddr, replicas: usize, http: SocketAddr) -> Resul
     if let Some(http) = proxy.http_addr() {
         println!("status: http://{http}/");
     }
+    eprintln!(
+        "  TLS: a certificate made at start (sslmode=require, or verify-full with sslrootcert={})",
+        ca_file.display()
+    );
     eprintln!("palisade demo: ready; Ctrl-C stops the proxy and the cluster");
-    super::wait_for_signal().await;
+    super::serve_until_signal(&proxy).await;
     eprintln!("palisade demo: stopping");
     proxy.shutdown().await;
     stop(cluster).await;
     Ok(())
+}
+
+/// Serves TLS with a certificate for `localhost` and 127.0.0.1 signed by
+/// a CA made now, both written under `dir`; returns the CA's file.
+fn demo_tls(config: &mut Config, dir: &Path) -> Result<PathBuf, String> {
+    let ca = TestCa::new("Palisade demo CA").map_err(|e| e.to_string())?;
+    let cert = ca
+        .issue(&["localhost", "127.0.0.1"])
+        .map_err(|e| e.to_string())?;
+    let tls_dir = dir.join("demo-tls");
+    std::fs::create_dir_all(&tls_dir).map_err(|e| e.to_string())?;
+    let (cert_file, key_file) = cert.write(&tls_dir).map_err(|e| e.to_string())?;
+    let ca_file = tls_dir.join("ca.pem");
+    std::fs::write(&ca_file, ca.cert_pem()).map_err(|e| e.to_string())?;
+    config.tls = TlsConfig {
+        mode: Some(TlsMode::Allow),
+        cert_file: Some(cert_file),
+        key_file: Some(key_file),
+    };
+    Ok(ca_file)
 }
 
 /// Stops the cluster and removes its directory (when the proxy, which

@@ -13,6 +13,7 @@ use rand::Rng;
 use tracing::debug;
 
 use crate::backend::{self, BackendKey};
+use crate::tls::ServerTls;
 
 /// Where a session's running query can be cancelled.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -119,7 +120,7 @@ impl CancelRegistry {
 
     /// Handles a client's CancelRequest. Unknown keys are ignored silently,
     /// as PostgreSQL does, so the request cannot probe for sessions.
-    pub async fn cancel(&self, key: BackendKey, timeout: Duration) {
+    pub async fn cancel(&self, key: BackendKey, tls: &ServerTls, timeout: Duration) {
         let target = {
             let mut sessions = self.lock();
             match sessions.get_mut(&key.pid) {
@@ -131,7 +132,7 @@ impl CancelRegistry {
             }
         };
         if let Some(t) = target {
-            if let Err(e) = backend::cancel(&t.host, t.port, t.key, timeout).await {
+            if let Err(e) = backend::cancel(&t.host, t.port, t.key, tls, timeout).await {
                 debug!(host = %t.host, port = t.port, error = %e, "cancel request failed");
             }
         }
@@ -172,7 +173,9 @@ mod tests {
         };
         let wait = Duration::from_millis(10);
         // Idle, with no connection: a cancel has nothing to stop and is not kept.
-        registry.cancel(session.key, wait).await;
+        registry
+            .cancel(session.key, &ServerTls::disabled(), wait)
+            .await;
         assert!(!session.set_target(Some(target.clone())));
         session.connecting();
         // A wrong secret is ignored even while connecting.
@@ -180,18 +183,22 @@ mod tests {
             pid: session.key.pid,
             secret: session.key.secret.wrapping_add(1),
         };
-        registry.cancel(forged, wait).await;
+        registry.cancel(forged, &ServerTls::disabled(), wait).await;
         session.connecting();
         assert!(!session.set_target(Some(target.clone())));
         session.connecting();
-        registry.cancel(session.key, wait).await;
+        registry
+            .cancel(session.key, &ServerTls::disabled(), wait)
+            .await;
         assert!(session.set_target(Some(target.clone())));
         // Paid once: the next connection owes nothing.
         session.connecting();
         assert!(!session.set_target(Some(target)));
         // A failed connect clears the debt.
         session.connecting();
-        registry.cancel(session.key, wait).await;
+        registry
+            .cancel(session.key, &ServerTls::disabled(), wait)
+            .await;
         assert!(!session.set_target(None));
     }
 }

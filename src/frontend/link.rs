@@ -11,13 +11,13 @@
 use std::collections::VecDeque;
 
 use bytes::{Buf, BytesMut};
-use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::sync::watch;
 
 use super::cancel::{CancelHandle, CancelTarget};
 use crate::backend::ServerConn;
 use crate::classify::SessionEffect;
 use crate::protocol::{FrameScanner, ScanError, TxnStatus};
+use crate::tls::{ReadHalf, WriteHalf};
 
 /// Server frames are trusted in size (PostgreSQL caps them at 1 GiB) and
 /// stream through, so only this sanity bound applies.
@@ -186,8 +186,8 @@ pub struct ServerLink {
 
 /// The link's halves for one turn of the relay loop.
 pub struct LinkIo<'a> {
-    pub read: Option<(&'a mut OwnedReadHalf, &'a mut BytesMut)>,
-    pub write: Option<&'a mut OwnedWriteHalf>,
+    pub read: Option<(&'a mut ReadHalf, &'a mut BytesMut)>,
+    pub write: Option<&'a mut WriteHalf>,
     pub out: &'a mut BytesMut,
     pub fences: &'a mut watch::Receiver<u64>,
 }

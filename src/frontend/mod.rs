@@ -1,6 +1,6 @@
 //! The client side: one task per connection that takes a client from its
-//! first byte (SSLRequest, CancelRequest or StartupMessage) through
-//! authentication to a relaying [`session::Session`].
+//! first byte (SSLRequest and TLS, CancelRequest or StartupMessage:
+//! [`negotiate`]) through authentication to a relaying [`session::Session`].
 
 pub mod admission;
 pub mod auth;
@@ -11,6 +11,7 @@ pub mod collect;
 pub mod link;
 pub mod load;
 pub mod local;
+pub mod negotiate;
 pub mod session;
 pub mod state;
 
@@ -19,7 +20,6 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use bytes::BytesMut;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::watch;
@@ -27,18 +27,19 @@ use tracing::{debug, info, Instrument};
 
 use crate::admin;
 use crate::backend::pool::{CheckoutError, PoolKey, ServerPool};
-use crate::backend::{self, ConnectError, Login, ServerConn};
+use crate::backend::{ConnectError, Login, ServerConn};
 use crate::config::Config;
 use crate::control::commits::CommitLog;
-use crate::protocol::startup::{read_startup, StartupError, StartupPacket};
 use crate::protocol::{messages, take_frame, Sqlstate};
 use crate::route::{self, BatchFacts, Decision, NoRoute, Policy, Purpose, ReadPolicy};
+use crate::tls::ClientTls;
 use crate::topology::TopologyHandle;
 use admission::{Admission, Arrival, Lapse};
 use auth::{Authenticator, LoginClient, Step};
 use cancel::{CancelHandle, CancelRegistry, CancelTarget};
 use classifier::Classifier;
 use load::NodeLoads;
+use negotiate::Startup;
 use session::{ClientIo, Session, SessionLogin};
 
 /// Password-family messages are small; a bigger one is an attack or a bug.
@@ -51,6 +52,8 @@ pub struct Shared {
     pub topology: TopologyHandle,
     pub cancels: Arc<CancelRegistry>,
     pub auth: Authenticator,
+    /// The certificate offered to clients, and whether they must take it.
+    pub tls: ClientTls,
     pub loads: NodeLoads,
     pub read_policy: ReadPolicy,
     /// Bumped per routed read: drives round-robin across all sessions.
@@ -177,18 +180,18 @@ async fn open(
     session_id: u64,
     arrival: &mut Arrival,
 ) -> Option<(ClientIo, Opened)> {
-    let _ = stream.set_nodelay(true);
-    let (rd, wr) = stream.into_split();
-    let mut client = ClientIo {
-        rd,
-        wr,
-        inbuf: BytesMut::with_capacity(16 * 1024),
-        out: BytesMut::with_capacity(16 * 1024),
-    };
+    let deadline = tokio::time::Instant::now() + shared.config.proxy.startup_timeout();
     let lapse = arrival.lapse();
+    tokio::pin!(lapse);
+    // Before its startup packet a client is owed nothing: a login that
+    // lapses then is closed, as PostgreSQL closes an incomplete startup.
+    let (mut client, startup) = tokio::select! {
+        negotiated = negotiate::negotiate(stream, peer, shared, deadline) => negotiated?,
+        _ = &mut lapse => return None,
+    };
     let started = tokio::select! {
-        started = start(&mut client, peer, shared, session_id, arrival) => Ok(started),
-        lapse = lapse => Err(lapse),
+        started = start(&mut client, startup, peer, shared, session_id, arrival) => Ok(started),
+        lapse = &mut lapse => Err(lapse),
     };
     match started {
         Ok(Ok(opened)) => return Some((client, opened)),
@@ -227,12 +230,16 @@ pub struct Connected {
 /// (or the console to answer).
 async fn start(
     client: &mut ClientIo,
+    startup: Startup,
     peer: SocketAddr,
     shared: &Shared,
     session_id: u64,
     arrival: &mut Arrival,
 ) -> Result<Opened, Refusal> {
-    let (minor_version, mut params) = negotiate(client, shared).await?;
+    let Startup {
+        minor_version,
+        mut params,
+    } = startup;
     let Some(user) = param(&params, "user")
         .filter(|u| !u.is_empty())
         .map(str::to_owned)
@@ -273,43 +280,6 @@ async fn start(
     connect_session(client, shared, session_id, &user, params)
         .await
         .map(|c| Opened::Session(Box::new(c)))
-}
-
-/// Reads startup packets until a StartupMessage, answering SSL/GSS requests
-/// (no encryption yet: 'N') and CancelRequests on the way.
-async fn negotiate(
-    client: &mut ClientIo,
-    shared: &Shared,
-) -> Result<(u16, Vec<(String, String)>), Refusal> {
-    loop {
-        let packet = match read_startup(&mut client.rd).await {
-            Ok(p) => p,
-            Err(StartupError::Closed | StartupError::Io(_)) => return Err(Refusal::Silent),
-            Err(e @ StartupError::UnsupportedVersion(_)) => {
-                return Err(tell(client, Sqlstate::FeatureNotSupported, &e.to_string()))
-            }
-            Err(e) => return Err(tell(client, Sqlstate::ProtocolViolation, &e.to_string())),
-        };
-        match packet {
-            StartupPacket::SslRequest | StartupPacket::GssEncRequest => {
-                if client.wr.write_all(b"N").await.is_err() {
-                    return Err(Refusal::Silent);
-                }
-            }
-            StartupPacket::Cancel { pid, secret } => {
-                let key = backend::BackendKey { pid, secret };
-                shared
-                    .cancels
-                    .cancel(key, shared.config.proxy.connect_timeout())
-                    .await;
-                return Err(Refusal::Silent);
-            }
-            StartupPacket::Startup {
-                minor_version,
-                params,
-            } => return Ok((minor_version, params)),
-        }
-    }
 }
 
 /// Runs the user's authentication exchange (pgwire's mechanisms) to the
@@ -465,7 +435,7 @@ fn startup_node(
 
 /// A startup parameter; when the client sent one twice the last wins, as in
 /// PostgreSQL.
-fn param<'a>(params: &'a [(String, String)], name: &str) -> Option<&'a str> {
+pub(crate) fn param<'a>(params: &'a [(String, String)], name: &str) -> Option<&'a str> {
     params
         .iter()
         .rev()

@@ -33,7 +33,6 @@ use std::time::Duration;
 
 use bytes::{Buf, BytesMut};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tracing::{debug, info, Span};
 
 use super::classifier::Classifier;
@@ -44,6 +43,7 @@ use super::{Connected, Shared};
 use crate::backend;
 use crate::backend::pool::PoolKey;
 use crate::protocol::{messages, ScanError, Sqlstate, TxnStatus};
+use crate::tls::{ReadHalf, WriteHalf};
 
 /// Stop reading the server while this much is waiting to be written to the
 /// client: backpressure instead of unbounded buffering.
@@ -78,10 +78,10 @@ enum Event {
     Shutdown,
 }
 
-/// The client's half of the relay.
+/// The client's half of the relay (plain TCP or TLS).
 pub struct ClientIo {
-    pub rd: OwnedReadHalf,
-    pub wr: OwnedWriteHalf,
+    pub rd: ReadHalf,
+    pub wr: WriteHalf,
     /// Bytes read from the client and not yet taken into a batch.
     pub inbuf: BytesMut,
     /// Bytes waiting to be written to the client.
@@ -219,7 +219,7 @@ impl Session {
             write_now(wr, io.out).map_err(|_| End::ServerGone)?;
         }
         self.pay_owed_cancel();
-        write_now(&self.client.wr, &mut self.client.out).map_err(|_| End::ClientGone)
+        write_now(&mut self.client.wr, &mut self.client.out).map_err(|_| End::ClientGone)
     }
 
     /// Sends a cancel that arrived while connecting, once the batch it was
@@ -227,9 +227,11 @@ impl Session {
     fn pay_owed_cancel(&mut self) {
         if let Some(target) = self.link.owed_cancel() {
             debug!(parent: &self.span, "passing on a cancel that came while connecting");
+            let tls = self.shared.pool.tls().clone();
             tokio::spawn(async move {
                 let _ =
-                    backend::cancel(&target.host, target.port, target.key, CANCEL_TIMEOUT).await;
+                    backend::cancel(&target.host, target.port, target.key, &tls, CANCEL_TIMEOUT)
+                        .await;
             });
         }
     }
@@ -436,8 +438,10 @@ impl Session {
                 // Closing the socket does not stop a running query: cancel it.
                 if let Some(target) = self.link.cancel_target() {
                     debug!(parent: &self.span, "client left mid-query; cancelling it on the server");
-                    let _ = backend::cancel(&target.host, target.port, target.key, CANCEL_TIMEOUT)
-                        .await;
+                    let tls = self.shared.pool.tls();
+                    let _ =
+                        backend::cancel(&target.host, target.port, target.key, tls, CANCEL_TIMEOUT)
+                            .await;
                 }
             }
             End::ClientGone => {}
@@ -487,7 +491,7 @@ impl Session {
 }
 
 /// Writes to the session's server, or waits forever when it has none.
-async fn server_write(wr: Option<&mut OwnedWriteHalf>, buf: &[u8]) -> std::io::Result<usize> {
+async fn server_write(wr: Option<&mut WriteHalf>, buf: &[u8]) -> std::io::Result<usize> {
     match wr {
         Some(wr) => wr.write(buf).await,
         None => std::future::pending().await,
@@ -495,7 +499,7 @@ async fn server_write(wr: Option<&mut OwnedWriteHalf>, buf: &[u8]) -> std::io::R
 }
 
 /// Reads from the session's server, or waits forever when it has none.
-async fn server_read(rd: Option<(&mut OwnedReadHalf, &mut BytesMut)>) -> std::io::Result<usize> {
+async fn server_read(rd: Option<(&mut ReadHalf, &mut BytesMut)>) -> std::io::Result<usize> {
     match rd {
         Some((rd, pending)) => rd.read_buf(pending).await,
         None => std::future::pending().await,
@@ -504,7 +508,7 @@ async fn server_read(rd: Option<(&mut OwnedReadHalf, &mut BytesMut)>) -> std::io
 
 /// Writes as much of `buf` as the socket takes without waiting; the relay
 /// loop writes the rest when the socket is writable again.
-fn write_now(wr: &OwnedWriteHalf, buf: &mut BytesMut) -> std::io::Result<()> {
+fn write_now(wr: &mut WriteHalf, buf: &mut BytesMut) -> std::io::Result<()> {
     if buf.is_empty() {
         return Ok(());
     }

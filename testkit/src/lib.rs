@@ -6,12 +6,14 @@
 //! and rewinds their nodes; [`relay`] puts a TCP relay that cuts, blocks and
 //! heals connections between a client and a server; [`wire`] speaks the
 //! protocol byte by byte for the tests that send what no driver would.
-//! [`signal`] names the signals tests send to servers. This crate does not
+//! [`signal`] names the signals tests send to servers; [`tls`] makes
+//! certificates at run time. This crate does not
 //! depend on `palisade`: the `palisade` binary uses it for its demo.
 
 pub mod cluster;
 pub mod relay;
 pub mod signal;
+pub mod tls;
 pub mod wire;
 
 pub use cluster::{find_pg_bin, ClusterError, ClusterOptions, LocalCluster, LocalNode};

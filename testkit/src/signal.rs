@@ -1,7 +1,7 @@
 //! Signals for the servers of a local cluster, so that tests need not
 //! depend on `libc` themselves.
 
-pub use libc::{SIGCONT, SIGINT, SIGKILL, SIGQUIT, SIGSTOP, SIGTERM};
+pub use libc::{SIGCONT, SIGHUP, SIGINT, SIGKILL, SIGQUIT, SIGSTOP, SIGTERM};
 
 /// Sends `signal` to process `pid` (a backend of a local node, say).
 pub fn send(pid: u32, signal: i32) -> std::io::Result<()> {

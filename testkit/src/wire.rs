@@ -1,10 +1,10 @@
 //! Raw protocol for the tests that speak to the proxy byte by byte: a
-//! startup packet, tagged messages out, and tagged messages read back.
+//! startup packet, tagged messages out, and tagged messages read back (over
+//! TCP or anything else that reads, TLS included).
 
 use std::time::Duration;
 
-use tokio::io::AsyncReadExt;
-use tokio::net::TcpStream;
+use tokio::io::{AsyncRead, AsyncReadExt};
 
 const TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -31,7 +31,7 @@ pub fn frame(out: &mut Vec<u8>, tag: u8, body: &[u8]) {
 }
 
 /// Reads one tagged message: its tag and body.
-pub async fn read_message(stream: &mut TcpStream) -> (u8, Vec<u8>) {
+pub async fn read_message<S: AsyncRead + Unpin>(stream: &mut S) -> (u8, Vec<u8>) {
     let mut header = [0u8; 5];
     tokio::time::timeout(TIMEOUT, stream.read_exact(&mut header))
         .await
@@ -44,7 +44,7 @@ pub async fn read_message(stream: &mut TcpStream) -> (u8, Vec<u8>) {
 }
 
 /// Reads messages until one tagged `tag`; returns its body.
-pub async fn read_until(stream: &mut TcpStream, tag: u8) -> Vec<u8> {
+pub async fn read_until<S: AsyncRead + Unpin>(stream: &mut S, tag: u8) -> Vec<u8> {
     loop {
         let (t, body) = read_message(stream).await;
         if t == tag {

@@ -13,6 +13,7 @@ use crate::support::shared_cluster;
 use palisade::classify::{classify, Class};
 use palisade::control::{FunctionCatalog, VolatileSet};
 use palisade::proxy::Proxy;
+use palisade::tls::ServerTls;
 use palisade::topology::{Role, Topology, TopologyHandle};
 use palisade_testkit::LocalCluster;
 use tokio_postgres::{Client, NoTls};
@@ -27,7 +28,11 @@ fn catalog(cluster: &LocalCluster) -> FunctionCatalog {
     topology.nodes[0].role = Role::Primary;
     topology.nodes[0].healthy = true;
     topology.leader = Some(0);
-    FunctionCatalog::new(&config, TopologyHandle::new(topology))
+    FunctionCatalog::new(
+        &config,
+        ServerTls::disabled(),
+        TopologyHandle::new(topology),
+    )
 }
 
 /// A fresh database on the primary, dropped again when this goes out of scope

@@ -21,4 +21,5 @@ mod pool;
 mod relay;
 mod routing;
 mod security;
+mod tls;
 mod tools;

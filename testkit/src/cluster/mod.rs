@@ -22,6 +22,8 @@ pub use bin::find_pg_bin;
 pub use error::ClusterError;
 pub use node::LocalNode;
 
+use crate::tls::{write_private, ServerCert};
+
 use exec::{free_ports, log_tail, run, run_with_input, OsUser, Runner};
 use node::TEARDOWN_TIMEOUT;
 
@@ -44,6 +46,8 @@ pub struct ClusterOptions {
     /// Where the data directories go; by default a fresh temporary directory removed on drop.
     /// A given directory is kept, and must be traversable by the `postgres` user under root.
     pub base_dir: Option<PathBuf>,
+    /// Serve TLS (`ssl = on`) with this certificate on every node.
+    pub tls: Option<ServerCert>,
 }
 
 impl Default for ClusterOptions {
@@ -55,6 +59,7 @@ impl Default for ClusterOptions {
             extra_hba: Vec::new(),
             extra_conf: Vec::new(),
             base_dir: None,
+            tls: None,
         }
     }
 }
@@ -287,6 +292,13 @@ impl LocalCluster {
         hba.push("host all all 127.0.0.1/32 scram-sha-256".to_string());
         hba.push("host replication all 127.0.0.1/32 scram-sha-256".to_string());
         write_file(&node.data_dir.join("pg_hba.conf"), &lines(&hba))?;
+        if let Some(tls) = &opts.tls {
+            // In the data directory, so pg_basebackup copies them to the replicas.
+            write_file(&node.data_dir.join("server.crt"), &tls.cert_pem)?;
+            let key = node.data_dir.join("server.key");
+            write_private(&key, &tls.key_pem)
+                .map_err(|e| ClusterError::io(format!("write {}", key.display()), e))?;
+        }
         self.runner.chown_tree(&node.data_dir)?;
         self.start_node(node)
     }
@@ -394,6 +406,9 @@ fn primary_conf(port: u16, opts: &ClusterOptions) -> Vec<String> {
         "log_line_prefix = '%m [%p] '".to_string(),
     ]
     .into();
+    if opts.tls.is_some() {
+        conf.push("ssl = on".to_string());
+    }
     conf.extend(opts.extra_conf.iter().cloned());
     conf
 }
