@@ -13,7 +13,7 @@ use std::sync::Arc;
 
 use bytes::{Bytes, BytesMut};
 
-use super::batch::{fingerprint, parse_message, Malformed, Message, Plan};
+use super::batch::{fingerprint, is_begin, parse_message, Malformed, Message, Plan};
 use super::local;
 use super::state::Prepared;
 use crate::classify::{Class, Classification, Hint, PinReason, Reason, SessionEffect};
@@ -192,7 +192,16 @@ impl Collector {
                 });
                 match executed {
                     Some(c) => {
+                        if is_begin(&c.effects) {
+                            plan.begin_sql = plan.portal(portal).and_then(|statement| {
+                                let prepared = plan
+                                    .parsed(statement)
+                                    .or_else(|| judge.statement(statement));
+                                parsed_sql(&prepared?.source)
+                            });
+                        }
                         plan.hint(c.hint);
+                        plan.shows_session |= matches!(c.reason, Reason::SessionView(_));
                         plan.execute(c.class == Class::Write, &c.effects, 1);
                     }
                     None => plan.execute(false, &[], 1),
@@ -322,11 +331,19 @@ fn plan_query(plan: &mut Plan, sql: &str, frame: &Bytes, judge: &mut impl Judge)
         }
     }
     plan_prepares(plan, &c, sql, frame);
-    if matches!(&c.reason, Reason::SideEffectFunction(f) if f == "set_config") {
-        // Session state we cannot replay.
-        plan.effects.push(SessionEffect::Pin(PinReason::Explicit));
+    plan.shows_session |= matches!(c.reason, Reason::SessionView(_));
+    if c.statements == 1 && is_begin(&c.effects) {
+        plan.begin_sql = Some(sql.to_owned());
     }
     plan.execute(write, &c.effects, c.statements);
+}
+
+/// The SQL of a Parse frame.
+fn parsed_sql(source: &[u8]) -> Option<String> {
+    match parse_message(*source.first()?, source.get(5..)?) {
+        Ok(Message::Parse { sql, .. }) => Some(sql.to_owned()),
+        _ => None,
+    }
 }
 
 /// Records the statements a string's SQL `PREPARE`s create, each with the

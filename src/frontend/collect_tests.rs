@@ -369,3 +369,44 @@ fn a_batch_that_only_prepared_before_flush_may_be_closed_with_a_sync_of_our_own(
     c.sent(&mut BytesMut::new());
     assert!(c.continues());
 }
+
+#[test]
+fn a_begin_alone_keeps_its_sql_to_begin_again_elsewhere() {
+    let mut judge = TestJudge::default();
+    let mut input = BytesMut::new();
+    query(&mut input, "BEGIN READ ONLY DEFERRABLE");
+    parse(&mut input, "", "START TRANSACTION READ ONLY");
+    bind(&mut input, "", "");
+    execute(&mut input, "");
+    sync(&mut input);
+    query(&mut input, "BEGIN READ ONLY; SELECT 1");
+    query(&mut input, "SET TRANSACTION ISOLATION LEVEL SERIALIZABLE");
+    let mut c = collector();
+    let mut out = BytesMut::new();
+    let mut next = |c: &mut Collector| {
+        assert_eq!(c.collect(&mut input, &mut judge).unwrap(), Collected::Due);
+        let plan = (c.plan().begin_sql.clone(), c.plan().txn_needs_primary);
+        c.sent(&mut out);
+        plan
+    };
+    let simple = Some("BEGIN READ ONLY DEFERRABLE".to_owned());
+    assert_eq!(next(&mut c), (simple, false));
+    let extended = Some("START TRANSACTION READ ONLY".to_owned());
+    assert_eq!(next(&mut c), (extended, false));
+    assert_eq!(next(&mut c), (None, false), "it runs more than its BEGIN");
+    assert_eq!(next(&mut c), (None, true), "this one needs the primary");
+}
+
+#[test]
+fn set_config_pins_in_the_extended_protocol_too() {
+    let mut judge = TestJudge::default();
+    let mut input = BytesMut::new();
+    parse(&mut input, "", "SELECT set_config($1, $2, false)");
+    bind(&mut input, "", "");
+    execute(&mut input, "");
+    sync(&mut input);
+    let mut c = collector();
+    assert_eq!(c.collect(&mut input, &mut judge).unwrap(), Collected::Due);
+    assert!(c.plan().write);
+    assert_eq!(c.plan().effects, [SessionEffect::Pin(PinReason::Setting)]);
+}

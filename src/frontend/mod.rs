@@ -428,7 +428,7 @@ fn startup_node(
         Decision::Primary(node) | Decision::Replica(node) => Ok(node),
         Decision::Refuse(e) => Err(tell(client, Sqlstate::UnableToConnect, &e.to_string())),
         // A startup asks for a node and never waits.
-        Decision::Stay | Decision::Wait(_) => {
+        Decision::Stay | Decision::Move(_) | Decision::Wait(_) => {
             Err(tell(client, Sqlstate::Internal, "no node for the session"))
         }
     }
