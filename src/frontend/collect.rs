@@ -127,6 +127,12 @@ impl Collector {
             let Some(frame) = take_frame(input, self.max_message_size)? else {
                 return Ok(Collected::NeedInput);
             };
+            if frame.len() > super::SPARE_CAPACITY {
+                // The large frame owns its memory alone (what follows it
+                // moves to a buffer of its own), so that it becomes the
+                // batch without a copy (below).
+                *input = BytesMut::from(&input[..]);
+            }
             let frame = frame.freeze();
             let message = parse_message(frame[0], &frame[5..])?;
             if self.stage == Stage::AwaitingSync {
@@ -145,7 +151,11 @@ impl Collector {
                 message => self.take(message, &frame, judge),
             }
             self.plan.messages += 1;
-            self.batch.extend_from_slice(&frame);
+            if self.batch.is_empty() && frame.len() > super::SPARE_CAPACITY {
+                self.batch = BytesMut::from(frame);
+            } else {
+                self.batch.extend_from_slice(&frame);
+            }
             if self.batch.len() > MAX_BATCH {
                 self.plan.write = true;
                 self.make_due();
@@ -260,7 +270,12 @@ impl Collector {
     /// The due batch was sent: its frames go to `out`. A batch without a
     /// request (it ended on Flush) leaves its rest to follow.
     pub fn sent(&mut self, out: &mut BytesMut) {
-        out.extend_from_slice(&self.batch);
+        if out.is_empty() {
+            // No copy: a large message is in memory once.
+            std::mem::swap(out, &mut self.batch);
+        } else {
+            out.extend_from_slice(&self.batch);
+        }
         self.stage = if self.plan.requests == 0 {
             Stage::Flushed
         } else {
@@ -302,6 +317,7 @@ impl Collector {
 
     fn clear(&mut self) {
         self.batch.clear();
+        super::shed(&mut self.batch);
         self.plan.clear();
     }
 }

@@ -2,7 +2,7 @@
 
 use std::collections::{HashMap, HashSet};
 
-use bytes::BufMut;
+use bytes::{Buf, BufMut};
 
 use super::*;
 use crate::frontend::local::{Command, Param};
@@ -409,4 +409,41 @@ fn set_config_pins_in_the_extended_protocol_too() {
     assert_eq!(c.collect(&mut input, &mut judge).unwrap(), Collected::Due);
     assert!(c.plan().write);
     assert_eq!(c.plan().effects, [SessionEffect::Pin(PinReason::Setting)]);
+}
+
+#[test]
+fn a_large_frame_becomes_the_batch_and_goes_out_without_a_copy() {
+    let mut judge = TestJudge::default();
+    let mut input = BytesMut::new();
+    let sql = format!("SELECT length('{}')", "x".repeat(200 * 1024));
+    query(&mut input, &sql);
+    let at = input.as_ptr();
+    let mut c = collector();
+    assert_eq!(c.collect(&mut input, &mut judge).unwrap(), Collected::Due);
+    assert_eq!(c.batch.as_ptr(), at, "the batch is the input's memory");
+    let mut out = BytesMut::new();
+    c.sent(&mut out);
+    assert_eq!(out.as_ptr(), at, "and so is what goes to the server");
+    assert!(c.batch.capacity() <= crate::frontend::SPARE_CAPACITY);
+    // Written out, the buffer gives its memory back, though what is left
+    // of it looks small.
+    let len = out.len();
+    out.advance(len);
+    crate::frontend::shed(&mut out);
+    assert!(!out.try_reclaim(1), "nothing left of the large allocation");
+}
+
+#[test]
+fn small_frames_keep_the_batch_buffer() {
+    let mut judge = TestJudge::default();
+    let mut c = collector();
+    let mut out = BytesMut::new();
+    for _ in 0..2 {
+        let mut input = BytesMut::new();
+        query(&mut input, "SELECT 1");
+        assert_eq!(c.collect(&mut input, &mut judge).unwrap(), Collected::Due);
+        c.sent(&mut out);
+    }
+    assert_eq!(&out[..1], b"Q");
+    assert_eq!(out.len(), 2 * 14, "the second was added to the first");
 }

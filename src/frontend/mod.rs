@@ -40,6 +40,23 @@ use session::{ClientIo, Session, SessionLogin};
 
 /// Password-family messages are small; a bigger one is an attack or a bug.
 const MAX_AUTH_MESSAGE: usize = 64 * 1024;
+/// The most an empty buffer of a session keeps: past this, a large
+/// message went through it, and its memory goes back (a thousand idle
+/// sessions must not each hold the megabytes their last message took).
+pub(crate) const SPARE_CAPACITY: usize = 64 * 1024;
+
+/// Gives back the memory of `buf` once it is empty and a large message
+/// made it grow past [`SPARE_CAPACITY`]. An empty buffer may sit at the
+/// end of a large allocation (a batch that was sent without a copy):
+/// reclaiming shows how large it is.
+pub(crate) fn shed(buf: &mut BytesMut) {
+    if !buf.is_empty() {
+        return;
+    }
+    if buf.capacity() > SPARE_CAPACITY || buf.try_reclaim(SPARE_CAPACITY + 1) {
+        *buf = BytesMut::new();
+    }
+}
 
 /// What every client task shares.
 pub struct Shared {
