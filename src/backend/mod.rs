@@ -19,6 +19,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::OwnedSemaphorePermit;
 
+use crate::classify::SettingValue;
 use crate::protocol::take_frame;
 use crate::tls::{ReadHalf, ServerTls, WriteHalf};
 
@@ -69,7 +70,7 @@ pub struct Carried {
     /// Prepared statements: name → fingerprint of its definition.
     pub prepared: HashMap<String, u64>,
     /// Session parameters set for its owner, in order.
-    pub settings: Vec<(String, String)>,
+    pub settings: Vec<(String, SettingValue)>,
 }
 
 impl ServerConn {

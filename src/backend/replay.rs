@@ -3,7 +3,8 @@
 //! prepared statements it lacks (their Parse or PREPARE again, then Sync).
 //! The replies are read here and never reach the client; an error is
 //! handed back whole so the client can be told what the server said.
-//! [`query_lsn`] asks a connection where the WAL stands, the same way.
+//! [`query_lsn`] asks a connection where the WAL stands, the same way, and
+//! [`run`] runs a statement of the proxy's own.
 
 use bytes::{BufMut, Bytes, BytesMut};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -42,7 +43,7 @@ pub enum ReplayError {
 pub async fn replay(
     conn: &mut ServerConn,
     settings: Option<String>,
-    wanted: &[(String, String)],
+    wanted: &[(String, crate::classify::SettingValue)],
     stale: &[&str],
     statements: &[Statement<'_>],
 ) -> Result<(), ReplayError> {
@@ -92,6 +93,17 @@ pub async fn replay(
             .insert(s.name.to_owned(), s.fingerprint);
     }
     Ok(())
+}
+
+/// Runs `sql` (one simple Query); nothing reaches the client.
+pub async fn run(conn: &mut ServerConn, sql: &str) -> Result<(), ReplayError> {
+    let mut out = BytesMut::new();
+    messages::query(&mut out, sql);
+    conn.wr
+        .write_all(&out)
+        .await
+        .map_err(|_| ReplayError::Lost)?;
+    read_replies(conn, 1, |_| {}).await
 }
 
 /// Runs `sql`, a query of one row and one `pg_lsn` column, and returns

@@ -1,7 +1,9 @@
 //! The built-in functions whose call makes a statement a write: they change
 //! data or server state, are bound to the session's backend, or only work on
 //! a primary. This is the one list; user-defined VOLATILE functions come
-//! from the catalog at run time instead.
+//! from the catalog at run time instead. Beside it, the system views that
+//! show the session's own or the node's own state ([`session_view`]): a
+//! replica would answer them about itself.
 //!
 //! Matching is on the lower-case final name part whatever the schema: a
 //! same-named function in another schema is sent to the primary too, which
@@ -18,6 +20,12 @@ pub(crate) enum FnKind {
     SessionAdvisoryLock,
     /// Releases every session-level advisory lock.
     AdvisoryUnlockAll,
+    /// Changes a setting (`set_config()`): unless the statement is the
+    /// plain call the classifier gives again like SET, it pins the session.
+    Setting,
+    /// Reads the session's own or the node's own state (the functions
+    /// behind [`session_view`]s): the primary, or the transaction's node.
+    SessionView,
 }
 
 /// Exact names, grouped by why they are listed.
@@ -37,7 +45,7 @@ const EXACT: &[(&str, FnKind)] = &[
     ("pg_advisory_unlock_all", FnKind::AdvisoryUnlockAll),
     // Notifications and session settings.
     ("pg_notify", FnKind::SideEffect),
-    ("set_config", FnKind::SideEffect),
+    ("set_config", FnKind::Setting),
     // random() after setseed() depends on the backend that ran setseed.
     ("setseed", FnKind::SideEffect),
     // Transaction ids: assigning one is a write, and replicas cannot.
@@ -94,6 +102,14 @@ const EXACT: &[(&str, FnKind)] = &[
     ("pg_current_xlog_location", FnKind::PrimaryOnly),
     ("pg_current_xlog_insert_location", FnKind::PrimaryOnly),
     ("pg_current_xlog_flush_location", FnKind::PrimaryOnly),
+    // The session's and the node's own state (pg_stat_* is in PREFIXES).
+    ("pg_prepared_statement", FnKind::SessionView),
+    ("pg_cursor", FnKind::SessionView),
+    ("pg_prepared_xact", FnKind::SessionView),
+    ("pg_lock_status", FnKind::SessionView),
+    ("pg_blocking_pids", FnKind::SessionView),
+    ("pg_safe_snapshot_blocking_pids", FnKind::SessionView),
+    ("pg_get_backend_memory_contexts", FnKind::SessionView),
 ];
 
 /// Whole families, matched by name prefix after EXACT.
@@ -108,6 +124,8 @@ const PREFIXES: &[(&str, FnKind)] = &[
     ("pg_replication_origin_", FnKind::SideEffect),
     // pg_stat_reset, pg_stat_reset_shared, pg_stat_reset_single_table_counters, ...
     ("pg_stat_reset", FnKind::SideEffect),
+    // pg_stat_get_activity, pg_stat_get_backend_*, pg_stat_statements, ...
+    ("pg_stat_", FnKind::SessionView),
     // dblink, dblink_exec, dblink_connect, ...: remote writes and per-session connections.
     ("dblink", FnKind::SideEffect),
 ];
@@ -121,4 +139,21 @@ pub(crate) fn builtin(name: &str) -> Option<FnKind> {
         .iter()
         .find(|(prefix, _)| name.starts_with(prefix))
         .map(|(_, kind)| *kind)
+}
+
+/// System views of the session's own or the node's own state, by exact
+/// name, and by prefix (`pg_stat_activity`, `pg_stat_user_tables`,
+/// `pg_statio_*`, `pg_stat_statements`, ...).
+const VIEWS: &[&str] = &[
+    "pg_prepared_statements",
+    "pg_cursors",
+    "pg_prepared_xacts",
+    "pg_locks",
+    "pg_backend_memory_contexts",
+];
+const VIEW_PREFIXES: &[&str] = &["pg_stat_", "pg_statio_"];
+
+/// Whether the relation `name` (lower case, unqualified) is such a view.
+pub(crate) fn session_view(name: &str) -> bool {
+    VIEWS.contains(&name) || VIEW_PREFIXES.iter().any(|p| name.starts_with(p))
 }

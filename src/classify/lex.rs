@@ -309,8 +309,30 @@ pub(crate) fn unparsable_effects(statements: &[Vec<TokenWithSpan>]) -> Vec<Sessi
             .take(4)
             .collect();
         statement_effects(&words, &mut effects);
+        if sets_from_current(tokens) {
+            effects.push(SessionEffect::Pin(PinReason::Setting));
+        }
     }
     effects
+}
+
+/// `SET [SESSION] name FROM CURRENT` (sqlparser lacks it): the value it
+/// keeps is the node's own, which the proxy never sees, so it cannot be
+/// given again elsewhere. `SET LOCAL` ends with its transaction.
+fn sets_from_current(tokens: &[TokenWithSpan]) -> bool {
+    let words: Vec<Option<Keyword>> = tokens
+        .iter()
+        .filter(|t| !matches!(t.token, Token::Whitespace(_) | Token::SemiColon))
+        .map(|t| match &t.token {
+            Token::Word(w) if w.quote_style.is_none() => Some(w.keyword),
+            _ => None,
+        })
+        .collect();
+    matches!(
+        words.as_slice(),
+        [Some(Keyword::SET), second, .., Some(Keyword::FROM), Some(Keyword::CURRENT)]
+            if *second != Some(Keyword::LOCAL)
+    )
 }
 
 fn statement_effects(words: &[String], effects: &mut Vec<SessionEffect>) {

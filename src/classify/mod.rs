@@ -101,6 +101,12 @@ pub enum Reason {
     VolatileFunction(String),
     /// A function that only a primary can answer (it errors during recovery).
     PrimaryOnlyFunction(String),
+    /// A view (or the function behind one) of the session's own or the
+    /// node's own state: `pg_prepared_statements`, `pg_cursors`,
+    /// `pg_locks`, `pg_stat_activity`, `pg_stat_*`, … A replica would
+    /// answer about itself; the primary (or the transaction's node) is
+    /// where the session's statements, locks and activity are.
+    SessionView(String),
     /// CALL (and DO, which sqlparser cannot parse).
     Procedure,
     /// VACUUM, ANALYZE.
@@ -133,6 +139,11 @@ pub enum PinReason {
     HoldCursor,
     /// `SET palisade.pin = on`.
     Explicit,
+    /// A setting the proxy cannot give again elsewhere: `set_config()`
+    /// with anything but literal arguments, `SET name FROM CURRENT` (the
+    /// value it keeps is the node's own, which the proxy never sees).
+    /// Released by DISCARD ALL (RESET ALL leaves the role as it is).
+    Setting,
 }
 
 /// Session state a statement changes, in statement order. A statement that
@@ -165,14 +176,17 @@ pub enum SessionEffect {
     /// `AND CHAIN` after a Commit or Rollback: a new transaction with the same
     /// characteristics began at once, on the same backend.
     Chain,
-    /// A session parameter. `name` is lower case; `value` is SQL text to put
-    /// after `SET name TO` when replaying it. `local` is SET LOCAL
-    /// (transaction-scoped).
+    /// A session parameter. `name` is lower case; `value` is how to give
+    /// it again. `local` is SET LOCAL (transaction-scoped).
     Set {
         name: String,
-        value: String,
+        value: SettingValue,
         local: bool,
     },
+    /// SET TRANSACTION (or `transaction_isolation`, `transaction_read_only`)
+    /// made the open transaction SERIALIZABLE or READ WRITE: no hot standby
+    /// runs it.
+    TransactionNeedsPrimary,
     /// RESET name (and SET name TO DEFAULT); `None` is RESET ALL.
     Reset {
         name: Option<String>,
@@ -193,6 +207,28 @@ pub enum SessionEffect {
     Unpin(PinReason),
     /// Function DDL (or an extension) ran: reload the VOLATILE function list.
     CatalogFunctionsChanged,
+}
+
+/// A session parameter's value, in the form that gives it again.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum SettingValue {
+    /// SQL text to put after `SET name TO`.
+    Sql(String),
+    /// The string `set_config()` was given. It is given again through
+    /// `set_config()` too: `SET` would quote a list such as `search_path`
+    /// differently, and cannot give it an empty value.
+    Text(String),
+}
+
+impl SettingValue {
+    /// The value without the quotes of a SQL string literal, for reading
+    /// a boolean or a keyword out of it.
+    pub fn unquoted(&self) -> &str {
+        match self {
+            SettingValue::Sql(sql) => sql.trim_matches('\''),
+            SettingValue::Text(text) => text,
+        }
+    }
 }
 
 /// The whole answer for one statement string.

@@ -1,8 +1,8 @@
 //! One walk over a parsed statement (sqlparser's `Visitor`) that finds what
 //! turns a query into a write wherever it hides — locking clauses,
 //! data-modifying CTEs, SELECT INTO, side-effect and volatile function calls,
-//! in subqueries, CTEs and FROM-clause functions alike — and the session
-//! effects those calls carry.
+//! views of the session's or the node's own state, in subqueries, CTEs and
+//! FROM-clause functions alike — and the session effects those calls carry.
 
 use std::borrow::Cow;
 use std::collections::HashSet;
@@ -89,6 +89,13 @@ impl Scanner<'_> {
                         .effects
                         .push(SessionEffect::Unpin(PinReason::AdvisoryLock));
                 }
+                FnKind::Setting => {
+                    self.note(Reason::SideEffectFunction(shown));
+                    self.found
+                        .effects
+                        .push(SessionEffect::Pin(PinReason::Setting));
+                }
+                FnKind::SessionView => self.note(Reason::SessionView(shown)),
             }
             return;
         }
@@ -146,6 +153,17 @@ impl Visitor for Scanner<'_> {
                 self.found
                     .effects
                     .push(SessionEffect::Pin(PinReason::TempObject));
+            }
+        }
+        ControlFlow::Continue(())
+    }
+
+    fn pre_visit_relation(&mut self, relation: &ObjectName) -> ControlFlow<()> {
+        let last = relation.0.last().and_then(|part| part.as_ident());
+        if let Some(ident) = last {
+            let name = lower(&ident.value);
+            if functions::session_view(&name) {
+                self.note(Reason::SessionView(name.into_owned()));
             }
         }
         ControlFlow::Continue(())

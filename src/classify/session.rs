@@ -7,14 +7,15 @@
 use std::collections::HashSet;
 
 use sqlparser::ast::{
-    ContextModifier, DiscardObject, Expr, Ident, ObjectName, Reset, Set,
+    ContextModifier, DiscardObject, Expr, FunctionArg, FunctionArgExpr, FunctionArguments, Ident,
+    ObjectName, ObjectNamePart, Query, Reset, SelectItem, Set, SetExpr,
     SetSessionAuthorizationParamKind, Statement, TransactionAccessMode, TransactionIsolationLevel,
     TransactionMode, Value,
 };
 
 use super::scan::scan;
 use super::statement::classify_statement;
-use super::{Part, PinReason, Reason, SessionEffect};
+use super::{Part, PinReason, Reason, SessionEffect, SettingValue};
 
 /// The custom parameter that pins a session on demand.
 const PIN_PARAMETER: &str = "palisade.pin";
@@ -58,6 +59,8 @@ pub(super) fn session_part(stmt: &Statement, volatile: &HashSet<String>) -> Part
             E::Unpin(PinReason::TempObject),
             E::Unpin(PinReason::AdvisoryLock),
             E::Unpin(PinReason::HoldCursor),
+            // Settings, role and session authorization too.
+            E::Unpin(PinReason::Setting),
         ],
         Statement::Discard {
             object_type: DiscardObject::TEMP,
@@ -146,6 +149,10 @@ fn set_part(set: &Set) -> Part {
             // SET TRANSACTION only affects the current transaction.
             if *session {
                 session_characteristics(modes, &mut effects);
+            } else if isolation(modes) == Some(TransactionIsolationLevel::Serializable)
+                || access_mode(modes) == Some(TransactionAccessMode::ReadWrite)
+            {
+                effects.push(SessionEffect::TransactionNeedsPrimary);
             }
         }
         Set::SetSessionParam(_) => {}
@@ -173,6 +180,12 @@ fn assign(name: &str, values: &[Expr], local: bool, effects: &mut Vec<SessionEff
         [Expr::Identifier(i)] if i.quote_style.is_none() => Some(i.value.to_ascii_lowercase()),
         _ => None,
     };
+    let single = match values {
+        [value] => word(value),
+        _ => None,
+    };
+    let needs_primary = characteristic(name, single);
+    let local = local || needs_primary.is_some();
     let resets = match keyword_value.as_deref() {
         Some("default") => true,
         Some("local") => name == "timezone",
@@ -188,6 +201,34 @@ fn assign(name: &str, values: &[Expr], local: bool, effects: &mut Vec<SessionEff
         .collect::<Vec<_>>()
         .join(", ");
     effects.push(set_effect(name, value, local));
+    if needs_primary == Some(true) {
+        effects.push(SessionEffect::TransactionNeedsPrimary);
+    }
+}
+
+/// For a setting of the open transaction's own characteristics (which end
+/// with it: never kept for the session), whether `value` makes it one no
+/// hot standby runs; `None` for any other setting.
+fn characteristic(name: &str, value: Option<&str>) -> Option<bool> {
+    let needs_primary = match name {
+        "transaction_isolation" => value.is_some_and(|v| v.eq_ignore_ascii_case("serializable")),
+        "transaction_read_only" => value.and_then(boolean_word) == Some(false),
+        "transaction_deferrable" => false,
+        _ => return None,
+    };
+    Some(needs_primary)
+}
+
+/// A bare word or a string literal, as a keyword-valued setting takes it.
+fn word(expr: &Expr) -> Option<&str> {
+    match expr {
+        Expr::Identifier(ident) => Some(&ident.value),
+        Expr::Value(v) => match &v.value {
+            Value::SingleQuotedString(s) => Some(s),
+            _ => None,
+        },
+        _ => None,
+    }
 }
 
 fn session_characteristics(modes: &[TransactionMode], effects: &mut Vec<SessionEffect>) {
@@ -236,8 +277,98 @@ pub(super) fn isolation(modes: &[TransactionMode]) -> Option<TransactionIsolatio
 fn set_effect(name: &str, value: String, local: bool) -> SessionEffect {
     SessionEffect::Set {
         name: name.to_owned(),
-        value,
+        value: SettingValue::Sql(value),
         local,
+    }
+}
+
+/// The effects of a statement that is exactly `SELECT
+/// [pg_catalog.]set_config('name', 'value', is_local)` with literal
+/// arguments (an alias allowed): it is given again like SET. `None` for
+/// any other query, and for `palisade.*` names, which stay with the
+/// server's placeholder (a pin).
+pub(super) fn set_config_call(query: &Query) -> Option<Vec<SessionEffect>> {
+    let plain = query.with.is_none()
+        && query.limit_clause.is_none()
+        && query.fetch.is_none()
+        && query.locks.is_empty();
+    let SetExpr::Select(select) = query.body.as_ref() else {
+        return None;
+    };
+    // Nothing may keep the call from running exactly once.
+    let once = select.from.is_empty()
+        && select.selection.is_none()
+        && select.having.is_none()
+        && select.qualify.is_none()
+        && select.into.is_none();
+    let (true, true, [item]) = (plain, once, select.projection.as_slice()) else {
+        return None;
+    };
+    let (SelectItem::UnnamedExpr(Expr::Function(call))
+    | SelectItem::ExprWithAlias {
+        expr: Expr::Function(call),
+        ..
+    }) = item
+    else {
+        return None;
+    };
+    let named = match call.name.0.as_slice() {
+        [f] => is_function(f, "set_config"),
+        [schema, f] => is_function(schema, "pg_catalog") && is_function(f, "set_config"),
+        _ => false,
+    };
+    let simple = call.filter.is_none() && call.over.is_none() && call.within_group.is_empty();
+    let FunctionArguments::List(list) = &call.args else {
+        return None;
+    };
+    let [name, value, is_local] = list.args.as_slice() else {
+        return None;
+    };
+    if !(named && simple && list.duplicate_treatment.is_none() && list.clauses.is_empty()) {
+        return None;
+    }
+    let (Some(name), Some(value), Some(local)) = (
+        string_arg(name),
+        string_arg(value),
+        literal_arg(is_local).and_then(boolean),
+    ) else {
+        return None;
+    };
+    let name = name.to_lowercase();
+    if name.starts_with("palisade.") {
+        return None;
+    }
+    let needs_primary = characteristic(&name, Some(value));
+    let mut effects = vec![SessionEffect::Set {
+        local: local || needs_primary.is_some(),
+        name,
+        value: SettingValue::Text(value.to_owned()),
+    }];
+    if needs_primary == Some(true) {
+        effects.push(SessionEffect::TransactionNeedsPrimary);
+    }
+    Some(effects)
+}
+
+fn is_function(part: &ObjectNamePart, name: &str) -> bool {
+    part.as_ident().is_some_and(|i| folded(i) == name)
+}
+
+/// An argument that is a literal (not a parameter, cast or expression).
+fn literal_arg(arg: &FunctionArg) -> Option<&Expr> {
+    match arg {
+        FunctionArg::Unnamed(FunctionArgExpr::Expr(expr @ Expr::Value(_))) => Some(expr),
+        _ => None,
+    }
+}
+
+fn string_arg(arg: &FunctionArg) -> Option<&str> {
+    match &literal_arg(arg)? {
+        Expr::Value(v) => match &v.value {
+            Value::SingleQuotedString(s) => Some(s),
+            _ => None,
+        },
+        _ => None,
     }
 }
 
@@ -279,17 +410,20 @@ fn is_bare(ident: &Ident, word: &str) -> bool {
 
 /// PostgreSQL's boolean spellings for an option or parameter value.
 pub(super) fn boolean(expr: &Expr) -> Option<bool> {
-    let text = match expr {
-        Expr::Identifier(ident) => ident.value.to_ascii_lowercase(),
+    match expr {
+        Expr::Identifier(ident) => boolean_word(&ident.value),
         Expr::Value(v) => match &v.value {
-            Value::Boolean(b) => return Some(*b),
-            Value::Number(n, _) => n.to_string(),
-            Value::SingleQuotedString(s) => s.to_ascii_lowercase(),
-            _ => return None,
+            Value::Boolean(b) => Some(*b),
+            Value::Number(n, _) => boolean_word(n),
+            Value::SingleQuotedString(s) => boolean_word(s),
+            _ => None,
         },
-        _ => return None,
-    };
-    match text.as_str() {
+        _ => None,
+    }
+}
+
+fn boolean_word(text: &str) -> Option<bool> {
+    match text.to_ascii_lowercase().as_str() {
         "on" | "true" | "yes" | "1" | "t" | "y" => Some(true),
         "off" | "false" | "no" | "0" | "f" | "n" => Some(false),
         _ => None,

@@ -86,13 +86,20 @@ fn transaction_part(stmt: &Statement) -> Part {
     match stmt {
         Statement::StartTransaction { modes, .. } => {
             // Hot standbys refuse SERIALIZABLE transactions, read-only or not.
-            let read_only = access_mode(modes) == Some(TransactionAccessMode::ReadOnly)
-                && isolation(modes) != Some(TransactionIsolationLevel::Serializable);
+            let serializable = isolation(modes) == Some(TransactionIsolationLevel::Serializable);
+            let access = access_mode(modes);
+            let read_only = access == Some(TransactionAccessMode::ReadOnly) && !serializable;
             let class = if read_only { Class::Read } else { Class::Write };
+            let mut effects = vec![SessionEffect::Begin { read_only }];
+            // Asked for explicitly, these hold even where the session's
+            // default is READ ONLY.
+            if serializable || access == Some(TransactionAccessMode::ReadWrite) {
+                effects.push(SessionEffect::TransactionNeedsPrimary);
+            }
             Part {
                 class,
                 reason: Reason::TransactionControl,
-                effects: vec![SessionEffect::Begin { read_only }],
+                effects,
                 statements: 1,
             }
         }
@@ -194,6 +201,10 @@ fn write_part(stmt: &Statement, volatile: &HashSet<String>) -> Part {
 }
 
 fn query_part(query: &Query, volatile: &HashSet<String>) -> Part {
+    if let Some(effects) = session::set_config_call(query) {
+        // Given again like SET: a write as SET is, without a pin.
+        return Part::write(Reason::SessionCommand).with_effects(effects);
+    }
     let findings = scan(query, volatile);
     if body_is_dml(&query.body) {
         return Part::write(Reason::Dml).with_effects(findings.effects);

@@ -144,8 +144,36 @@ const TABLE: &[Row] = &[
     ("SELECT pg_advisory_unlock(1)", Write, is!(R::SideEffectFunction(_))),
     ("SELECT pg_advisory_unlock_all()", Write, is!(R::SideEffectFunction(_))),
     ("SELECT pg_notify('channel', 'payload')", Write, is!(R::SideEffectFunction(_))),
-    ("SELECT set_config('search_path', 'app', false)", Write, is!(R::SideEffectFunction(_))),
-    ("SELECT pg_catalog.set_config('search_path', '', false)", Write, is!(R::SideEffectFunction(_))),
+    // set_config() with literal arguments, alone, is given again like SET;
+    // any other use is a side effect that pins (see setting_effects).
+    ("SELECT set_config('search_path', 'app', false)", Write, is!(R::SessionCommand)),
+    ("SELECT pg_catalog.set_config('search_path', '', false)", Write, is!(R::SessionCommand)),
+    ("select Set_Config('myapp.user', 'alice', true) AS v", Write, is!(R::SessionCommand)),
+    ("SELECT set_config($1, $2, false)", Write, is!(R::SideEffectFunction(_))),
+    ("SELECT set_config('a.b', 'x', false) FROM t", Write, is!(R::SideEffectFunction(_))),
+    ("SELECT set_config('a.b', 'x', false) WHERE false", Write, is!(R::SideEffectFunction(_))),
+    ("SELECT set_config('a.b', 'x', false), 1", Write, is!(R::SideEffectFunction(_))),
+    ("SELECT set_config('a.b', 'x' || 'y', false)", Write, is!(R::SideEffectFunction(_))),
+    ("SELECT app.set_config('a.b', 'x', false)", Write, is!(R::SideEffectFunction(_))),
+    ("SELECT upper(set_config('a.b', 'x', false))", Write, is!(R::SideEffectFunction(_))),
+    ("SELECT set_config('palisade.pin', 'on', false)", Write, is!(R::SideEffectFunction(_))),
+    // Views of the session's own or the node's own state.
+    ("SELECT name FROM pg_prepared_statements", Write, is!(R::SessionView(v) if v == "pg_prepared_statements")),
+    ("SELECT * FROM pg_catalog.pg_cursors", Write, is!(R::SessionView(v) if v == "pg_cursors")),
+    ("SELECT gid FROM pg_prepared_xacts", Write, is!(R::SessionView(_))),
+    ("SELECT l.mode FROM pg_locks l JOIN pg_class c ON c.oid = l.relation", Write, is!(R::SessionView(v) if v == "pg_locks")),
+    ("SELECT count(*) FROM PG_STAT_ACTIVITY WHERE state = 'active'", Write, is!(R::SessionView(v) if v == "pg_stat_activity")),
+    ("SELECT * FROM pg_stat_user_tables", Write, is!(R::SessionView(_))),
+    ("SELECT * FROM pg_statio_user_indexes", Write, is!(R::SessionView(_))),
+    ("SELECT * FROM pg_stat_statements", Write, is!(R::SessionView(_))),
+    ("SELECT 1 WHERE EXISTS (SELECT 1 FROM pg_locks WHERE NOT granted)", Write, is!(R::SessionView(_))),
+    ("WITH a AS (SELECT pid FROM pg_stat_activity) SELECT * FROM a", Write, is!(R::SessionView(_))),
+    ("SELECT * FROM pg_stat_get_activity(NULL)", Write, is!(R::SessionView(_))),
+    ("SELECT pg_blocking_pids(42)", Write, is!(R::SessionView(_))),
+    ("SELECT * FROM pg_prepared_statement()", Write, is!(R::SessionView(_))),
+    ("SELECT * FROM pg_settings", Read, is!(R::Select)),
+    ("SELECT * FROM pg_stats WHERE tablename = 't'", Read, is!(R::Select)),
+    ("EXPLAIN SELECT * FROM pg_locks", Read, is!(R::Explain)),
     ("SELECT txid_current()", Write, is!(R::SideEffectFunction(_))),
     ("SELECT pg_current_xact_id()", Write, is!(R::SideEffectFunction(_))),
     ("SELECT lo_import('/tmp/x')", Write, is!(R::SideEffectFunction(_))),
@@ -376,7 +404,7 @@ fn effects(sql: &str) -> Vec<SessionEffect> {
 fn set(name: &str, value: &str, local: bool) -> SessionEffect {
     E::Set {
         name: name.into(),
-        value: value.into(),
+        value: SettingValue::Sql(value.into()),
         local,
     }
 }
@@ -393,14 +421,17 @@ fn transaction_effects() {
     assert_eq!(effects("begin work"), [E::Begin { read_only: false }]);
     assert_eq!(effects("BEGIN READ ONLY"), [E::Begin { read_only: true }]);
     // Hot standbys refuse SERIALIZABLE: such a transaction needs the primary.
+    let on_primary = [E::Begin { read_only: false }, E::TransactionNeedsPrimary];
     assert_eq!(
         effects("START TRANSACTION ISOLATION LEVEL SERIALIZABLE, READ ONLY, DEFERRABLE"),
-        [E::Begin { read_only: false }]
+        on_primary
     );
     assert_eq!(
         effects("BEGIN ISOLATION LEVEL SERIALIZABLE READ ONLY"),
-        [E::Begin { read_only: false }]
+        on_primary
     );
+    // Asked for, READ WRITE holds whatever the session's default.
+    assert_eq!(effects("BEGIN READ WRITE"), on_primary);
     assert_eq!(
         effects("BEGIN READ ONLY ISOLATION LEVEL SERIALIZABLE, ISOLATION LEVEL READ COMMITTED"),
         [E::Begin { read_only: true }]
@@ -409,10 +440,7 @@ fn transaction_effects() {
         effects("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY NOT DEFERRABLE"),
         [E::Begin { read_only: true }]
     );
-    assert_eq!(
-        effects("BEGIN READ ONLY, READ WRITE"),
-        [E::Begin { read_only: false }]
-    );
+    assert_eq!(effects("BEGIN READ ONLY, READ WRITE"), on_primary);
     assert_eq!(effects("COMMIT"), [E::Commit]);
     assert_eq!(effects("END"), [E::Commit]);
     assert_eq!(effects("COMMIT AND CHAIN"), [E::Commit, E::Chain]);
@@ -434,6 +462,57 @@ fn transaction_effects() {
     );
     assert_eq!(effects("RELEASE a"), [E::Release { name: "a".into() }]);
     assert_eq!(effects("SET TRANSACTION READ ONLY"), []);
+    assert_eq!(
+        effects("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ"),
+        []
+    );
+    // What no hot standby runs: the transaction needs the primary.
+    for sql in [
+        "SET TRANSACTION ISOLATION LEVEL SERIALIZABLE",
+        "SET TRANSACTION READ WRITE",
+        "SET TRANSACTION READ ONLY, ISOLATION LEVEL SERIALIZABLE, DEFERRABLE",
+    ] {
+        assert_eq!(effects(sql), [E::TransactionNeedsPrimary], "{sql}");
+    }
+    assert_eq!(
+        effects("BEGIN READ ONLY; SET TRANSACTION ISOLATION LEVEL SERIALIZABLE"),
+        [E::Begin { read_only: true }, E::TransactionNeedsPrimary]
+    );
+    // The same as settings: they end with the transaction, never kept.
+    assert_eq!(
+        effects("SET transaction_isolation = serializable"),
+        [
+            set("transaction_isolation", "serializable", true),
+            E::TransactionNeedsPrimary
+        ]
+    );
+    assert_eq!(
+        effects("SET transaction_read_only TO off"),
+        [
+            set("transaction_read_only", "off", true),
+            E::TransactionNeedsPrimary
+        ]
+    );
+    assert_eq!(
+        effects("SET transaction_isolation TO 'repeatable read'"),
+        [set("transaction_isolation", "'repeatable read'", true)]
+    );
+    assert_eq!(
+        effects("SELECT set_config('transaction_isolation', 'serializable', false)"),
+        [
+            E::Set {
+                name: "transaction_isolation".into(),
+                value: SettingValue::Text("serializable".into()),
+                local: true
+            },
+            E::TransactionNeedsPrimary
+        ]
+    );
+    // SET SESSION CHARACTERISTICS is for the next transactions.
+    assert!(
+        !effects("SET SESSION CHARACTERISTICS AS TRANSACTION ISOLATION LEVEL SERIALIZABLE")
+            .contains(&E::TransactionNeedsPrimary)
+    );
     assert_eq!(
         effects("BEGIN; SELECT 1; COMMIT"),
         [E::Begin { read_only: false }, E::Commit]
@@ -517,8 +596,54 @@ fn set_and_reset_effects() {
         effects("RESET SESSION AUTHORIZATION"),
         [reset("session_authorization")]
     );
-    // set_config is a write function; the session layer is not told.
-    assert_eq!(effects("SELECT set_config('search_path', 'x', false)"), []);
+}
+
+#[test]
+fn setting_effects() {
+    let text = |name: &str, value: &str, local: bool| E::Set {
+        name: name.into(),
+        value: SettingValue::Text(value.into()),
+        local,
+    };
+    // set_config() with literal arguments is a setting given again.
+    assert_eq!(
+        effects("SELECT set_config('search_path', 'x, \"Y\"', false)"),
+        [text("search_path", "x, \"Y\"", false)]
+    );
+    assert_eq!(
+        effects("SELECT pg_catalog.set_config('search_path', '', false)"),
+        [text("search_path", "", false)]
+    );
+    assert_eq!(
+        effects("SELECT set_config('MyApp.User', 'it''s', 'true') AS previous"),
+        [text("myapp.user", "it's", true)]
+    );
+    // Anything else pins: what it sets is not known here.
+    for sql in [
+        "SELECT set_config($1, $2, false)",
+        "SELECT set_config('a.b', $1, false)",
+        "SELECT set_config('a.b', 'x', $1)",
+        "SELECT set_config('a.b', 'x', false) FROM generate_series(1, 2)",
+        "SELECT set_config('a.b', 'x', false) LIMIT 0",
+        "SELECT set_config('a.b', 'x', false), set_config('c.d', 'y', false)",
+        "SELECT set_config('palisade.pin', 'on', false)",
+        "INSERT INTO t VALUES (set_config('a.b', 'x', false))",
+    ] {
+        let got = effects(sql);
+        let pins = got.iter().all(|e| *e == E::Pin(PinReason::Setting));
+        assert!(pins && !got.is_empty(), "{sql}: {got:?}");
+    }
+    // SET ... FROM CURRENT keeps the node's own value, unseen here: a pin.
+    for sql in [
+        "SET work_mem FROM CURRENT",
+        "set session myapp.tenant from current;",
+        "SELECT 1; SET search_path FROM CURRENT",
+    ] {
+        let got = classify(sql, &volatile());
+        assert_eq!(got.effects, [E::Pin(PinReason::Setting)], "{sql}");
+        assert_eq!(got.class, Write, "{sql}");
+    }
+    assert_eq!(effects("SET LOCAL work_mem FROM CURRENT"), []);
 }
 
 #[test]
@@ -728,6 +853,7 @@ fn cursor_explicit_and_discard_pin_effects() {
             E::Unpin(TempObject),
             E::Unpin(AdvisoryLock),
             E::Unpin(HoldCursor),
+            E::Unpin(PinReason::Setting),
         ]
     );
 }

@@ -90,6 +90,7 @@ pub struct Config {
     pub admin: AdminConfig,
     #[serde(default)]
     pub http: HttpConfig,
+    #[serde(default)]
     pub tls: TlsConfig,
 }
 

@@ -111,10 +111,20 @@ pub struct Plan {
     pub write: bool,
     /// The batch begins a transaction; `true` when READ ONLY was asked for.
     pub begin: Option<bool>,
+    /// It makes its transaction SERIALIZABLE or READ WRITE, which no hot
+    /// standby runs.
+    pub txn_needs_primary: bool,
+    /// It executes a BEGIN and nothing else: its SQL, which can begin the
+    /// transaction again on another node.
+    pub begin_sql: Option<String>,
     /// Effects of what the batch executes, in order.
     pub effects: Vec<SessionEffect>,
     /// Prepared statements it uses that it does not itself create.
     pub needs: Vec<String>,
+    /// It reads a view of the session's own state
+    /// (`pg_prepared_statements`, ...): the connection must carry all of
+    /// the session's prepared statements, not only those it uses.
+    pub shows_session: bool,
     /// Statements it creates (Parse, or a SQL PREPARE), in order. Each
     /// record moves into the session's state when the batch is sent (a
     /// refused batch creates nothing); connections and in-flight requests
@@ -149,8 +159,11 @@ impl Plan {
     pub fn clear(&mut self) {
         self.write = false;
         self.begin = None;
+        self.txn_needs_primary = false;
+        self.begin_sql = None;
         self.effects.clear();
         self.needs.clear();
+        self.shows_session = false;
         self.parsed.clear();
         self.closed.clear();
         self.has_query = false;
@@ -186,8 +199,12 @@ impl Plan {
         self.statements += statements;
         self.write |= write;
         for effect in effects {
-            if let SessionEffect::Begin { read_only } = effect {
-                self.begin.get_or_insert(*read_only);
+            match effect {
+                SessionEffect::Begin { read_only } => {
+                    self.begin.get_or_insert(*read_only);
+                }
+                SessionEffect::TransactionNeedsPrimary => self.txn_needs_primary = true,
+                _ => {}
             }
         }
         self.effects.extend_from_slice(effects);
@@ -217,6 +234,12 @@ impl Plan {
             .find(|(p, _)| p == portal)
             .map(|(_, s)| s.as_str())
     }
+}
+
+/// Whether a statement doing `effects` is a BEGIN alone (its SQL is then
+/// kept in [`Plan::begin_sql`]).
+pub fn is_begin(effects: &[SessionEffect]) -> bool {
+    matches!(effects, [SessionEffect::Begin { .. }])
 }
 
 /// Tells two definitions of one statement name apart.

@@ -13,7 +13,7 @@ use std::sync::Arc;
 
 use bytes::{Bytes, BytesMut};
 
-use super::batch::{fingerprint, parse_message, Malformed, Message, Plan};
+use super::batch::{fingerprint, is_begin, parse_message, Malformed, Message, Plan};
 use super::local;
 use super::state::Prepared;
 use crate::classify::{Class, Classification, Hint, PinReason, Reason, SessionEffect};
@@ -127,6 +127,12 @@ impl Collector {
             let Some(frame) = take_frame(input, self.max_message_size)? else {
                 return Ok(Collected::NeedInput);
             };
+            if frame.len() > super::SPARE_CAPACITY {
+                // The large frame owns its memory alone (what follows it
+                // moves to a buffer of its own), so that it becomes the
+                // batch without a copy (below).
+                *input = BytesMut::from(&input[..]);
+            }
             let frame = frame.freeze();
             let message = parse_message(frame[0], &frame[5..])?;
             if self.stage == Stage::AwaitingSync {
@@ -145,7 +151,11 @@ impl Collector {
                 message => self.take(message, &frame, judge),
             }
             self.plan.messages += 1;
-            self.batch.extend_from_slice(&frame);
+            if self.batch.is_empty() && frame.len() > super::SPARE_CAPACITY {
+                self.batch = BytesMut::from(frame);
+            } else {
+                self.batch.extend_from_slice(&frame);
+            }
             if self.batch.len() > MAX_BATCH {
                 self.plan.write = true;
                 self.make_due();
@@ -192,7 +202,16 @@ impl Collector {
                 });
                 match executed {
                     Some(c) => {
+                        if is_begin(&c.effects) {
+                            plan.begin_sql = plan.portal(portal).and_then(|statement| {
+                                let prepared = plan
+                                    .parsed(statement)
+                                    .or_else(|| judge.statement(statement));
+                                parsed_sql(&prepared?.source)
+                            });
+                        }
                         plan.hint(c.hint);
+                        plan.shows_session |= matches!(c.reason, Reason::SessionView(_));
                         plan.execute(c.class == Class::Write, &c.effects, 1);
                     }
                     None => plan.execute(false, &[], 1),
@@ -251,7 +270,12 @@ impl Collector {
     /// The due batch was sent: its frames go to `out`. A batch without a
     /// request (it ended on Flush) leaves its rest to follow.
     pub fn sent(&mut self, out: &mut BytesMut) {
-        out.extend_from_slice(&self.batch);
+        if out.is_empty() {
+            // No copy: a large message is in memory once.
+            std::mem::swap(out, &mut self.batch);
+        } else {
+            out.extend_from_slice(&self.batch);
+        }
         self.stage = if self.plan.requests == 0 {
             Stage::Flushed
         } else {
@@ -293,6 +317,7 @@ impl Collector {
 
     fn clear(&mut self) {
         self.batch.clear();
+        super::shed(&mut self.batch);
         self.plan.clear();
     }
 }
@@ -322,11 +347,19 @@ fn plan_query(plan: &mut Plan, sql: &str, frame: &Bytes, judge: &mut impl Judge)
         }
     }
     plan_prepares(plan, &c, sql, frame);
-    if matches!(&c.reason, Reason::SideEffectFunction(f) if f == "set_config") {
-        // Session state we cannot replay.
-        plan.effects.push(SessionEffect::Pin(PinReason::Explicit));
+    plan.shows_session |= matches!(c.reason, Reason::SessionView(_));
+    if c.statements == 1 && is_begin(&c.effects) {
+        plan.begin_sql = Some(sql.to_owned());
     }
     plan.execute(write, &c.effects, c.statements);
+}
+
+/// The SQL of a Parse frame.
+fn parsed_sql(source: &[u8]) -> Option<String> {
+    match parse_message(*source.first()?, source.get(5..)?) {
+        Ok(Message::Parse { sql, .. }) => Some(sql.to_owned()),
+        _ => None,
+    }
 }
 
 /// Records the statements a string's SQL `PREPARE`s create, each with the

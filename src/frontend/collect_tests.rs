@@ -2,7 +2,7 @@
 
 use std::collections::{HashMap, HashSet};
 
-use bytes::BufMut;
+use bytes::{Buf, BufMut};
 
 use super::*;
 use crate::frontend::local::{Command, Param};
@@ -368,4 +368,82 @@ fn a_batch_that_only_prepared_before_flush_may_be_closed_with_a_sync_of_our_own(
     assert!(!c.may_close_with_own_sync());
     c.sent(&mut BytesMut::new());
     assert!(c.continues());
+}
+
+#[test]
+fn a_begin_alone_keeps_its_sql_to_begin_again_elsewhere() {
+    let mut judge = TestJudge::default();
+    let mut input = BytesMut::new();
+    query(&mut input, "BEGIN READ ONLY DEFERRABLE");
+    parse(&mut input, "", "START TRANSACTION READ ONLY");
+    bind(&mut input, "", "");
+    execute(&mut input, "");
+    sync(&mut input);
+    query(&mut input, "BEGIN READ ONLY; SELECT 1");
+    query(&mut input, "SET TRANSACTION ISOLATION LEVEL SERIALIZABLE");
+    let mut c = collector();
+    let mut out = BytesMut::new();
+    let mut next = |c: &mut Collector| {
+        assert_eq!(c.collect(&mut input, &mut judge).unwrap(), Collected::Due);
+        let plan = (c.plan().begin_sql.clone(), c.plan().txn_needs_primary);
+        c.sent(&mut out);
+        plan
+    };
+    let simple = Some("BEGIN READ ONLY DEFERRABLE".to_owned());
+    assert_eq!(next(&mut c), (simple, false));
+    let extended = Some("START TRANSACTION READ ONLY".to_owned());
+    assert_eq!(next(&mut c), (extended, false));
+    assert_eq!(next(&mut c), (None, false), "it runs more than its BEGIN");
+    assert_eq!(next(&mut c), (None, true), "this one needs the primary");
+}
+
+#[test]
+fn set_config_pins_in_the_extended_protocol_too() {
+    let mut judge = TestJudge::default();
+    let mut input = BytesMut::new();
+    parse(&mut input, "", "SELECT set_config($1, $2, false)");
+    bind(&mut input, "", "");
+    execute(&mut input, "");
+    sync(&mut input);
+    let mut c = collector();
+    assert_eq!(c.collect(&mut input, &mut judge).unwrap(), Collected::Due);
+    assert!(c.plan().write);
+    assert_eq!(c.plan().effects, [SessionEffect::Pin(PinReason::Setting)]);
+}
+
+#[test]
+fn a_large_frame_becomes_the_batch_and_goes_out_without_a_copy() {
+    let mut judge = TestJudge::default();
+    let mut input = BytesMut::new();
+    let sql = format!("SELECT length('{}')", "x".repeat(200 * 1024));
+    query(&mut input, &sql);
+    let at = input.as_ptr();
+    let mut c = collector();
+    assert_eq!(c.collect(&mut input, &mut judge).unwrap(), Collected::Due);
+    assert_eq!(c.batch.as_ptr(), at, "the batch is the input's memory");
+    let mut out = BytesMut::new();
+    c.sent(&mut out);
+    assert_eq!(out.as_ptr(), at, "and so is what goes to the server");
+    assert!(c.batch.capacity() <= crate::frontend::SPARE_CAPACITY);
+    // Written out, the buffer gives its memory back, though what is left
+    // of it looks small.
+    let len = out.len();
+    out.advance(len);
+    crate::frontend::shed(&mut out);
+    assert!(!out.try_reclaim(1), "nothing left of the large allocation");
+}
+
+#[test]
+fn small_frames_keep_the_batch_buffer() {
+    let mut judge = TestJudge::default();
+    let mut c = collector();
+    let mut out = BytesMut::new();
+    for _ in 0..2 {
+        let mut input = BytesMut::new();
+        query(&mut input, "SELECT 1");
+        assert_eq!(c.collect(&mut input, &mut judge).unwrap(), Collected::Due);
+        c.sent(&mut out);
+    }
+    assert_eq!(&out[..1], b"Q");
+    assert_eq!(out.len(), 2 * 14, "the second was added to the first");
 }

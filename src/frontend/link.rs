@@ -312,6 +312,12 @@ impl ServerLink {
         self.cancel_target()
     }
 
+    /// Requests of the proxy's own, whose replies the client never sees,
+    /// left the connection at `status` (a transaction moved to another node).
+    pub fn resume(&mut self, status: TxnStatus) {
+        self.requests.phase = Phase::Ready(status);
+    }
+
     /// Notes a request written to `out`.
     pub fn sent(&mut self, sent: Sent, requests: u32, continuing: bool) {
         self.requests.sent(sent, requests, continuing);

@@ -25,6 +25,8 @@ use tokio::net::TcpStream;
 use tokio::sync::watch;
 use tracing::{debug, info, Instrument};
 
+use bytes::BytesMut;
+
 use crate::admin;
 use crate::backend::pool::{CheckoutError, PoolKey, ServerPool};
 use crate::backend::{ConnectError, Login, ServerConn};
@@ -44,6 +46,23 @@ use session::{ClientIo, Session, SessionLogin};
 
 /// Password-family messages are small; a bigger one is an attack or a bug.
 const MAX_AUTH_MESSAGE: usize = 64 * 1024;
+/// The most an empty buffer of a session keeps: past this, a large
+/// message went through it, and its memory goes back (a thousand idle
+/// sessions must not each hold the megabytes their last message took).
+pub(crate) const SPARE_CAPACITY: usize = 64 * 1024;
+
+/// Gives back the memory of `buf` once it is empty and a large message
+/// made it grow past [`SPARE_CAPACITY`]. An empty buffer may sit at the
+/// end of a large allocation (a batch that was sent without a copy):
+/// reclaiming shows how large it is.
+pub(crate) fn shed(buf: &mut BytesMut) {
+    if !buf.is_empty() {
+        return;
+    }
+    if buf.capacity() > SPARE_CAPACITY || buf.try_reclaim(SPARE_CAPACITY + 1) {
+        *buf = BytesMut::new();
+    }
+}
 
 /// What every client task shares.
 pub struct Shared {
@@ -427,7 +446,7 @@ fn startup_node(
         Decision::Primary(node) | Decision::Replica(node) => Ok(node),
         Decision::Refuse(e) => Err(tell(client, Sqlstate::UnableToConnect, &e.to_string())),
         // A startup asks for a node and never waits.
-        Decision::Stay | Decision::Wait(_) => {
+        Decision::Stay | Decision::Move(_) | Decision::Wait(_) => {
             Err(tell(client, Sqlstate::Internal, "no node for the session"))
         }
     }

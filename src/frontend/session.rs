@@ -218,8 +218,11 @@ impl Session {
         if let Some(wr) = io.write {
             write_now(wr, io.out).map_err(|_| End::ServerGone)?;
         }
+        super::shed(self.link.out());
         self.pay_owed_cancel();
-        write_now(&mut self.client.wr, &mut self.client.out).map_err(|_| End::ClientGone)
+        write_now(&mut self.client.wr, &mut self.client.out).map_err(|_| End::ClientGone)?;
+        super::shed(&mut self.client.out);
+        Ok(())
     }
 
     /// Sends a cancel that arrived while connecting, once the batch it was
@@ -284,8 +287,14 @@ impl Session {
             () = stop => Event::Shutdown,
         };
         match event {
-            Event::WroteClient(Ok(n)) if n > 0 => self.client.out.advance(n),
-            Event::WroteServer(Ok(n)) if n > 0 => self.link.out().advance(n),
+            Event::WroteClient(Ok(n)) if n > 0 => {
+                self.client.out.advance(n);
+                super::shed(&mut self.client.out);
+            }
+            Event::WroteServer(Ok(n)) if n > 0 => {
+                self.link.out().advance(n);
+                super::shed(self.link.out());
+            }
             Event::ReadServer(Ok(n)) if n > 0 => self.on_server_bytes()?,
             Event::ReadClient(Ok(n)) if n > 0 => clock.heard(),
             Event::WroteClient(_) | Event::ReadClient(_) => return Err(End::ClientGone),

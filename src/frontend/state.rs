@@ -18,7 +18,7 @@ use super::batch::Plan;
 use super::link::Sent;
 use crate::backend::replay;
 use crate::backend::Carried;
-use crate::classify::{Classification, PinReason, SessionEffect};
+use crate::classify::{Classification, PinReason, SessionEffect, SettingValue};
 use crate::protocol::TxnStatus;
 use crate::route::ReadChoice;
 use crate::topology::Lsn;
@@ -37,19 +37,22 @@ pub struct Prepared {
 #[derive(Debug, Default)]
 pub struct SessionState {
     /// Session parameters in the order they were first set: name → SQL value.
-    settings: Vec<(String, String)>,
+    settings: Vec<(String, SettingValue)>,
     /// Prepared statements by name (the unnamed one is "").
     statements: HashMap<String, Prepared>,
     pins: Vec<PinReason>,
     /// The settings when the open transaction began, to restore on rollback.
-    snapshot: Option<Vec<(String, String)>>,
+    snapshot: Option<Vec<(String, SettingValue)>>,
     /// Open savepoints, innermost last, with the settings when each was made.
-    savepoints: Vec<(String, Vec<(String, String)>)>,
+    savepoints: Vec<(String, Vec<(String, SettingValue)>)>,
     txn_failed: bool,
     /// Ever held state a server connection would have to carry.
     stateful: bool,
     /// Function DDL succeeded: the VOLATILE list must be reloaded.
     catalog_changed: bool,
+    /// The open transaction has run nothing but its BEGIN, this SQL: it
+    /// may still begin again on another node.
+    begun_only: Option<String>,
     /// What the session chose with `SET palisade.*`.
     pub reads: ReadChoice,
     /// At or past the session's last write that has been located.
@@ -99,7 +102,7 @@ impl Writes {
 }
 
 impl SessionState {
-    pub fn settings(&self) -> &[(String, String)] {
+    pub fn settings(&self) -> &[(String, SettingValue)] {
         &self.settings
     }
 
@@ -122,7 +125,7 @@ impl SessionState {
         self.settings
             .iter()
             .find(|(n, _)| n == "default_transaction_read_only")
-            .is_some_and(|(_, v)| is_true(v))
+            .is_some_and(|(_, v)| is_true(v.unquoted()))
     }
 
     /// `default_transaction_isolation` as the session has set it is
@@ -131,7 +134,19 @@ impl SessionState {
         self.settings
             .iter()
             .find(|(n, _)| n == "default_transaction_isolation")
-            .is_some_and(|(_, v)| v.trim_matches('\'').eq_ignore_ascii_case("serializable"))
+            .is_some_and(|(_, v)| v.unquoted().eq_ignore_ascii_case("serializable"))
+    }
+
+    /// The BEGIN of the open transaction when that is all it has run.
+    pub fn begun_only(&self) -> Option<&str> {
+        self.begun_only.as_deref()
+    }
+
+    /// A request that executes something is sent: `begin` when it is a
+    /// BEGIN alone sent between transactions. Anything else means the open
+    /// transaction has run more than its BEGIN.
+    pub fn sending(&mut self, begin: Option<String>) {
+        self.begun_only = begin;
     }
 
     /// Takes and clears the "function DDL ran" flag.
@@ -176,6 +191,9 @@ impl SessionState {
     /// answer acknowledges a commit of something the session wrote.
     pub fn answered(&mut self, sent: &Sent, status: TxnStatus, conn: &mut Carried) -> bool {
         let committed = self.writes.note(sent, status);
+        if sent.failed || status != TxnStatus::InTransaction {
+            self.begun_only = None;
+        }
         if sent.failed {
             // Statements the server did not confirm do not exist.
             for (name, fingerprint) in sent.parsed.iter().skip(sent.parse_ok) {
@@ -288,8 +306,11 @@ impl SessionState {
             }
             SessionEffect::Unpin(reason) => self.pins.retain(|p| p != reason),
             SessionEffect::CatalogFunctionsChanged => self.catalog_changed = true,
-            // Pins are taken when sent; PREPARE is recorded with its text when sent.
-            SessionEffect::Pin(_) | SessionEffect::Prepare { .. } => {}
+            // Pins are taken when sent; PREPARE is recorded with its text
+            // when sent; routing alone cares where a transaction runs.
+            SessionEffect::Pin(_)
+            | SessionEffect::Prepare { .. }
+            | SessionEffect::TransactionNeedsPrimary => {}
         }
     }
 }
@@ -313,9 +334,18 @@ impl<'a> Catchup<'a> {
         } else {
             None
         };
+        // A view of the session's own state sees every statement it has
+        // (but those the batch itself prepares anew).
+        let shown = state.statements.keys().filter(|name| {
+            plan.shows_session
+                && !name.is_empty()
+                && !plan.needs.contains(name)
+                && plan.parsed(name).is_none()
+        });
         let statements = plan
             .needs
             .iter()
+            .chain(shown)
             .filter_map(|name| {
                 let p = state.statement(name)?;
                 (conn.prepared.get(name) != Some(&p.fingerprint)).then_some(replay::Statement {
@@ -345,7 +375,10 @@ impl<'a> Catchup<'a> {
 
 /// The SQL that turns a connection's `current` settings into `wanted`,
 /// or `None` when they already agree.
-pub fn settings_delta(current: &[(String, String)], wanted: &[(String, String)]) -> Option<String> {
+pub fn settings_delta(
+    current: &[(String, SettingValue)],
+    wanted: &[(String, SettingValue)],
+) -> Option<String> {
     let mut sql = String::new();
     for (name, _) in current {
         if !wanted.iter().any(|(n, _)| n == name) {
@@ -353,16 +386,34 @@ pub fn settings_delta(current: &[(String, String)], wanted: &[(String, String)])
         }
     }
     for (name, value) in wanted {
-        if !current.iter().any(|(n, v)| n == name && v == value) {
-            sql.push_str(&format!("SET {name} TO {value};"));
+        if current.iter().any(|(n, v)| n == name && v == value) {
+            continue;
+        }
+        match value {
+            SettingValue::Sql(value) => sql.push_str(&format!("SET {name} TO {value};")),
+            SettingValue::Text(text) => sql.push_str(&format!(
+                "SELECT pg_catalog.set_config({}, {}, false);",
+                literal(name),
+                literal(text)
+            )),
         }
     }
     (!sql.is_empty()).then_some(sql)
 }
 
+/// A SQL string literal holding `text`, whatever `standard_conforming_strings` says.
+fn literal(text: &str) -> String {
+    let quoted = text.replace('\'', "''");
+    if text.contains('\\') {
+        format!("E'{}'", quoted.replace('\\', "\\\\"))
+    } else {
+        format!("'{quoted}'")
+    }
+}
+
 /// PostgreSQL's spellings of a true boolean setting.
 fn is_true(value: &str) -> bool {
-    let v = value.trim_matches('\'').to_ascii_lowercase();
+    let v = value.to_ascii_lowercase();
     matches!(v.as_str(), "on" | "true" | "yes" | "1" | "t" | "y")
 }
 
@@ -374,10 +425,14 @@ mod tests {
     const T: TxnStatus = TxnStatus::InTransaction;
     const E: TxnStatus = TxnStatus::Failed;
 
+    fn sql(value: &str) -> SettingValue {
+        SettingValue::Sql(value.into())
+    }
+
     fn set(name: &str, value: &str) -> SessionEffect {
         SessionEffect::Set {
             name: name.into(),
-            value: value.into(),
+            value: sql(value),
             local: false,
         }
     }
@@ -386,7 +441,9 @@ mod tests {
         state
             .settings()
             .iter()
-            .map(|(n, v)| (n.as_str(), v.as_str()))
+            .map(|(n, v)| match v {
+                SettingValue::Sql(v) | SettingValue::Text(v) => (n.as_str(), v.as_str()),
+            })
             .collect()
     }
 
@@ -425,7 +482,7 @@ mod tests {
         let mut s = SessionState::default();
         let local = SessionEffect::Set {
             name: "work_mem".into(),
-            value: "'9MB'".into(),
+            value: sql("'9MB'"),
             local: true,
         };
         s.settle(
@@ -534,19 +591,37 @@ mod tests {
 
     #[test]
     fn delta_resets_what_is_gone_and_sets_what_differs() {
-        let current = vec![
-            ("a".to_owned(), "1".to_owned()),
-            ("b".to_owned(), "2".to_owned()),
-        ];
-        let wanted = vec![
-            ("b".to_owned(), "3".to_owned()),
-            ("c".to_owned(), "'x'".to_owned()),
-        ];
+        let current = vec![("a".to_owned(), sql("1")), ("b".to_owned(), sql("2"))];
+        let wanted = vec![("b".to_owned(), sql("3")), ("c".to_owned(), sql("'x'"))];
         assert_eq!(
             settings_delta(&current, &wanted).as_deref(),
             Some("RESET a;SET b TO 3;SET c TO 'x';")
         );
         assert_eq!(settings_delta(&wanted, &wanted), None);
+    }
+
+    #[test]
+    fn set_config_values_are_given_again_through_set_config() {
+        let text = |t: &str| SettingValue::Text(t.into());
+        let wanted = vec![
+            ("search_path".to_owned(), text("")),
+            ("myapp.note".to_owned(), text("it's a \\ b")),
+        ];
+        assert_eq!(
+            settings_delta(&[], &wanted).as_deref(),
+            Some(
+                "SELECT pg_catalog.set_config('search_path', '', false);\
+                 SELECT pg_catalog.set_config('myapp.note', E'it''s a \\\\ b', false);"
+            )
+        );
+        let mut s = SessionState::default();
+        let serializable = SessionEffect::Set {
+            name: "default_transaction_isolation".into(),
+            value: text("serializable"),
+            local: false,
+        };
+        s.settle(&[serializable], false, I);
+        assert!(s.serializable_default());
     }
 
     fn sent(on_primary: bool, effects: Vec<SessionEffect>, rolls_back: bool) -> Sent {
@@ -590,6 +665,44 @@ mod tests {
         assert!(w.note(&sent(true, both, false), T), "the first committed");
         w.note(&sent(true, vec![SessionEffect::Rollback], true), I);
         assert!(w.unlocated);
+    }
+
+    #[test]
+    fn a_view_of_the_session_needs_every_statement_it_has() {
+        let mut s = SessionState::default();
+        for (name, fingerprint) in [("a", 1), ("b", 2), ("", 3)] {
+            s.prepare(name.into(), prepared(fingerprint));
+        }
+        let mut plan = Plan::default();
+        plan.parsed.push(("b".into(), prepared(4)));
+        assert!(Catchup::of(&s, &plan, &Carried::default()).is_empty());
+        plan.shows_session = true;
+        let c = Catchup::of(&s, &plan, &Carried::default());
+        let names: Vec<&str> = c.statements.iter().map(|st| st.name).collect();
+        assert_eq!(names, ["a"], "not the unnamed one, nor one prepared anew");
+    }
+
+    #[test]
+    fn a_transaction_may_move_while_it_has_only_begun() {
+        let mut s = SessionState::default();
+        let mut conn = Carried::default();
+        let begin = Sent {
+            effects: vec![SessionEffect::Begin { read_only: true }],
+            ..Sent::default()
+        };
+        s.sending(Some("BEGIN READ ONLY".into()));
+        s.answered(&begin, T, &mut conn);
+        assert_eq!(s.begun_only(), Some("BEGIN READ ONLY"));
+        s.sending(None);
+        assert_eq!(s.begun_only(), None, "it has run more");
+
+        s.sending(Some("BEGIN".into()));
+        let failed = Sent {
+            failed: true,
+            ..begin
+        };
+        s.answered(&failed, I, &mut conn);
+        assert_eq!(s.begun_only(), None, "it did not begin");
     }
 
     fn prepared(fingerprint: u64) -> Prepared {

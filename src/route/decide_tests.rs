@@ -233,6 +233,7 @@ const READ: B = B(
         purpose: Purpose::Batch,
         write: false,
         begin: None,
+        txn_needs_primary: false,
         hint: None,
         executes: true,
         continues: false,
@@ -267,6 +268,11 @@ impl B {
     }
     const fn begin(mut self, read_only: bool) -> B {
         self.0.begin = Some(read_only);
+        self
+    }
+    /// It makes its transaction SERIALIZABLE or READ WRITE.
+    const fn needs_primary(mut self) -> B {
+        self.0.txn_needs_primary = true;
         self
     }
     const fn hint(mut self, level: Consistency) -> B {
@@ -305,6 +311,7 @@ const IDLE: S = S(SessionFacts {
     pinned: false,
     read_only_default: false,
     serializable_default: false,
+    begun_only: false,
     choice: ReadChoice {
         level: None,
         max_staleness: None,
@@ -342,6 +349,11 @@ impl S {
     }
     const fn serializable(mut self) -> S {
         self.0.serializable_default = true;
+        self
+    }
+    /// Its transaction has run nothing but its BEGIN.
+    const fn begun(mut self) -> S {
+        self.0.begun_only = true;
         self
     }
     const fn level(mut self, level: Consistency) -> S {
@@ -398,6 +410,8 @@ enum Ex {
     Stay,
     P(usize),
     R(usize),
+    /// The transaction moves to the primary `n`.
+    M(usize),
     Replies,
     Locate(usize),
     Replay(usize, u64),
@@ -407,13 +421,14 @@ enum Ex {
     No(Why),
 }
 
-use Ex::{Locate, No, Pause, Replay, Replies, Sample, Stay, P, R};
+use Ex::{Locate, No, Pause, Replay, Replies, Sample, Stay, M, P, R};
 
 fn expected_of(d: &Decision) -> Ex {
     match d {
         Decision::Stay => Stay,
         Decision::Primary(n) => P(*n),
         Decision::Replica(n) => R(*n),
+        Decision::Move(n) => M(*n),
         Decision::Wait(Wait::Replies) => Replies,
         Decision::Wait(Wait::WritePosition { primary }) => Locate(*primary),
         Decision::Wait(Wait::Replay { node, lsn, .. }) => Replay(*node, lsn.0),
@@ -674,6 +689,17 @@ const ROWS: &[Row] = &[
     ("txn: nor a failover", Cl::Failover, Cf::Default, WRITE, IDLE.txn().on(0), Stay),
     ("txn: strong read stays on a replica", Cl::Fresh, Cf::Default, READ, STRONG.txn().on(1), Stay),
     ("txn: no connection held routes afresh", Cl::Fresh, Cf::Default, READ, EVENTUAL.txn(), R(1)),
+    // A read-only transaction made SERIALIZABLE or READ WRITE after its
+    // BEGIN needs the primary: it moves there while it has run nothing else.
+    ("txn: only begun on a replica, needing the primary, moves", Cl::Fresh, Cf::Default, WRITE.needs_primary(), IDLE.txn().on(1).begun(), M(0)),
+    ("txn: only begun, a read moves nowhere", Cl::Fresh, Cf::Default, READ, IDLE.txn().on(1).begun(), Stay),
+    ("txn: only begun, a write moves nowhere", Cl::Fresh, Cf::Default, WRITE, IDLE.txn().on(2).begun(), Stay),
+    ("txn: needing the primary after running more stays", Cl::Fresh, Cf::Default, WRITE.needs_primary(), IDLE.txn().on(1), Stay),
+    ("txn: needing the primary, on it already", Cl::Fresh, Cf::Default, WRITE.needs_primary(), IDLE.txn().on(0).begun(), Stay),
+    ("txn: needing the primary, none chosen", Cl::NoLeader, Cf::Default, WRITE.needs_primary(), IDLE.txn().on(1).begun(), Stay),
+    ("txn: needing the primary, a pause does not hold it", Cl::Paused, Cf::Default, WRITE.needs_primary(), IDLE.txn().on(1).begun(), M(0)),
+    ("txn: needing the primary, failed", Cl::Fresh, Cf::Default, WRITE.needs_primary(), IDLE.failed().on(1).begun(), Stay),
+    ("txn: needing the primary, replies due first", Cl::Fresh, Cf::Default, WRITE.needs_primary(), IDLE.busy().on(1).begun(), Replies),
     // Replies due: follow them on the same connection, or wait.
     ("busy: write follows on the primary", Cl::Fresh, Cf::Default, WRITE, IDLE.busy().on(0), Stay),
     ("busy: read follows on the primary", Cl::Fresh, Cf::Default, READ, EVENTUAL.busy().on(0), Stay),
@@ -712,6 +738,8 @@ const ROWS: &[Row] = &[
     ("begin: read only, paused", Cl::Paused, Cf::Default, BEGIN_RO, EVENTUAL, R(1)),
     ("begin: read only by default", Cl::Fresh, Cf::Default, BEGIN, EVENTUAL.ro_default(), R(1)),
     ("begin: read only, with a write in it", Cl::Fresh, Cf::Default, BEGIN_RO.write(), EVENTUAL, R(1)),
+    ("begin: read only, made serializable in the same batch", Cl::Fresh, Cf::Default, BEGIN_RO.needs_primary(), EVENTUAL, P(0)),
+    ("begin: serializable or read write despite a read-only default", Cl::Fresh, Cf::Default, BEGIN.needs_primary(), EVENTUAL.ro_default(), P(0)),
     ("ro default: a plain read", Cl::Fresh, Cf::Default, READ, EVENTUAL.ro_default(), R(1)),
     ("ro default: a plain write", Cl::Fresh, Cf::Default, WRITE, EVENTUAL.ro_default(), P(0)),
     // A new session opens on the primary, or anywhere while writes are shut.

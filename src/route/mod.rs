@@ -73,6 +73,9 @@ pub struct BatchFacts {
     pub write: bool,
     /// It begins a transaction; `Some(true)` when READ ONLY was asked for.
     pub begin: Option<bool>,
+    /// It makes its transaction SERIALIZABLE or READ WRITE, which no hot
+    /// standby runs (`SET TRANSACTION ISOLATION LEVEL SERIALIZABLE`).
+    pub txn_needs_primary: bool,
     /// A hint in what it executes named the consistency of its reads.
     pub hint: Option<Consistency>,
     /// It runs something rather than only preparing: it takes a ticket,
@@ -117,6 +120,9 @@ pub struct SessionFacts {
     /// `default_transaction_isolation` is serializable: hot standbys refuse
     /// every transaction it starts, implicit ones included.
     pub serializable_default: bool,
+    /// The open transaction has run nothing but its BEGIN: it can begin
+    /// again on another node.
+    pub begun_only: bool,
     /// What it chose with `SET palisade.*`.
     pub choice: ReadChoice,
     /// At or past its last write that has been located.
@@ -136,6 +142,10 @@ pub enum Decision {
     Primary(usize),
     /// A connection to replica `n`.
     Replica(usize),
+    /// The open transaction, which has run nothing but its BEGIN on a
+    /// replica, needs the primary `n` for what comes next: it is rolled
+    /// back there and begun again on the primary.
+    Move(usize),
     /// Not yet: what to wait for, then decide again.
     Wait(Wait),
     /// Nowhere: the client gets an error for the batch.
@@ -254,13 +264,13 @@ pub fn locate_writes(topology: &Topology) -> Result<usize, NoRoute> {
 
 /// The consistency of the batch's reads; `None` when it is not a read (it
 /// writes, the session is pinned to the primary, or its transactions are
-/// serializable, which no hot standby runs).
+/// serializable or explicitly READ WRITE, which no hot standby runs).
 pub fn read_level(
     batch: &BatchFacts,
     session: &SessionFacts,
     policy: &Policy,
 ) -> Option<Consistency> {
-    let read = if session.pinned || session.serializable_default {
+    let read = if session.pinned || session.serializable_default || batch.txn_needs_primary {
         false
     } else if let Some(read_only) = batch.begin {
         read_only || session.read_only_default
@@ -275,15 +285,25 @@ pub fn read_level(
     })
 }
 
-/// The rules of a held connection: a transaction stays on it; while
-/// replies are due, a batch that fits there follows them (a batch never
-/// overtakes an earlier one's replies), anything else waits.
+/// The rules of a held connection: a transaction stays on it, unless it
+/// has run nothing but its BEGIN on a replica and now needs the primary;
+/// while replies are due, a batch that fits there follows them (a batch
+/// never overtakes an earlier one's replies), anything else waits.
 fn follow_held(
     batch: &BatchFacts,
     session: &SessionFacts,
     topology: &Topology,
 ) -> Option<Decision> {
     match (session.ready, session.held) {
+        (Some(TxnStatus::InTransaction), Some(node))
+            if batch.txn_needs_primary && session.begun_only =>
+        {
+            Some(match topology.primary() {
+                Some(primary) if primary != node => Decision::Move(primary),
+                // On the primary already, or none to go to: the server says.
+                _ => Decision::Stay,
+            })
+        }
         (Some(TxnStatus::InTransaction | TxnStatus::Failed), Some(_)) => Some(Decision::Stay),
         (None, Some(node)) => {
             let on_primary = topology.primary() == Some(node);

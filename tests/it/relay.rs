@@ -4,7 +4,7 @@
 use std::time::{Duration, Instant};
 
 use crate::support::harness::{connect, proxied, sqlstate, start_proxy};
-use crate::support::nodes::{unique, wait_running, wait_until};
+use crate::support::nodes::{direct, unique, wait_running, wait_until};
 use crate::support::shared_cluster;
 use futures_util::SinkExt;
 use tokio_postgres::{AsyncMessage, SimpleQueryMessage};
@@ -366,23 +366,23 @@ async fn a_client_leaving_mid_query_frees_its_server_connection() {
     let running = tokio::spawn(async move {
         let _ = client.batch_execute(&sql).await;
     });
-    let (observer, _) = connect(&proxy, cluster).await;
-    let count = format!("SELECT count(*) FROM pg_stat_activity WHERE query LIKE '%{marker}%' AND pid <> pg_backend_pid() AND state = 'active'");
-    let limit = Duration::from_secs(10);
-    wait_until("the query to run", limit, || async {
-        running_queries(&observer, &count).await == 1
-    })
-    .await;
+    // Asked of the node that runs it, directly: through the proxy,
+    // pg_stat_activity is the primary's.
+    let node = wait_running(cluster, &marker).await;
+    let observer = direct(&cluster.nodes()[node]).await;
     socket.abort();
     running.abort();
-    wait_until("the abandoned query to stop", limit, || async {
-        running_queries(&observer, &count).await == 0
-    })
+    let count = "SELECT count(*) FROM pg_stat_activity WHERE strpos(query, $1) > 0 \
+                 AND pid <> pg_backend_pid() AND state = 'active'";
+    wait_until(
+        "the abandoned query to stop",
+        Duration::from_secs(10),
+        || async {
+            let running: i64 = observer.query_one(count, &[&marker]).await.unwrap().get(0);
+            running == 0
+        },
+    )
     .await;
-}
-
-async fn running_queries(observer: &tokio_postgres::Client, count_sql: &str) -> i64 {
-    observer.query_one(count_sql, &[]).await.unwrap().get(0)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -510,6 +510,105 @@ async fn a_serializable_session_default_keeps_reads_on_the_primary() {
     assert_spread_over_replicas(&reads(&client, 6).await, "reads after RESET");
 }
 
+/// The node, isolation, read-only and deferrable settings of the open
+/// transaction, asked through the extended protocol.
+async fn transaction_modes(client: &Client) -> (Node, String, String, String) {
+    let row = client
+        .query_one(
+            "SELECT inet_server_port(), current_setting('transaction_isolation'), \
+             current_setting('transaction_read_only'), current_setting('transaction_deferrable')",
+            &[],
+        )
+        .await
+        .unwrap();
+    (
+        node_of(row.get::<_, i32>(0).into()),
+        row.get(1),
+        row.get(2),
+        row.get(3),
+    )
+}
+
+#[tokio::test]
+async fn a_read_only_transaction_made_serializable_after_begin_moves_to_the_primary() {
+    // BEGIN READ ONLY goes to a replica, which refuses SERIALIZABLE (0A000)
+    // and READ WRITE: while the transaction has run nothing but its BEGIN,
+    // it begins again on the primary, with every mode it was given.
+    let (_proxy, client) = routed("routing-ro-then-serializable").await;
+    let cases = [
+        (
+            "BEGIN READ ONLY",
+            "SET TRANSACTION ISOLATION LEVEL SERIALIZABLE",
+            "serializable",
+            "on",
+            "off",
+        ),
+        (
+            "START TRANSACTION READ ONLY, DEFERRABLE",
+            "SET TRANSACTION ISOLATION LEVEL SERIALIZABLE",
+            "serializable",
+            "on",
+            "on",
+        ),
+        (
+            "BEGIN READ ONLY",
+            "SET transaction_isolation = serializable",
+            "serializable",
+            "on",
+            "off",
+        ),
+        (
+            "BEGIN READ ONLY",
+            "SET TRANSACTION READ WRITE",
+            "read committed",
+            "off",
+            "off",
+        ),
+    ];
+    for (begin, set, isolation, read_only, deferrable) in cases {
+        for extended in [false, true] {
+            client.batch_execute(begin).await.unwrap();
+            let what = format!("{begin}; {set} (extended: {extended})");
+            let done = if extended {
+                client.execute(set, &[]).await.map(drop)
+            } else {
+                client.batch_execute(set).await
+            };
+            done.unwrap_or_else(|e| panic!("{what}: {e:?}"));
+            let modes = transaction_modes(&client).await;
+            let mut seen = reads(&client, 2).await;
+            client.batch_execute("COMMIT").await.unwrap();
+            seen.push(modes.0);
+            assert_all_primary(&seen, &what);
+            assert_eq!(
+                (modes.1.as_str(), modes.2.as_str(), modes.3.as_str()),
+                (isolation, read_only, deferrable),
+                "{what}"
+            );
+        }
+    }
+    // A read-only transaction that stays read-only stays on its replica.
+    client.batch_execute("BEGIN READ ONLY").await.unwrap();
+    client
+        .batch_execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
+        .await
+        .unwrap();
+    let seen = reads(&client, 3).await;
+    client.batch_execute("COMMIT").await.unwrap();
+    assert_one_replica(&seen, "made REPEATABLE READ after BEGIN READ ONLY");
+    // Once it has run a query it cannot move, nor could it on PostgreSQL:
+    // the same refusal as there (25001).
+    client.batch_execute("BEGIN READ ONLY").await.unwrap();
+    let node = served_by(&client).await;
+    let err = client
+        .batch_execute("SET TRANSACTION ISOLATION LEVEL SERIALIZABLE")
+        .await
+        .unwrap_err();
+    assert_eq!(sqlstate(&err), "25001", "after a query, on {node:?}");
+    client.batch_execute("ROLLBACK").await.unwrap();
+    assert!(node.is_replica(), "the transaction ran on {node:?}");
+}
+
 #[tokio::test]
 async fn a_failed_transaction_stays_on_its_node_until_rollback() {
     let (_proxy, client) = routed("routing-failed-txn").await;
@@ -709,6 +808,84 @@ async fn every_set_form_follows_the_client_to_every_node() {
 }
 
 #[tokio::test]
+async fn set_config_follows_the_client_like_set() {
+    // pg_dump's own `SELECT pg_catalog.set_config('search_path', '', false)`
+    // among them: given again through set_config, so an empty value and a
+    // list stay what they are (SET would quote them).
+    let (_proxy, client) = routed("routing-set-config").await;
+    let calls = [
+        ("SELECT pg_catalog.set_config('search_path', '', false)", ""),
+        ("SELECT set_config('work_mem', '7MB', false)", "7MB"),
+        (
+            "SELECT set_config('myapp.note', 'it''s a \\ b', false)",
+            "it's a \\ b",
+        ),
+        (
+            "SELECT set_config('DateStyle', 'SQL, DMY', false) AS v",
+            "SQL, DMY",
+        ),
+    ];
+    for (sql, value) in calls {
+        // It returns its row, wherever it ran.
+        let returned = first_column(&client.simple_query(sql).await.unwrap());
+        assert_eq!(returned, [value], "{sql}");
+    }
+    let mut seen = Vec::new();
+    for _ in 0..12 {
+        let row = client
+            .query_one(
+                "SELECT inet_server_port(), current_setting('search_path'), \
+                 current_setting('work_mem'), current_setting('myapp.note'), \
+                 current_setting('DateStyle')",
+                &[],
+            )
+            .await
+            .unwrap();
+        let node = node_of(row.get::<_, i32>(0).into());
+        let values: Vec<String> = (1..5).map(|i| row.get(i)).collect();
+        assert_eq!(
+            values,
+            ["", "7MB", "it's a \\ b", "SQL, DMY"],
+            "on {node:?}"
+        );
+        seen.push(node);
+    }
+    assert_spread_over_replicas(&seen, "reads after set_config()");
+    // is_local = true ends with its transaction, like SET LOCAL.
+    client
+        .batch_execute("BEGIN; SELECT set_config('work_mem', '9MB', true); COMMIT")
+        .await
+        .unwrap();
+    for (node, value) in work_mem_reads(&client, 4).await {
+        assert_eq!(value, "7MB", "after a local set_config, on {node:?}");
+    }
+    client.batch_execute("RESET ALL").await.unwrap();
+    // Computed arguments cannot be given again: the session stays put.
+    client
+        .query("SELECT set_config($1, $2, false)", &[&"work_mem", &"5MB"])
+        .await
+        .unwrap();
+    let pinned = work_mem_reads(&client, 4).await;
+    for (node, value) in &pinned {
+        assert_eq!((*node, value.as_str()), (Node::Primary, "5MB"), "pinned");
+    }
+}
+
+#[tokio::test]
+async fn set_from_current_pins_the_session_to_the_primary() {
+    // The value it keeps is the node's own, which the proxy never sees.
+    let (_proxy, client) = routed("routing-set-from-current").await;
+    assert_spread_over_replicas(&reads(&client, 4).await, "reads before");
+    client
+        .batch_execute("SET work_mem FROM CURRENT")
+        .await
+        .unwrap();
+    assert_all_primary(&reads(&client, 6).await, "reads after SET FROM CURRENT");
+    client.batch_execute("DISCARD ALL").await.unwrap();
+    assert_spread_over_replicas(&reads(&client, 4).await, "reads after DISCARD ALL");
+}
+
+#[tokio::test]
 async fn session_settings_follow_the_client_to_every_node() {
     let (_proxy, client) = routed("routing-settings").await;
     client
@@ -892,6 +1069,145 @@ async fn sql_prepared_statements_follow_the_client_and_deallocate_like_postgresq
             .unwrap_err();
         assert_eq!(sqlstate(&err), "26000", "EXECUTE after DEALLOCATE ALL");
     }
+}
+
+#[tokio::test]
+async fn an_unnamed_statement_described_in_one_batch_runs_in_the_next() {
+    // psql's \gdesc and \bind: Parse and Describe of the unnamed
+    // statement, each batch ended by Sync, then Bind and Execute of it in a
+    // later one, which may run on another node.
+    let cluster = shared_cluster();
+    let proxy = start_proxy(cluster, |c| c.users[0].auth = AuthMethod::Trust).await;
+    let mut stream = raw_client(&proxy, "routing-unnamed").await;
+    let mut seen = Vec::new();
+    for round in 0..8 {
+        let mut describe = Vec::new();
+        let sql = format!("SELECT inet_server_port(), $1::int + {round}");
+        frame(&mut describe, b'P', format!("\0{sql}\0\0\0").as_bytes());
+        frame(&mut describe, b'S', b"");
+        frame(&mut describe, b'D', b"S\0");
+        frame(&mut describe, b'S', b"");
+        stream.write_all(&describe).await.unwrap();
+        let mut tags = Vec::new();
+        for _ in 0..5 {
+            tags.push(read_message(&mut stream).await.0);
+        }
+        assert_eq!(tags, b"1ZtTZ", "ParseComplete, then the description");
+        // Reads of a named statement in between take read tickets: the
+        // execution lands on one replica or the other.
+        for read in 0..=round % 2 {
+            let mut between = Vec::new();
+            let name = format!("routing_between_{round}_{read}");
+            let body = format!("{name}\0SELECT inet_server_port()\0\0\0");
+            frame(&mut between, b'P', body.as_bytes());
+            let bind = format!("\0{name}\0\0\0\0\0\0\0");
+            frame(&mut between, b'B', bind.as_bytes());
+            frame(&mut between, b'E', b"\0\0\0\0\0");
+            frame(&mut between, b'S', b"");
+            stream.write_all(&between).await.unwrap();
+            until_ready(&mut stream, "a read in between").await;
+        }
+        let mut run = Vec::new();
+        // Bind "" to "", one text parameter "1", text results.
+        frame(&mut run, b'B', b"\0\0\0\0\0\x01\0\0\0\x011\0\0");
+        frame(&mut run, b'E', b"\0\0\0\0\0");
+        frame(&mut run, b'S', b"");
+        stream.write_all(&run).await.unwrap();
+        let (tag, body) = read_message(&mut stream).await;
+        assert_eq!(
+            tag,
+            b'2',
+            "BindComplete: {}",
+            String::from_utf8_lossy(&body)
+        );
+        let (tag, row) = read_message(&mut stream).await;
+        assert_eq!(tag, b'D', "a row: {}", String::from_utf8_lossy(&row));
+        let mut columns = Vec::new();
+        let mut at = 2;
+        for _ in 0..2 {
+            let n = i32::from_be_bytes(row[at..at + 4].try_into().unwrap()) as usize;
+            columns.push(String::from_utf8_lossy(&row[at + 4..at + 4 + n]).into_owned());
+            at += 4 + n;
+        }
+        assert_eq!(columns[1], (1 + round).to_string());
+        seen.push(node_of(columns[0].parse().unwrap()));
+        until_ready(&mut stream, "the unnamed statement").await;
+    }
+    assert_spread_over_replicas(&seen, "executions of the described statement");
+}
+
+#[tokio::test]
+async fn views_of_the_session_are_answered_where_its_state_is() {
+    // A replica would show its own prepared statements, locks and
+    // activity; the primary is given the session's statements first.
+    let (_proxy, client) = routed("routing-session-views").await;
+    client
+        .batch_execute("PREPARE routing_view_p AS SELECT 1")
+        .await
+        .unwrap();
+    // Prepared with the protocol by a read: on a replica.
+    let text = "SELECT inet_server_port() AS routing_view_q";
+    let protocol = client.prepare(text).await.unwrap();
+    client.query(&protocol, &[]).await.unwrap();
+    for _ in 0..4 {
+        let listed: Vec<(String, String)> = client
+            .query(
+                "SELECT name, statement, inet_server_port() FROM pg_prepared_statements",
+                &[],
+            )
+            .await
+            .unwrap()
+            .iter()
+            .map(|row| {
+                assert_eq!(node_of(row.get::<_, i32>(2).into()), Node::Primary);
+                (row.get(0), row.get(1))
+            })
+            .collect();
+        assert!(
+            listed.iter().any(|(name, _)| name == "routing_view_p"),
+            "SQL PREPARE listed: {listed:?}"
+        );
+        assert!(
+            listed.iter().any(|(_, statement)| statement == text),
+            "the protocol statement listed: {listed:?}"
+        );
+    }
+    for view in [
+        "pg_cursors",
+        "pg_locks",
+        "pg_stat_activity",
+        "pg_catalog.pg_stat_database",
+        "pg_statio_user_tables",
+        "pg_prepared_xacts",
+    ] {
+        let sql = format!("SELECT inet_server_port() FROM (SELECT 1 FROM {view} LIMIT 0) v RIGHT JOIN (SELECT 1) o ON true");
+        let mut seen = simple_nodes(&client, &sql).await;
+        seen.extend(simple_nodes(&client, &sql).await);
+        assert_all_primary(&seen, view);
+    }
+    // The session's own activity is there.
+    let mine: i64 = client
+        .query_one(
+            "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'routing-session-views'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert!(mine >= 1, "the session's backend on the primary");
+    // In a read-only transaction on a replica, its locks are the replica's.
+    client.batch_execute("BEGIN READ ONLY").await.unwrap();
+    let node = served_by(&client).await;
+    let locks: i64 = client
+        .query_one(
+            "SELECT count(*) FROM pg_locks WHERE pid = pg_backend_pid()",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    client.batch_execute("COMMIT").await.unwrap();
+    assert!(node.is_replica() && locks >= 1, "{locks} locks on {node:?}");
 }
 
 #[tokio::test]

@@ -159,6 +159,7 @@ impl Session {
                 Decision::Primary(node) | Decision::Replica(node) => {
                     return (!self.connect_to(node).await).then_some(Outcome::Refused)
                 }
+                Decision::Move(primary) => return self.move_transaction(primary).await,
                 Decision::Refuse(reason) => {
                     self.refuse_route(&reason);
                     return Some(Outcome::Refused);
@@ -210,6 +211,7 @@ impl Session {
             purpose: Purpose::Batch,
             write: plan.write,
             begin: plan.begin,
+            txn_needs_primary: plan.txn_needs_primary,
             hint: plan.level,
             executes: plan.executes,
             continues,
@@ -222,6 +224,7 @@ impl Session {
             pinned: self.state.is_pinned(),
             read_only_default: self.state.read_only_default(),
             serializable_default: self.state.serializable_default(),
+            begun_only: self.state.begun_only().is_some(),
             choice: self.state.reads,
             write_lsn: self.state.write_lsn,
             unlocated_writes: self.state.writes.unlocated,
@@ -236,6 +239,45 @@ impl Session {
             &*self.shared,
             Instant::now(),
         )
+    }
+
+    /// Moves the open transaction, which has run nothing but its BEGIN on
+    /// a replica, to `primary`: ROLLBACK on the replica, then the BEGIN
+    /// again on a connection to the primary that carries the session's
+    /// state, all with replies the client never sees. `None` once there;
+    /// otherwise the batch was refused and the client told that its
+    /// transaction is over.
+    async fn move_transaction(&mut self, primary: usize) -> Option<Outcome> {
+        let begin = self.state.begun_only()?.to_owned();
+        debug!(parent: &self.span, primary, "moving a transaction that has only begun to the primary");
+        let rolled_back = match self.link.conn_mut() {
+            Some(conn) => replay::run(conn, "ROLLBACK").await,
+            None => Err(ReplayError::Lost),
+        };
+        // Whatever follows, the transaction on the replica is over.
+        self.link.resume(TxnStatus::Idle);
+        self.state
+            .settle(&[SessionEffect::Rollback], false, TxnStatus::Idle);
+        if let Err(e) = rolled_back {
+            self.give_up_server(e);
+            return Some(Outcome::Refused);
+        }
+        if !self.connect_to(primary).await || !matches!(self.bring_state().await, Ok(true)) {
+            return Some(Outcome::Refused);
+        }
+        let begun = match self.link.conn_mut() {
+            Some(conn) => replay::run(conn, &begin).await,
+            None => Err(ReplayError::Lost),
+        };
+        if let Err(e) = begun {
+            self.give_up_server(e);
+            return Some(Outcome::Refused);
+        }
+        self.link.resume(TxnStatus::InTransaction);
+        let begin_effect = SessionEffect::Begin { read_only: false };
+        self.state
+            .settle(&[begin_effect], false, TxnStatus::InTransaction);
+        None
     }
 
     /// The batch cannot run anywhere: the client is told why.
@@ -347,6 +389,13 @@ impl Session {
             if let SessionEffect::Pin(reason) = effect {
                 self.state.pin(*reason);
             }
+        }
+        // A BEGIN alone between transactions leaves a transaction that
+        // may still move; anything else executed means it has run more
+        // (preparing and describing run nothing).
+        if plan.executes {
+            let alone = ready_idle && !continuing && plan.statements == 1;
+            self.state.sending(plan.begin_sql.take().filter(|_| alone));
         }
         let reads_only = !plan.write && plan.begin.is_none() && ready_idle;
         // Where a write lands in the WAL is learned when a read needs it.
