@@ -252,6 +252,7 @@ pub fn node_rows(
                 Some(
                     match (n.fenced, n.healthy) {
                         (true, _) => "fenced",
+                        (false, true) if n.suspect => "suspect",
                         (false, true) => "up",
                         (false, false) => "down",
                     }
@@ -358,6 +359,7 @@ mod tests {
             port: 5432,
             role,
             healthy,
+            suspect: false,
             weight: 1,
             replication,
             fenced: false,
