@@ -10,6 +10,7 @@ pub mod collect;
 pub mod link;
 pub mod load;
 pub mod local;
+pub mod retry;
 pub mod session;
 pub mod state;
 
