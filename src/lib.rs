@@ -9,7 +9,8 @@
 //!
 //! The control plane ([`control`]) probes every node on its own connections
 //! and is the single writer of the topology snapshot the data plane reads.
-//! [`admin`] is the console behind the virtual database `palisade`.
+//! [`admin`] is the console behind the virtual database `palisade`;
+//! [`http`] the monitoring endpoint (metrics, health checks, status page).
 //! [`proxy::Proxy`] assembles both.
 //!
 //! The test harness is not here: local PostgreSQL clusters, fault injection
@@ -22,6 +23,7 @@ pub mod classify;
 pub mod config;
 pub mod control;
 pub mod frontend;
+pub mod http;
 pub mod protocol;
 pub mod proxy;
 pub mod route;

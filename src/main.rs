@@ -35,6 +35,10 @@ enum Command {
         /// How many streaming replicas to start.
         #[arg(long, default_value_t = 2)]
         replicas: usize,
+        /// Where the HTTP endpoint (status page, metrics, health checks)
+        /// listens; by default the proxy's port + 1000.
+        #[arg(long, value_name = "ADDR")]
+        http: Option<SocketAddr>,
     },
     /// Validate a config file; exits non-zero naming the bad key and the rule.
     CheckConfig {
@@ -59,9 +63,17 @@ fn main() -> ExitCode {
             }
             Err(e) => fail(&format!("{}: {e}", file.display())),
         },
-        (Some(Command::Demo { listen, replicas }), _) => {
+        (
+            Some(Command::Demo {
+                listen,
+                replicas,
+                http,
+            }),
+            _,
+        ) => {
             let threads = palisade::config::ProxyConfig::default().worker_threads;
-            runtime(threads, demo::run(listen, replicas))
+            let http = http.unwrap_or_else(|| demo::http_beside(listen));
+            runtime(threads, demo::run(listen, replicas, http))
         }
         (None, Some(file)) => match Config::load(&file) {
             Ok(config) => runtime(config.proxy.worker_threads, run(config)),

@@ -2,8 +2,9 @@
 //! store chosen from the config, the control plane's named tasks (a prober
 //! per node, the driver, the function catalog's refresher (which loads the
 //! backend database's set before the proxy listens), the idle-connection reaper,
-//! the listener), and a [`TaskTracker`] for the client sessions and the
-//! driver's action tasks, so that shutdown waits for them.
+//! the listener, the HTTP endpoint when `[http] listen` is set), and a
+//! [`TaskTracker`] for the client sessions and the driver's action tasks, so
+//! that shutdown waits for them.
 //! [`Proxy::start`] is what `palisade --config`, the demo and the
 //! integration tests all run.
 
@@ -15,7 +16,7 @@ use std::time::Duration;
 use std::future::Future;
 
 use tokio::net::TcpListener;
-use tokio::sync::{mpsc, watch, Semaphore};
+use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 use tokio_util::task::TaskTracker;
 use tracing::{info, warn, Instrument};
@@ -30,6 +31,7 @@ use crate::control::monitor;
 use crate::control::operator::{CommandOperator, NodeOperator};
 use crate::control::refresher::{FunctionsLoaded, Refresher};
 use crate::control::{ControlHandle, EpochStore, FunctionCatalog, MemoryStore, StateFile};
+use crate::frontend::admission::{self, Admission};
 use crate::frontend::auth::Authenticator;
 use crate::frontend::cancel::CancelRegistry;
 use crate::frontend::load::NodeLoads;
@@ -70,6 +72,8 @@ fn spawn_named(name: impl Into<String>, task: impl Future<Output = ()> + Send + 
 /// A running proxy. Dropping it without [`Proxy::shutdown`] aborts its tasks.
 pub struct Proxy {
     addr: SocketAddr,
+    /// The monitoring endpoint's address, when `[http] listen` is set.
+    http_addr: Option<SocketAddr>,
     shared: Arc<Shared>,
     topology: TopologyHandle,
     control: ControlHandle,
@@ -95,13 +99,8 @@ impl Proxy {
         operator: Arc<dyn NodeOperator>,
     ) -> Result<Proxy, StartError> {
         config.validate()?;
-        let addr = config.listen_addr()?;
-        let listener = TcpListener::bind(addr)
-            .await
-            .map_err(|source| StartError::Listen { addr, source })?;
-        let addr = listener
-            .local_addr()
-            .map_err(|source| StartError::Listen { addr, source })?;
+        let (listener, addr) = bind(config.listen_addr()?).await?;
+        let http = bind_http(&config).await?;
         let (shutdown, shutdown_rx) = watch::channel(false);
         let topology = TopologyHandle::new(Topology::from_config(&config.nodes));
         let config = Arc::new(config);
@@ -160,6 +159,7 @@ impl Proxy {
             tickets: AtomicU64::new(0),
             unparsable: AtomicU64::new(0),
             admin: Console::new(control.clone()),
+            admission: Admission::new(&config.proxy),
             config,
             topology: topology.clone(),
             cancels: Arc::new(CancelRegistry::default()),
@@ -168,8 +168,10 @@ impl Proxy {
         info!(%addr, "palisade is listening");
         let accept = accept_loop(listener, shared.clone(), tracker.clone());
         tasks.insert(0, spawn_named("listener", accept));
+        let http_addr = http.map(|http| serve_http(http, &shared, &mut tasks));
         Ok(Proxy {
             addr,
+            http_addr,
             shared,
             topology,
             control,
@@ -182,6 +184,12 @@ impl Proxy {
     /// The address clients connect to (useful when listening on port 0).
     pub fn local_addr(&self) -> SocketAddr {
         self.addr
+    }
+
+    /// The monitoring endpoint's address (`[http] listen`, useful when
+    /// listening on port 0); `None` when it is off.
+    pub fn http_addr(&self) -> Option<SocketAddr> {
+        self.http_addr
     }
 
     /// How many statements the classifier could not parse (they ran on the primary).
@@ -243,6 +251,39 @@ impl Drop for Proxy {
             task.handle.abort();
         }
     }
+}
+
+/// A listener on `addr`, and the address it got (port 0 picks one).
+async fn bind(addr: SocketAddr) -> Result<(TcpListener, SocketAddr), StartError> {
+    let listener = TcpListener::bind(addr)
+        .await
+        .map_err(|source| StartError::Listen { addr, source })?;
+    let bound = listener
+        .local_addr()
+        .map_err(|source| StartError::Listen { addr, source })?;
+    Ok((listener, bound))
+}
+
+/// The monitoring endpoint's listener, when `[http] listen` is set.
+async fn bind_http(config: &Config) -> Result<Option<(TcpListener, SocketAddr)>, StartError> {
+    match config.http.listen_addr()? {
+        Some(at) => bind(at).await.map(Some),
+        None => Ok(None),
+    }
+}
+
+/// Starts the monitoring endpoint as a named task; returns its address.
+fn serve_http(
+    (listener, addr): (TcpListener, SocketAddr),
+    shared: &Arc<Shared>,
+    tasks: &mut Vec<Named>,
+) -> SocketAddr {
+    info!(%addr, "http endpoint is listening");
+    tasks.push(spawn_named(
+        "http",
+        crate::http::serve(listener, shared.clone()),
+    ));
+    addr
 }
 
 /// What the control plane is started with.
@@ -312,9 +353,9 @@ async fn prune_idle(
     }
 }
 
-/// Accepts clients until shutdown; each session runs on `sessions`.
+/// Accepts clients until shutdown; each session runs on `sessions`. A
+/// client past `max_client_connections` is refused at once.
 async fn accept_loop(listener: TcpListener, shared: Arc<Shared>, sessions: TaskTracker) {
-    let limit = Arc::new(Semaphore::new(shared.config.proxy.max_client_connections));
     let mut shutdown = shared.shutdown.clone();
     loop {
         let accepted = tokio::select! {
@@ -322,11 +363,12 @@ async fn accept_loop(listener: TcpListener, shared: Arc<Shared>, sessions: TaskT
             _ = shutdown.changed() => return,
         };
         match accepted {
-            Ok((stream, peer)) => {
-                // Over the limit the client is still served, with 53300, so it learns why.
-                let permit = limit.clone().try_acquire_owned().ok();
-                sessions.spawn(frontend::serve(stream, peer, shared.clone(), permit));
-            }
+            Ok((stream, peer)) => match shared.admission.arrive() {
+                Some(arrival) => {
+                    sessions.spawn(frontend::serve(stream, peer, shared.clone(), arrival));
+                }
+                None => admission::refuse_at_once(stream),
+            },
             Err(e) => {
                 // Out of file descriptors and the like: back off instead of spinning.
                 warn!(error = %e, "accept failed");

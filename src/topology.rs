@@ -30,6 +30,17 @@ pub enum Role {
     Unknown,
 }
 
+impl Role {
+    /// How the console, the metrics and the status page write it.
+    pub fn name(self) -> &'static str {
+        match self {
+            Role::Primary => "primary",
+            Role::Replica => "replica",
+            Role::Unknown => "unknown",
+        }
+    }
+}
+
 /// A WAL position (PostgreSQL's `pg_lsn`) as a byte offset; written
 /// `X/Y` in hex like PostgreSQL writes it.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -130,6 +141,18 @@ pub struct NodeState {
     pub fenced: bool,
 }
 
+impl NodeState {
+    /// `fenced`, `up` or `down`, as the console and the status page show it.
+    pub fn health(&self) -> &'static str {
+        match (self.fenced, self.healthy) {
+            (true, _) => "fenced",
+            (false, true) if self.suspect => "suspect",
+            (false, true) => "up",
+            (false, false) => "down",
+        }
+    }
+}
+
 /// Whether the primary of the epoch takes writes now. The failover state
 /// machine decides it; the data plane routes by it.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -213,6 +236,11 @@ impl Topology {
     /// The healthy primary's current WAL position, when probed.
     pub fn primary_lsn(&self) -> Option<Lsn> {
         self.nodes.get(self.primary()?)?.replication.lsn
+    }
+
+    /// The last WAL position the epoch's primary reported, healthy or not.
+    pub fn leader_lsn(&self) -> Option<Lsn> {
+        self.nodes.get(self.leader?)?.replication.lsn
     }
 }
 

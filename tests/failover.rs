@@ -13,13 +13,14 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use palisade::config::{Config, ReplicationMode};
+use palisade::config::{AuthMethod, Config, ReplicationMode};
 use palisade::proxy::Proxy;
 use palisade::topology::WriteState;
 use palisade_testkit::{signal, ClusterOptions, FaultyRelay, LocalCluster, LocalNode};
 use support::demo::LocalRejoin;
 use support::harness::{
-    client, connect_node, connect_with, console_url, proxy_config, sqlstate, url, wait_topology,
+    client, connect_node, connect_with, console_url, proxy_config, sqlstate, url, user,
+    wait_topology,
 };
 use support::nodes::{fresh_table, wait_until};
 use tokio::sync::Mutex;
@@ -265,6 +266,8 @@ async fn a_proxy_cut_off_from_the_primary_does_not_fail_over() {
     // The proxy reaches the primary only through the relay; the replicas
     // stream from it directly.
     config.nodes[0].port = relay.addr().port();
+    // A write waits this long for a primary before it is refused.
+    config.failover.failover_wait_ms = 1_000;
     let proxy = start(config, &cluster).await;
     let c = client(&proxy, &cluster, "failover").await;
     fresh_table(&c, "ft", "i int").await;
@@ -279,6 +282,7 @@ async fn a_proxy_cut_off_from_the_primary_does_not_fail_over() {
     let (c2, _) = connect_with(&superuser_url(&proxy, &cluster))
         .await
         .unwrap();
+    let began = std::time::Instant::now();
     let err = c2
         .batch_execute("INSERT INTO ft VALUES (1)")
         .await
@@ -287,6 +291,11 @@ async fn a_proxy_cut_off_from_the_primary_does_not_fail_over() {
         sqlstate(&err).get(..2),
         Some("08"),
         "writes get a connection error: {err:?}"
+    );
+    assert!(
+        began.elapsed() >= Duration::from_millis(900),
+        "the write waited failover_wait_ms for a primary first ({:?})",
+        began.elapsed()
     );
     // Reads still work from the replicas.
     let in_recovery: bool = c2
@@ -630,10 +639,45 @@ async fn concurrent_transfers_keep_the_total_across_a_failover() {
     );
 }
 
+/// A SWITCHOVER from a user who may not run it (one in no `[admin]` list,
+/// one that may only SHOW) is refused with 42501 and changes nothing.
+async fn assert_switchover_denied(proxy: &Proxy) {
+    let before = proxy.topology();
+    for name in ["intruder", "watcher"] {
+        let addr = proxy.local_addr();
+        let conninfo = format!(
+            "host={} port={} user={name} password=pw dbname=palisade",
+            addr.ip(),
+            addr.port()
+        );
+        let (console, _) = connect_with(&conninfo).await.unwrap();
+        let err = console
+            .simple_query("SWITCHOVER TO node2")
+            .await
+            .unwrap_err();
+        assert_eq!(sqlstate(&err), "42501", "{name}: {err:?}");
+    }
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let after = proxy.topology();
+    assert_eq!(
+        (after.epoch, after.primary(), after.writes.clone()),
+        (before.epoch, before.primary(), before.writes.clone()),
+        "a denied SWITCHOVER did nothing"
+    );
+}
+
 #[tokio::test]
 async fn a_planned_switchover_loses_nothing_and_pauses_writes() {
-    let f = fixture().await;
+    let f = fixture_with(|c| {
+        c.users
+            .push(user("intruder", AuthMethod::ScramSha256, Some("pw")));
+        c.users
+            .push(user("watcher", AuthMethod::ScramSha256, Some("pw")));
+        c.admin.stats_users = vec!["watcher".into()];
+    })
+    .await;
     let (cluster, proxy) = (&f.cluster, &f.proxy);
+    assert_switchover_denied(proxy).await;
     let c = &f.client;
     fresh_table(c, "acked", "id bigint PRIMARY KEY").await;
 

@@ -6,11 +6,20 @@
 //! the control plane's driver through the [`ControlHandle`] the proxy gave
 //! its [`Console`], over the simple query protocol, like PgBouncer's
 //! `pgbouncer` database.
+//!
+//! Who may do what is `[admin]`'s: `admin_users` run everything,
+//! `stats_users` only the SHOWs, anyone else nothing (42501, as PostgreSQL
+//! refuses a privilege). Every command that acts on the cluster is logged
+//! with the user and address that ran it.
+
+use std::net::SocketAddr;
 
 use bytes::BytesMut;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::sync::watch;
+use tracing::{debug, info, warn};
 
-use crate::config::Config;
+use crate::config::{Config, ConsoleAccess};
 use crate::control::handle as control;
 use crate::control::ControlHandle;
 use crate::frontend::session::ClientIo;
@@ -45,6 +54,15 @@ impl Console {
     }
 }
 
+/// Who is at the console: the user who logged in, from where, and what
+/// `[admin]` lets them do.
+#[derive(Debug, Clone)]
+pub struct Caller {
+    pub user: String,
+    pub peer: SocketAddr,
+    pub access: ConsoleAccess,
+}
+
 /// One console command.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Command {
@@ -54,6 +72,50 @@ pub enum Command {
     Control(control::Command),
     /// An empty query string.
     Empty,
+}
+
+impl Command {
+    /// The least access that may run it.
+    pub fn needs(&self) -> ConsoleAccess {
+        match self {
+            Command::Empty => ConsoleAccess::None,
+            Command::ShowNodes | Command::ShowConfig => ConsoleAccess::Stats,
+            Command::Control(_) => ConsoleAccess::Admin,
+        }
+    }
+
+    /// The command as an operator would type it (no client text but node names).
+    pub fn text(&self) -> String {
+        match self {
+            Command::ShowNodes => "SHOW NODES".into(),
+            Command::ShowConfig => "SHOW CONFIG".into(),
+            Command::Control(control::Command::Switchover(None)) => "SWITCHOVER".into(),
+            Command::Control(control::Command::Switchover(Some(to))) => {
+                format!("SWITCHOVER TO {to}")
+            }
+            Command::Control(control::Command::Rejoin(node)) => format!("REJOIN {node}"),
+            Command::Empty => String::new(),
+        }
+    }
+}
+
+/// Why `caller` may not run `command` (`None`: not a command at all), or
+/// `None` when they may.
+pub fn denial(caller: &Caller, command: Option<&Command>) -> Option<String> {
+    let needs = command.map_or(ConsoleAccess::Stats, Command::needs);
+    if caller.access >= needs {
+        return None;
+    }
+    let user = &caller.user;
+    Some(match (caller.access, command) {
+        (ConsoleAccess::Stats, Some(command)) => format!(
+            "permission denied to run {}: user \"{user}\" is in admin.stats_users, which may only SHOW",
+            command.text()
+        ),
+        _ => format!(
+            "permission denied for the admin console: user \"{user}\" is in neither admin.admin_users nor admin.stats_users"
+        ),
+    })
 }
 
 /// Recognises a command: keywords in any case, node names as configured,
@@ -90,8 +152,9 @@ pub fn welcome(out: &mut BytesMut) {
     messages::ready_for_query(out, b'I');
 }
 
-/// Serves the console until the client leaves or the proxy shuts down.
-pub async fn serve(mut client: ClientIo, shared: &Shared) {
+/// Serves the console to `caller` until the client leaves or the proxy
+/// shuts down.
+pub async fn serve(mut client: ClientIo, shared: &Shared, caller: Caller) {
     let mut shutdown = shared.shutdown.clone();
     // Set after an extended-protocol message: it is refused at the Sync.
     let mut refused_batch = false;
@@ -104,16 +167,8 @@ pub async fn serve(mut client: ClientIo, shared: &Shared) {
         }
         let frame = match take_frame(&mut client.inbuf, shared.config.proxy.max_message_size) {
             Ok(Some(frame)) => frame,
-            Ok(None) => {
-                let read = tokio::select! {
-                    r = client.rd.read_buf(&mut client.inbuf) => r,
-                    _ = shutdown.changed() => return,
-                };
-                match read {
-                    Ok(n) if n > 0 => continue,
-                    _ => return,
-                }
-            }
+            Ok(None) if read_more(&mut client, shared, &mut shutdown).await => continue,
+            Ok(None) => return,
             Err(e) => {
                 messages::error(
                     &mut client.out,
@@ -129,7 +184,7 @@ pub async fn serve(mut client: ClientIo, shared: &Shared) {
             b'Q' => {
                 let sql = frame[5..].strip_suffix(b"\0").unwrap_or(&frame[5..]);
                 let sql = String::from_utf8_lossy(sql);
-                answer(&mut client.out, &sql, shared).await;
+                answer(&mut client.out, &sql, shared, &caller).await;
                 messages::ready_for_query(&mut client.out, b'I');
             }
             b'X' => return,
@@ -156,25 +211,65 @@ pub async fn serve(mut client: ClientIo, shared: &Shared) {
     }
 }
 
-/// Answers one simple query.
-async fn answer(out: &mut BytesMut, sql: &str, shared: &Shared) {
-    match parse(sql) {
-        Some(Command::Control(command)) => {
-            let tag = match &command {
-                control::Command::Switchover(_) => "SWITCHOVER",
-                control::Command::Rejoin(_) => "REJOIN",
-            };
-            match shared.admin.control.ask(command).await {
-                Ok(done) => {
-                    messages::notice(out, &done);
-                    messages::command_complete(out, tag);
-                }
-                Err(reason) => {
-                    messages::error(out, false, Sqlstate::ObjectNotInPrerequisiteState, &reason)
-                }
-            }
+/// Reads more of the client's input; `false` when the console is done: the
+/// client left, the proxy is shutting down, or the client broke the
+/// session timeouts (the rest of a half-sent message must come within
+/// `client_message_timeout_ms`, the next command within
+/// `client_idle_timeout_ms` when that is set), which it is told.
+async fn read_more(
+    client: &mut ClientIo,
+    shared: &Shared,
+    shutdown: &mut watch::Receiver<bool>,
+) -> bool {
+    let proxy = &shared.config.proxy;
+    let (limit, state, message) = if client.inbuf.is_empty() {
+        (
+            proxy.client_idle_timeout(),
+            Sqlstate::IdleSessionTimeout,
+            "terminating connection due to idle-session timeout".to_owned(),
+        )
+    } else {
+        (
+            Some(proxy.client_message_timeout()),
+            Sqlstate::ProtocolViolation,
+            format!(
+                "incomplete message from client: nothing more arrived within client_message_timeout_ms ({} ms)",
+                proxy.client_message_timeout_ms
+            ),
+        )
+    };
+    let expired = async {
+        match limit {
+            Some(limit) => tokio::time::sleep(limit).await,
+            None => std::future::pending().await,
         }
+    };
+    tokio::select! {
+        read = client.rd.read_buf(&mut client.inbuf) => matches!(read, Ok(n) if n > 0),
+        _ = shutdown.changed() => false,
+        () = expired => {
+            messages::error(&mut client.out, true, state, &message);
+            let _ = client.wr.write_all(&client.out).await;
+            false
+        }
+    }
+}
+
+/// Answers one simple query, if `caller` may run it.
+async fn answer(out: &mut BytesMut, sql: &str, shared: &Shared, caller: &Caller) {
+    let command = parse(sql);
+    if let Some(reason) = denial(caller, command.as_ref()) {
+        let text = command
+            .as_ref()
+            .map_or("(not a command)".into(), Command::text);
+        info!(user = %caller.user, client = %caller.peer, command = %text, "admin console command denied");
+        messages::error(out, false, Sqlstate::InsufficientPrivilege, &reason);
+        return;
+    }
+    match command {
+        Some(Command::Control(command)) => act(out, command, shared, caller).await,
         Some(Command::ShowNodes) => {
+            debug!(user = %caller.user, client = %caller.peer, "SHOW NODES");
             let topology = shared.topology.load();
             let rows = node_rows(
                 &topology,
@@ -184,6 +279,7 @@ async fn answer(out: &mut BytesMut, sql: &str, shared: &Shared) {
             messages::text_result(out, &NODE_COLUMNS, &rows, &format!("SHOW {}", rows.len()));
         }
         Some(Command::ShowConfig) => {
+            debug!(user = %caller.user, client = %caller.peer, "SHOW CONFIG");
             let rows: Vec<Vec<Option<String>>> = config_rows(&shared.config)
                 .into_iter()
                 .map(|(k, v)| vec![Some(k), Some(v)])
@@ -205,6 +301,28 @@ async fn answer(out: &mut BytesMut, sql: &str, shared: &Shared) {
                 sql.trim()
             ),
         ),
+    }
+}
+
+/// Runs a command of the control plane's, logging who asked and how it went.
+async fn act(out: &mut BytesMut, command: control::Command, shared: &Shared, caller: &Caller) {
+    let (user, client) = (&caller.user, &caller.peer);
+    let text = Command::Control(command.clone()).text();
+    info!(%user, %client, command = %text, "admin command");
+    let tag = match &command {
+        control::Command::Switchover(_) => "SWITCHOVER",
+        control::Command::Rejoin(_) => "REJOIN",
+    };
+    match shared.admin.control.ask(command).await {
+        Ok(done) => {
+            info!(%user, %client, command = %text, outcome = %done, "admin command done");
+            messages::notice(out, &done);
+            messages::command_complete(out, tag);
+        }
+        Err(reason) => {
+            warn!(%user, %client, command = %text, %reason, "admin command refused");
+            messages::error(out, false, Sqlstate::ObjectNotInPrerequisiteState, &reason)
+        }
     }
 }
 
@@ -241,23 +359,8 @@ pub fn node_rows(
             vec![
                 Some(n.name.clone()),
                 Some(format!("{}:{}", n.host, n.port)),
-                Some(
-                    match n.role {
-                        Role::Primary => "primary",
-                        Role::Replica => "replica",
-                        Role::Unknown => "unknown",
-                    }
-                    .to_owned(),
-                ),
-                Some(
-                    match (n.fenced, n.healthy) {
-                        (true, _) => "fenced",
-                        (false, true) if n.suspect => "suspect",
-                        (false, true) => "up",
-                        (false, false) => "down",
-                    }
-                    .to_owned(),
-                ),
+                Some(n.role.name().to_owned()),
+                Some(n.health().to_owned()),
                 r.lsn.map(|l| l.to_string()),
                 r.receive_lsn.filter(|_| replica).map(|l| l.to_string()),
                 replica.then(|| r.streaming.to_string()),
@@ -281,8 +384,14 @@ pub fn config_rows(config: &Config) -> Vec<(String, String)> {
     rows
 }
 
-/// Keys whose values are never shown.
-const SECRETS: [&str; 3] = ["password", "server_password", "scram_verifier"];
+/// Keys whose values are never shown: passwords and verifiers, and hook
+/// commands (a command line often carries a secret, `PGPASSWORD=...`).
+fn is_secret(key: &str) -> bool {
+    key == "password"
+        || key.ends_with("_password")
+        || key == "scram_verifier"
+        || key.ends_with("_command")
+}
 
 fn flatten(key: String, value: &toml::Value, rows: &mut Vec<(String, String)>) {
     let join = |sub: &str| {
@@ -295,7 +404,7 @@ fn flatten(key: String, value: &toml::Value, rows: &mut Vec<(String, String)>) {
     match value {
         toml::Value::Table(table) => {
             for (k, v) in table {
-                if SECRETS.contains(&k.as_str()) {
+                if is_secret(k) {
                     rows.push((join(k), "********".to_owned()));
                 } else {
                     flatten(join(k), v, rows);
@@ -348,6 +457,37 @@ mod tests {
         ] {
             assert_eq!(parse(other), None, "{other}");
         }
+    }
+
+    #[test]
+    fn each_access_runs_what_it_may_and_is_told_why_not() {
+        let caller = |access| Caller {
+            user: "u".into(),
+            peer: "127.0.0.1:5000".parse().unwrap(),
+            access,
+        };
+        let switchover = parse("SWITCHOVER TO node1").unwrap();
+        let show = parse("SHOW NODES").unwrap();
+        let empty = parse("").unwrap();
+        let admin = caller(ConsoleAccess::Admin);
+        let stats = caller(ConsoleAccess::Stats);
+        let nobody = caller(ConsoleAccess::None);
+        for command in [&switchover, &show, &empty] {
+            assert_eq!(denial(&admin, Some(command)), None, "{command:?}");
+        }
+        assert_eq!(denial(&admin, None), None, "an admin hears 42601");
+        assert_eq!(denial(&stats, Some(&show)), None);
+        assert_eq!(denial(&stats, None), None, "a stats user hears 42601");
+        let why = denial(&stats, Some(&switchover)).unwrap();
+        assert!(
+            why.contains("SWITCHOVER TO node1") && why.contains("stats_users"),
+            "{why}"
+        );
+        for command in [Some(&switchover), Some(&show), None] {
+            let why = denial(&nobody, command).unwrap();
+            assert!(why.starts_with("permission denied"), "{why}");
+        }
+        assert_eq!(denial(&nobody, Some(&empty)), None);
     }
 
     /// A healthy primary at 0/3000060 and a replica marked down, 96 bytes
@@ -447,12 +587,21 @@ mod tests {
             r#"
             [backend]
             password = "probe-secret"
+            [failover]
+            fence_command = "PGPASSWORD=fence-secret pg_ctl stop"
+            rejoin_command = "/bin/rejoin --password rejoin-secret"
+            [admin]
+            admin_users = ["app"]
             [[nodes]]
             host = "127.0.0.1"
             port = 5432
             [[users]]
             name = "app"
             password = "app-secret"
+            server_password = "server-secret"
+            [[users]]
+            name = "stored"
+            scram_verifier = "SCRAM-SHA-256$4096:XxwuPUpbbH2On6CxwtPk9Q==$7i9IImnGKxGF//xBbrSi/CkSRmcTfR/QfaBZk6ZQCGo=:yGYlMjhuaiuAHUTfmZ1TqsZW0yP4wuLfm0V/beMoIQc="
             "#,
         )
         .unwrap();
@@ -469,8 +618,12 @@ mod tests {
         assert_eq!(get("users[0].name"), Some("app"));
         assert_eq!(get("users[0].password"), Some("********"));
         assert_eq!(get("backend.password"), Some("********"));
+        assert_eq!(get("failover.fence_command"), Some("********"));
+        assert_eq!(get("users[1].scram_verifier"), Some("********"));
+        assert_eq!(get("admin.admin_users"), Some("[\"app\"]"));
         assert!(
-            rows.iter().all(|(_, v)| !v.contains("secret")),
+            rows.iter()
+                .all(|(_, v)| !v.contains("secret") && !v.contains("7i9IImnG")),
             "a secret is shown: {rows:?}"
         );
     }

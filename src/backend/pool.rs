@@ -165,6 +165,15 @@ impl ServerPool {
             .sum()
     }
 
+    /// Of those, the ones idle in the pool now (for the metrics).
+    pub fn idle_connections(&self, host: &str, port: u16) -> usize {
+        self.idle()
+            .iter()
+            .filter(|(k, _)| k.host == host && k.port == port)
+            .map(|(_, conns)| conns.len())
+            .sum()
+    }
+
     /// A connection for `key` on behalf of session `owner`: one of its own
     /// idle ones, else a clean one, else another session's (reset first),
     /// else a new one; at the cap, waits up to `pool.acquire_timeout_ms`.

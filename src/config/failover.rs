@@ -46,6 +46,10 @@ pub struct FailoverConfig {
     /// must have stopped streaming from it) before it is declared failed.
     /// Also how long a planned switchover may pause writes.
     pub failover_timeout_ms: u64,
+    /// While there is no primary to write to (it is down, unreachable, or
+    /// a failover is promoting another), statements that need one wait this
+    /// long for it before they are refused; 0 refuses them at once.
+    pub failover_wait_ms: u64,
     /// No replica further behind the last known primary position than this
     /// is promoted; the cluster stays read-only instead.
     pub max_lag_on_failover_bytes: u64,
@@ -68,6 +72,7 @@ impl Default for FailoverConfig {
         FailoverConfig {
             mode: FailoverMode::Automatic,
             failover_timeout_ms: 5_000,
+            failover_wait_ms: 15_000,
             max_lag_on_failover_bytes: 16 * 1024 * 1024,
             state_file: None,
             auto_rejoin: false,
@@ -81,6 +86,10 @@ impl Default for FailoverConfig {
 impl FailoverConfig {
     pub fn failover_timeout(&self) -> Duration {
         Duration::from_millis(self.failover_timeout_ms)
+    }
+
+    pub fn failover_wait(&self) -> Duration {
+        Duration::from_millis(self.failover_wait_ms)
     }
 
     /// `monitor` bounds the timeout from below; sync modes need `node_count` ≥ 2.

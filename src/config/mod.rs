@@ -8,15 +8,19 @@
 //! module owns [`Config`] itself, loading, the error type and the rules on
 //! the plain settings sections.
 
+mod admin;
 mod consistency;
 mod failover;
+mod http;
 mod nodes;
 mod sections;
 mod users;
 mod verifier;
 
+pub use admin::{AdminConfig, ConsoleAccess};
 pub use consistency::{Consistency, ConsistencyConfig, OnNoReplica, PartitionMode};
 pub use failover::{FailoverConfig, FailoverMode, ReplicationMode};
+pub use http::HttpConfig;
 pub use nodes::NodeConfig;
 pub use sections::{
     BackendConfig, LoadBalance, MonitorConfig, PoolConfig, ProxyConfig, RoutingConfig,
@@ -80,6 +84,10 @@ pub struct Config {
     pub nodes: Vec<NodeConfig>,
     #[serde(default)]
     pub users: Vec<UserConfig>,
+    #[serde(default)]
+    pub admin: AdminConfig,
+    #[serde(default)]
+    pub http: HttpConfig,
 }
 
 impl Config {
@@ -115,6 +123,7 @@ impl Config {
 
     pub fn validate(&self) -> Result<(), ConfigError> {
         self.listen_addr()?;
+        self.http.listen_addr()?;
         let p = &self.proxy;
         if p.max_client_connections == 0 {
             return Err(invalid(
@@ -135,6 +144,7 @@ impl Config {
             ));
         }
         positive("proxy.startup_timeout_ms", p.startup_timeout_ms)?;
+        p.validate_limits()?;
         positive("proxy.connect_timeout_ms", p.connect_timeout_ms)?;
         positive(
             "proxy.replica_connect_timeout_ms",
@@ -167,6 +177,7 @@ impl Config {
         self.consistency.validate()?;
         nodes::validate(&self.nodes)?;
         self.failover.validate(&self.monitor, self.nodes.len())?;
+        self.admin.validate()?;
         users::validate(&self.users)
     }
 }

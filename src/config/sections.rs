@@ -7,17 +7,35 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+use super::{invalid, positive, ConfigError};
+
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ProxyConfig {
     /// Address clients connect to.
     pub listen: String,
-    /// Client connections beyond this are refused with 53300.
+    /// Logged-in clients (console included); a connection arriving while
+    /// they are all taken is refused at once with 53300.
     pub max_client_connections: usize,
     /// Largest message accepted from a client or a server, in bytes.
     pub max_message_size: usize,
     /// A client must finish startup and authentication within this time.
     pub startup_timeout_ms: u64,
+    /// Connections still starting up or authenticating; past this many the
+    /// oldest is closed to make room (an idle socket cannot lock others out).
+    pub max_pending_logins: usize,
+    /// The first failed login from an address delays that address's next
+    /// logins this long; each further failure doubles it. 0 turns it off.
+    pub login_failure_delay_ms: u64,
+    /// The most that delay grows to; a login that would wait longer is
+    /// refused at once with 53300.
+    pub max_login_failure_delay_ms: u64,
+    /// A logged-in client that sends part of a message and then nothing
+    /// more for this long is closed with 08P01.
+    pub client_message_timeout_ms: u64,
+    /// A session idle outside a transaction this long is closed with
+    /// 57P05; 0 (the default) never closes idle sessions.
+    pub client_idle_timeout_ms: u64,
     /// Opening (and authenticating) a server connection must finish within this time.
     pub connect_timeout_ms: u64,
     /// The same for a replica a read is sent to: past it the read goes to
@@ -35,7 +53,12 @@ impl Default for ProxyConfig {
             listen: "127.0.0.1:6432".into(),
             max_client_connections: 1000,
             max_message_size: 128 * 1024 * 1024,
-            startup_timeout_ms: 10_000,
+            startup_timeout_ms: 5_000,
+            max_pending_logins: 100,
+            login_failure_delay_ms: 100,
+            max_login_failure_delay_ms: 5_000,
+            client_message_timeout_ms: 30_000,
+            client_idle_timeout_ms: 0,
             connect_timeout_ms: 5_000,
             replica_connect_timeout_ms: 1_000,
             worker_threads: 1,
@@ -54,6 +77,37 @@ impl ProxyConfig {
 
     pub fn replica_connect_timeout(&self) -> Duration {
         Duration::from_millis(self.replica_connect_timeout_ms)
+    }
+
+    pub fn client_message_timeout(&self) -> Duration {
+        Duration::from_millis(self.client_message_timeout_ms)
+    }
+
+    /// `None` when idle sessions are never closed.
+    pub fn client_idle_timeout(&self) -> Option<Duration> {
+        (self.client_idle_timeout_ms > 0)
+            .then(|| Duration::from_millis(self.client_idle_timeout_ms))
+    }
+
+    /// The rules on the connection limits.
+    pub(super) fn validate_limits(&self) -> Result<(), ConfigError> {
+        if self.max_pending_logins == 0 {
+            return Err(invalid("proxy.max_pending_logins", "must be at least 1"));
+        }
+        positive(
+            "proxy.client_message_timeout_ms",
+            self.client_message_timeout_ms,
+        )?;
+        if self.max_login_failure_delay_ms < self.login_failure_delay_ms {
+            return Err(invalid(
+                "proxy.max_login_failure_delay_ms",
+                format!(
+                    "must be at least proxy.login_failure_delay_ms ({})",
+                    self.login_failure_delay_ms
+                ),
+            ));
+        }
+        Ok(())
     }
 }
 

@@ -134,6 +134,20 @@ fn bad_listen_address_names_the_key() {
 }
 
 #[test]
+fn http_endpoint_is_off_by_default_and_its_address_is_checked() {
+    let c = Config::parse(GOOD).unwrap();
+    assert_eq!(c.http.listen_addr(), Ok(None));
+    let on = format!("{GOOD}\n[http]\nlisten = \"127.0.0.1:7432\"\n");
+    let c = Config::parse(&on).unwrap();
+    assert_eq!(
+        c.http.listen_addr(),
+        Ok(Some("127.0.0.1:7432".parse().unwrap()))
+    );
+    let e = error_of(&format!("{GOOD}\n[http]\nlisten = \"localhost\"\n"));
+    assert_eq!(e.key, "http.listen");
+}
+
+#[test]
 fn zero_max_client_connections_is_rejected() {
     let e = error_of(&good_with(
         "listen = \"127.0.0.1:6432\"",
@@ -427,4 +441,71 @@ fn sync_replication_needs_two_nodes() {
         "{one_node}[failover]\nreplication_mode = \"async\"\n"
     ))
     .unwrap();
+}
+
+#[test]
+fn limits_default_and_their_rules_are_enforced() {
+    let p = Config::parse(GOOD).unwrap().proxy;
+    assert_eq!(p.max_pending_logins, 100);
+    assert_eq!(p.startup_timeout(), Duration::from_secs(5));
+    assert_eq!(p.client_message_timeout(), Duration::from_secs(30));
+    assert_eq!(
+        p.client_idle_timeout(),
+        None,
+        "idle sessions are kept by default"
+    );
+    assert_eq!(
+        (p.login_failure_delay_ms, p.max_login_failure_delay_ms),
+        (100, 5_000)
+    );
+    let with = |keys: &str| {
+        good_with(
+            "listen = \"127.0.0.1:6432\"",
+            &format!("listen = \"127.0.0.1:6432\"\n{keys}"),
+        )
+    };
+    let c = Config::parse(&with(
+        "client_idle_timeout_ms = 60000\nlogin_failure_delay_ms = 0\nmax_login_failure_delay_ms = 0",
+    ))
+    .unwrap();
+    assert_eq!(c.proxy.client_idle_timeout(), Some(Duration::from_secs(60)));
+    for (keys, key) in [
+        ("max_pending_logins = 0", "proxy.max_pending_logins"),
+        (
+            "client_message_timeout_ms = 0",
+            "proxy.client_message_timeout_ms",
+        ),
+        (
+            "login_failure_delay_ms = 200\nmax_login_failure_delay_ms = 100",
+            "proxy.max_login_failure_delay_ms",
+        ),
+    ] {
+        assert_eq!(error_of(&with(keys)).key, key, "{keys}");
+    }
+}
+
+#[test]
+fn admin_section_names_who_may_use_the_console() {
+    let c = Config::parse(GOOD).unwrap();
+    assert_eq!(
+        c.admin.access("app"),
+        ConsoleAccess::None,
+        "nobody by default"
+    );
+    let c = Config::parse(&format!(
+        "{GOOD}\n[admin]\nadmin_users = [\"app\"]\nstats_users = [\"watcher\"]\n"
+    ))
+    .unwrap();
+    assert_eq!(c.admin.access("app"), ConsoleAccess::Admin);
+    assert_eq!(c.admin.access("watcher"), ConsoleAccess::Stats);
+    assert_eq!(c.admin.access("other"), ConsoleAccess::None);
+    let e = error_of(&format!("{GOOD}\n[admin]\nstats_users = [\"a\", \"\"]\n"));
+    assert_eq!(e.key, "admin.stats_users[1]");
+    let e = error_of(&format!(
+        "{GOOD}\n[admin]\nadmin_users = [\"app\"]\nstats_users = [\"app\"]\n"
+    ));
+    assert_eq!(e.key, "admin.stats_users");
+    assert!(e.rule.contains("\"app\""), "{e}");
+    let e = error_of(&format!("{GOOD}\n[admin]\nusers = [\"app\"]\n"));
+    assert!(e.key.starts_with("toml"), "unknown keys are errors: {e}");
 }

@@ -50,6 +50,11 @@ impl CommitLog {
         self.count.fetch_add(1, Ordering::SeqCst);
     }
 
+    /// Commits acknowledged through the proxy so far.
+    pub fn count(&self) -> u64 {
+        self.count.load(Ordering::Relaxed)
+    }
+
     /// Where acknowledged commits stand for a read arriving now.
     pub fn position(&self) -> CommitPosition {
         let count = self.count.load(Ordering::SeqCst);

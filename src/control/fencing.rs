@@ -79,8 +79,8 @@ impl NodeAdmin {
         for statement in sql {
             tokio::time::timeout(self.timeout, client.batch_execute(statement))
                 .await
-                .map_err(|_| self.fail(what, format!("{statement}: timed out")))?
-                .map_err(|e| self.fail(what, format!("{statement}: {}", describe(&e))))?;
+                .map_err(|_| self.fail(what, format!("{}: timed out", shown(statement))))?
+                .map_err(|e| self.fail(what, format!("{}: {}", shown(statement), describe(&e))))?;
         }
         Ok(())
     }
@@ -190,6 +190,15 @@ pub fn sync_standby_names(standbys: &[String]) -> String {
     format!("ANY 1 ({})", names.join(", "))
 }
 
+/// A statement as an error shows it: an `ALTER SYSTEM SET`'s value is left
+/// out (`primary_conninfo` holds the replication password).
+fn shown(statement: &str) -> &str {
+    match statement.split_once(" = ") {
+        Some((setting, _)) if statement.starts_with("ALTER SYSTEM SET ") => setting,
+        _ => statement,
+    }
+}
+
 /// A SQL string literal.
 fn quote_literal(text: &str) -> String {
     format!("'{}'", text.replace('\'', "''"))
@@ -280,6 +289,14 @@ mod tests {
         for bad in ["host", "host='x", "a=b c"] {
             assert!(with_address(bad, "h", 1).is_err(), "{bad:?}");
         }
+    }
+
+    #[test]
+    fn errors_show_a_setting_without_its_value() {
+        let set = "ALTER SYSTEM SET primary_conninfo = 'password=s3cret host=h'";
+        assert_eq!(shown(set), "ALTER SYSTEM SET primary_conninfo");
+        let terminate = "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE a = 'b'";
+        assert_eq!(shown(terminate), terminate);
     }
 
     #[test]

@@ -9,13 +9,14 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use palisade::config::{
-    AuthMethod, BackendConfig, Config, ConsistencyConfig, FailoverConfig, MonitorConfig,
-    NodeConfig, PoolConfig, ProxyConfig, RoutingConfig, UserConfig,
+    AdminConfig, AuthMethod, BackendConfig, Config, ConsistencyConfig, FailoverConfig, HttpConfig,
+    MonitorConfig, NodeConfig, PoolConfig, ProxyConfig, RoutingConfig, UserConfig,
 };
 use palisade::control::operator::NodeOperator;
 use palisade_testkit::LocalCluster;
 
-/// The config the demo runs with: every local node, one SCRAM user.
+/// The config the demo runs with: every local node, one SCRAM user (the
+/// cluster's superuser), who is also the console's only admin.
 pub fn demo_config(cluster: &LocalCluster, listen: SocketAddr) -> Config {
     Config {
         proxy: ProxyConfig {
@@ -50,6 +51,11 @@ pub fn demo_config(cluster: &LocalCluster, listen: SocketAddr) -> Config {
             server_user: None,
             server_password: None,
         }],
+        admin: AdminConfig {
+            admin_users: vec![cluster.superuser().into()],
+            stats_users: Vec::new(),
+        },
+        http: HttpConfig::default(),
     }
 }
 

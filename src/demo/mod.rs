@@ -1,8 +1,9 @@
 //! `palisade demo`: a local primary + replicas from the machine's PostgreSQL
 //! binaries (started by `palisade-testkit`), Palisade in front, and one line
 //! of psql to connect. Failover works on it: kill the primary and a replica
-//! takes over; `REJOIN node0` in the admin console rewinds the old primary
-//! into a replica ([`LocalRejoin`]). The demo lives in the binary, not the
+//! takes over; `REJOIN node0` in the admin console (which admits the
+//! superuser, `postgres`, as its only admin) rewinds the old primary into a
+//! replica ([`LocalRejoin`]). The demo lives in the binary, not the
 //! library: the proxy itself ships no test harness.
 
 mod local;
@@ -18,8 +19,18 @@ pub use local::{demo_config, LocalRejoin};
 const DEMO_USER: &str = "postgres";
 const DEMO_PASSWORD: &str = "palisade";
 
-/// Runs the demo until Ctrl-C or SIGTERM, then tears everything down.
-pub async fn run(listen: SocketAddr, replicas: usize) -> Result<(), String> {
+/// The demo's HTTP endpoint: the proxy's port + 1000 (port 0 stays 0).
+pub fn http_beside(listen: SocketAddr) -> SocketAddr {
+    let port = match listen.port() {
+        0 => 0,
+        p => p.saturating_add(1000),
+    };
+    SocketAddr::new(listen.ip(), port)
+}
+
+/// Runs the demo until Ctrl-C or SIGTERM, then tears everything down; the
+/// status page and metrics are served on `http`.
+pub async fn run(listen: SocketAddr, replicas: usize, http: SocketAddr) -> Result<(), String> {
     eprintln!("palisade demo: starting a primary and {replicas} replica(s)...");
     let options = ClusterOptions {
         replicas,
@@ -32,6 +43,7 @@ pub async fn run(listen: SocketAddr, replicas: usize) -> Result<(), String> {
         .map_err(|e| e.to_string())?;
     let cluster = Arc::new(cluster);
     let mut config = demo_config(&cluster, listen);
+    config.http.listen = http.to_string();
     config.failover.state_file = Some(cluster.base_dir().join("palisade-state.toml"));
     let operator = Arc::new(LocalRejoin::new(cluster.clone()));
     let proxy = match Proxy::start_with(config, operator).await {
@@ -55,6 +67,14 @@ pub async fn run(listen: SocketAddr, replicas: usize) -> Result<(), String> {
         addr.ip(),
         addr.port()
     );
+    eprintln!(
+        "  admin console ({DEMO_USER} is its admin): psql \"postgresql://{DEMO_USER}:{DEMO_PASSWORD}@{}:{}/palisade\"",
+        addr.ip(),
+        addr.port()
+    );
+    if let Some(http) = proxy.http_addr() {
+        println!("status: http://{http}/");
+    }
     eprintln!("palisade demo: ready; Ctrl-C stops the proxy and the cluster");
     super::wait_for_signal().await;
     eprintln!("palisade demo: stopping");

@@ -2,6 +2,7 @@
 //! first byte (SSLRequest, CancelRequest or StartupMessage) through
 //! authentication to a relaying [`session::Session`].
 
+pub mod admission;
 pub mod auth;
 pub mod batch;
 pub mod cancel;
@@ -22,7 +23,7 @@ use std::time::{Duration, Instant};
 use bytes::BytesMut;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
-use tokio::sync::{watch, OwnedSemaphorePermit};
+use tokio::sync::watch;
 use tracing::{debug, info, Instrument};
 
 use crate::admin;
@@ -34,6 +35,7 @@ use crate::protocol::startup::{read_startup, StartupError, StartupPacket};
 use crate::protocol::{messages, take_frame, Sqlstate};
 use crate::route::{self, BatchFacts, Decision, NoRoute, Policy, Purpose, ReadPolicy};
 use crate::topology::TopologyHandle;
+use admission::{Admission, Arrival, Lapse};
 use auth::{Authenticator, LoginClient, Step};
 use cancel::{CancelHandle, CancelRegistry, CancelTarget};
 use classifier::Classifier;
@@ -61,6 +63,8 @@ pub struct Shared {
     pub commits: Arc<CommitLog>,
     /// The admin console's way to the control plane.
     pub admin: admin::Console,
+    /// Connection limits and the failed-login throttle.
+    pub admission: Admission,
     pub shutdown: watch::Receiver<bool>,
 }
 
@@ -73,6 +77,7 @@ impl Shared {
             // A switchover's pause lasts at most the failover timeout: a
             // write waits it out (and a second more) instead of failing.
             pause_limit: self.config.failover.failover_timeout() + Duration::from_secs(1),
+            failover_wait: self.config.failover.failover_wait(),
         }
     }
 }
@@ -113,13 +118,9 @@ enum Refusal {
     Told,
 }
 
-/// Serves one client connection to the end.
-pub async fn serve(
-    stream: TcpStream,
-    peer: SocketAddr,
-    shared: Arc<Shared>,
-    permit: Option<OwnedSemaphorePermit>,
-) {
+/// Serves one client connection to the end; `arrival` is its place among
+/// the logins in progress, then its session slot.
+pub async fn serve(stream: TcpStream, peer: SocketAddr, shared: Arc<Shared>, mut arrival: Arrival) {
     static SESSIONS: AtomicU64 = AtomicU64::new(1);
     let session_id = SESSIONS.fetch_add(1, Ordering::Relaxed);
     let span = tracing::info_span!(
@@ -129,7 +130,7 @@ pub async fn serve(
         user = tracing::field::Empty,
         epoch = tracing::field::Empty
     );
-    let Some((client, opened)) = open(stream, peer, &shared, session_id, permit.is_some())
+    let Some((client, opened)) = open(stream, peer, &shared, session_id, &mut arrival)
         .instrument(span.clone())
         .await
     else {
@@ -137,9 +138,9 @@ pub async fn serve(
     };
     let connected = match opened {
         Opened::Session(connected) => *connected,
-        Opened::Admin => {
-            debug!(parent: &span, "admin console session");
-            admin::serve(client, &shared).await;
+        Opened::Admin(caller) => {
+            info!(parent: &span, access = ?caller.access, "admin console session");
+            admin::serve(client, &shared, caller).await;
             return;
         }
     };
@@ -156,7 +157,7 @@ pub async fn serve(
     );
     let end = session.run().await;
     debug!(parent: &span, ?end, "session ended");
-    drop(permit);
+    drop(arrival);
 }
 
 /// What a client's startup led to.
@@ -164,16 +165,18 @@ enum Opened {
     /// A session relaying to the cluster.
     Session(Box<Connected>),
     /// The admin console (the virtual database [`admin::DATABASE`]).
-    Admin,
+    Admin(admin::Caller),
 }
 
-/// Startup with its deadline; `None` when the client was refused or left.
+/// Startup, which must authenticate before the login lapses (its deadline,
+/// or a newer connection taking its place); `None` when the client was
+/// refused or left.
 async fn open(
     stream: TcpStream,
     peer: SocketAddr,
     shared: &Shared,
     session_id: u64,
-    admitted: bool,
+    arrival: &mut Arrival,
 ) -> Option<(ClientIo, Opened)> {
     let _ = stream.set_nodelay(true);
     let (rd, wr) = stream.into_split();
@@ -183,22 +186,30 @@ async fn open(
         inbuf: BytesMut::with_capacity(16 * 1024),
         out: BytesMut::with_capacity(16 * 1024),
     };
-    let timeout = shared.config.proxy.startup_timeout();
-    let started = tokio::time::timeout(
-        timeout,
-        start(&mut client, peer, shared, session_id, admitted),
-    )
-    .await;
+    let lapse = arrival.lapse();
+    let started = tokio::select! {
+        started = start(&mut client, peer, shared, session_id, arrival) => Ok(started),
+        lapse = lapse => Err(lapse),
+    };
     match started {
         Ok(Ok(opened)) => return Some((client, opened)),
         Ok(Err(Refusal::Silent)) => return None,
         Ok(Err(Refusal::Told)) => {}
-        Err(_) => messages::error(
+        Err(Lapse::TimedOut) => messages::error(
             &mut client.out,
             true,
             Sqlstate::ConnectionFailure,
             "startup timed out",
         ),
+        Err(Lapse::Evicted) => {
+            debug!("login closed to make room for a newer one");
+            messages::error(
+                &mut client.out,
+                true,
+                Sqlstate::TooManyConnections,
+                "too many connections are logging in; this one was the oldest",
+            );
+        }
     }
     let _ = client.wr.write_all(&client.out).await;
     None
@@ -220,16 +231,9 @@ async fn start(
     peer: SocketAddr,
     shared: &Shared,
     session_id: u64,
-    admitted: bool,
+    arrival: &mut Arrival,
 ) -> Result<Opened, Refusal> {
     let (minor_version, mut params) = negotiate(client, shared).await?;
-    if !admitted {
-        return Err(tell(
-            client,
-            Sqlstate::TooManyConnections,
-            "sorry, too many clients already",
-        ));
-    }
     let Some(user) = param(&params, "user")
         .filter(|u| !u.is_empty())
         .map(str::to_owned)
@@ -255,9 +259,17 @@ async fn start(
     }
     let database = param(&params, "database").unwrap_or_default().to_owned();
     authenticate(client, peer, shared, &user, &database).await?;
+    if !shared.admission.admit(arrival) {
+        return Err(tell(
+            client,
+            Sqlstate::TooManyConnections,
+            "sorry, too many clients already",
+        ));
+    }
     if database == admin::DATABASE {
         admin::welcome(&mut client.out);
-        return Ok(Opened::Admin);
+        let access = shared.config.admin.access(&user);
+        return Ok(Opened::Admin(admin::Caller { user, peer, access }));
     }
     connect_session(client, shared, session_id, &user, params)
         .await
@@ -301,7 +313,8 @@ async fn negotiate(
     }
 }
 
-/// Runs the user's authentication exchange (pgwire's mechanisms) to the end.
+/// Runs the user's authentication exchange (pgwire's mechanisms) to the
+/// end, once the client's address has waited out its failed logins.
 async fn authenticate(
     client: &mut ClientIo,
     peer: SocketAddr,
@@ -309,6 +322,17 @@ async fn authenticate(
     user: &str,
     database: &str,
 ) -> Result<(), Refusal> {
+    if let Err(wait) = shared.admission.turn(peer.ip()).await {
+        info!(
+            wait_ms = wait.as_millis(),
+            "login refused: too many failed logins from this address"
+        );
+        return Err(tell(
+            client,
+            Sqlstate::TooManyConnections,
+            "too many failed logins from this address; try again later",
+        ));
+    }
     if let Some(mut mechanism) = shared.auth.mechanism(user) {
         let login = LoginClient::new(peer, user, database);
         let mut step = Step::of(mechanism.begin(&login).await, user);
@@ -331,6 +355,7 @@ async fn authenticate(
                 }
                 Step::Refused(info) => {
                     info!(code = %info.code, "authentication failed");
+                    shared.admission.failed(peer.ip());
                     messages::encode_error_info(&mut client.out, *info);
                     return Err(Refusal::Told);
                 }

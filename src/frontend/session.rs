@@ -24,10 +24,12 @@
 //! own state; the request path in call order is in `session/dispatch.rs`,
 //! lost and stalled connections in `session/retry.rs`.
 
+mod clock;
 mod dispatch;
 mod reads;
 mod retry;
 
+use clock::{ClientClock, Watch};
 use dispatch::Outcome;
 
 use std::future::Future;
@@ -64,6 +66,8 @@ pub enum End {
     ClientGone,
     ServerGone,
     ClientProtocolError,
+    /// Idle outside a transaction past `client_idle_timeout_ms`.
+    IdleTimeout,
     Shutdown,
 }
 
@@ -77,6 +81,8 @@ enum Event {
     Fenced,
     /// A read has had no reply for `routing.replica_stall_ms`.
     Stalled,
+    /// The client's clock ran out on what it timed.
+    ClientClock(Watch),
     Shutdown,
 }
 
@@ -180,8 +186,10 @@ impl Session {
     /// A server connection can serve another client when this one left it
     /// idle: outside a transaction, nothing in flight, nothing half-sent.
     fn server_reusable(&self, end: &End) -> bool {
-        matches!(end, End::ClientTerminated | End::ClientGone)
-            && self.link.quiet()
+        matches!(
+            end,
+            End::ClientTerminated | End::ClientGone | End::IdleTimeout
+        ) && self.link.quiet()
             && !self.collector.continues()
             && !self.link.fatal_seen()
     }
@@ -195,11 +203,12 @@ impl Session {
             let _ = shutdown.wait_for(|stopping| *stopping).await;
         };
         tokio::pin!(stop);
+        let mut clock = ClientClock::new(&self.shared.config.proxy);
         loop {
             if let Err(end) = self.advance().await {
                 return end;
             }
-            if let Err(end) = self.step(stop.as_mut()).await {
+            if let Err(end) = self.step(stop.as_mut(), &mut clock).await {
                 return end;
             }
         }
@@ -239,7 +248,11 @@ impl Session {
     }
 
     /// Waits for the next thing that can happen and handles it.
-    async fn step(&mut self, stop: Pin<&mut impl Future<Output = ()>>) -> Result<(), End> {
+    async fn step(
+        &mut self,
+        stop: Pin<&mut impl Future<Output = ()>>,
+        clock: &mut ClientClock,
+    ) -> Result<(), End> {
         let Session {
             client,
             link,
@@ -254,6 +267,10 @@ impl Session {
         // still arrive whole, and a client leaving mid-message must be seen).
         let read_client = !collector.is_due();
         let read_server = client.out.len() < HIGH_WATER;
+        // Between transactions with every request answered.
+        let between = link.phase() == Phase::Ready(TxnStatus::Idle)
+            && link.settled()
+            && !collector.continues();
         let LinkIo {
             read: server_rd,
             write: server_wr,
@@ -261,6 +278,13 @@ impl Session {
             fences,
         } = link.io();
         let write_server = !to_server.is_empty();
+        let timed = clock.watch(if read_client && !client.inbuf.is_empty() {
+            Watch::Partial
+        } else if read_client && between && client.out.is_empty() && !write_server {
+            Watch::Idle
+        } else {
+            Watch::Off
+        });
         let event = tokio::select! {
             biased;
             r = client.wr.write(&client.out), if !client.out.is_empty() => Event::WroteClient(r),
@@ -269,20 +293,45 @@ impl Session {
             r = client.rd.read_buf(&mut client.inbuf), if read_client => Event::ReadClient(r),
             Ok(()) = fences.changed(), if attached => Event::Fenced,
             () = retry.stalled() => Event::Stalled,
+            watch = clock.expired(), if timed => Event::ClientClock(watch),
             () = stop => Event::Shutdown,
         };
         match event {
             Event::WroteClient(Ok(n)) if n > 0 => self.client.out.advance(n),
             Event::WroteServer(Ok(n)) if n > 0 => self.link.out().advance(n),
             Event::ReadServer(Ok(n)) if n > 0 => self.on_server_bytes()?,
-            Event::ReadClient(Ok(n)) if n > 0 => {}
+            Event::ReadClient(Ok(n)) if n > 0 => clock.heard(),
             Event::WroteClient(_) | Event::ReadClient(_) => return Err(End::ClientGone),
             Event::WroteServer(_) | Event::ReadServer(_) => return self.server_lost(),
             Event::Shutdown => return Err(End::Shutdown),
             Event::Fenced => return self.leave_fenced_node(),
             Event::Stalled => return self.on_stall(),
+            Event::ClientClock(watch) => return Err(self.client_timed_out(watch)),
         }
         Ok(())
+    }
+
+    /// The client's clock ran out: a message left half sent breaks the
+    /// protocol (08P01); an idle session ends as PostgreSQL's
+    /// `idle_session_timeout` ends it (57P05).
+    fn client_timed_out(&mut self, watch: Watch) -> End {
+        let proxy = &self.shared.config.proxy;
+        if watch == Watch::Partial {
+            let message = format!(
+                "incomplete message from client: nothing more arrived within client_message_timeout_ms ({} ms)",
+                proxy.client_message_timeout_ms
+            );
+            self.refuse_client_frame(Sqlstate::ProtocolViolation, &message);
+            return End::ClientProtocolError;
+        }
+        debug!(parent: &self.span, idle_ms = proxy.client_idle_timeout_ms, "closing an idle session");
+        messages::error(
+            &mut self.client.out,
+            true,
+            Sqlstate::IdleSessionTimeout,
+            "terminating connection due to idle-session timeout",
+        );
+        End::IdleTimeout
     }
 
     /// The session's server was just fenced: between transactions it moves
@@ -396,7 +445,7 @@ impl Session {
     async fn finish(&mut self, end: &End, reusable: bool) {
         let busy = matches!(self.link.phase(), Phase::Busy { .. });
         match end {
-            End::ClientTerminated | End::ClientGone if reusable => {}
+            End::ClientTerminated | End::ClientGone | End::IdleTimeout if reusable => {}
             End::ClientTerminated => {
                 // Whatever the client sent before Terminate still goes first.
                 self.link.out().extend_from_slice(&TERMINATE);
@@ -415,7 +464,7 @@ impl Session {
             }
             End::ClientGone => {}
             End::ServerGone => self.tell_server_lost(busy),
-            End::Shutdown | End::ClientProtocolError => {
+            End::Shutdown | End::ClientProtocolError | End::IdleTimeout => {
                 if *end == End::Shutdown && !self.link.mid_frame() {
                     messages::error(
                         &mut self.client.out,

@@ -34,6 +34,10 @@ pub enum Sqlstate {
     ProgramLimitExceeded,
     /// 57P01: the proxy is shutting down.
     AdminShutdown,
+    /// 57P05: a session idle longer than `client_idle_timeout_ms`.
+    IdleSessionTimeout,
+    /// 42501: an admin console command the user may not run.
+    InsufficientPrivilege,
     /// 0A000: a feature the proxy does not support.
     FeatureNotSupported,
     /// 22023: a `palisade.*` setting given a value it cannot take.
@@ -61,6 +65,8 @@ impl Sqlstate {
             Sqlstate::TooManyConnections => "53300",
             Sqlstate::ProgramLimitExceeded => "54000",
             Sqlstate::AdminShutdown => "57P01",
+            Sqlstate::IdleSessionTimeout => "57P05",
+            Sqlstate::InsufficientPrivilege => "42501",
             Sqlstate::FeatureNotSupported => "0A000",
             Sqlstate::InvalidParameterValue => "22023",
             Sqlstate::CantChangeRuntimeParam => "55P02",

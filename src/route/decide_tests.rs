@@ -226,11 +226,13 @@ enum Pz {
     Never,
     /// It met it just now.
     Just,
-    /// It met it 10 s ago (the limit is 2 s).
+    /// It met it 10 s ago (the limits are 2 s for a pause, 3 s for a failover).
     Long,
 }
 
 const PAUSE_LIMIT: Duration = Duration::from_secs(2);
+/// How long a batch waits for a primary during a failover in every row.
+const FAILOVER_WAIT: Duration = Duration::from_secs(3);
 
 /// A batch.
 #[derive(Debug, Clone, Copy)]
@@ -477,6 +479,7 @@ fn run(cl: Cl, cf: Cf, b: B, s: S, loads: &Counters, now: Instant) -> Decision {
         consistency: &consistency,
         reads,
         pause_limit: PAUSE_LIMIT,
+        failover_wait: FAILOVER_WAIT,
     };
     let mut batch = b.0;
     batch.tried.paused_since = match b.1 {
@@ -507,17 +510,24 @@ const ROWS: &[Row] = &[
     ("write: primary", Cl::Fresh, Cf::Default, WRITE, IDLE, P(0)),
     ("write: already on the primary", Cl::Fresh, Cf::Default, WRITE, IDLE.on(0), Stay),
     ("write: held replica is left", Cl::Fresh, Cf::Default, WRITE, IDLE.on(1), P(0)),
-    ("write: primary down, writes open", Cl::PrimaryDown, Cf::Default, WRITE, IDLE, No(Why::NoPrimary)),
-    ("write: failover under way", Cl::Failover, Cf::Default, WRITE, IDLE, No(Why::Refused)),
+    ("write: primary down, writes open: waits for a failover", Cl::PrimaryDown, Cf::Default, WRITE, IDLE, Pause),
+    ("write: primary down, writes open: waited too long", Cl::PrimaryDown, Cf::Default, WRITE.paused(Pz::Long), IDLE, No(Why::NoPrimary)),
+    ("write: failover under way: waits for a failover", Cl::Failover, Cf::Default, WRITE, IDLE, Pause),
+    ("write: failover under way: waited too long", Cl::Failover, Cf::Default, WRITE.paused(Pz::Long), IDLE, No(Why::Refused)),
     ("write: pause met just now waits", Cl::Paused, Cf::Default, WRITE, IDLE, Pause),
     ("write: pause within the limit waits", Cl::Paused, Cf::Default, WRITE.paused(Pz::Just), IDLE, Pause),
     ("write: pause past the limit refuses", Cl::Paused, Cf::Default, WRITE.paused(Pz::Long), IDLE, No(Why::TooLong)),
     ("write: pause on the primary still waits", Cl::Paused, Cf::Default, WRITE, IDLE.on(0), Pause),
+    ("write: a primary back within the wait", Cl::Fresh, Cf::Default, WRITE.paused(Pz::Just), IDLE, P(0)),
     ("write: read-only cluster", Cl::ReadOnly, Cf::Default, WRITE, IDLE, No(Why::Refused)),
-    ("write: fenced primary", Cl::Fenced, Cf::Default, WRITE, IDLE, No(Why::NoPrimary)),
-    ("write: no leader", Cl::NoLeader, Cf::Default, WRITE, IDLE, No(Why::NoPrimary)),
-    ("write: nothing healthy", Cl::Nothing, Cf::Default, WRITE, IDLE, No(Why::Refused)),
-    ("write: dark, writes open", Cl::Dark, Cf::Default, WRITE, IDLE, No(Why::NoPrimary)),
+    ("write: fenced primary: waits for a failover", Cl::Fenced, Cf::Default, WRITE, IDLE, Pause),
+    ("write: fenced primary: waited too long", Cl::Fenced, Cf::Default, WRITE.paused(Pz::Long), IDLE, No(Why::NoPrimary)),
+    ("write: no leader: waits for a failover", Cl::NoLeader, Cf::Default, WRITE, IDLE, Pause),
+    ("write: no leader: waited too long", Cl::NoLeader, Cf::Default, WRITE.paused(Pz::Long), IDLE, No(Why::NoPrimary)),
+    ("write: nothing healthy: waits for a failover", Cl::Nothing, Cf::Default, WRITE, IDLE, Pause),
+    ("write: nothing healthy: waited too long", Cl::Nothing, Cf::Default, WRITE.paused(Pz::Long), IDLE, No(Why::Refused)),
+    ("write: dark, writes open: waits for a failover", Cl::Dark, Cf::Default, WRITE, IDLE, Pause),
+    ("write: dark, writes open: waited too long", Cl::Dark, Cf::Default, WRITE.paused(Pz::Long), IDLE, No(Why::NoPrimary)),
     ("write: replicas down", Cl::ReplicasDown, Cf::Default, WRITE, IDLE, P(0)),
     ("write: replicas cut off", Cl::CutOff, Cf::Default, WRITE, IDLE, P(0)),
     ("write: replica lag is irrelevant", Cl::R1Behind, Cf::Default, WRITE, IDLE, P(0)),
@@ -531,11 +541,14 @@ const ROWS: &[Row] = &[
     ("strong: primary", Cl::Fresh, Cf::Default, READ, STRONG, P(0)),
     ("strong: on the primary", Cl::Fresh, Cf::Default, READ, STRONG.on(0), Stay),
     ("strong: held replica is left", Cl::Fresh, Cf::Default, READ, STRONG.on(1), P(0)),
-    ("strong: primary down", Cl::PrimaryDown, Cf::Default, READ, STRONG, No(Why::NoPrimary)),
-    ("strong: failover", Cl::Failover, Cf::Default, READ, STRONG, No(Why::NoPrimary)),
+    ("strong: primary down: waits for a failover", Cl::PrimaryDown, Cf::Default, READ, STRONG, Pause),
+    ("strong: primary down: waited too long", Cl::PrimaryDown, Cf::Default, READ.paused(Pz::Long), STRONG, No(Why::NoPrimary)),
+    ("strong: failover: waits for a failover", Cl::Failover, Cf::Default, READ, STRONG, Pause),
+    ("strong: failover: waited too long", Cl::Failover, Cf::Default, READ.paused(Pz::Long), STRONG, No(Why::NoPrimary)),
     ("strong: a pause holds writes, not reads", Cl::Paused, Cf::Default, READ, STRONG, P(0)),
     ("strong: read-only cluster still reads", Cl::ReadOnly, Cf::Default, READ, STRONG, P(0)),
-    ("strong: fenced primary", Cl::Fenced, Cf::Default, READ, STRONG, No(Why::NoPrimary)),
+    ("strong: fenced primary: waits for a failover", Cl::Fenced, Cf::Default, READ, STRONG, Pause),
+    ("strong: fenced primary: waited too long", Cl::Fenced, Cf::Default, READ.paused(Pz::Long), STRONG, No(Why::NoPrimary)),
     ("strong: replicas down", Cl::ReplicasDown, Cf::Default, READ, STRONG, P(0)),
     ("strong: config level", Cl::Fresh, LevelStrong, READ, IDLE, P(0)),
     ("strong: session level beats the config", Cl::Fresh, LevelStrong, READ, EVENTUAL, R(1)),
@@ -668,7 +681,9 @@ const ROWS: &[Row] = &[
     ("rac: unsampled on a held replica", Cl::Fresh, Cf::Default, READ, RAC.unsampled().on(1), Sample(3)),
     ("rac: sample waited in vain, primary", Cl::Fresh, Cf::Default, READ.unsampled(), RAC.unsampled(), P(0)),
     ("rac: sample waited in vain, error", Cl::Fresh, NoReplicaError, READ.unsampled(), RAC.unsampled(), No(Why::NoFresh(ReadAfterCommit))),
-    ("rac: unsampled, no primary", Cl::PrimaryDown, Cf::Default, READ.unsampled(), RAC.unsampled(), No(Why::NoPrimary)),
+    ("rac: unsampled, primary down: its last position binds", Cl::PrimaryDown, Cf::Default, READ, RAC.unsampled(), R(1)),
+    ("rac: unsampled, failing over", Cl::Failover, Cf::Default, READ, RAC.unsampled(), R(1)),
+    ("rac: unsampled, nothing healthy", Cl::Nothing, Cf::Default, READ, RAC.unsampled(), No(Why::NoNode)),
     ("rac: by hint", Cl::Catching, Cf::Default, READ.hint(ReadAfterCommit), EVENTUAL.committed(100), Replay(1, 100)),
     ("rac: a causal hint ignores others' commits", Cl::BothBehind, Cf::Default, READ.hint(Causal), RAC.committed(100), R(1)),
     ("rac: eventual ignores them", Cl::BothBehind, Cf::Default, READ, EVENTUAL.unsampled(), R(1)),
@@ -723,7 +738,8 @@ const ROWS: &[Row] = &[
     // Pins and transactions: what is a read.
     ("pinned: read goes to the primary", Cl::Fresh, Cf::Default, READ, EVENTUAL.pinned(), P(0)),
     ("pinned: on the primary", Cl::Fresh, Cf::Default, READ, EVENTUAL.pinned().on(0), Stay),
-    ("pinned: primary down", Cl::PrimaryDown, Cf::Default, READ, EVENTUAL.pinned(), No(Why::NoPrimary)),
+    ("pinned: primary down: waits for a failover", Cl::PrimaryDown, Cf::Default, READ, EVENTUAL.pinned(), Pause),
+    ("pinned: primary down: waited too long", Cl::PrimaryDown, Cf::Default, READ.paused(Pz::Long), EVENTUAL.pinned(), No(Why::NoPrimary)),
     ("pinned: a read waits out a pause", Cl::Paused, Cf::Default, READ, EVENTUAL.pinned(), Pause),
     ("pinned: a replica hint changes nothing", Cl::Fresh, Cf::Default, READ.hint(Eventual), IDLE.pinned(), P(0)),
     ("pinned: read-only transaction too", Cl::Fresh, Cf::Default, BEGIN_RO, EVENTUAL.pinned(), P(0)),
@@ -779,6 +795,7 @@ fn startup_refusals_give_the_writes_reason() {
         consistency: &consistency,
         reads,
         pause_limit: PAUSE_LIMIT,
+        failover_wait: FAILOVER_WAIT,
     };
     let mut dark = topology(Cl::Dark);
     dark.writes = WriteState::Paused;
@@ -870,6 +887,7 @@ fn a_wait_carries_the_causal_wait_and_a_pause_its_start() {
         consistency: &consistency,
         reads,
         pause_limit: PAUSE_LIMIT,
+        failover_wait: FAILOVER_WAIT,
     };
     let got = decide(
         &batch.0,
@@ -902,6 +920,7 @@ fn read_levels_follow_hint_session_then_config() {
         consistency: &consistency,
         reads,
         pause_limit: PAUSE_LIMIT,
+        failover_wait: FAILOVER_WAIT,
     };
     assert_eq!(read_level(&READ.0, &IDLE.0, &policy), Some(Eventual));
     assert_eq!(read_level(&READ.0, &BOUNDED.0, &policy), Some(Bounded));

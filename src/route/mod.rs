@@ -47,6 +47,10 @@ pub struct Policy<'a> {
     pub reads: ReadPolicy,
     /// How long a write waits out a switchover's pause before it is refused.
     pub pause_limit: Duration,
+    /// How long a batch that needs the primary waits while there is none
+    /// (it is down, unreachable, or a failover is promoting another)
+    /// before it is refused with the reason.
+    pub failover_wait: Duration,
 }
 
 /// What the decision is for.
@@ -87,7 +91,8 @@ pub struct BatchFacts {
 /// What earlier decisions for the same batch led to.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Tried {
-    /// When it first met a switchover's pause.
+    /// When it first found the primary's writes held: a switchover's
+    /// pause, or no primary while a failover may bring one.
     pub paused_since: Option<Instant>,
     /// A replica was waited for and did not replay in time: only replicas
     /// the topology shows fresh now are taken, with no waiting.
@@ -185,7 +190,8 @@ pub enum Wait {
         lsn: Lsn,
         within: Duration,
     },
-    /// A switchover holds writes: ask again shortly, with `paused_since`.
+    /// A switchover's pause or a failover holds writes: ask again
+    /// shortly, with `paused_since`.
     Pause { since: Instant },
 }
 
@@ -239,14 +245,26 @@ pub fn decide(
             if matches!(session.commits, CommitPosition::Unsampled(_)) =>
         {
             match session.commits {
+                CommitPosition::Unsampled(_) if topology.primary().is_none() => {
+                    // Nobody to sample: the last position the primary
+                    // reported is the best bound there is.
+                    let commits = topology
+                        .leader_lsn()
+                        .map_or(CommitPosition::Nothing, CommitPosition::At);
+                    let session = SessionFacts {
+                        commits,
+                        ..*session
+                    };
+                    read_target(level, batch, &session, policy, topology, loads, now)
+                }
                 CommitPosition::Unsampled(count) if !batch.tried.commits_waited => {
                     let within = policy.consistency.causal_wait();
                     Decision::Wait(Wait::CommitPosition { count, within })
                 }
-                _ => no_fresh_replica(level, policy, topology),
+                _ => no_fresh_replica(level, batch, policy, topology, now),
             }
         }
-        Some(level) => read_target(level, batch, session, policy, topology, loads),
+        Some(level) => read_target(level, batch, session, policy, topology, loads, now),
         None => write_target(batch, policy, topology, now),
     };
     match decision {
@@ -308,28 +326,39 @@ fn follow_held(
 }
 
 /// A write goes to the epoch's primary while writes are open; a
-/// switchover's pause is waited out for at most `pause_limit`.
+/// switchover's pause is waited out for at most `pause_limit`, a missing
+/// primary (down, unreachable, being failed over) for `failover_wait`.
 fn write_target(
     batch: &BatchFacts,
     policy: &Policy,
     topology: &Topology,
     now: Instant,
 ) -> Decision {
-    match &topology.writes {
-        WriteState::Open => {}
+    let missing = match &topology.writes {
+        WriteState::Open => match topology.primary() {
+            Some(node) => return Decision::Primary(node),
+            None => NoRoute::NoPrimary,
+        },
         WriteState::Paused => {
-            let since = batch.tried.paused_since.unwrap_or(now);
-            return if now < since + policy.pause_limit {
-                Decision::Wait(Wait::Pause { since })
-            } else {
-                Decision::Refuse(NoRoute::PausedTooLong(policy.pause_limit))
-            };
+            let limit = policy.pause_limit;
+            return hold(batch, now, limit, NoRoute::PausedTooLong(limit));
         }
-        WriteState::Refused(reason) => return Decision::Refuse(NoRoute::Refused(reason.clone())),
-    }
-    match topology.primary() {
-        Some(node) => Decision::Primary(node),
-        None => Decision::Refuse(NoRoute::NoPrimary),
+        WriteState::Refused(reason @ Refusal::ReadOnly(_)) => {
+            return Decision::Refuse(NoRoute::Refused(reason.clone()))
+        }
+        WriteState::Refused(reason) => NoRoute::Refused(reason.clone()),
+    };
+    hold(batch, now, policy.failover_wait, missing)
+}
+
+/// The batch waits (asking again shortly) until `limit` after it was
+/// first held, then gets `reason`.
+fn hold(batch: &BatchFacts, now: Instant, limit: Duration, reason: NoRoute) -> Decision {
+    let since = batch.tried.paused_since.unwrap_or(now);
+    if now < since + limit {
+        Decision::Wait(Wait::Pause { since })
+    } else {
+        Decision::Refuse(reason)
     }
 }
 
@@ -342,9 +371,10 @@ fn read_target(
     policy: &Policy,
     topology: &Topology,
     loads: &impl Loads,
+    now: Instant,
 ) -> Decision {
     if level == Consistency::Strong {
-        return primary_read(topology);
+        return primary_read(batch, policy, topology, now);
     }
     let config = policy.consistency;
     let written = Written {
@@ -382,15 +412,21 @@ fn read_target(
     }) {
         Err(e) => Decision::Refuse(e),
         Ok(Some(node)) => node_decision(topology, node),
-        Ok(None) => no_fresh_replica(level, policy, topology),
+        Ok(None) => no_fresh_replica(level, batch, policy, topology, now),
     }
 }
 
 /// No replica is fresh enough for a read at `level`: `on_no_replica` says
 /// what it gets.
-fn no_fresh_replica(level: Consistency, policy: &Policy, topology: &Topology) -> Decision {
+fn no_fresh_replica(
+    level: Consistency,
+    batch: &BatchFacts,
+    policy: &Policy,
+    topology: &Topology,
+    now: Instant,
+) -> Decision {
     match policy.consistency.on_no_replica {
-        OnNoReplica::Primary => primary_read(topology),
+        OnNoReplica::Primary => primary_read(batch, policy, topology, now),
         OnNoReplica::Error => Decision::Refuse(NoRoute::NoFreshReplica(level)),
     }
 }
@@ -414,11 +450,17 @@ fn pick_node(
 }
 
 /// A read on the primary: the epoch's primary, whether or not writes are
-/// open (a switchover's pause holds writes, not reads).
-fn primary_read(topology: &Topology) -> Decision {
+/// open (a switchover's pause holds writes, not reads); with none, it
+/// waits for a failover like a write.
+fn primary_read(
+    batch: &BatchFacts,
+    policy: &Policy,
+    topology: &Topology,
+    now: Instant,
+) -> Decision {
     match topology.primary() {
         Some(node) => Decision::Primary(node),
-        None => Decision::Refuse(NoRoute::NoPrimary),
+        None => hold(batch, now, policy.failover_wait, NoRoute::NoPrimary),
     }
 }
 

@@ -1,0 +1,301 @@
+//! The monitoring endpoint (`[http] listen`): health and role checks answer
+//! with the right status codes, `/metrics` parses as Prometheus text with a
+//! series per node, `/api/status` is JSON and `/` the status page. Requests
+//! are plain HTTP/1.0 GETs over a TCP socket.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use crate::support::harness::{client, start_proxy, wait_topology};
+use crate::support::shared_cluster;
+use palisade::config::Config;
+use palisade::proxy::Proxy;
+use palisade::topology::{Role, Topology};
+use prometheus_parse::{Scrape, Value};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+struct Reply {
+    status: u16,
+    content_type: String,
+    body: String,
+}
+
+/// `GET path` on `addr`, read to the end (HTTP/1.0: the server closes).
+async fn get(addr: SocketAddr, path: &str) -> Reply {
+    let mut stream = TcpStream::connect(addr).await.expect("connect to http");
+    let request = format!("GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n");
+    stream.write_all(request.as_bytes()).await.unwrap();
+    let mut raw = Vec::new();
+    tokio::time::timeout(Duration::from_secs(10), stream.read_to_end(&mut raw))
+        .await
+        .expect("http reply within 10 s")
+        .unwrap();
+    let raw = String::from_utf8(raw).expect("utf-8 reply");
+    let (head, body) = raw.split_once("\r\n\r\n").expect("header and body");
+    let mut lines = head.lines();
+    let status = lines.next().unwrap().split(' ').nth(1).unwrap();
+    let content_type = lines
+        .filter_map(|l| l.split_once(':'))
+        .find(|(k, _)| k.eq_ignore_ascii_case("content-type"))
+        .map(|(_, v)| v.trim().to_owned())
+        .unwrap_or_default();
+    Reply {
+        status: status.parse().unwrap(),
+        content_type,
+        body: body.to_owned(),
+    }
+}
+
+fn with_http(config: &mut Config) {
+    config.http.listen = "127.0.0.1:0".into();
+}
+
+fn http_addr(proxy: &Proxy) -> SocketAddr {
+    proxy.http_addr().expect("http endpoint on")
+}
+
+/// Every node up, and every replica streaming.
+fn settled(t: &Topology) -> bool {
+    t.nodes.iter().all(|n| {
+        n.healthy && (n.role == Role::Primary || n.role == Role::Replica && n.replication.streaming)
+    })
+}
+
+async fn settled_proxy() -> Proxy {
+    let proxy = start_proxy(shared_cluster(), with_http).await;
+    wait_topology(&proxy, "every node up and streaming", settled).await;
+    proxy
+}
+
+/// A strict scrape: every sample line parses, and the text ends in `# EOF`.
+async fn scrape(addr: SocketAddr) -> Scrape {
+    let reply = get(addr, "/metrics").await;
+    assert_eq!(reply.status, 200);
+    assert!(
+        reply
+            .content_type
+            .starts_with("application/openmetrics-text"),
+        "{}",
+        reply.content_type
+    );
+    assert_eq!(reply.body.lines().last(), Some("# EOF"));
+    let lines = reply.body.lines().map(|l| Ok(l.to_owned()));
+    let scrape = Scrape::parse(lines).expect("exposition parses");
+    let sample_lines = reply.body.lines().filter(|l| !l.starts_with('#')).count();
+    assert_eq!(
+        scrape.samples.len(),
+        sample_lines,
+        "every sample line parsed:\n{}",
+        reply.body
+    );
+    scrape
+}
+
+/// The value of `metric` with these labels (all of them), if present.
+fn value(scrape: &Scrape, metric: &str, labels: &[(&str, &str)]) -> Option<f64> {
+    scrape
+        .samples
+        .iter()
+        .find(|s| s.metric == metric && labels.iter().all(|(k, v)| s.labels.get(k) == Some(v)))
+        .map(|s| match s.value {
+            Value::Counter(v) | Value::Gauge(v) | Value::Untyped(v) => v,
+            ref other => panic!("{metric} is not a plain value: {other:?}"),
+        })
+}
+
+fn sum(scrape: &Scrape, metric: &str) -> f64 {
+    scrape
+        .samples
+        .iter()
+        .filter(|s| s.metric == metric)
+        .map(|s| match s.value {
+            Value::Counter(v) | Value::Gauge(v) | Value::Untyped(v) => v,
+            _ => 0.0,
+        })
+        .sum()
+}
+
+#[tokio::test]
+async fn health_and_role_checks_pass_on_a_healthy_cluster() {
+    let proxy = settled_proxy().await;
+    let addr = http_addr(&proxy);
+    for path in [
+        "/health",
+        "/ready",
+        "/primary",
+        "/replica",
+        "/replica?lag=1GB",
+    ] {
+        let reply = get(addr, path).await;
+        assert_eq!(reply.status, 200, "{path}: {}", reply.body);
+    }
+    let primary = get(addr, "/primary").await;
+    assert!(
+        primary.body.contains(&proxy.topology().nodes[0].name),
+        "{}",
+        primary.body
+    );
+    let bad = get(addr, "/replica?lag=lots").await;
+    assert_eq!(bad.status, 400, "{}", bad.body);
+    assert_eq!(get(addr, "/nothing-here").await.status, 404);
+    proxy.shutdown().await;
+    assert!(
+        TcpStream::connect(addr).await.is_err(),
+        "http stops with the proxy"
+    );
+}
+
+#[tokio::test]
+async fn ready_and_primary_are_503_without_a_writable_primary() {
+    // A node nobody listens on: the proxy starts, but has no primary.
+    let dead = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = dead.local_addr().unwrap().port();
+    drop(dead);
+    let mut config = crate::support::harness::proxy_config(shared_cluster());
+    with_http(&mut config);
+    config.nodes.truncate(1);
+    config.nodes[0].port = port;
+    let proxy = Proxy::start(config).await.expect("proxy starts");
+    let addr = http_addr(&proxy);
+    assert_eq!(get(addr, "/health").await.status, 200);
+    for path in ["/ready", "/primary", "/replica", "/replica?lag=1MB"] {
+        let reply = get(addr, path).await;
+        assert_eq!(reply.status, 503, "{path}: {}", reply.body);
+    }
+    assert!(get(addr, "/ready")
+        .await
+        .body
+        .contains("no writable primary"));
+    let status: serde_json::Value =
+        serde_json::from_str(&get(addr, "/api/status").await.body).unwrap();
+    assert_eq!(status["ready"], false);
+    assert_eq!(status["writes"], "refused");
+    assert_eq!(status["nodes"][0]["health"], "down");
+    proxy.shutdown().await;
+}
+
+#[tokio::test]
+async fn metrics_carry_a_series_per_node_and_routed_queries_grow() {
+    let proxy = settled_proxy().await;
+    let addr = http_addr(&proxy);
+    let topology = proxy.topology();
+    let before = scrape(addr).await;
+    for (i, n) in topology.nodes.iter().enumerate() {
+        let node = n.name.as_str();
+        let role = if Some(i) == topology.primary() {
+            "primary"
+        } else {
+            "replica"
+        };
+        assert_eq!(
+            value(
+                &before,
+                "palisade_node_role",
+                &[("node", node), ("role", role)]
+            ),
+            Some(1.0),
+            "{node}"
+        );
+        assert_eq!(
+            value(&before, "palisade_node_healthy", &[("node", node)]),
+            Some(1.0),
+            "{node}"
+        );
+        assert_eq!(
+            value(&before, "palisade_node_fenced", &[("node", node)]),
+            Some(0.0),
+            "{node}"
+        );
+        assert!(
+            value(
+                &before,
+                "palisade_node_wal_position_bytes",
+                &[("node", node)]
+            )
+            .unwrap()
+                > 0.0
+        );
+        assert!(value(&before, "palisade_queries_routed_total", &[("node", node)]).is_some());
+        assert!(value(&before, "palisade_requests_in_flight", &[("node", node)]).is_some());
+        assert!(value(
+            &before,
+            "palisade_server_connections",
+            &[("node", node), ("state", "idle")]
+        )
+        .is_some());
+        if role == "replica" {
+            assert_eq!(
+                value(&before, "palisade_node_streaming", &[("node", node)]),
+                Some(1.0)
+            );
+            assert!(value(&before, "palisade_node_lag_bytes", &[("node", node)]).is_some());
+            assert!(value(&before, "palisade_node_lag_seconds", &[("node", node)]).is_some());
+        }
+    }
+    assert_eq!(
+        value(&before, "palisade_epoch", &[]),
+        Some(topology.epoch as f64)
+    );
+    assert_eq!(
+        value(&before, "palisade_writes", &[("state", "open")]),
+        Some(1.0)
+    );
+
+    let db = client(&proxy, shared_cluster(), "http_metrics").await;
+    for _ in 0..20 {
+        db.simple_query("SELECT 1").await.unwrap();
+    }
+    let after = scrape(addr).await;
+    let routed = sum(&after, "palisade_queries_routed_total")
+        - sum(&before, "palisade_queries_routed_total");
+    assert!(routed >= 20.0, "routed grew by {routed}");
+    assert!(
+        value(
+            &after,
+            "palisade_client_connections",
+            &[("state", "logged_in")]
+        )
+        .unwrap()
+            >= 1.0
+    );
+    assert!(sum(&after, "palisade_server_connections") >= 1.0);
+    proxy.shutdown().await;
+}
+
+#[tokio::test]
+async fn status_api_and_page_describe_the_cluster() {
+    let proxy = settled_proxy().await;
+    let addr = http_addr(&proxy);
+    let db = client(&proxy, shared_cluster(), "http_status").await;
+    db.simple_query("SELECT 1").await.unwrap();
+    let reply = get(addr, "/api/status").await;
+    assert_eq!(reply.status, 200);
+    assert!(
+        reply.content_type.starts_with("application/json"),
+        "{}",
+        reply.content_type
+    );
+    let status: serde_json::Value = serde_json::from_str(&reply.body).expect("JSON");
+    let topology = proxy.topology();
+    let primary = &topology.nodes[topology.primary().unwrap()].name;
+    assert_eq!(status["primary"], primary.as_str());
+    assert_eq!(status["writes"], "open");
+    assert_eq!(status["ready"], true);
+    assert!(status["sessions"].as_u64().unwrap() >= 1);
+    let nodes = status["nodes"].as_array().unwrap();
+    assert_eq!(nodes.len(), topology.nodes.len());
+    assert_eq!(nodes.iter().filter(|n| n["role"] == "replica").count(), 2);
+    assert!(nodes.iter().all(|n| n["health"] == "up"));
+    let routed: u64 = nodes.iter().map(|n| n["routed"].as_u64().unwrap()).sum();
+    assert!(routed >= 1);
+    let page = get(addr, "/").await;
+    assert_eq!(page.status, 200);
+    assert!(
+        page.content_type.starts_with("text/html"),
+        "{}",
+        page.content_type
+    );
+    assert!(page.body.contains("api/status") && page.body.contains("<svg"));
+    proxy.shutdown().await;
+}
