@@ -129,6 +129,10 @@ pub struct NodeState {
     pub port: u16,
     pub role: Role,
     pub healthy: bool,
+    /// Healthy, but its last probe missed its deadline: it gets no new
+    /// reads until it answers again (it is down after `health_threshold`
+    /// misses in a row).
+    pub suspect: bool,
     /// Share of reads while a replica (from config); 0 never serves reads as one.
     pub weight: u32,
     pub replication: Replication,
@@ -142,6 +146,7 @@ impl NodeState {
     pub fn health(&self) -> &'static str {
         match (self.fenced, self.healthy) {
             (true, _) => "fenced",
+            (false, true) if self.suspect => "suspect",
             (false, true) => "up",
             (false, false) => "down",
         }
@@ -211,6 +216,7 @@ impl Topology {
                     port: n.port,
                     role: Role::Unknown,
                     healthy: false,
+                    suspect: false,
                     weight: n.weight,
                     replication: Replication::default(),
                     fenced: false,

@@ -499,6 +499,7 @@ mod tests {
             port: 5432,
             role,
             healthy,
+            suspect: false,
             weight: 1,
             replication,
             fenced: false,

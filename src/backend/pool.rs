@@ -192,9 +192,22 @@ impl ServerPool {
         owner: u64,
         login: &Login<'_>,
     ) -> Result<ServerConn, CheckoutError> {
+        self.checkout_within(key, owner, login, self.connect_timeout)
+            .await
+    }
+
+    /// [`Self::checkout`], with opening or resetting a connection bounded by
+    /// `within` instead of the connect timeout (a replica a read may skip).
+    pub async fn checkout_within(
+        &self,
+        key: &PoolKey,
+        owner: u64,
+        login: &Login<'_>,
+        within: Duration,
+    ) -> Result<ServerConn, CheckoutError> {
         // The common case first: an idle connection, no cap bookkeeping.
         if let Some(conn) = self.take_idle(key, owner) {
-            if let Some(conn) = self.claim(conn, owner).await {
+            if let Some(conn) = self.claim(conn, owner, within).await {
                 return Ok(conn);
             }
         }
@@ -207,13 +220,13 @@ impl ServerPool {
             tokio::pin!(returned);
             returned.as_mut().enable();
             if let Some(conn) = self.take_idle(key, owner) {
-                match self.claim(conn, owner).await {
+                match self.claim(conn, owner, within).await {
                     Some(conn) => return Ok(conn),
                     None => continue,
                 }
             }
             if let Ok(permit) = limit.permits.clone().try_acquire_owned() {
-                return self.open(key, login, permit).await;
+                return self.open(key, login, permit, within).await;
             }
             if self.evict_other(key, &limit_key) {
                 continue;
@@ -231,7 +244,7 @@ impl ServerPool {
                 }
             };
             if let Some(permit) = waited {
-                return self.open(key, login, permit).await;
+                return self.open(key, login, permit, within).await;
             }
         }
     }
@@ -241,16 +254,16 @@ impl ServerPool {
         key: &PoolKey,
         login: &Login<'_>,
         permit: OwnedSemaphorePermit,
+        within: Duration,
     ) -> Result<ServerConn, CheckoutError> {
-        let mut conn =
-            super::connect(&key.host, key.port, login, &self.tls, self.connect_timeout).await?;
+        let mut conn = super::connect(&key.host, key.port, login, &self.tls, within).await?;
         conn.permit = Some(permit);
         Ok(conn)
     }
 
     /// Makes a taken idle connection fit for `owner`: a reset when it
     /// carries another session's state. `None` when it turned out unusable.
-    async fn claim(&self, idle: Idle, owner: u64) -> Option<ServerConn> {
+    async fn claim(&self, idle: Idle, owner: u64, within: Duration) -> Option<ServerConn> {
         let Idle { mut conn, since } = idle;
         // A connection back from a batch a moment ago is not worth a system
         // call to check; one that sat idle for a while may have been closed.
@@ -258,7 +271,7 @@ impl ServerPool {
             return None;
         }
         if conn.owner != 0 && conn.owner != owner {
-            match tokio::time::timeout(self.reset_timeout, reset(&mut conn)).await {
+            match tokio::time::timeout(within, reset(&mut conn)).await {
                 Ok(Ok(())) => {}
                 Ok(Err(reason)) => {
                     debug!(host = %conn.host, port = conn.port, reason, "server connection not reusable");

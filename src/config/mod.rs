@@ -150,6 +150,10 @@ impl Config {
         positive("proxy.startup_timeout_ms", p.startup_timeout_ms)?;
         p.validate_limits()?;
         positive("proxy.connect_timeout_ms", p.connect_timeout_ms)?;
+        positive(
+            "proxy.replica_connect_timeout_ms",
+            p.replica_connect_timeout_ms,
+        )?;
         positive("monitor.probe_interval_ms", self.monitor.probe_interval_ms)?;
         positive("monitor.probe_timeout_ms", self.monitor.probe_timeout_ms)?;
         positive("pool.idle_timeout_ms", self.pool.idle_timeout_ms)?;

@@ -40,6 +40,9 @@ pub struct ProxyConfig {
     pub client_idle_timeout_ms: u64,
     /// Opening (and authenticating) a server connection must finish within this time.
     pub connect_timeout_ms: u64,
+    /// The same for a replica a read is sent to: past it the read goes to
+    /// the next candidate instead of failing.
+    pub replica_connect_timeout_ms: u64,
     /// Threads relaying traffic. 1 (the default) runs everything on one
     /// thread, like PgBouncer: on a machine whose cores PostgreSQL needs,
     /// cross-thread wake-ups cost more than a second thread gains.
@@ -59,6 +62,7 @@ impl Default for ProxyConfig {
             client_message_timeout_ms: 30_000,
             client_idle_timeout_ms: 0,
             connect_timeout_ms: 5_000,
+            replica_connect_timeout_ms: 1_000,
             worker_threads: 1,
         }
     }
@@ -71,6 +75,10 @@ impl ProxyConfig {
 
     pub fn connect_timeout(&self) -> Duration {
         Duration::from_millis(self.connect_timeout_ms)
+    }
+
+    pub fn replica_connect_timeout(&self) -> Duration {
+        Duration::from_millis(self.replica_connect_timeout_ms)
     }
 
     pub fn client_message_timeout(&self) -> Duration {
@@ -225,6 +233,10 @@ pub struct RoutingConfig {
     pub classify_cache_size: usize,
     /// How often the list of VOLATILE user functions is reloaded from the primary.
     pub function_refresh_ms: u64,
+    /// A read outside a transaction that has had no reply for this long
+    /// from a replica the monitor no longer vouches for (suspect or down)
+    /// is cancelled there and sent to another node; 0 turns it off.
+    pub replica_stall_ms: u64,
 }
 
 impl Default for RoutingConfig {
@@ -234,6 +246,7 @@ impl Default for RoutingConfig {
             primary_read_weight: 0,
             classify_cache_size: 4096,
             function_refresh_ms: 60_000,
+            replica_stall_ms: 2_000,
         }
     }
 }
@@ -241,5 +254,10 @@ impl Default for RoutingConfig {
 impl RoutingConfig {
     pub fn function_refresh(&self) -> Duration {
         Duration::from_millis(self.function_refresh_ms)
+    }
+
+    /// `None` when stalled reads are left alone.
+    pub fn replica_stall(&self) -> Option<Duration> {
+        (self.replica_stall_ms > 0).then(|| Duration::from_millis(self.replica_stall_ms))
     }
 }

@@ -51,6 +51,28 @@ fn good_config_parses_with_defaults() {
     assert_eq!(c.routing.primary_read_weight, 0);
     assert_eq!(c.routing.classify_cache_size, 4096);
     assert_eq!(c.routing.function_refresh(), Duration::from_secs(60));
+    assert_eq!(c.proxy.replica_connect_timeout(), Duration::from_secs(1));
+    assert_eq!(c.routing.replica_stall(), Some(Duration::from_secs(2)));
+}
+
+#[test]
+fn a_zero_replica_stall_turns_stall_retries_off() {
+    let c = Config::parse(&format!(
+        "{GOOD}
+[routing]
+replica_stall_ms = 0
+"
+    ))
+    .unwrap();
+    assert_eq!(c.routing.replica_stall(), None);
+    let c = Config::parse(&format!(
+        "{GOOD}
+[routing]
+replica_stall_ms = 750
+"
+    ))
+    .unwrap();
+    assert_eq!(c.routing.replica_stall(), Some(Duration::from_millis(750)));
 }
 
 #[test]
@@ -156,7 +178,11 @@ fn worker_threads_must_be_positive() {
 
 #[test]
 fn zero_timeouts_are_rejected() {
-    for key in ["startup_timeout_ms", "connect_timeout_ms"] {
+    for key in [
+        "startup_timeout_ms",
+        "connect_timeout_ms",
+        "replica_connect_timeout_ms",
+    ] {
         let e = error_of(&good_with(
             "listen = \"127.0.0.1:6432\"",
             &format!("listen = \"127.0.0.1:6432\"\n{key} = 0"),

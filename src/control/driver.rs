@@ -489,6 +489,7 @@ mod tests {
             port: 1,
             role,
             healthy,
+            suspect: false,
             weight: 1,
             replication: Replication {
                 streaming,

@@ -95,6 +95,7 @@ mod tests {
             port: 1,
             role,
             healthy: true,
+            suspect: false,
             weight: 1,
             replication: Replication::default(),
             fenced: false,

@@ -3,6 +3,14 @@
 //! the node is in recovery, where its WAL stands, whether its WAL receiver
 //! streams and from where, and (a primary) which standbys are synchronous.
 //!
+//! Every probe has one deadline, `probe_timeout_ms`, whatever it waits
+//! for: a node that does not answer in time is reported at once (the state
+//! machine makes it suspect). A connection that is merely slow is kept, and
+//! the next probe asks on it again; one that stays silent longer than a
+//! connect may take is replaced. Opening a connection runs in a task of
+//! its own, so a probe that gives up does not abandon it: there is at most
+//! one connect under way per node, not one per probe.
+//!
 //! Probers only probe and report ([`ProbeResult`]); they count nothing. The
 //! failover state machine ([`super::failover`]) owns health, and the driver
 //! ([`super::driver`]) publishes what it decides. The proxy spawns them.
@@ -10,8 +18,10 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
+use deadpool_postgres::{Manager, ManagerConfig, Object, Pool, RecyclingMethod};
 use tokio::sync::{mpsc, watch};
+use tokio::task::JoinHandle;
+use tokio::time::{timeout_at, Instant};
 use tracing::{debug, warn};
 
 use super::failover::{NodeId, Probe, Report, Upstream, WalReceiver};
@@ -52,6 +62,7 @@ pub fn probers(
             interval: config.monitor.probe_interval(),
             connect_timeout: config.proxy.connect_timeout(),
             timeout: config.monitor.probe_timeout(),
+            link: Link::Closed,
             results: results.clone(),
             shutdown: shutdown.clone(),
             said: None,
@@ -92,16 +103,41 @@ pub struct Prober {
     node: usize,
     pool: Pool,
     interval: Duration,
-    /// Opening the probe connection (TCP + authentication) may take this long...
+    /// Opening the probe connection (TCP + authentication) may take this
+    /// long, and an open one may stay silent this long before it is replaced...
     connect_timeout: Duration,
-    /// ...and the probe query this long.
+    /// ...while each probe gives up after this long.
     timeout: Duration,
+    link: Link,
     results: mpsc::Sender<ProbeResult>,
     shutdown: watch::Receiver<bool>,
     /// The last connection error logged as a warning: a new cause (TLS
     /// refused, a certificate that does not verify) is said once, not on
     /// every probe.
     said: Option<String>,
+}
+
+/// The prober's connection to its node.
+enum Link {
+    /// None: the next probe starts opening one.
+    Closed,
+    /// Being opened (bounded by the connect timeout) in a task of its own;
+    /// `None` when that failed.
+    Opening(JoinHandle<Result<Object, String>>),
+    Open {
+        /// Boxed: a pooled client is large, and the prober keeps its link.
+        client: Box<Object>,
+        /// Since when a probe on it has gone unanswered.
+        silent_since: Option<Instant>,
+    },
+}
+
+impl Drop for Prober {
+    fn drop(&mut self) {
+        if let Link::Opening(task) = &self.link {
+            task.abort();
+        }
+    }
 }
 
 impl Prober {
@@ -132,37 +168,103 @@ impl Prober {
         }
     }
 
+    /// One probe, answered or given up on within the probe timeout.
     async fn probe(&mut self) -> Option<Report> {
-        let client = match tokio::time::timeout(self.connect_timeout, self.pool.get()).await {
-            Ok(Ok(c)) => {
-                self.said = None;
-                c
+        let deadline = Instant::now() + self.timeout;
+        let (client, silent_since) = self.connection(deadline).await?;
+        let error = match timeout_at(deadline, client.query_one(PROBE, &[])).await {
+            Ok(Ok(row)) => {
+                let answer = report(&row);
+                self.link = Link::Open {
+                    client,
+                    silent_since: None,
+                };
+                return answer;
             }
-            Ok(Err(e)) => {
-                let error = e.to_string();
+            Ok(Err(e)) => e.to_string(),
+            Err(_) => {
+                // Slow is not broken: the next probe asks on it again (its
+                // question queues behind this one), unless it has been
+                // silent for longer than opening a new one may take.
+                let since = silent_since.unwrap_or(deadline - self.timeout);
+                debug!(
+                    node = self.node,
+                    silent_ms = since.elapsed().as_millis(),
+                    "probe timed out"
+                );
+                if since.elapsed() < self.connect_timeout {
+                    self.link = Link::Open {
+                        client,
+                        silent_since: Some(since),
+                    };
+                    return None;
+                }
+                "silent for longer than the connect timeout".to_owned()
+            }
+        };
+        debug!(node = self.node, %error, "probe query failed");
+        // A broken or stuck connection must not be reused by the next probe.
+        drop(Object::take(*client));
+        None
+    }
+
+    /// The open connection (with since when it has been silent), or one
+    /// opened by `deadline`; `None` when there is none yet (a connect
+    /// still under way is kept for the next probe).
+    async fn connection(&mut self, deadline: Instant) -> Option<(Box<Object>, Option<Instant>)> {
+        let mut opening = match std::mem::replace(&mut self.link, Link::Closed) {
+            Link::Open {
+                client,
+                silent_since,
+            } if !client.is_closed() => return Some((client, silent_since)),
+            Link::Open { client, .. } => {
+                drop(Object::take(*client));
+                self.open()
+            }
+            Link::Closed => self.open(),
+            Link::Opening(task) => task,
+        };
+        match timeout_at(deadline, &mut opening).await {
+            Ok(Ok(Ok(client))) => {
+                self.said = None;
+                Some((Box::new(client), None))
+            }
+            Ok(Ok(Err(error))) => {
+                // A new cause (TLS refused, a certificate that does not
+                // verify) is said once, not on every probe.
                 if self.said.as_ref() != Some(&error) {
                     warn!(node = self.node, %error, "probe connection failed");
                     self.said = Some(error);
                 } else {
                     debug!(node = self.node, %error, "probe connection failed");
                 }
-                return None;
+                None
+            }
+            Ok(Err(e)) => {
+                debug!(node = self.node, error = %e, "probe connection task failed");
+                None
             }
             Err(_) => {
-                debug!(node = self.node, "probe connection timed out");
-                return None;
+                debug!(node = self.node, "probe connection not open yet");
+                self.link = Link::Opening(opening);
+                None
             }
-        };
-        let query = client.query_one(PROBE, &[]);
-        let error = match tokio::time::timeout(self.timeout, query).await {
-            Ok(Ok(row)) => return report(&row),
-            Ok(Err(e)) => e.to_string(),
-            Err(_) => "timed out".to_owned(),
-        };
-        debug!(node = self.node, %error, "probe query failed");
-        // A broken or stuck connection must not be reused by the next probe.
-        drop(deadpool_postgres::Object::take(client));
-        None
+        }
+    }
+
+    /// Starts opening a connection, bounded by the connect timeout (the
+    /// driver's own timeout bounds only the TCP connect, not a server that
+    /// accepts and then says nothing).
+    fn open(&self) -> JoinHandle<Result<Object, String>> {
+        let pool = self.pool.clone();
+        let within = self.connect_timeout;
+        tokio::spawn(async move {
+            match tokio::time::timeout(within, pool.get()).await {
+                Ok(Ok(client)) => Ok(client),
+                Ok(Err(e)) => Err(e.to_string()),
+                Err(_) => Err("timed out".to_owned()),
+            }
+        })
     }
 }
 

@@ -17,6 +17,7 @@ pub fn snapshot(state: &State, base: &Topology, broken: Option<&str>) -> Topolog
     for (i, node) in next.nodes.iter_mut().enumerate() {
         let Some(view) = state.node(i) else { continue };
         node.healthy = view.healthy;
+        node.suspect = view.suspect();
         node.fenced = state.fenced().contains(&i);
         let Some(report) = &view.report else { continue };
         node.role = if state.is_primary(i) {
@@ -45,11 +46,16 @@ pub fn snapshot(state: &State, base: &Topology, broken: Option<&str>) -> Topolog
     next
 }
 
-/// Logs the nodes that came up or went down, or whose WAL receiver
-/// started or stopped, between two snapshots.
+/// Logs the nodes that came up, fell under suspicion or went down, or
+/// whose WAL receiver started or stopped, between two snapshots.
 pub fn log_changes(before: &Topology, after: &Topology) {
     for (b, a) in before.nodes.iter().zip(&after.nodes) {
         if b.healthy == a.healthy && b.role == a.role {
+            if a.suspect && !b.suspect {
+                warn!(node = %a.name, role = ?a.role, "node missed a probe: suspect, no new reads");
+            } else if b.suspect && !a.suspect && a.healthy {
+                info!(node = %a.name, role = ?a.role, "node answers again");
+            }
             if b.replication.streaming != a.replication.streaming {
                 info!(node = %a.name, streaming = a.replication.streaming, "WAL receiver changed");
             }
@@ -99,6 +105,7 @@ mod tests {
                     port: 5432 + i as u16,
                     role: Role::Unknown,
                     healthy: false,
+                    suspect: false,
                     weight: 1,
                     replication: Replication::default(),
                     fenced: false,
@@ -148,17 +155,41 @@ mod tests {
         assert_eq!(t.nodes[1].role, Role::Replica);
         assert!(t.nodes[1].healthy);
         assert_eq!(t.nodes[1].replication.receive_lsn, Some(Lsn(300)));
-        // One lost probe of two: still up, and what was known is kept.
-        let (state, _) = step(
-            state,
+        // One lost probe of two: still up but suspect at once, and what
+        // was known is kept.
+        let missed = |state, at| {
+            step(
+                state,
+                Event::Probe {
+                    node: 1,
+                    at,
+                    result: Probe::Unreachable,
+                },
+            )
+            .0
+        };
+        let state = missed(state, 2);
+        let after = snapshot(&state, &t, None);
+        assert!(after.nodes[1].healthy && after.nodes[1].suspect);
+        assert_eq!(
+            NodeState {
+                suspect: false,
+                ..after.nodes[1].clone()
+            },
+            t.nodes[1]
+        );
+        // An answer clears the suspicion; two misses in a row make it down.
+        let (again, _) = step(
+            state.clone(),
             Event::Probe {
                 node: 1,
-                at: 2,
-                result: Probe::Unreachable,
+                at: 3,
+                result: answer(true, 300),
             },
         );
-        let after = snapshot(&state, &t, None);
-        assert_eq!(after.nodes[1], t.nodes[1]);
+        assert_eq!(snapshot(&again, &t, None).nodes[1], t.nodes[1]);
+        let down = snapshot(&missed(state.clone(), 3), &t, None);
+        assert!(!down.nodes[1].healthy && !down.nodes[1].suspect);
         let broken = snapshot(&state, &t, Some("no state file"));
         assert_eq!((broken.leader, broken.primary()), (None, None));
         assert_eq!(

@@ -284,6 +284,39 @@ impl Collector {
         self.clear();
     }
 
+    /// [`Collector::sent`], keeping the batch's bytes (a read that may have
+    /// to be sent again). They are split off, not copied, and the buffer
+    /// is reclaimed for later batches once the copy is dropped.
+    pub fn sent_keeping(&mut self, out: &mut BytesMut) -> Bytes {
+        let kept = self.batch.split().freeze();
+        out.extend_from_slice(&kept);
+        self.sent(out);
+        kept
+    }
+
+    /// Whether requests already sent may be put back in front of the
+    /// input ([`Collector::take_back`]): no batch has part of it out, and
+    /// no refused one is being skipped.
+    pub fn may_take_back(&self) -> bool {
+        matches!(
+            self.stage,
+            Stage::Gathering | Stage::Due { continues: false }
+        )
+    }
+
+    /// Requests sent and lost go back in front of `input`, ahead of the
+    /// batch being gathered, to be collected (and sent) again.
+    pub fn take_back(&mut self, lost: &[Bytes], input: &mut BytesMut) {
+        self.unread(input);
+        let size = lost.iter().map(Bytes::len).sum::<usize>() + input.len();
+        let mut again = BytesMut::with_capacity(size);
+        for request in lost {
+            again.extend_from_slice(request);
+        }
+        again.extend_from_slice(input);
+        *input = again;
+    }
+
     /// The batch is over without reaching a server (answered or refused).
     /// `true` when it was whole and the client is owed its ReadyForQuery;
     /// otherwise the client's frames are skipped up to its Sync.

@@ -447,3 +447,72 @@ fn small_frames_keep_the_batch_buffer() {
     assert_eq!(&out[..1], b"Q");
     assert_eq!(out.len(), 2 * 14, "the second was added to the first");
 }
+
+#[test]
+fn a_kept_batch_taken_back_is_collected_again_ahead_of_the_rest() {
+    let mut c = collector();
+    let mut judge = TestJudge::default();
+    let mut input = BytesMut::new();
+    parse(&mut input, "s", "SELECT 1");
+    bind(&mut input, "", "s");
+    execute(&mut input, "");
+    sync(&mut input);
+    let first = input.clone();
+    query(&mut input, "SELECT 2");
+    query(&mut input, "SELECT 3");
+
+    assert_eq!(c.collect(&mut input, &mut judge).unwrap(), Collected::Due);
+    let mut out = BytesMut::new();
+    let kept = c.sent_keeping(&mut out);
+    assert_eq!(&kept[..], &first[..], "the copy is the batch");
+    assert_eq!(&out[..], &first[..], "and it went out whole");
+    assert_eq!(c.collect(&mut input, &mut judge).unwrap(), Collected::Due);
+    let second = c.sent_keeping(&mut out);
+    // The third query is being gathered (a partial frame) when both are lost.
+    let third = input.clone();
+    input.truncate(3);
+    assert_eq!(
+        c.collect(&mut input, &mut judge).unwrap(),
+        Collected::NeedInput
+    );
+    assert!(c.may_take_back());
+    let mut expected = first.clone();
+    expected.extend_from_slice(&second);
+    expected.extend_from_slice(&third);
+    c.take_back(&[kept, second], &mut input);
+    input.extend_from_slice(&third[3..]);
+    assert_eq!(c.collect(&mut input, &mut judge).unwrap(), Collected::Due);
+    assert_eq!(c.plan().parsed.len(), 1, "the Parse is planned again");
+    assert!(!c.plan().write && c.plan().executes);
+    let mut again = BytesMut::new();
+    c.sent(&mut again);
+    for sql in ["SELECT 2", "SELECT 3"] {
+        assert_eq!(c.collect(&mut input, &mut judge).unwrap(), Collected::Due);
+        assert!(c.plan().has_query, "{sql}");
+        c.sent(&mut again);
+    }
+    assert_eq!(&again[..], &expected[..], "same bytes, same order");
+    assert!(input.is_empty());
+}
+
+#[test]
+fn nothing_is_taken_back_while_a_flushed_batch_is_out_or_a_refusal_is_skipped() {
+    let mut c = collector();
+    let mut judge = TestJudge::default();
+    let mut input = BytesMut::new();
+    parse(&mut input, "s", "SELECT 1");
+    flush(&mut input);
+    assert_eq!(c.collect(&mut input, &mut judge).unwrap(), Collected::Due);
+    c.sent(&mut BytesMut::new());
+    assert!(!c.may_take_back(), "the rest of a flushed batch follows");
+    sync(&mut input);
+    assert_eq!(c.collect(&mut input, &mut judge).unwrap(), Collected::Due);
+    assert!(!c.may_take_back());
+    c.sent(&mut BytesMut::new());
+    assert!(c.may_take_back());
+    bind(&mut input, "", "s");
+    flush(&mut input);
+    assert_eq!(c.collect(&mut input, &mut judge).unwrap(), Collected::Due);
+    assert!(!c.finish_unsent(), "refused before its Sync");
+    assert!(!c.may_take_back());
+}

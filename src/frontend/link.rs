@@ -3,6 +3,11 @@
 //! the bytes waiting to go to it, the requests in flight on it, where a
 //! cancel goes, and whether it said FATAL.
 //!
+//! A request that may be sent again elsewhere ([`super::retry`]) keeps its
+//! bytes until the first byte of its reply is passed on; a FATAL error
+//! ending a connection that holds no transaction is held back from the
+//! client, whose session outlives the connection.
+//!
 //! The link outlives the connections it carries (its buffers keep their
 //! capacity from one to the next). Counting requests and cutting the
 //! server's stream at ReadyForQuery (`Requests`) is pure and tested
@@ -10,7 +15,7 @@
 
 use std::collections::VecDeque;
 
-use bytes::{Buf, BytesMut};
+use bytes::{Buf, Bytes, BytesMut};
 use tokio::sync::watch;
 
 use super::cancel::{CancelHandle, CancelTarget};
@@ -51,6 +56,22 @@ pub struct Sent {
     /// It ends with a Sync of the proxy's own: its ReadyForQuery is not
     /// the client's and is not relayed.
     pub own_sync: bool,
+    /// Sent outside any transaction and begins none: losing the
+    /// connection loses no transaction, only this request's answer.
+    pub autocommit: bool,
+    /// Its bytes, while none of its reply has reached the client: a read
+    /// that may be sent again elsewhere if its connection fails first.
+    pub copy: Option<Bytes>,
+}
+
+/// What was in flight on a connection that broke.
+#[derive(Debug)]
+pub struct Lost {
+    pub node: Option<usize>,
+    /// Requests sent and not answered, oldest first.
+    pub sent: Vec<Sent>,
+    /// The FATAL error the server ended with, held back from the client.
+    pub fatal: Option<Bytes>,
 }
 
 /// One request answered: what was sent and the status it left.
@@ -71,6 +92,12 @@ struct Requests {
     frames: FrameScanner,
     /// The server sent a FATAL or PANIC error: the connection is ending.
     fatal_seen: bool,
+    /// That error, not passed on: it ended a connection holding no
+    /// transaction, and the session decides what the client hears.
+    withheld: Option<Bytes>,
+    /// Requests ever sent on the connection: the front one is number
+    /// `sent_count - inflight.len()`.
+    sent_count: u64,
 }
 
 impl Requests {
@@ -80,6 +107,8 @@ impl Requests {
             inflight: VecDeque::new(),
             frames: FrameScanner::new(MAX_SERVER_FRAME),
             fatal_seen: false,
+            withheld: None,
+            sent_count: 0,
         }
     }
 
@@ -92,8 +121,13 @@ impl Requests {
                 last.parsed.extend(sent.parsed);
                 last.on_primary |= sent.on_primary;
                 last.rolls_back = false;
+                last.autocommit &= sent.autocommit;
+                last.copy = None;
             }
-            None => self.inflight.push_back(sent),
+            None => {
+                self.sent_count += 1;
+                self.inflight.push_back(sent);
+            }
         }
         if requests > 0 {
             self.phase = Phase::Busy {
@@ -111,15 +145,21 @@ impl Requests {
 
     /// Moves whole or streaming frames from `pending` to `out` up to and
     /// including the next ReadyForQuery, noting errors and confirmed
-    /// parses; the status when a ReadyForQuery was passed on.
+    /// parses; the status when a ReadyForQuery was passed on. A FATAL error
+    /// for a request outside a transaction stops the relay and is withheld.
     fn relay(
         &mut self,
         pending: &mut BytesMut,
         out: &mut BytesMut,
     ) -> Result<Option<(Option<Sent>, TxnStatus)>, ScanError> {
+        if self.withheld.is_some() {
+            return Ok(None);
+        }
+        let hold_fatal = self.inflight.front().is_some_and(|s| s.autocommit);
         let mut ready = None;
         let mut errors = 0u32;
         let mut fatal = false;
+        let mut withheld = 0usize;
         let mut parse_ok = 0usize;
         let n = self.frames.scan(
             pending,
@@ -135,20 +175,37 @@ impl Requests {
                 }
                 _ => {
                     errors += 1;
-                    fatal |= is_fatal(frame.body);
-                    true
+                    let this_fatal = is_fatal(frame.body);
+                    fatal |= this_fatal;
+                    if this_fatal && hold_fatal {
+                        withheld = frame.body.len() + 5;
+                    }
+                    withheld == 0
                 }
             },
         )?;
-        let own_sync = ready.is_some() && self.inflight.front().is_some_and(|s| s.own_sync);
-        // The ReadyForQuery is the last frame passed on, when one came.
-        let relayed = if own_sync { n - READY_LEN } else { n };
+        let front = self.inflight.front();
+        let own_sync = ready.is_some() && front.is_some_and(|s| s.own_sync);
+        // The ReadyForQuery, or a withheld error, is the last frame scanned.
+        let mut relayed = n - withheld - if own_sync { READY_LEN } else { 0 };
+        if withheld > 0 {
+            self.withheld = Some(Bytes::copy_from_slice(&pending[n - withheld..n]));
+            if front.is_some_and(|s| s.copy.is_some()) {
+                // What the server flushed as it ended (a BindComplete, say)
+                // is part of a reply that will come again from elsewhere.
+                relayed = 0;
+            }
+        }
         out.extend_from_slice(&pending[..relayed]);
         pending.advance(n);
         self.fatal_seen |= fatal;
         if let Some(sent) = self.inflight.front_mut() {
             sent.parse_ok += parse_ok;
             sent.failed |= errors > 0;
+            if relayed > 0 {
+                // Part of its reply reached the client: never sent again.
+                sent.copy = None;
+            }
         }
         let Some(status) = ready else {
             return Ok(None);
@@ -237,6 +294,47 @@ impl ServerLink {
 
     pub fn fatal_seen(&self) -> bool {
         self.requests.fatal_seen
+    }
+
+    /// The server ended the connection with a FATAL error that was held
+    /// back from the client.
+    pub fn withheld(&self) -> Option<&Bytes> {
+        self.requests.withheld.as_ref()
+    }
+
+    /// The number of the oldest request in flight on this connection,
+    /// while it keeps its bytes (none of its reply has been passed on).
+    pub fn kept_front(&self) -> Option<u64> {
+        let r = &self.requests;
+        let front = r.inflight.front()?;
+        front.copy.as_ref()?;
+        Some(r.sent_count - r.inflight.len() as u64)
+    }
+
+    /// The requests in flight, oldest first.
+    pub fn in_flight(&self) -> impl Iterator<Item = &Sent> {
+        self.requests.inflight.iter()
+    }
+
+    /// Every request in flight keeps its bytes (each a read sent outside a
+    /// transaction, none of whose reply went out): a read that follows
+    /// them may be sent again with them.
+    pub fn all_kept(&self) -> bool {
+        self.requests.inflight.iter().all(|s| s.copy.is_some())
+    }
+
+    /// The connection broke: it is closed, and what was in flight on it is
+    /// handed back; the link is as it was before its first connection.
+    pub fn lose(&mut self) -> Lost {
+        let node = self.node();
+        drop(self.detach());
+        self.out.clear();
+        let requests = std::mem::replace(&mut self.requests, Requests::new());
+        Lost {
+            node,
+            sent: requests.inflight.into(),
+            fatal: requests.withheld,
+        }
     }
 
     /// Part of a server frame has gone to the client and the rest not.
@@ -356,21 +454,26 @@ impl ServerLink {
 }
 
 /// Whether an ErrorResponse body has severity FATAL or PANIC.
-fn is_fatal(body: &[u8]) -> bool {
+pub fn is_fatal(body: &[u8]) -> bool {
+    error_field(body, b'V')
+        .or_else(|| error_field(body, b'S'))
+        .is_some_and(|severity| matches!(severity, "FATAL" | "PANIC"))
+}
+
+/// One field of an ErrorResponse body (`C` the SQLSTATE, `M` the message...).
+pub fn error_field(body: &[u8], field: u8) -> Option<&str> {
     let mut rest = body;
     while let [code, tail @ ..] = rest {
         if *code == 0 {
             break;
         }
-        let Some((value, after)) = crate::protocol::cstr(tail) else {
-            break;
-        };
-        if matches!(*code, b'S' | b'V') {
-            return matches!(value, "FATAL" | "PANIC");
+        let (value, after) = crate::protocol::cstr(tail)?;
+        if *code == field {
+            return Some(value);
         }
         rest = after;
     }
-    false
+    None
 }
 
 #[cfg(test)]

@@ -168,3 +168,114 @@ fn the_ready_for_query_of_the_proxys_own_sync_is_not_relayed() {
     assert_eq!(r.phase, Phase::Ready(TxnStatus::Idle));
     assert!(pending.is_empty());
 }
+
+fn kept(autocommit: bool) -> Sent {
+    Sent {
+        autocommit,
+        copy: Some(Bytes::from_static(b"Q\0\0\0\x0dSELECT 1\0")),
+        ..Sent::default()
+    }
+}
+
+#[test]
+fn a_request_keeps_its_bytes_until_a_byte_of_its_reply_is_passed_on() {
+    let mut r = Requests::new();
+    r.sent(kept(true), 1, false);
+    r.sent(kept(true), 1, false);
+    let front = |r: &Requests| r.inflight.front().map(|s| s.copy.is_some());
+    let mut pending = BytesMut::new();
+    frame(&mut pending, b'T', b"\0\0");
+    let mut client = BytesMut::new();
+    // Nothing whole yet: nothing passed on, the copy stays.
+    let mut partial = BytesMut::from(&pending[..3]);
+    assert!(r.relay(&mut partial, &mut client).unwrap().is_none());
+    assert_eq!(front(&r), Some(true));
+    assert!(r.relay(&mut pending, &mut client).unwrap().is_none());
+    assert_eq!(front(&r), Some(false), "a byte reached the client");
+    assert!(r.inflight[1].copy.is_some(), "the next one keeps its own");
+    ready(&mut pending, b'I');
+    let (first, _) = r.relay(&mut pending, &mut client).unwrap().unwrap();
+    assert!(first.unwrap().copy.is_none());
+    assert_eq!(front(&r), Some(true));
+    // The rest of a flushed batch joining a request drops its copy.
+    r.sent(Sent::default(), 0, true);
+    assert_eq!(front(&r), Some(false));
+}
+
+#[test]
+fn a_fatal_error_outside_a_transaction_is_withheld_and_stops_the_relay() {
+    let fatal = b"SFATAL\0VFATAL\0C57P01\0Mterminating connection\0\0";
+    for autocommit in [true, false] {
+        let mut r = Requests::new();
+        // A write: what came before the error is its client's.
+        let write = Sent {
+            autocommit,
+            ..Sent::default()
+        };
+        r.sent(write, 1, false);
+        let mut pending = BytesMut::new();
+        frame(&mut pending, b'N', b"SNOTICE\0C00000\0Mhello\0\0");
+        let notice = pending.clone();
+        frame(&mut pending, b'E', fatal);
+        let error = BytesMut::from(&pending[notice.len()..]);
+        let mut client = BytesMut::new();
+        assert!(r.relay(&mut pending, &mut client).unwrap().is_none());
+        assert!(r.fatal_seen);
+        if autocommit {
+            assert_eq!(&client[..], &notice[..], "only what came before it");
+            assert_eq!(r.withheld.as_deref(), Some(&error[..]));
+            ready(&mut pending, b'I');
+            assert!(
+                r.relay(&mut pending, &mut client).unwrap().is_none(),
+                "nothing more is relayed from an ending connection"
+            );
+            assert_eq!(&client[..], &notice[..]);
+        } else {
+            // Inside a transaction the client hears it as is.
+            assert_eq!(&client[..notice.len()], &notice[..]);
+            assert_eq!(&client[notice.len()..], &error[..]);
+            assert!(r.withheld.is_none());
+        }
+    }
+}
+
+#[test]
+fn error_fields_are_read_by_code() {
+    let body = b"SFATAL\0VFATAL\0C57P01\0Mbye\0\0";
+    assert_eq!(error_field(body, b'C'), Some("57P01"));
+    assert_eq!(error_field(body, b'M'), Some("bye"));
+    assert_eq!(error_field(body, b'D'), None);
+    assert_eq!(error_field(b"Cabc", b'C'), None, "unterminated");
+}
+
+#[test]
+fn what_a_server_flushed_as_it_ended_is_dropped_for_a_request_sent_again() {
+    let fatal = b"SFATAL\0VFATAL\0C57P01\0Mterminating connection\0\0";
+    for keeps in [true, false] {
+        let mut r = Requests::new();
+        r.sent(
+            Sent {
+                copy: None,
+                ..kept(true)
+            },
+            1,
+            false,
+        );
+        if keeps {
+            r.inflight[0].copy = kept(true).copy;
+        }
+        let mut pending = BytesMut::new();
+        frame(&mut pending, b'2', b"");
+        let bind_complete = pending.clone();
+        frame(&mut pending, b'E', fatal);
+        let mut client = BytesMut::new();
+        assert!(r.relay(&mut pending, &mut client).unwrap().is_none());
+        assert!(r.withheld.is_some());
+        if keeps {
+            assert!(client.is_empty(), "its reply comes from elsewhere");
+            assert!(r.inflight[0].copy.is_some(), "still to be sent again");
+        } else {
+            assert_eq!(&client[..], &bind_complete[..]);
+        }
+    }
+}

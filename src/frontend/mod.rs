@@ -12,6 +12,7 @@ pub mod link;
 pub mod load;
 pub mod local;
 pub mod negotiate;
+pub mod retry;
 pub mod session;
 pub mod state;
 

@@ -13,15 +13,21 @@
 //! of an earlier one: while replies are outstanding, a batch that cannot
 //! run on the same connection waits.
 //!
+//! A read whose server connection breaks or stalls before any of its reply
+//! went out is sent again elsewhere, and a server connection lost outside
+//! a transaction does not end the session ([`super::retry`]).
+//!
 //! This file is the loop: it moves bytes and reacts to events. The parts
 //! it drives own the rest: [`super::collect`] turns client frames into
 //! batches, [`crate::route`] decides where each goes, [`super::link`] keeps
 //! the server connection and its requests, [`super::state`] the session's
-//! own state; the request path in call order is in `session/dispatch.rs`.
+//! own state; the request path in call order is in `session/dispatch.rs`,
+//! lost and stalled connections in `session/retry.rs`.
 
 mod clock;
 mod dispatch;
 mod reads;
+mod retry;
 
 use clock::{ClientClock, Watch};
 use dispatch::Outcome;
@@ -73,6 +79,8 @@ enum Event {
     ReadClient(std::io::Result<usize>),
     /// A node was fenced or the epoch moved.
     Fenced,
+    /// A read has had no reply for `routing.replica_stall_ms`.
+    Stalled,
     /// The client's clock ran out on what it timed.
     ClientClock(Watch),
     Shutdown,
@@ -116,6 +124,8 @@ pub struct Session {
     login: SessionLogin,
     /// Pool keys of every node, in topology order.
     keys: Vec<PoolKey>,
+    /// Reads being sent again, and the stall timer.
+    retry: retry::Retry,
 }
 
 impl Session {
@@ -145,6 +155,7 @@ impl Session {
             collector: Collector::new(shared.config.proxy.max_message_size),
             classifier,
             link: ServerLink::new(server, node, cancel, shared.topology.fence_changes()),
+            retry: retry::Retry::new(&shared.config),
             shared,
             span,
             client,
@@ -216,7 +227,9 @@ impl Session {
         }
         let io = self.link.io();
         if let Some(wr) = io.write {
-            write_now(wr, io.out).map_err(|_| End::ServerGone)?;
+            if write_now(wr, io.out).is_err() {
+                self.server_lost()?;
+            }
         }
         super::shed(self.link.out());
         self.pay_owed_cancel();
@@ -249,6 +262,7 @@ impl Session {
             client,
             link,
             collector,
+            retry,
             ..
         } = self;
         let attached = link.node().is_some();
@@ -283,6 +297,7 @@ impl Session {
             r = server_read(server_rd), if read_server => Event::ReadServer(r),
             r = client.rd.read_buf(&mut client.inbuf), if read_client => Event::ReadClient(r),
             Ok(()) = fences.changed(), if attached => Event::Fenced,
+            () = retry.stalled() => Event::Stalled,
             watch = clock.expired(), if timed => Event::ClientClock(watch),
             () = stop => Event::Shutdown,
         };
@@ -298,9 +313,10 @@ impl Session {
             Event::ReadServer(Ok(n)) if n > 0 => self.on_server_bytes()?,
             Event::ReadClient(Ok(n)) if n > 0 => clock.heard(),
             Event::WroteClient(_) | Event::ReadClient(_) => return Err(End::ClientGone),
-            Event::WroteServer(_) | Event::ReadServer(_) => return Err(End::ServerGone),
+            Event::WroteServer(_) | Event::ReadServer(_) => return self.server_lost(),
             Event::Shutdown => return Err(End::Shutdown),
             Event::Fenced => return self.leave_fenced_node(),
+            Event::Stalled => return self.on_stall(),
             Event::ClientClock(watch) => return Err(self.client_timed_out(watch)),
         }
         Ok(())
@@ -377,6 +393,11 @@ impl Session {
                 }
             }
         }
+        if self.link.withheld().is_some() {
+            // The server said FATAL: its connection is ending.
+            return self.server_lost();
+        }
+        self.arm_stall();
         self.maybe_release();
         Ok(())
     }
@@ -384,6 +405,7 @@ impl Session {
     /// One request answered: settle what it changed.
     fn settle(&mut self, answer: Answer) {
         self.shared.loads.done(answer.node, 1);
+        self.retry.tries.settled();
         let (Some(sent), Some(conn)) = (answer.sent, self.link.conn_mut()) else {
             return;
         };

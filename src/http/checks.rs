@@ -98,6 +98,7 @@ mod tests {
             port: 5432,
             role,
             healthy: true,
+            suspect: false,
             weight: 1,
             replication: Replication {
                 streaming,

@@ -1,7 +1,7 @@
 //! The load balancer: which of the candidates that may serve a read takes
 //! it. Candidates are the healthy replicas with a weight above 0 that the
 //! caller's `eligible` admits, and the primary when `primary_read_weight`
-//! makes it one; [`pick`] spreads reads over them by the [`ReadPolicy`].
+//! makes it one; a suspect node (it missed its last probe) is none; [`pick`] spreads reads over them by the [`ReadPolicy`].
 //! What happens when there is no candidate is [`super::decide`]'s business.
 
 use crate::config::{LoadBalance, RoutingConfig};
@@ -84,7 +84,9 @@ fn pick_read(
     let primary = topology.primary();
     let mut n = 0;
     for (i, node) in topology.nodes.iter().enumerate() {
-        let weight = if Some(i) == primary {
+        let weight = if node.suspect {
+            0
+        } else if Some(i) == primary {
             policy.primary_read_weight
         } else if node.healthy && node.role == Role::Replica && node.weight > 0 && eligible(i) {
             node.weight

@@ -24,6 +24,7 @@ fn topo(epoch: u64, specs: &[Spec]) -> Topology {
                 port: 1,
                 role,
                 healthy,
+                suspect: false,
                 weight,
                 replication: Default::default(),
                 fenced: false,
@@ -227,4 +228,25 @@ fn read_policy_comes_from_routing_config() {
         ..RoutingConfig::default()
     };
     assert_eq!(ReadPolicy::from_config(&routing), policy(Weighted, 2));
+}
+
+#[test]
+fn a_suspect_node_gets_no_reads_until_it_answers() {
+    let mut t = topo(0, &[(P, true, 1), (R, true, 1), (R, true, 3)]);
+    t.nodes[1].suspect = true;
+    for balance in [RoundRobin, Weighted, LeastOutstanding] {
+        let got = spread(&t, policy(balance, 0), 8);
+        assert_eq!(got, [0, 0, 8], "{balance:?}");
+    }
+    // A suspect primary is no read candidate either (writes still go to it).
+    t.nodes[1].suspect = false;
+    t.nodes[0].suspect = true;
+    assert_eq!(spread(&t, policy(Weighted, 4), 8), [0, 2, 6]);
+    // Every candidate suspect: none, and the caller falls back.
+    for node in &mut t.nodes {
+        node.suspect = true;
+    }
+    assert_eq!(read(&t, policy(RoundRobin, 1), 0), None);
+    t.nodes[2].suspect = false;
+    assert_eq!(read(&t, policy(RoundRobin, 1), 0), Some(2));
 }

@@ -33,6 +33,11 @@ enum Cl {
     ReplicasDown,
     /// Replica 1 unhealthy.
     R1Down,
+    /// Replica 1 missed its last probe (still healthy): suspect.
+    R1Suspect,
+    /// Replica 1's replay stopped at 60 while the primary went on to 100:
+    /// its lag grows (40 bytes, 10 s); replica 2 caught up.
+    R1Stuck,
     /// The primary unhealthy, writes still open (before the control plane acts).
     PrimaryDown,
     /// The primary unhealthy and writes refused: a failover is under way.
@@ -64,6 +69,7 @@ pub(super) fn node(
         port: 1,
         role,
         healthy,
+        suspect: false,
         weight: 1,
         replication: Replication {
             lsn: Some(Lsn(lsn)),
@@ -116,6 +122,17 @@ fn parts(cl: Cl) -> Parts {
             WriteState::Open,
             Some(0),
         ),
+        Cl::R1Suspect => {
+            let suspect = NodeState {
+                suspect: true,
+                ..fresh.clone()
+            };
+            (vec![primary, suspect, fresh], WriteState::Open, Some(0))
+        }
+        Cl::R1Stuck => {
+            let stuck = node(Role::Replica, true, 60, true, Some((40, 10_000)));
+            (vec![primary, stuck, fresh], WriteState::Open, Some(0))
+        }
         Cl::PrimaryDown => (
             vec![down(primary), fresh.clone(), fresh],
             WriteState::Open,
@@ -225,6 +242,7 @@ const NO_TRY: Tried = Tried {
     paused_since: None,
     replay_waited: false,
     commits_waited: false,
+    avoid: NodeSet(0),
 };
 
 /// A read that executes.
@@ -293,6 +311,11 @@ impl B {
     }
     const fn unsampled(mut self) -> B {
         self.0.tried.commits_waited = true;
+        self
+    }
+    /// Node `node` failed this batch already.
+    const fn avoid(mut self, node: usize) -> B {
+        self.0.tried.avoid = NodeSet(self.0.tried.avoid.0 | 1 << node);
         self
     }
     const fn paused(mut self, pz: Pz) -> B {
@@ -559,6 +582,16 @@ const ROWS: &[Row] = &[
     ("eventual: replicas down, primary serves", Cl::ReplicasDown, Cf::Default, READ, EVENTUAL, P(0)),
     ("eventual: replicas down, error", Cl::ReplicasDown, NoReplicaError, READ, EVENTUAL, No(Why::NoFresh(Eventual))),
     ("eventual: one replica down", Cl::R1Down, Cf::Default, READ, EVENTUAL, R(2)),
+    ("eventual: a suspect replica gets no new reads", Cl::R1Suspect, Cf::Default, READ, EVENTUAL, R(2)),
+    ("eventual: a suspect replica, least outstanding", Cl::R1Suspect, LeastOut, READ, EVENTUAL, R(2)),
+    ("eventual: a replica that failed the batch", Cl::Fresh, Cf::Default, READ.avoid(1), EVENTUAL, R(2)),
+    ("eventual: every replica failed it, primary", Cl::Fresh, Cf::Default, READ.avoid(1).avoid(2), EVENTUAL, P(0)),
+    ("eventual: every replica failed it, error", Cl::Fresh, NoReplicaError, READ.avoid(1).avoid(2), EVENTUAL, No(Why::NoFresh(Eventual))),
+    ("eventual: one failed, the other suspect", Cl::R1Suspect, Cf::Default, READ.avoid(2), EVENTUAL, P(0)),
+    ("eventual: the primary is never avoided", Cl::Fresh, PrimaryReads, READ.avoid(0), EVENTUAL, P(0)),
+    ("eventual: held on a replica that failed it", Cl::Fresh, Cf::Default, READ.avoid(1), EVENTUAL.on(1), R(2)),
+    ("strong: a failed primary connection is tried afresh", Cl::Fresh, Cf::Default, READ.avoid(0), STRONG, P(0)),
+    ("write: avoiding changes nothing", Cl::Fresh, Cf::Default, WRITE.avoid(0).avoid(1), IDLE, P(0)),
     ("eventual: primary down", Cl::PrimaryDown, Cf::Default, READ, EVENTUAL, R(1)),
     ("eventual: failover", Cl::Failover, Cf::Default, READ, EVENTUAL, R(1)),
     ("eventual: paused", Cl::Paused, Cf::Default, READ, EVENTUAL, R(1)),
@@ -588,6 +621,9 @@ const ROWS: &[Row] = &[
     // Bounded reads: replicas known to be within the lag bounds.
     ("bounded: fresh", Cl::Fresh, Cf::Default, READ, BOUNDED, R(1)),
     ("bounded: skips the lagging replica", Cl::R1Behind, Cf::Default, READ, BOUNDED, R(2)),
+    ("bounded: skips a replica whose replay stopped", Cl::R1Stuck, Cf::Default, READ, BOUNDED, R(2)),
+    ("bounded: skips a suspect replica", Cl::R1Suspect, Cf::Default, READ, BOUNDED, R(2)),
+    ("bounded: avoids a replica that failed it", Cl::Fresh, Cf::Default, READ.avoid(1), BOUNDED, R(2)),
     ("bounded: both behind", Cl::BothBehind, Cf::Default, READ, BOUNDED, P(0)),
     ("bounded: both behind, error", Cl::BothBehind, NoReplicaError, READ, BOUNDED, No(Why::NoFresh(Bounded))),
     ("bounded: just behind is within bounds", Cl::Catching, Cf::Default, READ, BOUNDED, R(1)),
@@ -613,6 +649,10 @@ const ROWS: &[Row] = &[
     ("causal: no writes, lag is fine", Cl::BothBehind, Cf::Default, READ, IDLE, R(1)),
     ("causal: write replayed", Cl::Fresh, Cf::Default, READ, IDLE.wrote(100), R(1)),
     ("causal: write replayed on one", Cl::R1Behind, Cf::Default, READ, IDLE.wrote(100), R(2)),
+    ("causal: a stopped replay is not waited for", Cl::R1Stuck, Cf::Default, READ, IDLE.wrote(100), R(2)),
+    ("causal: a stopped replay, no waiting", Cl::R1Stuck, NoWait, READ, IDLE.wrote(100), R(2)),
+    ("causal: a suspect replica is not waited for", Cl::R1Suspect, Cf::Default, READ, IDLE.wrote(100), R(2)),
+    ("causal: the other close one is waited for", Cl::Catching, Cf::Default, READ.avoid(1), IDLE.wrote(100), Replay(2, 100)),
     ("causal: replicas far behind", Cl::BothBehind, Cf::Default, READ, IDLE.wrote(100), P(0)),
     ("causal: far behind, error", Cl::BothBehind, NoReplicaError, READ, IDLE.wrote(100), No(Why::NoFresh(Causal))),
     ("causal: close behind is waited for", Cl::Catching, Cf::Default, READ, IDLE.wrote(100), Replay(1, 100)),
@@ -644,6 +684,8 @@ const ROWS: &[Row] = &[
     ("rac: nothing committed", Cl::BothBehind, Cf::Default, READ, RAC, R(1)),
     ("rac: commits replayed", Cl::Fresh, Cf::Default, READ, RAC.committed(100), R(1)),
     ("rac: replayed on one", Cl::R1Behind, Cf::Default, READ, RAC.committed(100), R(2)),
+    ("rac: a stopped replay is avoided", Cl::R1Stuck, Cf::Default, READ, RAC.committed(100), R(2)),
+    ("rac: older commits, a stopped replay still serves", Cl::R1Stuck, Cf::Default, READ, RAC.committed(50), R(1)),
     ("rac: close behind is waited for", Cl::Catching, Cf::Default, READ, RAC.committed(100), Replay(1, 100)),
     ("rac: far behind, primary", Cl::BothBehind, Cf::Default, READ, RAC.committed(100), P(0)),
     ("rac: far behind, error", Cl::BothBehind, NoReplicaError, READ, RAC.committed(100), No(Why::NoFresh(ReadAfterCommit))),

@@ -103,6 +103,33 @@ pub struct Tried {
     /// The position of the proxy's commits was waited for and not sampled
     /// in time: no replica is known to be fresh enough.
     pub commits_waited: bool,
+    /// Replicas that failed it already (no connection in time, or the
+    /// connection broke before any of its reply was relayed): they are
+    /// not read candidates for it. The primary is never avoided; a read
+    /// that must run there gets a fresh connection.
+    pub avoid: NodeSet,
+}
+
+/// A few nodes by index: the first 64 (a node past them is never in it).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct NodeSet(u64);
+
+impl NodeSet {
+    /// Adds `node`; `false` when it is past the nodes a set can hold.
+    pub fn insert(&mut self, node: usize) -> bool {
+        match 1u64.checked_shl(u32::try_from(node).unwrap_or(u32::MAX)) {
+            Some(bit) => {
+                self.0 |= bit;
+                true
+            }
+            None => false,
+        }
+    }
+
+    pub fn contains(self, node: usize) -> bool {
+        1u64.checked_shl(u32::try_from(node).unwrap_or(u32::MAX))
+            .is_some_and(|bit| self.0 & bit != 0)
+    }
 }
 
 /// What the caller knows about the session.
@@ -376,6 +403,7 @@ fn read_target(
     };
     let need = Need::of(level, &session.choice, written, config);
     let retry = batch.tried.replay_waited;
+    let avoid = batch.tried.avoid;
     let ticket = if batch.executes && !retry {
         loads.next_ticket()
     } else {
@@ -389,7 +417,7 @@ fn read_target(
         // when it is not shown there yet.
         let within = config.causal_wait();
         let picked = pick_node(policy, topology, loads, ticket, |i| {
-            need.worth_waiting_for(&topology.nodes[i], within)
+            !avoid.contains(i) && need.worth_waiting_for(&topology.nodes[i], within)
         });
         match picked {
             Err(e) => return Decision::Refuse(e),
@@ -400,7 +428,7 @@ fn read_target(
         }
     }
     match pick_node(policy, topology, loads, ticket, |i| {
-        need.admits(&topology.nodes[i])
+        !avoid.contains(i) && need.admits(&topology.nodes[i])
     }) {
         Err(e) => Decision::Refuse(e),
         Ok(Some(node)) => node_decision(topology, node),

@@ -393,8 +393,9 @@ async fn server_terminated_session_gets_57p01() {
     select_one_works(&killer).await;
 }
 
-#[tokio::test]
-async fn lost_server_connection_mid_query_gets_class_08() {
+/// A proxy in front of the shared primary alone, reached through a relay
+/// that can cut its connections.
+async fn proxy_through_relay() -> (FaultyRelay, palisade::proxy::Proxy) {
     let cluster = shared_cluster();
     let relay = FaultyRelay::start(
         format!("127.0.0.1:{}", cluster.primary().port)
@@ -406,10 +407,20 @@ async fn lost_server_connection_mid_query_gets_class_08() {
         c.nodes[0].port = relay.addr().port();
     })
     .await;
+    (relay, proxy)
+}
+
+#[tokio::test]
+async fn lost_server_connection_mid_write_gets_class_08_and_the_session_goes_on() {
+    let cluster = shared_cluster();
+    let (relay, proxy) = proxy_through_relay().await;
     let (client, _) = connect(&proxy, cluster).await;
-    let marker = unique("cut_mid_query");
-    let sql = format!("SELECT pg_sleep(30) AS {marker}");
-    let running = tokio::spawn(async move { client.batch_execute(&sql).await });
+    let client = std::sync::Arc::new(client);
+    let marker = unique("cut_mid_write");
+    // A DO block may write: it is never sent twice.
+    let sql = format!("DO $$BEGIN PERFORM pg_sleep(30); END$$ /* {marker} */");
+    let writer = client.clone();
+    let running = tokio::spawn(async move { writer.batch_execute(&sql).await });
     wait_running(cluster, &marker).await;
     relay.cut();
     let err = tokio::time::timeout(TIMEOUT, running)
@@ -418,9 +429,75 @@ async fn lost_server_connection_mid_query_gets_class_08() {
         .unwrap()
         .unwrap_err();
     assert!(sqlstate(&err).starts_with("08"), "{err:?}");
+    // Outside a transaction the loss cost that statement only: the same
+    // session goes on, on a new server connection.
+    select_one_works(&client).await;
     // New sessions work: the cut also broke the monitor's probe connection,
     // but one failed probe does not take the primary out of routing.
     let (client, _) = connect(&proxy, cluster).await;
+    select_one_works(&client).await;
+}
+
+#[tokio::test]
+async fn a_read_whose_connection_is_cut_before_its_reply_is_sent_again() {
+    let cluster = shared_cluster();
+    let (relay, proxy) = proxy_through_relay().await;
+    let (client, _) = connect(&proxy, cluster).await;
+    let marker = unique("cut_mid_read");
+    let sql = format!("SELECT pg_sleep(2), 42 AS {marker}");
+    let running = tokio::spawn(async move {
+        let row = client.query_one(sql.as_str(), &[]).await?;
+        Ok::<i32, tokio_postgres::Error>(row.get(1))
+    });
+    wait_running(cluster, &marker).await;
+    relay.cut();
+    let answer = tokio::time::timeout(TIMEOUT, running)
+        .await
+        .expect("no hang")
+        .unwrap();
+    assert_eq!(answer.expect("the read is sent again, not failed"), 42);
+}
+
+#[tokio::test]
+async fn a_terminated_backend_costs_a_read_nothing_and_a_write_only_its_own_error() {
+    let cluster = shared_cluster();
+    let proxy = start_proxy(cluster, |_| {}).await;
+    let (client, _) = connect(&proxy, cluster).await;
+    let client = std::sync::Arc::new(client);
+    let terminate = "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity \
+                     WHERE strpos(query, $1) > 0 AND pid <> pg_backend_pid()";
+    // A read on a replica: terminated there, it is answered from elsewhere.
+    let marker = unique("terminated_read");
+    let sql = format!("SELECT pg_sleep(2), 7 AS {marker}");
+    let reader = client.clone();
+    let read = tokio::spawn(async move { reader.query_one(sql.as_str(), &[]).await });
+    let node = wait_running(cluster, &marker).await;
+    assert_ne!(node, 0, "a read runs on a replica");
+    let admin = direct(cluster.node(node)).await;
+    let n: i64 = admin.query_one(terminate, &[&marker]).await.unwrap().get(0);
+    assert_eq!(n, 1);
+    let row = tokio::time::timeout(TIMEOUT, read).await.expect("no hang");
+    let seven: i32 = row.unwrap().expect("the read is sent again").get(1);
+    assert_eq!(seven, 7);
+    // A write gets the server's 57P01, as an ERROR: the session goes on.
+    let marker = unique("terminated_write");
+    let sql = format!("DO $$BEGIN PERFORM pg_sleep(30); END$$ /* {marker} */");
+    let writer = client.clone();
+    let write = tokio::spawn(async move { writer.batch_execute(&sql).await });
+    assert_eq!(
+        wait_running(cluster, &marker).await,
+        0,
+        "writes run on the primary"
+    );
+    let admin = direct(cluster.primary()).await;
+    let n: i64 = admin.query_one(terminate, &[&marker]).await.unwrap().get(0);
+    assert_eq!(n, 1);
+    let err = tokio::time::timeout(TIMEOUT, write)
+        .await
+        .expect("no hang")
+        .unwrap()
+        .unwrap_err();
+    assert_eq!(sqlstate(&err), "57P01", "{err:?}");
     select_one_works(&client).await;
 }
 
@@ -444,7 +521,8 @@ async fn killed_server_process_mid_query_gets_an_error_not_a_hang() {
         .unwrap()
         .get(0);
     let marker = unique("killed_mid_query");
-    let sql = format!("SELECT pg_sleep(30) AS {marker}");
+    // Not a read: a read would be sent again once the server is back.
+    let sql = format!("DO $$BEGIN PERFORM pg_sleep(30); END$$ /* {marker} */");
     let running = tokio::spawn(async move { client.batch_execute(&sql).await });
     wait_running(&cluster, &marker).await;
     signal::send(pid.unsigned_abs(), signal::SIGKILL).unwrap();
@@ -518,4 +596,46 @@ async fn a_batch_abandoned_before_sync_is_never_committed() {
             .get(0);
         assert_eq!(n, 0, "an unsynced insert was committed");
     }
+}
+
+#[tokio::test]
+async fn a_read_whose_replica_never_answers_the_connect_goes_to_the_next_one() {
+    let cluster = shared_cluster();
+    let relay = FaultyRelay::start(
+        format!("127.0.0.1:{}", cluster.node(1).port)
+            .parse()
+            .unwrap(),
+    );
+    let proxy = start_proxy(cluster, |c| {
+        c.nodes[1].port = relay.addr().port();
+        c.proxy.replica_connect_timeout_ms = 300;
+        // The monitor must not notice: this is the connect deadline alone.
+        c.monitor.probe_timeout_ms = 60_000;
+        c.failover.failover_timeout_ms = 120_000;
+    })
+    .await;
+    harness::wait_topology(&proxy, "both replicas up", |t| {
+        t.nodes.iter().all(|n| n.healthy)
+    })
+    .await;
+    // Connections to replica 1 are accepted and then get nowhere.
+    relay.block();
+    let (client, _) = connect(&proxy, cluster).await;
+    for read in 0..4 {
+        let began = std::time::Instant::now();
+        let port: i32 = client
+            .query_one("SELECT inet_server_port()", &[])
+            .await
+            .unwrap_or_else(|e| panic!("read {read}: {e}"))
+            .get(0);
+        assert_eq!(port, i32::from(cluster.node(2).port), "read {read}");
+        assert!(
+            began.elapsed() < Duration::from_secs(2),
+            "read {read} took {:?}",
+            began.elapsed()
+        );
+    }
+    let t = proxy.topology();
+    assert!(t.nodes[1].healthy && !t.nodes[1].suspect, "{t:?}");
+    relay.heal();
 }

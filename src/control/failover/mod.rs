@@ -87,6 +87,12 @@ pub struct NodeView {
 }
 
 impl NodeView {
+    /// Healthy, but its last probe went unanswered: no new reads go to it
+    /// while it is given `health_threshold` probes to come back.
+    pub fn suspect(&self) -> bool {
+        self.healthy && !self.reachable
+    }
+
     fn answering_as_primary(&self) -> bool {
         self.reachable && self.report.as_ref().is_some_and(|r| !r.in_recovery)
     }

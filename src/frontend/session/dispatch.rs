@@ -6,7 +6,7 @@
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use tracing::{debug, info, Span};
 
@@ -17,7 +17,7 @@ use crate::backend::{ConnectError, Login};
 use crate::classify::{Classification, Reason, SessionEffect};
 use crate::frontend::classifier::Classifier;
 use crate::frontend::collect::{CollectError, Collected, Judge};
-use crate::frontend::link::{Phase, Sent};
+use crate::frontend::link::{is_fatal, Phase, Sent};
 use crate::frontend::state::{Catchup, Prepared, SessionState};
 use crate::frontend::Shared;
 use crate::protocol::{messages, Sqlstate, TxnStatus};
@@ -37,6 +37,15 @@ pub(super) enum Outcome {
     /// Not yet: replies to earlier requests must come back first, or the
     /// batch needs more client input.
     Waiting,
+}
+
+/// What became of catching a connection up with the session's state.
+enum Brought {
+    Ready,
+    /// The batch was refused (the client has been told).
+    Refused,
+    /// The connection (to this node) broke: the batch goes elsewhere.
+    Lost(Option<usize>),
 }
 
 /// What the collector asks while it plans a batch, answered from the
@@ -132,34 +141,63 @@ impl Session {
             messages::ready(&mut self.client.out, TxnStatus::Idle);
             return Ok(Outcome::Answered);
         }
-        if let Some(outcome) = self.reach_target().await {
+        if let Some(outcome) = self.reach_ready().await? {
             return Ok(outcome);
-        }
-        if let Some(node) = self.link.node() {
-            let plan = self.collector.plan();
-            if !plan.write && plan.begin.is_none() {
-                self.warn_if_cut_off(node);
-            }
-        }
-        if !self.collector.continues() && !self.bring_state().await? {
-            return Ok(Outcome::Refused);
         }
         self.send();
         Ok(Outcome::Sent)
+    }
+
+    /// Gets the session onto the due batch's connection with the state the
+    /// batch needs there. A connection lost while catching up (nothing of
+    /// the batch sent yet) is left for another one, as a lost read's would
+    /// be. `None` once the batch may be sent.
+    async fn reach_ready(&mut self) -> Result<Option<Outcome>, super::End> {
+        loop {
+            if let Some(outcome) = self.reach_target().await {
+                return Ok(Some(outcome));
+            }
+            if let Some(node) = self.link.node() {
+                let plan = self.collector.plan();
+                if !plan.write && plan.begin.is_none() {
+                    self.warn_if_cut_off(node);
+                }
+            }
+            if self.collector.continues() {
+                return Ok(None);
+            }
+            match self.bring_state().await? {
+                Brought::Ready => return Ok(None),
+                Brought::Refused => return Ok(Some(Outcome::Refused)),
+                Brought::Lost(node) => self.retry.tries.retried(node),
+            }
+        }
     }
 
     /// Gets the session onto the connection [`route::decide`] picks for the
     /// due batch, doing what it says to wait for on the way. `None` once
     /// the session holds that connection; otherwise what became of the batch.
     async fn reach_target(&mut self) -> Option<Outcome> {
-        let mut tried = Tried::default();
+        let mut tried = Tried {
+            avoid: self.retry.tries.avoid(),
+            ..Tried::default()
+        };
         loop {
             match self.decide(tried) {
                 Decision::Stay => return None,
-                Decision::Primary(node) | Decision::Replica(node) => {
+                Decision::Primary(node) => {
                     return (!self.connect_to(node).await).then_some(Outcome::Refused)
                 }
                 Decision::Move(primary) => return self.move_transaction(primary).await,
+                Decision::Replica(node) => {
+                    if self.connect_replica(node).await {
+                        return None;
+                    }
+                    // The next candidate, or what on_no_replica says.
+                    if !tried.avoid.insert(node) {
+                        return (!self.connect_to(node).await).then_some(Outcome::Refused);
+                    }
+                }
                 Decision::Refuse(reason) => {
                     self.refuse_route(&reason);
                     return Some(Outcome::Refused);
@@ -178,11 +216,18 @@ impl Session {
                     tokio::time::sleep(reads::PAUSE_POLL).await;
                 }
                 Decision::Wait(Wait::Replay { node, lsn, within }) => {
-                    if self.link.node() != Some(node) && !self.connect_to(node).await {
-                        return Some(Outcome::Refused);
+                    if self.link.node() != Some(node) && !self.connect_replica(node).await {
+                        if !tried.avoid.insert(node) {
+                            return Some(Outcome::Refused);
+                        }
+                        continue;
                     }
                     if self.await_replay(lsn, within).await {
                         return None;
+                    }
+                    if self.link.node().is_none() {
+                        // It did not answer at all: not a candidate again.
+                        let _ = tried.avoid.insert(node);
                     }
                     // Another replica may be shown fresh by now; else on_no_replica.
                     tried.replay_waited = true;
@@ -262,8 +307,17 @@ impl Session {
             self.give_up_server(e);
             return Some(Outcome::Refused);
         }
-        if !self.connect_to(primary).await || !matches!(self.bring_state().await, Ok(true)) {
+        if !self.connect_to(primary).await {
             return Some(Outcome::Refused);
+        }
+        match self.bring_state().await {
+            Ok(Brought::Ready) => {}
+            Ok(Brought::Lost(_)) => {
+                let message = "server connection to the primary was lost";
+                self.refuse_batch(Sqlstate::ConnectionFailure, message);
+                return Some(Outcome::Refused);
+            }
+            Ok(Brought::Refused) | Err(_) => return Some(Outcome::Refused),
         }
         let begun = match self.link.conn_mut() {
             Some(conn) => replay::run(conn, &begin).await,
@@ -288,24 +342,14 @@ impl Session {
     /// Swaps the session's server connection for one to `node`. `false`
     /// when none could be had (the client has been told).
     pub(super) async fn connect_to(&mut self, node: usize) -> bool {
-        self.release();
-        self.link.connecting();
-        let Some(key) = self.keys.get(node) else {
-            self.refuse_batch(Sqlstate::Internal, "node missing from the session's keys");
-            return false;
-        };
-        let login = Login {
-            user: &self.login.server_user,
-            password: self.login.server_password.as_deref(),
-            params: &self.login.params,
-        };
-        match self.shared.pool.checkout(key, self.id, &login).await {
-            Ok(conn) => {
-                self.link.attach(conn, node);
-                true
+        let within = self.shared.config.proxy.connect_timeout();
+        match self.checkout(node, within).await {
+            None => {
+                self.refuse_batch(Sqlstate::Internal, "node missing from the session's keys");
+                false
             }
-            Err(e) => {
-                self.link.clear_cancel_target();
+            Some(Ok(())) => true,
+            Some(Err(e)) => {
                 let state = match &e {
                     CheckoutError::Exhausted { .. } => Sqlstate::TooManyConnections,
                     CheckoutError::Connect(ConnectError::Refused { .. }) => {
@@ -320,16 +364,63 @@ impl Session {
         }
     }
 
+    /// [`Self::connect_to`] replica `node` for a read, within
+    /// `proxy.replica_connect_timeout_ms`. `false` when none could be had:
+    /// the read goes to the next candidate, the client is told nothing.
+    async fn connect_replica(&mut self, node: usize) -> bool {
+        let within = self.shared.config.proxy.replica_connect_timeout();
+        match self.checkout(node, within).await {
+            Some(Ok(())) => true,
+            Some(Err(e)) => {
+                info!(parent: &self.span, node, error = %e, "no replica connection for a read; trying the next candidate");
+                false
+            }
+            None => false,
+        }
+    }
+
+    /// Checks out a connection to `node` (opened or reset within `within`)
+    /// and attaches it, in place of the session's; `None` when the node
+    /// has no pool key.
+    async fn checkout(
+        &mut self,
+        node: usize,
+        within: Duration,
+    ) -> Option<Result<(), CheckoutError>> {
+        self.release();
+        self.link.connecting();
+        let key = self.keys.get(node)?;
+        let login = Login {
+            user: &self.login.server_user,
+            password: self.login.server_password.as_deref(),
+            params: &self.login.params,
+        };
+        let checked_out = self
+            .shared
+            .pool
+            .checkout_within(key, self.id, &login, within)
+            .await;
+        Some(match checked_out {
+            Ok(conn) => {
+                self.link.attach(conn, node);
+                Ok(())
+            }
+            Err(e) => {
+                self.link.clear_cancel_target();
+                Err(e)
+            }
+        })
+    }
+
     /// Replays on the session's connection the settings and prepared
-    /// statements the batch needs and the connection lacks. `false` when
-    /// the batch was refused instead.
-    async fn bring_state(&mut self) -> Result<bool, super::End> {
+    /// statements the batch needs and the connection lacks.
+    async fn bring_state(&mut self) -> Result<Brought, super::End> {
         let Some(conn) = self.link.conn_mut() else {
-            return Ok(true);
+            return Ok(Brought::Ready);
         };
         let catchup = Catchup::of(&self.state, self.collector.plan(), &conn.carried);
         if catchup.is_empty() {
-            return Ok(true);
+            return Ok(Brought::Ready);
         }
         let Catchup {
             settings,
@@ -341,7 +432,7 @@ impl Session {
         drop((stale, statements));
         let in_transaction = self.link.phase() != Phase::Ready(TxnStatus::Idle);
         let Err(e) = result else {
-            return Ok(true);
+            return Ok(Brought::Ready);
         };
         debug!(parent: &self.span, error = %e, "the session's state could not be restored");
         if in_transaction {
@@ -352,14 +443,26 @@ impl Session {
             self.drop_server();
             return Err(super::End::ServerGone);
         }
+        let lost = match &e {
+            ReplayError::Lost => true,
+            ReplayError::Refused(error) => is_fatal(error.get(5..).unwrap_or_default()),
+        };
+        if lost && self.retry.tries.left() {
+            let node = self.link.node();
+            self.drop_server();
+            return Ok(Brought::Lost(node));
+        }
         self.give_up_server(e);
-        Ok(false)
+        Ok(Brought::Refused)
     }
 
     /// Sends the due batch on the session's connection, noting what it changes.
     fn send(&mut self) {
         let continuing = self.collector.continues();
         let ready_idle = self.link.phase() == Phase::Ready(TxnStatus::Idle);
+        // Behind requests that are all outside a transaction (none began one).
+        let behind_autocommit = matches!(self.link.phase(), Phase::Busy { .. })
+            && self.link.in_flight().all(|s| s.autocommit);
         let plan = self.collector.plan_mut();
         let Some(node) = self.link.node() else {
             return;
@@ -397,6 +500,14 @@ impl Session {
             let alone = ready_idle && !continuing && plan.statements == 1;
             self.state.sending(plan.begin_sql.take().filter(|_| alone));
         }
+        // The rest of a flushed batch is outside a transaction if its first part was.
+        let autocommit = plan.begin.is_none() && (continuing || ready_idle || behind_autocommit);
+        let keep = autocommit
+            && !continuing
+            && !plan.write
+            && plan.requests > 0
+            && !self.state.is_pinned()
+            && (ready_idle || self.link.all_kept());
         let reads_only = !plan.write && plan.begin.is_none() && ready_idle;
         // Where a write lands in the WAL is learned when a read needs it.
         let on_primary = self.shared.topology.load().primary() == Some(node) && !reads_only;
@@ -404,21 +515,29 @@ impl Session {
         let own_sync = ready_idle && self.collector.may_close_with_own_sync();
         let plan = self.collector.plan_mut();
         let requests = plan.requests + u32::from(own_sync);
+        let effects = std::mem::take(&mut plan.effects);
+        self.shared.loads.sent(node, requests);
+        let copy = if own_sync {
+            self.collector.sent_with_own_sync(self.link.out());
+            None
+        } else if keep {
+            Some(self.collector.sent_keeping(self.link.out()))
+        } else {
+            self.collector.sent(self.link.out());
+            None
+        };
         let sent = Sent {
-            effects: std::mem::take(&mut plan.effects),
+            effects,
             parsed,
             on_primary,
             rolls_back,
             own_sync,
+            autocommit,
+            copy,
             ..Sent::default()
         };
-        self.shared.loads.sent(node, requests);
-        if own_sync {
-            self.collector.sent_with_own_sync(self.link.out());
-        } else {
-            self.collector.sent(self.link.out());
-        }
         self.link.sent(sent, requests, continuing);
+        self.arm_stall();
     }
 
     /// The batch cannot run: the client gets an error and, if the batch is
@@ -429,6 +548,7 @@ impl Session {
     }
 
     pub(super) fn refuse_batch_quietly(&mut self) {
+        self.retry.tries.settled();
         if self.collector.finish_unsent() {
             messages::ready(&mut self.client.out, TxnStatus::Idle);
         }

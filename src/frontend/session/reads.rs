@@ -70,11 +70,18 @@ impl Session {
             let Some(conn) = self.link.conn_mut() else {
                 return false;
             };
-            match replay::query_lsn(conn, REPLAY_POSITION).await {
-                Ok(Some(at)) if at >= lsn => return true,
-                Ok(_) => {}
-                Err(e) => {
+            // A frozen replica never answers: each look gets the whole wait at most.
+            let look = tokio::time::timeout(within, replay::query_lsn(conn, REPLAY_POSITION));
+            match look.await {
+                Ok(Ok(Some(at))) if at >= lsn => return true,
+                Ok(Ok(_)) => {}
+                Ok(Err(e)) => {
                     debug!(parent: &self.span, error = %e, "replica did not say where its replay is");
+                    self.drop_server();
+                    return false;
+                }
+                Err(_) => {
+                    debug!(parent: &self.span, "replica did not say where its replay is in time");
                     self.drop_server();
                     return false;
                 }
@@ -189,7 +196,7 @@ impl Session {
     /// hand is refused with what the server said.
     pub(super) fn give_up_server(&mut self, e: ReplayError) {
         match e {
-            ReplayError::Refused(error) => self.client.out.extend_from_slice(&error),
+            ReplayError::Refused(error) => super::retry::pass_error(&mut self.client.out, &error),
             ReplayError::Lost => {
                 let message = format!("server connection to {} was lost", self.node_name());
                 messages::error(
