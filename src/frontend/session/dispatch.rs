@@ -254,7 +254,7 @@ impl Session {
         };
         let login = Login {
             user: &self.login.server_user,
-            password: self.login.server_password.as_deref(),
+            secret: self.login.server_secret.as_ref(),
             params: &self.login.params,
         };
         match self.shared.pool.checkout(key, self.id, &login).await {
