@@ -145,6 +145,7 @@ impl Proxy {
             shutdown_rx.clone(),
         );
         tasks.push(spawn_named("commits", sampler.run()));
+        let auth = Authenticator::new(&config, server_tls.clone(), topology.clone());
         let catalog = Arc::new(FunctionCatalog::new(&config, server_tls, topology.clone()));
         if let Some(refresher) = Refresher::new(
             catalog,
@@ -161,7 +162,7 @@ impl Proxy {
         let shared = Arc::new(Shared {
             commits,
             pool,
-            auth: Authenticator::new(&config),
+            auth,
             tls: client_tls,
             loads: NodeLoads::new(config.nodes.len()),
             read_policy: ReadPolicy::from_config(&config.routing),

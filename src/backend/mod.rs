@@ -2,12 +2,15 @@
 //! a raw byte stream to relay over.
 //!
 //! Authentication as a client uses postgres-protocol (the crate under
-//! tokio-postgres): SCRAM-SHA-256, md5, cleartext and trust. A server's own
+//! tokio-postgres): SCRAM-SHA-256, md5, cleartext and trust; users looked
+//! up by the auth query log in without a password ([`scram`] pass-through,
+//! or their stored md5 hash). A server's own
 //! ErrorResponse during startup is kept as bytes so the client sees exactly
 //! what PostgreSQL said (e.g. `3D000 database does not exist`).
 
 pub mod pool;
 pub mod replay;
+pub mod scram;
 
 use std::collections::HashMap;
 use std::time::Duration;
@@ -22,15 +25,38 @@ use tokio::sync::OwnedSemaphorePermit;
 use crate::classify::SettingValue;
 use crate::protocol::take_frame;
 use crate::tls::{ReadHalf, ServerTls, WriteHalf};
+use scram::{PassThrough, ScramKeys};
 
 /// Startup replies are small; anything bigger is a broken server.
 const MAX_STARTUP_REPLY: usize = 1 << 20;
+
+/// What proves a user to PostgreSQL.
+#[derive(Clone, PartialEq, Eq)]
+pub enum ServerSecret {
+    /// A configured cleartext password: whatever method the server asks.
+    Password(String),
+    /// Keys from the client's own SCRAM proof: SCRAM only.
+    Scram(ScramKeys),
+    /// A stored md5 hash, `md5` + hex(md5(password + user)): md5 only.
+    Md5(String),
+}
+
+impl std::fmt::Debug for ServerSecret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let kind = match self {
+            ServerSecret::Password(_) => "Password",
+            ServerSecret::Scram(_) => "Scram",
+            ServerSecret::Md5(_) => "Md5",
+        };
+        write!(f, "{kind}(********)")
+    }
+}
 
 /// What a server needs to let us in.
 #[derive(Debug, Clone)]
 pub struct Login<'a> {
     pub user: &'a str,
-    pub password: Option<&'a str>,
+    pub secret: Option<&'a ServerSecret>,
     /// Every startup parameter to send (user included).
     pub params: &'a [(String, String)],
 }
@@ -203,7 +229,7 @@ type StartupReply = (Vec<(String, String)>, Option<BackendKey>);
 
 impl Startup<'_> {
     async fn authenticate(&mut self, login: &Login<'_>) -> Result<StartupReply, ConnectError> {
-        let mut scram: Option<sasl::ScramSha256> = None;
+        let mut scram: Option<Sasl> = None;
         let mut params = Vec::new();
         let mut key = None;
         loop {
@@ -211,12 +237,11 @@ impl Startup<'_> {
             match message {
                 backend::Message::AuthenticationOk => {}
                 backend::Message::AuthenticationCleartextPassword => {
-                    let password = self.password(login)?;
+                    let password = self.cleartext_answer(login)?;
                     self.send_password(password.as_bytes()).await?;
                 }
                 backend::Message::AuthenticationMd5Password(body) => {
-                    let password = self.password(login)?;
-                    let hash = md5_hash(login.user.as_bytes(), password.as_bytes(), body.salt());
+                    let hash = self.md5_answer(login, body.salt())?;
                     self.send_password(hash.as_bytes()).await?;
                 }
                 backend::Message::AuthenticationSasl(body) => {
@@ -226,18 +251,17 @@ impl Startup<'_> {
                     let s = scram
                         .as_mut()
                         .ok_or_else(|| self.protocol("unexpected SASLContinue".into()))?;
-                    s.update(body.data())
-                        .map_err(|e| self.auth(&e.to_string()))?;
-                    frontend::sasl_response(s.message(), &mut self.out)
+                    let answer = s.answer(body.data()).map_err(|e| self.auth(&e))?;
+                    frontend::sasl_response(&answer, &mut self.out)
                         .map_err(|e| self.protocol(e.to_string()))?;
                     self.flush().await?;
                 }
                 backend::Message::AuthenticationSaslFinal(body) => {
-                    let mut s = scram
+                    scram
                         .take()
-                        .ok_or_else(|| self.protocol("unexpected SASLFinal".into()))?;
-                    s.finish(body.data())
-                        .map_err(|e| self.auth(&e.to_string()))?;
+                        .ok_or_else(|| self.protocol("unexpected SASLFinal".into()))?
+                        .finish(body.data())
+                        .map_err(|e| self.auth(&e))?;
                 }
                 backend::Message::ParameterStatus(body) => {
                     let (name, value) = (body.name(), body.value());
@@ -282,8 +306,8 @@ impl Startup<'_> {
         &mut self,
         login: &Login<'_>,
         body: &backend::AuthenticationSaslBody,
-    ) -> Result<sasl::ScramSha256, ConnectError> {
-        let password = self.password(login)?;
+    ) -> Result<Sasl, ConnectError> {
+        let secret = self.secret(login)?;
         let mut mechanisms = body.mechanisms();
         let mut has_scram = false;
         while let Ok(Some(m)) = fallible_iterator::FallibleIterator::next(&mut mechanisms) {
@@ -292,15 +316,46 @@ impl Startup<'_> {
         if !has_scram {
             return Err(self.auth("server offers no SASL mechanism we support"));
         }
-        let s = sasl::ScramSha256::new(password.as_bytes(), sasl::ChannelBinding::unsupported());
-        frontend::sasl_initial_response(sasl::SCRAM_SHA_256, s.message(), &mut self.out)
+        let s = match secret {
+            ServerSecret::Password(p) => Sasl::Password(sasl::ScramSha256::new(
+                p.as_bytes(),
+                sasl::ChannelBinding::unsupported(),
+            )),
+            ServerSecret::Scram(keys) => Sasl::PassThrough(PassThrough::new(keys.clone())),
+            ServerSecret::Md5(_) => {
+                return Err(self.auth(
+                    "server asks for SCRAM, but the user's password is stored as an md5 hash",
+                ))
+            }
+        };
+        frontend::sasl_initial_response(sasl::SCRAM_SHA_256, &s.first(), &mut self.out)
             .map_err(|e| self.protocol(e.to_string()))?;
         self.flush().await?;
         Ok(s)
     }
 
-    fn password<'l>(&self, login: &Login<'l>) -> Result<&'l str, ConnectError> {
-        login.password.ok_or_else(|| ConnectError::NoPassword {
+    /// A looked-up user has no cleartext password to give.
+    fn cleartext_answer<'l>(&self, login: &Login<'l>) -> Result<&'l str, ConnectError> {
+        match self.secret(login)? {
+            ServerSecret::Password(p) => Ok(p),
+            _ => Err(self.auth(
+                "server asks for a cleartext password, which a user looked up by the auth query cannot give",
+            )),
+        }
+    }
+
+    fn md5_answer(&self, login: &Login<'_>, salt: [u8; 4]) -> Result<String, ConnectError> {
+        match self.secret(login)? {
+            ServerSecret::Password(p) => Ok(md5_hash(login.user.as_bytes(), p.as_bytes(), salt)),
+            ServerSecret::Md5(stored) => Ok(salted_md5(stored, &salt)),
+            ServerSecret::Scram(_) => Err(self.auth(
+                "server asks for md5, but the user's password is stored as a SCRAM verifier",
+            )),
+        }
+    }
+
+    fn secret<'l>(&self, login: &Login<'l>) -> Result<&'l ServerSecret, ConnectError> {
+        login.secret.ok_or_else(|| ConnectError::NoPassword {
             host: self.host.into(),
             port: self.port,
             user: login.user.into(),
@@ -363,6 +418,64 @@ impl Startup<'_> {
     }
 }
 
+/// `md5` + hex(md5(hex + salt)) for a stored `md5<hex>` hash: what a
+/// client that knows the password would answer to `salt`.
+pub fn salted_md5(stored: &str, salt: &[u8]) -> String {
+    use md5::Digest;
+    let hex = stored.strip_prefix("md5").unwrap_or(stored);
+    let mut hasher = md5::Md5::new();
+    hasher.update(hex.as_bytes());
+    hasher.update(salt);
+    let digest = hasher.finalize();
+    let mut out = String::with_capacity(35);
+    out.push_str("md5");
+    for b in digest {
+        out.push_str(&format!("{b:02x}"));
+    }
+    out
+}
+
+/// A SCRAM exchange with a server, with a password or passed-through keys.
+enum Sasl {
+    Password(sasl::ScramSha256),
+    PassThrough(PassThrough),
+}
+
+impl Sasl {
+    fn first(&self) -> Vec<u8> {
+        match self {
+            Sasl::Password(s) => s.message().to_vec(),
+            Sasl::PassThrough(p) => p.client_first().into_bytes(),
+        }
+    }
+
+    /// The client-final message for the server-first one.
+    fn answer(&mut self, server_first: &[u8]) -> Result<Vec<u8>, String> {
+        match self {
+            Sasl::Password(s) => {
+                s.update(server_first).map_err(|e| e.to_string())?;
+                Ok(s.message().to_vec())
+            }
+            Sasl::PassThrough(p) => {
+                let text = std::str::from_utf8(server_first).map_err(|e| e.to_string())?;
+                p.client_final(text)
+                    .map(String::into_bytes)
+                    .map_err(|e| e.to_string())
+            }
+        }
+    }
+
+    fn finish(self, server_final: &[u8]) -> Result<(), String> {
+        match self {
+            Sasl::Password(mut s) => s.finish(server_final).map_err(|e| e.to_string()),
+            Sasl::PassThrough(p) => {
+                let text = std::str::from_utf8(server_final).map_err(|e| e.to_string())?;
+                p.verify(text).map_err(|e| e.to_string())
+            }
+        }
+    }
+}
+
 /// Sends a CancelRequest for `key` to `host:port` (fire and forget, as libpq
 /// does), under TLS as `tls` says.
 pub async fn cancel(
@@ -389,4 +502,23 @@ pub async fn cancel(
     tokio::time::timeout(timeout, work)
         .await
         .unwrap_or_else(|_| Err(std::io::ErrorKind::TimedOut.into()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_stored_md5_hash_answers_as_the_password_would() {
+        use md5::Digest;
+        let stored: String = md5::Md5::digest(b"s3cretapp")
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect();
+        let salt = [1, 2, 3, 4];
+        assert_eq!(
+            salted_md5(&format!("md5{stored}"), &salt),
+            md5_hash(b"app", b"s3cret", salt)
+        );
+    }
 }

@@ -9,6 +9,7 @@
 //! the plain settings sections.
 
 mod admin;
+mod auth;
 mod consistency;
 mod failover;
 mod http;
@@ -19,6 +20,7 @@ mod users;
 mod verifier;
 
 pub use admin::{AdminConfig, ConsoleAccess};
+pub use auth::{AuthConfig, DEFAULT_AUTH_QUERY};
 pub use consistency::{Consistency, ConsistencyConfig, OnNoReplica, PartitionMode};
 pub use failover::{FailoverConfig, FailoverMode, ReplicationMode};
 pub use http::HttpConfig;
@@ -88,6 +90,8 @@ pub struct Config {
     pub users: Vec<UserConfig>,
     #[serde(default)]
     pub admin: AdminConfig,
+    #[serde(default)]
+    pub auth: AuthConfig,
     #[serde(default)]
     pub http: HttpConfig,
     #[serde(default)]
@@ -184,7 +188,8 @@ impl Config {
         nodes::validate(&self.nodes)?;
         self.failover.validate(&self.monitor, self.nodes.len())?;
         self.admin.validate()?;
-        users::validate(&self.users)
+        self.auth.validate()?;
+        users::validate(&self.users, self.auth.enabled())
     }
 }
 

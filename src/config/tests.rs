@@ -234,6 +234,36 @@ fn no_users_is_rejected() {
 }
 
 #[test]
+fn auth_query_defaults_and_its_rules_are_enforced() {
+    let c = Config::parse(GOOD).unwrap();
+    assert!(!c.auth.enabled());
+    assert_eq!(c.auth.auth_query, DEFAULT_AUTH_QUERY);
+    assert_eq!(c.auth.auth_cache_ms, 30_000);
+    // With users looked up on the server, none need be listed.
+    let text = "[[nodes]]\nhost = \"h\"\nport = 1\n[auth]\nauth_user = \"lookup\"\n\
+                auth_password = \"pw\"\nauth_cache_ms = 500\nauth_database = \"app\"\n";
+    let c = Config::parse(text).unwrap();
+    assert_eq!(c.auth.auth_user.as_deref(), Some("lookup"));
+    assert_eq!(c.auth.cache_ttl(), Duration::from_millis(500));
+    assert_eq!(c.auth.negative_ttl(), Duration::from_millis(500));
+    for (line, key) in [
+        ("auth_user = \"\"", "auth.auth_user"),
+        ("auth_user = \"x\"\nauth_query = \" \"", "auth.auth_query"),
+        ("auth_user = \"x\"\nauth_cache_ms = 0", "auth.auth_cache_ms"),
+        (
+            "auth_user = \"x\"\nauth_database = \"\"",
+            "auth.auth_database",
+        ),
+    ] {
+        assert_eq!(
+            error_of(&format!("{GOOD}\n[auth]\n{line}\n")).key,
+            key,
+            "{line}"
+        );
+    }
+}
+
+#[test]
 fn duplicate_users_are_rejected() {
     let e = error_of(&format!(
         "{GOOD}\n[[users]]\nname = \"app\"\nauth = \"trust\"\n"

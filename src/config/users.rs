@@ -44,11 +44,14 @@ impl UserConfig {
     }
 }
 
-/// At least one user; names unique and non-empty; each with the secret its
+/// At least one user (unless users are looked up on the server); names unique and non-empty; each with the secret its
 /// method needs, and any stored verifier in PostgreSQL's format.
-pub(super) fn validate(users: &[UserConfig]) -> Result<(), ConfigError> {
-    if users.is_empty() {
-        return Err(invalid("users", "at least one user is required"));
+pub(super) fn validate(users: &[UserConfig], auth_query: bool) -> Result<(), ConfigError> {
+    if users.is_empty() && !auth_query {
+        return Err(invalid(
+            "users",
+            "at least one user is required (or `auth.auth_user` to look users up)",
+        ));
     }
     let mut seen = std::collections::HashSet::new();
     for (i, user) in users.iter().enumerate() {

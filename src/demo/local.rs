@@ -9,14 +9,16 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use palisade::config::{
-    AdminConfig, AuthMethod, BackendConfig, Config, ConsistencyConfig, FailoverConfig, HttpConfig,
-    MonitorConfig, NodeConfig, PoolConfig, ProxyConfig, RoutingConfig, TlsConfig, UserConfig,
+    AdminConfig, AuthConfig, AuthMethod, BackendConfig, Config, ConsistencyConfig, FailoverConfig,
+    HttpConfig, MonitorConfig, NodeConfig, PoolConfig, ProxyConfig, RoutingConfig, TlsConfig,
+    UserConfig,
 };
 use palisade::control::operator::NodeOperator;
 use palisade_testkit::LocalCluster;
 
 /// The config the demo runs with: every local node, one SCRAM user (the
-/// cluster's superuser), who is also the console's only admin.
+/// cluster's superuser), who is also the console's only admin, and every
+/// other role looked up on the primary by the auth query, as the superuser.
 pub fn demo_config(cluster: &LocalCluster, listen: SocketAddr) -> Config {
     Config {
         proxy: ProxyConfig {
@@ -55,6 +57,11 @@ pub fn demo_config(cluster: &LocalCluster, listen: SocketAddr) -> Config {
         admin: AdminConfig {
             admin_users: vec![cluster.superuser().into()],
             stats_users: Vec::new(),
+        },
+        auth: AuthConfig {
+            auth_user: Some(cluster.superuser().into()),
+            auth_password: Some(cluster.password().into()),
+            ..AuthConfig::default()
         },
         http: HttpConfig::default(),
         tls: TlsConfig::default(),

@@ -4,7 +4,8 @@
 //! `localhost` and 127.0.0.1 are made at start. Failover works on it: kill
 //! the primary and a replica takes over; `REJOIN node0` in the admin console
 //! (which admits the superuser, `postgres`, as its only admin) rewinds the
-//! old primary into a replica ([`LocalRejoin`]). The demo lives in the
+//! old primary into a replica ([`LocalRejoin`]). Roles other than the
+//! superuser are looked up on the primary by the auth query. The demo lives in the
 //! binary, not the library: the proxy itself ships no test harness.
 
 mod local;
@@ -82,6 +83,9 @@ pub async fn run(listen: SocketAddr, replicas: usize, http: SocketAddr) -> Resul
         "  admin console ({DEMO_USER} is its admin): psql \"postgresql://{DEMO_USER}:{DEMO_PASSWORD}@{}:{}/palisade\"",
         addr.ip(),
         addr.port()
+    );
+    eprintln!(
+        "  other roles are looked up on the primary (auth query): CREATE ROLE app LOGIN PASSWORD '...' logs in at once"
     );
     if let Some(http) = proxy.http_addr() {
         println!("status: http://{http}/");

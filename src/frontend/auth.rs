@@ -4,6 +4,12 @@
 //! this module supplies their secrets from the config and drives them over
 //! our own framing. Cleartext passwords are turned into SCRAM verifiers once,
 //! at start, so a login costs HMACs, not 4096 PBKDF2 rounds.
+//!
+//! Roles missing from `[[users]]` are looked up on the primary
+//! ([`auth_query`](super::auth_query)) when `[auth]` is on. Because the
+//! exchange runs over our framing, a SCRAM login against a stored verifier
+//! yields the client's ClientKey, which logs the session in to PostgreSQL
+//! ([`crate::backend::scram`]).
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -28,7 +34,12 @@ use pgwire::messages::ProtocolVersion;
 use pgwire::tokio::tokio_rustls::rustls::pki_types::CertificateDer;
 use rand::Rng;
 
+use super::auth_query::{Stored, UserLookup};
+use crate::backend::scram::{recover_client_key, ScramKeys};
+use crate::backend::{salted_md5, ServerSecret};
 use crate::config::{parse_scram_verifier, AuthMethod, Config, StoredVerifier};
+use crate::tls::ServerTls;
+use crate::topology::TopologyHandle;
 
 /// What SCRAM needs about a user: derived from a cleartext password at start,
 /// or a stored PostgreSQL verifier.
@@ -113,12 +124,6 @@ impl UserStore {
             ),
         }
     }
-
-    fn method(&self, user: &str) -> AuthMethod {
-        self.users
-            .get(user)
-            .map_or(AuthMethod::ScramSha256, |u| u.method)
-    }
 }
 
 #[async_trait]
@@ -146,31 +151,193 @@ impl AuthSource for UserStore {
     }
 }
 
+/// A looked-up role's secret, as pgwire's mechanisms ask for it.
+#[derive(Debug)]
+struct Fetched(Stored);
+
+#[async_trait]
+impl AuthSource for Fetched {
+    async fn get_password(&self, _: &LoginInfo) -> PgWireResult<Password> {
+        let salt: [u8; 4] = rand::rng().random();
+        let expected = match &self.0 {
+            Stored::Md5(hash) => salted_md5(hash, &salt),
+            Stored::Scram(_) => format!("no md5 for this role {}", rand::rng().random::<u64>()),
+        };
+        Ok(Password::new(Some(salt.to_vec()), expected.into_bytes()))
+    }
+
+    async fn get_scram_secret(&self, _: &LoginInfo) -> PgWireResult<(ScramSecret, Option<()>)> {
+        match &self.0 {
+            Stored::Scram(v) => Ok((ScramMaterial::Verifier(v.clone()).secret(), None)),
+            Stored::Md5(_) => Err(PgWireError::InvalidSASLState),
+        }
+    }
+}
+
 /// Builds each connection's authentication exchange.
 pub struct Authenticator {
     store: Arc<UserStore>,
     scram: ScramAuth,
     md5: Md5PasswordAuth<UserStore>,
+    lookup: Option<UserLookup>,
 }
 
 impl Authenticator {
-    pub fn new(config: &Config) -> Authenticator {
+    pub fn new(config: &Config, tls: ServerTls, topology: TopologyHandle) -> Authenticator {
         let store = Arc::new(UserStore::from_config(config));
         Authenticator {
             scram: ScramAuth::new(store.clone()),
             md5: Md5PasswordAuth::new(store.clone()),
             store,
+            lookup: UserLookup::new(config, tls, topology),
         }
     }
 
-    /// The exchange for `user`, or `None` when the user is trusted.
-    pub fn mechanism(&self, user: &str) -> Option<Box<dyn AuthMechanism>> {
-        match self.store.method(user) {
-            AuthMethod::Trust => None,
-            AuthMethod::Md5 => Some(self.md5.create()),
-            AuthMethod::ScramSha256 => Some(self.scram.create()),
+    /// The exchange for `user`, or `None` when the user is trusted. Users
+    /// in the config come first; others are looked up when `[auth]` is on,
+    /// and anyone not found runs SCRAM against the decoy, like a wrong
+    /// password.
+    pub async fn exchange(&self, user: &str) -> Option<Exchange> {
+        let (mechanism, capture) = match self.store.users.get(user) {
+            Some(u) => match u.method {
+                AuthMethod::Trust => return None,
+                AuthMethod::Md5 => (self.md5.create(), None),
+                AuthMethod::ScramSha256 => {
+                    (self.scram.create(), u.scram.as_ref().and_then(Capture::of))
+                }
+            },
+            None => match self.look_up(user).await {
+                Some(Stored::Scram(v)) => {
+                    let capture = Capture::of(&ScramMaterial::Verifier(v.clone()));
+                    let source = Arc::new(Fetched(Stored::Scram(v)));
+                    (ScramAuth::new(source).create(), capture)
+                }
+                Some(Stored::Md5(hash)) => {
+                    let secret = ServerSecret::Md5(hash.clone());
+                    let mechanism =
+                        Md5PasswordAuth::new(Arc::new(Fetched(Stored::Md5(hash)))).create();
+                    return Some(Exchange::new(user, mechanism, None, Some(secret)));
+                }
+                None => (self.scram.create(), None),
+            },
+        };
+        Some(Exchange::new(user, mechanism, capture, None))
+    }
+
+    async fn look_up(&self, user: &str) -> Option<Stored> {
+        let lookup = self.lookup.as_ref()?;
+        match lookup.find(user).await {
+            Ok(stored) => stored,
+            // Told like a wrong password; the operator sees why in the log.
+            Err(e) => {
+                tracing::warn!(user, error = %e, "auth query could not look the user up");
+                None
+            }
         }
     }
+}
+
+/// The SCRAM messages of one exchange, kept to recover the client's
+/// ClientKey once its proof is accepted.
+struct Capture {
+    stored_key: Vec<u8>,
+    server_key: Vec<u8>,
+    /// client-first, server-first, client-final, as sent.
+    messages: Vec<String>,
+}
+
+impl Capture {
+    /// Only a stored verifier is worth passing through: a user with a
+    /// configured password logs in to PostgreSQL with it.
+    fn of(material: &ScramMaterial) -> Option<Capture> {
+        match material {
+            ScramMaterial::Verifier(v) => Some(Capture {
+                stored_key: v.stored_key.clone(),
+                server_key: v.server_key.clone(),
+                messages: Vec::with_capacity(3),
+            }),
+            ScramMaterial::Salted { .. } => None,
+        }
+    }
+
+    fn keys(&self) -> Option<ScramKeys> {
+        let [first, server_first, last] = self.messages.as_slice() else {
+            return None;
+        };
+        let client_key = recover_client_key(&self.stored_key, first, server_first, last)?;
+        Some(ScramKeys {
+            client_key,
+            server_key: self.server_key.clone(),
+        })
+    }
+}
+
+/// One client's authentication exchange, driven by the session.
+pub struct Exchange {
+    user: String,
+    mechanism: Box<dyn AuthMechanism>,
+    capture: Option<Capture>,
+    /// What logs the user in to PostgreSQL when the exchange itself does
+    /// not yield it (a looked-up md5 hash).
+    secret: Option<ServerSecret>,
+}
+
+impl Exchange {
+    fn new(
+        user: &str,
+        mechanism: Box<dyn AuthMechanism>,
+        capture: Option<Capture>,
+        secret: Option<ServerSecret>,
+    ) -> Exchange {
+        Exchange {
+            user: user.to_owned(),
+            mechanism,
+            capture,
+            secret,
+        }
+    }
+
+    pub async fn begin(&mut self, client: &LoginClient) -> Step {
+        let state = self.mechanism.begin(client).await;
+        Step::of(state, &self.user)
+    }
+
+    /// Feeds the client's password-family message body to the mechanism.
+    pub async fn next(&mut self, client: &LoginClient, body: &[u8]) -> Step {
+        if let Some(capture) = &mut self.capture {
+            let message = match capture.messages.len() {
+                0 => sasl_initial_data(body),
+                _ => Some(body),
+            };
+            capture
+                .messages
+                .push(String::from_utf8_lossy(message.unwrap_or_default()).into_owned());
+        }
+        let state = self.mechanism.next(client, password_message(body)).await;
+        if let (Some(capture), Ok(AuthState::InProgress(Authentication::SASLContinue(data)))) =
+            (&mut self.capture, &state)
+        {
+            capture
+                .messages
+                .push(String::from_utf8_lossy(data).into_owned());
+        }
+        Step::of(state, &self.user)
+    }
+
+    /// After [`Step::Done`]: how the session logs in to PostgreSQL, when
+    /// the exchange gave a way.
+    pub fn server_secret(self) -> Option<ServerSecret> {
+        let keys = self.capture.as_ref().and_then(Capture::keys);
+        keys.map(ServerSecret::Scram).or(self.secret)
+    }
+}
+
+/// The data of a SASLInitialResponse body: mechanism name, NUL, length, data.
+fn sasl_initial_data(body: &[u8]) -> Option<&[u8]> {
+    let nul = body.iter().position(|&b| b == 0)?;
+    let rest = body.get(nul + 5..)?;
+    let len = i32::from_be_bytes(body.get(nul + 1..nul + 5)?.try_into().ok()?);
+    rest.get(..usize::try_from(len).ok()?)
 }
 
 /// What pgwire's mechanisms may ask about the client.

@@ -4,6 +4,7 @@
 
 pub mod admission;
 pub mod auth;
+pub mod auth_query;
 pub mod batch;
 pub mod cancel;
 pub mod classifier;
@@ -30,6 +31,7 @@ use bytes::BytesMut;
 
 use crate::admin;
 use crate::backend::pool::{CheckoutError, PoolKey, ServerPool};
+use crate::backend::ServerSecret;
 use crate::backend::{ConnectError, Login, ServerConn};
 use crate::config::Config;
 use crate::control::commits::CommitLog;
@@ -284,7 +286,7 @@ async fn start(
         messages::negotiate_protocol_version(&mut client.out, unsupported);
     }
     let database = param(&params, "database").unwrap_or_default().to_owned();
-    authenticate(client, peer, shared, &user, &database).await?;
+    let secret = authenticate(client, peer, shared, &user, &database).await?;
     if !shared.admission.admit(arrival) {
         return Err(tell(
             client,
@@ -297,20 +299,21 @@ async fn start(
         let access = shared.config.admin.access(&user);
         return Ok(Opened::Admin(admin::Caller { user, peer, access }));
     }
-    connect_session(client, shared, session_id, &user, params)
+    connect_session(client, shared, session_id, &user, params, secret)
         .await
         .map(|c| Opened::Session(Box::new(c)))
 }
 
 /// Runs the user's authentication exchange (pgwire's mechanisms) to the
-/// end, once the client's address has waited out its failed logins.
+/// end, once the client's address has waited out its failed logins. Gives
+/// what the exchange yielded to log in to PostgreSQL with, if anything.
 async fn authenticate(
     client: &mut ClientIo,
     peer: SocketAddr,
     shared: &Shared,
     user: &str,
     database: &str,
-) -> Result<(), Refusal> {
+) -> Result<Option<ServerSecret>, Refusal> {
     if let Err(wait) = shared.admission.turn(peer.ip()).await {
         info!(
             wait_ms = wait.as_millis(),
@@ -322,19 +325,17 @@ async fn authenticate(
             "too many failed logins from this address; try again later",
         ));
     }
-    if let Some(mut mechanism) = shared.auth.mechanism(user) {
+    let mut secret = None;
+    if let Some(mut exchange) = shared.auth.exchange(user).await {
         let login = LoginClient::new(peer, user, database);
-        let mut step = Step::of(mechanism.begin(&login).await, user);
+        let mut step = exchange.begin(&login).await;
         loop {
             match step {
                 Step::Send(request) => {
                     messages::authentication(&mut client.out, &request);
                     flush(client).await?;
                     let body = read_password_message(client).await?;
-                    step = Step::of(
-                        mechanism.next(&login, auth::password_message(&body)).await,
-                        user,
-                    );
+                    step = exchange.next(&login, &body).await;
                 }
                 Step::Done(last) => {
                     if let Some(last) = last {
@@ -350,12 +351,13 @@ async fn authenticate(
                 }
             }
         }
+        secret = exchange.server_secret();
     }
     messages::authentication(
         &mut client.out,
         &pgwire::messages::startup::Authentication::Ok,
     );
-    Ok(())
+    Ok(secret)
 }
 
 /// Opens the session's first server connection (on the primary, whose
@@ -367,6 +369,7 @@ async fn connect_session(
     session_id: u64,
     user: &str,
     mut params: Vec<(String, String)>,
+    proven: Option<ServerSecret>,
 ) -> Result<Connected, Refusal> {
     let topology = shared.topology.load();
     let node_index = startup_node(client, shared, &topology)?;
@@ -382,16 +385,18 @@ async fn connect_session(
     let pool_key = PoolKey::new(&node.host, node.port, user, &params);
     let session_login = SessionLogin {
         client_user: user.to_owned(),
-        server_password: user_config
+        // A configured password first; else what the client's login proved.
+        server_secret: user_config
             .and_then(|u| u.server_password())
-            .map(str::to_owned),
+            .map(|p| ServerSecret::Password(p.to_owned()))
+            .or(proven),
         database: param(&params, "database").unwrap_or_default().to_owned(),
         server_user,
         params,
     };
     let login = Login {
         user: &session_login.server_user,
-        password: session_login.server_password.as_deref(),
+        secret: session_login.server_secret.as_ref(),
         params: &session_login.params,
     };
     let server = match shared.pool.checkout(&pool_key, session_id, &login).await {

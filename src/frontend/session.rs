@@ -101,7 +101,8 @@ pub struct ClientIo {
 pub struct SessionLogin {
     pub client_user: String,
     pub server_user: String,
-    pub server_password: Option<String>,
+    /// How the session proves `server_user` to every node (in memory only).
+    pub server_secret: Option<crate::backend::ServerSecret>,
     /// Every startup parameter sent to servers (user included).
     pub params: Vec<(String, String)>,
     pub database: String,

@@ -8,6 +8,7 @@
 #[path = "../support/mod.rs"]
 mod support;
 
+mod auth_query;
 mod balance;
 mod catalog;
 mod cluster;

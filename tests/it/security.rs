@@ -119,6 +119,7 @@ async fn show_config_never_shows_a_configured_secret() {
         "server-s3cret",
         "fence-s3cret",
         "rejoin-s3cret",
+        "auth-s3cret",
         // The stored keys of this verifier.
         "7i9IImnGKxGF",
         "yGYlMjhuaiuA",
@@ -126,6 +127,8 @@ async fn show_config_never_shows_a_configured_secret() {
     let proxy = start_proxy(cluster, |c| {
         c.backend.user = "palisade_trust".into();
         c.backend.password = Some("backend-s3cret".into());
+        c.auth.auth_user = Some("palisade_trust".into());
+        c.auth.auth_password = Some("auth-s3cret".into());
         let mut u = user("holder", AuthMethod::ScramSha256, Some("user-s3cret"));
         u.server_password = Some("server-s3cret".into());
         c.users.push(u);
@@ -156,6 +159,7 @@ async fn show_config_never_shows_a_configured_secret() {
         "users[2].scram_verifier",
         "failover.fence_command",
         "failover.rejoin_command",
+        "auth.auth_password",
     ] {
         assert_eq!(value(key), "********", "{key}");
     }

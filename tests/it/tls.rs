@@ -10,7 +10,7 @@ use std::process::{Command, Output};
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
-use palisade::backend::{self, ConnectError, Login};
+use palisade::backend::{self, ConnectError, Login, ServerSecret};
 use palisade::config::{AuthMethod, BackendConfig, Config, ServerTlsMode, TlsConfig, TlsMode};
 use palisade::proxy::Proxy;
 use palisade::tls::{ReadHalf, ServerTls};
@@ -648,9 +648,10 @@ async fn server_tls_refuses_a_wrong_ca_and_a_server_without_tls_clearly() {
         ("user".to_owned(), cluster.superuser().to_owned()),
         ("database".to_owned(), "postgres".to_owned()),
     ];
+    let secret = ServerSecret::Password(cluster.password().to_owned());
     let login = Login {
         user: cluster.superuser(),
-        password: Some(cluster.password()),
+        secret: Some(&secret),
         params: &params,
     };
     let timeout = Duration::from_secs(10);

@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use palisade::config::{AuthMethod, Config, UserConfig};
+use palisade::config::{AuthConfig, AuthMethod, Config, UserConfig};
 use palisade::proxy::Proxy;
 use palisade::topology::Topology;
 use palisade_testkit::{LocalCluster, LocalNode};
@@ -16,18 +16,31 @@ use super::nodes::wait_until;
 
 /// Roles the shared cluster's pg_hba.conf authenticates with methods other
 /// than SCRAM, so the proxy's server-side md5, cleartext and trust paths run.
-pub const SERVER_AUTH_HBA: [&str; 3] = [
+pub const SERVER_AUTH_HBA: [&str; 4] = [
     "host all palisade_md5 127.0.0.1/32 md5",
+    "host all aq_md5 127.0.0.1/32 md5",
     "host all palisade_clear 127.0.0.1/32 password",
     "host all palisade_trust 127.0.0.1/32 trust",
 ];
 
 /// The demo's config (every node, the superuser over SCRAM) listening on a
-/// free port and probing fast.
+/// free port and probing fast, with no users looked up on the server: a
+/// test that wants them turns `[auth]` on (see [`auth_query`]).
 pub fn proxy_config(cluster: &LocalCluster) -> Config {
     let mut config = demo_config(cluster, "127.0.0.1:0".parse().unwrap());
     config.monitor.probe_interval_ms = 100;
+    config.auth = AuthConfig::default();
     config
+}
+
+/// `[auth]` on, as the cluster's superuser, trusting a lookup for `ttl_ms`.
+pub fn auth_query(cluster: &LocalCluster, config: &mut Config, ttl_ms: u64) {
+    config.auth = AuthConfig {
+        auth_user: Some(cluster.superuser().into()),
+        auth_password: Some(cluster.password().into()),
+        auth_cache_ms: ttl_ms,
+        ..AuthConfig::default()
+    };
 }
 
 /// How long a causal read waits for a replica to have the session's last

@@ -392,7 +392,7 @@ impl Session {
         let key = self.keys.get(node)?;
         let login = Login {
             user: &self.login.server_user,
-            password: self.login.server_password.as_deref(),
+            secret: self.login.server_secret.as_ref(),
             params: &self.login.params,
         };
         let checked_out = self
