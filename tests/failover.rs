@@ -239,6 +239,42 @@ async fn a_killed_primary_is_replaced_and_writes_resume() {
 }
 
 #[tokio::test]
+async fn a_write_that_finds_its_primary_dead_waits_for_the_new_one() {
+    // The monitor takes 5 s to believe the primary is down: meanwhile it is
+    // still published as the primary, and a write cannot reach it.
+    let f = fixture_with(|c| {
+        c.monitor.health_threshold = 50;
+        c.monitor.probe_interval_ms = 100;
+        c.failover.failover_timeout_ms = 5_000;
+        c.failover.failover_wait_ms = 60_000;
+    })
+    .await;
+    let (cluster, proxy) = (&f.cluster, &f.proxy);
+    let c = client(proxy, cluster, "failover-wait").await;
+    let old = proxy.topology().primary();
+    cluster.primary().kill(signal::SIGKILL).unwrap();
+    // Past the pool's freshness window, so the write needs a new connection.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(proxy.topology().primary(), old, "not failed over yet");
+    let began = Instant::now();
+    c.batch_execute("INSERT INTO ft VALUES (7)")
+        .await
+        .expect("a write that never reached the dead primary runs on the new one");
+    eprintln!("the write waited {:?} for the new primary", began.elapsed());
+    let t = proxy.topology();
+    assert_ne!(t.primary(), old, "it ran after the failover");
+    let direct = connect_node(cluster, cluster.node(t.primary().unwrap()))
+        .await
+        .unwrap();
+    let n: i64 = direct
+        .query_one("SELECT count(*) FROM ft WHERE i = 7", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(n, 1, "the row is on the new primary");
+}
+
+#[tokio::test]
 async fn a_hung_primary_is_replaced() {
     let f = fixture().await;
     let (cluster, proxy) = (&f.cluster, &f.proxy);

@@ -383,3 +383,38 @@ async fn pgbench_select_only_spreads_over_both_replicas_in_every_query_mode() {
         .psql(0, &format!("DROP DATABASE {db} WITH (FORCE)"))
         .unwrap();
 }
+
+/// The binary's log written to a file (not a terminal) is plain text: no
+/// colour escape codes for a log shipper to choke on.
+#[tokio::test]
+async fn the_log_written_to_a_file_has_no_colour_codes() {
+    let cluster = shared_cluster();
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = crate::support::harness::proxy_config(cluster);
+    config.proxy.listen = "127.0.0.1:0".into();
+    let file = dir.path().join("palisade.toml");
+    std::fs::write(&file, toml::to_string(&config).unwrap()).unwrap();
+    let log = dir.path().join("palisade.log");
+    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_palisade"))
+        .arg("--config")
+        .arg(&file)
+        .stderr(std::fs::File::create(&log).unwrap())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    crate::support::nodes::wait_until(
+        "the binary to say it listens",
+        std::time::Duration::from_secs(60),
+        || async {
+            std::fs::read_to_string(&log).is_ok_and(|t| t.contains("palisade is listening"))
+        },
+    )
+    .await;
+    let _ = child.kill().await;
+    let text = std::fs::read_to_string(&log).unwrap();
+    assert!(
+        !text.contains('\u{1b}'),
+        "colour codes in the log file:\n{text}"
+    );
+    assert!(text.contains(" INFO "), "levels are still written:\n{text}");
+}

@@ -185,9 +185,11 @@ impl Session {
         loop {
             match self.decide(tried) {
                 Decision::Stay => return None,
-                Decision::Primary(node) => {
-                    return (!self.connect_to(node).await).then_some(Outcome::Refused)
-                }
+                Decision::Primary(node) => match self.reach_primary(node, &mut tried).await {
+                    Some(reached) => return (!reached).then_some(Outcome::Refused),
+                    // Gone, with nothing of the batch sent: look again.
+                    None => tokio::time::sleep(reads::PAUSE_POLL).await,
+                },
                 Decision::Move(primary) => return self.move_transaction(primary).await,
                 Decision::Replica(node) => {
                     if self.connect_replica(node).await {
@@ -339,11 +341,40 @@ impl Session {
         self.refuse_batch(super::super::refusal_state(reason), &reason.to_string());
     }
 
+    /// Swaps the session's server connection for one to the primary
+    /// `node`. A primary that cannot be reached at all (refused, timed
+    /// out: it has just died, and nothing of the batch reached it) is
+    /// looked for again, `None`, while the batch has waited less than
+    /// `failover.failover_wait_ms`: the topology may show a new one by
+    /// then. Otherwise as [`Self::connect_to`].
+    async fn reach_primary(&mut self, node: usize, tried: &mut Tried) -> Option<bool> {
+        let within = self.shared.config.proxy.connect_timeout();
+        let result = self.checkout(node, within).await;
+        if let Some(Err(CheckoutError::Connect(
+            e @ (ConnectError::Io { .. } | ConnectError::Timeout { .. }),
+        ))) = &result
+        {
+            let since = *tried.paused_since.get_or_insert_with(Instant::now);
+            if since.elapsed() < self.shared.config.failover.failover_wait() {
+                debug!(parent: &self.span, node, error = %e, "the primary cannot be reached; waiting for it or a new one");
+                return None;
+            }
+        }
+        Some(self.checked_out(node, result))
+    }
+
     /// Swaps the session's server connection for one to `node`. `false`
     /// when none could be had (the client has been told).
     pub(super) async fn connect_to(&mut self, node: usize) -> bool {
         let within = self.shared.config.proxy.connect_timeout();
-        match self.checkout(node, within).await {
+        let result = self.checkout(node, within).await;
+        self.checked_out(node, result)
+    }
+
+    /// What a checkout for a batch came to: `false`, with the client told
+    /// why, when it gave no connection.
+    fn checked_out(&mut self, node: usize, result: Option<Result<(), CheckoutError>>) -> bool {
+        match result {
             None => {
                 self.refuse_batch(Sqlstate::Internal, "node missing from the session's keys");
                 false
