@@ -123,28 +123,10 @@ impl Proxy {
             shutdown: shutdown_rx.clone(),
         })
         .await;
-        let pool = Arc::new(ServerPool::new(
-            &config.pool,
-            config.proxy.connect_timeout(),
-            server_tls.clone(),
-        ));
-        tasks.push(spawn_named(
-            "reaper",
-            prune_idle(
-                pool.clone(),
-                config.pool.idle_timeout(),
-                shutdown_rx.clone(),
-            ),
-        ));
+        let pool = start_pool(&config, &server_tls, &shutdown_rx, &mut tasks);
         let commits = Arc::new(CommitLog::default());
-        let sampler = Sampler::new(
-            commits.clone(),
-            &config,
-            &server_tls,
-            topology.clone(),
-            shutdown_rx.clone(),
-        );
-        tasks.push(spawn_named("commits", sampler.run()));
+        let sampler = Sampler::new(commits.clone(), &config, &server_tls, topology.clone());
+        tasks.push(spawn_named("commits", sampler.run(shutdown_rx.clone())));
         let auth = Authenticator::new(&config, server_tls.clone(), topology.clone());
         let catalog = Arc::new(FunctionCatalog::new(&config, server_tls, topology.clone()));
         if let Some(refresher) = Refresher::new(
@@ -277,6 +259,27 @@ impl Drop for Proxy {
 }
 
 /// A listener on `addr`, and the address it got (port 0 picks one).
+/// The server connection pool, with the task that closes its idle
+/// connections past their timeout.
+fn start_pool(
+    config: &Config,
+    tls: &ServerTls,
+    shutdown: &watch::Receiver<bool>,
+    tasks: &mut Vec<Named>,
+) -> Arc<ServerPool> {
+    let pool = Arc::new(ServerPool::new(
+        &config.pool,
+        config.proxy.connect_timeout(),
+        tls.clone(),
+    ));
+    let idle = config.pool.idle_timeout();
+    tasks.push(spawn_named(
+        "reaper",
+        prune_idle(pool.clone(), idle, shutdown.clone()),
+    ));
+    pool
+}
+
 async fn bind(addr: SocketAddr) -> Result<(TcpListener, SocketAddr), StartError> {
     let listener = TcpListener::bind(addr)
         .await

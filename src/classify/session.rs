@@ -9,8 +9,8 @@ use std::collections::HashSet;
 use sqlparser::ast::{
     ContextModifier, DiscardObject, Expr, FunctionArg, FunctionArgExpr, FunctionArguments, Ident,
     ObjectName, ObjectNamePart, Query, Reset, SelectItem, Set, SetExpr,
-    SetSessionAuthorizationParamKind, Statement, TransactionAccessMode, TransactionIsolationLevel,
-    TransactionMode, Value,
+    SetSessionAuthorizationParam, SetSessionAuthorizationParamKind, Statement,
+    TransactionAccessMode, TransactionIsolationLevel, TransactionMode, Value,
 };
 
 use super::scan::scan;
@@ -117,26 +117,13 @@ fn set_part(set: &Set) -> Part {
             role_name,
         } => {
             let local = is_local(context_modifier);
-            match role_name {
-                Some(role) => effects.push(set_effect("role", role.to_string(), local)),
-                None if local => effects.push(set_effect("role", "NONE".into(), true)),
-                None => effects.push(reset_of("role")),
-            }
+            effects.push(match role_name {
+                Some(role) => set_effect("role", role.to_string(), local),
+                None if local => set_effect("role", "NONE".into(), true),
+                None => reset_of("role"),
+            });
         }
-        Set::SetSessionAuthorization(param) => {
-            let local = param.scope == ContextModifier::Local;
-            match &param.kind {
-                SetSessionAuthorizationParamKind::User(user) => {
-                    effects.push(set_effect("session_authorization", user.to_string(), local))
-                }
-                SetSessionAuthorizationParamKind::Default if local => {
-                    effects.push(set_effect("session_authorization", "DEFAULT".into(), true))
-                }
-                SetSessionAuthorizationParamKind::Default => {
-                    effects.push(reset_of("session_authorization"))
-                }
-            }
-        }
+        Set::SetSessionAuthorization(param) => effects.push(session_authorization(param)),
         Set::SetNames { charset_name, .. } => effects.push(set_effect(
             "client_encoding",
             charset_name.to_string(),
@@ -158,6 +145,20 @@ fn set_part(set: &Set) -> Part {
         Set::SetSessionParam(_) => {}
     }
     Part::write(reason).with_effects(effects)
+}
+
+/// `SET [SESSION | LOCAL] SESSION AUTHORIZATION user | DEFAULT`.
+fn session_authorization(param: &SetSessionAuthorizationParam) -> SessionEffect {
+    let local = param.scope == ContextModifier::Local;
+    match &param.kind {
+        SetSessionAuthorizationParamKind::User(user) => {
+            set_effect("session_authorization", user.to_string(), local)
+        }
+        SetSessionAuthorizationParamKind::Default if local => {
+            set_effect("session_authorization", "DEFAULT".into(), true)
+        }
+        SetSessionAuthorizationParamKind::Default => reset_of("session_authorization"),
+    }
 }
 
 fn assign(name: &str, values: &[Expr], local: bool, effects: &mut Vec<SessionEffect>) {

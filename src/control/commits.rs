@@ -105,7 +105,6 @@ pub struct Sampler {
     pools: Vec<Pool>,
     topology: TopologyHandle,
     timeout: Duration,
-    shutdown: watch::Receiver<bool>,
 }
 
 impl Sampler {
@@ -114,7 +113,6 @@ impl Sampler {
         config: &Config,
         tls: &ServerTls,
         topology: TopologyHandle,
-        shutdown: watch::Receiver<bool>,
     ) -> Sampler {
         Sampler {
             log,
@@ -123,16 +121,15 @@ impl Sampler {
                 .collect(),
             topology,
             timeout: config.proxy.connect_timeout() + config.monitor.probe_timeout(),
-            shutdown,
         }
     }
 
-    /// Samples on demand until shutdown.
-    pub async fn run(mut self) {
+    /// Samples on demand until `shutdown`.
+    pub async fn run(self, mut shutdown: watch::Receiver<bool>) {
         loop {
             tokio::select! {
                 () = self.log.wanted.notified() => {}
-                _ = self.shutdown.changed() => return,
+                _ = shutdown.changed() => return,
             }
             let count = self.log.count.load(Ordering::SeqCst);
             if self.log.sampled.load(Ordering::SeqCst) >= count {

@@ -13,8 +13,9 @@ use tracing::{debug, info, Span};
 use super::{reads, Session};
 use crate::backend::pool::CheckoutError;
 use crate::backend::replay::{self, ReplayError};
-use crate::backend::{ConnectError, Login};
+use crate::backend::{Carried, ConnectError, Login};
 use crate::classify::{Classification, Reason, SessionEffect};
+use crate::frontend::batch::Plan;
 use crate::frontend::classifier::Classifier;
 use crate::frontend::collect::{CollectError, Collected, Judge};
 use crate::frontend::link::{is_fatal, Phase, Sent};
@@ -501,29 +502,7 @@ impl Session {
         let Some(conn) = self.link.conn_mut() else {
             return;
         };
-        if plan.has_query {
-            conn.carried.prepared.remove("");
-            self.state.close("");
-        }
-        for name in plan.closed.drain(..) {
-            conn.carried.prepared.remove(&name);
-            self.state.close(&name);
-        }
-        let mut parsed = Vec::with_capacity(plan.parsed.len());
-        for (name, prepared) in plan.parsed.drain(..) {
-            // The record moves to the session's state; the connection and
-            // the request only note its name and fingerprint.
-            conn.carried
-                .prepared
-                .insert(name.clone(), prepared.fingerprint);
-            parsed.push((name.clone(), prepared.fingerprint));
-            self.state.prepare(name, prepared);
-        }
-        for effect in &plan.effects {
-            if let SessionEffect::Pin(reason) = effect {
-                self.state.pin(*reason);
-            }
-        }
+        let parsed = record_statements(plan, &mut conn.carried, &mut self.state);
         // A BEGIN alone between transactions leaves a transaction that
         // may still move; anything else executed means it has run more
         // (preparing and describing run nothing).
@@ -589,4 +568,36 @@ impl Session {
     pub(super) fn drop_server(&mut self) {
         drop(self.link.detach());
     }
+}
+
+/// Moves what the batch prepares, closes and pins into the session's state
+/// and the connection's record; the (name, fingerprint) of each statement
+/// it parses, for its request.
+fn record_statements(
+    plan: &mut Plan,
+    carried: &mut Carried,
+    state: &mut SessionState,
+) -> Vec<(String, u64)> {
+    if plan.has_query {
+        carried.prepared.remove("");
+        state.close("");
+    }
+    for name in plan.closed.drain(..) {
+        carried.prepared.remove(&name);
+        state.close(&name);
+    }
+    let mut parsed = Vec::with_capacity(plan.parsed.len());
+    for (name, prepared) in plan.parsed.drain(..) {
+        // The record moves to the session's state; the connection and
+        // the request only note its name and fingerprint.
+        carried.prepared.insert(name.clone(), prepared.fingerprint);
+        parsed.push((name.clone(), prepared.fingerprint));
+        state.prepare(name, prepared);
+    }
+    for effect in &plan.effects {
+        if let SessionEffect::Pin(reason) = effect {
+            state.pin(*reason);
+        }
+    }
+    parsed
 }
