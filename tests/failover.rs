@@ -274,6 +274,127 @@ async fn a_write_that_finds_its_primary_dead_waits_for_the_new_one() {
     assert_eq!(n, 1, "the row is on the new primary");
 }
 
+/// What one client saw across a primary kill: successes, and the SQLSTATE
+/// of each failure.
+#[derive(Default)]
+struct Seen {
+    ok: Vec<i64>,
+    failed: Vec<String>,
+}
+
+/// Autocommit inserts (`writer`) or reads on one connection through the
+/// proxy until `stop`; a failure is recorded, and the connection remade if
+/// it is gone.
+async fn keep_working(
+    url: String,
+    writer: bool,
+    stop: Arc<AtomicBool>,
+    next: Arc<AtomicU64>,
+) -> Seen {
+    let mut seen = Seen::default();
+    let mut conn = Reconnecting { url, client: None };
+    while !stop.load(Ordering::Relaxed) {
+        let Some(c) = conn.get().await else {
+            continue;
+        };
+        let result = if writer {
+            let id = next.fetch_add(1, Ordering::Relaxed) as i64;
+            c.execute("INSERT INTO acked VALUES ($1)", &[&id])
+                .await
+                .map(|_| id)
+        } else {
+            c.query_one("SELECT count(*) FROM acked", &[])
+                .await
+                .map(|r| r.get(0))
+        };
+        match result {
+            Ok(v) => seen.ok.push(v),
+            Err(e) => {
+                seen.failed.push(sqlstate(&e));
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+    }
+    seen
+}
+
+#[tokio::test]
+async fn a_primary_killed_under_load_fails_no_read_and_only_the_writes_it_held() {
+    let f = fixture_with(|c| c.failover.replication_mode = ReplicationMode::Sync).await;
+    let (cluster, proxy) = (&f.cluster, &f.proxy);
+    fresh_table(&f.client, "acked", "id bigint PRIMARY KEY").await;
+    wait_sync_standbys(cluster, "synchronous standbys to be set", |n| {
+        n.starts_with("ANY 1")
+    })
+    .await;
+    let stop = Arc::new(AtomicBool::new(false));
+    let next = Arc::new(AtomicU64::new(1));
+    let (writers, readers) = (4, 4);
+    let work: Vec<_> = (0..writers + readers)
+        .map(|i| {
+            let url = superuser_url(proxy, cluster);
+            tokio::spawn(keep_working(url, i < writers, stop.clone(), next.clone()))
+        })
+        .collect();
+    wait_until("200 inserts", Duration::from_secs(60), || async {
+        next.load(Ordering::Relaxed) > 200
+    })
+    .await;
+    cluster.primary().kill(signal::SIGKILL).unwrap();
+    let began = Instant::now();
+    let new = assert_failed_over(proxy, cluster, began).await;
+    let after = next.load(Ordering::Relaxed);
+    wait_until(
+        "200 inserts after the failover",
+        Duration::from_secs(60),
+        || async { next.load(Ordering::Relaxed) > after + 200 },
+    )
+    .await;
+    stop.store(true, Ordering::Relaxed);
+    let mut seen = Vec::new();
+    for w in work {
+        seen.push(w.await.unwrap());
+    }
+    let (wrote, read) = seen.split_at(writers);
+    let acked: Vec<i64> = wrote.iter().flat_map(|s| s.ok.clone()).collect();
+    let write_errors: Vec<&String> = wrote.iter().flat_map(|s| &s.failed).collect();
+    let read_errors: Vec<&String> = read.iter().flat_map(|s| &s.failed).collect();
+    let reads: usize = read.iter().map(|s| s.ok.len()).sum();
+    eprintln!(
+        "kill under load: {} inserts acknowledged, {} failed {write_errors:?}; {reads} reads, {} failed",
+        acked.len(),
+        write_errors.len(),
+        read_errors.len()
+    );
+    let mut codes = read_errors.clone();
+    codes.dedup();
+    assert!(read_errors.is_empty(), "reads failed: {codes:?}");
+    assert!(
+        write_errors.len() <= writers,
+        "only a write in flight on the dead primary may fail: {write_errors:?}"
+    );
+    // 08006 from the proxy, the dying server's own 57P01, or (a FATAL the
+    // client library takes as the end of its connection) the connection
+    // closed: never a success that was not one, never another error.
+    assert!(
+        write_errors.iter().all(|s| s.starts_with("08")
+            || s.as_str() == "57P01"
+            || s.contains("connection closed")),
+        "a write the primary took down with it gets a connection error: {write_errors:?}"
+    );
+    let direct = connect_node(cluster, cluster.node(new)).await.unwrap();
+    let present: i64 = direct
+        .query_one("SELECT count(*) FROM acked WHERE id = ANY($1)", &[&acked])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(
+        present as usize,
+        acked.len(),
+        "an acknowledged insert was lost"
+    );
+}
+
 #[tokio::test]
 async fn a_hung_primary_is_replaced() {
     let f = fixture().await;

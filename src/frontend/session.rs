@@ -347,9 +347,9 @@ impl Session {
     }
 
     /// The session's server was just fenced: between transactions it moves
-    /// on quietly (its next batch goes to the epoch's primary); in the
-    /// middle of one the transaction is lost with the node, and the client
-    /// is told so as if the connection had dropped.
+    /// on quietly (its next batch goes to the epoch's primary); what is in
+    /// flight there is lost with the node, as if the connection had
+    /// dropped (see [`Self::server_lost`]).
     fn leave_fenced_node(&mut self) -> Result<(), End> {
         let topology = self.shared.topology.load();
         let Some(node) = self.link.node() else {
@@ -363,7 +363,9 @@ impl Session {
             self.drop_server();
             return Ok(());
         }
-        Err(End::ServerGone)
+        // Requests in flight are lost with the node: a read goes elsewhere,
+        // an autocommit write gets an error, a transaction ends.
+        self.server_lost()
     }
 
     fn refuse_client_frame(&mut self, state: Sqlstate, message: &str) {

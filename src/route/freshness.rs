@@ -105,7 +105,16 @@ impl Need {
     /// asking again, since its published position may be old.
     pub fn admits_but_lsn(&self, node: &NodeState) -> bool {
         let r = &node.replication;
-        if self.level == Consistency::Strong || !(r.streaming || self.unstreamed_ok) {
+        // A replica that is not streaming is of unknown staleness, unless
+        // the read only needs writes it is shown to have replayed.
+        let fresh_by_lsn = self.min_lsn.is_some()
+            && matches!(
+                self.level,
+                Consistency::Causal | Consistency::ReadAfterCommit
+            )
+            && self.lsn_reached(node);
+        if self.level == Consistency::Strong || !(r.streaming || self.unstreamed_ok || fresh_by_lsn)
+        {
             return false;
         }
         match self.max_lag {
@@ -258,6 +267,26 @@ mod tests {
             need(Consistency::Eventual, choice, Some(95)).min_lsn,
             Some(Lsn(80))
         );
+    }
+
+    #[test]
+    fn a_cut_off_replica_serves_reads_it_is_shown_fresh_enough_for() {
+        let cut_off = replica(100, false, None);
+        let none = ReadChoice::default();
+        assert!(need(Consistency::Causal, none, Some(90)).admits(&cut_off));
+        assert!(!need(Consistency::Causal, none, Some(110)).admits(&cut_off));
+        assert!(
+            !need(Consistency::Causal, none, None).admits(&cut_off),
+            "nothing to prove it fresh by"
+        );
+        assert!(!need(Consistency::Eventual, none, Some(90)).admits(&cut_off));
+        assert!(!need(Consistency::Bounded, none, Some(90)).admits(&cut_off));
+        let config = ConsistencyConfig::default();
+        let written = Written {
+            session: None,
+            proxy: Some(Lsn(100)),
+        };
+        assert!(Need::of(Consistency::ReadAfterCommit, &none, written, &config).admits(&cut_off));
     }
 
     #[test]

@@ -248,7 +248,7 @@ pub fn decide(
         {
             match locate_writes(topology) {
                 Ok(primary) => Decision::Wait(Wait::WritePosition { primary }),
-                Err(e) => Decision::Refuse(e),
+                Err(e) => hold(batch, now, policy.failover_wait, e),
             }
         }
         Some(level @ Consistency::ReadAfterCommit)
@@ -420,17 +420,18 @@ fn read_target(
             !avoid.contains(i) && need.worth_waiting_for(&topology.nodes[i], within)
         });
         match picked {
-            Err(e) => return Decision::Refuse(e),
+            // Nobody to wait for: the replicas admitted now, if any.
+            Err(_) | Ok(None) => {}
             Ok(Some(node)) if Some(node) == topology.primary() => return Decision::Primary(node),
             Ok(Some(node)) if need.admits(&topology.nodes[node]) => return Decision::Replica(node),
             Ok(Some(node)) => return Decision::Wait(Wait::Replay { node, lsn, within }),
-            Ok(None) => {}
         }
     }
     match pick_node(policy, topology, loads, ticket, |i| {
         !avoid.contains(i) && need.admits(&topology.nodes[i])
     }) {
-        Err(e) => Decision::Refuse(e),
+        // No primary and no replica: a failover may bring one.
+        Err(e) => hold(batch, now, policy.failover_wait, e),
         Ok(Some(node)) => node_decision(topology, node),
         Ok(None) => no_fresh_replica(level, batch, policy, topology, now),
     }

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use palisade::config::{AuthConfig, AuthMethod, Config, UserConfig};
 use palisade::proxy::Proxy;
-use palisade::topology::Topology;
+use palisade::topology::{Role, Topology};
 use palisade_testkit::{LocalCluster, LocalNode};
 use tokio::sync::mpsc;
 use tokio_postgres::{AsyncMessage, Client, NoTls};
@@ -63,6 +63,19 @@ pub async fn start_proxy(cluster: &LocalCluster, tweak: impl FnOnce(&mut Config)
         t.primary().is_some()
     })
     .await;
+    // Reads spread over the replicas only once the monitor has seen them
+    // streaming: give it a moment (not an assertion: a test may start with
+    // a node down on purpose).
+    let seen_all = |t: &Topology| {
+        t.nodes.iter().all(|n| {
+            n.healthy
+                && (n.role == Role::Primary || n.role == Role::Replica && n.replication.streaming)
+        })
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while !seen_all(&proxy.topology()) && std::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     proxy
 }
 
