@@ -395,6 +395,51 @@ async fn a_primary_killed_under_load_fails_no_read_and_only_the_writes_it_held()
     );
 }
 
+/// The status code of `GET path` on the monitoring endpoint at `addr`.
+async fn http_status(addr: std::net::SocketAddr, path: &str) -> u16 {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let request = format!("GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n");
+    stream.write_all(request.as_bytes()).await.unwrap();
+    let mut reply = Vec::new();
+    stream.read_to_end(&mut reply).await.unwrap();
+    let reply = String::from_utf8_lossy(&reply);
+    reply
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0)
+}
+
+#[tokio::test]
+async fn ready_flips_to_503_while_the_primary_is_failed_over_and_back() {
+    let f = fixture_with(|c| c.http.listen = "127.0.0.1:0".into()).await;
+    let (cluster, proxy) = (&f.cluster, &f.proxy);
+    let http = proxy.http_addr().expect("http endpoint on");
+    assert_eq!(http_status(http, "/ready").await, 200);
+    assert_eq!(http_status(http, "/primary").await, 200);
+    cluster.primary().kill(signal::SIGKILL).unwrap();
+    let began = Instant::now();
+    wait_until("/ready to say 503", Duration::from_secs(30), || async {
+        http_status(http, "/ready").await == 503
+    })
+    .await;
+    assert_eq!(http_status(http, "/health").await, 200, "the process is up");
+    wait_until(
+        "/ready to say 200 again",
+        Duration::from_secs(60),
+        || async { http_status(http, "/ready").await == 200 },
+    )
+    .await;
+    eprintln!(
+        "/ready was 503 and back to 200 {:?} after the kill",
+        began.elapsed()
+    );
+    let t = proxy.topology();
+    assert_ne!(t.primary(), Some(0), "a replica was promoted: {t:?}");
+    assert_eq!(http_status(http, "/primary").await, 200);
+}
+
 #[tokio::test]
 async fn a_hung_primary_is_replaced() {
     let f = fixture().await;

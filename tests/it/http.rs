@@ -299,3 +299,45 @@ async fn status_api_and_page_describe_the_cluster() {
     assert!(page.body.contains("api/status") && page.body.contains("<svg"));
     proxy.shutdown().await;
 }
+
+/// Scrapes taken while pgbench runs through the proxy all parse, and the
+/// routed-query counter moves between them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_scraped_during_a_pgbench_run_parse_and_move() {
+    let proxy = settled_proxy().await;
+    let addr = http_addr(&proxy);
+    let cluster = shared_cluster();
+    let dir = tempfile::tempdir().unwrap();
+    let script = dir.path().join("select.sql");
+    std::fs::write(&script, "SELECT 1;\n").unwrap();
+    let mut pgbench = std::process::Command::new(cluster.bin_dir().join("pgbench"));
+    pgbench
+        .args(["-n", "-c", "4", "-j", "2", "-T", "4", "-f"])
+        .arg(&script)
+        .args([
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &proxy.local_addr().port().to_string(),
+        ])
+        .args(["-U", cluster.superuser(), "postgres"])
+        .env("PGPASSWORD", cluster.password());
+    let run = tokio::task::spawn_blocking(move || pgbench.output());
+    let mut routed = Vec::new();
+    for _ in 0..8 {
+        tokio::time::sleep(Duration::from_millis(400)).await;
+        routed.push(sum(&scrape(addr).await, "palisade_queries_routed_total"));
+    }
+    let output = run.await.unwrap().expect("pgbench runs");
+    assert!(
+        output.status.success(),
+        "pgbench: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    eprintln!("palisade_queries_routed_total during pgbench: {routed:?}");
+    let moved = routed.windows(2).filter(|w| w[1] > w[0]).count();
+    assert!(
+        moved >= 4,
+        "the counter moved between only {moved} of 7 scrape pairs: {routed:?}"
+    );
+}
