@@ -12,12 +12,16 @@
 # spread over the replicas. Everything it starts is stopped on exit and its
 # temp directory removed.
 #
-# Usage: bench/pgbench.sh [--replicas N] [--out FILE] [--no-palisade] [--keep-going] [--tls]
+# Usage: bench/pgbench.sh [--replicas N] [--out FILE] [--no-palisade] [--keep-going] [--tls] [--metrics]
 #   --replicas N   also start N streaming replicas (pg_basebackup -R) and give
 #                  them to Palisade as nodes (default 0: a single-node comparison)
 #   --out FILE     also write the result table to FILE
 #   --no-palisade  bench the peers only (no Palisade build needed)
 #   --keep-going   record a failed run as FAILED and go on; still exits non-zero
+#   --metrics      also run target palisade-metrics: the same Palisade with its
+#                  HTTP endpoint on, scraped (/metrics) every second during its
+#                  runs, as Prometheus would (issue-15 cell:
+#                  WORKLOADS=select-simple CLIENTS=8 bench/pgbench.sh --metrics)
 #   --tls          clients speak TLS (pgbench with sslmode=require) to every
 #                  target: PostgreSQL itself (ssl = on, the `direct` row),
 #                  Palisade ([tls] mode = "require") and PgBouncer
@@ -70,6 +74,7 @@ OUT_FILE=""
 WITH_PALISADE=1
 KEEP_GOING=0
 TLS=0
+METRICS=0
 while [[ $# -gt 0 ]]; do
     case "$1" in
         --replicas) REPLICAS="${2:?--replicas needs a number}"; shift 2 ;;
@@ -79,6 +84,7 @@ while [[ $# -gt 0 ]]; do
         --no-palisade) WITH_PALISADE=0; shift ;;
         --keep-going) KEEP_GOING=1; shift ;;
         --tls) TLS=1; shift ;;
+        --metrics) METRICS=1; shift ;;
         -h|--help) usage; exit 0 ;;
         *) echo "pgbench.sh: unknown argument: $1 (see --help)" >&2; exit 2 ;;
     esac
@@ -469,14 +475,33 @@ EOF
         printf '\n[tls]\nmode = "require"\ncert_file = "%s"\nkey_file = "%s"\n' \
             "$WORK/tls/cert.pem" "$WORK/tls/key.pem"
     fi
+    if [[ -n "${3:-}" ]]; then
+        printf '\n[http]\nlisten = "127.0.0.1:%s"\n' "$3"
+    fi
+}
+
+# Scrapes http://127.0.0.1:$1/metrics every second until killed.
+scrape_loop() {
+    while :; do
+        if exec 3<>"/dev/tcp/127.0.0.1/$1"; then
+            printf 'GET /metrics HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n' >&3
+            cat <&3 >/dev/null
+            exec 3<&-
+        fi
+        sleep 1
+    done
 }
 
 # Starts Palisade binary $3 (default $PALISADE_BIN) as target $1 with consistency $2.
 start_palisade() {
-    local port conf bin="${3:-$PALISADE_BIN}"
+    local port conf bin="${3:-$PALISADE_BIN}" http=""
     port="$(free_port)"
     conf="$WORK/$1.toml"
-    palisade_conf "$port" "$2" >"$conf"
+    if [[ "$1" == palisade-metrics ]]; then
+        http="$(free_port)"
+        HTTP_PORT="$http"
+    fi
+    palisade_conf "$port" "$2" "$http" >"$conf"
     "$bin" --config "$conf" >"$WORK/$1.log" 2>&1 &
     PIDS+=("$!:TERM")
     TARGET_PID[$1]="$!"
@@ -503,6 +528,9 @@ if (( WITH_PALISADE )); then
     fi
     if runs_any "$STRONG_WORKLOADS"; then
         start_palisade palisade-strong strong
+    fi
+    if (( METRICS )); then
+        start_palisade palisade-metrics read-after-commit
     fi
 else
     SKIPPED+=("palisade (--no-palisade)")
@@ -692,11 +720,17 @@ for w in $WORKLOADS; do
             [[ "$t" == palisade* ]] && commits_before="$(node_commits)"
             cpu_before=""
             [[ -n "${TARGET_PID[$t]:-}" ]] && cpu_before="$(tree_cpu_ticks "${TARGET_PID[$t]}")"
+            scraper=""
+            if [[ "$t" == palisade-metrics ]]; then
+                scrape_loop "$HTTP_PORT" &
+                scraper=$!
+            fi
             if run_workload "$w" "$c" "${TARGET_PORT[$t]}" >"$out" 2>&1; then
                 rc=0
             else
                 rc=$?
             fi
+            [[ -n "$scraper" ]] && { kill "$scraper" 2>/dev/null; wait "$scraper" 2>/dev/null || true; }
             # "tps = N (without initial connection time)"; with -C pgbench
             # prints "tps = N (including reconnection times)" instead.
             tps="$(sed -n 's/^tps = \([0-9.]*\) .*/\1/p' "$out" | head -n 1)"
