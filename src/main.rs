@@ -101,8 +101,18 @@ fn check_tls(config: Config) -> Result<Config, String> {
 async fn run(config: Config) -> Result<(), String> {
     let proxy = Proxy::start(config).await.map_err(|e| e.to_string())?;
     serve_until_signal(&proxy).await;
-    proxy.shutdown().await;
+    drain(proxy).await;
     Ok(())
+}
+
+/// Drains and stops the proxy (within `proxy.shutdown_timeout_ms`); a
+/// second SIGTERM or Ctrl-C meanwhile stops it at once.
+async fn drain(proxy: Proxy) {
+    proxy.begin_drain();
+    tokio::select! {
+        () = proxy.shutdown() => {}
+        () = wait_for_signal() => tracing::warn!("second signal: stopping at once"),
+    }
 }
 
 fn runtime(
@@ -131,10 +141,16 @@ fn fail(message: &str) -> ExitCode {
     ExitCode::FAILURE
 }
 
-/// Resolves on Ctrl-C or SIGTERM; each SIGHUP meanwhile reloads the TLS
-/// certificate, as `pg_ctl reload` does PostgreSQL's.
+/// Resolves on Ctrl-C, SIGTERM or the console's `SHUTDOWN
+/// WAIT_FOR_CLIENTS`; each SIGHUP meanwhile reloads the TLS certificate,
+/// as `pg_ctl reload` does PostgreSQL's.
 async fn serve_until_signal(proxy: &Proxy) {
-    let stop = wait_for_signal();
+    let stop = async {
+        tokio::select! {
+            () = wait_for_signal() => {}
+            () = proxy.drain_requested() => {}
+        }
+    };
     tokio::pin!(stop);
     let Ok(mut hangup) = signal(SignalKind::hangup()) else {
         return stop.await;

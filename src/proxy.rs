@@ -53,7 +53,8 @@ pub enum StartError {
     },
 }
 
-/// How long shutdown waits for sessions and action tasks to end.
+/// How long shutdown waits, once the drain is over, for sessions and
+/// action tasks to end.
 const DRAIN: Duration = Duration::from_secs(10);
 
 /// A background task, by name, so shutdown can say which one failed.
@@ -83,8 +84,10 @@ pub struct Proxy {
     shutdown: watch::Sender<bool>,
     /// Listener first: it stops before the rest.
     tasks: Vec<Named>,
-    /// Client sessions and the driver's action tasks.
+    /// The driver's action tasks.
     tracker: TaskTracker,
+    /// Client connections, which the drain waits for.
+    sessions: TaskTracker,
 }
 
 impl Proxy {
@@ -152,13 +155,15 @@ impl Proxy {
             unparsable: AtomicU64::new(0),
             admin: Console::new(control.clone()),
             admission: Admission::new(&config.proxy),
+            drain: watch::channel(false).0,
             config,
             topology: topology.clone(),
             cancels: Arc::new(CancelRegistry::default()),
             shutdown: shutdown_rx,
         });
         info!(%addr, "palisade is listening");
-        let accept = accept_loop(listener, shared.clone(), tracker.clone());
+        let sessions = TaskTracker::new();
+        let accept = accept_loop(listener, shared.clone(), sessions.clone());
         tasks.insert(0, spawn_named("listener", accept));
         let http_addr = http.map(|http| serve_http(http, &shared, &mut tasks));
         Ok(Proxy {
@@ -170,6 +175,7 @@ impl Proxy {
             shutdown,
             tasks,
             tracker,
+            sessions,
         })
     }
 
@@ -226,10 +232,51 @@ impl Proxy {
         &self.control
     }
 
-    /// Stops accepting, tells every session to end, and waits for the
-    /// named tasks to stop and for sessions and action tasks to end (at
-    /// most [`DRAIN`] for those).
-    pub async fn shutdown(mut self) {
+    /// Starts the drain (what SIGTERM does): new connections are refused
+    /// with 57P03, idle sessions end with 57P01, sessions in a transaction
+    /// or a query end once it does. `false` when it had already started.
+    pub fn begin_drain(&self) -> bool {
+        let began = self.shared.begin_drain();
+        if began {
+            info!(
+                sessions = self.sessions.len(),
+                "draining: no new connections; sessions end at their transaction's end"
+            );
+        }
+        began
+    }
+
+    /// Resolves once a drain has been asked for (the console's `SHUTDOWN
+    /// WAIT_FOR_CLIENTS`).
+    pub async fn drain_requested(&self) {
+        let mut drain = self.shared.drain.subscribe();
+        let _ = drain.wait_for(|draining| *draining).await;
+    }
+
+    /// Drains for at most `proxy.shutdown_timeout_ms`, then stops.
+    pub async fn shutdown(self) {
+        let limit = self.shared.config.proxy.shutdown_timeout();
+        self.shutdown_within(limit).await;
+    }
+
+    /// Drains (see [`Proxy::begin_drain`]) for at most `limit`, then ends
+    /// the sessions still open, stops the named tasks and waits for
+    /// sessions and action tasks to end (at most [`DRAIN`] for those).
+    pub async fn shutdown_within(mut self, limit: Duration) {
+        self.begin_drain();
+        self.sessions.close();
+        if tokio::time::timeout(limit, self.sessions.wait())
+            .await
+            .is_err()
+        {
+            warn!(
+                left = self.sessions.len(),
+                limit_ms = limit.as_millis(),
+                "drain timed out; ending the sessions still open"
+            );
+        } else {
+            info!("drained: every session has ended");
+        }
         let _ = self.shutdown.send(true);
         for task in std::mem::take(&mut self.tasks) {
             if let Err(e) = task.handle.await {
@@ -237,12 +284,13 @@ impl Proxy {
             }
         }
         self.tracker.close();
-        if tokio::time::timeout(DRAIN, self.tracker.wait())
+        let (sessions, actions) = (self.sessions.wait(), self.tracker.wait());
+        if tokio::time::timeout(DRAIN, async { tokio::join!(sessions, actions) })
             .await
             .is_err()
         {
             warn!(
-                left = self.tracker.len(),
+                left = self.tracker.len() + self.sessions.len(),
                 "sessions or actions still running at shutdown"
             );
         }
@@ -381,8 +429,9 @@ async fn prune_idle(
     }
 }
 
-/// Accepts clients until shutdown; each session runs on `sessions`. A
-/// client past `max_client_connections` is refused at once.
+/// Accepts clients until shutdown (during the drain too, to refuse them
+/// with 57P03); each session runs on `sessions`. A client past
+/// `max_client_connections` is refused at once.
 async fn accept_loop(listener: TcpListener, shared: Arc<Shared>, sessions: TaskTracker) {
     let mut shutdown = shared.shutdown.clone();
     loop {

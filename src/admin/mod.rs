@@ -155,7 +155,7 @@ pub fn welcome(out: &mut BytesMut) {
 /// Serves the console to `caller` until the client leaves or the proxy
 /// shuts down.
 pub async fn serve(mut client: ClientIo, shared: &Shared, caller: Caller) {
-    let mut shutdown = shared.shutdown.clone();
+    let mut shutdown = shared.drain.subscribe();
     // Set after an extended-protocol message: it is refused at the Sync.
     let mut refused_batch = false;
     loop {
@@ -212,7 +212,7 @@ pub async fn serve(mut client: ClientIo, shared: &Shared, caller: Caller) {
 }
 
 /// Reads more of the client's input; `false` when the console is done: the
-/// client left, the proxy is shutting down, or the client broke the
+/// client left, the proxy is draining (57P01), or the client broke the
 /// session timeouts (the rest of a half-sent message must come within
 /// `client_message_timeout_ms`, the next command within
 /// `client_idle_timeout_ms` when that is set), which it is told.
@@ -246,7 +246,16 @@ async fn read_more(
     };
     tokio::select! {
         read = client.rd.read_buf(&mut client.inbuf) => matches!(read, Ok(n) if n > 0),
-        _ = shutdown.changed() => false,
+        () = async { let _ = shutdown.wait_for(|draining| *draining).await; } => {
+            messages::error(
+                &mut client.out,
+                true,
+                Sqlstate::AdminShutdown,
+                "terminating connection due to administrator command",
+            );
+            let _ = client.wr.write_all(&client.out).await;
+            false
+        }
         () = expired => {
             messages::error(&mut client.out, true, state, &message);
             let _ = client.wr.write_all(&client.out).await;

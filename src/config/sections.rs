@@ -47,6 +47,10 @@ pub struct ProxyConfig {
     /// thread, like PgBouncer: on a machine whose cores PostgreSQL needs,
     /// cross-thread wake-ups cost more than a second thread gains.
     pub worker_threads: usize,
+    /// On SIGTERM, SIGINT or the console's `SHUTDOWN WAIT_FOR_CLIENTS`,
+    /// transactions and queries in flight get this long to finish before
+    /// their sessions are ended too.
+    pub shutdown_timeout_ms: u64,
 }
 
 impl Default for ProxyConfig {
@@ -64,6 +68,7 @@ impl Default for ProxyConfig {
             connect_timeout_ms: 5_000,
             replica_connect_timeout_ms: 1_000,
             worker_threads: 1,
+            shutdown_timeout_ms: 30_000,
         }
     }
 }
@@ -79,6 +84,10 @@ impl ProxyConfig {
 
     pub fn replica_connect_timeout(&self) -> Duration {
         Duration::from_millis(self.replica_connect_timeout_ms)
+    }
+
+    pub fn shutdown_timeout(&self) -> Duration {
+        Duration::from_millis(self.shutdown_timeout_ms)
     }
 
     pub fn client_message_timeout(&self) -> Duration {

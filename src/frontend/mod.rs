@@ -89,10 +89,25 @@ pub struct Shared {
     pub admin: admin::Console,
     /// Connection limits and the failed-login throttle.
     pub admission: Admission,
+    /// Set when the proxy starts draining (SIGTERM, SIGINT, `SHUTDOWN
+    /// WAIT_FOR_CLIENTS`): new connections are refused with 57P03, idle
+    /// sessions end with 57P01, the rest at their transaction's end.
+    pub drain: watch::Sender<bool>,
+    /// Set when everything stops at once (after the drain).
     pub shutdown: watch::Receiver<bool>,
 }
 
 impl Shared {
+    /// Starts the drain; `false` when it had already started.
+    pub fn begin_drain(&self) -> bool {
+        self.drain
+            .send_if_modified(|draining| !std::mem::replace(draining, true))
+    }
+
+    pub fn draining(&self) -> bool {
+        *self.drain.borrow()
+    }
+
     /// The config's routing rules, as [`route::decide`] takes them.
     pub fn policy(&self) -> Policy<'_> {
         Policy {
@@ -286,6 +301,14 @@ async fn start(
         messages::negotiate_protocol_version(&mut client.out, unsupported);
     }
     let database = param(&params, "database").unwrap_or_default().to_owned();
+    if shared.draining() {
+        // Before authentication, as PostgreSQL refuses during its shutdown.
+        return Err(tell(
+            client,
+            Sqlstate::CannotConnectNow,
+            "the database system is shutting down",
+        ));
+    }
     let secret = authenticate(client, peer, shared, &user, &database).await?;
     if !shared.admission.admit(arrival) {
         return Err(tell(

@@ -68,6 +68,7 @@ pub enum End {
     ClientProtocolError,
     /// Idle outside a transaction past `client_idle_timeout_ms`.
     IdleTimeout,
+    /// Between transactions during the drain, or still open when it ran out.
     Shutdown,
 }
 
@@ -83,6 +84,8 @@ enum Event {
     Stalled,
     /// The client's clock ran out on what it timed.
     ClientClock(Watch),
+    /// The proxy began draining.
+    Drain,
     Shutdown,
 }
 
@@ -127,6 +130,8 @@ pub struct Session {
     keys: Vec<PoolKey>,
     /// Reads being sent again, and the stall timer.
     retry: retry::Retry,
+    /// The proxy is draining: the session ends at its next transaction boundary.
+    draining: bool,
 }
 
 impl Session {
@@ -163,6 +168,7 @@ impl Session {
             login,
             keys,
             state: SessionState::default(),
+            draining: false,
         }
     }
 
@@ -200,19 +206,46 @@ impl Session {
         self.maybe_release();
         // Made once: re-arming a watch waiter on every message costs more than the rest of the loop.
         let mut shutdown = self.shared.shutdown.clone();
+        let mut drain = self.shared.drain.subscribe();
         let stop = async move {
-            let _ = shutdown.wait_for(|stopping| *stopping).await;
+            tokio::select! {
+                _ = shutdown.wait_for(|stopping| *stopping) => Event::Shutdown,
+                _ = drain.wait_for(|draining| *draining) => Event::Drain,
+            }
         };
-        tokio::pin!(stop);
+        let mut stop = Box::pin(stop) as Pin<Box<dyn Future<Output = Event> + Send>>;
         let mut clock = ClientClock::new(&self.shared.config.proxy);
         loop {
+            if self.draining && self.between() {
+                return End::Shutdown;
+            }
             if let Err(end) = self.advance().await {
                 return end;
             }
-            if let Err(end) = self.step(stop.as_mut(), &mut clock).await {
-                return end;
+            match self.step(stop.as_mut(), &mut clock).await {
+                Err(end) => return end,
+                Ok(false) => {}
+                // A session in a transaction or a query finishes it; only
+                // the end of the drain stops it now.
+                Ok(true) => {
+                    debug!(parent: &self.span, "draining: ending at the transaction's end");
+                    self.draining = true;
+                    let mut shutdown = self.shared.shutdown.clone();
+                    stop = Box::pin(async move {
+                        let _ = shutdown.wait_for(|stopping| *stopping).await;
+                        Event::Shutdown
+                    });
+                }
             }
         }
+    }
+
+    /// Between transactions, with every request answered and no batch half
+    /// received: a session the drain may end.
+    fn between(&self) -> bool {
+        self.link.phase() == Phase::Ready(TxnStatus::Idle)
+            && self.link.settled()
+            && !self.collector.continues()
     }
 
     /// Does whatever needs no waiting for the network: gathers client
@@ -253,12 +286,13 @@ impl Session {
         }
     }
 
-    /// Waits for the next thing that can happen and handles it.
+    /// Waits for the next thing that can happen and handles it; `Ok(true)`
+    /// when the drain began.
     async fn step(
         &mut self,
-        stop: Pin<&mut impl Future<Output = ()>>,
+        stop: Pin<&mut (dyn Future<Output = Event> + Send)>,
         clock: &mut ClientClock,
-    ) -> Result<(), End> {
+    ) -> Result<bool, End> {
         let Session {
             client,
             link,
@@ -300,7 +334,7 @@ impl Session {
             Ok(()) = fences.changed(), if attached => Event::Fenced,
             () = retry.stalled() => Event::Stalled,
             watch = clock.expired(), if timed => Event::ClientClock(watch),
-            () = stop => Event::Shutdown,
+            event = stop => event,
         };
         match event {
             Event::WroteClient(Ok(n)) if n > 0 => {
@@ -314,13 +348,17 @@ impl Session {
             Event::ReadServer(Ok(n)) if n > 0 => self.on_server_bytes()?,
             Event::ReadClient(Ok(n)) if n > 0 => clock.heard(),
             Event::WroteClient(_) | Event::ReadClient(_) => return Err(End::ClientGone),
-            Event::WroteServer(_) | Event::ReadServer(_) => return self.server_lost(),
+            Event::WroteServer(_) | Event::ReadServer(_) => {
+                return self.server_lost().map(|()| false)
+            }
             Event::Shutdown => return Err(End::Shutdown),
-            Event::Fenced => return self.leave_fenced_node(),
-            Event::Stalled => return self.on_stall(),
+            Event::Drain if self.between() => return Err(End::Shutdown),
+            Event::Drain => return Ok(true),
+            Event::Fenced => return self.leave_fenced_node().map(|()| false),
+            Event::Stalled => return self.on_stall().map(|()| false),
             Event::ClientClock(watch) => return Err(self.client_timed_out(watch)),
         }
-        Ok(())
+        Ok(false)
     }
 
     /// The client's clock ran out: a message left half sent breaks the
@@ -484,7 +522,7 @@ impl Session {
                         &mut self.client.out,
                         true,
                         Sqlstate::AdminShutdown,
-                        "terminating connection because the proxy is shutting down",
+                        "terminating connection due to administrator command",
                     );
                 }
                 if let Some(wr) = self.link.io().write {

@@ -34,6 +34,8 @@ pub enum Sqlstate {
     ProgramLimitExceeded,
     /// 57P01: the proxy is shutting down.
     AdminShutdown,
+    /// 57P03: a connection arriving while the proxy drains.
+    CannotConnectNow,
     /// 57P05: a session idle longer than `client_idle_timeout_ms`.
     IdleSessionTimeout,
     /// 42501: an admin console command the user may not run.
@@ -65,6 +67,7 @@ impl Sqlstate {
             Sqlstate::TooManyConnections => "53300",
             Sqlstate::ProgramLimitExceeded => "54000",
             Sqlstate::AdminShutdown => "57P01",
+            Sqlstate::CannotConnectNow => "57P03",
             Sqlstate::IdleSessionTimeout => "57P05",
             Sqlstate::InsufficientPrivilege => "42501",
             Sqlstate::FeatureNotSupported => "0A000",

@@ -1,0 +1,119 @@
+//! The graceful drain (SIGTERM, SIGINT, `SHUTDOWN WAIT_FOR_CLIENTS`): new
+//! connections are refused with 57P03, idle sessions end with 57P01, and a
+//! transaction open when it began runs to its commit.
+
+use std::time::Duration;
+
+use tokio_postgres::NoTls;
+
+use crate::support::harness::{app_url, console_url, sqlstate, start_proxy};
+use crate::support::nodes::{direct, fresh_table, unique, wait_running};
+use crate::support::shared_cluster;
+
+/// A client whose connection's own end (its error, if any) is kept.
+async fn watched(
+    url: &str,
+) -> (
+    tokio_postgres::Client,
+    tokio::task::JoinHandle<Result<(), tokio_postgres::Error>>,
+) {
+    let (client, connection) = tokio_postgres::connect(url, NoTls)
+        .await
+        .expect("connect through the proxy");
+    (client, tokio::spawn(connection))
+}
+
+/// How a connection ended: its SQLSTATE.
+async fn ended_with(
+    connection: tokio::task::JoinHandle<Result<(), tokio_postgres::Error>>,
+) -> String {
+    let ended = tokio::time::timeout(Duration::from_secs(10), connection)
+        .await
+        .expect("the connection ends")
+        .expect("the connection task does not panic");
+    match ended {
+        Ok(()) => "closed without an error".into(),
+        Err(e) => sqlstate(&e),
+    }
+}
+
+#[tokio::test]
+async fn a_drain_lets_the_open_transaction_commit_ends_idle_sessions_and_refuses_new_ones() {
+    let cluster = shared_cluster();
+    let proxy = start_proxy(cluster, |c| c.proxy.shutdown_timeout_ms = 30_000).await;
+    let url = app_url(&proxy, cluster, "drain");
+    let table = unique("drained");
+    let (setup, _setup_conn) = watched(&url).await;
+    fresh_table(&setup, &table, "n int").await;
+    drop(setup);
+    let (idle, idle_conn) = watched(&url).await;
+    idle.simple_query("SELECT 1").await.unwrap();
+    let (console, console_conn) = watched(&console_url(&proxy, cluster)).await;
+    console.simple_query("SHOW NODES").await.unwrap();
+    let (open, open_conn) = watched(&url).await;
+    open.batch_execute(&format!("BEGIN; INSERT INTO {table} VALUES (1)"))
+        .await
+        .unwrap();
+    let marker = unique("drain_sleep");
+    let sleeping = format!("SELECT pg_sleep(1) /* {marker} */");
+    let (slept, ()) = tokio::join!(open.simple_query(&sleeping), async {
+        wait_running(cluster, &marker).await;
+        assert!(proxy.begin_drain(), "the drain begins once");
+        assert!(!proxy.begin_drain());
+        let refused = tokio_postgres::connect(&url, NoTls)
+            .await
+            .err()
+            .expect("a new connection during the drain is refused");
+        assert_eq!(sqlstate(&refused), "57P03", "{refused}");
+    });
+    slept.expect("the query in flight when the drain began finishes");
+    assert_eq!(ended_with(idle_conn).await, "57P01", "an idle session ends");
+    assert_eq!(
+        ended_with(console_conn).await,
+        "57P01",
+        "a console session ends"
+    );
+    open.batch_execute(&format!("INSERT INTO {table} VALUES (2); COMMIT"))
+        .await
+        .expect("the transaction open during the drain commits");
+    assert_eq!(
+        ended_with(open_conn).await,
+        "57P01",
+        "the session ends once its transaction has"
+    );
+    let started = std::time::Instant::now();
+    proxy.shutdown().await;
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "no session was left to wait for, yet shutdown took {:?}",
+        started.elapsed()
+    );
+    let primary = direct(cluster.primary()).await;
+    let rows = primary
+        .query_one(&format!("SELECT count(*) FROM {table}"), &[])
+        .await
+        .unwrap()
+        .get::<_, i64>(0);
+    assert_eq!(rows, 2, "both rows of the drained transaction are there");
+    primary
+        .batch_execute(&format!("DROP TABLE {table}"))
+        .await
+        .unwrap();
+}
+
+#[tokio::test]
+async fn a_transaction_still_open_when_the_drain_runs_out_is_ended() {
+    let cluster = shared_cluster();
+    let proxy = start_proxy(cluster, |c| c.proxy.shutdown_timeout_ms = 300).await;
+    let (open, open_conn) = watched(&app_url(&proxy, cluster, "drain_timeout")).await;
+    open.batch_execute("BEGIN; SELECT 1").await.unwrap();
+    let started = std::time::Instant::now();
+    proxy.shutdown().await;
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "shutdown waited {:?} past a 300 ms drain",
+        started.elapsed()
+    );
+    assert_eq!(ended_with(open_conn).await, "57P01");
+    assert!(open.simple_query("COMMIT").await.is_err());
+}
