@@ -124,6 +124,7 @@ impl Proxy {
             tracker: tracker.clone(),
             tls: server_tls.clone(),
             shutdown: shutdown_rx.clone(),
+            journal: control.journal(),
         })
         .await;
         let pool = start_pool(&config, &server_tls, &shutdown_rx, &mut tasks);
@@ -156,6 +157,8 @@ impl Proxy {
             admin: Console::new(control.clone()),
             admission: Admission::new(&config.proxy),
             drain: watch::channel(false).0,
+            clients: Default::default(),
+            pause: Default::default(),
             config,
             topology: topology.clone(),
             cancels: Arc::new(CancelRegistry::default()),
@@ -370,6 +373,7 @@ struct ControlWiring {
     tracker: TaskTracker,
     tls: ServerTls,
     shutdown: watch::Receiver<bool>,
+    journal: Arc<crate::control::journal::Journal>,
 }
 
 /// Starts a prober per node and the driver; returns once every node has
@@ -398,6 +402,7 @@ async fn start_control(w: ControlWiring) -> Vec<Named> {
             tracker: w.tracker,
             tls: w.tls,
             shutdown: w.shutdown,
+            journal: w.journal,
         },
     );
     tasks.push(spawn_named("driver", driver.run()));

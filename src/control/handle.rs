@@ -2,7 +2,11 @@
 //! the proxy hands to the console, carrying operator commands to the
 //! driver and bringing back its answer. Sessions never hold it.
 
+use std::sync::Arc;
+
 use tokio::sync::{mpsc, oneshot};
+
+use super::journal::{Entry, Journal};
 
 /// An operator command from the admin console.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -23,6 +27,8 @@ pub struct Request {
 #[derive(Debug, Clone)]
 pub struct ControlHandle {
     commands: mpsc::Sender<Request>,
+    /// The failover log the driver keeps.
+    journal: Arc<Journal>,
 }
 
 /// Commands waiting for the driver at most; more wait to be queued.
@@ -32,7 +38,18 @@ impl ControlHandle {
     /// A handle and the queue the driver reads.
     pub fn channel() -> (ControlHandle, mpsc::Receiver<Request>) {
         let (commands, queue) = mpsc::channel(QUEUE);
-        (ControlHandle { commands }, queue)
+        let journal = Arc::default();
+        (ControlHandle { commands, journal }, queue)
+    }
+
+    /// Where the driver records the failover log.
+    pub fn journal(&self) -> Arc<Journal> {
+        self.journal.clone()
+    }
+
+    /// The last events of the failover log, oldest first.
+    pub fn events(&self) -> Vec<Entry> {
+        self.journal.entries()
     }
 
     /// Hands `command` to the driver and waits for its answer: what was

@@ -13,6 +13,8 @@ pub mod link;
 pub mod load;
 pub mod local;
 pub mod negotiate;
+pub mod pause;
+pub mod registry;
 pub mod retry;
 pub mod session;
 pub mod state;
@@ -93,6 +95,10 @@ pub struct Shared {
     /// WAIT_FOR_CLIENTS`): new connections are refused with 57P03, idle
     /// sessions end with 57P01, the rest at their transaction's end.
     pub drain: watch::Sender<bool>,
+    /// The sessions open now (the console's `SHOW CLIENTS`).
+    pub clients: registry::Registry,
+    /// The console's `PAUSE`: new transactions wait for `RESUME`.
+    pub pause: pause::Pause,
     /// Set when everything stops at once (after the drain).
     pub shutdown: watch::Receiver<bool>,
 }
@@ -184,6 +190,12 @@ pub async fn serve(stream: TcpStream, peer: SocketAddr, shared: Arc<Shared>, mut
         }
     };
     let classifier = Classifier::open(&shared, &connected.login.database);
+    let listed = shared.clients.add(
+        session_id,
+        &connected.login.client_user,
+        &connected.login.database,
+        peer,
+    );
     // The relay polls far too often to enter a span each time: it logs
     // with the span as an explicit parent instead.
     let session = Session::new(
@@ -192,9 +204,10 @@ pub async fn serve(stream: TcpStream, peer: SocketAddr, shared: Arc<Shared>, mut
         client,
         connected,
         classifier,
-        span.clone(),
+        (listed, span.clone()),
     );
     let end = session.run().await;
+    shared.clients.remove(session_id);
     debug!(parent: &span, ?end, "session ended");
     drop(arrival);
 }

@@ -44,6 +44,7 @@ use tracing::{debug, info, Span};
 use super::classifier::Classifier;
 use super::collect::Collector;
 use super::link::{Answer, LinkIo, Phase, ServerLink};
+use super::registry::{Client, ClientState};
 use super::state::SessionState;
 use super::{Connected, Shared};
 use crate::backend;
@@ -132,6 +133,8 @@ pub struct Session {
     retry: retry::Retry,
     /// The proxy is draining: the session ends at its next transaction boundary.
     draining: bool,
+    /// Where the console sees what the session is doing.
+    listed: Arc<Client>,
 }
 
 impl Session {
@@ -141,7 +144,7 @@ impl Session {
         client: ClientIo,
         connected: Connected,
         classifier: Classifier,
-        span: Span,
+        (listed, span): (Arc<Client>, Span),
     ) -> Session {
         let Connected {
             server,
@@ -169,6 +172,7 @@ impl Session {
             keys,
             state: SessionState::default(),
             draining: false,
+            listed,
         }
     }
 
@@ -222,6 +226,7 @@ impl Session {
             if let Err(end) = self.advance().await {
                 return end;
             }
+            self.publish_state();
             match self.step(stop.as_mut(), &mut clock).await {
                 Err(end) => return end,
                 Ok(false) => {}
@@ -238,6 +243,17 @@ impl Session {
                 }
             }
         }
+    }
+
+    /// Tells the console what the session is doing now.
+    fn publish_state(&self) {
+        let state = match self.link.phase() {
+            Phase::Busy { .. } => ClientState::Active,
+            Phase::Ready(TxnStatus::Idle) => ClientState::Idle,
+            Phase::Ready(TxnStatus::InTransaction) => ClientState::IdleInTransaction,
+            Phase::Ready(TxnStatus::Failed) => ClientState::IdleInFailed,
+        };
+        self.listed.publish(state, self.link.node());
     }
 
     /// Between transactions, with every request answered and no batch half

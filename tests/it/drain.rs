@@ -117,3 +117,25 @@ async fn a_transaction_still_open_when_the_drain_runs_out_is_ended() {
     assert_eq!(ended_with(open_conn).await, "57P01");
     assert!(open.simple_query("COMMIT").await.is_err());
 }
+
+#[tokio::test]
+async fn shutdown_wait_for_clients_at_the_console_starts_the_drain() {
+    let cluster = shared_cluster();
+    let proxy = start_proxy(cluster, |_| {}).await;
+    let (console, console_conn) = watched(&console_url(&proxy, cluster)).await;
+    let url = app_url(&proxy, cluster, "drain_console");
+    let (idle, idle_conn) = watched(&url).await;
+    idle.simple_query("SELECT 1").await.unwrap();
+    console
+        .simple_query("SHUTDOWN WAIT_FOR_CLIENTS")
+        .await
+        .expect("an admin may start the drain");
+    tokio::time::timeout(Duration::from_secs(5), proxy.drain_requested())
+        .await
+        .expect("the proxy (and so the binary) hears of it");
+    assert_eq!(ended_with(idle_conn).await, "57P01");
+    assert_eq!(ended_with(console_conn).await, "57P01");
+    let refused = tokio_postgres::connect(&url, NoTls).await.err().unwrap();
+    assert_eq!(sqlstate(&refused), "57P03", "{refused}");
+    proxy.shutdown().await;
+}

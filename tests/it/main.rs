@@ -14,6 +14,7 @@ mod catalog;
 mod cluster;
 mod commits;
 mod consistency;
+mod console;
 mod drain;
 mod drivers;
 mod failures;

@@ -142,11 +142,31 @@ impl Session {
             messages::ready(&mut self.client.out, TxnStatus::Idle);
             return Ok(Outcome::Answered);
         }
+        if self.shared.pause.is_on()
+            && self.link.phase() == Phase::Ready(TxnStatus::Idle)
+            && !self.collector.continues()
+        {
+            self.hold().await?;
+        }
         if let Some(outcome) = self.reach_ready().await? {
             return Ok(outcome);
         }
         self.send();
         Ok(Outcome::Sent)
+    }
+
+    /// The console paused new transactions: waits for `RESUME`, or ends
+    /// the session if the proxy drains meanwhile.
+    async fn hold(&mut self) -> Result<(), super::End> {
+        debug!(parent: &self.span, "paused: holding the next transaction until RESUME");
+        let mut drain = self.shared.drain.subscribe();
+        let drained = async move {
+            let _ = drain.wait_for(|draining| *draining).await;
+        };
+        tokio::select! {
+            () = self.shared.pause.resumed() => Ok(()),
+            () = drained => Err(super::End::Shutdown),
+        }
     }
 
     /// Gets the session onto the due batch's connection with the state the
