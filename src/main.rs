@@ -142,8 +142,8 @@ fn fail(message: &str) -> ExitCode {
 }
 
 /// Resolves on Ctrl-C, SIGTERM or the console's `SHUTDOWN
-/// WAIT_FOR_CLIENTS`; each SIGHUP meanwhile reloads the TLS certificate,
-/// as `pg_ctl reload` does PostgreSQL's.
+/// WAIT_FOR_CLIENTS`; each SIGHUP meanwhile reloads the config file and
+/// the TLS certificate, as `pg_ctl reload` does PostgreSQL's.
 async fn serve_until_signal(proxy: &Proxy) {
     let stop = async {
         tokio::select! {
@@ -159,8 +159,13 @@ async fn serve_until_signal(proxy: &Proxy) {
         tokio::select! {
             () = &mut stop => return,
             Some(()) = hangup.recv() => {
-                // Logged by the proxy; a failed reload keeps the old certificate.
-                let _ = proxy.reload_tls();
+                // What changed is logged; a file that cannot be used changes
+                // nothing. The demo has no file: its certificate is re-read.
+                if proxy.config().source.is_none() {
+                    let _ = proxy.reload_tls();
+                } else if let Err(e) = proxy.reload_file().await {
+                    tracing::warn!(error = %e, "config not reloaded");
+                }
             }
         }
     }

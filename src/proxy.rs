@@ -15,6 +15,7 @@ use std::time::Duration;
 
 use std::future::Future;
 
+use arc_swap::ArcSwap;
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
@@ -36,7 +37,6 @@ use crate::frontend::auth::Authenticator;
 use crate::frontend::cancel::CancelRegistry;
 use crate::frontend::load::NodeLoads;
 use crate::frontend::{self, Shared};
-use crate::route::ReadPolicy;
 use crate::tls::{ClientTls, ServerTls, TlsError};
 use crate::topology::{PublishedFunctions, Topology, TopologyHandle};
 
@@ -148,10 +148,9 @@ impl Proxy {
         let shared = Arc::new(Shared {
             commits,
             pool,
-            auth,
+            auth: ArcSwap::from_pointee(auth),
             tls: client_tls,
             loads: NodeLoads::new(config.nodes.len()),
-            read_policy: ReadPolicy::from_config(&config.routing),
             tickets: AtomicU64::new(0),
             unparsable: AtomicU64::new(0),
             admin: Console::new(control.clone()),
@@ -159,7 +158,7 @@ impl Proxy {
             drain: watch::channel(false).0,
             clients: Default::default(),
             pause: Default::default(),
-            config,
+            config: ArcSwap::new(config),
             topology: topology.clone(),
             cancels: Arc::new(CancelRegistry::default()),
             shutdown: shutdown_rx,
@@ -200,7 +199,7 @@ impl Proxy {
 
     /// Requests routed to each node so far, in config order.
     pub fn routed(&self) -> Vec<u64> {
-        (0..self.shared.config.nodes.len())
+        (0..self.shared.config().nodes.len())
             .map(|n| self.shared.loads.routed(n))
             .collect()
     }
@@ -216,6 +215,22 @@ impl Proxy {
             Err(e) => warn!(error = %e, "TLS certificate not reloaded; the one in use stays"),
         }
         reloaded
+    }
+
+    /// Applies `config` as far as it can change live (RELOAD; see
+    /// [`crate::reload`]); an invalid one changes nothing and says why.
+    pub async fn reload(&self, config: Config) -> Result<crate::reload::Report, String> {
+        crate::reload::apply(&self.shared, config).await
+    }
+
+    /// Reads the config file again and applies it (SIGHUP, `RELOAD`).
+    pub async fn reload_file(&self) -> Result<crate::reload::Report, String> {
+        crate::reload::from_file(&self.shared).await
+    }
+
+    /// The settings in force.
+    pub fn config(&self) -> Arc<Config> {
+        self.shared.config.load_full()
     }
 
     /// The current published topology.
@@ -258,7 +273,7 @@ impl Proxy {
 
     /// Drains for at most `proxy.shutdown_timeout_ms`, then stops.
     pub async fn shutdown(self) {
-        let limit = self.shared.config.proxy.shutdown_timeout();
+        let limit = self.shared.config().proxy.shutdown_timeout();
         self.shutdown_within(limit).await;
     }
 

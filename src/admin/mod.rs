@@ -85,6 +85,8 @@ pub enum Command {
     Resume,
     /// `SHUTDOWN WAIT_FOR_CLIENTS`: the drain.
     Shutdown,
+    /// `RELOAD`: the config file read again.
+    Reload,
     /// For the failover driver.
     Control(control::Command),
     /// An empty query string.
@@ -147,9 +149,11 @@ impl Command {
         match self {
             Command::Empty => ConsoleAccess::None,
             Command::ShowNodes | Command::ShowConfig | Command::Show(_) => ConsoleAccess::Stats,
-            Command::Control(_) | Command::Pause | Command::Resume | Command::Shutdown => {
-                ConsoleAccess::Admin
-            }
+            Command::Control(_)
+            | Command::Pause
+            | Command::Resume
+            | Command::Shutdown
+            | Command::Reload => ConsoleAccess::Admin,
         }
     }
 
@@ -162,6 +166,7 @@ impl Command {
             Command::Pause => "PAUSE".into(),
             Command::Resume => "RESUME".into(),
             Command::Shutdown => "SHUTDOWN WAIT_FOR_CLIENTS".into(),
+            Command::Reload | Command::Control(control::Command::Reweight(_)) => "RELOAD".into(),
             Command::Control(control::Command::Switchover(None)) => "SWITCHOVER".into(),
             Command::Control(control::Command::Switchover(Some(to))) => {
                 format!("SWITCHOVER TO {to}")
@@ -212,6 +217,7 @@ pub fn parse(sql: &str) -> Option<Command> {
             .map(Command::Show),
         1 if is(0, "pause") => Some(Command::Pause),
         1 if is(0, "resume") => Some(Command::Resume),
+        1 if is(0, "reload") => Some(Command::Reload),
         2 if is(0, "shutdown") && is(1, "wait_for_clients") => Some(Command::Shutdown),
         1 if is(0, "switchover") => Some(Command::Control(control::Command::Switchover(None))),
         3 if is(0, "switchover") && is(1, "to") => Some(Command::Control(
@@ -245,7 +251,7 @@ pub async fn serve(mut client: ClientIo, shared: &Shared, caller: Caller) {
             }
             client.out.clear();
         }
-        let frame = match take_frame(&mut client.inbuf, shared.config.proxy.max_message_size) {
+        let frame = match take_frame(&mut client.inbuf, shared.config().proxy.max_message_size) {
             Ok(Some(frame)) => frame,
             Ok(None) if read_more(&mut client, shared, &mut shutdown).await => continue,
             Ok(None) => return,
@@ -301,7 +307,7 @@ async fn read_more(
     shared: &Shared,
     shutdown: &mut watch::Receiver<bool>,
 ) -> bool {
-    let proxy = &shared.config.proxy;
+    let proxy = &shared.config().proxy;
     let (limit, state, message) = if client.inbuf.is_empty() {
         (
             proxy.client_idle_timeout(),
@@ -369,7 +375,7 @@ async fn answer(out: &mut BytesMut, sql: &str, shared: &Shared, caller: &Caller)
         }
         Some(Command::ShowConfig) => {
             debug!(user = %caller.user, client = %caller.peer, "SHOW CONFIG");
-            let rows: Vec<Vec<Option<String>>> = config_rows(&shared.config)
+            let rows: Vec<Vec<Option<String>>> = config_rows(&shared.config())
                 .into_iter()
                 .map(|(k, v)| vec![Some(k), Some(v)])
                 .collect();
@@ -388,6 +394,7 @@ async fn answer(out: &mut BytesMut, sql: &str, shared: &Shared, caller: &Caller)
         Some(command @ (Command::Pause | Command::Resume | Command::Shutdown)) => {
             operate(out, &command, shared, caller);
         }
+        Some(Command::Reload) => reload(out, shared, caller).await,
         Some(Command::Empty) => out.extend_from_slice(b"I\0\0\0\x04"),
         None => messages::error(
             out,
@@ -398,6 +405,22 @@ async fn answer(out: &mut BytesMut, sql: &str, shared: &Shared, caller: &Caller)
                 sql.trim()
             ),
         ),
+    }
+}
+
+/// Reads the config file again and applies what can change live; tells
+/// the client what changed and what needs a restart, or why nothing did.
+async fn reload(out: &mut BytesMut, shared: &Shared, caller: &Caller) {
+    let (user, client) = (&caller.user, &caller.peer);
+    info!(%user, %client, command = "RELOAD", "admin command");
+    match crate::reload::from_file(shared).await {
+        Ok(report) => {
+            for line in report.lines() {
+                messages::notice(out, &line);
+            }
+            messages::command_complete(out, "RELOAD");
+        }
+        Err(reason) => messages::error(out, false, Sqlstate::ConfigFileError, &reason),
     }
 }
 
@@ -426,6 +449,7 @@ async fn act(out: &mut BytesMut, command: control::Command, shared: &Shared, cal
     let tag = match &command {
         control::Command::Switchover(_) => "SWITCHOVER",
         control::Command::Rejoin(_) => "REJOIN",
+        control::Command::Reweight(_) => "RELOAD",
     };
     match shared.admin.control.ask(command).await {
         Ok(done) => {

@@ -262,6 +262,11 @@ impl Driver {
 
     async fn on_command(&mut self, request: Request) {
         let (event, started) = match &request.command {
+            Command::Reweight(weights) => {
+                self.reweight(weights);
+                let _ = request.reply.send(Ok("weights set".to_owned()));
+                return;
+            }
             Command::Switchover(target) => {
                 let target = match target {
                     None => None,
@@ -289,6 +294,7 @@ impl Driver {
             Command::Switchover(None) => "SWITCHOVER".to_owned(),
             Command::Switchover(Some(to)) => format!("SWITCHOVER TO {to}"),
             Command::Rejoin(node) => format!("REJOIN {node}"),
+            Command::Reweight(_) => "RELOAD".to_owned(),
         };
         let outcome = refused.as_deref().unwrap_or(started);
         self.journal
@@ -297,6 +303,20 @@ impl Driver {
             Some(reason) => Err(reason),
             None => Ok(started.to_owned()),
         });
+    }
+
+    /// Publishes the nodes with new read weights (a reload); the next
+    /// snapshots keep them.
+    fn reweight(&mut self, weights: &[u32]) {
+        let current = self.topology.load();
+        let mut next = (*current).clone();
+        for (node, weight) in next.nodes.iter_mut().zip(weights) {
+            node.weight = *weight;
+        }
+        if next != *current {
+            info!(?weights, "read weights reloaded");
+            self.topology.publish(next);
+        }
     }
 
     fn node_named(&self, name: &str) -> Result<NodeId, String> {

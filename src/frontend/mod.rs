@@ -29,6 +29,7 @@ use tokio::net::TcpStream;
 use tokio::sync::watch;
 use tracing::{debug, info, Instrument};
 
+use arc_swap::{ArcSwap, Guard};
 use bytes::BytesMut;
 
 use crate::admin;
@@ -71,15 +72,16 @@ pub(crate) fn shed(buf: &mut BytesMut) {
 
 /// What every client task shares.
 pub struct Shared {
-    pub config: Arc<Config>,
+    /// The settings in force; `RELOAD` swaps them (see [`Shared::config`]).
+    pub config: ArcSwap<Config>,
     pub pool: Arc<ServerPool>,
     pub topology: TopologyHandle,
     pub cancels: Arc<CancelRegistry>,
-    pub auth: Authenticator,
+    /// Swapped by a reload that changes users or `[auth]`.
+    pub auth: ArcSwap<Authenticator>,
     /// The certificate offered to clients, and whether they must take it.
     pub tls: ClientTls,
     pub loads: NodeLoads,
-    pub read_policy: ReadPolicy,
     /// Bumped per routed read: drives round-robin across all sessions.
     pub tickets: AtomicU64,
     /// Statements the classifier could not parse (sent to the primary).
@@ -104,6 +106,12 @@ pub struct Shared {
 }
 
 impl Shared {
+    /// The settings in force now. Cheap (no reference count), but not to
+    /// be held long: take what is needed, or `load_full` to keep it.
+    pub fn config(&self) -> Guard<Arc<Config>> {
+        self.config.load()
+    }
+
     /// Starts the drain; `false` when it had already started.
     pub fn begin_drain(&self) -> bool {
         self.drain
@@ -114,15 +122,15 @@ impl Shared {
         *self.drain.borrow()
     }
 
-    /// The config's routing rules, as [`route::decide`] takes them.
-    pub fn policy(&self) -> Policy<'_> {
+    /// `config`'s routing rules, as [`route::decide`] takes them.
+    pub fn policy(config: &Config) -> Policy<'_> {
         Policy {
-            consistency: &self.config.consistency,
-            reads: self.read_policy,
+            consistency: &config.consistency,
+            reads: ReadPolicy::from_config(&config.routing),
             // A switchover's pause lasts at most the failover timeout: a
             // write waits it out (and a second more) instead of failing.
-            pause_limit: self.config.failover.failover_timeout() + Duration::from_secs(1),
-            failover_wait: self.config.failover.failover_wait(),
+            pause_limit: config.failover.failover_timeout() + Duration::from_secs(1),
+            failover_wait: config.failover.failover_wait(),
         }
     }
 }
@@ -230,7 +238,7 @@ async fn open(
     session_id: u64,
     arrival: &mut Arrival,
 ) -> Option<(ClientIo, Opened)> {
-    let deadline = tokio::time::Instant::now() + shared.config.proxy.startup_timeout();
+    let deadline = tokio::time::Instant::now() + shared.config().proxy.startup_timeout();
     let lapse = arrival.lapse();
     tokio::pin!(lapse);
     // Before its startup packet a client is owed nothing: a login that
@@ -332,7 +340,7 @@ async fn start(
     }
     if database == admin::DATABASE {
         admin::welcome(&mut client.out);
-        let access = shared.config.admin.access(&user);
+        let access = shared.config().admin.access(&user);
         return Ok(Opened::Admin(admin::Caller { user, peer, access }));
     }
     connect_session(client, shared, session_id, &user, params, secret)
@@ -362,7 +370,7 @@ async fn authenticate(
         ));
     }
     let mut secret = None;
-    if let Some(mut exchange) = shared.auth.exchange(user).await {
+    if let Some(mut exchange) = shared.auth.load_full().exchange(user).await {
         let login = LoginClient::new(peer, user, database);
         let mut step = exchange.begin(&login).await;
         loop {
@@ -411,8 +419,11 @@ async fn connect_session(
     let node_index = startup_node(client, shared, &topology)?;
     let node = &topology.nodes[node_index];
     tracing::Span::current().record("epoch", topology.epoch);
-    let user_config = shared.config.user(user);
-    let server_user = user_config.map_or(user, |u| u.server_user()).to_owned();
+    let user_config = shared.config().user(user).cloned();
+    let server_user = user_config
+        .as_ref()
+        .map_or(user, |u| u.server_user())
+        .to_owned();
     for (k, v) in params.iter_mut() {
         if k == "user" {
             *v = server_user.clone();
@@ -423,6 +434,7 @@ async fn connect_session(
         client_user: user.to_owned(),
         // A configured password first; else what the client's login proved.
         server_secret: user_config
+            .as_ref()
             .and_then(|u| u.server_password())
             .map(|p| ServerSecret::Password(p.to_owned()))
             .or(proven),
@@ -476,7 +488,8 @@ fn startup_node(
         ..BatchFacts::default()
     };
     let session = route::SessionFacts::default();
-    let policy = shared.policy();
+    let config = shared.config();
+    let policy = Shared::policy(&config);
     match route::decide(
         &opening,
         &session,

@@ -161,10 +161,10 @@ impl Session {
             .collect();
         Session {
             id,
-            collector: Collector::new(shared.config.proxy.max_message_size),
+            collector: Collector::new(shared.config().proxy.max_message_size),
             classifier,
             link: ServerLink::new(server, node, cancel, shared.topology.fence_changes()),
-            retry: retry::Retry::new(&shared.config),
+            retry: retry::Retry::new(&shared.config()),
             shared,
             span,
             client,
@@ -218,7 +218,7 @@ impl Session {
             }
         };
         let mut stop = Box::pin(stop) as Pin<Box<dyn Future<Output = Event> + Send>>;
-        let mut clock = ClientClock::new(&self.shared.config.proxy);
+        let mut clock = ClientClock::new(&self.shared.config().proxy);
         loop {
             if self.draining && self.between() {
                 return End::Shutdown;
@@ -381,7 +381,7 @@ impl Session {
     /// protocol (08P01); an idle session ends as PostgreSQL's
     /// `idle_session_timeout` ends it (57P05).
     fn client_timed_out(&mut self, watch: Watch) -> End {
-        let proxy = &self.shared.config.proxy;
+        let proxy = &self.shared.config().proxy;
         if watch == Watch::Partial {
             let message = format!(
                 "incomplete message from client: nothing more arrived within client_message_timeout_ms ({} ms)",

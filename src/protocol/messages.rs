@@ -42,6 +42,8 @@ pub enum Sqlstate {
     InsufficientPrivilege,
     /// 0A000: a feature the proxy does not support.
     FeatureNotSupported,
+    /// F0000: `RELOAD` found a config file it cannot use.
+    ConfigFileError,
     /// 22023: a `palisade.*` setting given a value it cannot take.
     InvalidParameterValue,
     /// 55P02: a read-only `palisade.*` setting.
@@ -72,6 +74,7 @@ impl Sqlstate {
             Sqlstate::InsufficientPrivilege => "42501",
             Sqlstate::FeatureNotSupported => "0A000",
             Sqlstate::InvalidParameterValue => "22023",
+            Sqlstate::ConfigFileError => "F0000",
             Sqlstate::CantChangeRuntimeParam => "55P02",
             Sqlstate::InFailedTransaction => "25P02",
             Sqlstate::ObjectNotInPrerequisiteState => "55000",

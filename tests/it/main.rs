@@ -22,6 +22,7 @@ mod http;
 mod limits;
 mod pool;
 mod relay;
+mod reload;
 mod routing;
 mod security;
 mod tls;

@@ -67,7 +67,7 @@ async fn only_listed_users_may_use_the_console_and_only_admins_may_act() {
     // control plane would refuse them with 55000.
     let acts = ["SWITCHOVER TO node0", "REJOIN node1"];
     // The proxy's own operations, admin-only too.
-    let operations = ["PAUSE", "RESUME", "SHUTDOWN WAIT_FOR_CLIENTS"];
+    let operations = ["PAUSE", "RESUME", "SHUTDOWN WAIT_FOR_CLIENTS", "RELOAD"];
     let views = [
         "SHOW POOLS",
         "SHOW CLIENTS",

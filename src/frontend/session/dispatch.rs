@@ -298,7 +298,8 @@ impl Session {
             unlocated_writes: self.state.writes.unlocated,
             commits: self.shared.commits.position(),
         };
-        let policy = self.shared.policy();
+        let config = self.shared.config();
+        let policy = Shared::policy(&config);
         route::decide(
             &batch,
             &session,
@@ -369,14 +370,14 @@ impl Session {
     /// `failover.failover_wait_ms`: the topology may show a new one by
     /// then. Otherwise as [`Self::connect_to`].
     async fn reach_primary(&mut self, node: usize, tried: &mut Tried) -> Option<bool> {
-        let within = self.shared.config.proxy.connect_timeout();
+        let within = self.shared.config().proxy.connect_timeout();
         let result = self.checkout(node, within).await;
         if let Some(Err(CheckoutError::Connect(
             e @ (ConnectError::Io { .. } | ConnectError::Timeout { .. }),
         ))) = &result
         {
             let since = *tried.paused_since.get_or_insert_with(Instant::now);
-            if since.elapsed() < self.shared.config.failover.failover_wait() {
+            if since.elapsed() < self.shared.config().failover.failover_wait() {
                 debug!(parent: &self.span, node, error = %e, "the primary cannot be reached; waiting for it or a new one");
                 return None;
             }
@@ -387,7 +388,7 @@ impl Session {
     /// Swaps the session's server connection for one to `node`. `false`
     /// when none could be had (the client has been told).
     pub(super) async fn connect_to(&mut self, node: usize) -> bool {
-        let within = self.shared.config.proxy.connect_timeout();
+        let within = self.shared.config().proxy.connect_timeout();
         let result = self.checkout(node, within).await;
         self.checked_out(node, result)
     }
@@ -420,7 +421,7 @@ impl Session {
     /// `proxy.replica_connect_timeout_ms`. `false` when none could be had:
     /// the read goes to the next candidate, the client is told nothing.
     async fn connect_replica(&mut self, node: usize) -> bool {
-        let within = self.shared.config.proxy.replica_connect_timeout();
+        let within = self.shared.config().proxy.replica_connect_timeout();
         match self.checkout(node, within).await {
             Some(Ok(())) => true,
             Some(Err(e)) => {
