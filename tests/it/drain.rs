@@ -4,10 +4,11 @@
 
 use std::time::Duration;
 
+use palisade_testkit::signal;
 use tokio_postgres::NoTls;
 
 use crate::support::harness::{app_url, console_url, sqlstate, start_proxy};
-use crate::support::nodes::{direct, fresh_table, unique, wait_running};
+use crate::support::nodes::{direct, fresh_table, unique, wait_running, wait_until};
 use crate::support::shared_cluster;
 
 /// A client whose connection's own end (its error, if any) is kept.
@@ -138,4 +139,100 @@ async fn shutdown_wait_for_clients_at_the_console_starts_the_drain() {
     let refused = tokio_postgres::connect(&url, NoTls).await.err().unwrap();
     assert_eq!(sqlstate(&refused), "57P03", "{refused}");
     proxy.shutdown().await;
+}
+
+/// The `palisade` binary in front of the shared cluster, on a free port,
+/// with a config file in `dir`; its child and a connection string.
+async fn binary(dir: &std::path::Path, app: &str) -> (tokio::process::Child, String) {
+    let cluster = shared_cluster();
+    let port = {
+        let probe = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        probe.local_addr().unwrap().port()
+    };
+    let mut config = crate::support::harness::proxy_config(cluster);
+    config.proxy.listen = format!("127.0.0.1:{port}");
+    config.proxy.shutdown_timeout_ms = 60_000;
+    let file = dir.join(format!("{app}.toml"));
+    std::fs::write(&file, toml::to_string(&config).unwrap()).unwrap();
+    let child = tokio::process::Command::new(env!("CARGO_BIN_EXE_palisade"))
+        .arg("--config")
+        .arg(&file)
+        .env("PALISADE_LOG", "warn")
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let url = format!(
+        "host=127.0.0.1 port={port} user={} password={} dbname=postgres application_name={app} connect_timeout=5",
+        cluster.superuser(),
+        cluster.password()
+    );
+    wait_until("the binary to serve", Duration::from_secs(60), || async {
+        tokio_postgres::connect(&url, NoTls).await.is_ok()
+    })
+    .await;
+    (child, url)
+}
+
+/// Waits until connecting to `url` is refused with 57P03.
+async fn wait_refused(url: &str) {
+    wait_until(
+        "new connections to be refused",
+        Duration::from_secs(30),
+        || async {
+            match tokio_postgres::connect(url, NoTls).await {
+                Err(e) => sqlstate(&e) == "57P03",
+                Ok(_) => false,
+            }
+        },
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn sigterm_lets_the_binary_finish_a_transaction_and_a_second_signal_stops_it_at_once() {
+    let cluster = shared_cluster();
+    let dir = tempfile::tempdir().unwrap();
+    let table = unique("sigterm");
+    let (mut child, url) = binary(dir.path(), "drain_sigterm").await;
+    let (open, open_conn) = watched(&url).await;
+    fresh_table(&open, &table, "n int").await;
+    open.batch_execute(&format!("BEGIN; INSERT INTO {table} VALUES (1)"))
+        .await
+        .unwrap();
+    let pid = child.id().expect("the binary runs");
+    signal::send(pid, signal::SIGTERM).unwrap();
+    wait_refused(&url).await;
+    assert!(
+        child.try_wait().unwrap().is_none(),
+        "it waits for the transaction"
+    );
+    open.batch_execute("COMMIT")
+        .await
+        .expect("the transaction open at SIGTERM commits");
+    assert_eq!(ended_with(open_conn).await, "57P01");
+    let status = tokio::time::timeout(Duration::from_secs(20), child.wait())
+        .await
+        .expect("the binary exits once its last session has")
+        .unwrap();
+    assert!(status.success(), "{status}");
+    let primary = direct(cluster.primary()).await;
+    let count = format!("SELECT count(*) FROM {table}");
+    let rows: i64 = primary.query_one(&count, &[]).await.unwrap().get(0);
+    assert_eq!(rows, 1, "the row committed during the drain is there");
+
+    let (mut child, url) = binary(dir.path(), "drain_second").await;
+    let (stuck, _stuck_conn) = watched(&url).await;
+    stuck.batch_execute("BEGIN; SELECT 1").await.unwrap();
+    let pid = child.id().expect("the binary runs");
+    signal::send(pid, signal::SIGTERM).unwrap();
+    wait_refused(&url).await;
+    signal::send(pid, signal::SIGTERM).unwrap();
+    tokio::time::timeout(Duration::from_secs(10), child.wait())
+        .await
+        .expect("a second signal stops the binary at once, transaction or not")
+        .unwrap();
+    primary
+        .batch_execute(&format!("DROP TABLE {table}"))
+        .await
+        .unwrap();
 }
