@@ -26,7 +26,7 @@ pub use failover::{FailoverConfig, FailoverMode, ReplicationMode};
 pub use http::HttpConfig;
 pub use nodes::NodeConfig;
 pub use sections::{
-    BackendConfig, LoadBalance, MonitorConfig, PoolConfig, ProxyConfig, RoutingConfig,
+    BackendConfig, LoadBalance, LogFormat, MonitorConfig, PoolConfig, ProxyConfig, RoutingConfig,
 };
 pub use tls::{ServerTlsMode, TlsConfig, TlsMode};
 pub use users::{AuthMethod, UserConfig};

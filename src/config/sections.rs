@@ -51,6 +51,18 @@ pub struct ProxyConfig {
     /// transactions and queries in flight get this long to finish before
     /// their sessions are ended too.
     pub shutdown_timeout_ms: u64,
+    /// How log lines are written to stderr: `text` or `json` (one object
+    /// a line). Read at start.
+    pub log_format: LogFormat,
+}
+
+/// How log lines are written.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    #[default]
+    Text,
+    Json,
 }
 
 impl Default for ProxyConfig {
@@ -69,6 +81,7 @@ impl Default for ProxyConfig {
             replica_connect_timeout_ms: 1_000,
             worker_threads: 1,
             shutdown_timeout_ms: 30_000,
+            log_format: LogFormat::Text,
         }
     }
 }

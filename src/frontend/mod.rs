@@ -198,6 +198,13 @@ pub async fn serve(stream: TcpStream, peer: SocketAddr, shared: Arc<Shared>, mut
         }
     };
     let classifier = Classifier::open(&shared, &connected.login.database);
+    info!(
+        parent: &span,
+        user = %connected.login.client_user,
+        database = %connected.login.database,
+        client = %peer,
+        "session started"
+    );
     let listed = shared.clients.add(
         session_id,
         &connected.login.client_user,
@@ -214,9 +221,8 @@ pub async fn serve(stream: TcpStream, peer: SocketAddr, shared: Arc<Shared>, mut
         classifier,
         (listed, span.clone()),
     );
-    let end = session.run().await;
+    let _ = session.run().await;
     shared.clients.remove(session_id);
-    debug!(parent: &span, ?end, "session ended");
     drop(arrival);
 }
 

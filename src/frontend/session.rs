@@ -135,6 +135,16 @@ pub struct Session {
     draining: bool,
     /// Where the console sees what the session is doing.
     listed: Arc<Client>,
+    /// What the session did, for its last log line.
+    tally: Tally,
+}
+
+/// Requests answered and bytes moved to and from the client.
+#[derive(Debug, Default, Clone, Copy)]
+struct Tally {
+    requests: u64,
+    bytes_in: u64,
+    bytes_out: u64,
 }
 
 impl Session {
@@ -173,6 +183,7 @@ impl Session {
             state: SessionState::default(),
             draining: false,
             listed,
+            tally: Tally::default(),
         }
     }
 
@@ -191,6 +202,19 @@ impl Session {
         if self.state.is_stateful() {
             tokio::spawn(self.shared.pool.clone().release_owner(self.id));
         }
+        let c = &self.listed;
+        info!(
+            parent: &self.span,
+            user = %c.user,
+            database = %c.database,
+            client = %c.addr,
+            duration_ms = c.started.elapsed().as_millis() as u64,
+            queries = self.tally.requests,
+            bytes_in = self.tally.bytes_in,
+            bytes_out = self.tally.bytes_out,
+            ?end,
+            "session ended"
+        );
         end
     }
 
@@ -283,7 +307,9 @@ impl Session {
         }
         super::shed(self.link.out());
         self.pay_owed_cancel();
-        write_now(&mut self.client.wr, &mut self.client.out).map_err(|_| End::ClientGone)?;
+        let wrote =
+            write_now(&mut self.client.wr, &mut self.client.out).map_err(|_| End::ClientGone)?;
+        self.tally.bytes_out += wrote as u64;
         super::shed(&mut self.client.out);
         Ok(())
     }
@@ -354,6 +380,7 @@ impl Session {
         };
         match event {
             Event::WroteClient(Ok(n)) if n > 0 => {
+                self.tally.bytes_out += n as u64;
                 self.client.out.advance(n);
                 super::shed(&mut self.client.out);
             }
@@ -362,7 +389,10 @@ impl Session {
                 super::shed(self.link.out());
             }
             Event::ReadServer(Ok(n)) if n > 0 => self.on_server_bytes()?,
-            Event::ReadClient(Ok(n)) if n > 0 => clock.heard(),
+            Event::ReadClient(Ok(n)) if n > 0 => {
+                self.tally.bytes_in += n as u64;
+                clock.heard();
+            }
             Event::WroteClient(_) | Event::ReadClient(_) => return Err(End::ClientGone),
             Event::WroteServer(_) | Event::ReadServer(_) => {
                 return self.server_lost().map(|()| false)
@@ -460,6 +490,7 @@ impl Session {
     /// One request answered: settle what it changed.
     fn settle(&mut self, answer: Answer) {
         self.shared.loads.done(answer.node, 1);
+        self.tally.requests += 1;
         self.retry.tries.settled();
         let (Some(sent), Some(conn)) = (answer.sent, self.link.conn_mut()) else {
             return;
@@ -594,17 +625,18 @@ async fn server_read(rd: Option<(&mut ReadHalf, &mut BytesMut)>) -> std::io::Res
 
 /// Writes as much of `buf` as the socket takes without waiting; the relay
 /// loop writes the rest when the socket is writable again.
-fn write_now(wr: &mut WriteHalf, buf: &mut BytesMut) -> std::io::Result<()> {
+/// Returns how much it wrote.
+fn write_now(wr: &mut WriteHalf, buf: &mut BytesMut) -> std::io::Result<usize> {
     if buf.is_empty() {
-        return Ok(());
+        return Ok(0);
     }
     match wr.try_write(buf) {
         Ok(0) => Err(std::io::ErrorKind::WriteZero.into()),
         Ok(n) => {
             buf.advance(n);
-            Ok(())
+            Ok(n)
         }
-        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => Ok(0),
         Err(e) => Err(e),
     }
 }

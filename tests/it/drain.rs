@@ -236,3 +236,68 @@ async fn sigterm_lets_the_binary_finish_a_transaction_and_a_second_signal_stops_
         .await
         .unwrap();
 }
+
+#[tokio::test]
+async fn json_logs_have_a_line_per_session_start_and_end() {
+    let cluster = shared_cluster();
+    let dir = tempfile::tempdir().unwrap();
+    let port = {
+        let probe = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        probe.local_addr().unwrap().port()
+    };
+    let mut config = crate::support::harness::proxy_config(cluster);
+    config.proxy.listen = format!("127.0.0.1:{port}");
+    config.proxy.log_format = palisade::config::LogFormat::Json;
+    let file = dir.path().join("json.toml");
+    std::fs::write(&file, toml::to_string(&config).unwrap()).unwrap();
+    let child = tokio::process::Command::new(env!("CARGO_BIN_EXE_palisade"))
+        .arg("--config")
+        .arg(&file)
+        .env("PALISADE_LOG", "info")
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let url = format!(
+        "host=127.0.0.1 port={port} user={} password={} dbname=postgres application_name=json_logs connect_timeout=5",
+        cluster.superuser(),
+        cluster.password()
+    );
+    wait_until("the binary to serve", Duration::from_secs(60), || async {
+        tokio_postgres::connect(&url, NoTls).await.is_ok()
+    })
+    .await;
+    let (client, connection) = watched(&url).await;
+    client.simple_query("SELECT 1").await.unwrap();
+    client.simple_query("SELECT 2").await.unwrap();
+    drop(client);
+    let _ = connection.await;
+    signal::send(child.id().unwrap(), signal::SIGTERM).unwrap();
+    let output = tokio::time::timeout(Duration::from_secs(30), child.wait_with_output())
+        .await
+        .expect("the binary stops")
+        .unwrap();
+    let lines: Vec<serde_json::Value> = String::from_utf8_lossy(&output.stderr)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
+        .collect();
+    let said = |message: &str| -> Vec<&serde_json::Value> {
+        lines
+            .iter()
+            .filter(|l| l["fields"]["message"] == message)
+            .map(|l| &l["fields"])
+            .collect()
+    };
+    assert!(!said("session started").is_empty(), "{lines:?}");
+    let ended = said("session ended");
+    let ours = ended
+        .iter()
+        .find(|f| f["queries"].as_u64() == Some(2))
+        .unwrap_or_else(|| panic!("the session's end with its two queries: {ended:?}"));
+    assert_eq!(ours["user"], cluster.superuser());
+    assert_eq!(ours["database"], "postgres");
+    assert!(ours["client"].as_str().unwrap().starts_with("127.0.0.1:"));
+    assert!(ours["bytes_in"].as_u64().unwrap() > 0);
+    assert!(ours["bytes_out"].as_u64().unwrap() > 0);
+    assert!(ours["duration_ms"].is_u64());
+}
