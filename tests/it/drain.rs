@@ -41,7 +41,12 @@ async fn ended_with(
 #[tokio::test]
 async fn a_drain_lets_the_open_transaction_commit_ends_idle_sessions_and_refuses_new_ones() {
     let cluster = shared_cluster();
-    let proxy = start_proxy(cluster, |c| c.proxy.shutdown_timeout_ms = 30_000).await;
+    let proxy = start_proxy(cluster, |c| {
+        c.proxy.shutdown_timeout_ms = 30_000;
+        c.http.listen = "127.0.0.1:0".into();
+    })
+    .await;
+    let http = proxy.http_addr().expect("http endpoint on");
     let url = app_url(&proxy, cluster, "drain");
     let table = unique("drained");
     let (setup, _setup_conn) = watched(&url).await;
@@ -66,6 +71,8 @@ async fn a_drain_lets_the_open_transaction_commit_ends_idle_sessions_and_refuses
             .err()
             .expect("a new connection during the drain is refused");
         assert_eq!(sqlstate(&refused), "57P03", "{refused}");
+        let ready = crate::http::get(http, "/ready").await;
+        assert_eq!(ready.status, 503, "not ready while draining");
     });
     slept.expect("the query in flight when the drain began finishes");
     assert_eq!(ended_with(idle_conn).await, "57P01", "an idle session ends");
