@@ -18,6 +18,8 @@ pub enum ClientState {
     IdleInTransaction = 2,
     /// In a transaction that failed.
     IdleInFailed = 3,
+    /// Its next transaction held by the console's `PAUSE`.
+    Paused = 4,
 }
 
 impl ClientState {
@@ -27,6 +29,7 @@ impl ClientState {
             ClientState::Active => "active",
             ClientState::IdleInTransaction => "idle in transaction",
             ClientState::IdleInFailed => "idle in transaction (aborted)",
+            ClientState::Paused => "paused",
         }
     }
 
@@ -35,6 +38,7 @@ impl ClientState {
             1 => ClientState::Active,
             2 => ClientState::IdleInTransaction,
             3 => ClientState::IdleInFailed,
+            4 => ClientState::Paused,
             _ => ClientState::Idle,
         }
     }

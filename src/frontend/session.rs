@@ -134,7 +134,7 @@ pub struct Session {
     /// The proxy is draining: the session ends at its next transaction boundary.
     draining: bool,
     /// Where the console sees what the session is doing.
-    listed: Arc<Client>,
+    pub(super) listed: Arc<Client>,
     /// What the session did, for its last log line.
     tally: Tally,
 }

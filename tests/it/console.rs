@@ -140,6 +140,13 @@ async fn pause_holds_a_write_until_resume() {
     }
     let rows: i64 = primary.query_one(&count, &[]).await.unwrap().get(0);
     assert_eq!(rows, 0, "nothing was written while paused");
+    let (columns, clients) = table(&console, "SHOW CLIENTS").await;
+    assert!(
+        clients
+            .iter()
+            .any(|r| cell(&columns, r, "state") == "paused"),
+        "the held session shows as paused: {clients:?}"
+    );
     console.simple_query("RESUME").await.unwrap();
     tokio::time::timeout(Duration::from_secs(10), write)
         .await

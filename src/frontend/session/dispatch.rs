@@ -19,6 +19,7 @@ use crate::frontend::batch::Plan;
 use crate::frontend::classifier::Classifier;
 use crate::frontend::collect::{CollectError, Collected, Judge};
 use crate::frontend::link::{is_fatal, Phase, Sent};
+use crate::frontend::registry::ClientState;
 use crate::frontend::state::{Catchup, Prepared, SessionState};
 use crate::frontend::Shared;
 use crate::protocol::{messages, Sqlstate, TxnStatus};
@@ -159,6 +160,8 @@ impl Session {
     /// the session if the proxy drains meanwhile.
     async fn hold(&mut self) -> Result<(), super::End> {
         debug!(parent: &self.span, "paused: holding the next transaction until RESUME");
+        let listed = self.listed.clone();
+        listed.publish(ClientState::Paused, self.link.node());
         let mut drain = self.shared.drain.subscribe();
         let drained = async move {
             let _ = drain.wait_for(|draining| *draining).await;
