@@ -149,8 +149,13 @@ async fn shutdown_wait_for_clients_at_the_console_starts_the_drain() {
 }
 
 /// The `palisade` binary in front of the shared cluster, on a free port,
-/// with a config file in `dir`; its child and a connection string.
-async fn binary(dir: &std::path::Path, app: &str) -> (tokio::process::Child, String) {
+/// with a config file in `dir` (as `tweak` leaves it); its child, once it
+/// serves, and a connection string.
+async fn binary(
+    dir: &std::path::Path,
+    app: &str,
+    tweak: impl FnOnce(&mut palisade::config::Config, &mut tokio::process::Command),
+) -> (tokio::process::Child, String) {
     let cluster = shared_cluster();
     let port = {
         let probe = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
@@ -159,15 +164,12 @@ async fn binary(dir: &std::path::Path, app: &str) -> (tokio::process::Child, Str
     let mut config = crate::support::harness::proxy_config(cluster);
     config.proxy.listen = format!("127.0.0.1:{port}");
     config.proxy.shutdown_timeout_ms = 60_000;
+    let mut command = tokio::process::Command::new(env!("CARGO_BIN_EXE_palisade"));
+    command.env("PALISADE_LOG", "warn").kill_on_drop(true);
+    tweak(&mut config, &mut command);
     let file = dir.join(format!("{app}.toml"));
     std::fs::write(&file, toml::to_string(&config).unwrap()).unwrap();
-    let child = tokio::process::Command::new(env!("CARGO_BIN_EXE_palisade"))
-        .arg("--config")
-        .arg(&file)
-        .env("PALISADE_LOG", "warn")
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
+    let child = command.arg("--config").arg(&file).spawn().unwrap();
     let url = format!(
         "host=127.0.0.1 port={port} user={} password={} dbname=postgres application_name={app} connect_timeout=5",
         cluster.superuser(),
@@ -200,7 +202,7 @@ async fn sigterm_lets_the_binary_finish_a_transaction_and_a_second_signal_stops_
     let cluster = shared_cluster();
     let dir = tempfile::tempdir().unwrap();
     let table = unique("sigterm");
-    let (mut child, url) = binary(dir.path(), "drain_sigterm").await;
+    let (mut child, url) = binary(dir.path(), "drain_sigterm", |_, _| {}).await;
     let (open, open_conn) = watched(&url).await;
     fresh_table(&open, &table, "n int").await;
     open.batch_execute(&format!("BEGIN; INSERT INTO {table} VALUES (1)"))
@@ -227,7 +229,7 @@ async fn sigterm_lets_the_binary_finish_a_transaction_and_a_second_signal_stops_
     let rows: i64 = primary.query_one(&count, &[]).await.unwrap().get(0);
     assert_eq!(rows, 1, "the row committed during the drain is there");
 
-    let (mut child, url) = binary(dir.path(), "drain_second").await;
+    let (mut child, url) = binary(dir.path(), "drain_second", |_, _| {}).await;
     let (stuck, _stuck_conn) = watched(&url).await;
     stuck.batch_execute("BEGIN; SELECT 1").await.unwrap();
     let pid = child.id().expect("the binary runs");
@@ -248,30 +250,11 @@ async fn sigterm_lets_the_binary_finish_a_transaction_and_a_second_signal_stops_
 async fn json_logs_have_a_line_per_session_start_and_end() {
     let cluster = shared_cluster();
     let dir = tempfile::tempdir().unwrap();
-    let port = {
-        let probe = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        probe.local_addr().unwrap().port()
-    };
-    let mut config = crate::support::harness::proxy_config(cluster);
-    config.proxy.listen = format!("127.0.0.1:{port}");
-    config.proxy.log_format = palisade::config::LogFormat::Json;
-    let file = dir.path().join("json.toml");
-    std::fs::write(&file, toml::to_string(&config).unwrap()).unwrap();
-    let child = tokio::process::Command::new(env!("CARGO_BIN_EXE_palisade"))
-        .arg("--config")
-        .arg(&file)
-        .env("PALISADE_LOG", "info")
-        .stderr(std::process::Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
-    let url = format!(
-        "host=127.0.0.1 port={port} user={} password={} dbname=postgres application_name=json_logs connect_timeout=5",
-        cluster.superuser(),
-        cluster.password()
-    );
-    wait_until("the binary to serve", Duration::from_secs(60), || async {
-        tokio_postgres::connect(&url, NoTls).await.is_ok()
+    let (child, url) = binary(dir.path(), "json_logs", |config, command| {
+        config.proxy.log_format = palisade::config::LogFormat::Json;
+        command
+            .env("PALISADE_LOG", "info")
+            .stderr(std::process::Stdio::piped());
     })
     .await;
     let (client, connection) = watched(&url).await;
