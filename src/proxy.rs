@@ -107,7 +107,7 @@ impl Proxy {
         config.validate()?;
         let client_tls = ClientTls::load(&config.tls)?;
         let server_tls = ServerTls::from_config(&config.backend)?;
-        let (listener, addr) = bind(config.listen_addr()?).await?;
+        let (listener, addr) = bind_clients(&config)?;
         let http = bind_http(&config).await?;
         let (shutdown, shutdown_rx) = watch::channel(false);
         let topology = TopologyHandle::new(Topology::from_config(&config.nodes));
@@ -184,6 +184,14 @@ impl Proxy {
     /// The address clients connect to (useful when listening on port 0).
     pub fn local_addr(&self) -> SocketAddr {
         self.addr
+    }
+
+    /// Whether the clients' listener is open (it closes at the drain's
+    /// start with `proxy.reuse_port`, else at the stop).
+    pub fn listening(&self) -> bool {
+        self.tasks
+            .iter()
+            .any(|t| t.name == "listener" && !t.handle.is_finished())
     }
 
     /// The monitoring endpoint's address (`[http] listen`, useful when
@@ -346,6 +354,26 @@ fn start_pool(
     pool
 }
 
+/// The clients' listener, sharing its address with other processes when
+/// `proxy.reuse_port` is on.
+fn bind_clients(config: &Config) -> Result<(TcpListener, SocketAddr), StartError> {
+    let addr = config.listen_addr()?;
+    let listen = || -> std::io::Result<(TcpListener, SocketAddr)> {
+        let socket = if addr.is_ipv4() {
+            tokio::net::TcpSocket::new_v4()?
+        } else {
+            tokio::net::TcpSocket::new_v6()?
+        };
+        socket.set_reuseaddr(true)?;
+        socket.set_reuseport(config.proxy.reuse_port)?;
+        socket.bind(addr)?;
+        let listener = socket.listen(1024)?;
+        let bound = listener.local_addr()?;
+        Ok((listener, bound))
+    };
+    listen().map_err(|source| StartError::Listen { addr, source })
+}
+
 async fn bind(addr: SocketAddr) -> Result<(TcpListener, SocketAddr), StartError> {
     let listener = TcpListener::bind(addr)
         .await
@@ -450,14 +478,29 @@ async fn prune_idle(
 }
 
 /// Accepts clients until shutdown (during the drain too, to refuse them
-/// with 57P03); each session runs on `sessions`. A client past
+/// with 57P03, unless `proxy.reuse_port` is on: then until the drain);
+/// each session runs on `sessions`. A client past
 /// `max_client_connections` is refused at once.
 async fn accept_loop(listener: TcpListener, shared: Arc<Shared>, sessions: TaskTracker) {
     let mut shutdown = shared.shutdown.clone();
+    let mut drain = shared.drain.subscribe();
+    // Sharing the port, a draining proxy leaves new clients to the other one.
+    let close_at_drain = shared.config().proxy.reuse_port;
+    let drained = async move {
+        if !close_at_drain {
+            std::future::pending::<()>().await;
+        }
+        let _ = drain.wait_for(|draining| *draining).await;
+    };
+    tokio::pin!(drained);
     loop {
         let accepted = tokio::select! {
             a = listener.accept() => a,
             _ = shutdown.changed() => return,
+            () = &mut drained => {
+                info!("draining: listener closed; the other process on the port takes new clients");
+                return;
+            }
         };
         match accepted {
             Ok((stream, peer)) => match shared.admission.arrive() {

@@ -54,6 +54,11 @@ pub struct ProxyConfig {
     /// How log lines are written to stderr: `text` or `json` (one object
     /// a line). Read at start.
     pub log_format: LogFormat,
+    /// Listen with SO_REUSEPORT, so a second Palisade can listen on the
+    /// same address (a rolling restart): a draining proxy then closes its
+    /// listener, leaving new connections to the other, instead of refusing
+    /// them with 57P03.
+    pub reuse_port: bool,
 }
 
 /// How log lines are written.
@@ -82,6 +87,7 @@ impl Default for ProxyConfig {
             worker_threads: 1,
             shutdown_timeout_ms: 30_000,
             log_format: LogFormat::Text,
+            reuse_port: false,
         }
     }
 }

@@ -291,3 +291,48 @@ async fn json_logs_have_a_line_per_session_start_and_end() {
     assert!(ours["bytes_out"].as_u64().unwrap() > 0);
     assert!(ours["duration_ms"].is_u64());
 }
+
+#[tokio::test]
+async fn with_reuse_port_a_second_proxy_shares_the_port_and_takes_the_clients_of_a_draining_one() {
+    let cluster = shared_cluster();
+    let first = start_proxy(cluster, |c| c.proxy.reuse_port = true).await;
+    let shared_addr = first.local_addr().to_string();
+    let url = app_url(&first, cluster, "reuse_port");
+    // Before the second listens: this session is the first's.
+    let (held, held_conn) = watched(&url).await;
+    held.batch_execute("BEGIN; SELECT 1").await.unwrap();
+    let second = start_proxy(cluster, |c| {
+        c.proxy.reuse_port = true;
+        c.proxy.listen = shared_addr.clone();
+    })
+    .await;
+    assert_eq!(second.local_addr(), first.local_addr());
+    assert!(first.listening());
+    first.begin_drain();
+    // Connections the kernel queued on the first's socket before it closed
+    // are lost with it: the port is handed over once it has.
+    wait_until(
+        "the first to close its listener",
+        Duration::from_secs(10),
+        || async { !first.listening() },
+    )
+    .await;
+    let before = second.routed().iter().sum::<u64>();
+    for _ in 0..10 {
+        let (client, _conn) = watched(&url).await;
+        client
+            .simple_query("SELECT 1")
+            .await
+            .expect("a connection during the first's drain is served");
+    }
+    assert!(
+        second.routed().iter().sum::<u64>() >= before + 10,
+        "the second proxy served them"
+    );
+    held.batch_execute("COMMIT")
+        .await
+        .expect("the first proxy's open transaction still commits");
+    assert_eq!(ended_with(held_conn).await, "57P01");
+    first.shutdown().await;
+    second.shutdown().await;
+}
