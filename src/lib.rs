@@ -27,6 +27,7 @@ pub mod frontend;
 pub mod http;
 pub mod protocol;
 pub mod proxy;
+pub mod reload;
 pub mod route;
 pub mod tls;
 pub mod topology;

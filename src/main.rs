@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use palisade::config::Config;
+use palisade::config::{Config, LogFormat};
 use palisade::proxy::Proxy;
 use palisade::tls::{ClientTls, ServerTls};
 use tokio::signal::unix::{signal, SignalKind};
@@ -51,23 +51,17 @@ enum Command {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_tracing();
-    match (cli.command, cli.config) {
-        (Some(Command::CheckConfig { file }), _) => match Config::load(&file)
-            .map_err(|e| e.to_string())
-            .and_then(check_tls)
-        {
-            Ok(c) => {
-                println!(
-                    "{}: ok ({} nodes, {} users)",
-                    file.display(),
-                    c.nodes.len(),
-                    c.users.len()
-                );
-                ExitCode::SUCCESS
-            }
-            Err(e) => fail(&format!("{}: {e}", file.display())),
-        },
+    let loaded = match (&cli.command, &cli.config) {
+        (None, Some(file)) => Some(Config::load(file)),
+        _ => None,
+    };
+    let format = match &loaded {
+        Some(Ok(config)) => config.proxy.log_format,
+        _ => LogFormat::Text,
+    };
+    init_tracing(format);
+    match (cli.command, cli.config, loaded) {
+        (Some(Command::CheckConfig { file }), _, _) => check_config(&file),
         (
             Some(Command::Demo {
                 listen,
@@ -75,18 +69,34 @@ fn main() -> ExitCode {
                 http,
             }),
             _,
+            _,
         ) => {
             let threads = palisade::config::ProxyConfig::default().worker_threads;
             let http = http.unwrap_or_else(|| demo::http_beside(listen));
             runtime(threads, demo::run(listen, replicas, http))
         }
-        (None, Some(file)) => match Config::load(&file) {
-            Ok(config) => runtime(config.proxy.worker_threads, run(config)),
-            Err(e) => fail(&format!("{}: {e}", file.display())),
-        },
-        (None, None) => {
-            fail("nothing to do: pass --config FILE, or try `palisade demo` (see --help)")
+        (None, _, Some(Ok(config))) => runtime(config.proxy.worker_threads, run(config)),
+        (None, Some(file), Some(Err(e))) => fail(&format!("{}: {e}", file.display())),
+        _ => fail("nothing to do: pass --config FILE, or try `palisade demo` (see --help)"),
+    }
+}
+
+/// `palisade check-config FILE`.
+fn check_config(file: &std::path::Path) -> ExitCode {
+    match Config::load(file)
+        .map_err(|e| e.to_string())
+        .and_then(check_tls)
+    {
+        Ok(c) => {
+            println!(
+                "{}: ok ({} nodes, {} users)",
+                file.display(),
+                c.nodes.len(),
+                c.users.len()
+            );
+            ExitCode::SUCCESS
         }
+        Err(e) => fail(&format!("{}: {e}", file.display())),
     }
 }
 
@@ -101,8 +111,18 @@ fn check_tls(config: Config) -> Result<Config, String> {
 async fn run(config: Config) -> Result<(), String> {
     let proxy = Proxy::start(config).await.map_err(|e| e.to_string())?;
     serve_until_signal(&proxy).await;
-    proxy.shutdown().await;
+    drain(proxy).await;
     Ok(())
+}
+
+/// Drains and stops the proxy (within `proxy.shutdown_timeout_ms`); a
+/// second SIGTERM or Ctrl-C meanwhile stops it at once.
+async fn drain(proxy: Proxy) {
+    proxy.begin_drain();
+    tokio::select! {
+        () = proxy.shutdown() => {}
+        () = wait_for_signal() => tracing::warn!("second signal: stopping at once"),
+    }
 }
 
 fn runtime(
@@ -131,10 +151,16 @@ fn fail(message: &str) -> ExitCode {
     ExitCode::FAILURE
 }
 
-/// Resolves on Ctrl-C or SIGTERM; each SIGHUP meanwhile reloads the TLS
-/// certificate, as `pg_ctl reload` does PostgreSQL's.
+/// Resolves on Ctrl-C, SIGTERM or the console's `SHUTDOWN
+/// WAIT_FOR_CLIENTS`; each SIGHUP meanwhile reloads the config file and
+/// the TLS certificate, as `pg_ctl reload` does PostgreSQL's.
 async fn serve_until_signal(proxy: &Proxy) {
-    let stop = wait_for_signal();
+    let stop = async {
+        tokio::select! {
+            () = wait_for_signal() => {}
+            () = proxy.drain_requested() => {}
+        }
+    };
     tokio::pin!(stop);
     let Ok(mut hangup) = signal(SignalKind::hangup()) else {
         return stop.await;
@@ -143,8 +169,13 @@ async fn serve_until_signal(proxy: &Proxy) {
         tokio::select! {
             () = &mut stop => return,
             Some(()) = hangup.recv() => {
-                // Logged by the proxy; a failed reload keeps the old certificate.
-                let _ = proxy.reload_tls();
+                // What changed is logged; a file that cannot be used changes
+                // nothing. The demo has no file: its certificate is re-read.
+                if proxy.config().source.is_none() {
+                    let _ = proxy.reload_tls();
+                } else if let Err(e) = proxy.reload_file().await {
+                    tracing::warn!(error = %e, "config not reloaded");
+                }
             }
         }
     }
@@ -165,15 +196,17 @@ async fn wait_for_signal() {
     }
 }
 
-fn init_tracing() {
+fn init_tracing(format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_env("PALISADE_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     // Colours only for a person at a terminal: a log file or journal gets
     // plain text.
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
-    tracing_subscriber::fmt()
+    let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(ansi)
-        .init();
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder.with_ansi(ansi).init(),
+        LogFormat::Json => builder.json().with_current_span(false).init(),
+    }
 }

@@ -15,6 +15,7 @@ use std::time::Duration;
 
 use std::future::Future;
 
+use arc_swap::ArcSwap;
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
@@ -36,7 +37,6 @@ use crate::frontend::auth::Authenticator;
 use crate::frontend::cancel::CancelRegistry;
 use crate::frontend::load::NodeLoads;
 use crate::frontend::{self, Shared};
-use crate::route::ReadPolicy;
 use crate::tls::{ClientTls, ServerTls, TlsError};
 use crate::topology::{PublishedFunctions, Topology, TopologyHandle};
 
@@ -53,7 +53,8 @@ pub enum StartError {
     },
 }
 
-/// How long shutdown waits for sessions and action tasks to end.
+/// How long shutdown waits, once the drain is over, for sessions and
+/// action tasks to end.
 const DRAIN: Duration = Duration::from_secs(10);
 
 /// A background task, by name, so shutdown can say which one failed.
@@ -83,8 +84,10 @@ pub struct Proxy {
     shutdown: watch::Sender<bool>,
     /// Listener first: it stops before the rest.
     tasks: Vec<Named>,
-    /// Client sessions and the driver's action tasks.
+    /// The driver's action tasks.
     tracker: TaskTracker,
+    /// Client connections, which the drain waits for.
+    sessions: TaskTracker,
 }
 
 impl Proxy {
@@ -104,7 +107,7 @@ impl Proxy {
         config.validate()?;
         let client_tls = ClientTls::load(&config.tls)?;
         let server_tls = ServerTls::from_config(&config.backend)?;
-        let (listener, addr) = bind(config.listen_addr()?).await?;
+        let (listener, addr) = bind_clients(&config)?;
         let http = bind_http(&config).await?;
         let (shutdown, shutdown_rx) = watch::channel(false);
         let topology = TopologyHandle::new(Topology::from_config(&config.nodes));
@@ -121,6 +124,7 @@ impl Proxy {
             tracker: tracker.clone(),
             tls: server_tls.clone(),
             shutdown: shutdown_rx.clone(),
+            journal: control.journal(),
         })
         .await;
         let pool = start_pool(&config, &server_tls, &shutdown_rx, &mut tasks);
@@ -144,21 +148,24 @@ impl Proxy {
         let shared = Arc::new(Shared {
             commits,
             pool,
-            auth,
+            auth: ArcSwap::from_pointee(auth),
             tls: client_tls,
             loads: NodeLoads::new(config.nodes.len()),
-            read_policy: ReadPolicy::from_config(&config.routing),
             tickets: AtomicU64::new(0),
             unparsable: AtomicU64::new(0),
             admin: Console::new(control.clone()),
             admission: Admission::new(&config.proxy),
-            config,
+            drain: watch::channel(false).0,
+            clients: Default::default(),
+            pause: Default::default(),
+            config: ArcSwap::new(config),
             topology: topology.clone(),
             cancels: Arc::new(CancelRegistry::default()),
             shutdown: shutdown_rx,
         });
         info!(%addr, "palisade is listening");
-        let accept = accept_loop(listener, shared.clone(), tracker.clone());
+        let sessions = TaskTracker::new();
+        let accept = accept_loop(listener, shared.clone(), sessions.clone());
         tasks.insert(0, spawn_named("listener", accept));
         let http_addr = http.map(|http| serve_http(http, &shared, &mut tasks));
         Ok(Proxy {
@@ -170,12 +177,21 @@ impl Proxy {
             shutdown,
             tasks,
             tracker,
+            sessions,
         })
     }
 
     /// The address clients connect to (useful when listening on port 0).
     pub fn local_addr(&self) -> SocketAddr {
         self.addr
+    }
+
+    /// Whether the clients' listener is open (it closes at the drain's
+    /// start with `proxy.reuse_port`, else at the stop).
+    pub fn listening(&self) -> bool {
+        self.tasks
+            .iter()
+            .any(|t| t.name == "listener" && !t.handle.is_finished())
     }
 
     /// The monitoring endpoint's address (`[http] listen`, useful when
@@ -191,7 +207,7 @@ impl Proxy {
 
     /// Requests routed to each node so far, in config order.
     pub fn routed(&self) -> Vec<u64> {
-        (0..self.shared.config.nodes.len())
+        (0..self.shared.config().nodes.len())
             .map(|n| self.shared.loads.routed(n))
             .collect()
     }
@@ -207,6 +223,22 @@ impl Proxy {
             Err(e) => warn!(error = %e, "TLS certificate not reloaded; the one in use stays"),
         }
         reloaded
+    }
+
+    /// Applies `config` as far as it can change live (RELOAD; see
+    /// [`crate::reload`]); an invalid one changes nothing and says why.
+    pub async fn reload(&self, config: Config) -> Result<crate::reload::Report, String> {
+        crate::reload::apply(&self.shared, config).await
+    }
+
+    /// Reads the config file again and applies it (SIGHUP, `RELOAD`).
+    pub async fn reload_file(&self) -> Result<crate::reload::Report, String> {
+        crate::reload::from_file(&self.shared).await
+    }
+
+    /// The settings in force.
+    pub fn config(&self) -> Arc<Config> {
+        self.shared.config.load_full()
     }
 
     /// The current published topology.
@@ -226,10 +258,51 @@ impl Proxy {
         &self.control
     }
 
-    /// Stops accepting, tells every session to end, and waits for the
-    /// named tasks to stop and for sessions and action tasks to end (at
-    /// most [`DRAIN`] for those).
-    pub async fn shutdown(mut self) {
+    /// Starts the drain (what SIGTERM does): new connections are refused
+    /// with 57P03, idle sessions end with 57P01, sessions in a transaction
+    /// or a query end once it does. `false` when it had already started.
+    pub fn begin_drain(&self) -> bool {
+        let began = self.shared.begin_drain();
+        if began {
+            info!(
+                sessions = self.sessions.len(),
+                "draining: no new connections; sessions end at their transaction's end"
+            );
+        }
+        began
+    }
+
+    /// Resolves once a drain has been asked for (the console's `SHUTDOWN
+    /// WAIT_FOR_CLIENTS`).
+    pub async fn drain_requested(&self) {
+        let mut drain = self.shared.drain.subscribe();
+        let _ = drain.wait_for(|draining| *draining).await;
+    }
+
+    /// Drains for at most `proxy.shutdown_timeout_ms`, then stops.
+    pub async fn shutdown(self) {
+        let limit = self.shared.config().proxy.shutdown_timeout();
+        self.shutdown_within(limit).await;
+    }
+
+    /// Drains (see [`Proxy::begin_drain`]) for at most `limit`, then ends
+    /// the sessions still open, stops the named tasks and waits for
+    /// sessions and action tasks to end (at most [`DRAIN`] for those).
+    pub async fn shutdown_within(mut self, limit: Duration) {
+        self.begin_drain();
+        self.sessions.close();
+        if tokio::time::timeout(limit, self.sessions.wait())
+            .await
+            .is_err()
+        {
+            warn!(
+                left = self.sessions.len(),
+                limit_ms = limit.as_millis(),
+                "drain timed out; ending the sessions still open"
+            );
+        } else {
+            info!("drained: every session has ended");
+        }
         let _ = self.shutdown.send(true);
         for task in std::mem::take(&mut self.tasks) {
             if let Err(e) = task.handle.await {
@@ -237,12 +310,13 @@ impl Proxy {
             }
         }
         self.tracker.close();
-        if tokio::time::timeout(DRAIN, self.tracker.wait())
+        let (sessions, actions) = (self.sessions.wait(), self.tracker.wait());
+        if tokio::time::timeout(DRAIN, async { tokio::join!(sessions, actions) })
             .await
             .is_err()
         {
             warn!(
-                left = self.tracker.len(),
+                left = self.tracker.len() + self.sessions.len(),
                 "sessions or actions still running at shutdown"
             );
         }
@@ -278,6 +352,26 @@ fn start_pool(
         prune_idle(pool.clone(), idle, shutdown.clone()),
     ));
     pool
+}
+
+/// The clients' listener, sharing its address with other processes when
+/// `proxy.reuse_port` is on.
+fn bind_clients(config: &Config) -> Result<(TcpListener, SocketAddr), StartError> {
+    let addr = config.listen_addr()?;
+    let listen = || -> std::io::Result<(TcpListener, SocketAddr)> {
+        let socket = if addr.is_ipv4() {
+            tokio::net::TcpSocket::new_v4()?
+        } else {
+            tokio::net::TcpSocket::new_v6()?
+        };
+        socket.set_reuseaddr(true)?;
+        socket.set_reuseport(config.proxy.reuse_port)?;
+        socket.bind(addr)?;
+        let listener = socket.listen(1024)?;
+        let bound = listener.local_addr()?;
+        Ok((listener, bound))
+    };
+    listen().map_err(|source| StartError::Listen { addr, source })
 }
 
 async fn bind(addr: SocketAddr) -> Result<(TcpListener, SocketAddr), StartError> {
@@ -322,6 +416,7 @@ struct ControlWiring {
     tracker: TaskTracker,
     tls: ServerTls,
     shutdown: watch::Receiver<bool>,
+    journal: Arc<crate::control::journal::Journal>,
 }
 
 /// Starts a prober per node and the driver; returns once every node has
@@ -350,6 +445,7 @@ async fn start_control(w: ControlWiring) -> Vec<Named> {
             tracker: w.tracker,
             tls: w.tls,
             shutdown: w.shutdown,
+            journal: w.journal,
         },
     );
     tasks.push(spawn_named("driver", driver.run()));
@@ -381,14 +477,30 @@ async fn prune_idle(
     }
 }
 
-/// Accepts clients until shutdown; each session runs on `sessions`. A
-/// client past `max_client_connections` is refused at once.
+/// Accepts clients until shutdown (during the drain too, to refuse them
+/// with 57P03, unless `proxy.reuse_port` is on: then until the drain);
+/// each session runs on `sessions`. A client past
+/// `max_client_connections` is refused at once.
 async fn accept_loop(listener: TcpListener, shared: Arc<Shared>, sessions: TaskTracker) {
     let mut shutdown = shared.shutdown.clone();
+    let mut drain = shared.drain.subscribe();
+    // Sharing the port, a draining proxy leaves new clients to the other one.
+    let close_at_drain = shared.config().proxy.reuse_port;
+    let drained = async move {
+        if !close_at_drain {
+            std::future::pending::<()>().await;
+        }
+        let _ = drain.wait_for(|draining| *draining).await;
+    };
+    tokio::pin!(drained);
     loop {
         let accepted = tokio::select! {
             a = listener.accept() => a,
             _ = shutdown.changed() => return,
+            () = &mut drained => {
+                info!("draining: listener closed; the other process on the port takes new clients");
+                return;
+            }
         };
         match accepted {
             Ok((stream, peer)) => match shared.admission.arrive() {

@@ -7,10 +7,16 @@
 //! its [`Console`], over the simple query protocol, like PgBouncer's
 //! `pgbouncer` database.
 //!
+//! The views of the proxy's own state (`SHOW POOLS`, `CLIENTS`, `SERVERS`,
+//! `STATS`, `EVENTS`) are in [`show`]; `PAUSE` and `RESUME` hold new
+//! transactions, `SHUTDOWN WAIT_FOR_CLIENTS` starts the drain.
+//!
 //! Who may do what is `[admin]`'s: `admin_users` run everything,
 //! `stats_users` only the SHOWs, anyone else nothing (42501, as PostgreSQL
 //! refuses a privilege). Every command that acts on the cluster is logged
 //! with the user and address that ran it.
+
+pub mod show;
 
 use std::net::SocketAddr;
 
@@ -52,6 +58,10 @@ impl Console {
     pub fn new(control: ControlHandle) -> Console {
         Console { control }
     }
+
+    pub fn control(&self) -> &ControlHandle {
+        &self.control
+    }
 }
 
 /// Who is at the console: the user who logged in, from where, and what
@@ -68,10 +78,69 @@ pub struct Caller {
 pub enum Command {
     ShowNodes,
     ShowConfig,
+    /// `SHOW POOLS`, `CLIENTS`, `SERVERS`, `STATS` or `EVENTS`.
+    Show(View),
+    /// `PAUSE`: new transactions wait for `RESUME`.
+    Pause,
+    Resume,
+    /// `SHUTDOWN WAIT_FOR_CLIENTS`: the drain.
+    Shutdown,
+    /// `RELOAD`: the config file read again.
+    Reload,
     /// For the failover driver.
     Control(control::Command),
     /// An empty query string.
     Empty,
+}
+
+/// A view of the proxy's own state.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum View {
+    Pools,
+    Clients,
+    Servers,
+    Stats,
+    Events,
+}
+
+impl View {
+    const ALL: [View; 5] = [
+        View::Pools,
+        View::Clients,
+        View::Servers,
+        View::Stats,
+        View::Events,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            View::Pools => "POOLS",
+            View::Clients => "CLIENTS",
+            View::Servers => "SERVERS",
+            View::Stats => "STATS",
+            View::Events => "EVENTS",
+        }
+    }
+
+    fn columns(self) -> &'static [&'static str] {
+        match self {
+            View::Pools => &show::POOL_COLUMNS,
+            View::Clients => &show::CLIENT_COLUMNS,
+            View::Servers => &show::SERVER_COLUMNS,
+            View::Stats => &show::STATS_COLUMNS,
+            View::Events => &show::EVENT_COLUMNS,
+        }
+    }
+
+    fn rows(self, shared: &Shared) -> show::Rows {
+        match self {
+            View::Pools => show::pools(shared),
+            View::Clients => show::clients(shared),
+            View::Servers => show::servers(shared),
+            View::Stats => show::stats(shared),
+            View::Events => show::events(shared),
+        }
+    }
 }
 
 impl Command {
@@ -79,8 +148,12 @@ impl Command {
     pub fn needs(&self) -> ConsoleAccess {
         match self {
             Command::Empty => ConsoleAccess::None,
-            Command::ShowNodes | Command::ShowConfig => ConsoleAccess::Stats,
-            Command::Control(_) => ConsoleAccess::Admin,
+            Command::ShowNodes | Command::ShowConfig | Command::Show(_) => ConsoleAccess::Stats,
+            Command::Control(_)
+            | Command::Pause
+            | Command::Resume
+            | Command::Shutdown
+            | Command::Reload => ConsoleAccess::Admin,
         }
     }
 
@@ -89,6 +162,11 @@ impl Command {
         match self {
             Command::ShowNodes => "SHOW NODES".into(),
             Command::ShowConfig => "SHOW CONFIG".into(),
+            Command::Show(view) => format!("SHOW {}", view.name()),
+            Command::Pause => "PAUSE".into(),
+            Command::Resume => "RESUME".into(),
+            Command::Shutdown => "SHUTDOWN WAIT_FOR_CLIENTS".into(),
+            Command::Reload | Command::Control(control::Command::Reweight(_)) => "RELOAD".into(),
             Command::Control(control::Command::Switchover(None)) => "SWITCHOVER".into(),
             Command::Control(control::Command::Switchover(Some(to))) => {
                 format!("SWITCHOVER TO {to}")
@@ -133,6 +211,14 @@ pub fn parse(sql: &str) -> Option<Command> {
         0 => Some(Command::Empty),
         2 if is(0, "show") && is(1, "nodes") => Some(Command::ShowNodes),
         2 if is(0, "show") && is(1, "config") => Some(Command::ShowConfig),
+        2 if is(0, "show") => View::ALL
+            .into_iter()
+            .find(|v| is(1, v.name()))
+            .map(Command::Show),
+        1 if is(0, "pause") => Some(Command::Pause),
+        1 if is(0, "resume") => Some(Command::Resume),
+        1 if is(0, "reload") => Some(Command::Reload),
+        2 if is(0, "shutdown") && is(1, "wait_for_clients") => Some(Command::Shutdown),
         1 if is(0, "switchover") => Some(Command::Control(control::Command::Switchover(None))),
         3 if is(0, "switchover") && is(1, "to") => Some(Command::Control(
             control::Command::Switchover(Some(words[2].to_owned())),
@@ -155,7 +241,7 @@ pub fn welcome(out: &mut BytesMut) {
 /// Serves the console to `caller` until the client leaves or the proxy
 /// shuts down.
 pub async fn serve(mut client: ClientIo, shared: &Shared, caller: Caller) {
-    let mut shutdown = shared.shutdown.clone();
+    let mut shutdown = shared.drain.subscribe();
     // Set after an extended-protocol message: it is refused at the Sync.
     let mut refused_batch = false;
     loop {
@@ -165,7 +251,7 @@ pub async fn serve(mut client: ClientIo, shared: &Shared, caller: Caller) {
             }
             client.out.clear();
         }
-        let frame = match take_frame(&mut client.inbuf, shared.config.proxy.max_message_size) {
+        let frame = match take_frame(&mut client.inbuf, shared.config().proxy.max_message_size) {
             Ok(Some(frame)) => frame,
             Ok(None) if read_more(&mut client, shared, &mut shutdown).await => continue,
             Ok(None) => return,
@@ -212,7 +298,7 @@ pub async fn serve(mut client: ClientIo, shared: &Shared, caller: Caller) {
 }
 
 /// Reads more of the client's input; `false` when the console is done: the
-/// client left, the proxy is shutting down, or the client broke the
+/// client left, the proxy is draining (57P01), or the client broke the
 /// session timeouts (the rest of a half-sent message must come within
 /// `client_message_timeout_ms`, the next command within
 /// `client_idle_timeout_ms` when that is set), which it is told.
@@ -221,7 +307,7 @@ async fn read_more(
     shared: &Shared,
     shutdown: &mut watch::Receiver<bool>,
 ) -> bool {
-    let proxy = &shared.config.proxy;
+    let proxy = &shared.config().proxy;
     let (limit, state, message) = if client.inbuf.is_empty() {
         (
             proxy.client_idle_timeout(),
@@ -246,7 +332,16 @@ async fn read_more(
     };
     tokio::select! {
         read = client.rd.read_buf(&mut client.inbuf) => matches!(read, Ok(n) if n > 0),
-        _ = shutdown.changed() => false,
+        () = async { let _ = shutdown.wait_for(|draining| *draining).await; } => {
+            messages::error(
+                &mut client.out,
+                true,
+                Sqlstate::AdminShutdown,
+                "terminating connection due to administrator command",
+            );
+            let _ = client.wr.write_all(&client.out).await;
+            false
+        }
         () = expired => {
             messages::error(&mut client.out, true, state, &message);
             let _ = client.wr.write_all(&client.out).await;
@@ -280,7 +375,7 @@ async fn answer(out: &mut BytesMut, sql: &str, shared: &Shared, caller: &Caller)
         }
         Some(Command::ShowConfig) => {
             debug!(user = %caller.user, client = %caller.peer, "SHOW CONFIG");
-            let rows: Vec<Vec<Option<String>>> = config_rows(&shared.config)
+            let rows: Vec<Vec<Option<String>>> = config_rows(&shared.config())
                 .into_iter()
                 .map(|(k, v)| vec![Some(k), Some(v)])
                 .collect();
@@ -291,17 +386,59 @@ async fn answer(out: &mut BytesMut, sql: &str, shared: &Shared, caller: &Caller)
                 &format!("SHOW {}", rows.len()),
             );
         }
+        Some(Command::Show(view)) => {
+            debug!(user = %caller.user, client = %caller.peer, view = view.name(), "SHOW");
+            let rows = view.rows(shared);
+            messages::text_result(out, view.columns(), &rows, &format!("SHOW {}", rows.len()));
+        }
+        Some(command @ (Command::Pause | Command::Resume | Command::Shutdown)) => {
+            operate(out, &command, shared, caller);
+        }
+        Some(Command::Reload) => reload(out, shared, caller).await,
         Some(Command::Empty) => out.extend_from_slice(b"I\0\0\0\x04"),
         None => messages::error(
             out,
             false,
             Sqlstate::SyntaxError,
             &format!(
-                "unknown admin console command {:?}: try SHOW NODES, SHOW CONFIG, SWITCHOVER [TO node] or REJOIN node",
+                "unknown admin console command {:?}: try SHOW NODES|CONFIG|POOLS|CLIENTS|SERVERS|STATS|EVENTS, PAUSE, RESUME, SHUTDOWN WAIT_FOR_CLIENTS, SWITCHOVER [TO node] or REJOIN node",
                 sql.trim()
             ),
         ),
     }
+}
+
+/// Reads the config file again and applies what can change live; tells
+/// the client what changed and what needs a restart, or why nothing did.
+async fn reload(out: &mut BytesMut, shared: &Shared, caller: &Caller) {
+    let (user, client) = (&caller.user, &caller.peer);
+    info!(%user, %client, command = "RELOAD", "admin command");
+    match crate::reload::from_file(shared).await {
+        Ok(report) => {
+            for line in report.lines() {
+                messages::notice(out, &line);
+            }
+            messages::command_complete(out, "RELOAD");
+        }
+        Err(reason) => messages::error(out, false, Sqlstate::ConfigFileError, &reason),
+    }
+}
+
+/// Runs `PAUSE`, `RESUME` or `SHUTDOWN WAIT_FOR_CLIENTS`, logging who asked.
+fn operate(out: &mut BytesMut, command: &Command, shared: &Shared, caller: &Caller) {
+    let (user, client) = (&caller.user, &caller.peer);
+    let text = command.text();
+    let (changed, tag, already) = match command {
+        Command::Pause => (shared.pause.set(true), "PAUSE", "already paused"),
+        Command::Resume => (shared.pause.set(false), "RESUME", "not paused"),
+        _ => (shared.begin_drain(), "SHUTDOWN", "already draining"),
+    };
+    if changed {
+        info!(%user, %client, command = %text, "admin command");
+    } else {
+        messages::notice(out, already);
+    }
+    messages::command_complete(out, tag);
 }
 
 /// Runs a command of the control plane's, logging who asked and how it went.
@@ -312,6 +449,7 @@ async fn act(out: &mut BytesMut, command: control::Command, shared: &Shared, cal
     let tag = match &command {
         control::Command::Switchover(_) => "SWITCHOVER",
         control::Command::Rejoin(_) => "REJOIN",
+        control::Command::Reweight(_) => "RELOAD",
     };
     match shared.admin.control.ask(command).await {
         Ok(done) => {
@@ -431,6 +569,11 @@ mod tests {
         assert_eq!(parse("SHOW NODES"), Some(Command::ShowNodes));
         assert_eq!(parse("  show   nodes ; "), Some(Command::ShowNodes));
         assert_eq!(parse("Show Config;"), Some(Command::ShowConfig));
+        assert_eq!(parse("show pools"), Some(Command::Show(View::Pools)));
+        assert_eq!(parse("SHOW EVENTS;"), Some(Command::Show(View::Events)));
+        assert_eq!(parse("pause"), Some(Command::Pause));
+        assert_eq!(parse("RESUME;"), Some(Command::Resume));
+        assert_eq!(parse("shutdown wait_for_clients"), Some(Command::Shutdown));
         assert_eq!(parse(" ; "), Some(Command::Empty));
         assert_eq!(
             parse("switchover"),
@@ -454,6 +597,9 @@ mod tests {
             "SHOW",
             "SELECT 1",
             "SHOW NODES x",
+            "SHOW LISTS",
+            "SHUTDOWN",
+            "PAUSE db",
         ] {
             assert_eq!(parse(other), None, "{other}");
         }

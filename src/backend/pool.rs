@@ -14,6 +14,7 @@
 //! connections; a checkout at the cap waits for one to come back.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
@@ -85,6 +86,51 @@ struct LimitKey {
 struct Limit {
     permits: Arc<Semaphore>,
     returned: Notify,
+    /// Clients waiting for a connection at the cap (for the console).
+    waiting: AtomicUsize,
+}
+
+/// Counts a client waiting at the cap for as long as it is kept.
+struct Waiting<'a>(&'a AtomicUsize);
+
+impl<'a> Waiting<'a> {
+    fn new(count: &'a AtomicUsize) -> Waiting<'a> {
+        count.fetch_add(1, Ordering::Relaxed);
+        Waiting(count)
+    }
+}
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// One (node, user, database) of the pool as the console's `SHOW POOLS`
+/// lists it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PoolStats {
+    pub host: String,
+    pub port: u16,
+    pub user: String,
+    pub database: String,
+    /// Server connections open, idle or in use.
+    pub open: usize,
+    pub idle: usize,
+    /// Clients waiting at `pool.max_server_connections`.
+    pub waiting: usize,
+}
+
+/// An idle pooled server connection, for `SHOW SERVERS`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IdleServer {
+    pub host: String,
+    pub port: u16,
+    pub user: String,
+    pub database: String,
+    pub idle_for: Duration,
+    /// PostgreSQL's process id for the connection, when it said.
+    pub pid: Option<i32>,
 }
 
 struct Idle {
@@ -155,6 +201,7 @@ impl ServerPool {
                 Arc::new(Limit {
                     permits: Arc::new(Semaphore::new(self.max_server_connections)),
                     returned: Notify::new(),
+                    waiting: AtomicUsize::new(0),
                 })
             })
             .clone()
@@ -181,6 +228,61 @@ impl ServerPool {
             .filter(|(k, _)| k.host == host && k.port == port)
             .map(|(_, conns)| conns.len())
             .sum()
+    }
+
+    /// Every (node, user, database) that has had a connection, sorted.
+    pub fn stats(&self) -> Vec<PoolStats> {
+        let limits: Vec<(LimitKey, Arc<Limit>)> = self
+            .limits
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .iter()
+            .map(|(k, l)| (k.clone(), l.clone()))
+            .collect();
+        let mut idle: HashMap<LimitKey, usize> = HashMap::new();
+        for (key, conns) in self.idle().iter() {
+            *idle.entry(key.limit()).or_default() += conns.len();
+        }
+        let mut stats: Vec<PoolStats> = limits
+            .into_iter()
+            .map(|(key, limit)| PoolStats {
+                open: self
+                    .max_server_connections
+                    .saturating_sub(limit.permits.available_permits()),
+                idle: idle.get(&key).copied().unwrap_or(0),
+                waiting: limit.waiting.load(Ordering::Relaxed),
+                host: key.host,
+                port: key.port,
+                user: key.user,
+                database: key.database,
+            })
+            .collect();
+        stats.sort_by(|a, b| {
+            (a.port, &a.host, &a.user, &a.database).cmp(&(b.port, &b.host, &b.user, &b.database))
+        });
+        stats
+    }
+
+    /// The idle connections in the pool now.
+    pub fn idle_servers(&self) -> Vec<IdleServer> {
+        let now = Instant::now();
+        let idle = self.idle();
+        let mut servers: Vec<IdleServer> = idle
+            .iter()
+            .flat_map(|(key, conns)| {
+                let limit = key.limit();
+                conns.iter().map(move |c| IdleServer {
+                    host: limit.host.clone(),
+                    port: limit.port,
+                    user: limit.user.clone(),
+                    database: limit.database.clone(),
+                    idle_for: now.duration_since(c.since),
+                    pid: c.conn.key.map(|k| k.pid),
+                })
+            })
+            .collect();
+        servers.sort_by_key(|s| (s.port, s.idle_for));
+        servers
     }
 
     /// A connection for `key` on behalf of session `owner`: one of its own
@@ -231,6 +333,7 @@ impl ServerPool {
             if self.evict_other(key, &limit_key) {
                 continue;
             }
+            let counted = Waiting::new(&limit.waiting);
             let waited = tokio::select! {
                 permit = limit.permits.clone().acquire_owned() => permit.ok(),
                 () = &mut returned => None,
@@ -243,6 +346,7 @@ impl ServerPool {
                     })
                 }
             };
+            drop(counted);
             if let Some(permit) = waited {
                 return self.open(key, login, permit, within).await;
             }

@@ -26,7 +26,7 @@ pub use failover::{FailoverConfig, FailoverMode, ReplicationMode};
 pub use http::HttpConfig;
 pub use nodes::NodeConfig;
 pub use sections::{
-    BackendConfig, LoadBalance, MonitorConfig, PoolConfig, ProxyConfig, RoutingConfig,
+    BackendConfig, LoadBalance, LogFormat, MonitorConfig, PoolConfig, ProxyConfig, RoutingConfig,
 };
 pub use tls::{ServerTlsMode, TlsConfig, TlsMode};
 pub use users::{AuthMethod, UserConfig};
@@ -34,7 +34,7 @@ pub use verifier::{parse_scram_verifier, StoredVerifier};
 
 use std::fmt;
 use std::net::SocketAddr;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
@@ -96,6 +96,9 @@ pub struct Config {
     pub http: HttpConfig,
     #[serde(default)]
     pub tls: TlsConfig,
+    /// The file it was read from (what `RELOAD` and SIGHUP read again).
+    #[serde(skip)]
+    pub source: Option<PathBuf>,
 }
 
 impl Config {
@@ -103,7 +106,9 @@ impl Config {
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
         let text = std::fs::read_to_string(path)
             .map_err(|e| invalid(path.display().to_string(), format!("cannot read: {e}")))?;
-        Config::parse(&text)
+        let mut config = Config::parse(&text)?;
+        config.source = Some(path.to_owned());
+        Ok(config)
     }
 
     /// Parses and validates TOML text.

@@ -47,6 +47,27 @@ pub struct ProxyConfig {
     /// thread, like PgBouncer: on a machine whose cores PostgreSQL needs,
     /// cross-thread wake-ups cost more than a second thread gains.
     pub worker_threads: usize,
+    /// On SIGTERM, SIGINT or the console's `SHUTDOWN WAIT_FOR_CLIENTS`,
+    /// transactions and queries in flight get this long to finish before
+    /// their sessions are ended too.
+    pub shutdown_timeout_ms: u64,
+    /// How log lines are written to stderr: `text` or `json` (one object
+    /// a line). Read at start.
+    pub log_format: LogFormat,
+    /// Listen with SO_REUSEPORT, so a second Palisade can listen on the
+    /// same address (a rolling restart): a draining proxy then closes its
+    /// listener, leaving new connections to the other, instead of refusing
+    /// them with 57P03.
+    pub reuse_port: bool,
+}
+
+/// How log lines are written.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    #[default]
+    Text,
+    Json,
 }
 
 impl Default for ProxyConfig {
@@ -64,6 +85,9 @@ impl Default for ProxyConfig {
             connect_timeout_ms: 5_000,
             replica_connect_timeout_ms: 1_000,
             worker_threads: 1,
+            shutdown_timeout_ms: 30_000,
+            log_format: LogFormat::Text,
+            reuse_port: false,
         }
     }
 }
@@ -79,6 +103,10 @@ impl ProxyConfig {
 
     pub fn replica_connect_timeout(&self) -> Duration {
         Duration::from_millis(self.replica_connect_timeout_ms)
+    }
+
+    pub fn shutdown_timeout(&self) -> Duration {
+        Duration::from_millis(self.shutdown_timeout_ms)
     }
 
     pub fn client_message_timeout(&self) -> Duration {

@@ -19,6 +19,7 @@ use super::epoch::EpochStore;
 use super::failover::{self, Action, Event, NodeId, Probe};
 use super::fencing::{self, NodeAdmin};
 use super::handle::{Command, Request};
+use super::journal::Journal;
 use super::lag::{measure_lag, WalHistory};
 use super::monitor::ProbeResult;
 use super::operator::NodeOperator;
@@ -68,6 +69,7 @@ pub struct Driver {
     seen: Vec<bool>,
     first_round: watch::Sender<bool>,
     shutdown: watch::Receiver<bool>,
+    journal: Arc<Journal>,
 }
 
 /// What [`Driver::new`] is wired to.
@@ -86,6 +88,8 @@ pub struct Wiring {
     /// TLS for the failover's own connections (fencing, promotion).
     pub tls: ServerTls,
     pub shutdown: watch::Receiver<bool>,
+    /// The failover log (`SHOW EVENTS`).
+    pub journal: Arc<Journal>,
 }
 
 impl Driver {
@@ -133,6 +137,7 @@ impl Driver {
             seen: vec![false; nodes],
             first_round: wiring.first_round,
             shutdown: wiring.shutdown,
+            journal: wiring.journal,
         }
     }
 
@@ -257,6 +262,11 @@ impl Driver {
 
     async fn on_command(&mut self, request: Request) {
         let (event, started) = match &request.command {
+            Command::Reweight(weights) => {
+                self.reweight(weights);
+                let _ = request.reply.send(Ok("weights set".to_owned()));
+                return;
+            }
             Command::Switchover(target) => {
                 let target = match target {
                     None => None,
@@ -279,10 +289,34 @@ impl Driver {
             },
         };
         let refused = self.feed(event).await;
+        let epoch = self.topology.load().epoch;
+        let asked = match &request.command {
+            Command::Switchover(None) => "SWITCHOVER".to_owned(),
+            Command::Switchover(Some(to)) => format!("SWITCHOVER TO {to}"),
+            Command::Rejoin(node) => format!("REJOIN {node}"),
+            Command::Reweight(_) => "RELOAD".to_owned(),
+        };
+        let outcome = refused.as_deref().unwrap_or(started);
+        self.journal
+            .record(epoch, None, format!("{asked}: {outcome}"));
         let _ = request.reply.send(match refused {
             Some(reason) => Err(reason),
             None => Ok(started.to_owned()),
         });
+    }
+
+    /// Publishes the nodes with new read weights (a reload); the next
+    /// snapshots keep them.
+    fn reweight(&mut self, weights: &[u32]) {
+        let current = self.topology.load();
+        let mut next = (*current).clone();
+        for (node, weight) in next.nodes.iter_mut().zip(weights) {
+            node.weight = *weight;
+        }
+        if next != *current {
+            info!(?weights, "read weights reloaded");
+            self.topology.publish(next);
+        }
     }
 
     fn node_named(&self, name: &str) -> Result<NodeId, String> {
@@ -417,6 +451,7 @@ impl Driver {
         measure_lag(&mut next, &mut self.history, Instant::now());
         if next != *current {
             log_changes(&current, &next);
+            self.journal.record_changes(&current, &next);
             self.sync_replication(&next);
             self.topology.publish(next);
         }

@@ -2,7 +2,11 @@
 //! the proxy hands to the console, carrying operator commands to the
 //! driver and bringing back its answer. Sessions never hold it.
 
+use std::sync::Arc;
+
 use tokio::sync::{mpsc, oneshot};
+
+use super::journal::{Entry, Journal};
 
 /// An operator command from the admin console.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -11,6 +15,8 @@ pub enum Command {
     Switchover(Option<String>),
     /// `REJOIN node`.
     Rejoin(String),
+    /// `RELOAD`: each node's read weight, in config order.
+    Reweight(Vec<u32>),
 }
 
 /// A command and where its answer goes: what was started, or why not.
@@ -23,6 +29,8 @@ pub struct Request {
 #[derive(Debug, Clone)]
 pub struct ControlHandle {
     commands: mpsc::Sender<Request>,
+    /// The failover log the driver keeps.
+    journal: Arc<Journal>,
 }
 
 /// Commands waiting for the driver at most; more wait to be queued.
@@ -32,7 +40,18 @@ impl ControlHandle {
     /// A handle and the queue the driver reads.
     pub fn channel() -> (ControlHandle, mpsc::Receiver<Request>) {
         let (commands, queue) = mpsc::channel(QUEUE);
-        (ControlHandle { commands }, queue)
+        let journal = Arc::default();
+        (ControlHandle { commands, journal }, queue)
+    }
+
+    /// Where the driver records the failover log.
+    pub fn journal(&self) -> Arc<Journal> {
+        self.journal.clone()
+    }
+
+    /// The last events of the failover log, oldest first.
+    pub fn events(&self) -> Vec<Entry> {
+        self.journal.entries()
     }
 
     /// Hands `command` to the driver and waits for its answer: what was

@@ -17,6 +17,7 @@ pub mod failover;
 pub mod fencing;
 pub mod functions;
 pub mod handle;
+pub mod journal;
 pub mod lag;
 pub mod monitor;
 pub mod operator;

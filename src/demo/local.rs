@@ -36,6 +36,7 @@ pub fn demo_config(cluster: &LocalCluster, listen: SocketAddr) -> Config {
         routing: RoutingConfig::default(),
         consistency: ConsistencyConfig::default(),
         failover: FailoverConfig::default(),
+        source: None,
         nodes: cluster
             .nodes()
             .iter()

@@ -96,8 +96,8 @@ pub async fn run(listen: SocketAddr, replicas: usize, http: SocketAddr) -> Resul
     );
     eprintln!("palisade demo: ready; Ctrl-C stops the proxy and the cluster");
     super::serve_until_signal(&proxy).await;
-    eprintln!("palisade demo: stopping");
-    proxy.shutdown().await;
+    eprintln!("palisade demo: draining (a second Ctrl-C stops at once)");
+    super::drain(proxy).await;
     stop(cluster).await;
     Ok(())
 }

@@ -29,7 +29,7 @@ impl Classifier {
     /// published now (asked for, and pending, when nothing is yet).
     pub fn open(shared: &Shared, database: &str) -> Classifier {
         Classifier::with(
-            ClassifyCache::new(shared.config.routing.classify_cache_size),
+            ClassifyCache::new(shared.config().routing.classify_cache_size),
             FunctionView::new(&shared.topology, database),
         )
     }

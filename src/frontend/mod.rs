@@ -13,6 +13,8 @@ pub mod link;
 pub mod load;
 pub mod local;
 pub mod negotiate;
+pub mod pause;
+pub mod registry;
 pub mod retry;
 pub mod session;
 pub mod state;
@@ -27,6 +29,7 @@ use tokio::net::TcpStream;
 use tokio::sync::watch;
 use tracing::{debug, info, Instrument};
 
+use arc_swap::{ArcSwap, Guard};
 use bytes::BytesMut;
 
 use crate::admin;
@@ -69,15 +72,16 @@ pub(crate) fn shed(buf: &mut BytesMut) {
 
 /// What every client task shares.
 pub struct Shared {
-    pub config: Arc<Config>,
+    /// The settings in force; `RELOAD` swaps them (see [`Shared::config`]).
+    pub config: ArcSwap<Config>,
     pub pool: Arc<ServerPool>,
     pub topology: TopologyHandle,
     pub cancels: Arc<CancelRegistry>,
-    pub auth: Authenticator,
+    /// Swapped by a reload that changes users or `[auth]`.
+    pub auth: ArcSwap<Authenticator>,
     /// The certificate offered to clients, and whether they must take it.
     pub tls: ClientTls,
     pub loads: NodeLoads,
-    pub read_policy: ReadPolicy,
     /// Bumped per routed read: drives round-robin across all sessions.
     pub tickets: AtomicU64,
     /// Statements the classifier could not parse (sent to the primary).
@@ -89,19 +93,44 @@ pub struct Shared {
     pub admin: admin::Console,
     /// Connection limits and the failed-login throttle.
     pub admission: Admission,
+    /// Set when the proxy starts draining (SIGTERM, SIGINT, `SHUTDOWN
+    /// WAIT_FOR_CLIENTS`): new connections are refused with 57P03, idle
+    /// sessions end with 57P01, the rest at their transaction's end.
+    pub drain: watch::Sender<bool>,
+    /// The sessions open now (the console's `SHOW CLIENTS`).
+    pub clients: registry::Registry,
+    /// The console's `PAUSE`: new transactions wait for `RESUME`.
+    pub pause: pause::Pause,
+    /// Set when everything stops at once (after the drain).
     pub shutdown: watch::Receiver<bool>,
 }
 
 impl Shared {
-    /// The config's routing rules, as [`route::decide`] takes them.
-    pub fn policy(&self) -> Policy<'_> {
+    /// The settings in force now. Cheap (no reference count), but not to
+    /// be held long: take what is needed, or `load_full` to keep it.
+    pub fn config(&self) -> Guard<Arc<Config>> {
+        self.config.load()
+    }
+
+    /// Starts the drain; `false` when it had already started.
+    pub fn begin_drain(&self) -> bool {
+        self.drain
+            .send_if_modified(|draining| !std::mem::replace(draining, true))
+    }
+
+    pub fn draining(&self) -> bool {
+        *self.drain.borrow()
+    }
+
+    /// `config`'s routing rules, as [`route::decide`] takes them.
+    pub fn policy(config: &Config) -> Policy<'_> {
         Policy {
-            consistency: &self.config.consistency,
-            reads: self.read_policy,
+            consistency: &config.consistency,
+            reads: ReadPolicy::from_config(&config.routing),
             // A switchover's pause lasts at most the failover timeout: a
             // write waits it out (and a second more) instead of failing.
-            pause_limit: self.config.failover.failover_timeout() + Duration::from_secs(1),
-            failover_wait: self.config.failover.failover_wait(),
+            pause_limit: config.failover.failover_timeout() + Duration::from_secs(1),
+            failover_wait: config.failover.failover_wait(),
         }
     }
 }
@@ -169,6 +198,19 @@ pub async fn serve(stream: TcpStream, peer: SocketAddr, shared: Arc<Shared>, mut
         }
     };
     let classifier = Classifier::open(&shared, &connected.login.database);
+    info!(
+        parent: &span,
+        user = %connected.login.client_user,
+        database = %connected.login.database,
+        client = %peer,
+        "session started"
+    );
+    let listed = shared.clients.add(
+        session_id,
+        &connected.login.client_user,
+        &connected.login.database,
+        peer,
+    );
     // The relay polls far too often to enter a span each time: it logs
     // with the span as an explicit parent instead.
     let session = Session::new(
@@ -177,10 +219,10 @@ pub async fn serve(stream: TcpStream, peer: SocketAddr, shared: Arc<Shared>, mut
         client,
         connected,
         classifier,
-        span.clone(),
+        (listed, span.clone()),
     );
-    let end = session.run().await;
-    debug!(parent: &span, ?end, "session ended");
+    let _ = session.run().await;
+    shared.clients.remove(session_id);
     drop(arrival);
 }
 
@@ -202,7 +244,7 @@ async fn open(
     session_id: u64,
     arrival: &mut Arrival,
 ) -> Option<(ClientIo, Opened)> {
-    let deadline = tokio::time::Instant::now() + shared.config.proxy.startup_timeout();
+    let deadline = tokio::time::Instant::now() + shared.config().proxy.startup_timeout();
     let lapse = arrival.lapse();
     tokio::pin!(lapse);
     // Before its startup packet a client is owed nothing: a login that
@@ -286,6 +328,14 @@ async fn start(
         messages::negotiate_protocol_version(&mut client.out, unsupported);
     }
     let database = param(&params, "database").unwrap_or_default().to_owned();
+    if shared.draining() {
+        // Before authentication, as PostgreSQL refuses during its shutdown.
+        return Err(tell(
+            client,
+            Sqlstate::CannotConnectNow,
+            "the database system is shutting down",
+        ));
+    }
     let secret = authenticate(client, peer, shared, &user, &database).await?;
     if !shared.admission.admit(arrival) {
         return Err(tell(
@@ -296,7 +346,7 @@ async fn start(
     }
     if database == admin::DATABASE {
         admin::welcome(&mut client.out);
-        let access = shared.config.admin.access(&user);
+        let access = shared.config().admin.access(&user);
         return Ok(Opened::Admin(admin::Caller { user, peer, access }));
     }
     connect_session(client, shared, session_id, &user, params, secret)
@@ -326,7 +376,7 @@ async fn authenticate(
         ));
     }
     let mut secret = None;
-    if let Some(mut exchange) = shared.auth.exchange(user).await {
+    if let Some(mut exchange) = shared.auth.load_full().exchange(user).await {
         let login = LoginClient::new(peer, user, database);
         let mut step = exchange.begin(&login).await;
         loop {
@@ -375,8 +425,11 @@ async fn connect_session(
     let node_index = startup_node(client, shared, &topology)?;
     let node = &topology.nodes[node_index];
     tracing::Span::current().record("epoch", topology.epoch);
-    let user_config = shared.config.user(user);
-    let server_user = user_config.map_or(user, |u| u.server_user()).to_owned();
+    let user_config = shared.config().user(user).cloned();
+    let server_user = user_config
+        .as_ref()
+        .map_or(user, |u| u.server_user())
+        .to_owned();
     for (k, v) in params.iter_mut() {
         if k == "user" {
             *v = server_user.clone();
@@ -387,6 +440,7 @@ async fn connect_session(
         client_user: user.to_owned(),
         // A configured password first; else what the client's login proved.
         server_secret: user_config
+            .as_ref()
             .and_then(|u| u.server_password())
             .map(|p| ServerSecret::Password(p.to_owned()))
             .or(proven),
@@ -440,7 +494,8 @@ fn startup_node(
         ..BatchFacts::default()
     };
     let session = route::SessionFacts::default();
-    let policy = shared.policy();
+    let config = shared.config();
+    let policy = Shared::policy(&config);
     match route::decide(
         &opening,
         &session,

@@ -69,7 +69,7 @@ pub async fn negotiate(
                 answer_no(stream).await?
             }
             (StartupPacket::Cancel { pid, secret }, _, _) => {
-                let timeout = shared.config.proxy.connect_timeout();
+                let timeout = shared.config().proxy.connect_timeout();
                 let key = BackendKey { pid, secret };
                 shared.cancels.cancel(key, shared.pool.tls(), timeout).await;
                 return None;

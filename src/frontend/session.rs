@@ -44,6 +44,7 @@ use tracing::{debug, info, Span};
 use super::classifier::Classifier;
 use super::collect::Collector;
 use super::link::{Answer, LinkIo, Phase, ServerLink};
+use super::registry::{Client, ClientState};
 use super::state::SessionState;
 use super::{Connected, Shared};
 use crate::backend;
@@ -68,6 +69,7 @@ pub enum End {
     ClientProtocolError,
     /// Idle outside a transaction past `client_idle_timeout_ms`.
     IdleTimeout,
+    /// Between transactions during the drain, or still open when it ran out.
     Shutdown,
 }
 
@@ -83,6 +85,8 @@ enum Event {
     Stalled,
     /// The client's clock ran out on what it timed.
     ClientClock(Watch),
+    /// The proxy began draining.
+    Drain,
     Shutdown,
 }
 
@@ -127,6 +131,20 @@ pub struct Session {
     keys: Vec<PoolKey>,
     /// Reads being sent again, and the stall timer.
     retry: retry::Retry,
+    /// The proxy is draining: the session ends at its next transaction boundary.
+    draining: bool,
+    /// Where the console sees what the session is doing.
+    pub(super) listed: Arc<Client>,
+    /// What the session did, for its last log line.
+    tally: Tally,
+}
+
+/// Requests answered and bytes moved to and from the client.
+#[derive(Debug, Default, Clone, Copy)]
+struct Tally {
+    requests: u64,
+    bytes_in: u64,
+    bytes_out: u64,
 }
 
 impl Session {
@@ -136,7 +154,7 @@ impl Session {
         client: ClientIo,
         connected: Connected,
         classifier: Classifier,
-        span: Span,
+        (listed, span): (Arc<Client>, Span),
     ) -> Session {
         let Connected {
             server,
@@ -153,16 +171,19 @@ impl Session {
             .collect();
         Session {
             id,
-            collector: Collector::new(shared.config.proxy.max_message_size),
+            collector: Collector::new(shared.config().proxy.max_message_size),
             classifier,
             link: ServerLink::new(server, node, cancel, shared.topology.fence_changes()),
-            retry: retry::Retry::new(&shared.config),
+            retry: retry::Retry::new(&shared.config()),
             shared,
             span,
             client,
             login,
             keys,
             state: SessionState::default(),
+            draining: false,
+            listed,
+            tally: Tally::default(),
         }
     }
 
@@ -181,6 +202,19 @@ impl Session {
         if self.state.is_stateful() {
             tokio::spawn(self.shared.pool.clone().release_owner(self.id));
         }
+        let c = &self.listed;
+        info!(
+            parent: &self.span,
+            user = %c.user,
+            database = %c.database,
+            client = %c.addr,
+            duration_ms = c.started.elapsed().as_millis() as u64,
+            queries = self.tally.requests,
+            bytes_in = self.tally.bytes_in,
+            bytes_out = self.tally.bytes_out,
+            ?end,
+            "session ended"
+        );
         end
     }
 
@@ -200,19 +234,58 @@ impl Session {
         self.maybe_release();
         // Made once: re-arming a watch waiter on every message costs more than the rest of the loop.
         let mut shutdown = self.shared.shutdown.clone();
+        let mut drain = self.shared.drain.subscribe();
         let stop = async move {
-            let _ = shutdown.wait_for(|stopping| *stopping).await;
+            tokio::select! {
+                _ = shutdown.wait_for(|stopping| *stopping) => Event::Shutdown,
+                _ = drain.wait_for(|draining| *draining) => Event::Drain,
+            }
         };
-        tokio::pin!(stop);
-        let mut clock = ClientClock::new(&self.shared.config.proxy);
+        let mut stop = Box::pin(stop) as Pin<Box<dyn Future<Output = Event> + Send>>;
+        let mut clock = ClientClock::new(&self.shared.config().proxy);
         loop {
+            if self.draining && self.between() {
+                return End::Shutdown;
+            }
             if let Err(end) = self.advance().await {
                 return end;
             }
-            if let Err(end) = self.step(stop.as_mut(), &mut clock).await {
-                return end;
+            self.publish_state();
+            match self.step(stop.as_mut(), &mut clock).await {
+                Err(end) => return end,
+                Ok(false) => {}
+                // A session in a transaction or a query finishes it; only
+                // the end of the drain stops it now.
+                Ok(true) => {
+                    debug!(parent: &self.span, "draining: ending at the transaction's end");
+                    self.draining = true;
+                    let mut shutdown = self.shared.shutdown.clone();
+                    stop = Box::pin(async move {
+                        let _ = shutdown.wait_for(|stopping| *stopping).await;
+                        Event::Shutdown
+                    });
+                }
             }
         }
+    }
+
+    /// Tells the console what the session is doing now.
+    fn publish_state(&self) {
+        let state = match self.link.phase() {
+            Phase::Busy { .. } => ClientState::Active,
+            Phase::Ready(TxnStatus::Idle) => ClientState::Idle,
+            Phase::Ready(TxnStatus::InTransaction) => ClientState::IdleInTransaction,
+            Phase::Ready(TxnStatus::Failed) => ClientState::IdleInFailed,
+        };
+        self.listed.publish(state, self.link.node());
+    }
+
+    /// Between transactions, with every request answered and no batch half
+    /// received: a session the drain may end.
+    fn between(&self) -> bool {
+        self.link.phase() == Phase::Ready(TxnStatus::Idle)
+            && self.link.settled()
+            && !self.collector.continues()
     }
 
     /// Does whatever needs no waiting for the network: gathers client
@@ -234,7 +307,9 @@ impl Session {
         }
         super::shed(self.link.out());
         self.pay_owed_cancel();
-        write_now(&mut self.client.wr, &mut self.client.out).map_err(|_| End::ClientGone)?;
+        let wrote =
+            write_now(&mut self.client.wr, &mut self.client.out).map_err(|_| End::ClientGone)?;
+        self.tally.bytes_out += wrote as u64;
         super::shed(&mut self.client.out);
         Ok(())
     }
@@ -253,12 +328,13 @@ impl Session {
         }
     }
 
-    /// Waits for the next thing that can happen and handles it.
+    /// Waits for the next thing that can happen and handles it; `Ok(true)`
+    /// when the drain began.
     async fn step(
         &mut self,
-        stop: Pin<&mut impl Future<Output = ()>>,
+        stop: Pin<&mut (dyn Future<Output = Event> + Send)>,
         clock: &mut ClientClock,
-    ) -> Result<(), End> {
+    ) -> Result<bool, End> {
         let Session {
             client,
             link,
@@ -300,10 +376,11 @@ impl Session {
             Ok(()) = fences.changed(), if attached => Event::Fenced,
             () = retry.stalled() => Event::Stalled,
             watch = clock.expired(), if timed => Event::ClientClock(watch),
-            () = stop => Event::Shutdown,
+            event = stop => event,
         };
         match event {
             Event::WroteClient(Ok(n)) if n > 0 => {
+                self.tally.bytes_out += n as u64;
                 self.client.out.advance(n);
                 super::shed(&mut self.client.out);
             }
@@ -312,22 +389,29 @@ impl Session {
                 super::shed(self.link.out());
             }
             Event::ReadServer(Ok(n)) if n > 0 => self.on_server_bytes()?,
-            Event::ReadClient(Ok(n)) if n > 0 => clock.heard(),
+            Event::ReadClient(Ok(n)) if n > 0 => {
+                self.tally.bytes_in += n as u64;
+                clock.heard();
+            }
             Event::WroteClient(_) | Event::ReadClient(_) => return Err(End::ClientGone),
-            Event::WroteServer(_) | Event::ReadServer(_) => return self.server_lost(),
+            Event::WroteServer(_) | Event::ReadServer(_) => {
+                return self.server_lost().map(|()| false)
+            }
             Event::Shutdown => return Err(End::Shutdown),
-            Event::Fenced => return self.leave_fenced_node(),
-            Event::Stalled => return self.on_stall(),
+            Event::Drain if self.between() => return Err(End::Shutdown),
+            Event::Drain => return Ok(true),
+            Event::Fenced => return self.leave_fenced_node().map(|()| false),
+            Event::Stalled => return self.on_stall().map(|()| false),
             Event::ClientClock(watch) => return Err(self.client_timed_out(watch)),
         }
-        Ok(())
+        Ok(false)
     }
 
     /// The client's clock ran out: a message left half sent breaks the
     /// protocol (08P01); an idle session ends as PostgreSQL's
     /// `idle_session_timeout` ends it (57P05).
     fn client_timed_out(&mut self, watch: Watch) -> End {
-        let proxy = &self.shared.config.proxy;
+        let proxy = &self.shared.config().proxy;
         if watch == Watch::Partial {
             let message = format!(
                 "incomplete message from client: nothing more arrived within client_message_timeout_ms ({} ms)",
@@ -408,6 +492,7 @@ impl Session {
     /// One request answered: settle what it changed.
     fn settle(&mut self, answer: Answer) {
         self.shared.loads.done(answer.node, 1);
+        self.tally.requests += 1;
         self.retry.tries.settled();
         let (Some(sent), Some(conn)) = (answer.sent, self.link.conn_mut()) else {
             return;
@@ -486,7 +571,7 @@ impl Session {
                         &mut self.client.out,
                         true,
                         Sqlstate::AdminShutdown,
-                        "terminating connection because the proxy is shutting down",
+                        "terminating connection due to administrator command",
                     );
                 }
                 if let Some(wr) = self.link.io().write {
@@ -542,17 +627,18 @@ async fn server_read(rd: Option<(&mut ReadHalf, &mut BytesMut)>) -> std::io::Res
 
 /// Writes as much of `buf` as the socket takes without waiting; the relay
 /// loop writes the rest when the socket is writable again.
-fn write_now(wr: &mut WriteHalf, buf: &mut BytesMut) -> std::io::Result<()> {
+/// Returns how much it wrote.
+fn write_now(wr: &mut WriteHalf, buf: &mut BytesMut) -> std::io::Result<usize> {
     if buf.is_empty() {
-        return Ok(());
+        return Ok(0);
     }
     match wr.try_write(buf) {
         Ok(0) => Err(std::io::ErrorKind::WriteZero.into()),
         Ok(n) => {
             buf.advance(n);
-            Ok(())
+            Ok(n)
         }
-        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => Ok(0),
         Err(e) => Err(e),
     }
 }

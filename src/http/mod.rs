@@ -46,8 +46,9 @@ struct App {
 }
 
 impl App {
+    /// False from the drain's first moment.
     fn accepting(&self) -> bool {
-        !*self.shared.shutdown.borrow()
+        !self.shared.draining() && !*self.shared.shutdown.borrow()
     }
 }
 

@@ -34,12 +34,16 @@ pub enum Sqlstate {
     ProgramLimitExceeded,
     /// 57P01: the proxy is shutting down.
     AdminShutdown,
+    /// 57P03: a connection arriving while the proxy drains.
+    CannotConnectNow,
     /// 57P05: a session idle longer than `client_idle_timeout_ms`.
     IdleSessionTimeout,
     /// 42501: an admin console command the user may not run.
     InsufficientPrivilege,
     /// 0A000: a feature the proxy does not support.
     FeatureNotSupported,
+    /// F0000: `RELOAD` found a config file it cannot use.
+    ConfigFileError,
     /// 22023: a `palisade.*` setting given a value it cannot take.
     InvalidParameterValue,
     /// 55P02: a read-only `palisade.*` setting.
@@ -65,10 +69,12 @@ impl Sqlstate {
             Sqlstate::TooManyConnections => "53300",
             Sqlstate::ProgramLimitExceeded => "54000",
             Sqlstate::AdminShutdown => "57P01",
+            Sqlstate::CannotConnectNow => "57P03",
             Sqlstate::IdleSessionTimeout => "57P05",
             Sqlstate::InsufficientPrivilege => "42501",
             Sqlstate::FeatureNotSupported => "0A000",
             Sqlstate::InvalidParameterValue => "22023",
+            Sqlstate::ConfigFileError => "F0000",
             Sqlstate::CantChangeRuntimeParam => "55P02",
             Sqlstate::InFailedTransaction => "25P02",
             Sqlstate::ObjectNotInPrerequisiteState => "55000",

@@ -66,11 +66,22 @@ async fn only_listed_users_may_use_the_console_and_only_admins_may_act() {
     // Harmless if they ran (node0 is the primary, node1 is not fenced): the
     // control plane would refuse them with 55000.
     let acts = ["SWITCHOVER TO node0", "REJOIN node1"];
+    // The proxy's own operations, admin-only too.
+    let operations = ["PAUSE", "RESUME", "SHUTDOWN WAIT_FOR_CLIENTS", "RELOAD"];
+    let views = [
+        "SHOW POOLS",
+        "SHOW CLIENTS",
+        "SHOW SERVERS",
+        "SHOW STATS",
+        "SHOW EVENTS",
+    ];
 
     let intruder = console(&proxy, "intruder", "intruder-pw").await;
     for sql in ["SHOW NODES", "SHOW CONFIG", "SELECT 1"]
         .into_iter()
         .chain(acts)
+        .chain(operations)
+        .chain(views)
     {
         assert_eq!(outcome(&intruder, sql).await, "42501", "{sql}");
     }
@@ -83,8 +94,11 @@ async fn only_listed_users_may_use_the_console_and_only_admins_may_act() {
     let watcher = console(&proxy, "watcher", "watcher-pw").await;
     assert_eq!(pairs(&watcher, "SHOW NODES").await.len(), 3);
     assert!(!pairs(&watcher, "SHOW CONFIG").await.is_empty());
-    for sql in acts {
+    for sql in acts.into_iter().chain(operations) {
         assert_eq!(outcome(&watcher, sql).await, "42501", "{sql}");
+    }
+    for sql in views {
+        assert_eq!(outcome(&watcher, sql).await, "ok", "{sql}");
     }
     assert_eq!(outcome(&watcher, "SELECT 1").await, "42601");
 
@@ -99,6 +113,10 @@ async fn only_listed_users_may_use_the_console_and_only_admins_may_act() {
     for sql in acts {
         assert_eq!(outcome(&admin, sql).await, "55000", "{sql}");
     }
+    assert!(
+        proxy.begin_drain(),
+        "no SHUTDOWN WAIT_FOR_CLIENTS ran for the intruder or the watcher"
+    );
 }
 
 #[tokio::test]

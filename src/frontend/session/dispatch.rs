@@ -19,6 +19,7 @@ use crate::frontend::batch::Plan;
 use crate::frontend::classifier::Classifier;
 use crate::frontend::collect::{CollectError, Collected, Judge};
 use crate::frontend::link::{is_fatal, Phase, Sent};
+use crate::frontend::registry::ClientState;
 use crate::frontend::state::{Catchup, Prepared, SessionState};
 use crate::frontend::Shared;
 use crate::protocol::{messages, Sqlstate, TxnStatus};
@@ -142,11 +143,33 @@ impl Session {
             messages::ready(&mut self.client.out, TxnStatus::Idle);
             return Ok(Outcome::Answered);
         }
+        if self.shared.pause.is_on()
+            && self.link.phase() == Phase::Ready(TxnStatus::Idle)
+            && !self.collector.continues()
+        {
+            self.hold().await?;
+        }
         if let Some(outcome) = self.reach_ready().await? {
             return Ok(outcome);
         }
         self.send();
         Ok(Outcome::Sent)
+    }
+
+    /// The console paused new transactions: waits for `RESUME`, or ends
+    /// the session if the proxy drains meanwhile.
+    async fn hold(&mut self) -> Result<(), super::End> {
+        debug!(parent: &self.span, "paused: holding the next transaction until RESUME");
+        let listed = self.listed.clone();
+        listed.publish(ClientState::Paused, self.link.node());
+        let mut drain = self.shared.drain.subscribe();
+        let drained = async move {
+            let _ = drain.wait_for(|draining| *draining).await;
+        };
+        tokio::select! {
+            () = self.shared.pause.resumed() => Ok(()),
+            () = drained => Err(super::End::Shutdown),
+        }
     }
 
     /// Gets the session onto the due batch's connection with the state the
@@ -278,7 +301,8 @@ impl Session {
             unlocated_writes: self.state.writes.unlocated,
             commits: self.shared.commits.position(),
         };
-        let policy = self.shared.policy();
+        let config = self.shared.config();
+        let policy = Shared::policy(&config);
         route::decide(
             &batch,
             &session,
@@ -349,14 +373,14 @@ impl Session {
     /// `failover.failover_wait_ms`: the topology may show a new one by
     /// then. Otherwise as [`Self::connect_to`].
     async fn reach_primary(&mut self, node: usize, tried: &mut Tried) -> Option<bool> {
-        let within = self.shared.config.proxy.connect_timeout();
+        let within = self.shared.config().proxy.connect_timeout();
         let result = self.checkout(node, within).await;
         if let Some(Err(CheckoutError::Connect(
             e @ (ConnectError::Io { .. } | ConnectError::Timeout { .. }),
         ))) = &result
         {
             let since = *tried.paused_since.get_or_insert_with(Instant::now);
-            if since.elapsed() < self.shared.config.failover.failover_wait() {
+            if since.elapsed() < self.shared.config().failover.failover_wait() {
                 debug!(parent: &self.span, node, error = %e, "the primary cannot be reached; waiting for it or a new one");
                 return None;
             }
@@ -367,7 +391,7 @@ impl Session {
     /// Swaps the session's server connection for one to `node`. `false`
     /// when none could be had (the client has been told).
     pub(super) async fn connect_to(&mut self, node: usize) -> bool {
-        let within = self.shared.config.proxy.connect_timeout();
+        let within = self.shared.config().proxy.connect_timeout();
         let result = self.checkout(node, within).await;
         self.checked_out(node, result)
     }
@@ -400,7 +424,7 @@ impl Session {
     /// `proxy.replica_connect_timeout_ms`. `false` when none could be had:
     /// the read goes to the next candidate, the client is told nothing.
     async fn connect_replica(&mut self, node: usize) -> bool {
-        let within = self.shared.config.proxy.replica_connect_timeout();
+        let within = self.shared.config().proxy.replica_connect_timeout();
         match self.checkout(node, within).await {
             Some(Ok(())) => true,
             Some(Err(e)) => {

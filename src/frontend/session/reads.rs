@@ -172,12 +172,12 @@ impl Session {
                         .state
                         .reads
                         .level
-                        .unwrap_or(self.shared.config.consistency.level)
+                        .unwrap_or(self.shared.config().consistency.level)
                         .name()
                         .to_owned(),
                     Param::MaxStaleness => local::show_duration(
                         self.state.reads.max_staleness.or(Some(Duration::from_millis(
-                            self.shared.config.consistency.max_lag_ms,
+                            self.shared.config().consistency.max_lag_ms,
                         ))),
                     ),
                     Param::MinLsn => self.state.reads.min_lsn.unwrap_or_default().to_string(),
