@@ -148,36 +148,9 @@ fn changed(a: &Config, b: &Config) -> Vec<String> {
 }
 
 fn flat(config: &Config) -> BTreeMap<String, String> {
-    let mut out = BTreeMap::new();
-    if let Ok(value) = toml::Value::try_from(config) {
-        walk(String::new(), &value, &mut out);
-    }
-    out
-}
-
-fn walk(key: String, value: &toml::Value, out: &mut BTreeMap<String, String>) {
-    let join = |sub: &str| {
-        if key.is_empty() {
-            sub.to_owned()
-        } else {
-            format!("{key}.{sub}")
-        }
-    };
-    match value {
-        toml::Value::Table(table) => {
-            for (k, v) in table {
-                walk(join(k), v, out);
-            }
-        }
-        toml::Value::Array(items) if items.iter().all(toml::Value::is_table) => {
-            for (i, v) in items.iter().enumerate() {
-                walk(format!("{key}[{i}]"), v, out);
-            }
-        }
-        other => {
-            out.insert(key, other.to_string());
-        }
-    }
+    crate::config::settings(config, |_| false)
+        .map(|rows| rows.into_iter().collect())
+        .unwrap_or_default()
 }
 
 #[cfg(test)]

@@ -514,12 +514,8 @@ pub fn node_rows(
 
 /// Every setting in force as (dotted key, value), secrets masked.
 pub fn config_rows(config: &Config) -> Vec<(String, String)> {
-    let mut rows = Vec::new();
-    match toml::Value::try_from(config) {
-        Ok(value) => flatten(String::new(), &value, &mut rows),
-        Err(e) => rows.push(("error".to_owned(), e.to_string())),
-    }
-    rows
+    crate::config::settings(config, is_secret)
+        .unwrap_or_else(|e| vec![("error".to_owned(), e.to_string())])
 }
 
 /// Keys whose values are never shown: passwords and verifiers, and hook
@@ -529,34 +525,6 @@ fn is_secret(key: &str) -> bool {
         || key.ends_with("_password")
         || key == "scram_verifier"
         || key.ends_with("_command")
-}
-
-fn flatten(key: String, value: &toml::Value, rows: &mut Vec<(String, String)>) {
-    let join = |sub: &str| {
-        if key.is_empty() {
-            sub.to_owned()
-        } else {
-            format!("{key}.{sub}")
-        }
-    };
-    match value {
-        toml::Value::Table(table) => {
-            for (k, v) in table {
-                if is_secret(k) {
-                    rows.push((join(k), "********".to_owned()));
-                } else {
-                    flatten(join(k), v, rows);
-                }
-            }
-        }
-        toml::Value::Array(items) if items.iter().all(toml::Value::is_table) => {
-            for (i, v) in items.iter().enumerate() {
-                flatten(format!("{key}[{i}]"), v, rows);
-            }
-        }
-        toml::Value::String(s) => rows.push((key, s.clone())),
-        other => rows.push((key, other.to_string())),
-    }
 }
 
 #[cfg(test)]

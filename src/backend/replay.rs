@@ -97,24 +97,21 @@ pub async fn replay(
 
 /// Runs `sql` (one simple Query); nothing reaches the client.
 pub async fn run(conn: &mut ServerConn, sql: &str) -> Result<(), ReplayError> {
+    send_query(conn, sql).await?;
+    read_replies(conn, 1, |_| {}).await
+}
+
+/// Sends `sql` as one simple Query.
+async fn send_query(conn: &mut ServerConn, sql: &str) -> Result<(), ReplayError> {
     let mut out = BytesMut::new();
     messages::query(&mut out, sql);
-    conn.wr
-        .write_all(&out)
-        .await
-        .map_err(|_| ReplayError::Lost)?;
-    read_replies(conn, 1, |_| {}).await
+    conn.wr.write_all(&out).await.map_err(|_| ReplayError::Lost)
 }
 
 /// Runs `sql`, a query of one row and one `pg_lsn` column, and returns
 /// the position (`None` when it is NULL). Nothing reaches the client.
 pub async fn query_lsn(conn: &mut ServerConn, sql: &str) -> Result<Option<Lsn>, ReplayError> {
-    let mut out = BytesMut::new();
-    messages::query(&mut out, sql);
-    conn.wr
-        .write_all(&out)
-        .await
-        .map_err(|_| ReplayError::Lost)?;
+    send_query(conn, sql).await?;
     let mut value = None;
     read_replies(conn, 1, |frame| {
         if frame[0] == b'D' {

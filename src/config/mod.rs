@@ -212,3 +212,53 @@ fn line_of(text: &str, offset: usize) -> String {
 
 #[cfg(test)]
 mod tests;
+
+/// Every setting of `config` as (dotted key, value), in file order: tables
+/// joined with `.`, arrays of tables as `key[i]`, strings unquoted. Keys
+/// `hide` names show `********` instead of their value.
+pub fn settings(
+    config: &Config,
+    hide: impl Fn(&str) -> bool,
+) -> Result<Vec<(String, String)>, toml::ser::Error> {
+    let mut rows = Vec::new();
+    flatten(
+        String::new(),
+        &toml::Value::try_from(config)?,
+        &hide,
+        &mut rows,
+    );
+    Ok(rows)
+}
+
+fn flatten(
+    key: String,
+    value: &toml::Value,
+    hide: &impl Fn(&str) -> bool,
+    rows: &mut Vec<(String, String)>,
+) {
+    let join = |sub: &str| {
+        if key.is_empty() {
+            sub.to_owned()
+        } else {
+            format!("{key}.{sub}")
+        }
+    };
+    match value {
+        toml::Value::Table(table) => {
+            for (k, v) in table {
+                if hide(k) {
+                    rows.push((join(k), "********".to_owned()));
+                } else {
+                    flatten(join(k), v, hide, rows);
+                }
+            }
+        }
+        toml::Value::Array(items) if items.iter().all(toml::Value::is_table) => {
+            for (i, v) in items.iter().enumerate() {
+                flatten(format!("{key}[{i}]"), v, hide, rows);
+            }
+        }
+        toml::Value::String(s) => rows.push((key, s.clone())),
+        other => rows.push((key, other.to_string())),
+    }
+}
