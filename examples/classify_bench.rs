@@ -1,6 +1,8 @@
 //! Times the classification hit path (through `ClassifyCache`) against the
 //! miss path (`classify`, which tokenizes, parses and walks the statement)
-//! for a few typical pgbench and ORM statements.
+//! for a few typical pgbench and ORM statements, and the hit path of
+//! simple-protocol statements whose literals differ every time (they share
+//! one entry by their shape).
 //!
 //! `cargo run --release --example classify_bench [N]` (default N = 1,000,000).
 
@@ -8,7 +10,7 @@ use std::collections::HashSet;
 use std::hint::black_box;
 use std::time::{Duration, Instant};
 
-use palisade::classify::{classify, ClassifyCache};
+use palisade::classify::{classify, ClassifyCache, Functions};
 
 const STATEMENTS: &[&str] = &[
     "SELECT abalance FROM pgbench_accounts WHERE aid = $1",
@@ -31,15 +33,26 @@ fn main() {
         .map(|s| s.to_string())
         .collect();
 
-    let mut cache = ClassifyCache::new(1024);
+    let functions = Functions {
+        generation: 1,
+        names: &volatile,
+    };
+    let cache = ClassifyCache::new(1024);
     for sql in STATEMENTS {
-        cache.get_or_classify(sql, &volatile);
+        cache.get_or_classify(sql, functions);
     }
-    let hit = time(n, |sql| {
-        black_box(cache.get_or_classify(black_box(sql), &volatile));
+    let hit = time(n, STATEMENTS, |sql| {
+        black_box(cache.get_or_classify(black_box(sql), functions));
     });
-    let miss = time(n, |sql| {
+    let miss = time(n, STATEMENTS, |sql| {
         black_box(classify(black_box(sql), &volatile));
+    });
+    let literals: Vec<String> = (0..1000)
+        .map(|aid| format!("SELECT abalance FROM pgbench_accounts WHERE aid = {aid};"))
+        .collect();
+    let literals: Vec<&str> = literals.iter().map(String::as_str).collect();
+    let shaped = time(n, &literals, |sql| {
+        black_box(cache.get_or_classify(black_box(sql), functions));
     });
 
     let per_op = |d: Duration| d.as_nanos() as f64 / n as f64;
@@ -52,13 +65,17 @@ fn main() {
         "miss (classify):                       {:10.1} ns/op",
         per_op(miss)
     );
+    println!(
+        "hit by shape (pgbench -S, simple):     {:10.1} ns/op",
+        per_op(shaped)
+    );
     println!("speed-up: {:.0}x", per_op(miss) / per_op(hit));
 }
 
-fn time(n: usize, mut op: impl FnMut(&str)) -> Duration {
+fn time(n: usize, statements: &[&str], mut op: impl FnMut(&str)) -> Duration {
     let start = Instant::now();
     for i in 0..n {
-        op(STATEMENTS[i % STATEMENTS.len()]);
+        op(statements[i % statements.len()]);
     }
     start.elapsed()
 }
@@ -80,14 +97,15 @@ mod tests {
             Class::Read,
             Class::Read,
         ];
-        let mut cache = ClassifyCache::new(16);
+        let cache = ClassifyCache::new(16);
+        let none = HashSet::new();
+        let functions = Functions {
+            generation: 0,
+            names: &none,
+        };
         for (sql, class) in STATEMENTS.iter().zip(expected) {
-            assert_eq!(classify(sql, &HashSet::new()).class, class, "{sql}");
-            assert_eq!(
-                cache.get_or_classify(sql, &HashSet::new()).class,
-                class,
-                "{sql}"
-            );
+            assert_eq!(classify(sql, &none).class, class, "{sql}");
+            assert_eq!(cache.get_or_classify(sql, functions).class, class, "{sql}");
         }
     }
 }

@@ -153,6 +153,7 @@ impl Proxy {
             loads: NodeLoads::new(config.nodes.len()),
             tickets: AtomicU64::new(0),
             unparsable: AtomicU64::new(0),
+            classify: Default::default(),
             admin: Console::new(control.clone()),
             admission: Admission::new(&config.proxy),
             drain: watch::channel(false).0,

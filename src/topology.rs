@@ -420,6 +420,12 @@ impl FunctionView {
         &self.set.names
     }
 
+    /// Which list [`Self::names`] is: classifications made with another
+    /// generation may not hold for it.
+    pub fn generation(&self) -> u64 {
+        self.set.generation
+    }
+
     /// Picks up a newer published set (cheap when nothing was published);
     /// `true` when the list changed, so classifications made with the old
     /// one must be dropped.

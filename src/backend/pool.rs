@@ -14,6 +14,7 @@
 //! connections; a checkout at the cap waits for one to come back.
 
 use std::collections::HashMap;
+use std::hash::{Hash, Hasher};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
@@ -34,42 +35,77 @@ const MAX_RESET_REPLY: usize = 64 * 1024;
 
 /// Which connections are interchangeable: same node, same startup packet,
 /// and logged in for the same Palisade user (two users mapped to one server
-/// role still never share a login).
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub struct PoolKey {
+/// role still never share a login). Made once per session and node; cloning
+/// and hashing it cost no more than an integer's, as the pool does both on
+/// every check-in.
+#[derive(Debug, Clone)]
+pub struct PoolKey(Arc<KeyParts>);
+
+#[derive(Debug, PartialEq, Eq)]
+pub struct KeyParts {
     pub host: String,
     pub port: u16,
     pub client_user: String,
     /// Every startup parameter sent to the server, sorted by name.
     pub params: Vec<(String, String)>,
+    /// What the connection cap counts by.
+    limit: LimitKey,
+    /// The hash of all of the above, taken once.
+    hash: u64,
 }
 
 impl PoolKey {
     pub fn new(host: &str, port: u16, client_user: &str, params: &[(String, String)]) -> PoolKey {
         let mut params = params.to_vec();
         params.sort();
-        PoolKey {
-            host: host.to_owned(),
-            port,
-            client_user: client_user.to_owned(),
-            params,
-        }
-    }
-
-    /// What the connection cap counts by: node, user and database.
-    fn limit(&self) -> LimitKey {
-        let database = self
-            .params
+        let database = params
             .iter()
             .find(|(k, _)| k == "database")
             .map(|(_, v)| v.clone())
             .unwrap_or_default();
-        LimitKey {
-            host: self.host.clone(),
-            port: self.port,
-            user: self.client_user.clone(),
+        let limit = LimitKey {
+            host: host.to_owned(),
+            port,
+            user: client_user.to_owned(),
             database,
-        }
+        };
+        let mut hasher = std::collections::hash_map::DefaultHasher::new();
+        (host, port, client_user, &params).hash(&mut hasher);
+        PoolKey(Arc::new(KeyParts {
+            host: host.to_owned(),
+            port,
+            client_user: client_user.to_owned(),
+            params,
+            limit,
+            hash: hasher.finish(),
+        }))
+    }
+
+    /// What the connection cap counts by: node, user and database.
+    fn limit(&self) -> &LimitKey {
+        &self.0.limit
+    }
+}
+
+impl std::ops::Deref for PoolKey {
+    type Target = KeyParts;
+
+    fn deref(&self) -> &KeyParts {
+        &self.0
+    }
+}
+
+impl PartialEq for PoolKey {
+    fn eq(&self, other: &PoolKey) -> bool {
+        Arc::ptr_eq(&self.0, &other.0) || (self.0.hash == other.0.hash && self.0 == other.0)
+    }
+}
+
+impl Eq for PoolKey {}
+
+impl Hash for PoolKey {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        state.write_u64(self.0.hash);
     }
 }
 
@@ -195,6 +231,9 @@ impl ServerPool {
 
     fn limit(&self, key: &LimitKey) -> Arc<Limit> {
         let mut limits = self.limits.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(limit) = limits.get(key) {
+            return Arc::clone(limit);
+        }
         limits
             .entry(key.clone())
             .or_insert_with(|| {
@@ -241,7 +280,7 @@ impl ServerPool {
             .collect();
         let mut idle: HashMap<LimitKey, usize> = HashMap::new();
         for (key, conns) in self.idle().iter() {
-            *idle.entry(key.limit()).or_default() += conns.len();
+            *idle.entry(key.limit().clone()).or_default() += conns.len();
         }
         let mut stats: Vec<PoolStats> = limits
             .into_iter()
@@ -307,15 +346,34 @@ impl ServerPool {
         login: &Login<'_>,
         within: Duration,
     ) -> Result<ServerConn, CheckoutError> {
-        // The common case first: an idle connection, no cap bookkeeping.
-        if let Some(conn) = self.take_idle(key, owner) {
-            if let Some(conn) = self.claim(conn, owner, within).await {
+        // The common case first: a recently used idle connection that needs
+        // no reset, no cap bookkeeping, nothing to wait for.
+        if let Some(idle) = self.take_idle(key, owner) {
+            let fresh = idle.since.elapsed() <= STALE_AFTER;
+            if fresh && (idle.conn.owner == 0 || idle.conn.owner == owner) {
+                return Ok(idle.conn);
+            }
+            if let Some(conn) = Box::pin(self.claim(idle, owner, within)).await {
                 return Ok(conn);
             }
         }
+        // Every await of the rest lives in its own allocation, made only
+        // when needed: an idle session's task stays small.
+        Box::pin(self.checkout_slow(key, owner, login, within)).await
+    }
+
+    /// [`Self::checkout_within`] past its common case: a connection to
+    /// check or reset, a new one, or a wait at the cap.
+    async fn checkout_slow(
+        &self,
+        key: &PoolKey,
+        owner: u64,
+        login: &Login<'_>,
+        within: Duration,
+    ) -> Result<ServerConn, CheckoutError> {
         let deadline = tokio::time::Instant::now() + self.acquire_timeout;
         let limit_key = key.limit();
-        let limit = self.limit(&limit_key);
+        let limit = self.limit(limit_key);
         loop {
             // Register for the bell before looking, so a return in between is not missed.
             let returned = limit.returned.notified();
@@ -330,7 +388,7 @@ impl ServerPool {
             if let Ok(permit) = limit.permits.clone().try_acquire_owned() {
                 return self.open(key, login, permit, within).await;
             }
-            if self.evict_other(key, &limit_key) {
+            if self.evict_other(key, limit_key) {
                 continue;
             }
             let counted = Waiting::new(&limit.waiting);
@@ -407,7 +465,7 @@ impl ServerPool {
     fn evict_other(&self, key: &PoolKey, limit: &LimitKey) -> bool {
         let mut idle = self.idle();
         for (other, conns) in idle.iter_mut() {
-            if other != key && other.limit() == *limit && !conns.is_empty() {
+            if other != key && other.limit() == limit && !conns.is_empty() {
                 conns.remove(0);
                 return true;
             }
@@ -418,10 +476,12 @@ impl ServerPool {
     /// Takes back a connection the session has left idle. It keeps the
     /// session's state (and tag) until someone else needs it.
     pub fn check_in(&self, key: &PoolKey, conn: ServerConn) {
-        let limit = key.limit();
         {
             let mut idle = self.idle();
-            let conns = idle.entry(key.clone()).or_default();
+            let conns = match idle.get_mut(key) {
+                Some(conns) => conns,
+                None => idle.entry(key.clone()).or_default(),
+            };
             if conns.len() < self.max_idle_per_key {
                 conns.push(Idle {
                     conn,
@@ -429,7 +489,7 @@ impl ServerPool {
                 });
             }
         }
-        self.limit(&limit).returned.notify_one();
+        self.limit(key.limit()).returned.notify_one();
     }
 
     /// Resets `conn` and keeps it for the next client with the same key;
@@ -446,7 +506,7 @@ impl ServerPool {
             }
         }
         drop(conn);
-        self.limit(&key.limit()).returned.notify_one();
+        self.limit(key.limit()).returned.notify_one();
     }
 
     /// Forgets that session `owner` exists: its idle connections are reset

@@ -1,13 +1,25 @@
-//! A bounded cache of classifications keyed by the exact statement text, so
-//! that the statements an application repeats are parsed once. Two hash-map
-//! generations make an approximate LRU with O(1) operations and no extra
-//! bookkeeping: new entries go to `young`; when `young` is full it becomes
-//! `old` (the previous `old` is dropped); a hit in `old` moves the entry back
-//! to `young`. Entries not used during two generations are forgotten.
+//! A bounded cache of classifications, shared by every session of a
+//! database, so that a statement an application repeats is parsed once for
+//! all of them. Entries are keyed by the statement's shape (its literals
+//! made canonical, [`super::shape`]) when the classification cannot depend
+//! on a literal's value, and by the exact text otherwise (SET, set_config,
+//! anything with session effects): `... WHERE aid = 17` and `... WHERE aid
+//! = 42` share one entry. Each entry remembers the VOLATILE function list
+//! (its generation) it was classified with and serves only sessions that
+//! classify with that list.
+//!
+//! Two hash-map generations make an approximate LRU with O(1) operations
+//! and no extra bookkeeping: new entries go to `young`; when `young` is full
+//! it becomes `old` (the previous `old` is dropped); a hit in `old` moves the
+//! entry back to `young`. Entries not used during two generations are
+//! forgotten. One mutex guards the maps; it is held for a lookup or an
+//! insert, never while parsing.
 
 use std::collections::{HashMap, HashSet};
-use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 
+use super::shape::{literal_free, shape};
 use super::{classify, Classification};
 
 /// Statements longer than this are classified but not cached: long texts are
@@ -21,61 +33,104 @@ pub struct CacheStats {
     pub misses: u64,
 }
 
+/// The VOLATILE function list a statement is classified with: the folded
+/// names, and the generation that tells one list from another.
+#[derive(Debug, Clone, Copy)]
+pub struct Functions<'a> {
+    pub generation: u64,
+    pub names: &'a HashSet<String>,
+}
+
 #[derive(Debug)]
 pub struct ClassifyCache {
+    maps: Mutex<Generations>,
+    hits: AtomicU64,
+    misses: AtomicU64,
+}
+
+#[derive(Debug)]
+struct Generations {
     /// Entries per generation; the cache holds at most twice this.
-    generation: usize,
-    young: HashMap<Box<str>, Arc<Classification>>,
-    old: HashMap<Box<str>, Arc<Classification>>,
-    stats: CacheStats,
+    size: usize,
+    young: HashMap<Box<str>, Entry>,
+    old: HashMap<Box<str>, Entry>,
+}
+
+#[derive(Debug, Clone)]
+struct Entry {
+    classification: Arc<Classification>,
+    /// The generation of the function list it was classified with.
+    functions: u64,
+    /// Filed under its shape: it serves every statement of that shape.
+    by_shape: bool,
 }
 
 impl ClassifyCache {
     /// A cache holding at most `capacity` entries (rounded up to an even
     /// number); 0 disables caching.
     pub fn new(capacity: usize) -> Self {
-        let generation = capacity.div_ceil(2);
         Self {
-            generation,
-            young: HashMap::with_capacity(generation.min(4096)),
-            old: HashMap::new(),
-            stats: CacheStats::default(),
+            maps: Mutex::new(Generations {
+                size: capacity.div_ceil(2),
+                young: HashMap::new(),
+                old: HashMap::new(),
+            }),
+            hits: AtomicU64::new(0),
+            misses: AtomicU64::new(0),
         }
     }
 
     /// The cached classification of `sql`, classifying it on a miss.
-    /// `volatile` must be the list the cache was filled with: call
-    /// [`ClassifyCache::clear`] whenever it changes.
-    pub fn get_or_classify(
-        &mut self,
-        sql: &str,
-        volatile: &HashSet<String>,
-    ) -> Arc<Classification> {
-        if let Some(hit) = self.young.get(sql) {
-            self.stats.hits += 1;
-            return Arc::clone(hit);
-        }
-        if let Some((key, hit)) = self.old.remove_entry(sql) {
-            self.stats.hits += 1;
-            self.insert(key, Arc::clone(&hit));
+    pub fn get_or_classify(&self, sql: &str, functions: Functions<'_>) -> Arc<Classification> {
+        let cacheable = sql.len() <= MAX_CACHED_SQL_LEN;
+        let shaped = if cacheable { shape(sql) } else { None };
+        if let Some(hit) = shaped
+            .as_deref()
+            .and_then(|key| self.recall(sql, key, functions))
+        {
+            self.hits.fetch_add(1, Ordering::Relaxed);
             return hit;
         }
-        self.stats.misses += 1;
-        let classified = Arc::new(classify(sql, volatile));
-        if self.generation > 0 && sql.len() <= MAX_CACHED_SQL_LEN {
-            self.insert(sql.into(), Arc::clone(&classified));
+        self.misses.fetch_add(1, Ordering::Relaxed);
+        let classified = Arc::new(classify(sql, functions.names));
+        if let Some(key) = shaped {
+            let by_shape = literal_free(&classified);
+            let key = if by_shape { key } else { sql.to_owned() };
+            let entry = Entry {
+                classification: Arc::clone(&classified),
+                functions: functions.generation,
+                by_shape,
+            };
+            self.lock().insert(key.into_boxed_str(), entry);
         }
         classified
     }
 
-    /// Forgets everything (the volatile function list changed).
-    pub fn clear(&mut self) {
-        self.young.clear();
-        self.old.clear();
+    /// The entry that serves `sql` (whose shape is `key`): one filed under
+    /// the shape, or one filed under the exact text.
+    fn recall(
+        &self,
+        sql: &str,
+        key: &str,
+        functions: Functions<'_>,
+    ) -> Option<Arc<Classification>> {
+        let mut maps = self.lock();
+        let current = |e: &Entry| e.functions == functions.generation;
+        if let Some(hit) = maps
+            .get(key)
+            .filter(|e| current(e) && (e.by_shape || key == sql))
+        {
+            return Some(hit.classification);
+        }
+        if key == sql {
+            return None;
+        }
+        maps.get(sql).filter(current).map(|e| e.classification)
     }
 
     pub fn len(&self) -> usize {
-        self.young.len() + self.old.len()
+        let maps = self.lock();
+        maps.young.len() + maps.old.len()
     }
 
     pub fn is_empty(&self) -> bool {
@@ -83,93 +138,135 @@ impl ClassifyCache {
     }
 
     pub fn stats(&self) -> CacheStats {
-        self.stats
+        CacheStats {
+            hits: self.hits.load(Ordering::Relaxed),
+            misses: self.misses.load(Ordering::Relaxed),
+        }
     }
 
-    fn insert(&mut self, key: Box<str>, value: Arc<Classification>) {
-        if self.young.len() >= self.generation {
-            self.old = std::mem::take(&mut self.young);
-            self.young.reserve(self.generation.min(4096));
+    fn lock(&self) -> std::sync::MutexGuard<'_, Generations> {
+        // The maps stay consistent whatever panicked while they were held.
+        self.maps.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+impl Generations {
+    /// The entry under `key`, moved back to `young` if it was in `old`.
+    fn get(&mut self, key: &str) -> Option<Entry> {
+        if let Some(hit) = self.young.get(key) {
+            return Some(hit.clone());
         }
-        self.young.insert(key, value);
+        let (key, hit) = self.old.remove_entry(key)?;
+        self.insert(key, hit.clone());
+        Some(hit)
+    }
+
+    fn insert(&mut self, key: Box<str>, entry: Entry) {
+        if self.size == 0 {
+            return;
+        }
+        if self.young.len() >= self.size {
+            self.old = std::mem::take(&mut self.young);
+        }
+        self.young.insert(key, entry);
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::classify::Class;
+    use crate::classify::{Class, SessionEffect};
 
-    fn none() -> HashSet<String> {
-        HashSet::new()
+    fn with<'a>(generation: u64, names: &'a HashSet<String>) -> Functions<'a> {
+        Functions { generation, names }
     }
 
     #[test]
-    fn hit_returns_the_same_classification() {
-        let mut cache = ClassifyCache::new(4);
-        let a = cache.get_or_classify("SELECT 1", &none());
-        let b = cache.get_or_classify("SELECT 1", &none());
+    fn statements_differing_only_in_literals_share_one_entry() {
+        let cache = ClassifyCache::new(8);
+        let none = HashSet::new();
+        let a = cache.get_or_classify("SELECT v FROM t WHERE k = 1", with(0, &none));
+        let b = cache.get_or_classify("SELECT v FROM t WHERE k = 2", with(0, &none));
         assert!(Arc::ptr_eq(&a, &b));
         assert_eq!(cache.stats(), CacheStats { hits: 1, misses: 1 });
+        assert_eq!(cache.len(), 1);
+    }
+
+    #[test]
+    fn classifications_with_values_are_kept_by_exact_text() {
+        let cache = ClassifyCache::new(8);
+        let none = HashSet::new();
+        let value = |sql: &str| match &cache.get_or_classify(sql, with(0, &none)).effects[..] {
+            [SessionEffect::Set { value, .. }] => value.unquoted().to_owned(),
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(value("SET work_mem = '64MB'"), "64MB");
+        assert_eq!(
+            value("SET work_mem = '1GB'"),
+            "1GB",
+            "not the other's value"
+        );
+        assert_eq!(value("SET work_mem = ''"), "");
+        assert_eq!(value("SET work_mem = '64MB'"), "64MB");
+        assert_eq!(cache.stats().hits, 1);
+    }
+
+    #[test]
+    fn an_entry_serves_only_the_function_list_it_was_made_with() {
+        let cache = ClassifyCache::new(8);
+        let none = HashSet::new();
+        let listed: HashSet<String> = ["f".to_owned()].into();
+        assert_eq!(
+            cache.get_or_classify("SELECT f(1)", with(1, &none)).class,
+            Class::Read
+        );
+        assert_eq!(
+            cache.get_or_classify("SELECT f(2)", with(2, &listed)).class,
+            Class::Write
+        );
+        assert_eq!(
+            cache.get_or_classify("SELECT f(3)", with(2, &listed)).class,
+            Class::Write
+        );
+        assert_eq!(cache.stats(), CacheStats { hits: 1, misses: 2 });
     }
 
     #[test]
     fn bounded_and_evicts_the_least_recently_used() {
-        let mut cache = ClassifyCache::new(4); // two generations of two
-        let v = none();
-        cache.get_or_classify("SELECT 1", &v);
-        cache.get_or_classify("SELECT 2", &v);
-        cache.get_or_classify("SELECT 3", &v); // young {1,2} becomes old
-        cache.get_or_classify("SELECT 1", &v); // promoted from old
-        assert_eq!(cache.stats().hits, 1);
-        cache.get_or_classify("SELECT 4", &v); // young {3,1} becomes old; 2 is dropped
-        assert!(cache.len() <= 4);
-        let misses = cache.stats().misses;
-        cache.get_or_classify("SELECT 1", &v);
-        cache.get_or_classify("SELECT 3", &v);
-        assert_eq!(cache.stats().misses, misses, "recent entries survive");
-        cache.get_or_classify("SELECT 2", &v);
+        let cache = ClassifyCache::new(4); // two generations of two
+        let none = HashSet::new();
+        let v = with(0, &none);
+        let misses = |sql: &str| {
+            let before = cache.stats().misses;
+            cache.get_or_classify(sql, v);
+            cache.stats().misses - before
+        };
+        misses("SELECT a");
+        misses("SELECT b");
+        misses("SELECT c"); // young {a,b} becomes old
+        assert_eq!(misses("SELECT a"), 0, "promoted from old");
+        misses("SELECT d"); // young {c,a} becomes old; b is dropped
         assert_eq!(
-            cache.stats().misses,
-            misses + 1,
-            "the oldest entry was evicted"
+            misses("SELECT a") + misses("SELECT c"),
+            0,
+            "recent entries survive"
         );
+        assert_eq!(misses("SELECT b"), 1, "the oldest entry was evicted");
         for i in 0..100 {
-            cache.get_or_classify(&format!("SELECT {i}"), &v);
+            cache.get_or_classify(&format!("SELECT c{i}"), v);
             assert!(cache.len() <= 4);
         }
     }
 
     #[test]
-    fn clear_forgets_everything() {
-        let mut cache = ClassifyCache::new(8);
-        let mut volatile = none();
-        assert_eq!(
-            cache.get_or_classify("SELECT f()", &volatile).class,
-            Class::Read
-        );
-        volatile.insert("f".into());
-        // Stale until cleared, which is why the caller must clear.
-        assert_eq!(
-            cache.get_or_classify("SELECT f()", &volatile).class,
-            Class::Read
-        );
-        cache.clear();
-        assert!(cache.is_empty());
-        assert_eq!(
-            cache.get_or_classify("SELECT f()", &volatile).class,
-            Class::Write
-        );
-    }
-
-    #[test]
     fn zero_capacity_and_long_statements_are_not_cached() {
-        let mut cache = ClassifyCache::new(0);
-        cache.get_or_classify("SELECT 1", &none());
+        let none = HashSet::new();
+        let cache = ClassifyCache::new(0);
+        cache.get_or_classify("SELECT 1", with(0, &none));
         assert!(cache.is_empty());
-        let mut cache = ClassifyCache::new(8);
+        let cache = ClassifyCache::new(8);
         let long = format!("SELECT 1 /* {} */", "x".repeat(MAX_CACHED_SQL_LEN));
-        cache.get_or_classify(&long, &none());
+        cache.get_or_classify(&long, with(0, &none));
         assert!(cache.is_empty());
     }
 }

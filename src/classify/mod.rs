@@ -19,6 +19,7 @@ mod functions;
 mod lex;
 mod scan;
 mod session;
+mod shape;
 mod statement;
 #[cfg(test)]
 mod tests;
@@ -31,7 +32,7 @@ use sqlparser::keywords::Keyword;
 use sqlparser::parser::Parser;
 use sqlparser::tokenizer::{Token, TokenWithSpan, Tokenizer};
 
-pub use cache::{CacheStats, ClassifyCache};
+pub use cache::{CacheStats, ClassifyCache, Functions};
 
 /// Longest statement string that is parsed at all; longer ones go to the
 /// primary unparsed, so a client cannot make the proxy parse megabytes.

@@ -1,5 +1,6 @@
-//! One session's statement classification: its classify cache and the view
-//! of its database's VOLATILE functions the cache was filled with.
+//! One session's statement classification: the classify cache its
+//! database's sessions share ([`Caches`]), and the session's view of that
+//! database's VOLATILE functions.
 //!
 //! This is the one place that knows where that list comes from: the control
 //! plane publishes it beside the topology ([`FunctionView`]); the session
@@ -8,14 +9,44 @@
 //! and until a load that started after the DDL is published, a read calling
 //! a function the list cannot vouch for goes to the primary.
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 
 use super::Shared;
-use crate::classify::{self, Class, Classification, ClassifyCache, Reason};
+use crate::classify::{self, Class, Classification, ClassifyCache, Functions, Reason};
 use crate::topology::FunctionView;
 
+/// One classify cache per database, shared by that database's sessions.
+#[derive(Debug, Default)]
+pub struct Caches(Mutex<HashMap<String, Arc<ClassifyCache>>>);
+
+impl Caches {
+    /// `database`'s cache, made with `capacity` entries if it is the first.
+    fn of(&self, database: &str, capacity: usize) -> Arc<ClassifyCache> {
+        let mut caches = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(cache) = caches.get(database) {
+            return Arc::clone(cache);
+        }
+        let cache = Arc::new(ClassifyCache::new(capacity));
+        caches.insert(database.to_owned(), Arc::clone(&cache));
+        cache
+    }
+
+    /// Hits and misses over every database's cache.
+    pub fn stats(&self) -> classify::CacheStats {
+        let caches = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        caches
+            .values()
+            .map(|c| c.stats())
+            .fold(Default::default(), |a, b| classify::CacheStats {
+                hits: a.hits + b.hits,
+                misses: a.misses + b.misses,
+            })
+    }
+}
+
 pub struct Classifier {
-    cache: ClassifyCache,
+    cache: Arc<ClassifyCache>,
     functions: FunctionView,
     /// Function DDL succeeded; its transaction may still be open.
     ddl_seen: bool,
@@ -29,12 +60,14 @@ impl Classifier {
     /// published now (asked for, and pending, when nothing is yet).
     pub fn open(shared: &Shared, database: &str) -> Classifier {
         Classifier::with(
-            ClassifyCache::new(shared.config().routing.classify_cache_size),
+            shared
+                .classify
+                .of(database, shared.config().routing.classify_cache_size),
             FunctionView::new(&shared.topology, database),
         )
     }
 
-    fn with(cache: ClassifyCache, functions: FunctionView) -> Classifier {
+    fn with(cache: Arc<ClassifyCache>, functions: FunctionView) -> Classifier {
         Classifier {
             cache,
             functions,
@@ -47,7 +80,11 @@ impl Classifier {
     /// predate a function just created, a read that calls a function the
     /// list does not know is a write.
     pub fn classify(&mut self, sql: &str) -> Arc<Classification> {
-        let c = self.cache.get_or_classify(sql, self.functions.names());
+        let functions = Functions {
+            generation: self.functions.generation(),
+            names: self.functions.names(),
+        };
+        let c = self.cache.get_or_classify(sql, functions);
         if !(self.functions.pending() && c.is_read()) {
             return c;
         }
@@ -61,12 +98,10 @@ impl Classifier {
         }
     }
 
-    /// Picks up a newer list if one was published, dropping
-    /// classifications made with the old one.
+    /// Picks up a newer list if one was published (the cache's entries
+    /// made with the old one no longer serve this session).
     pub fn refresh(&mut self) {
-        if self.functions.refresh() {
-            self.cache.clear();
-        }
+        self.functions.refresh();
     }
 
     /// Function DDL ran through the session.
@@ -105,7 +140,10 @@ mod tests {
     }
 
     fn classifier(handle: &TopologyHandle) -> Classifier {
-        Classifier::with(ClassifyCache::new(16), FunctionView::new(handle, "db"))
+        Classifier::with(
+            Arc::new(ClassifyCache::new(16)),
+            FunctionView::new(handle, "db"),
+        )
     }
 
     #[test]

@@ -262,7 +262,8 @@ impl ServerLink {
         conn.pending.reserve(16 * 1024);
         ServerLink {
             attached: Some(Attached { conn, node }),
-            out: BytesMut::with_capacity(16 * 1024),
+            // Grows with the first batch: an idle session holds no buffer.
+            out: BytesMut::new(),
             requests: Requests::new(),
             cancel,
             cancel_owed: false,

@@ -86,6 +86,8 @@ pub struct Shared {
     pub tickets: AtomicU64,
     /// Statements the classifier could not parse (sent to the primary).
     pub unparsable: AtomicU64,
+    /// Classifications, one cache per database shared by its sessions.
+    pub classify: classifier::Caches,
     /// Commits acknowledged through the proxy, and where the primary's
     /// WAL stood after them (`read-after-commit` reads).
     pub commits: Arc<CommitLog>,

@@ -114,7 +114,7 @@ impl Session {
                 // Its answer must not overtake replies still due.
                 return Ok(Outcome::Waiting);
             }
-            self.answer_local().await;
+            Box::pin(self.answer_local()).await;
             // Locating the last write may have taken a connection.
             self.maybe_release();
             return Ok(Outcome::Answered);
@@ -146,7 +146,7 @@ impl Session {
             && self.link.phase() == Phase::Ready(TxnStatus::Idle)
             && !self.collector.continues()
         {
-            self.hold().await?;
+            Box::pin(self.hold()).await?;
         }
         if let Some(outcome) = self.reach_ready().await? {
             return Ok(outcome);
@@ -213,7 +213,7 @@ impl Session {
                     // Gone, with nothing of the batch sent: look again.
                     None => tokio::time::sleep(reads::PAUSE_POLL).await,
                 },
-                Decision::Move(primary) => return self.move_transaction(primary).await,
+                Decision::Move(primary) => return Box::pin(self.move_transaction(primary)).await,
                 Decision::Replica(node) => {
                     if self.connect_replica(node).await {
                         return None;
@@ -229,7 +229,7 @@ impl Session {
                 }
                 Decision::Wait(Wait::Replies) => return Some(Outcome::Waiting),
                 Decision::Wait(Wait::WritePosition { primary }) => {
-                    if !self.learn_write_lsn(primary).await {
+                    if !Box::pin(self.learn_write_lsn(primary)).await {
                         return Some(Outcome::Refused);
                     }
                 }
@@ -247,7 +247,7 @@ impl Session {
                         }
                         continue;
                     }
-                    if self.await_replay(lsn, within).await {
+                    if Box::pin(self.await_replay(lsn, within)).await {
                         return None;
                     }
                     if self.link.node().is_none() {
@@ -381,7 +381,7 @@ impl Session {
             statements,
         } = catchup;
         let wanted = self.state.settings();
-        let result = replay::replay(conn, settings, wanted, &stale, &statements).await;
+        let result = Box::pin(replay::replay(conn, settings, wanted, &stale, &statements)).await;
         drop((stale, statements));
         let in_transaction = self.link.phase() != Phase::Ready(TxnStatus::Idle);
         let Err(e) = result else {
