@@ -84,6 +84,9 @@ pub fn changes(before: &Topology, after: &Topology) -> Vec<(Option<String>, Stri
         out.push((None, writes(&after.writes)));
     }
     for (b, a) in before.nodes.iter().zip(&after.nodes) {
+        if a.removed || b.removed {
+            continue;
+        }
         if b.role != a.role {
             let event = format!("role {} (was {})", a.role.name(), b.role.name());
             out.push((Some(a.name.clone()), event));

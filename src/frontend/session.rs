@@ -53,6 +53,7 @@ use crate::backend;
 use crate::backend::pool::PoolKey;
 use crate::protocol::{messages, ScanError, Sqlstate, TxnStatus};
 use crate::tls::{ReadHalf, WriteHalf};
+use crate::topology::Topology;
 
 /// Stop reading the server while this much is waiting to be written to the
 /// client: backpressure instead of unbounded buffering.
@@ -164,13 +165,7 @@ impl Session {
             cancel,
             login,
         } = connected;
-        let keys = shared
-            .topology
-            .load()
-            .nodes
-            .iter()
-            .map(|n| PoolKey::new(&n.host, n.port, &login.client_user, &login.params))
-            .collect();
+        let keys = pool_keys(&shared.topology.load(), &login);
         Session {
             id,
             collector: Collector::new(shared.config().proxy.max_message_size),
@@ -432,7 +427,8 @@ impl Session {
         End::IdleTimeout
     }
 
-    /// The session's server was just fenced: between transactions it moves
+    /// The session's server was just fenced (or removed by a reload, and
+    /// the session is between transactions): between transactions it moves
     /// on quietly (its next batch goes to the epoch's primary); what is in
     /// flight there is lost with the node, as if the connection had
     /// dropped (see [`Self::server_lost`]).
@@ -441,11 +437,17 @@ impl Session {
         let Some(node) = self.link.node() else {
             return Ok(());
         };
-        if !topology.nodes.get(node).is_some_and(|n| n.fenced) {
+        let Some(n) = topology.nodes.get(node).filter(|n| n.fenced || n.removed) else {
+            return Ok(());
+        };
+        let between = self.link.phase() == Phase::Ready(TxnStatus::Idle) && !self.collector.continues();
+        if n.removed && !between {
+            // A node a reload removed still runs: what is under way on it
+            // finishes there, and the connection goes back at its end.
             return Ok(());
         }
-        info!(parent: &self.span, server = %self.node_name(), epoch = topology.epoch, "server fenced");
-        if self.link.phase() == Phase::Ready(TxnStatus::Idle) && !self.collector.continues() {
+        info!(parent: &self.span, server = %self.node_name(), epoch = topology.epoch, removed = n.removed, "server fenced or removed");
+        if between {
             self.drop_server();
             return Ok(());
         }
@@ -541,6 +543,15 @@ impl Session {
             .and_then(|node| topology.nodes.get(node))
             .map_or_else(|| "server".to_owned(), |n| n.name.clone())
     }
+}
+
+/// The pool key of each node slot, for this session's login.
+fn pool_keys(topology: &Topology, login: &SessionLogin) -> Vec<PoolKey> {
+    topology
+        .nodes
+        .iter()
+        .map(|n| PoolKey::new(&n.host, n.port, &login.client_user, &login.params))
+        .collect()
 }
 
 /// Writes to the session's server, or waits forever when it has none.

@@ -106,6 +106,7 @@ mod tests {
                 ..Replication::default()
             },
             fenced: false,
+            removed: false,
         }
     }
 

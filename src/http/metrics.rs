@@ -100,12 +100,11 @@ fn cluster(e: &mut DescriptorEncoder, t: &Topology) -> fmt::Result {
 /// What the monitor last saw of each node.
 fn nodes(e: &mut DescriptorEncoder, t: &Topology) -> fmt::Result {
     let by_node = |value: &dyn Fn(&NodeState) -> Option<i64>| {
-        t.nodes
-            .iter()
-            .filter_map(|n| value(n).map(|v| (node_label(n), gauge(v))))
+        t.configured()
+            .filter_map(|(_, n)| value(n).map(|v| (node_label(n), gauge(v))))
             .collect::<Vec<_>>()
     };
-    let roles = t.nodes.iter().flat_map(|n| {
+    let roles = t.configured().flat_map(|(_, n)| {
         [Role::Primary, Role::Replica, Role::Unknown].map(|r| {
             let labels = vec![("node", n.name.as_str()), ("role", r.name())];
             (labels, gauge(i64::from(n.role == r)))
@@ -156,7 +155,7 @@ fn nodes(e: &mut DescriptorEncoder, t: &Topology) -> fmt::Result {
         Some(Unit::Bytes),
         by_node(&|n| bytes(n.replication.lag_bytes)),
     )?;
-    let seconds = t.nodes.iter().filter_map(|n| {
+    let seconds = t.configured().filter_map(|(_, n)| {
         let ms = n.replication.lag_ms?;
         Some((node_label(n), ConstGauge::new(ms as f64 / 1000.0)))
     });
@@ -172,9 +171,7 @@ fn nodes(e: &mut DescriptorEncoder, t: &Topology) -> fmt::Result {
 /// The data plane's counters: routed requests, connections, commits.
 fn traffic(e: &mut DescriptorEncoder, s: &Shared, t: &Topology) -> fmt::Result {
     let routed = t
-        .nodes
-        .iter()
-        .enumerate()
+        .configured()
         .map(|(i, n)| (node_label(n), ConstCounter::new(s.loads.routed(i))));
     family(
         e,
@@ -184,9 +181,7 @@ fn traffic(e: &mut DescriptorEncoder, s: &Shared, t: &Topology) -> fmt::Result {
         routed,
     )?;
     let in_flight = t
-        .nodes
-        .iter()
-        .enumerate()
+        .configured()
         .map(|(i, n)| (node_label(n), gauge(s.loads.outstanding(i))));
     family(
         e,
@@ -195,7 +190,7 @@ fn traffic(e: &mut DescriptorEncoder, s: &Shared, t: &Topology) -> fmt::Result {
         None,
         in_flight,
     )?;
-    let servers = t.nodes.iter().flat_map(|n| {
+    let servers = t.configured().flat_map(|(_, n)| {
         let open = s.pool.open_connections(&n.host, n.port);
         let idle = s.pool.idle_connections(&n.host, n.port);
         [("idle", idle), ("in_use", open.saturating_sub(idle))].map(|(state, count)| {

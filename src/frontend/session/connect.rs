@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use tracing::{debug, info};
 
-use super::Session;
+use super::{pool_keys, Session};
 use crate::backend::pool::CheckoutError;
 use crate::backend::{ConnectError, Login};
 use crate::protocol::Sqlstate;
@@ -93,6 +93,7 @@ impl Session {
     ) -> Option<Result<(), CheckoutError>> {
         self.release();
         self.link.connecting();
+        self.refresh_keys(node);
         let key = self.keys.get(node)?;
         let login = Login {
             user: &self.login.server_user,
@@ -114,5 +115,18 @@ impl Session {
                 Err(e)
             }
         })
+    }
+
+    /// Makes the pool keys afresh when `node` has none or its slot now
+    /// names another address (a reload added or replaced it).
+    fn refresh_keys(&mut self, node: usize) {
+        let topology = self.shared.topology.load();
+        let current = match (self.keys.get(node), topology.nodes.get(node)) {
+            (Some(k), Some(n)) => k.port == n.port && k.host == n.host,
+            _ => false,
+        };
+        if !current {
+            self.keys = pool_keys(&topology, &self.login);
+        }
     }
 }
