@@ -154,6 +154,7 @@ impl Proxy {
             loads: NodeLoads::new(MAX_NODES),
             tickets: AtomicU64::new(0),
             unparsable: AtomicU64::new(0),
+            counters: Default::default(),
             admin: Console::new(control.clone()),
             admission: Admission::new(&config.proxy),
             drain: watch::channel(false).0,
@@ -432,7 +433,12 @@ async fn start_control(w: ControlWiring) -> Vec<Named> {
         results,
         shutdown: w.shutdown.clone(),
     };
-    let probers: Vec<CancellationToken> = w.config.nodes.iter().map(|_| CancellationToken::new()).collect();
+    let probers: Vec<CancellationToken> = w
+        .config
+        .nodes
+        .iter()
+        .map(|_| CancellationToken::new())
+        .collect();
     let mut tasks: Vec<Named> = w
         .config
         .nodes

@@ -86,7 +86,10 @@ pub async fn apply(shared: &Shared, new: Config) -> Result<Report, String> {
     let nodes = if current.nodes == next.nodes {
         None
     } else {
-        let asked = shared.admin.control().ask(Command::Nodes(next.nodes.clone()));
+        let asked = shared
+            .admin
+            .control()
+            .ask(Command::Nodes(next.nodes.clone()));
         let said = asked
             .await
             .map_err(|e| format!("{e}; the running config is unchanged"))?;
@@ -207,7 +210,10 @@ mod tests {
         let next = live_part(&current, &new);
         assert_eq!(next.nodes, new.nodes);
         let applied = changed(&current, &next);
-        assert!(applied.iter().all(|k| k.starts_with("nodes[2]")), "{applied:?}");
+        assert!(
+            applied.iter().all(|k| k.starts_with("nodes[2]")),
+            "{applied:?}"
+        );
         assert!(!applied.is_empty());
         assert!(changed(&next, &new).is_empty());
     }

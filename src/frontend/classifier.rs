@@ -11,7 +11,7 @@
 use std::sync::Arc;
 
 use super::Shared;
-use crate::classify::{self, Class, Classification, ClassifyCache, Reason};
+use crate::classify::{self, CacheStats, Class, Classification, ClassifyCache, Reason};
 use crate::topology::FunctionView;
 
 pub struct Classifier {
@@ -59,6 +59,11 @@ impl Classifier {
             }),
             None => c,
         }
+    }
+
+    /// The cache's hits and misses so far.
+    pub fn stats(&self) -> CacheStats {
+        self.cache.stats()
     }
 
     /// Picks up a newer list if one was published, dropping

@@ -37,7 +37,7 @@ use dispatch::Outcome;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::{Buf, BytesMut};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -51,6 +51,7 @@ use super::state::SessionState;
 use super::{Connected, Shared};
 use crate::backend;
 use crate::backend::pool::PoolKey;
+use crate::classify::CacheStats;
 use crate::protocol::{messages, ScanError, Sqlstate, TxnStatus};
 use crate::tls::{ReadHalf, WriteHalf};
 use crate::topology::Topology;
@@ -142,12 +143,16 @@ pub struct Session {
     tally: Tally,
 }
 
-/// Requests answered and bytes moved to and from the client.
+/// Requests answered and bytes moved to and from the client; what of
+/// them (and of the classify cache's counts) the proxy-wide counters have
+/// been told; when the request being routed became due.
 #[derive(Debug, Default, Clone, Copy)]
 struct Tally {
     requests: u64,
     bytes_in: u64,
     bytes_out: u64,
+    told: (u64, u64, CacheStats),
+    due_at: Option<Instant>,
 }
 
 impl Session {
@@ -192,6 +197,7 @@ impl Session {
         if let Some(node) = self.link.node() {
             self.shared.loads.done(node, self.link.outstanding());
         }
+        self.tell_counters();
         if reusable {
             self.release();
         }
@@ -440,7 +446,8 @@ impl Session {
         let Some(n) = topology.nodes.get(node).filter(|n| n.fenced || n.removed) else {
             return Ok(());
         };
-        let between = self.link.phase() == Phase::Ready(TxnStatus::Idle) && !self.collector.continues();
+        let between =
+            self.link.phase() == Phase::Ready(TxnStatus::Idle) && !self.collector.continues();
         if n.removed && !between {
             // A node a reload removed still runs: what is under way on it
             // finishes there, and the connection goes back at its end.
@@ -498,9 +505,15 @@ impl Session {
         self.shared.loads.done(answer.node, 1);
         self.tally.requests += 1;
         self.retry.tries.settled();
+        if answer.status == TxnStatus::Idle {
+            self.tell_counters();
+        }
         let (Some(sent), Some(conn)) = (answer.sent, self.link.conn_mut()) else {
             return;
         };
+        if let Some(due) = sent.due_at.filter(|_| !sent.own_sync) {
+            self.shared.counters.answered(due.elapsed());
+        }
         if self.state.answered(&sent, answer.status, &mut conn.carried) {
             // Before the client hears of it: any read it sends after sees it.
             self.shared.commits.committed();
@@ -534,6 +547,21 @@ impl Session {
                 self.shared.pool.check_in(key, conn);
             }
         }
+    }
+
+    /// Adds what the session relayed and classified since it last said to
+    /// the proxy-wide counters (at transaction ends and when it ends).
+    fn tell_counters(&mut self) {
+        let t = &mut self.tally;
+        let cache = self.classifier.stats();
+        let (bytes_in, bytes_out, told) = t.told;
+        self.shared
+            .counters
+            .relayed(t.bytes_in - bytes_in, t.bytes_out - bytes_out);
+        self.shared
+            .counters
+            .cache(cache.hits - told.hits, cache.misses - told.misses);
+        t.told = (t.bytes_in, t.bytes_out, cache);
     }
 
     fn node_name(&self) -> String {

@@ -73,9 +73,17 @@ fn the_primary_cannot_be_removed_and_a_name_cannot_be_added_twice() {
     );
     assert!(!sim.state().removed(0));
     sim.command(Event::AddNode(addr("n1", 7)));
-    assert!(sim.refusals[1].contains("configured already"), "{:?}", sim.refusals);
+    assert!(
+        sim.refusals[1].contains("configured already"),
+        "{:?}",
+        sim.refusals
+    );
     sim.command(Event::RemoveNode { node: 5 });
-    assert!(sim.refusals[2].contains("no such node"), "{:?}", sim.refusals);
+    assert!(
+        sim.refusals[2].contains("no such node"),
+        "{:?}",
+        sim.refusals
+    );
     sim.run(1_000);
     assert!(sim.writes_open());
     assert_eq!(sim.primary(), Some(0));
@@ -88,7 +96,9 @@ fn a_switchover_target_cannot_be_removed_while_it_runs() {
     sim.command(Event::Switchover { target: Some(1) });
     sim.command(Event::RemoveNode { node: 1 });
     assert!(
-        sim.refusals.iter().any(|r| r.contains("switchover is using it")),
+        sim.refusals
+            .iter()
+            .any(|r| r.contains("switchover is using it")),
         "{:?}",
         sim.refusals
     );
