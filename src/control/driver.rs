@@ -17,10 +17,10 @@ use tokio_util::task::TaskTracker;
 use tracing::{error, info, warn};
 
 use super::epoch::EpochStore;
-use super::failover::{self, Action, Event, NodeId, Probe};
+use super::failover::{self, Action, Event, NodeId, Phase, Probe};
 use super::fencing::{self, NodeAdmin};
 use super::handle::{Command, Request};
-use super::journal::Journal;
+use super::journal::{Count, Journal};
 use super::lag::{measure_lag, WalHistory};
 use super::monitor::{ProbeResult, ProberKit};
 use super::operator::NodeOperator;
@@ -327,7 +327,9 @@ impl Driver {
             for action in actions {
                 match action {
                     Action::PersistEpoch { epoch, primary } => {
-                        queue.push_back(self.persist(epoch, primary).await);
+                        let done = self.persist(epoch, primary).await;
+                        self.count_promotion(&done);
+                        queue.push_back(done);
                     }
                     Action::PublishTopology(published) => {
                         info!(epoch = published.epoch, primary = ?published.primary.map(|p| &self.admins[p].name), writes = ?published.writes, fenced = ?published.fenced, "topology");
@@ -337,11 +339,32 @@ impl Driver {
                         warn!(%reason, "operator command refused");
                         refused = Some(reason);
                     }
-                    other => self.spawn(other),
+                    other => {
+                        match other {
+                            Action::Fence(_) => self.journal.count(Count::Fence),
+                            Action::Rejoin { .. } => self.journal.count(Count::Rejoin),
+                            _ => {}
+                        }
+                        self.spawn(other);
+                    }
                 }
             }
         }
         refused
+    }
+
+    /// A failover's or switchover's epoch made durable: one more of them.
+    fn count_promotion(&self, persisted: &Event) {
+        let phase = self.machine.as_ref().map(failover::State::phase);
+        match (persisted, phase) {
+            (Event::PersistDone { .. }, Some(Phase::Failover(_))) => {
+                self.journal.count(Count::Failover);
+            }
+            (Event::PersistDone { .. }, Some(Phase::Switchover(_))) => {
+                self.journal.count(Count::Switchover);
+            }
+            _ => {}
+        }
     }
 
     async fn persist(&self, epoch: u64, primary: NodeId) -> Event {
