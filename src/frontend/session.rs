@@ -30,14 +30,17 @@ mod dispatch;
 mod finish;
 mod reads;
 mod retry;
+mod tally;
 
 use clock::{ClientClock, Watch};
+use connect::pool_keys;
 use dispatch::Outcome;
+use tally::Tally;
 
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use bytes::{Buf, BytesMut};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -51,10 +54,8 @@ use super::state::SessionState;
 use super::{Connected, Shared};
 use crate::backend;
 use crate::backend::pool::PoolKey;
-use crate::classify::CacheStats;
 use crate::protocol::{messages, ScanError, Sqlstate, TxnStatus};
 use crate::tls::{ReadHalf, WriteHalf};
-use crate::topology::Topology;
 
 /// Stop reading the server while this much is waiting to be written to the
 /// client: backpressure instead of unbounded buffering.
@@ -141,18 +142,6 @@ pub struct Session {
     pub(super) listed: Arc<Client>,
     /// What the session did, for its last log line.
     tally: Tally,
-}
-
-/// Requests answered and bytes moved to and from the client; what of
-/// them (and of the classify cache's counts) the proxy-wide counters have
-/// been told; when the request being routed became due.
-#[derive(Debug, Default, Clone, Copy)]
-struct Tally {
-    requests: u64,
-    bytes_in: u64,
-    bytes_out: u64,
-    told: (u64, u64, CacheStats),
-    due_at: Option<Instant>,
 }
 
 impl Session {
@@ -549,21 +538,6 @@ impl Session {
         }
     }
 
-    /// Adds what the session relayed and classified since it last said to
-    /// the proxy-wide counters (at transaction ends and when it ends).
-    fn tell_counters(&mut self) {
-        let t = &mut self.tally;
-        let cache = self.classifier.stats();
-        let (bytes_in, bytes_out, told) = t.told;
-        self.shared
-            .counters
-            .relayed(t.bytes_in - bytes_in, t.bytes_out - bytes_out);
-        self.shared
-            .counters
-            .cache(cache.hits - told.hits, cache.misses - told.misses);
-        t.told = (t.bytes_in, t.bytes_out, cache);
-    }
-
     fn node_name(&self) -> String {
         let topology = self.shared.topology.load();
         self.link
@@ -571,15 +545,6 @@ impl Session {
             .and_then(|node| topology.nodes.get(node))
             .map_or_else(|| "server".to_owned(), |n| n.name.clone())
     }
-}
-
-/// The pool key of each node slot, for this session's login.
-fn pool_keys(topology: &Topology, login: &SessionLogin) -> Vec<PoolKey> {
-    topology
-        .nodes
-        .iter()
-        .map(|n| PoolKey::new(&n.host, n.port, &login.client_user, &login.params))
-        .collect()
 }
 
 /// Writes to the session's server, or waits forever when it has none.

@@ -407,7 +407,9 @@ async fn routing_reasons_waits_cache_auth_bytes_waiters_and_latency_move() {
     db.simple_query("/* palisade: replica */ SELECT 2")
         .await
         .unwrap();
-    db.simple_query("BEGIN; SELECT 3; COMMIT").await.unwrap();
+    for sql in ["BEGIN", "SELECT 3", "COMMIT"] {
+        db.simple_query(sql).await.unwrap();
+    }
     db.simple_query("DO $$ BEGIN PERFORM 1; END $$")
         .await
         .unwrap();

@@ -7,11 +7,13 @@ use std::time::{Duration, Instant};
 
 use tracing::{debug, info};
 
-use super::{pool_keys, Session};
+use super::{Session, SessionLogin};
 use crate::backend::pool::CheckoutError;
+use crate::backend::pool::PoolKey;
 use crate::backend::{ConnectError, Login};
 use crate::protocol::Sqlstate;
 use crate::route::Tried;
+use crate::topology::Topology;
 
 impl Session {
     /// Swaps the session's server connection for one to the primary
@@ -129,4 +131,13 @@ impl Session {
             self.keys = pool_keys(&topology, &self.login);
         }
     }
+}
+
+/// The pool key of each node slot, for this session's login.
+pub(super) fn pool_keys(topology: &Topology, login: &SessionLogin) -> Vec<PoolKey> {
+    topology
+        .nodes
+        .iter()
+        .map(|n| PoolKey::new(&n.host, n.port, &login.client_user, &login.params))
+        .collect()
 }
