@@ -133,11 +133,11 @@ async fn reload_adds_a_replica_that_serves_reads_and_removes_one_that_stops() {
         .await
         .unwrap();
     let (console, mut notices) = connect_with(&console_url(&proxy, cluster)).await.unwrap();
+    // (A replica that misses a probe on a loaded machine leaves its reads
+    // to the primary for a moment: what matters is which replicas serve.)
     let before = tally(&reads(&session, 20).await);
-    assert_eq!(
-        before.keys().copied().collect::<Vec<_>>(),
-        [Node::Replica(1)]
-    );
+    assert!(before.contains_key(&Node::Replica(1)), "{before:?}");
+    assert!(!before.contains_key(&Node::Replica(2)), "{before:?}");
 
     // A third node joins: the second replica starts serving reads.
     file.nodes = nodes_of(&all, &[0, 1, 2]);
@@ -178,11 +178,8 @@ async fn reload_adds_a_replica_that_serves_reads_and_removes_one_that_stops() {
     assert!(proxy.topology().nodes[1].removed);
     let routed_to_removed = proxy.routed()[1];
     let seen = tally(&reads(&session, 40).await);
-    assert_eq!(
-        seen.keys().copied().collect::<Vec<_>>(),
-        [Node::Replica(2)],
-        "{seen:?}"
-    );
+    assert!(seen.contains_key(&Node::Replica(2)), "{seen:?}");
+    assert!(!seen.contains_key(&Node::Replica(1)), "{seen:?}");
     assert_eq!(proxy.routed()[1], routed_to_removed);
     let shown = console.simple_query("SHOW NODES").await.unwrap();
     let names = first_column(&shown);
