@@ -426,7 +426,9 @@ async fn counter(addr: std::net::SocketAddr, metric: &str) -> f64 {
         .iter()
         .find(|s| s.metric == metric)
         .map(|s| match s.value {
-            prometheus_parse::Value::Counter(v) => v,
+            // OpenMetrics names a counter's family without `_total`, so
+            // the parser leaves the sample untyped.
+            prometheus_parse::Value::Counter(v) | prometheus_parse::Value::Untyped(v) => v,
             ref other => panic!("{metric} is no counter: {other:?}"),
         })
         .unwrap_or_else(|| panic!("{metric} missing"))
