@@ -164,32 +164,47 @@ async fn reload_adds_a_replica_that_serves_reads_and_removes_one_that_stops() {
         "{seen:?}"
     );
 
-    // The first replica leaves: it serves nothing more, the session goes on.
-    file.nodes = nodes_of(&all, &[0, 2]);
+    // A read-only transaction holds one replica, and that replica leaves
+    // while the transaction is open: the transaction finishes there, and
+    // the session's reads from then on go to the other one.
+    session.simple_query("BEGIN READ ONLY").await.unwrap();
+    let held = served_by(&session).await;
+    let (gone, kept) = match held {
+        Node::Replica(1) => (1, 2),
+        Node::Replica(2) => (2, 1),
+        other => panic!("a read-only transaction on {other:?}"),
+    };
+    file.nodes = nodes_of(&all, &[0, kept]);
     write(&path, &file);
     let said = reload(&console, &mut notices)
         .await
         .expect("RELOAD runs")
         .join("\n");
     assert!(
-        said.contains(&format!("removed node {}", all[1].display_name())),
+        said.contains(&format!("removed node {}", all[gone].display_name())),
         "{said}"
     );
-    assert!(proxy.topology().nodes[1].removed);
-    let routed_to_removed = proxy.routed()[1];
+    assert!(proxy.topology().nodes[gone].removed);
+    assert_eq!(
+        served_by(&session).await,
+        held,
+        "the open transaction stays on its replica"
+    );
+    session.simple_query("COMMIT").await.unwrap();
+    let routed_to_removed = proxy.routed()[gone];
     let seen = tally(&reads(&session, 40).await);
-    assert!(seen.contains_key(&Node::Replica(2)), "{seen:?}");
-    assert!(!seen.contains_key(&Node::Replica(1)), "{seen:?}");
-    assert_eq!(proxy.routed()[1], routed_to_removed);
+    assert!(seen.contains_key(&Node::Replica(kept)), "{seen:?}");
+    assert!(!seen.contains_key(&held), "{seen:?}");
+    assert_eq!(proxy.routed()[gone], routed_to_removed);
     let shown = console.simple_query("SHOW NODES").await.unwrap();
     let names = first_column(&shown);
-    assert!(!names.contains(&all[1].display_name()), "{names:?}");
+    assert!(!names.contains(&all[gone].display_name()), "{names:?}");
 
     // The primary cannot be removed: nothing changes, and the reload says why.
-    file.nodes = nodes_of(&all, &[2]);
+    file.nodes = nodes_of(&all, &[kept]);
     write(&path, &file);
     let refused = reload(&console, &mut notices).await.unwrap_err();
     assert!(refused.contains("it is the primary"), "{refused}");
-    assert_eq!(proxy.config().nodes, nodes_of(&all, &[0, 2]));
-    assert_eq!(served_by(&session).await, Node::Replica(2));
+    assert_eq!(proxy.config().nodes, nodes_of(&all, &[0, kept]));
+    assert_ne!(served_by(&session).await, held);
 }
