@@ -8,6 +8,7 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
+use super::batch::Plan;
 use crate::topology::MAX_NODES;
 
 /// Why a request went where it went.
@@ -192,25 +193,20 @@ impl Counters {
     }
 }
 
-/// Why a batch sent to `node` went there: `to_primary` when `node` is the
-/// primary; the other facts as the session planned it.
-pub fn why(
-    to_primary: bool,
-    unparsable: bool,
-    write: bool,
-    in_txn: bool,
-    pinned: bool,
-    hinted: bool,
-) -> Why {
-    if unparsable {
+/// Why the batch `plan` went where it went, the first rule that sent it
+/// there: `in_txn` when it runs inside (or begins) a transaction, `pinned`
+/// when the session is tied to the primary, `to_primary` when it went to
+/// the primary.
+pub fn why(plan: &Plan, in_txn: bool, pinned: bool, to_primary: bool) -> Why {
+    if plan.unparsable {
         Why::Unparsable
-    } else if write {
+    } else if plan.write {
         Why::Write
     } else if in_txn {
         Why::Txn
     } else if pinned && to_primary {
         Why::Pin
-    } else if hinted {
+    } else if plan.level.is_some() {
         Why::Hint
     } else if to_primary {
         Why::Fallback
@@ -240,13 +236,24 @@ mod tests {
 
     #[test]
     fn the_reason_is_the_first_rule_that_sent_it() {
-        assert_eq!(why(true, true, true, true, true, true), Why::Unparsable);
-        assert_eq!(why(true, false, true, true, true, false), Why::Write);
-        assert_eq!(why(false, false, false, true, false, false), Why::Txn);
-        assert_eq!(why(true, false, false, false, true, false), Why::Pin);
-        assert_eq!(why(false, false, false, false, false, true), Why::Hint);
-        assert_eq!(why(true, false, false, false, false, false), Why::Fallback);
-        assert_eq!(why(false, false, false, false, false, false), Why::Read);
+        let plan = |unparsable, write, hinted: bool| Plan {
+            unparsable,
+            write,
+            level: hinted.then_some(crate::config::Consistency::Eventual),
+            ..Plan::default()
+        };
+        let all = plan(true, true, true);
+        assert_eq!(why(&all, true, true, true), Why::Unparsable);
+        assert_eq!(why(&plan(false, true, true), true, true, true), Why::Write);
+        let read = plan(false, false, false);
+        assert_eq!(why(&read, true, false, false), Why::Txn);
+        assert_eq!(why(&read, false, true, true), Why::Pin);
+        assert_eq!(
+            why(&plan(false, false, true), false, true, false),
+            Why::Hint
+        );
+        assert_eq!(why(&read, false, false, true), Why::Fallback);
+        assert_eq!(why(&read, false, false, false), Why::Read);
         let c = Counters::default();
         c.routed(3, Why::Hint, 2);
         c.routed(MAX_NODES, Why::Hint, 2);

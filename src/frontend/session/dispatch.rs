@@ -465,14 +465,7 @@ impl Session {
         // Where a write lands in the WAL is learned when a read needs it.
         let to_primary = self.shared.topology.load().primary() == Some(node);
         let on_primary = to_primary && !reads_only;
-        let why = counters::why(
-            to_primary,
-            plan.unparsable,
-            plan.write,
-            !autocommit,
-            self.state.is_pinned(),
-            plan.level.is_some(),
-        );
+        let why = counters::why(plan, !autocommit, self.state.is_pinned(), to_primary);
         let rolls_back = plan.statements == 1 && plan.effects == [SessionEffect::Rollback];
         let own_sync = ready_idle && self.collector.may_close_with_own_sync();
         let plan = self.collector.plan_mut();
