@@ -20,8 +20,11 @@
 #   --keep-going   record a failed run as FAILED and go on; still exits non-zero
 #   --metrics      also run target palisade-metrics: the same Palisade with its
 #                  HTTP endpoint on, scraped (/metrics) every second during its
-#                  runs, as Prometheus would (issue-15 cell:
-#                  WORKLOADS=select-simple CLIENTS=8 bench/pgbench.sh --metrics)
+#                  runs, as Prometheus would, and print a "metrics on against
+#                  off" summary (mean tps and proxy CPU per transaction of
+#                  palisade and palisade-metrics over the rounds). The issue-15
+#                  cell: ROUNDS=6 ONLY_TARGETS="palisade palisade-metrics"
+#                  WORKLOADS=select-simple CLIENTS=8 bench/pgbench.sh --metrics
 #   --tls          clients speak TLS (pgbench with sslmode=require) to every
 #                  target: PostgreSQL itself (ssl = on, the `direct` row),
 #                  Palisade ([tls] mode = "require") and PgBouncer
@@ -44,6 +47,10 @@
 #                 and commit-read also run through a Palisade at causal (target
 #                 palisade-causal), and write-read and commit-read through one at
 #                 strong (palisade-strong), to price the levels in one run.
+#   ROUNDS        run every cell this many times (default 1); each round runs
+#                 the targets in the opposite order of the round before (A B,
+#                 B A, A B, …), so that no target always runs first or last
+#   ONLY_TARGETS  run only these targets (space separated; default: all)
 #   SCALE         pgbench scale factor (default 10)
 #   PG_BIN        PostgreSQL bin directory (default: pg_config --bindir, else the
 #                 newest /usr/lib/postgresql/*/bin)
@@ -696,7 +703,11 @@ FAILED=()
 n_runs=0
 # palisade-causal and palisade-strong only price the levels, on some workloads
 # (the peers send every commit-read read to the primary: never stale).
+ROUNDS="${ROUNDS:-1}"
+[[ "$ROUNDS" =~ ^[1-9][0-9]*$ ]] || die "ROUNDS must be a positive number, not '$ROUNDS'"
+ONLY_TARGETS="${ONLY_TARGETS:-}"
 runs_target() {
+    if [[ -n "$ONLY_TARGETS" && " $ONLY_TARGETS " != *" $1 "* ]]; then return 1; fi
     case "$1" in
         palisade-causal) [[ " $CAUSAL_WORKLOADS " == *" $2 "* ]] ;;
         palisade-strong) [[ " $STRONG_WORKLOADS " == *" $2 "* ]] ;;
@@ -704,15 +715,26 @@ runs_target() {
     esac
 }
 for w in $WORKLOADS; do for c in $CLIENTS; do for t in "${TARGETS[@]}"; do
-    if runs_target "$t" "$w"; then n_runs=$(( n_runs + 1 )); fi
+    if runs_target "$t" "$w"; then n_runs=$(( n_runs + ROUNDS )); fi
 done; done; done
 log "targets: ${TARGETS[*]}; workloads: $WORKLOADS; clients: $CLIENTS; ${DURATION}s each; $n_runs runs (~$(( n_runs * (DURATION + 1) / 60 + 1 )) min)"
+
+# The targets in the order of round $1: reversed every other round.
+round_targets() {
+    local i
+    if (( $1 % 2 )); then
+        printf '%s\n' "${TARGETS[@]}"
+    else
+        for (( i = ${#TARGETS[@]} - 1; i >= 0; i-- )); do printf '%s\n' "${TARGETS[$i]}"; done
+    fi
+}
 
 run=0
 for w in $WORKLOADS; do
     for c in $CLIENTS; do
+      for (( round = 1; round <= ROUNDS; round++ )); do
         direct_tps=""
-        for t in "${TARGETS[@]}"; do
+        for t in $(round_targets "$round"); do
             runs_target "$t" "$w" || continue
             run=$(( run + 1 ))
             [[ "$w" == tpcb-simple || "$w" == write-read || "$w" == commit-read ]] && reset_tpcb_tables
@@ -779,6 +801,7 @@ for w in $WORKLOADS; do
                 log "[$run/$n_runs] $w c=$c $t: transactions per node (${NODE_NAMES[*]}): ${per_node//|/ }"
             fi
         done
+      done
     done
 done
 
@@ -815,10 +838,34 @@ report() {
             echo "| $w | $c | $t | ${counts//|/ | } |"
         done
     fi
+    (( METRICS )) && metrics_summary
     if (( ${#SKIPPED[@]} )); then
         echo
         echo "Skipped: ${SKIPPED[*]}."
     fi
+}
+
+# Metrics on (palisade-metrics, scraped every second) against off
+# (palisade): the mean tps and proxy CPU per transaction over the rounds.
+metrics_summary() {
+    echo
+    echo "Metrics on against off ($ROUNDS round(s), target order alternating):"
+    echo
+    echo "| workload | clients | off tps | on tps | tps on/off | off CPU µs/txn | on CPU µs/txn | CPU on/off |"
+    echo "|---|---:|---:|---:|---:|---:|---:|---:|"
+    local w c
+    for w in $WORKLOADS; do for c in $CLIENTS; do
+        printf '%s\n' "${RESULTS[@]}" | awk -F'|' -v w="$w" -v c="$c" '
+            $1 == w && $2 == c && $4 != "FAILED" && ($3 == "palisade" || $3 == "palisade-metrics") {
+                n[$3]++; tps[$3] += $4; cpu[$3] += $7
+            }
+            END {
+                if (!n["palisade"] || !n["palisade-metrics"]) exit
+                a = tps["palisade"] / n["palisade"]; b = tps["palisade-metrics"] / n["palisade-metrics"]
+                x = cpu["palisade"] / n["palisade"]; y = cpu["palisade-metrics"] / n["palisade-metrics"]
+                printf "| %s | %s | %.0f | %.0f | %.3f | %.1f | %.1f | %.3f |\n", w, c, a, b, b / a, x, y, (x > 0 ? y / x : 0)
+            }'
+    done; done
 }
 
 report

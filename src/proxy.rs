@@ -19,6 +19,7 @@ use arc_swap::ArcSwap;
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{info, warn, Instrument};
 
@@ -38,7 +39,7 @@ use crate::frontend::cancel::CancelRegistry;
 use crate::frontend::load::NodeLoads;
 use crate::frontend::{self, Shared};
 use crate::tls::{ClientTls, ServerTls, TlsError};
-use crate::topology::{PublishedFunctions, Topology, TopologyHandle};
+use crate::topology::{PublishedFunctions, Topology, TopologyHandle, MAX_NODES};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
@@ -150,10 +151,11 @@ impl Proxy {
             pool,
             auth: ArcSwap::from_pointee(auth),
             tls: client_tls,
-            loads: NodeLoads::new(config.nodes.len()),
+            loads: NodeLoads::new(MAX_NODES),
             tickets: AtomicU64::new(0),
             unparsable: AtomicU64::new(0),
             classify: Default::default(),
+            counters: Default::default(),
             admin: Console::new(control.clone()),
             admission: Admission::new(&config.proxy),
             drain: watch::channel(false).0,
@@ -206,9 +208,10 @@ impl Proxy {
         self.shared.unparsable.load(Ordering::Relaxed)
     }
 
-    /// Requests routed to each node so far, in config order.
+    /// Requests routed to each node slot so far (config order, then the
+    /// nodes a reload added).
     pub fn routed(&self) -> Vec<u64> {
-        (0..self.shared.config().nodes.len())
+        (0..self.shared.topology.load().nodes.len())
             .map(|n| self.shared.loads.routed(n))
             .collect()
     }
@@ -425,11 +428,27 @@ struct ControlWiring {
 /// primary.
 async fn start_control(w: ControlWiring) -> Vec<Named> {
     let (results, probed) = mpsc::channel(64);
-    let mut tasks: Vec<Named> = monitor::probers(&w.config, &w.tls, &results, &w.shutdown)
-        .into_iter()
-        .map(|prober| {
-            let name = format!("probe {}", w.config.nodes[prober.node()].display_name());
-            spawn_named(name, prober.run())
+    let kit = monitor::ProberKit {
+        config: w.config.clone(),
+        tls: w.tls.clone(),
+        results,
+        shutdown: w.shutdown.clone(),
+    };
+    let probers: Vec<CancellationToken> = w
+        .config
+        .nodes
+        .iter()
+        .map(|_| CancellationToken::new())
+        .collect();
+    let mut tasks: Vec<Named> = w
+        .config
+        .nodes
+        .iter()
+        .zip(&probers)
+        .enumerate()
+        .map(|(i, (node, stop))| {
+            let prober = kit.prober(i, node, stop.clone());
+            spawn_named(format!("probe {}", node.display_name()), prober.run())
         })
         .collect();
     let (first_round, mut first_round_done) = watch::channel(false);
@@ -447,6 +466,8 @@ async fn start_control(w: ControlWiring) -> Vec<Named> {
             tls: w.tls,
             shutdown: w.shutdown,
             journal: w.journal,
+            kit,
+            probers,
         },
     );
     tasks.push(spawn_named("driver", driver.run()));

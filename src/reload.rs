@@ -1,11 +1,12 @@
 //! `RELOAD` and SIGHUP: the config file read again, and what of it can
 //! change while the proxy runs put in force at once — users and `[auth]`,
 //! `[admin]`, `[consistency]`, `[routing]` (but its catalog refresh
-//! interval), the client timeouts of `[proxy]`, the nodes' read weights —
+//! interval), the client timeouts of `[proxy]`, the nodes (added, removed,
+//! reweighed: through the driver, which refuses to remove the primary) —
 //! plus the TLS certificate read again. New sessions and every routing
 //! decision from then on see the new values; a session keeps the message
 //! size limit and timeouts it started with. Everything else (listen
-//! addresses, the node set, `[pool]`, `[monitor]`, `[failover]`,
+//! addresses, `[pool]`, `[monitor]`, `[failover]`,
 //! `[backend]`, `[http]`, `[tls]` paths, the connection limits) is named as
 //! needing a restart and keeps its running value. A file that does not
 //! parse or validate changes nothing.
@@ -13,7 +14,7 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use tracing::{info, warn};
+use tracing::info;
 
 use crate::config::Config;
 use crate::control::Command;
@@ -27,6 +28,8 @@ pub struct Report {
     pub applied: Vec<String>,
     /// Keys whose new value waits for a restart.
     pub needs_restart: Vec<String>,
+    /// What the driver did with the nodes, when they changed.
+    pub nodes: Option<String>,
     /// The TLS certificate: re-read, off, or why it was kept.
     pub tls: Result<bool, String>,
 }
@@ -45,6 +48,9 @@ impl Report {
                 "needs a restart (the running value stays): {}",
                 self.needs_restart.join(", ")
             ));
+        }
+        if let Some(nodes) = &self.nodes {
+            lines.push(format!("nodes: {nodes}"));
         }
         match &self.tls {
             Ok(true) => lines.push("TLS certificate re-read".to_owned()),
@@ -75,6 +81,21 @@ pub async fn apply(shared: &Shared, new: Config) -> Result<Report, String> {
     let next = live_part(&current, &new);
     let applied = changed(&current, &next);
     let needs_restart = changed(&next, &new);
+    // First, as it is the one part that may be refused (removing the
+    // primary): then nothing changes.
+    let nodes = if current.nodes == next.nodes {
+        None
+    } else {
+        let asked = shared
+            .admin
+            .control()
+            .ask(Command::Nodes(next.nodes.clone()));
+        let said = asked
+            .await
+            .map_err(|e| format!("{e}; the running config is unchanged"))?;
+        info!(nodes = %said, "nodes reloaded");
+        Some(said)
+    };
     if applied
         .iter()
         .any(|k| k.starts_with("users") || k.starts_with("auth."))
@@ -82,21 +103,11 @@ pub async fn apply(shared: &Shared, new: Config) -> Result<Report, String> {
         let auth = Authenticator::new(&next, shared.pool.tls().clone(), shared.topology.clone());
         shared.auth.store(Arc::new(auth));
     }
-    let weights: Vec<u32> = next.nodes.iter().map(|n| n.weight).collect();
-    let reweighted = current
-        .nodes
-        .iter()
-        .map(|n| n.weight)
-        .ne(weights.iter().copied());
     shared.config.store(Arc::new(next));
-    if reweighted {
-        if let Err(e) = shared.admin.control().ask(Command::Reweight(weights)).await {
-            warn!(error = %e, "read weights not reloaded");
-        }
-    }
     let report = Report {
         applied,
         needs_restart,
+        nodes,
         tls: shared.tls.reload().map_err(|e| e.to_string()),
     };
     for line in report.lines() {
@@ -121,15 +132,7 @@ fn live_part(current: &Config, new: &Config) -> Config {
     p.client_idle_timeout_ms = n.client_idle_timeout_ms;
     p.replica_connect_timeout_ms = n.replica_connect_timeout_ms;
     p.shutdown_timeout_ms = n.shutdown_timeout_ms;
-    let same_nodes = current.nodes.len() == new.nodes.len()
-        && current.nodes.iter().zip(&new.nodes).all(|(a, b)| {
-            (a.display_name(), &a.host, a.port) == (b.display_name(), &b.host, b.port)
-        });
-    if same_nodes {
-        for (node, from) in next.nodes.iter_mut().zip(&new.nodes) {
-            node.weight = from.weight;
-        }
-    }
+    next.nodes = new.nodes.clone();
     next
 }
 
@@ -201,16 +204,17 @@ mod tests {
     }
 
     #[test]
-    fn a_changed_node_set_keeps_the_weights_and_needs_a_restart() {
+    fn a_changed_node_set_changes_live() {
         let current = Config::parse(BASE).unwrap();
         let new = with("[[nodes]]\nname = \"c\"\nhost = \"127.0.0.1\"\nport = 5434\nweight = 2\n");
         let next = live_part(&current, &new);
-        assert!(changed(&current, &next).is_empty());
-        let restart = changed(&next, &new);
+        assert_eq!(next.nodes, new.nodes);
+        let applied = changed(&current, &next);
         assert!(
-            restart.iter().all(|k| k.starts_with("nodes[2]")),
-            "{restart:?}"
+            applied.iter().all(|k| k.starts_with("nodes[2]")),
+            "{applied:?}"
         );
-        assert!(!restart.is_empty());
+        assert!(!applied.is_empty());
+        assert!(changed(&next, &new).is_empty());
     }
 }

@@ -21,6 +21,10 @@ use tokio::sync::{mpsc, watch};
 
 use crate::config::NodeConfig;
 
+/// The most node slots a proxy keeps: configured nodes, and the vacant
+/// slots of nodes a reload removed (kept so that indexes stay stable).
+pub const MAX_NODES: usize = 64;
+
 /// What a node is, as last seen by the monitor.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Role {
@@ -139,6 +143,9 @@ pub struct NodeState {
     /// Receives no traffic at all: a node that claims to be a primary but
     /// is not the primary of the current epoch.
     pub fenced: bool,
+    /// Removed from the configuration by a reload: a vacant slot, kept so
+    /// that node indexes stay stable; it serves nothing and is not shown.
+    pub removed: bool,
 }
 
 impl NodeState {
@@ -220,9 +227,16 @@ impl Topology {
                     weight: n.weight,
                     replication: Replication::default(),
                     fenced: false,
+                    removed: false,
                 })
                 .collect(),
         }
+    }
+
+    /// The configured nodes with their indexes: every slot but the vacant
+    /// ones of nodes a reload removed.
+    pub fn configured(&self) -> impl Iterator<Item = (usize, &NodeState)> {
+        self.nodes.iter().enumerate().filter(|(_, n)| !n.removed)
     }
 
     /// The primary of the epoch while it is healthy, answers as a primary
@@ -283,7 +297,8 @@ impl TopologyHandle {
         self.0.current.load_full()
     }
 
-    /// Changes whenever a node is fenced or unfenced or the epoch moves.
+    /// Changes whenever a node is fenced, unfenced, added or removed, or the
+    /// epoch moves.
     pub fn fence_changes(&self) -> watch::Receiver<u64> {
         self.0.fences.subscribe()
     }
@@ -292,7 +307,12 @@ impl TopologyHandle {
     pub(crate) fn publish(&self, topology: Topology) {
         let before = self.0.current.swap(Arc::new(topology));
         let after = self.0.current.load();
-        let fenced = |t: &Topology| t.nodes.iter().map(|n| n.fenced).collect::<Vec<_>>();
+        let fenced = |t: &Topology| {
+            t.nodes
+                .iter()
+                .map(|n| (n.fenced, n.removed))
+                .collect::<Vec<_>>()
+        };
         if before.epoch != after.epoch || fenced(&before) != fenced(&after) {
             self.0.fences.send_modify(|n| *n += 1);
         }

@@ -396,19 +396,42 @@ async fn a_primary_killed_under_load_fails_no_read_and_only_the_writes_it_held()
 }
 
 /// The status code of `GET path` on the monitoring endpoint at `addr`.
-async fn http_status(addr: std::net::SocketAddr, path: &str) -> u16 {
+async fn http_get(addr: std::net::SocketAddr, path: &str) -> String {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
     let request = format!("GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n");
     stream.write_all(request.as_bytes()).await.unwrap();
     let mut reply = Vec::new();
     stream.read_to_end(&mut reply).await.unwrap();
-    let reply = String::from_utf8_lossy(&reply);
-    reply
+    String::from_utf8_lossy(&reply).into_owned()
+}
+
+async fn http_status(addr: std::net::SocketAddr, path: &str) -> u16 {
+    http_get(addr, path)
+        .await
         .split(' ')
         .nth(1)
         .and_then(|s| s.parse().ok())
         .unwrap_or(0)
+}
+
+/// The value of an unlabelled counter in a `/metrics` scrape.
+async fn counter(addr: std::net::SocketAddr, metric: &str) -> f64 {
+    let reply = http_get(addr, "/metrics").await;
+    let (_, body) = reply.split_once("\r\n\r\n").expect("header and body");
+    let scrape = prometheus_parse::Scrape::parse(body.lines().map(|l| Ok(l.to_owned())))
+        .expect("the exposition parses");
+    scrape
+        .samples
+        .iter()
+        .find(|s| s.metric == metric)
+        .map(|s| match s.value {
+            // OpenMetrics names a counter's family without `_total`, so
+            // the parser leaves the sample untyped.
+            prometheus_parse::Value::Counter(v) | prometheus_parse::Value::Untyped(v) => v,
+            ref other => panic!("{metric} is no counter: {other:?}"),
+        })
+        .unwrap_or_else(|| panic!("{metric} missing"))
 }
 
 #[tokio::test]
@@ -418,6 +441,7 @@ async fn ready_flips_to_503_while_the_primary_is_failed_over_and_back() {
     let http = proxy.http_addr().expect("http endpoint on");
     assert_eq!(http_status(http, "/ready").await, 200);
     assert_eq!(http_status(http, "/primary").await, 200);
+    assert_eq!(counter(http, "palisade_failovers_total").await, 0.0);
     cluster.primary().kill(signal::SIGKILL).unwrap();
     let began = Instant::now();
     wait_until("/ready to say 503", Duration::from_secs(30), || async {
@@ -438,6 +462,12 @@ async fn ready_flips_to_503_while_the_primary_is_failed_over_and_back() {
     let t = proxy.topology();
     assert_ne!(t.primary(), Some(0), "a replica was promoted: {t:?}");
     assert_eq!(http_status(http, "/primary").await, 200);
+    assert_eq!(counter(http, "palisade_failovers_total").await, 1.0);
+    assert_eq!(counter(http, "palisade_switchovers_total").await, 0.0);
+    assert!(
+        counter(http, "palisade_fences_total").await >= 1.0,
+        "the old primary is fenced"
+    );
 }
 
 #[tokio::test]

@@ -166,7 +166,7 @@ impl Command {
             Command::Pause => "PAUSE".into(),
             Command::Resume => "RESUME".into(),
             Command::Shutdown => "SHUTDOWN WAIT_FOR_CLIENTS".into(),
-            Command::Reload | Command::Control(control::Command::Reweight(_)) => "RELOAD".into(),
+            Command::Reload | Command::Control(control::Command::Nodes(_)) => "RELOAD".into(),
             Command::Control(control::Command::Switchover(None)) => "SWITCHOVER".into(),
             Command::Control(control::Command::Switchover(Some(to))) => {
                 format!("SWITCHOVER TO {to}")
@@ -449,7 +449,7 @@ async fn act(out: &mut BytesMut, command: control::Command, shared: &Shared, cal
     let tag = match &command {
         control::Command::Switchover(_) => "SWITCHOVER",
         control::Command::Rejoin(_) => "REJOIN",
-        control::Command::Reweight(_) => "RELOAD",
+        control::Command::Nodes(_) => "RELOAD",
     };
     match shared.admin.control.ask(command).await {
         Ok(done) => {
@@ -488,9 +488,7 @@ pub fn node_rows(
     routed: impl Fn(usize) -> u64,
 ) -> Vec<Vec<Option<String>>> {
     topology
-        .nodes
-        .iter()
-        .enumerate()
+        .configured()
         .map(|(i, n)| {
             let r = &n.replication;
             let replica = n.role == Role::Replica;
@@ -617,6 +615,7 @@ mod tests {
             weight: 1,
             replication,
             fenced: false,
+            removed: false,
         };
         Topology {
             epoch: 3,

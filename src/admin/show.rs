@@ -142,7 +142,7 @@ pub fn stats(shared: &Shared) -> Rows {
     let topology = shared.topology.load();
     let mut rows: Rows = Vec::new();
     let (mut routed, mut in_flight) = (0u64, 0u64);
-    for (i, node) in topology.nodes.iter().enumerate() {
+    for (i, node) in topology.configured() {
         let (r, f) = (
             shared.loads.routed(i),
             u64::from(shared.loads.outstanding(i)),

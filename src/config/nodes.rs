@@ -9,7 +9,7 @@ use super::{invalid, ConfigError};
 /// while keeping the sum over many nodes far from overflow.
 pub(super) const MAX_NODE_WEIGHT: u32 = 1000;
 
-#[derive(Debug, Clone, Deserialize, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct NodeConfig {
     /// Defaults to `host:port`.
@@ -39,6 +39,12 @@ impl NodeConfig {
 pub(super) fn validate(nodes: &[NodeConfig]) -> Result<(), ConfigError> {
     if nodes.is_empty() {
         return Err(invalid("nodes", "at least one node is required"));
+    }
+    if nodes.len() > crate::topology::MAX_NODES {
+        return Err(invalid(
+            "nodes",
+            format!("at most {} nodes", crate::topology::MAX_NODES),
+        ));
     }
     let mut seen = std::collections::HashSet::new();
     for (i, node) in nodes.iter().enumerate() {

@@ -10,6 +10,7 @@
 //! sample stays current and a read costs two atomic loads; after a write,
 //! the readers that arrive meanwhile share the sampler's next round trip.
 
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -18,7 +19,7 @@ use deadpool_postgres::Pool;
 use tokio::sync::{watch, Notify};
 use tracing::debug;
 
-use crate::config::Config;
+use crate::config::{Config, NodeConfig};
 use crate::route::CommitPosition;
 use crate::tls::ServerTls;
 use crate::topology::{Lsn, TopologyHandle};
@@ -101,8 +102,11 @@ impl CommitLog {
 /// query at a time: readers that arrive while it runs wait for the next.
 pub struct Sampler {
     log: Arc<CommitLog>,
-    /// One connection per node, used only while the node is the primary.
-    pools: Vec<Pool>,
+    /// One connection per node (by address, so a node a reload adds gets
+    /// one too), opened the first time it is the primary.
+    pools: HashMap<(String, u16), Pool>,
+    config: Arc<Config>,
+    tls: ServerTls,
     topology: TopologyHandle,
     timeout: Duration,
 }
@@ -110,22 +114,22 @@ pub struct Sampler {
 impl Sampler {
     pub fn new(
         log: Arc<CommitLog>,
-        config: &Config,
+        config: &Arc<Config>,
         tls: &ServerTls,
         topology: TopologyHandle,
     ) -> Sampler {
         Sampler {
             log,
-            pools: (0..config.nodes.len())
-                .map(|node| super::monitor::probe_pool(config, tls, node, "palisade-commits"))
-                .collect(),
+            pools: HashMap::new(),
+            config: config.clone(),
+            tls: tls.clone(),
             topology,
             timeout: config.proxy.connect_timeout() + config.monitor.probe_timeout(),
         }
     }
 
     /// Samples on demand until `shutdown`.
-    pub async fn run(self, mut shutdown: watch::Receiver<bool>) {
+    pub async fn run(mut self, mut shutdown: watch::Receiver<bool>) {
         loop {
             tokio::select! {
                 () = self.log.wanted.notified() => {}
@@ -144,9 +148,23 @@ impl Sampler {
 
     /// The primary's WAL insert position now; `None` when there is no
     /// primary or it did not answer in time.
-    async fn sample(&self) -> Option<Lsn> {
-        let primary = self.topology.load().primary()?;
-        let pool = self.pools.get(primary)?;
+    async fn sample(&mut self) -> Option<Lsn> {
+        let topology = self.topology.load();
+        let primary = topology.primary()?;
+        let node = &topology.nodes[primary];
+        let (config, tls) = (&self.config, &self.tls);
+        let pool = self
+            .pools
+            .entry((node.host.clone(), node.port))
+            .or_insert_with(|| {
+                let at = NodeConfig {
+                    name: None,
+                    host: node.host.clone(),
+                    port: node.port,
+                    weight: node.weight,
+                };
+                super::monitor::probe_pool(config, tls, &at, "palisade-commits")
+            });
         let query = async {
             let client = pool.get().await.ok()?;
             let row = client.query_one(WRITE_POSITION, &[]).await.ok()?;

@@ -12,20 +12,21 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use tokio::sync::{mpsc, watch};
+use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{error, info, warn};
 
 use super::epoch::EpochStore;
-use super::failover::{self, Action, Event, NodeId, Probe};
+use super::failover::{self, Action, Event, NodeId, Phase, Probe};
 use super::fencing::{self, NodeAdmin};
 use super::handle::{Command, Request};
-use super::journal::Journal;
+use super::journal::{Count, Journal};
 use super::lag::{measure_lag, WalHistory};
-use super::monitor::ProbeResult;
+use super::monitor::{ProbeResult, ProberKit};
 use super::operator::NodeOperator;
 use super::refresher::FunctionsLoaded;
 use super::snapshot::{log_changes, snapshot};
-use crate::config::{Config, ReplicationMode};
+use crate::config::{Config, NodeConfig, ReplicationMode};
 use crate::tls::ServerTls;
 use crate::topology::{Topology, TopologyHandle};
 
@@ -59,7 +60,13 @@ pub struct Driver {
     store: Arc<dyn EpochStore>,
     /// Action tasks, so that shutdown waits for them.
     tracker: TaskTracker,
+    /// Every node slot, by index: the configured nodes, and a vacant slot
+    /// for each one a reload removed.
+    nodes: Vec<NodeConfig>,
     admins: Vec<NodeAdmin>,
+    /// Each slot's prober, stopped when a reload removes its node.
+    probers: Vec<CancellationToken>,
+    kit: ProberKit,
     operator: Arc<dyn NodeOperator>,
     clock: Instant,
     /// The `synchronous_standby_names` last set, and on which primary.
@@ -90,6 +97,10 @@ pub struct Wiring {
     pub shutdown: watch::Receiver<bool>,
     /// The failover log (`SHOW EVENTS`).
     pub journal: Arc<Journal>,
+    /// What starts a prober for a node a reload adds.
+    pub kit: ProberKit,
+    /// The configured nodes' probers, by index.
+    pub probers: Vec<CancellationToken>,
 }
 
 impl Driver {
@@ -99,24 +110,13 @@ impl Driver {
         let admins = config
             .nodes
             .iter()
-            .map(|n| NodeAdmin {
-                name: n.display_name(),
-                host: n.host.clone(),
-                port: n.port,
-                user: config.backend.user.clone(),
-                password: config.backend.password.clone(),
-                database: config.backend.database.clone(),
-                tls: wiring.tls.clone(),
-                timeout: config
-                    .proxy
-                    .connect_timeout()
-                    .max(config.monitor.probe_timeout()),
-            })
+            .map(|n| node_admin(&config, &wiring.tls, n))
             .collect();
         Driver {
             machine: Some(failover::State::new(failover::Settings::from_config(
                 &config,
             ))),
+            nodes: config.nodes.clone(),
             config,
             topology: wiring.topology,
             results: wiring.results,
@@ -129,6 +129,8 @@ impl Driver {
             store: wiring.store,
             tracker: wiring.tracker,
             admins,
+            probers: wiring.probers,
+            kit: wiring.kit,
             operator: wiring.operator,
             clock: Instant::now(),
             sync_applied: None,
@@ -222,7 +224,7 @@ impl Driver {
         }
         // Health, roles and positions change with every probe.
         self.publish();
-        if !self.seen[node] {
+        if self.seen.get(node) == Some(&false) {
             self.seen[node] = true;
             self.unseen -= 1;
             if self.unseen == 0 {
@@ -235,10 +237,8 @@ impl Driver {
         names
             .iter()
             .filter_map(|name| {
-                self.config
-                    .nodes
-                    .iter()
-                    .position(|n| n.display_name() == *name)
+                let machine = self.machine.as_ref()?;
+                machine.node_named(name)
             })
             .collect()
     }
@@ -262,9 +262,9 @@ impl Driver {
 
     async fn on_command(&mut self, request: Request) {
         let (event, started) = match &request.command {
-            Command::Reweight(weights) => {
-                self.reweight(weights);
-                let _ = request.reply.send(Ok("weights set".to_owned()));
+            Command::Nodes(nodes) => {
+                let answer = self.reconfigure(nodes).await;
+                let _ = request.reply.send(answer);
                 return;
             }
             Command::Switchover(target) => {
@@ -294,7 +294,7 @@ impl Driver {
             Command::Switchover(None) => "SWITCHOVER".to_owned(),
             Command::Switchover(Some(to)) => format!("SWITCHOVER TO {to}"),
             Command::Rejoin(node) => format!("REJOIN {node}"),
-            Command::Reweight(_) => "RELOAD".to_owned(),
+            Command::Nodes(_) => "RELOAD".to_owned(),
         };
         let outcome = refused.as_deref().unwrap_or(started);
         self.journal
@@ -305,25 +305,10 @@ impl Driver {
         });
     }
 
-    /// Publishes the nodes with new read weights (a reload); the next
-    /// snapshots keep them.
-    fn reweight(&mut self, weights: &[u32]) {
-        let current = self.topology.load();
-        let mut next = (*current).clone();
-        for (node, weight) in next.nodes.iter_mut().zip(weights) {
-            node.weight = *weight;
-        }
-        if next != *current {
-            info!(?weights, "read weights reloaded");
-            self.topology.publish(next);
-        }
-    }
-
     fn node_named(&self, name: &str) -> Result<NodeId, String> {
-        self.config
-            .nodes
-            .iter()
-            .position(|n| n.display_name() == name)
+        self.machine
+            .as_ref()
+            .and_then(|m| m.node_named(name))
             .ok_or_else(|| format!("no node is named {name:?}"))
     }
 
@@ -342,7 +327,9 @@ impl Driver {
             for action in actions {
                 match action {
                     Action::PersistEpoch { epoch, primary } => {
-                        queue.push_back(self.persist(epoch, primary).await);
+                        let done = self.persist(epoch, primary).await;
+                        self.count_promotion(&done);
+                        queue.push_back(done);
                     }
                     Action::PublishTopology(published) => {
                         info!(epoch = published.epoch, primary = ?published.primary.map(|p| &self.admins[p].name), writes = ?published.writes, fenced = ?published.fenced, "topology");
@@ -352,11 +339,32 @@ impl Driver {
                         warn!(%reason, "operator command refused");
                         refused = Some(reason);
                     }
-                    other => self.spawn(other),
+                    other => {
+                        match other {
+                            Action::Fence(_) => self.journal.count(Count::Fence),
+                            Action::Rejoin { .. } => self.journal.count(Count::Rejoin),
+                            _ => {}
+                        }
+                        self.spawn(other);
+                    }
                 }
             }
         }
         refused
+    }
+
+    /// A failover's or switchover's epoch made durable: one more of them.
+    fn count_promotion(&self, persisted: &Event) {
+        let phase = self.machine.as_ref().map(failover::State::phase);
+        match (persisted, phase) {
+            (Event::PersistDone { .. }, Some(Phase::Failover(_))) => {
+                self.journal.count(Count::Failover);
+            }
+            (Event::PersistDone { .. }, Some(Phase::Switchover(_))) => {
+                self.journal.count(Count::Switchover);
+            }
+            _ => {}
+        }
     }
 
     async fn persist(&self, epoch: u64, primary: NodeId) -> Event {
@@ -381,7 +389,7 @@ impl Driver {
     fn spawn(&self, action: Action) {
         let tx = self.outcome_tx.clone();
         let admins = self.admins.clone();
-        let nodes = self.config.nodes.clone();
+        let nodes = self.nodes.clone();
         let operator = self.operator.clone();
         let promote_wait = self
             .config
@@ -487,6 +495,23 @@ impl Driver {
     }
 }
 
+/// How the failover's actions reach `node`.
+fn node_admin(config: &Config, tls: &ServerTls, node: &NodeConfig) -> NodeAdmin {
+    NodeAdmin {
+        name: node.display_name(),
+        host: node.host.clone(),
+        port: node.port,
+        user: config.backend.user.clone(),
+        password: config.backend.password.clone(),
+        database: config.backend.database.clone(),
+        tls: tls.clone(),
+        timeout: config
+            .proxy
+            .connect_timeout()
+            .max(config.monitor.probe_timeout()),
+    }
+}
+
 /// The primary and the standbys its commits should wait for (any one of
 /// them): in `sync` every healthy streaming replica, none when none is
 /// (availability: the primary drops to asynchronous commits); in
@@ -512,6 +537,8 @@ pub fn sync_standbys(mode: ReplicationMode, topology: &Topology) -> Option<(Node
     Some((primary, standbys))
 }
 
+mod members;
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -531,6 +558,7 @@ mod tests {
                 ..Replication::default()
             },
             fenced: false,
+            removed: false,
         }
     }
 

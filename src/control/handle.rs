@@ -15,8 +15,8 @@ pub enum Command {
     Switchover(Option<String>),
     /// `REJOIN node`.
     Rejoin(String),
-    /// `RELOAD`: each node's read weight, in config order.
-    Reweight(Vec<u32>),
+    /// `RELOAD`: the nodes as configured now (added, removed, reweighed).
+    Nodes(Vec<crate::config::NodeConfig>),
 }
 
 /// A command and where its answer goes: what was started, or why not.

@@ -4,6 +4,7 @@
 //! [`KEPT`] of them, newest last.
 
 use std::collections::VecDeque;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, PoisonError};
 use std::time::SystemTime;
 
@@ -26,9 +27,51 @@ pub struct Entry {
 #[derive(Debug, Default)]
 pub struct Journal {
     entries: Mutex<VecDeque<Entry>>,
+    /// Failovers, switchovers, fences and rejoins so far (`/metrics`).
+    counts: [AtomicU64; 4],
+}
+
+/// What the driver counts for `/metrics`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Count {
+    /// A failover's new epoch was persisted.
+    Failover,
+    /// A switchover's new epoch was persisted.
+    Switchover,
+    /// A node was fenced.
+    Fence,
+    /// A rejoin was started.
+    Rejoin,
+}
+
+impl Count {
+    pub const ALL: [Count; 4] = [
+        Count::Failover,
+        Count::Switchover,
+        Count::Fence,
+        Count::Rejoin,
+    ];
+
+    /// The metric's name.
+    pub fn name(self) -> &'static str {
+        match self {
+            Count::Failover => "palisade_failovers",
+            Count::Switchover => "palisade_switchovers",
+            Count::Fence => "palisade_fences",
+            Count::Rejoin => "palisade_rejoins",
+        }
+    }
 }
 
 impl Journal {
+    pub fn count(&self, what: Count) {
+        self.counts[what as usize].fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn counted(&self, what: Count) -> u64 {
+        self.counts[what as usize].load(Ordering::Relaxed)
+    }
+
     pub fn record(&self, epoch: u64, node: Option<&str>, event: impl Into<String>) {
         let mut entries = self.entries.lock().unwrap_or_else(PoisonError::into_inner);
         if entries.len() == KEPT {
@@ -84,6 +127,9 @@ pub fn changes(before: &Topology, after: &Topology) -> Vec<(Option<String>, Stri
         out.push((None, writes(&after.writes)));
     }
     for (b, a) in before.nodes.iter().zip(&after.nodes) {
+        if a.removed || b.removed {
+            continue;
+        }
         if b.role != a.role {
             let event = format!("role {} (was {})", a.role.name(), b.role.name());
             out.push((Some(a.name.clone()), event));

@@ -99,6 +99,7 @@ mod tests {
             weight: 1,
             replication: Replication::default(),
             fenced: false,
+            removed: false,
         };
         Topology {
             epoch: 1,

@@ -22,10 +22,11 @@ use deadpool_postgres::{Manager, ManagerConfig, Object, Pool, RecyclingMethod};
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 use tokio::time::{timeout_at, Instant};
+use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
 
 use super::failover::{NodeId, Probe, Report, Upstream, WalReceiver};
-use crate::config::Config;
+use crate::config::{Config, NodeConfig};
 use crate::tls::ServerTls;
 
 /// One probe's answer about one node.
@@ -47,32 +48,44 @@ const PROBE: &str = "SELECT pg_is_in_recovery(), \
     ARRAY(SELECT application_name::text FROM pg_stat_replication \
           WHERE sync_state IN ('sync', 'quorum') ORDER BY 1)";
 
-/// One prober per configured node, each sending to `results` until
-/// `shutdown` or until the receiver is gone.
-pub fn probers(
-    config: &Arc<Config>,
-    tls: &ServerTls,
-    results: &mpsc::Sender<ProbeResult>,
-    shutdown: &watch::Receiver<bool>,
-) -> Vec<Prober> {
-    (0..config.nodes.len())
-        .map(|node| Prober {
+/// What starts a prober: the settings every prober shares and where they
+/// report. The proxy starts one per configured node; the driver starts one
+/// for a node a reload adds.
+#[derive(Clone)]
+pub struct ProberKit {
+    pub config: Arc<Config>,
+    pub tls: ServerTls,
+    pub results: mpsc::Sender<ProbeResult>,
+    pub shutdown: watch::Receiver<bool>,
+}
+
+impl ProberKit {
+    /// A prober for `config` (node index `node`), stopped by `stop` or at
+    /// shutdown.
+    pub fn prober(&self, node: NodeId, config: &NodeConfig, stop: CancellationToken) -> Prober {
+        let c = &self.config;
+        Prober {
             node,
-            pool: probe_pool(config, tls, node, "palisade-monitor"),
-            interval: config.monitor.probe_interval(),
-            connect_timeout: config.proxy.connect_timeout(),
-            timeout: config.monitor.probe_timeout(),
+            pool: probe_pool(c, &self.tls, config, "palisade-monitor"),
+            interval: c.monitor.probe_interval(),
+            connect_timeout: c.proxy.connect_timeout(),
+            timeout: c.monitor.probe_timeout(),
             link: Link::Closed,
-            results: results.clone(),
-            shutdown: shutdown.clone(),
+            results: self.results.clone(),
+            shutdown: self.shutdown.clone(),
+            stop,
             said: None,
-        })
-        .collect()
+        }
+    }
 }
 
 /// A one-connection pool to `node` with the backend's credentials.
-pub(super) fn probe_pool(config: &Config, tls: &ServerTls, node: usize, application: &str) -> Pool {
-    let n = &config.nodes[node];
+pub(super) fn probe_pool(
+    config: &Config,
+    tls: &ServerTls,
+    n: &NodeConfig,
+    application: &str,
+) -> Pool {
     let mut pg = tokio_postgres::Config::new();
     pg.host(&n.host)
         .port(n.port)
@@ -111,6 +124,8 @@ pub struct Prober {
     link: Link,
     results: mpsc::Sender<ProbeResult>,
     shutdown: watch::Receiver<bool>,
+    /// Cancelled when a reload removes the node.
+    stop: CancellationToken,
     /// The last connection error logged as a warning: a new cause (TLS
     /// refused, a certificate that does not verify) is said once, not on
     /// every probe.
@@ -154,6 +169,7 @@ impl Prober {
             tokio::select! {
                 _ = tick.tick() => {}
                 _ = self.shutdown.changed() => return,
+                () = self.stop.cancelled() => return,
             }
             let result = ProbeResult {
                 node: self.node,
@@ -162,7 +178,7 @@ impl Prober {
                     None => Probe::Unreachable,
                 },
             };
-            if self.results.send(result).await.is_err() {
+            if self.stop.is_cancelled() || self.results.send(result).await.is_err() {
                 return;
             }
         }

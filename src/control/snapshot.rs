@@ -7,7 +7,7 @@
 use tracing::{info, warn};
 
 use super::failover::State;
-use crate::topology::{Refusal, Replication, Role, Topology, WriteState};
+use crate::topology::{NodeState, Refusal, Replication, Role, Topology, WriteState};
 
 /// `base` (the configured nodes, as last published) with everything the
 /// state machine knows. `broken` refuses writes for a reason of the
@@ -16,6 +16,20 @@ pub fn snapshot(state: &State, base: &Topology, broken: Option<&str>) -> Topolog
     let mut next = base.clone();
     for (i, node) in next.nodes.iter_mut().enumerate() {
         let Some(view) = state.node(i) else { continue };
+        if view.removed {
+            *node = NodeState {
+                removed: true,
+                healthy: false,
+                suspect: false,
+                fenced: false,
+                weight: 0,
+                role: Role::Unknown,
+                replication: Replication::default(),
+                ..node.clone()
+            };
+            continue;
+        }
+        node.removed = false;
         node.healthy = view.healthy;
         node.suspect = view.suspect();
         node.fenced = state.fenced().contains(&i);
@@ -50,6 +64,9 @@ pub fn snapshot(state: &State, base: &Topology, broken: Option<&str>) -> Topolog
 /// whose WAL receiver started or stopped, between two snapshots.
 pub fn log_changes(before: &Topology, after: &Topology) {
     for (b, a) in before.nodes.iter().zip(&after.nodes) {
+        if a.removed || b.removed {
+            continue;
+        }
         if b.healthy == a.healthy && b.role == a.role {
             if a.suspect && !b.suspect {
                 warn!(node = %a.name, role = ?a.role, "node missed a probe: suspect, no new reads");
@@ -73,7 +90,7 @@ mod tests {
     use crate::config::{FailoverMode, ReplicationMode};
     use crate::control::epoch::EpochRecord;
     use crate::control::failover::{step, Event, NodeAddr, Probe, Report, Settings};
-    use crate::topology::{Lsn, NodeState};
+    use crate::topology::Lsn;
 
     fn settings() -> Settings {
         Settings {
@@ -109,6 +126,7 @@ mod tests {
                     weight: 1,
                     replication: Replication::default(),
                     fenced: false,
+                    removed: false,
                 })
                 .collect(),
         }

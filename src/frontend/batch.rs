@@ -153,6 +153,8 @@ pub struct Plan {
     /// It holds one of the proxy's own commands where only a simple query
     /// of that command alone may (prepared, or among other statements).
     pub local_misplaced: bool,
+    /// A statement in it could not be parsed (so it goes to the primary).
+    pub unparsable: bool,
 }
 
 impl Plan {
@@ -176,6 +178,7 @@ impl Plan {
         self.level = None;
         self.local = None;
         self.local_misplaced = false;
+        self.unparsable = false;
     }
 
     /// Notes the hint of a statement it executes: the first level named wins.

@@ -180,6 +180,7 @@ impl Collector {
                 plan.local_misplaced |= local::parse(sql).is_some();
                 let classification = judge.classify(sql);
                 plan.write |= classification.class == Class::Write;
+                plan.unparsable |= classification.reason == Reason::Unparsable;
                 let prepared = Prepared {
                     fingerprint: fingerprint(frame),
                     source: frame.clone(),
@@ -359,6 +360,7 @@ impl Collector {
 fn plan_query(plan: &mut Plan, sql: &str, frame: &Bytes, judge: &mut impl Judge) {
     let c = judge.classify(sql);
     plan.has_query = true;
+    plan.unparsable |= c.reason == Reason::Unparsable;
     plan.hint(c.hint);
     plan.local_misplaced |= c.effects.iter().any(|e| match e {
         SessionEffect::Set { name, .. } | SessionEffect::Reset { name: Some(name) } => {
@@ -437,12 +439,18 @@ fn plan_prepares(plan: &mut Plan, c: &Classification, sql: &str, frame: &Bytes) 
 /// The batch uses a prepared statement it did not create itself.
 fn plan_use(plan: &mut Plan, statement: &str, judge: &impl Judge) {
     if let Some(p) = plan.parsed(statement) {
-        plan.write |= p.classification.class == Class::Write;
+        let (write, unparsable) = (
+            p.classification.class == Class::Write,
+            p.classification.reason == Reason::Unparsable,
+        );
+        plan.write |= write;
+        plan.unparsable |= unparsable;
         return;
     }
     match judge.statement(statement) {
         Some(p) => {
             plan.write |= p.classification.class == Class::Write;
+            plan.unparsable |= p.classification.reason == Reason::Unparsable;
             plan.need(statement);
         }
         // The server will say it does not exist; the primary is as good as any.

@@ -62,6 +62,8 @@ pub struct Sent {
     /// Its bytes, while none of its reply has reached the client: a read
     /// that may be sent again elsewhere if its connection fails first.
     pub copy: Option<Bytes>,
+    /// When the client's request became due (for the latency histogram).
+    pub due_at: Option<std::time::Instant>,
 }
 
 /// What was in flight on a connection that broke.

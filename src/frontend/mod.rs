@@ -9,6 +9,7 @@ pub mod batch;
 pub mod cancel;
 pub mod classifier;
 pub mod collect;
+pub mod counters;
 pub mod link;
 pub mod load;
 pub mod local;
@@ -88,6 +89,8 @@ pub struct Shared {
     pub unparsable: AtomicU64,
     /// Classifications, one cache per database shared by its sessions.
     pub classify: classifier::Caches,
+    /// What `/metrics` counts of the traffic (relaxed atomics).
+    pub counters: counters::Counters,
     /// Commits acknowledged through the proxy, and where the primary's
     /// WAL stood after them (`read-after-commit` reads).
     pub commits: Arc<CommitLog>,
@@ -398,6 +401,7 @@ async fn authenticate(
                 Step::Refused(info) => {
                     info!(code = %info.code, "authentication failed");
                     shared.admission.failed(peer.ip());
+                    shared.counters.auth_failed();
                     messages::encode_error_info(&mut client.out, *info);
                     return Err(Refusal::Told);
                 }

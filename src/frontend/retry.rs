@@ -195,6 +195,7 @@ mod tests {
             weight: 1,
             replication: Replication::default(),
             fenced,
+            removed: false,
         }
     }
 

@@ -30,9 +30,12 @@ mod dispatch;
 mod finish;
 mod reads;
 mod retry;
+mod tally;
 
 use clock::{ClientClock, Watch};
+use connect::pool_keys;
 use dispatch::Outcome;
+use tally::Tally;
 
 use std::future::Future;
 use std::pin::Pin;
@@ -141,14 +144,6 @@ pub struct Session {
     tally: Tally,
 }
 
-/// Requests answered and bytes moved to and from the client.
-#[derive(Debug, Default, Clone, Copy)]
-struct Tally {
-    requests: u64,
-    bytes_in: u64,
-    bytes_out: u64,
-}
-
 impl Session {
     pub fn new(
         id: u64,
@@ -164,13 +159,7 @@ impl Session {
             cancel,
             login,
         } = connected;
-        let keys = shared
-            .topology
-            .load()
-            .nodes
-            .iter()
-            .map(|n| PoolKey::new(&n.host, n.port, &login.client_user, &login.params))
-            .collect();
+        let keys = pool_keys(&shared.topology.load(), &login);
         Session {
             id,
             collector: Collector::new(shared.config().proxy.max_message_size),
@@ -197,6 +186,7 @@ impl Session {
         if let Some(node) = self.link.node() {
             self.shared.loads.done(node, self.link.outstanding());
         }
+        self.tell_counters();
         if reusable {
             self.release();
         }
@@ -432,7 +422,8 @@ impl Session {
         End::IdleTimeout
     }
 
-    /// The session's server was just fenced: between transactions it moves
+    /// The session's server was just fenced (or removed by a reload, and
+    /// the session is between transactions): between transactions it moves
     /// on quietly (its next batch goes to the epoch's primary); what is in
     /// flight there is lost with the node, as if the connection had
     /// dropped (see [`Self::server_lost`]).
@@ -441,11 +432,18 @@ impl Session {
         let Some(node) = self.link.node() else {
             return Ok(());
         };
-        if !topology.nodes.get(node).is_some_and(|n| n.fenced) {
+        let Some(n) = topology.nodes.get(node).filter(|n| n.fenced || n.removed) else {
+            return Ok(());
+        };
+        let between =
+            self.link.phase() == Phase::Ready(TxnStatus::Idle) && !self.collector.continues();
+        if n.removed && !between {
+            // A node a reload removed still runs: what is under way on it
+            // finishes there, and the connection goes back at its end.
             return Ok(());
         }
-        info!(parent: &self.span, server = %self.node_name(), epoch = topology.epoch, "server fenced");
-        if self.link.phase() == Phase::Ready(TxnStatus::Idle) && !self.collector.continues() {
+        info!(parent: &self.span, server = %self.node_name(), epoch = topology.epoch, removed = n.removed, "server fenced or removed");
+        if between {
             self.drop_server();
             return Ok(());
         }
@@ -496,9 +494,15 @@ impl Session {
         self.shared.loads.done(answer.node, 1);
         self.tally.requests += 1;
         self.retry.tries.settled();
+        if answer.status == TxnStatus::Idle {
+            self.tell_counters();
+        }
         let (Some(sent), Some(conn)) = (answer.sent, self.link.conn_mut()) else {
             return;
         };
+        if let Some(due) = sent.due_at.filter(|_| !sent.own_sync) {
+            self.shared.counters.answered(due.elapsed());
+        }
         if self.state.answered(&sent, answer.status, &mut conn.carried) {
             // Before the client hears of it: any read it sends after sees it.
             self.shared.commits.committed();

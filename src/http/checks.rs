@@ -37,12 +37,14 @@ pub fn ready(topology: &Topology, accepting: bool) -> Verdict {
 }
 
 /// At least one healthy, streaming replica that serves reads (weight above
-/// 0) and, when `max_lag` is given, is at most that many bytes behind.
+/// 0, not suspect: one that missed its last probe gets no new reads) and,
+/// when `max_lag` is given, is at most that many bytes behind.
 pub fn replica(topology: &Topology, max_lag: Option<u64>) -> Verdict {
     let fit: Vec<&str> = topology
         .nodes
         .iter()
-        .filter(|n| n.role == Role::Replica && n.healthy && !n.fenced && n.weight > 0)
+        .filter(|n| n.role == Role::Replica && n.healthy && !n.suspect && !n.fenced)
+        .filter(|n| n.weight > 0)
         .filter(|n| n.replication.streaming)
         .filter(|n| match max_lag {
             Some(max) => n.replication.lag_bytes.is_some_and(|lag| lag <= max),
@@ -106,6 +108,7 @@ mod tests {
                 ..Replication::default()
             },
             fenced: false,
+            removed: false,
         }
     }
 
@@ -164,6 +167,19 @@ mod tests {
             "an unknown lag is not within any bound, and fenced c is out"
         );
         assert!(replica(&cluster(), Some(u64::MAX)).is_ok());
+    }
+
+    #[test]
+    fn a_suspect_replica_does_not_count() {
+        let mut t = cluster();
+        t.nodes[2].suspect = true;
+        assert_eq!(replica(&t, None), Ok("replicas serving reads: b".into()));
+        t.nodes[1].suspect = true;
+        assert_eq!(
+            replica(&t, None),
+            Err("no healthy streaming replica".into()),
+            "both replicas missed their last probe"
+        );
     }
 
     #[test]

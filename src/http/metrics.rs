@@ -10,12 +10,14 @@ use std::fmt;
 use std::sync::Arc;
 
 use prometheus_client::collector::Collector;
-use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
+use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric, MetricEncoder, NoLabelSet};
 use prometheus_client::metrics::counter::ConstCounter;
 use prometheus_client::metrics::gauge::ConstGauge;
-use prometheus_client::metrics::TypedMetric;
+use prometheus_client::metrics::{MetricType, TypedMetric};
 use prometheus_client::registry::{Registry, Unit};
 
+use crate::control::journal::Count;
+use crate::frontend::counters::{Counters, Waited, Why, LATENCY_BUCKETS};
 use crate::frontend::Shared;
 use crate::topology::{NodeState, Role, Topology, WriteState};
 
@@ -41,7 +43,10 @@ impl Collector for ProxyCollector {
         let topology = self.shared.topology.load();
         cluster(&mut encoder, &topology)?;
         nodes(&mut encoder, &topology)?;
-        traffic(&mut encoder, &self.shared, &topology)
+        traffic(&mut encoder, &self.shared, &topology)?;
+        routing(&mut encoder, &self.shared, &topology)?;
+        control(&mut encoder, &self.shared)?;
+        latency(&mut encoder, &self.shared.counters)
     }
 }
 
@@ -100,12 +105,11 @@ fn cluster(e: &mut DescriptorEncoder, t: &Topology) -> fmt::Result {
 /// What the monitor last saw of each node.
 fn nodes(e: &mut DescriptorEncoder, t: &Topology) -> fmt::Result {
     let by_node = |value: &dyn Fn(&NodeState) -> Option<i64>| {
-        t.nodes
-            .iter()
-            .filter_map(|n| value(n).map(|v| (node_label(n), gauge(v))))
+        t.configured()
+            .filter_map(|(_, n)| value(n).map(|v| (node_label(n), gauge(v))))
             .collect::<Vec<_>>()
     };
-    let roles = t.nodes.iter().flat_map(|n| {
+    let roles = t.configured().flat_map(|(_, n)| {
         [Role::Primary, Role::Replica, Role::Unknown].map(|r| {
             let labels = vec![("node", n.name.as_str()), ("role", r.name())];
             (labels, gauge(i64::from(n.role == r)))
@@ -156,7 +160,7 @@ fn nodes(e: &mut DescriptorEncoder, t: &Topology) -> fmt::Result {
         Some(Unit::Bytes),
         by_node(&|n| bytes(n.replication.lag_bytes)),
     )?;
-    let seconds = t.nodes.iter().filter_map(|n| {
+    let seconds = t.configured().filter_map(|(_, n)| {
         let ms = n.replication.lag_ms?;
         Some((node_label(n), ConstGauge::new(ms as f64 / 1000.0)))
     });
@@ -169,24 +173,10 @@ fn nodes(e: &mut DescriptorEncoder, t: &Topology) -> fmt::Result {
     )
 }
 
-/// The data plane's counters: routed requests, connections, commits.
+/// The data plane's counters: requests in flight, connections, commits.
 fn traffic(e: &mut DescriptorEncoder, s: &Shared, t: &Topology) -> fmt::Result {
-    let routed = t
-        .nodes
-        .iter()
-        .enumerate()
-        .map(|(i, n)| (node_label(n), ConstCounter::new(s.loads.routed(i))));
-    family(
-        e,
-        "palisade_queries_routed",
-        "Requests (a query or an extended-protocol batch) sent to the node.",
-        None,
-        routed,
-    )?;
     let in_flight = t
-        .nodes
-        .iter()
-        .enumerate()
+        .configured()
         .map(|(i, n)| (node_label(n), gauge(s.loads.outstanding(i))));
     family(
         e,
@@ -195,7 +185,7 @@ fn traffic(e: &mut DescriptorEncoder, s: &Shared, t: &Topology) -> fmt::Result {
         None,
         in_flight,
     )?;
-    let servers = t.nodes.iter().flat_map(|n| {
+    let servers = t.configured().flat_map(|(_, n)| {
         let open = s.pool.open_connections(&n.host, n.port);
         let idle = s.pool.idle_connections(&n.host, n.port);
         [("idle", idle), ("in_use", open.saturating_sub(idle))].map(|(state, count)| {
@@ -238,5 +228,130 @@ fn traffic(e: &mut DescriptorEncoder, s: &Shared, t: &Topology) -> fmt::Result {
         "Commits acknowledged through the proxy.",
         None,
         [(vec![], ConstCounter::new(s.commits.count()))],
+    )
+}
+
+/// Where requests went and why; causal waits; the classify cache; pool
+/// waiters; failed logins; bytes relayed.
+fn routing(e: &mut DescriptorEncoder, s: &Shared, t: &Topology) -> fmt::Result {
+    let c = &s.counters;
+    let by_reason = t.configured().flat_map(|(i, n)| {
+        Why::ALL.map(|why| {
+            let labels = vec![("node", n.name.as_str()), ("reason", why.name())];
+            (labels, ConstCounter::new(c.routed_count(i, why)))
+        })
+    });
+    family(
+        e,
+        "palisade_queries_routed",
+        "Requests (a query or an extended-protocol batch) sent to the node, by why they went there: read, write, txn, pin, hint, fallback, unparsable.",
+        None,
+        by_reason,
+    )?;
+    let waits = Waited::ALL.map(|w| (vec![("outcome", w.name())], ConstCounter::new(c.waits(w))));
+    family(
+        e,
+        "palisade_causal_waits",
+        "Causal reads that waited for a replica, by how the wait ended: replica (it caught up), primary (fell back), timed_out (refused).",
+        None,
+        waits,
+    )?;
+    let cache = s.classify.stats();
+    family(
+        e,
+        "palisade_classify_cache",
+        "Statement classifications answered from the shared cache, by statement shape (hit), or parsed (miss).",
+        None,
+        [("hit", cache.hits), ("miss", cache.misses)].map(|(r, n)| (vec![("result", r)], ConstCounter::new(n))),
+    )?;
+    let stats = s.pool.stats();
+    let waiters = t.configured().map(|(_, n)| {
+        let waiting: usize = stats
+            .iter()
+            .filter(|p| p.host == n.host && p.port == n.port)
+            .map(|p| p.waiting)
+            .sum();
+        (node_label(n), clamp(waiting as u64))
+    });
+    family(
+        e,
+        "palisade_pool_waiters",
+        "Clients waiting for a server connection to the node at pool.max_server_connections.",
+        None,
+        waiters,
+    )?;
+    family(
+        e,
+        "palisade_auth_failures",
+        "Client logins refused for a wrong password or an unknown user.",
+        None,
+        [(vec![], ConstCounter::new(c.auth_failures()))],
+    )?;
+    let (from, to) = c.bytes();
+    family(
+        e,
+        "palisade_client",
+        "Bytes relayed between clients and the proxy (counted at each transaction's end and when a session ends).",
+        Some(Unit::Bytes),
+        [("received", from), ("sent", to)]
+            .map(|(d, n)| (vec![("direction", d)], ConstCounter::new(n))),
+    )
+}
+
+/// The control plane's counts of what it did.
+fn control(e: &mut DescriptorEncoder, s: &Shared) -> fmt::Result {
+    let journal = s.admin.control().journal();
+    for what in Count::ALL {
+        let help = match what {
+            Count::Failover => "Failovers: a failed primary replaced (the new epoch persisted).",
+            Count::Switchover => {
+                "Switchovers: a planned change of primary (the new epoch persisted)."
+            }
+            Count::Fence => "Nodes fenced (made read-only, sessions ended, fence_command run).",
+            Count::Rejoin => "Rejoins started (a fenced node brought back as a replica).",
+        };
+        family(
+            e,
+            what.name(),
+            help,
+            None,
+            [(vec![], ConstCounter::new(journal.counted(what)))],
+        )?;
+    }
+    Ok(())
+}
+
+/// How long requests took through the proxy, from the moment a request
+/// was due to its ReadyForQuery.
+struct Latency {
+    buckets: Vec<(f64, u64)>,
+    sum: f64,
+}
+
+impl TypedMetric for Latency {
+    const TYPE: MetricType = MetricType::Histogram;
+}
+
+impl EncodeMetric for Latency {
+    fn encode(&self, mut encoder: MetricEncoder) -> fmt::Result {
+        let count = self.buckets.iter().map(|(_, n)| n).sum();
+        encoder.encode_histogram::<NoLabelSet>(self.sum, count, &self.buckets, None)
+    }
+
+    fn metric_type(&self) -> MetricType {
+        MetricType::Histogram
+    }
+}
+
+fn latency(e: &mut DescriptorEncoder, c: &Counters) -> fmt::Result {
+    let (counts, sum) = c.latency();
+    let bounds = LATENCY_BUCKETS.iter().copied().chain([f64::INFINITY]);
+    let buckets = bounds.zip(counts).collect();
+    family(
+        e,
+        "palisade_request_duration",
+        "Requests through the proxy, from when the request was due to its ReadyForQuery.",
+        Some(Unit::Seconds),
+        [(vec![], Latency { buckets, sum })],
     )
 }

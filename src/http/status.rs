@@ -64,9 +64,7 @@ pub fn status(shared: &Shared, topology: &Topology, accepting: bool) -> Status {
         unparsable_statements: shared.unparsable.load(std::sync::atomic::Ordering::Relaxed),
         commits: shared.commits.count(),
         nodes: topology
-            .nodes
-            .iter()
-            .enumerate()
+            .configured()
             .map(|(i, n)| NodeStatus {
                 name: n.name.clone(),
                 address: format!("{}:{}", n.host, n.port),

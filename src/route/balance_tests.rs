@@ -28,6 +28,7 @@ fn topo(epoch: u64, specs: &[Spec]) -> Topology {
                 weight,
                 replication: Default::default(),
                 fenced: false,
+                removed: false,
             })
             .collect(),
     }

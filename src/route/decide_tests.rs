@@ -79,6 +79,7 @@ pub(super) fn node(
             lag_ms: lag.map(|l| l.1),
         },
         fenced: false,
+        removed: false,
     }
 }
 

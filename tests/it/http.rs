@@ -82,10 +82,13 @@ async fn scrape(addr: SocketAddr) -> Scrape {
     assert_eq!(reply.body.lines().last(), Some("# EOF"));
     let lines = reply.body.lines().map(|l| Ok(l.to_owned()));
     let scrape = Scrape::parse(lines).expect("exposition parses");
-    let sample_lines = reply.body.lines().filter(|l| !l.starts_with('#')).count();
+    let samples: Vec<&str> = reply.body.lines().filter(|l| !l.starts_with('#')).collect();
+    // A histogram's bucket lines parse into one sample per series.
+    let buckets = samples.iter().filter(|l| l.contains("_bucket{")).count();
+    let histograms = samples.iter().filter(|l| l.contains("le=\"+Inf\"")).count();
     assert_eq!(
         scrape.samples.len(),
-        sample_lines,
+        samples.len() - buckets + histograms,
         "every sample line parsed:\n{}",
         reply.body
     );
@@ -340,4 +343,183 @@ async fn metrics_scraped_during_a_pgbench_run_parse_and_move() {
         moved >= 4,
         "the counter moved between only {moved} of 7 scrape pairs: {routed:?}"
     );
+}
+
+/// The value of `metric` in `after` less its value in `before`.
+fn grew(before: &Scrape, after: &Scrape, metric: &str, labels: &[(&str, &str)]) -> f64 {
+    let at = |s: &Scrape| {
+        value(s, metric, labels).unwrap_or_else(|| panic!("{metric} {labels:?} missing"))
+    };
+    at(after) - at(before)
+}
+
+/// Requests counted in the latency histogram (its +Inf bucket).
+fn latency_count(scrape: &Scrape) -> f64 {
+    let sample = scrape
+        .samples
+        .iter()
+        .find(|s| s.metric == "palisade_request_duration_seconds")
+        .expect("the latency histogram");
+    match &sample.value {
+        Value::Histogram(buckets) => {
+            let inf = buckets
+                .iter()
+                .find(|b| b.less_than.is_infinite())
+                .expect("+Inf bucket");
+            inf.count
+        }
+        other => panic!("not a histogram: {other:?}"),
+    }
+}
+
+/// Each family added for issue 15 moves when what it counts happens.
+#[tokio::test]
+async fn routing_reasons_waits_cache_auth_bytes_waiters_and_latency_move() {
+    let cluster = shared_cluster();
+    let proxy = start_proxy(cluster, |c| {
+        with_http(c);
+        c.consistency.level = palisade::config::Consistency::Causal;
+        c.pool.max_server_connections = 1;
+    })
+    .await;
+    wait_topology(&proxy, "every node up and streaming", settled).await;
+    let addr = http_addr(&proxy);
+    let primary = proxy.topology().primary().unwrap();
+    let primary = proxy.topology().nodes[primary].name.clone();
+    let before = scrape(addr).await;
+    for family in [
+        "palisade_failovers_total",
+        "palisade_switchovers_total",
+        "palisade_fences_total",
+        "palisade_rejoins_total",
+    ] {
+        assert_eq!(value(&before, family, &[]), Some(0.0), "{family}");
+    }
+
+    // A wrong password.
+    let bad = crate::support::harness::url(&proxy, cluster.superuser(), "wrong");
+    assert!(crate::support::harness::connect_with(&bad).await.is_err());
+
+    let db = client(&proxy, cluster, "http_reasons").await;
+    for _ in 0..10 {
+        db.simple_query("SELECT 1").await.unwrap();
+    }
+    db.simple_query("/* palisade: replica */ SELECT 2")
+        .await
+        .unwrap();
+    for sql in ["BEGIN", "SELECT 3", "COMMIT"] {
+        db.simple_query(sql).await.unwrap();
+    }
+    db.simple_query("DO $$ BEGIN PERFORM 1; END $$")
+        .await
+        .unwrap();
+    db.simple_query("CREATE TABLE IF NOT EXISTS http_reasons (n int)")
+        .await
+        .unwrap();
+    // Causal reads right after a write wait for a replica to replay it.
+    for _ in 0..3 {
+        db.simple_query("INSERT INTO http_reasons VALUES (1)")
+            .await
+            .unwrap();
+        db.simple_query("SELECT count(*) FROM http_reasons")
+            .await
+            .unwrap();
+    }
+    // A second session waits for the one server connection the first holds.
+    let holder = client(&proxy, cluster, "http_holder").await;
+    let waiter = client(&proxy, cluster, "http_waiter").await;
+    holder
+        .simple_query("BEGIN; INSERT INTO http_reasons VALUES (2)")
+        .await
+        .unwrap();
+    let waiting = tokio::spawn(async move {
+        waiter
+            .simple_query("INSERT INTO http_reasons VALUES (3)")
+            .await
+            .map(|_| ())
+    });
+    let mut during = scrape(addr).await;
+    for _ in 0..50 {
+        if value(&during, "palisade_pool_waiters", &[("node", &primary)]) == Some(1.0) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        during = scrape(addr).await;
+    }
+    assert_eq!(
+        value(&during, "palisade_pool_waiters", &[("node", &primary)]),
+        Some(1.0)
+    );
+    holder.simple_query("COMMIT").await.unwrap();
+    waiting
+        .await
+        .unwrap()
+        .expect("the waiter's insert runs once the connection is back");
+    // Last: a temp table ties the session to the primary's one connection.
+    db.simple_query("CREATE TEMP TABLE http_pinned (n int)")
+        .await
+        .unwrap();
+    db.simple_query("SELECT 4").await.unwrap();
+
+    drop(db);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let after = scrape(addr).await;
+
+    assert_eq!(
+        grew(&before, &after, "palisade_auth_failures_total", &[]),
+        1.0
+    );
+    let reason = |r: &str| {
+        sum_where(&after, "palisade_queries_routed_total", ("reason", r))
+            - sum_where(&before, "palisade_queries_routed_total", ("reason", r))
+    };
+    assert!(reason("read") >= 10.0, "read {}", reason("read"));
+    for r in ["write", "txn", "hint", "unparsable", "pin"] {
+        assert!(reason(r) >= 1.0, "{r}: {}", reason(r));
+    }
+    let waits =
+        sum(&after, "palisade_causal_waits_total") - sum(&before, "palisade_causal_waits_total");
+    assert!(waits >= 1.0, "causal waits grew by {waits}");
+    assert!(
+        grew(
+            &before,
+            &after,
+            "palisade_classify_cache_total",
+            &[("result", "hit")]
+        ) >= 9.0
+    );
+    assert!(
+        grew(
+            &before,
+            &after,
+            "palisade_classify_cache_total",
+            &[("result", "miss")]
+        ) >= 1.0
+    );
+    for direction in ["received", "sent"] {
+        assert!(
+            grew(
+                &before,
+                &after,
+                "palisade_client_bytes_total",
+                &[("direction", direction)]
+            ) > 100.0,
+            "{direction}"
+        );
+    }
+    let answered = latency_count(&after) - latency_count(&before);
+    assert!(answered >= 20.0, "latency histogram grew by {answered}");
+    proxy.shutdown().await;
+}
+
+fn sum_where(scrape: &Scrape, metric: &str, (k, v): (&str, &str)) -> f64 {
+    scrape
+        .samples
+        .iter()
+        .filter(|s| s.metric == metric && s.labels.get(k) == Some(v))
+        .map(|s| match s.value {
+            Value::Counter(v) | Value::Gauge(v) | Value::Untyped(v) => v,
+            _ => 0.0,
+        })
+        .sum()
 }

@@ -10,6 +10,7 @@ mod support;
 
 mod auth_query;
 mod balance;
+mod browser;
 mod catalog;
 mod cluster;
 mod commits;

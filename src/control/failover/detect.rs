@@ -58,7 +58,9 @@ impl State {
         let Some(view) = self.view(node) else {
             return Some(format!("there is no node {node}"));
         };
-        let why = if Some(node) == self.primary {
+        let why = if view.removed {
+            "it was removed from the configuration"
+        } else if Some(node) == self.primary {
             "it is the primary"
         } else if self.fenced.contains(&node) {
             "it is fenced"

@@ -187,6 +187,12 @@ pub enum Event {
     Rejoin {
         node: NodeId,
     },
+    /// RELOAD: a node joins (a vacant slot of its name, or a new one).
+    AddNode(NodeAddr),
+    /// RELOAD: a node leaves; refused for the primary.
+    RemoveNode {
+        node: NodeId,
+    },
 }
 
 /// The state machine's part of the published topology; its epoch is

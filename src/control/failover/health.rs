@@ -19,7 +19,7 @@ impl State {
 
     pub(super) fn observe(&mut self, node: NodeId, at: u64, result: Probe) {
         let fenced = self.fenced.contains(&node);
-        let Some(view) = self.nodes.get_mut(node) else {
+        let Some(view) = self.nodes.get_mut(node).filter(|v| !v.removed) else {
             return;
         };
         if view.probed_at.is_some_and(|last| at < last) {

@@ -34,6 +34,7 @@ mod commands;
 mod detect;
 mod events;
 mod health;
+mod membership;
 mod outcomes;
 
 pub use crate::topology::{Refusal, WriteState};
@@ -84,6 +85,9 @@ pub struct NodeView {
     pub fence: Task,
     pub repoint: Task,
     pub rejoin: Task,
+    /// Removed from the configuration: its slot is vacant (see
+    /// [`membership`]).
+    pub removed: bool,
 }
 
 impl NodeView {
@@ -322,6 +326,8 @@ impl State {
             }
             Event::Switchover { target } => self.switchover(target, out),
             Event::Rejoin { node } => self.rejoin(node, out),
+            Event::AddNode(addr) => self.add_node(addr, out),
+            Event::RemoveNode { node } => self.remove_node(node, out),
         }
     }
 
@@ -383,7 +389,12 @@ impl State {
         let Phase::Bootstrapping { retry_at, .. } = self.phase else {
             return;
         };
-        if self.now < retry_at || self.nodes.iter().any(|v| v.probed_at.is_none()) {
+        if self.now < retry_at
+            || self
+                .nodes
+                .iter()
+                .any(|v| v.probed_at.is_none() && !v.removed)
+        {
             return;
         }
         let claimants: Vec<NodeId> = (0..self.nodes.len())

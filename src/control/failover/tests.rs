@@ -1261,3 +1261,5 @@ fn a_promoted_node_is_the_primary_in_the_step_that_opens_writes() {
     assert!(state.is_primary(2));
     assert_eq!(state.node(2).map(|v| v.healthy), Some(true));
 }
+
+mod membership;

@@ -7,11 +7,13 @@ use std::time::{Duration, Instant};
 
 use tracing::{debug, info};
 
-use super::Session;
+use super::{Session, SessionLogin};
 use crate::backend::pool::CheckoutError;
+use crate::backend::pool::PoolKey;
 use crate::backend::{ConnectError, Login};
 use crate::protocol::Sqlstate;
 use crate::route::Tried;
+use crate::topology::Topology;
 
 impl Session {
     /// Swaps the session's server connection for one to the primary
@@ -93,6 +95,7 @@ impl Session {
     ) -> Option<Result<(), CheckoutError>> {
         self.release();
         self.link.connecting();
+        self.refresh_keys(node);
         let key = self.keys.get(node)?;
         let login = Login {
             user: &self.login.server_user,
@@ -115,4 +118,26 @@ impl Session {
             }
         })
     }
+
+    /// Makes the pool keys afresh when `node` has none or its slot now
+    /// names another address (a reload added or replaced it).
+    fn refresh_keys(&mut self, node: usize) {
+        let topology = self.shared.topology.load();
+        let current = match (self.keys.get(node), topology.nodes.get(node)) {
+            (Some(k), Some(n)) => k.port == n.port && k.host == n.host,
+            _ => false,
+        };
+        if !current {
+            self.keys = pool_keys(&topology, &self.login);
+        }
+    }
+}
+
+/// The pool key of each node slot, for this session's login.
+pub(super) fn pool_keys(topology: &Topology, login: &SessionLogin) -> Vec<PoolKey> {
+    topology
+        .nodes
+        .iter()
+        .map(|n| PoolKey::new(&n.host, n.port, &login.client_user, &login.params))
+        .collect()
 }

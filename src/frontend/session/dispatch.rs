@@ -17,6 +17,7 @@ use crate::classify::{Classification, Reason, SessionEffect};
 use crate::frontend::batch::Plan;
 use crate::frontend::classifier::Classifier;
 use crate::frontend::collect::{CollectError, Collected, Judge};
+use crate::frontend::counters::{self, Waited};
 use crate::frontend::link::{is_fatal, Phase, Sent};
 use crate::frontend::registry::ClientState;
 use crate::frontend::state::{Catchup, Prepared, SessionState};
@@ -148,7 +149,11 @@ impl Session {
         {
             Box::pin(self.hold()).await?;
         }
+        self.tally.due_at.get_or_insert_with(Instant::now);
         if let Some(outcome) = self.reach_ready().await? {
+            if !matches!(outcome, Outcome::Waiting) {
+                self.tally.due_at = None;
+            }
             return Ok(outcome);
         }
         self.send();
@@ -205,8 +210,24 @@ impl Session {
             avoid: self.retry.tries.avoid(),
             ..Tried::default()
         };
+        // A causal read's wait for a replica, until it ends one way or another.
+        let mut waiting = false;
         loop {
-            match self.decide(tried) {
+            let decision = self.decide(tried);
+            match &decision {
+                Decision::Primary(_) => {
+                    waited(&self.shared.counters, &mut waiting, Waited::Primary)
+                }
+                Decision::Replica(_) => {
+                    waited(&self.shared.counters, &mut waiting, Waited::Replica)
+                }
+                Decision::Refuse(_) => {
+                    waited(&self.shared.counters, &mut waiting, Waited::TimedOut)
+                }
+                Decision::Wait(Wait::CommitPosition { .. } | Wait::Replay { .. }) => waiting = true,
+                _ => {}
+            }
+            match decision {
                 Decision::Stay => return None,
                 Decision::Primary(node) => match self.reach_primary(node, &mut tried).await {
                     Some(reached) => return (!reached).then_some(Outcome::Refused),
@@ -248,6 +269,7 @@ impl Session {
                         continue;
                     }
                     if Box::pin(self.await_replay(lsn, within)).await {
+                        waited(&self.shared.counters, &mut waiting, Waited::Replica);
                         return None;
                     }
                     if self.link.node().is_none() {
@@ -441,13 +463,16 @@ impl Session {
             && (ready_idle || self.link.all_kept());
         let reads_only = !plan.write && plan.begin.is_none() && ready_idle;
         // Where a write lands in the WAL is learned when a read needs it.
-        let on_primary = self.shared.topology.load().primary() == Some(node) && !reads_only;
+        let to_primary = self.shared.topology.load().primary() == Some(node);
+        let on_primary = to_primary && !reads_only;
+        let why = counters::why(plan, !autocommit, self.state.is_pinned(), to_primary);
         let rolls_back = plan.statements == 1 && plan.effects == [SessionEffect::Rollback];
         let own_sync = ready_idle && self.collector.may_close_with_own_sync();
         let plan = self.collector.plan_mut();
         let requests = plan.requests + u32::from(own_sync);
         let effects = std::mem::take(&mut plan.effects);
         self.shared.loads.sent(node, requests);
+        self.shared.counters.routed(node, why, requests);
         let copy = if own_sync {
             self.collector.sent_with_own_sync(self.link.out());
             None
@@ -465,6 +490,7 @@ impl Session {
             own_sync,
             autocommit,
             copy,
+            due_at: self.tally.due_at.take(),
             ..Sent::default()
         };
         self.link.sent(sent, requests, continuing);
@@ -488,6 +514,13 @@ impl Session {
     /// Closes the session's server connection without pooling it.
     pub(super) fn drop_server(&mut self) {
         drop(self.link.detach());
+    }
+}
+
+/// Counts how a causal read's wait ended, if one was under way.
+fn waited(counters: &counters::Counters, waiting: &mut bool, outcome: Waited) {
+    if std::mem::take(waiting) {
+        counters.waited(outcome);
     }
 }
 
