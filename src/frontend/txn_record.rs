@@ -93,7 +93,10 @@ enum Record {
 pub enum Lost {
     /// Replayable: the answered requests and the ones still in flight
     /// (their bytes, to be sent again once the rest has been replayed).
-    Open { open: Open, in_flight: Vec<Bytes> },
+    Open {
+        open: Open,
+        in_flight: Vec<Bytes>,
+    },
     Spoiled,
     /// Replay is off.
     Off,
@@ -294,7 +297,13 @@ mod tests {
     fn a_transaction_is_recorded_from_its_begin_until_it_ends() {
         let mut r = recorder();
         round(&mut r, b"BEGIN", b"C-BEGIN", TxnStatus::InTransaction, true);
-        round(&mut r, b"INSERT", b"C-INSERT 0 1", TxnStatus::InTransaction, false);
+        round(
+            &mut r,
+            b"INSERT",
+            b"C-INSERT 0 1",
+            TxnStatus::InTransaction,
+            false,
+        );
         r.sent(b"UPDATE", vec!["s1".into()], false, None);
         let Lost::Open { open, in_flight } = r.clone().lost() else {
             panic!("replayable");
@@ -309,7 +318,10 @@ mod tests {
         // The sums are those of the replies as relayed.
         let mut c = Checksum::default();
         c.add(b"C-INSERT 0 1");
-        assert_eq!(open.answered().nth(1).unwrap().1, c.finish(TxnStatus::InTransaction));
+        assert_eq!(
+            open.answered().nth(1).unwrap().1,
+            c.finish(TxnStatus::InTransaction)
+        );
         r.answered(TxnStatus::InTransaction, &Carried::default());
         round(&mut r, b"COMMIT", b"C-COMMIT", TxnStatus::Idle, false);
         assert!(!r.recording(), "over with its COMMIT");
@@ -331,7 +343,13 @@ mod tests {
     fn a_transaction_past_the_limit_copying_or_unseen_is_spoiled_until_it_ends() {
         let mut r = recorder();
         round(&mut r, b"BEGIN", b"C", TxnStatus::InTransaction, true);
-        round(&mut r, &[b'x'; LIMIT], b"C", TxnStatus::InTransaction, false);
+        round(
+            &mut r,
+            &[b'x'; LIMIT],
+            b"C",
+            TxnStatus::InTransaction,
+            false,
+        );
         assert!(!r.recording(), "past replay_max_bytes");
         assert!(matches!(r.clone().lost(), Lost::Spoiled));
         round(&mut r, b"ROLLBACK", b"C", TxnStatus::Idle, false);

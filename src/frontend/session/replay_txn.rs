@@ -43,10 +43,16 @@ pub(super) struct Txn {
 enum Pending {
     None,
     /// To replay before the next batch runs.
-    Replay { open: Open, at_loss: Carried },
+    Replay {
+        open: Open,
+        at_loss: Carried,
+    },
     /// Lost: the client is in a failed transaction; `told` once it has
     /// heard why.
-    Aborted { told: bool, state: Sqlstate },
+    Aborted {
+        told: bool,
+        state: Sqlstate,
+    },
 }
 
 /// Why a replay did not bring the transaction back.
@@ -82,7 +88,11 @@ impl Session {
         let lost = self.link.lose();
         self.retry.tries.settled();
         self.retry.disarm();
-        if lost.sent.iter().any(|s| s.effects.contains(&SessionEffect::Commit)) {
+        if lost
+            .sent
+            .iter()
+            .any(|s| s.effects.contains(&SessionEffect::Commit))
+        {
             info!(parent: &self.span, server = %name, "server connection lost during COMMIT: its outcome is unknown");
             let out = &mut self.client.out;
             for sent in &lost.sent {
@@ -98,8 +108,7 @@ impl Session {
         let state = match record {
             Lost::Open { open, in_flight } if !replied => {
                 info!(parent: &self.span, server = %name, answered = open.entries.len(), in_flight = in_flight.len(), "server connection lost in a transaction: replaying it before the next request");
-                self.collector
-                    .take_back(&in_flight, &mut self.client.inbuf);
+                self.collector.take_back(&in_flight, &mut self.client.inbuf);
                 self.txn.pending = Pending::Replay { open, at_loss };
                 return;
             }
@@ -259,7 +268,9 @@ impl Session {
             .await
             .map_err(|e| match e {
                 ReplayError::Lost => Failed::Lost,
-                ReplayError::Refused(_) => Failed::Differs("the session's state was refused".into()),
+                ReplayError::Refused(_) => {
+                    Failed::Differs("the session's state was refused".into())
+                }
             })?;
         let mut status = TxnStatus::Idle;
         for (i, (request, expected)) in open.answered().enumerate() {

@@ -14,8 +14,8 @@ use tracing::info;
 use super::{End, Session, CANCEL_TIMEOUT};
 use crate::backend;
 use crate::backend::Carried;
-use crate::config::Config;
 use crate::classify::SessionEffect;
+use crate::config::Config;
 use crate::frontend::link::{error_field, is_fatal, Phase, Sent};
 use crate::frontend::retry::{self, Loss, LossFacts, Retries, Stalled};
 use crate::protocol::{messages, Sqlstate, TxnStatus};
@@ -223,7 +223,8 @@ pub(super) fn pass_error(out: &mut BytesMut, frame: &[u8]) {
 /// unknown (it may have run), so class 08 — 08007 for a COMMIT.
 pub(super) fn unknown_outcome(sent: &Sent, server: &str) -> (Sqlstate, String) {
     if sent.effects.contains(&SessionEffect::Commit) {
-        let message = "connection to the primary was lost during COMMIT; transaction resolution unknown";
+        let message =
+            "connection to the primary was lost during COMMIT; transaction resolution unknown";
         (Sqlstate::TransactionResolutionUnknown, message.to_owned())
     } else if sent.on_primary {
         let message = "connection to the primary was lost; the statement's outcome is unknown";
