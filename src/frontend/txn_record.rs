@@ -4,8 +4,8 @@
 //! With `failover.transaction_replay` on, every request sent on the
 //! primary from the one that opens a transaction (its BEGIN included) is
 //! kept as the bytes the client sent, with a checksum of the reply the
-//! client was given: every byte relayed up to its ReadyForQuery, then that
-//! ReadyForQuery's status. If the primary is lost before COMMIT, the
+//! client was given ([`Checksum`]: its frames, and the status its
+//! ReadyForQuery left). If the primary is lost before COMMIT, the
 //! requests are sent again on the new primary and each reply's checksum
 //! must match, or the client is told 40001. A transaction whose record
 //! would pass `replay_max_bytes`, that copies data in (COPY's data frames
@@ -22,20 +22,57 @@ use bytes::Bytes;
 use crate::backend::Carried;
 use crate::protocol::TxnStatus;
 
-/// A running checksum of a reply, chunking aside: the same bytes give the
-/// same sum however they arrived.
+/// A running checksum of a reply's frames, chunking aside: the same bytes
+/// give the same sum however they arrived. Frames a server may send
+/// unasked or that say nothing of the results are left out: its
+/// ParameterStatus (a promoted node reports `in_hot_standby`), notices,
+/// notifications, and the ReadyForQuery (whose status [`Self::finish`]
+/// adds).
 #[derive(Debug, Clone, Default)]
-pub struct Checksum(DefaultHasher);
+pub struct Checksum {
+    sum: DefaultHasher,
+    /// The frame header being read, and how much of it has come.
+    head: [u8; 5],
+    have: usize,
+    /// What is left of the current frame's body, and whether it counts.
+    left: usize,
+    skip: bool,
+}
 
 impl Checksum {
-    pub fn add(&mut self, bytes: &[u8]) {
-        self.0.write(bytes);
+    pub fn add(&mut self, mut bytes: &[u8]) {
+        while !bytes.is_empty() {
+            if self.left == 0 {
+                let take = (5 - self.have).min(bytes.len());
+                self.head[self.have..self.have + take].copy_from_slice(&bytes[..take]);
+                self.have += take;
+                bytes = &bytes[take..];
+                if self.have < 5 {
+                    return;
+                }
+                self.have = 0;
+                let len =
+                    u32::from_be_bytes([self.head[1], self.head[2], self.head[3], self.head[4]]);
+                self.left = (len as usize).saturating_sub(4);
+                self.skip = matches!(self.head[0], b'S' | b'N' | b'A' | b'Z');
+                if !self.skip {
+                    self.sum.write(&self.head);
+                }
+                continue;
+            }
+            let take = self.left.min(bytes.len());
+            if !self.skip {
+                self.sum.write(&bytes[..take]);
+            }
+            self.left -= take;
+            bytes = &bytes[take..];
+        }
     }
 
     /// The sum of the reply, closed by its ReadyForQuery's status.
     pub fn finish(mut self, status: TxnStatus) -> u64 {
-        self.0.write_u8(status as u8);
-        self.0.finish()
+        self.sum.write_u8(status as u8);
+        self.sum.finish()
     }
 }
 
@@ -59,6 +96,9 @@ pub struct Open {
     pub begin: Carried,
     pub entries: Vec<Entry>,
     bytes: usize,
+    /// Requests outside the transaction still in flight ahead of it
+    /// (a driver's pipelined Close): their replies are not its own.
+    ahead: usize,
 }
 
 impl Open {
@@ -129,24 +169,26 @@ impl Recorder {
     }
 
     /// A request went out. `starts` is what the connection held before it
-    /// when it may open a transaction the record can follow (sent on the
-    /// primary with nothing in flight); `continuing` when it is the rest
-    /// of a flushed batch.
+    /// and how many requests outside any transaction are in flight ahead
+    /// of it, when it may open a transaction the record can follow (sent
+    /// on the primary); `continuing` when it is the rest of a flushed
+    /// batch.
     pub fn sent(
         &mut self,
         request: &[u8],
         parsed: Vec<String>,
         continuing: bool,
-        starts: Option<Carried>,
+        starts: Option<(Carried, usize)>,
     ) {
         let Some(limit) = self.limit else {
             return;
         };
         let open = match (&mut self.record, starts) {
             (Record::Open(open), _) => open,
-            (Record::Idle, Some(begin)) => {
+            (Record::Idle, Some((begin, ahead))) => {
                 self.record = Record::Open(Open {
                     begin,
+                    ahead,
                     ..Open::default()
                 });
                 let Record::Open(open) = &mut self.record else {
@@ -186,10 +228,12 @@ impl Recorder {
         }
     }
 
-    /// Bytes of the oldest unanswered request's reply reached the client
-    /// (its ReadyForQuery left out).
+    /// Bytes of the oldest unanswered request's reply reached the client.
     pub fn relayed(&mut self, bytes: &[u8]) {
         if let Record::Open(open) = &mut self.record {
+            if open.ahead > 0 {
+                return;
+            }
             if let Some(e) = open.entries.iter_mut().find(|e| e.answered.is_none()) {
                 e.reply.add(bytes);
             }
@@ -204,6 +248,7 @@ impl Recorder {
             return;
         }
         match &mut self.record {
+            Record::Open(open) if open.ahead > 0 => open.ahead -= 1,
             Record::Open(open) => {
                 if let Some(e) = open.entries.iter_mut().find(|e| e.answered.is_none()) {
                     e.answered = Some(std::mem::take(&mut e.reply).finish(status));
@@ -271,26 +316,60 @@ mod tests {
 
     /// A request answered with `reply`, leaving `status`.
     fn round(r: &mut Recorder, request: &[u8], reply: &[u8], status: TxnStatus, starts: bool) {
-        r.sent(request, vec![], false, starts.then(Carried::default));
+        r.sent(
+            request,
+            vec![],
+            false,
+            starts.then(|| (Carried::default(), 0)),
+        );
         r.relayed(reply);
         r.answered(status, &Carried::default());
     }
 
+    /// One frame: tag, length, body.
+    fn frame(tag: u8, body: &[u8]) -> Vec<u8> {
+        let mut f = vec![tag];
+        f.extend_from_slice(&(body.len() as u32 + 4).to_be_bytes());
+        f.extend_from_slice(body);
+        f
+    }
+
+    fn sum(chunks: &[&[u8]], status: TxnStatus) -> u64 {
+        let mut c = Checksum::default();
+        for chunk in chunks {
+            c.add(chunk);
+        }
+        c.finish(status)
+    }
+
     #[test]
-    fn a_checksum_ignores_chunking_and_sees_bytes_and_status() {
-        let whole = {
-            let mut c = Checksum::default();
-            c.add(b"hello world");
-            c.finish(TxnStatus::InTransaction)
-        };
-        let mut parts = Checksum::default();
-        parts.add(b"hello ");
-        parts.add(b"world");
-        assert_eq!(parts.clone().finish(TxnStatus::InTransaction), whole);
-        assert_ne!(parts.finish(TxnStatus::Failed), whole, "the status counts");
-        let mut other = Checksum::default();
-        other.add(b"hello word!");
-        assert_ne!(other.finish(TxnStatus::InTransaction), whole);
+    fn a_checksum_ignores_chunking_and_what_a_server_says_unasked() {
+        let reply = [frame(b'D', b"row one"), frame(b'C', b"SELECT 1\0")].concat();
+        let whole = sum(&[&reply], TxnStatus::InTransaction);
+        for cut in 0..reply.len() {
+            let (a, b) = reply.split_at(cut);
+            assert_eq!(
+                sum(&[a, b], TxnStatus::InTransaction),
+                whole,
+                "cut at {cut}"
+            );
+        }
+        assert_ne!(
+            sum(&[&reply], TxnStatus::Failed),
+            whole,
+            "the status counts"
+        );
+        let other = [frame(b'D', b"row two"), frame(b'C', b"SELECT 1\0")].concat();
+        assert_ne!(sum(&[&other], TxnStatus::InTransaction), whole);
+        let chatty = [
+            frame(b'S', b"in_hot_standby\0off\0"),
+            frame(b'D', b"row one"),
+            frame(b'N', b"SNOTICE\0Mhi\0\0"),
+            frame(b'C', b"SELECT 1\0"),
+            frame(b'Z', b"T"),
+        ]
+        .concat();
+        assert_eq!(sum(&[&chatty], TxnStatus::InTransaction), whole);
     }
 
     #[test]
@@ -334,7 +413,7 @@ mod tests {
         round(&mut r, b"INSERT", b"C", TxnStatus::Idle, true);
         assert!(!r.recording());
         let mut off = Recorder::new(None);
-        off.sent(b"BEGIN", vec![], false, Some(Carried::default()));
+        off.sent(b"BEGIN", vec![], false, Some((Carried::default(), 0)));
         assert!(!off.recording() && !off.on());
         assert!(matches!(off.lost(), Lost::Off));
     }
@@ -384,6 +463,24 @@ mod tests {
         assert!(r.recording());
         round(&mut r, b"COMMIT", b"C", TxnStatus::Idle, false);
         assert!(!r.recording());
+    }
+
+    #[test]
+    fn a_begin_behind_a_pipelined_autocommit_request_skips_its_reply() {
+        let mut r = recorder();
+        r.sent(b"BEGIN", vec![], false, Some((Carried::default(), 1)));
+        r.relayed(b"3");
+        r.answered(TxnStatus::Idle, &Carried::default());
+        assert!(r.recording(), "the Close's reply is not the BEGIN's");
+        r.relayed(b"C-BEGIN");
+        r.answered(TxnStatus::InTransaction, &Carried::default());
+        let Lost::Open { open, .. } = r.lost() else {
+            panic!("replayable");
+        };
+        let mut c = Checksum::default();
+        c.add(b"C-BEGIN");
+        let sums: Vec<u64> = open.answered().map(|(_, sum)| sum).collect();
+        assert_eq!(sums, [c.finish(TxnStatus::InTransaction)]);
     }
 
     #[test]

@@ -424,7 +424,7 @@ impl Session {
         let Some(node) = self.link.node() else {
             return;
         };
-        let starts = self.record_start(node, ready_idle && !continuing);
+        let starts = self.record_start(node, (ready_idle || behind_autocommit) && !continuing);
         let plan = self.collector.plan_mut();
         let Some(conn) = self.link.conn_mut() else {
             return;

@@ -295,7 +295,7 @@ impl Session {
         start: usize,
         parsed: &[(String, u64)],
         continuing: bool,
-        starts: Option<Carried>,
+        starts: Option<(Carried, usize)>,
     ) {
         if !self.txn.record.on() {
             return;
@@ -306,14 +306,14 @@ impl Session {
     }
 
     /// What the connection holds before a request that may open a
-    /// transaction the record can follow: sent on the primary with
-    /// nothing in flight, when replay is on.
-    pub(super) fn record_start(&self, node: usize, idle: bool) -> Option<Carried> {
-        let follow = self.txn.record.on()
-            && idle
-            && self.link.settled()
-            && self.shared.topology.load().primary() == Some(node);
-        follow.then(|| self.link.conn().map(|c| c.carried.clone()))?
+    /// transaction the record can follow, and how many requests are in
+    /// flight ahead of it: sent on the primary outside a transaction
+    /// (`outside`), when replay is on.
+    pub(super) fn record_start(&self, node: usize, outside: bool) -> Option<(Carried, usize)> {
+        let follow =
+            self.txn.record.on() && outside && self.shared.topology.load().primary() == Some(node);
+        let ahead = self.link.in_flight().count();
+        follow.then(|| self.link.conn().map(|c| (c.carried.clone(), ahead)))?
     }
 
     /// Bytes relayed to the client from `start` in its buffer, and the
@@ -327,14 +327,7 @@ impl Session {
             return;
         }
         let relayed = self.client.out.get(start..).unwrap_or_default();
-        let body = match status {
-            // The ReadyForQuery itself is summed by its status alone.
-            Some(_) if relayed.len() >= 6 && relayed[relayed.len() - 6] == b'Z' => {
-                &relayed[..relayed.len() - 6]
-            }
-            _ => relayed,
-        };
-        self.txn.record.relayed(body);
+        self.txn.record.relayed(relayed);
         if let Some(status) = status {
             let now = self.link.conn().map_or(&empty, |c| &c.carried);
             self.txn.record.answered(status, now);
