@@ -42,15 +42,17 @@ pub(super) struct Txn {
 
 enum Pending {
     None,
-    /// To replay before the next batch runs.
+    /// To replay before the next batch runs; `again` requests that were
+    /// in flight were put back in front of the client's input.
     Replay {
         open: Open,
         at_loss: Carried,
+        again: usize,
     },
-    /// Lost: the client is in a failed transaction; `told` once it has
-    /// heard why.
+    /// Lost: the client is in a failed transaction. The next `untold`
+    /// requests (those that were in flight) hear why; later ones 25P02.
     Aborted {
-        told: bool,
+        untold: usize,
         state: Sqlstate,
     },
 }
@@ -106,17 +108,25 @@ impl Session {
         }
         let replied = lost.sent.iter().any(|s| s.replied);
         let state = match record {
-            Lost::Open { open, in_flight } if !replied => {
+            // Every request in flight is the transaction's own (none ahead
+            // of its BEGIN still waits for its reply).
+            Lost::Open { open, in_flight } if !replied && in_flight.len() == lost.sent.len() => {
                 info!(parent: &self.span, server = %name, answered = open.entries.len(), in_flight = in_flight.len(), "server connection lost in a transaction: replaying it before the next request");
                 self.collector.take_back(&in_flight, &mut self.client.inbuf);
-                self.txn.pending = Pending::Replay { open, at_loss };
+                let again = in_flight.len();
+                self.txn.pending = Pending::Replay {
+                    open,
+                    at_loss,
+                    again,
+                };
                 return;
             }
             Lost::Off => Sqlstate::ConnectionFailure,
             Lost::Open { .. } | Lost::Spoiled => Sqlstate::SerializationFailure,
         };
         info!(parent: &self.span, server = %name, code = state.code(), "server connection lost in a transaction: it is rolled back");
-        self.txn.pending = Pending::Aborted { told: false, state };
+        let untold = lost.sent.len().max(1);
+        self.txn.pending = Pending::Aborted { untold, state };
         for _ in &lost.sent {
             self.tell_aborted();
             messages::ready(&mut self.client.out, TxnStatus::Failed);
@@ -129,8 +139,12 @@ impl Session {
     pub(super) async fn recover_transaction(&mut self) -> Option<Outcome> {
         match std::mem::replace(&mut self.txn.pending, Pending::None) {
             Pending::None => None,
-            Pending::Aborted { told, state } => self.while_aborted(told, state),
-            Pending::Replay { open, at_loss } => {
+            Pending::Aborted { untold, state } => self.while_aborted(untold, state),
+            Pending::Replay {
+                open,
+                at_loss,
+                again,
+            } => {
                 let began = Instant::now();
                 match self.replay_transaction(&open, at_loss).await {
                     Ok(()) => {
@@ -142,7 +156,7 @@ impl Session {
                         info!(parent: &self.span, why, "transaction replay failed: 40001");
                         self.drop_server();
                         let state = Sqlstate::SerializationFailure;
-                        self.while_aborted(false, state)
+                        self.while_aborted(again.max(1), state)
                     }
                 }
             }
@@ -151,7 +165,7 @@ impl Session {
 
     /// The client is in a transaction that was lost: its ROLLBACK (or
     /// COMMIT) ends it, anything else is refused.
-    fn while_aborted(&mut self, told: bool, state: Sqlstate) -> Option<Outcome> {
+    fn while_aborted(&mut self, untold: usize, state: Sqlstate) -> Option<Outcome> {
         let plan = self.collector.plan();
         let ends = plan.statements == 1
             && matches!(
@@ -173,7 +187,7 @@ impl Session {
             }
             return Some(Outcome::Answered);
         }
-        self.txn.pending = Pending::Aborted { told, state };
+        self.txn.pending = Pending::Aborted { untold, state };
         self.tell_aborted();
         self.retry.tries.settled();
         if self.collector.finish_unsent() {
@@ -182,21 +196,21 @@ impl Session {
         Some(Outcome::Refused)
     }
 
-    /// One ERROR for a request in a lost transaction: why it was lost the
-    /// first time, 25P02 after.
+    /// One ERROR for a request in a lost transaction: why it was lost for
+    /// those that were in flight (or the next one), 25P02 after.
     fn tell_aborted(&mut self) {
-        let Pending::Aborted { told, state } = &mut self.txn.pending else {
+        let Pending::Aborted { untold, state } = &mut self.txn.pending else {
             return;
         };
         let out = &mut self.client.out;
-        if *told {
+        if *untold == 0 {
             messages::error(out, false, Sqlstate::InFailedTransaction, ABORTED);
         } else if *state == Sqlstate::ConnectionFailure {
             messages::error(out, false, *state, LOST);
         } else {
             messages::error(out, false, *state, NOT_REPLAYED);
         }
-        *told = true;
+        *untold = untold.saturating_sub(1);
     }
 
     /// Replays `open` on the primary, waiting for one (a new one after a
@@ -312,8 +326,8 @@ impl Session {
     pub(super) fn record_start(&self, node: usize, outside: bool) -> Option<(Carried, usize)> {
         let follow =
             self.txn.record.on() && outside && self.shared.topology.load().primary() == Some(node);
-        let ahead = self.link.in_flight().count();
-        follow.then(|| self.link.conn().map(|c| (c.carried.clone(), ahead)))?
+        let conn = self.link.conn().filter(|_| follow)?;
+        Some((conn.carried.clone(), self.link.in_flight().count()))
     }
 
     /// Bytes relayed to the client from `start` in its buffer, and the
