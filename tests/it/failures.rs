@@ -715,6 +715,24 @@ async fn a_transaction_that_lost_its_backend_is_replayed_or_gets_40001() {
         [(1, 1)],
         "k = 2 rolled back"
     );
+
+    // The same with COMMIT next: the replay fails and so does the COMMIT.
+    let marker = unique("replay_differs_commit");
+    client.batch_execute("BEGIN").await.unwrap();
+    client.execute(insert.as_str(), &[&3]).await.unwrap();
+    client
+        .query_one(&format!("SELECT random() /* {marker} */"), &[])
+        .await
+        .unwrap();
+    terminate_marked(cluster, &marker).await;
+    let err = client.batch_execute("COMMIT").await.unwrap_err();
+    assert_eq!(sqlstate(&err), "40001", "{err:?}");
+    select_one_works(&client).await;
+    assert_eq!(
+        rows_of(cluster, &table).await,
+        [(1, 1)],
+        "k = 3 rolled back"
+    );
     client
         .batch_execute(&format!("DROP TABLE {table}"))
         .await
@@ -742,6 +760,18 @@ async fn a_transaction_lost_without_replay_gets_08006_and_its_rollback_works() {
     assert_eq!(sqlstate(&err), "08006", "{err:?}");
     // Dropped, the transaction sends ROLLBACK: answered, the session goes on.
     drop(transaction);
+    select_one_works(&client).await;
+    // A COMMIT as the first word after the loss fails: it must not look
+    // like a commit (the ROLLBACK tag is no error to a driver).
+    let marker = unique("txn_lost_commit");
+    client.batch_execute("BEGIN").await.unwrap();
+    client
+        .batch_execute(&format!("INSERT INTO {table} VALUES (2, 0) /* {marker} */"))
+        .await
+        .unwrap();
+    terminate_marked(cluster, &marker).await;
+    let err = client.batch_execute("COMMIT").await.unwrap_err();
+    assert_eq!(sqlstate(&err), "08006", "{err:?}");
     select_one_works(&client).await;
     assert!(rows_of(cluster, &table).await.is_empty());
     client

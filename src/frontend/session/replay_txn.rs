@@ -172,6 +172,20 @@ impl Session {
                 plan.effects[..],
                 [SessionEffect::Rollback] | [SessionEffect::Commit]
             );
+        if ends && untold > 0 && plan.effects[..] == [SessionEffect::Commit] {
+            // A COMMIT that has not heard of the loss must not look like
+            // one that succeeded (a ROLLBACK tag is no error to a driver).
+            self.state
+                .settle(&[SessionEffect::Rollback], false, TxnStatus::Idle);
+            self.txn.pending = Pending::Aborted { untold, state };
+            self.tell_aborted();
+            self.txn.pending = Pending::None;
+            self.retry.tries.settled();
+            if self.collector.finish_unsent() {
+                messages::ready(&mut self.client.out, TxnStatus::Idle);
+            }
+            return Some(Outcome::Refused);
+        }
         if ends {
             self.state
                 .settle(&[SessionEffect::Rollback], false, TxnStatus::Idle);
@@ -266,7 +280,11 @@ impl Session {
         }
         let statements: Vec<replay::Statement<'_>> = wanted
             .into_iter()
-            .filter(|(name, _)| !name.is_empty() && !parsed.contains(name))
+            .filter(|(name, fingerprint)| {
+                !name.is_empty()
+                    && !parsed.contains(name)
+                    && conn.carried.prepared.get(*name) != Some(fingerprint)
+            })
             .filter_map(|(name, fingerprint)| {
                 let p = self.state.statement(name)?;
                 (p.fingerprint == fingerprint).then_some(replay::Statement {
@@ -278,7 +296,14 @@ impl Session {
             .collect();
         let settings =
             crate::frontend::state::settings_delta(&conn.carried.settings, &open.begin.settings);
-        replay::replay(conn, settings, &open.begin.settings, &[], &statements)
+        // Names its requests prepare that this connection holds (from an
+        // earlier turn of this session) are closed first.
+        let stale: Vec<&str> = parsed
+            .iter()
+            .copied()
+            .filter(|name| conn.carried.prepared.contains_key(*name))
+            .collect();
+        replay::replay(conn, settings, &open.begin.settings, &stale, &statements)
             .await
             .map_err(|e| match e {
                 ReplayError::Lost => Failed::Lost,
