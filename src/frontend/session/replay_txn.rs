@@ -12,8 +12,9 @@
 //! goes on there as if nothing had happened. Different, failed, or not
 //! replayable: the client gets 40001 (08006 with replay off) and is in a
 //! failed transaction until it ends it, as PostgreSQL would leave it after
-//! an error; its ROLLBACK (or COMMIT, which rolls back) is answered here,
-//! anything else gets 25P02.
+//! an error; its ROLLBACK is answered here, anything else gets 25P02. A
+//! COMMIT gets the loss's error again and ends it (PostgreSQL would say
+//! ROLLBACK, which drivers take for success).
 
 use std::collections::HashMap;
 use std::time::Instant;
@@ -163,21 +164,22 @@ impl Session {
         }
     }
 
-    /// The client is in a transaction that was lost: its ROLLBACK (or
-    /// COMMIT) ends it, anything else is refused.
+    /// The client is in a transaction that was lost: its ROLLBACK ends
+    /// it, its COMMIT ends it with the error, anything else is refused.
     fn while_aborted(&mut self, untold: usize, state: Sqlstate) -> Option<Outcome> {
         let plan = self.collector.plan();
-        let ends = plan.statements == 1
-            && matches!(
-                plan.effects[..],
-                [SessionEffect::Rollback] | [SessionEffect::Commit]
-            );
-        if ends && untold > 0 && plan.effects[..] == [SessionEffect::Commit] {
-            // A COMMIT that has not heard of the loss must not look like
-            // one that succeeded (a ROLLBACK tag is no error to a driver).
+        let lone = |effect| plan.statements == 1 && plan.effects[..] == [effect];
+        if lone(SessionEffect::Commit) {
+            // PostgreSQL answers it with a ROLLBACK tag, which drivers take
+            // for success; and a driver may not have looked at the error
+            // (tokio-postgres ignores its Close requests' replies). So a
+            // COMMIT hears why, and the transaction is over.
             self.state
                 .settle(&[SessionEffect::Rollback], false, TxnStatus::Idle);
-            self.txn.pending = Pending::Aborted { untold, state };
+            self.txn.pending = Pending::Aborted {
+                untold: untold.max(1),
+                state,
+            };
             self.tell_aborted();
             self.txn.pending = Pending::None;
             self.retry.tries.settled();
@@ -186,7 +188,7 @@ impl Session {
             }
             return Some(Outcome::Refused);
         }
-        if ends {
+        if lone(SessionEffect::Rollback) {
             self.state
                 .settle(&[SessionEffect::Rollback], false, TxnStatus::Idle);
             if !plan.has_query {
