@@ -707,7 +707,11 @@ async fn a_transaction_that_lost_its_backend_is_replayed_or_gets_40001() {
     let err = client.execute(update.as_str(), &[]).await.unwrap_err();
     assert_eq!(sqlstate(&err), "40001", "{err:?}");
     let err = client.query_one("SELECT 1", &[]).await.unwrap_err();
-    assert_eq!(sqlstate(&err), "25P02", "still in the failed transaction");
+    assert_eq!(
+        sqlstate(&err),
+        "40001",
+        "still in the failed transaction, told why again"
+    );
     client.batch_execute("ROLLBACK").await.unwrap();
     select_one_works(&client).await;
     assert_eq!(

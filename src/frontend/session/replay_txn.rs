@@ -12,9 +12,12 @@
 //! goes on there as if nothing had happened. Different, failed, or not
 //! replayable: the client gets 40001 (08006 with replay off) and is in a
 //! failed transaction until it ends it, as PostgreSQL would leave it after
-//! an error; its ROLLBACK is answered here, anything else gets 25P02. A
-//! COMMIT gets the loss's error again and ends it (PostgreSQL would say
-//! ROLLBACK, which drivers take for success).
+//! an error; its ROLLBACK is answered here. Anything else gets the
+//! loss's SQLSTATE again (not PostgreSQL's 25P02: a driver may not have
+//! looked at the first error — tokio-postgres ignores the replies to its
+//! Close requests — and 40001 is what tells it to retry); a COMMIT gets it
+//! and ends the transaction (PostgreSQL would say ROLLBACK, which drivers
+//! take for success).
 
 use std::collections::HashMap;
 use std::time::Instant;
@@ -32,8 +35,6 @@ use crate::protocol::{messages, Sqlstate, TxnStatus};
 const LOST: &str = "connection to the primary was lost; the transaction is rolled back";
 const NOT_REPLAYED: &str =
     "the transaction could not be replayed after a failover (its results differ or it was not recorded); it is rolled back";
-const ABORTED: &str =
-    "current transaction is aborted, commands ignored until end of transaction block";
 
 /// The session's transaction record and what is owed since one was lost.
 pub(super) struct Txn {
@@ -43,19 +44,14 @@ pub(super) struct Txn {
 
 enum Pending {
     None,
-    /// To replay before the next batch runs; `again` requests that were
-    /// in flight were put back in front of the client's input.
+    /// To replay before the next batch runs.
     Replay {
         open: Open,
         at_loss: Carried,
-        again: usize,
     },
-    /// Lost: the client is in a failed transaction. The next `untold`
-    /// requests (those that were in flight) hear why; later ones 25P02.
-    Aborted {
-        untold: usize,
-        state: Sqlstate,
-    },
+    /// Lost: the client is in a failed transaction; each request hears
+    /// this SQLSTATE until it ends it.
+    Aborted(Sqlstate),
 }
 
 /// Why a replay did not bring the transaction back.
@@ -114,22 +110,16 @@ impl Session {
             Lost::Open { open, in_flight } if !replied && in_flight.len() == lost.sent.len() => {
                 info!(parent: &self.span, server = %name, answered = open.entries.len(), in_flight = in_flight.len(), "server connection lost in a transaction: replaying it before the next request");
                 self.collector.take_back(&in_flight, &mut self.client.inbuf);
-                let again = in_flight.len();
-                self.txn.pending = Pending::Replay {
-                    open,
-                    at_loss,
-                    again,
-                };
+                self.txn.pending = Pending::Replay { open, at_loss };
                 return;
             }
             Lost::Off => Sqlstate::ConnectionFailure,
             Lost::Open { .. } | Lost::Spoiled => Sqlstate::SerializationFailure,
         };
         info!(parent: &self.span, server = %name, code = state.code(), "server connection lost in a transaction: it is rolled back");
-        let untold = lost.sent.len().max(1);
-        self.txn.pending = Pending::Aborted { untold, state };
+        self.txn.pending = Pending::Aborted(state);
         for _ in &lost.sent {
-            self.tell_aborted();
+            self.tell_aborted(state);
             messages::ready(&mut self.client.out, TxnStatus::Failed);
         }
     }
@@ -140,12 +130,8 @@ impl Session {
     pub(super) async fn recover_transaction(&mut self) -> Option<Outcome> {
         match std::mem::replace(&mut self.txn.pending, Pending::None) {
             Pending::None => None,
-            Pending::Aborted { untold, state } => self.while_aborted(untold, state),
-            Pending::Replay {
-                open,
-                at_loss,
-                again,
-            } => {
+            Pending::Aborted(state) => self.while_aborted(state),
+            Pending::Replay { open, at_loss } => {
                 let began = Instant::now();
                 match self.replay_transaction(&open, at_loss).await {
                     Ok(()) => {
@@ -157,7 +143,7 @@ impl Session {
                         info!(parent: &self.span, why, "transaction replay failed: 40001");
                         self.drop_server();
                         let state = Sqlstate::SerializationFailure;
-                        self.while_aborted(again.max(1), state)
+                        self.while_aborted(state)
                     }
                 }
             }
@@ -166,7 +152,7 @@ impl Session {
 
     /// The client is in a transaction that was lost: its ROLLBACK ends
     /// it, its COMMIT ends it with the error, anything else is refused.
-    fn while_aborted(&mut self, untold: usize, state: Sqlstate) -> Option<Outcome> {
+    fn while_aborted(&mut self, state: Sqlstate) -> Option<Outcome> {
         let plan = self.collector.plan();
         let lone = |effect| plan.statements == 1 && plan.effects[..] == [effect];
         if lone(SessionEffect::Commit) {
@@ -176,12 +162,7 @@ impl Session {
             // COMMIT hears why, and the transaction is over.
             self.state
                 .settle(&[SessionEffect::Rollback], false, TxnStatus::Idle);
-            self.txn.pending = Pending::Aborted {
-                untold: untold.max(1),
-                state,
-            };
-            self.tell_aborted();
-            self.txn.pending = Pending::None;
+            self.tell_aborted(state);
             self.retry.tries.settled();
             if self.collector.finish_unsent() {
                 messages::ready(&mut self.client.out, TxnStatus::Idle);
@@ -203,8 +184,8 @@ impl Session {
             }
             return Some(Outcome::Answered);
         }
-        self.txn.pending = Pending::Aborted { untold, state };
-        self.tell_aborted();
+        self.txn.pending = Pending::Aborted(state);
+        self.tell_aborted(state);
         self.retry.tries.settled();
         if self.collector.finish_unsent() {
             messages::ready(&mut self.client.out, TxnStatus::Failed);
@@ -212,21 +193,14 @@ impl Session {
         Some(Outcome::Refused)
     }
 
-    /// One ERROR for a request in a lost transaction: why it was lost for
-    /// those that were in flight (or the next one), 25P02 after.
-    fn tell_aborted(&mut self) {
-        let Pending::Aborted { untold, state } = &mut self.txn.pending else {
-            return;
-        };
-        let out = &mut self.client.out;
-        if *untold == 0 {
-            messages::error(out, false, Sqlstate::InFailedTransaction, ABORTED);
-        } else if *state == Sqlstate::ConnectionFailure {
-            messages::error(out, false, *state, LOST);
+    /// The ERROR a request in a lost transaction gets: why it was lost.
+    fn tell_aborted(&mut self, state: Sqlstate) {
+        let message = if state == Sqlstate::ConnectionFailure {
+            LOST
         } else {
-            messages::error(out, false, *state, NOT_REPLAYED);
-        }
-        *untold = untold.saturating_sub(1);
+            NOT_REPLAYED
+        };
+        messages::error(&mut self.client.out, false, state, message);
     }
 
     /// Replays `open` on the primary, waiting for one (a new one after a
