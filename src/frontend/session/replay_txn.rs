@@ -29,6 +29,7 @@ use super::{reads, Session};
 use crate::backend::replay::{self, ReplayError};
 use crate::backend::Carried;
 use crate::classify::SessionEffect;
+use crate::frontend::link::error_field;
 use crate::frontend::txn_record::{Checksum, Lost, Open, Recorder};
 use crate::protocol::{messages, Sqlstate, TxnStatus};
 
@@ -104,7 +105,9 @@ impl Session {
             return;
         }
         let replied = lost.sent.iter().any(|s| s.replied);
+        let ended_on_purpose = ended_on_purpose(lost.fatal.as_deref());
         let state = match record {
+            _ if ended_on_purpose => Sqlstate::ConnectionFailure,
             // Every request in flight is the transaction's own (none ahead
             // of its BEGIN still waits for its reply).
             Lost::Open { open, in_flight } if !replied && in_flight.len() == lost.sent.len() => {
@@ -347,5 +350,35 @@ impl Session {
             let now = self.link.conn().map_or(&empty, |c| &c.carried);
             self.txn.record.answered(status, now);
         }
+    }
+}
+
+/// The server ended the connection for a reason of the transaction's own
+/// (`idle_in_transaction_session_timeout`'s 25P03, say) rather than its
+/// own going away (57P01 terminated or shut down, 57P02 crashed, 57P03
+/// not accepting connections; or no word at all): not to be undone by
+/// replaying it.
+fn ended_on_purpose(fatal: Option<&[u8]>) -> bool {
+    let code = fatal.and_then(|frame| error_field(frame.get(5..)?, b'C'));
+    code.is_some_and(|code| !matches!(code, "57P01" | "57P02" | "57P03"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bytes::BytesMut;
+
+    #[test]
+    fn only_a_server_going_away_leaves_a_transaction_to_replay() {
+        let fatal = |state| {
+            let mut frame = BytesMut::new();
+            messages::error(&mut frame, true, state, "bye");
+            frame
+        };
+        assert!(!ended_on_purpose(None), "closed without a word");
+        assert!(!ended_on_purpose(Some(&fatal(Sqlstate::AdminShutdown))));
+        assert!(!ended_on_purpose(Some(&fatal(Sqlstate::CannotConnectNow))));
+        assert!(ended_on_purpose(Some(&fatal(Sqlstate::IdleSessionTimeout))));
+        assert!(ended_on_purpose(Some(&fatal(Sqlstate::ProtocolViolation))));
     }
 }
