@@ -319,8 +319,8 @@ impl Session {
             return;
         }
         let names = parsed.iter().map(|(name, _)| name.clone()).collect();
-        let request = self.link.out().get(start..).unwrap_or_default().to_vec();
-        self.txn.record.sent(&request, names, continuing, starts);
+        let request = self.link.out().get(start..).unwrap_or_default();
+        self.txn.record.sent(request, names, continuing, starts);
     }
 
     /// What the connection holds before a request that may open a
