@@ -174,10 +174,6 @@ struct Idle {
     since: Instant,
 }
 
-/// Idle connections older than this are checked for a close or a message
-/// from the server before they are handed out.
-const STALE_AFTER: Duration = Duration::from_millis(200);
-
 #[derive(Debug, thiserror::Error)]
 pub enum CheckoutError {
     #[error(transparent)]
@@ -346,14 +342,15 @@ impl ServerPool {
         login: &Login<'_>,
         within: Duration,
     ) -> Result<ServerConn, CheckoutError> {
-        // The common case first: a recently used idle connection that needs
-        // no reset, no cap bookkeeping, nothing to wait for.
+        // The common case first: an idle connection that needs no reset,
+        // no cap bookkeeping, nothing to wait for.
         if let Some(idle) = self.take_idle(key, owner) {
-            let fresh = idle.since.elapsed() <= STALE_AFTER;
-            if fresh && (idle.conn.owner == 0 || idle.conn.owner == owner) {
-                return Ok(idle.conn);
-            }
-            if let Some(conn) = Box::pin(self.claim(idle, owner, within)).await {
+            if idle.conn.owner == 0 || idle.conn.owner == owner {
+                let mut conn = idle.conn;
+                if still_open(&mut conn) {
+                    return Ok(conn);
+                }
+            } else if let Some(conn) = Box::pin(self.claim(idle, owner, within)).await {
                 return Ok(conn);
             }
         }
@@ -426,10 +423,12 @@ impl ServerPool {
     /// Makes a taken idle connection fit for `owner`: a reset when it
     /// carries another session's state. `None` when it turned out unusable.
     async fn claim(&self, idle: Idle, owner: u64, within: Duration) -> Option<ServerConn> {
-        let Idle { mut conn, since } = idle;
-        // A connection back from a batch a moment ago is not worth a system
-        // call to check; one that sat idle for a while may have been closed.
-        if since.elapsed() > STALE_AFTER && !still_open(&mut conn) {
+        let Idle { mut conn, .. } = idle;
+        // Even one back from a batch a moment ago: its server may have
+        // ended it since (a terminated backend, a failover), and a write
+        // sent on it could not be sent again. Cheap: unless the reactor saw
+        // the socket become readable, no system call is made.
+        if !still_open(&mut conn) {
             return None;
         }
         if conn.owner != 0 && conn.owner != owner {

@@ -10,11 +10,13 @@ use bytes::{BufMut, Bytes, BytesMut};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use super::ServerConn;
-use crate::protocol::{messages, take_frame};
+use crate::protocol::{messages, take_frame, TxnStatus};
 use crate::topology::Lsn;
 
 /// Replies to a replay are small; a bigger one is a broken server.
 const MAX_REPLY: usize = 1 << 20;
+/// A resent request's rows are as large as the client's were.
+const MAX_RESENT_FRAME: usize = 1 << 30;
 
 /// One prepared statement to create again.
 #[derive(Debug, Clone)]
@@ -99,6 +101,35 @@ pub async fn replay(
 pub async fn run(conn: &mut ServerConn, sql: &str) -> Result<(), ReplayError> {
     send_query(conn, sql).await?;
     read_replies(conn, 1, |_| {}).await
+}
+
+/// Sends one request of the client's again (a transaction replayed after
+/// a failover) and reads its reply up to its ReadyForQuery, showing every
+/// frame before that to `seen`; the status it left. Nothing reaches the
+/// client.
+pub async fn resend(
+    conn: &mut ServerConn,
+    request: &[u8],
+    mut seen: impl FnMut(&[u8]),
+) -> Result<TxnStatus, ReplayError> {
+    conn.wr
+        .write_all(request)
+        .await
+        .map_err(|_| ReplayError::Lost)?;
+    loop {
+        let frame =
+            take_frame(&mut conn.pending, MAX_RESENT_FRAME).map_err(|_| ReplayError::Lost)?;
+        let Some(frame) = frame else {
+            match conn.rd.read_buf(&mut conn.pending).await {
+                Ok(n) if n > 0 => continue,
+                _ => return Err(ReplayError::Lost),
+            }
+        };
+        if frame[0] == b'Z' {
+            return Ok(TxnStatus::of_ready(&frame[5..]).unwrap_or_default());
+        }
+        seen(&frame);
+    }
 }
 
 /// Sends `sql` as one simple Query.

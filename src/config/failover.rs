@@ -50,6 +50,13 @@ pub struct FailoverConfig {
     /// a failover is promoting another), statements that need one wait this
     /// long for it before they are refused; 0 refuses them at once.
     pub failover_wait_ms: u64,
+    /// A transaction open on a primary that is lost before its COMMIT is
+    /// replayed on the new primary from what was recorded, if every reply
+    /// comes out the same (otherwise the client gets 40001).
+    pub transaction_replay: bool,
+    /// A transaction whose requests add up to more than this is not
+    /// recorded (it cannot be replayed).
+    pub replay_max_bytes: u64,
     /// No replica further behind the last known primary position than this
     /// is promoted; the cluster stays read-only instead.
     pub max_lag_on_failover_bytes: u64,
@@ -73,6 +80,8 @@ impl Default for FailoverConfig {
             mode: FailoverMode::Automatic,
             failover_timeout_ms: 5_000,
             failover_wait_ms: 15_000,
+            transaction_replay: false,
+            replay_max_bytes: 1024 * 1024,
             max_lag_on_failover_bytes: 16 * 1024 * 1024,
             state_file: None,
             auto_rejoin: false,
@@ -92,6 +101,13 @@ impl FailoverConfig {
         Duration::from_millis(self.failover_wait_ms)
     }
 
+    /// How many request bytes a transaction may record for replay; `None`
+    /// when replay is off.
+    pub fn replay_limit(&self) -> Option<usize> {
+        self.transaction_replay
+            .then(|| usize::try_from(self.replay_max_bytes).unwrap_or(usize::MAX))
+    }
+
     /// `monitor` bounds the timeout from below; sync modes need `node_count` ≥ 2.
     pub(super) fn validate(
         &self,
@@ -99,6 +115,7 @@ impl FailoverConfig {
         node_count: usize,
     ) -> Result<(), ConfigError> {
         positive("failover.failover_timeout_ms", self.failover_timeout_ms)?;
+        positive("failover.replay_max_bytes", self.replay_max_bytes)?;
         // Fewer probes than the health threshold would declare a failure on
         // a blip the monitor itself does not yet count as one.
         let min = monitor

@@ -414,6 +414,21 @@ fn zero_failover_timeout_is_rejected() {
 }
 
 #[test]
+fn transaction_replay_is_off_by_default_and_a_zero_limit_is_rejected() {
+    let c = Config::parse(GOOD).unwrap();
+    assert!(!c.failover.transaction_replay);
+    assert_eq!(c.failover.replay_limit(), None);
+    let on = format!("{GOOD}\n[failover]\ntransaction_replay = true\n");
+    let c = Config::parse(&on).unwrap();
+    assert_eq!(c.failover.replay_limit(), Some(1_048_576));
+    let e = error_of(&format!(
+        "{GOOD}\n[failover]\ntransaction_replay = true\nreplay_max_bytes = 0\n"
+    ));
+    assert_eq!(e.key, "failover.replay_max_bytes");
+    assert!(e.rule.contains("greater than 0"), "{e}");
+}
+
+#[test]
 fn failover_timeout_shorter_than_the_health_threshold_is_rejected() {
     // 250 ms × 3 probes = 750 ms.
     let e = error_of(&format!(

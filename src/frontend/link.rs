@@ -5,8 +5,8 @@
 //!
 //! A request that may be sent again elsewhere ([`super::retry`]) keeps its
 //! bytes until the first byte of its reply is passed on; a FATAL error
-//! ending a connection that holds no transaction is held back from the
-//! client, whose session outlives the connection.
+//! ending the connection is held back from the client, whose session may
+//! outlive the connection.
 //!
 //! The link outlives the connections it carries (its buffers keep their
 //! capacity from one to the next). Counting requests and cutting the
@@ -64,6 +64,8 @@ pub struct Sent {
     pub copy: Option<Bytes>,
     /// When the client's request became due (for the latency histogram).
     pub due_at: Option<std::time::Instant>,
+    /// Part of its reply has reached the client.
+    pub replied: bool,
 }
 
 /// What was in flight on a connection that broke.
@@ -94,8 +96,9 @@ struct Requests {
     frames: FrameScanner,
     /// The server sent a FATAL or PANIC error: the connection is ending.
     fatal_seen: bool,
-    /// That error, not passed on: it ended a connection holding no
-    /// transaction, and the session decides what the client hears.
+    /// That error, not passed on: the connection ends, and the session
+    /// decides what the client hears (drivers take a FATAL as the end of
+    /// their own connection).
     withheld: Option<Bytes>,
     /// Requests ever sent on the connection: the front one is number
     /// `sent_count - inflight.len()`.
@@ -148,7 +151,7 @@ impl Requests {
     /// Moves whole or streaming frames from `pending` to `out` up to and
     /// including the next ReadyForQuery, noting errors and confirmed
     /// parses; the status when a ReadyForQuery was passed on. A FATAL error
-    /// for a request outside a transaction stops the relay and is withheld.
+    /// stops the relay and is withheld.
     fn relay(
         &mut self,
         pending: &mut BytesMut,
@@ -157,7 +160,6 @@ impl Requests {
         if self.withheld.is_some() {
             return Ok(None);
         }
-        let hold_fatal = self.inflight.front().is_some_and(|s| s.autocommit);
         let mut ready = None;
         let mut errors = 0u32;
         let mut fatal = false;
@@ -179,7 +181,7 @@ impl Requests {
                     errors += 1;
                     let this_fatal = is_fatal(frame.body);
                     fatal |= this_fatal;
-                    if this_fatal && hold_fatal {
+                    if this_fatal {
                         withheld = frame.body.len() + 5;
                     }
                     withheld == 0
@@ -207,6 +209,7 @@ impl Requests {
             if relayed > 0 {
                 // Part of its reply reached the client: never sent again.
                 sent.copy = None;
+                sent.replied = true;
             }
         }
         let Some(status) = ready else {

@@ -19,6 +19,7 @@ pub mod registry;
 pub mod retry;
 pub mod session;
 pub mod state;
+pub mod txn_record;
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};

@@ -20,8 +20,9 @@
 //! A request outside a transaction that cannot be sent again (a write, or
 //! part of its reply went out) gets an ERROR with the server's SQLSTATE (or
 //! 08006) and the session goes on, as a client would after reconnecting;
-//! only a lost transaction, a pinned session (its temporary tables or
-//! LISTENs were on that connection) or a frame cut in half end it.
+//! a lost transaction is replayed or reported (`session/replay_txn.rs`);
+//! only a pinned session (its temporary tables or LISTENs were on that
+//! connection) or a frame cut in half end it.
 
 use crate::route::NodeSet;
 use crate::topology::{Role, Topology};
@@ -62,6 +63,9 @@ pub enum Loss {
     /// Each request in flight gets an error and ReadyForQuery (idle); the
     /// session goes on.
     Answer,
+    /// A transaction was open on it: replayed, or the client is told it
+    /// is lost (`session/replay_txn.rs`); the session goes on.
+    Transaction,
     /// The session ends, as PostgreSQL would end it.
     End,
 }
@@ -71,14 +75,18 @@ pub fn on_loss(f: &LossFacts) -> Loss {
         return Loss::End;
     }
     if f.in_flight == 0 {
-        return if f.idle { Loss::Answer } else { Loss::End };
+        return if f.idle {
+            Loss::Answer
+        } else {
+            Loss::Transaction
+        };
     }
     if f.all_kept && f.retries_left {
         Loss::Retry
     } else if f.all_autocommit {
         Loss::Answer
     } else {
-        Loss::End
+        Loss::Transaction
     }
 }
 
@@ -168,13 +176,13 @@ mod tests {
         ("no retries left: the error, session goes on", LossFacts { retries_left: false, ..READ }, Loss::Answer),
         ("part of its reply went out", LossFacts { all_kept: false, ..READ }, Loss::Answer),
         ("a write pipelined behind a read", LossFacts { in_flight: 2, all_kept: false, ..READ }, Loss::Answer),
-        ("inside a transaction", LossFacts { all_kept: false, all_autocommit: false, ..READ }, Loss::End),
+        ("inside a transaction", LossFacts { all_kept: false, all_autocommit: false, ..READ }, Loss::Transaction),
         ("a frame cut in half", LossFacts { mid_frame: true, ..READ }, Loss::End),
         ("a pinned session", LossFacts { pinned: true, ..READ }, Loss::End),
         ("the proxy's own Sync in flight", LossFacts { own_sync: true, ..READ }, Loss::End),
         ("a flushed batch's rest to follow", LossFacts { may_take_back: false, ..READ }, Loss::End),
         ("idle, nothing in flight", LossFacts { in_flight: 0, idle: true, ..READ }, Loss::Answer),
-        ("an idle transaction lost", LossFacts { in_flight: 0, all_kept: true, idle: false, ..READ }, Loss::End),
+        ("an idle transaction lost", LossFacts { in_flight: 0, all_kept: true, idle: false, ..READ }, Loss::Transaction),
     ];
 
     #[test]

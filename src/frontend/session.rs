@@ -15,7 +15,9 @@
 //!
 //! A read whose server connection breaks or stalls before any of its reply
 //! went out is sent again elsewhere, and a server connection lost outside
-//! a transaction does not end the session ([`super::retry`]).
+//! a transaction does not end the session ([`super::retry`]); one lost in
+//! a transaction neither: the transaction is replayed (opt-in) or the
+//! client told it is lost (`session/replay_txn.rs`).
 //!
 //! This file is the loop: it moves bytes and reacts to events. The parts
 //! it drives own the rest: [`super::collect`] turns client frames into
@@ -29,6 +31,7 @@ mod connect;
 mod dispatch;
 mod finish;
 mod reads;
+mod replay_txn;
 mod retry;
 mod tally;
 
@@ -136,6 +139,9 @@ pub struct Session {
     keys: Vec<PoolKey>,
     /// Reads being sent again, and the stall timer.
     retry: retry::Retry,
+    /// The open transaction's record for replay, and what is owed since
+    /// one was lost.
+    txn: replay_txn::Txn,
     /// The proxy is draining: the session ends at its next transaction boundary.
     draining: bool,
     /// Where the console sees what the session is doing.
@@ -166,6 +172,7 @@ impl Session {
             classifier,
             link: ServerLink::new(server, node, cancel, shared.topology.fence_changes()),
             retry: retry::Retry::new(&shared.config()),
+            txn: replay_txn::Txn::new(shared.config().failover.replay_limit()),
             shared,
             span,
             client,
@@ -469,9 +476,16 @@ impl Session {
     /// Moves server bytes to the client, settling each answered request.
     fn on_server_bytes(&mut self) -> Result<(), End> {
         loop {
+            let start = self.client.out.len();
             match self.link.relay(&mut self.client.out) {
-                Ok(Some(answer)) => self.settle(answer),
-                Ok(None) => break,
+                Ok(Some(answer)) => {
+                    self.record_reply(start, Some(answer.status));
+                    self.settle(answer);
+                }
+                Ok(None) => {
+                    self.record_reply(start, None);
+                    break;
+                }
                 // Server lengths are only sanity-checked, but a server that
                 // breaks framing cannot be relayed any further.
                 Err(e) => {

@@ -50,6 +50,10 @@ pub enum Sqlstate {
     CantChangeRuntimeParam,
     /// 25P02: a command in a failed transaction.
     InFailedTransaction,
+    /// 08007: a COMMIT sent to a server that was lost before it answered.
+    TransactionResolutionUnknown,
+    /// 40001: a transaction replayed after a failover gave other results.
+    SerializationFailure,
     /// 55000: no node may serve the request as the configuration asks.
     ObjectNotInPrerequisiteState,
     /// 42601: a command the admin console does not know.
@@ -77,6 +81,8 @@ impl Sqlstate {
             Sqlstate::ConfigFileError => "F0000",
             Sqlstate::CantChangeRuntimeParam => "55P02",
             Sqlstate::InFailedTransaction => "25P02",
+            Sqlstate::TransactionResolutionUnknown => "08007",
+            Sqlstate::SerializationFailure => "40001",
             Sqlstate::ObjectNotInPrerequisiteState => "55000",
             Sqlstate::SyntaxError => "42601",
             Sqlstate::Internal => "XX000",

@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use crate::support::harness::{self, connect, connect_with, sqlstate, start_proxy, url, user};
-use crate::support::nodes::{direct, unique, wait_running, wait_until};
+use crate::support::nodes::{direct, fresh_table, unique, wait_running, wait_until};
 use crate::support::shared_cluster;
 use palisade::config::AuthMethod;
 use palisade_testkit::wire::{frame, read_message, read_until, startup_packet};
@@ -479,7 +479,8 @@ async fn a_terminated_backend_costs_a_read_nothing_and_a_write_only_its_own_erro
     let row = tokio::time::timeout(TIMEOUT, read).await.expect("no hang");
     let seven: i32 = row.unwrap().expect("the read is sent again").get(1);
     assert_eq!(seven, 7);
-    // A write gets the server's 57P01, as an ERROR: the session goes on.
+    // A write gets class 08 (its outcome is unknown), as an ERROR, never
+    // the server's FATAL: the session goes on.
     let marker = unique("terminated_write");
     let sql = format!("DO $$BEGIN PERFORM pg_sleep(30); END$$ /* {marker} */");
     let writer = client.clone();
@@ -497,7 +498,7 @@ async fn a_terminated_backend_costs_a_read_nothing_and_a_write_only_its_own_erro
         .expect("no hang")
         .unwrap()
         .unwrap_err();
-    assert_eq!(sqlstate(&err), "57P01", "{err:?}");
+    assert_eq!(sqlstate(&err), "08006", "{err:?}");
     select_one_works(&client).await;
 }
 
@@ -638,4 +639,192 @@ async fn a_read_whose_replica_never_answers_the_connect_goes_to_the_next_one() {
     let t = proxy.topology();
     assert!(t.nodes[1].healthy && !t.nodes[1].suspect, "{t:?}");
     relay.heal();
+}
+
+/// Terminates, on the primary, the backend whose last statement holds
+/// `marker`, and waits a moment for the proxy to see its connection end.
+async fn terminate_marked(cluster: &LocalCluster, marker: &str) {
+    let admin = direct(cluster.primary()).await;
+    let sql = "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity \
+               WHERE strpos(query, $1) > 0 AND pid <> pg_backend_pid()";
+    let n: i64 = admin.query_one(sql, &[&marker]).await.unwrap().get(0);
+    assert_eq!(n, 1, "one backend ran {marker}");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+}
+
+/// The rows of `table` on the primary, asked directly: (k, v).
+async fn rows_of(cluster: &LocalCluster, table: &str) -> Vec<(i32, i32)> {
+    let admin = direct(cluster.primary()).await;
+    let rows = admin
+        .query(&format!("SELECT k, v FROM {table} ORDER BY k"), &[])
+        .await
+        .unwrap();
+    rows.iter().map(|r| (r.get(0), r.get(1))).collect()
+}
+
+#[tokio::test]
+async fn a_transaction_that_lost_its_backend_is_replayed_or_gets_40001() {
+    let cluster = shared_cluster();
+    let proxy = start_proxy(cluster, |c| c.failover.transaction_replay = true).await;
+    let (client, _) = connect(&proxy, cluster).await;
+    let table = unique("txn_replayed");
+    fresh_table(&client, &table, "k int PRIMARY KEY, v int").await;
+
+    // Same results on the new connection: the client never notices.
+    let marker = unique("replay_same");
+    client.batch_execute("BEGIN").await.unwrap();
+    let insert = format!("INSERT INTO {table} VALUES ($1, 0) /* {marker} */");
+    client.execute(insert.as_str(), &[&1]).await.unwrap();
+    let seen: i32 = client
+        .query_one(
+            &format!("SELECT v FROM {table} WHERE k = 1 /* {marker} */"),
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(seen, 0);
+    terminate_marked(cluster, &marker).await;
+    let update = format!("UPDATE {table} SET v = v + 1 WHERE k = 1");
+    let n = client
+        .execute(update.as_str(), &[])
+        .await
+        .expect("the transaction was replayed on a new connection");
+    assert_eq!(n, 1);
+    client.batch_execute("COMMIT").await.unwrap();
+    assert_eq!(rows_of(cluster, &table).await, [(1, 1)], "applied once");
+
+    // random() gives another answer on replay: 40001, the transaction is
+    // rolled back, the client's ROLLBACK ends it and the session goes on.
+    let marker = unique("replay_differs");
+    client.batch_execute("BEGIN").await.unwrap();
+    client.execute(insert.as_str(), &[&2]).await.unwrap();
+    client
+        .query_one(&format!("SELECT random() /* {marker} */"), &[])
+        .await
+        .unwrap();
+    terminate_marked(cluster, &marker).await;
+    let err = client.execute(update.as_str(), &[]).await.unwrap_err();
+    assert_eq!(sqlstate(&err), "40001", "{err:?}");
+    let err = client.query_one("SELECT 1", &[]).await.unwrap_err();
+    assert_eq!(
+        sqlstate(&err),
+        "40001",
+        "still in the failed transaction, told why again"
+    );
+    client.batch_execute("ROLLBACK").await.unwrap();
+    select_one_works(&client).await;
+    assert_eq!(
+        rows_of(cluster, &table).await,
+        [(1, 1)],
+        "k = 2 rolled back"
+    );
+
+    // The same with COMMIT next: the replay fails and so does the COMMIT.
+    let marker = unique("replay_differs_commit");
+    client.batch_execute("BEGIN").await.unwrap();
+    client.execute(insert.as_str(), &[&3]).await.unwrap();
+    client
+        .query_one(&format!("SELECT random() /* {marker} */"), &[])
+        .await
+        .unwrap();
+    terminate_marked(cluster, &marker).await;
+    let err = client.batch_execute("COMMIT").await.unwrap_err();
+    assert_eq!(sqlstate(&err), "40001", "{err:?}");
+    select_one_works(&client).await;
+    assert_eq!(
+        rows_of(cluster, &table).await,
+        [(1, 1)],
+        "k = 3 rolled back"
+    );
+    client
+        .batch_execute(&format!("DROP TABLE {table}"))
+        .await
+        .unwrap();
+}
+
+#[tokio::test]
+async fn a_transaction_lost_without_replay_gets_08006_and_its_rollback_works() {
+    let cluster = shared_cluster();
+    let proxy = start_proxy(cluster, |_| {}).await;
+    let (mut client, _) = connect(&proxy, cluster).await;
+    let table = unique("txn_lost");
+    fresh_table(&client, &table, "k int PRIMARY KEY, v int").await;
+    let marker = unique("txn_lost_marker");
+    let transaction = client.transaction().await.unwrap();
+    transaction
+        .execute(
+            &format!("INSERT INTO {table} VALUES (1, 0) /* {marker} */"),
+            &[],
+        )
+        .await
+        .unwrap();
+    terminate_marked(cluster, &marker).await;
+    let err = transaction.query_one("SELECT 1", &[]).await.unwrap_err();
+    assert_eq!(sqlstate(&err), "08006", "{err:?}");
+    // Dropped, the transaction sends ROLLBACK: answered, the session goes on.
+    drop(transaction);
+    select_one_works(&client).await;
+    // A COMMIT as the first word after the loss fails: it must not look
+    // like a commit (the ROLLBACK tag is no error to a driver).
+    let marker = unique("txn_lost_commit");
+    client.batch_execute("BEGIN").await.unwrap();
+    client
+        .batch_execute(&format!("INSERT INTO {table} VALUES (2, 0) /* {marker} */"))
+        .await
+        .unwrap();
+    terminate_marked(cluster, &marker).await;
+    let err = client.batch_execute("COMMIT").await.unwrap_err();
+    assert_eq!(sqlstate(&err), "08006", "{err:?}");
+    select_one_works(&client).await;
+    assert!(rows_of(cluster, &table).await.is_empty());
+    client
+        .batch_execute(&format!("DROP TABLE {table}"))
+        .await
+        .unwrap();
+}
+
+#[tokio::test]
+async fn a_commit_whose_backend_is_lost_gets_08007_and_is_never_replayed() {
+    let cluster = shared_cluster();
+    let proxy = start_proxy(cluster, |c| c.failover.transaction_replay = true).await;
+    let (client, _) = connect(&proxy, cluster).await;
+    let client = std::sync::Arc::new(client);
+    let table = unique("txn_commit_lost");
+    fresh_table(&client, &table, "k int PRIMARY KEY, v int").await;
+    // A deferred trigger that sleeps: COMMIT runs long enough to be cut.
+    client
+        .batch_execute(&format!(
+            "CREATE FUNCTION {table}_slow() RETURNS trigger LANGUAGE plpgsql \
+             AS $$BEGIN PERFORM pg_sleep(30); RETURN NULL; END$$; \
+             CREATE CONSTRAINT TRIGGER {table}_slow AFTER INSERT ON {table} \
+             DEFERRABLE INITIALLY DEFERRED FOR EACH ROW EXECUTE FUNCTION {table}_slow()"
+        ))
+        .await
+        .unwrap();
+    let marker = unique("commit_lost");
+    client.batch_execute("BEGIN").await.unwrap();
+    client
+        .batch_execute(&format!("INSERT INTO {table} VALUES (1, 0)"))
+        .await
+        .unwrap();
+    let committer = client.clone();
+    let commit = format!("COMMIT /* {marker} */");
+    let committing = tokio::spawn(async move { committer.batch_execute(&commit).await });
+    wait_running(cluster, &marker).await;
+    terminate_marked(cluster, &marker).await;
+    let err = tokio::time::timeout(TIMEOUT, committing)
+        .await
+        .expect("no hang")
+        .unwrap()
+        .unwrap_err();
+    assert_eq!(sqlstate(&err), "08007", "{err:?}");
+    // Outside a transaction now, on a new connection.
+    select_one_works(&client).await;
+    client.batch_execute("SELECT 1").await.unwrap();
+    assert!(rows_of(cluster, &table).await.is_empty(), "never replayed");
+    client
+        .batch_execute(&format!("DROP TABLE {table}; DROP FUNCTION {table}_slow()"))
+        .await
+        .unwrap();
 }

@@ -5,7 +5,7 @@
 use std::time::Duration;
 
 use crate::support::harness::{app_url, connect, connect_with, sqlstate, start_proxy, url};
-use crate::support::nodes::{direct, wait_until};
+use crate::support::nodes::{direct, fresh_table, unique, wait_until};
 use crate::support::shared_cluster;
 use palisade::config::Config;
 use palisade::proxy::Proxy;
@@ -161,4 +161,50 @@ async fn idle_connections_expire() {
     wait_gone(pid, "the expired connection to be closed").await;
     let (second, _) = connect_with(&url).await.unwrap();
     assert_ne!(backend_pid(&second).await, pid);
+}
+
+#[tokio::test]
+async fn a_pooled_connection_its_server_ended_is_not_handed_out_however_recent() {
+    let cluster = shared_cluster();
+    let proxy = start_proxy(cluster, |_| {}).await;
+    let (client, _) = connect(&proxy, cluster).await;
+    let table = unique("pool_ended");
+    fresh_table(&client, &table, "i int").await;
+    // Back in the pool a moment ago, then terminated by its server (well
+    // within the 200 ms in which pooled connections used to go unchecked:
+    // no new connection is made meanwhile).
+    let primary = direct(cluster.primary()).await;
+    let pid = backend_pid(&client).await;
+    let began = std::time::Instant::now();
+    primary
+        .query("SELECT pg_terminate_backend($1)", &[&pid])
+        .await
+        .unwrap();
+    wait_until(
+        "the terminated backend to exit",
+        Duration::from_secs(10),
+        || async {
+            let n: i64 = primary
+                .query_one(
+                    "SELECT count(*) FROM pg_stat_activity WHERE pid = $1",
+                    &[&pid],
+                )
+                .await
+                .unwrap()
+                .get(0);
+            n == 0
+        },
+    )
+    .await;
+    eprintln!("terminated and gone within {:?}", began.elapsed());
+    // A write cannot be sent twice: handed the dead connection, it would fail.
+    client
+        .batch_execute(&format!("INSERT INTO {table} VALUES (1)"))
+        .await
+        .expect("a live connection, not the ended one");
+    assert_ne!(backend_pid(&client).await, pid);
+    client
+        .batch_execute(&format!("DROP TABLE {table}"))
+        .await
+        .unwrap();
 }

@@ -88,7 +88,7 @@ impl Session {
     /// Checks out a connection to `node` (opened or reset within `within`)
     /// and attaches it, in place of the session's; `None` when the node
     /// has no pool key.
-    async fn checkout(
+    pub(super) async fn checkout(
         &mut self,
         node: usize,
         within: Duration,

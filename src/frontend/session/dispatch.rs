@@ -92,6 +92,8 @@ impl Session {
             match self.collector.collect(&mut self.client.inbuf, &mut judge) {
                 Ok(Collected::Due | Collected::NeedInput) => return Ok(()),
                 Ok(Collected::Copy(frame)) => {
+                    // COPY data is not a request: it cannot be replayed.
+                    self.txn.record.spoil();
                     if self.link.node().is_some() {
                         self.link.out().extend_from_slice(&frame);
                     }
@@ -109,6 +111,9 @@ impl Session {
 
     /// Sends the due batch where it belongs.
     pub(super) async fn dispatch(&mut self) -> Result<Outcome, super::End> {
+        if let Some(outcome) = self.recover_transaction().await {
+            return Ok(outcome);
+        }
         let plan = self.collector.plan();
         if (plan.local.is_some() || plan.local_misplaced) && !self.collector.continues() {
             if matches!(self.link.phase(), Phase::Busy { .. }) {
@@ -438,10 +443,11 @@ impl Session {
         // Behind requests that are all outside a transaction (none began one).
         let behind_autocommit = matches!(self.link.phase(), Phase::Busy { .. })
             && self.link.in_flight().all(|s| s.autocommit);
-        let plan = self.collector.plan_mut();
         let Some(node) = self.link.node() else {
             return;
         };
+        let starts = self.record_start(node, (ready_idle || behind_autocommit) && !continuing);
+        let plan = self.collector.plan_mut();
         let Some(conn) = self.link.conn_mut() else {
             return;
         };
@@ -473,6 +479,7 @@ impl Session {
         let effects = std::mem::take(&mut plan.effects);
         self.shared.loads.sent(node, requests);
         self.shared.counters.routed(node, why, requests);
+        let start = self.link.out().len();
         let copy = if own_sync {
             self.collector.sent_with_own_sync(self.link.out());
             None
@@ -482,6 +489,7 @@ impl Session {
             self.collector.sent(self.link.out());
             None
         };
+        self.record_request(start, &parsed, continuing, starts);
         let sent = Sent {
             effects,
             parsed,

@@ -14,8 +14,9 @@ use tracing::info;
 use super::{End, Session, CANCEL_TIMEOUT};
 use crate::backend;
 use crate::backend::Carried;
+use crate::classify::SessionEffect;
 use crate::config::Config;
-use crate::frontend::link::{error_field, is_fatal, Phase};
+use crate::frontend::link::{error_field, is_fatal, Phase, Sent};
 use crate::frontend::retry::{self, Loss, LossFacts, Retries, Stalled};
 use crate::protocol::{messages, Sqlstate, TxnStatus};
 
@@ -59,7 +60,7 @@ impl Retry {
         self.armed = true;
     }
 
-    fn disarm(&mut self) {
+    pub(super) fn disarm(&mut self) {
         self.armed = false;
         self.timer_for = None;
     }
@@ -120,8 +121,9 @@ impl Session {
     }
 
     /// The server connection broke (closed, reset, or ended with FATAL):
-    /// its reads are sent again, its other requests answered with the
-    /// error, or the session ends.
+    /// its reads are sent again, its other requests answered with a class
+    /// 08 error, a transaction replayed or reported lost, or the session
+    /// ends.
     pub(super) fn server_lost(&mut self) -> Result<(), End> {
         match retry::on_loss(&self.loss_facts()) {
             Loss::Retry => {
@@ -130,6 +132,10 @@ impl Session {
             }
             Loss::Answer => {
                 self.answer_lost();
+                Ok(())
+            }
+            Loss::Transaction => {
+                self.lose_transaction();
                 Ok(())
             }
             Loss::End => {
@@ -176,19 +182,20 @@ impl Session {
         self.retry.disarm();
     }
 
-    /// Answers every lost request with the server's error (as an ERROR) or
-    /// 08006, and ReadyForQuery; the session carries on without a server.
+    /// Answers every lost request with a class 08 ERROR (never the
+    /// server's FATAL, which a driver takes as the end of its own
+    /// connection) and ReadyForQuery; the session carries on without a
+    /// server.
     fn answer_lost(&mut self) {
         let name = self.node_name();
         if let Some(node) = self.link.node() {
             self.shared.loads.done(node, self.link.outstanding());
         }
         let lost = self.link.lose();
-        let (code, message) = lost_error(lost.fatal.as_deref(), &name);
         info!(parent: &self.span, server = %name, requests = lost.sent.len(), "server connection lost; its requests get an error");
         for mut sent in lost.sent {
-            let error = ErrorInfo::new("ERROR".into(), code.clone(), message.clone());
-            messages::encode_error_info(&mut self.client.out, error);
+            let (state, message) = unknown_outcome(&sent, &name);
+            messages::error(&mut self.client.out, false, state, &message);
             messages::ready(&mut self.client.out, TxnStatus::Idle);
             sent.failed = true;
             // Its outcome is unknown: nothing it changed is kept.
@@ -210,6 +217,22 @@ pub(super) fn pass_error(out: &mut BytesMut, frame: &[u8]) {
     }
     let (code, message) = lost_error(Some(frame), "server");
     messages::encode_error_info(out, ErrorInfo::new("ERROR".into(), code, message));
+}
+
+/// What the client of a request lost in flight is told: its outcome is
+/// unknown (it may have run), so class 08 — 08007 for a COMMIT.
+pub(super) fn unknown_outcome(sent: &Sent, server: &str) -> (Sqlstate, String) {
+    if sent.effects.contains(&SessionEffect::Commit) {
+        let message =
+            "connection to the primary was lost during COMMIT; transaction resolution unknown";
+        (Sqlstate::TransactionResolutionUnknown, message.to_owned())
+    } else if sent.on_primary {
+        let message = "connection to the primary was lost; the statement's outcome is unknown";
+        (Sqlstate::ConnectionFailure, message.to_owned())
+    } else {
+        let message = format!("server connection to {server} was lost");
+        (Sqlstate::ConnectionFailure, message)
+    }
 }
 
 /// What the client of a lost request is told (SQLSTATE, message), as an
@@ -250,6 +273,26 @@ mod tests {
         assert_eq!(message, "server connection to replica1 was lost");
         let (code, _) = lost_error(Some(b"E\0\0\0\x04"), "r");
         assert_eq!(code, "08006", "a frame without fields");
+    }
+
+    #[test]
+    fn a_request_lost_in_flight_is_class_08_and_a_commit_08007() {
+        let write = Sent {
+            on_primary: true,
+            ..Sent::default()
+        };
+        assert_eq!(unknown_outcome(&write, "n").0.code(), "08006");
+        let commit = Sent {
+            effects: vec![SessionEffect::Commit],
+            on_primary: true,
+            ..Sent::default()
+        };
+        let (state, message) = unknown_outcome(&commit, "n");
+        assert_eq!(state.code(), "08007");
+        assert!(message.contains("resolution unknown"), "{message}");
+        let (state, message) = unknown_outcome(&Sent::default(), "replica1");
+        assert_eq!(state.code(), "08006");
+        assert_eq!(message, "server connection to replica1 was lost");
     }
 
     #[test]
