@@ -26,7 +26,7 @@
 use std::collections::BTreeSet;
 
 use crate::config::FailoverMode;
-use crate::control::epoch::EpochRecord;
+pub(crate) use crate::control::epoch::EpochRecord;
 use crate::topology::Lsn;
 
 mod chores;
@@ -35,10 +35,11 @@ mod detect;
 mod events;
 mod health;
 mod outcomes;
+mod shared;
 
 pub use crate::topology::{Refusal, WriteState};
 pub use events::{
-    Action, Event, NodeAddr, Probe, Published, Report, Settings, Upstream, WalReceiver,
+    Action, Event, Mandate, NodeAddr, Probe, Published, Report, Settings, Upstream, WalReceiver,
 };
 
 const EPOCHS_SPENT: &str = "the epoch counter is exhausted; reset the state file";
@@ -204,6 +205,7 @@ pub struct State {
     /// report (from before the promotion) said.
     promoted: Option<NodeId>,
     published: Option<Published>,
+    mandate: Mandate,
 }
 
 /// Folds one event into the state; returns the new state and what to do.
@@ -220,6 +222,11 @@ pub fn step(state: State, event: Event) -> (State, Vec<Action>) {
 
 impl State {
     pub fn new(settings: Settings) -> State {
+        let mandate = if settings.shared {
+            Mandate::NONE
+        } else {
+            Mandate::ALONE
+        };
         State {
             nodes: vec![NodeView::default(); settings.nodes.len()],
             settings,
@@ -235,6 +242,7 @@ impl State {
             phase: Phase::Loading,
             promoted: None,
             published: None,
+            mandate,
         }
     }
 
@@ -322,6 +330,8 @@ impl State {
             }
             Event::Switchover { target } => self.switchover(target, out),
             Event::Rejoin { node } => self.rejoin(node, out),
+            Event::Mandate(mandate) => self.mandate = mandate,
+            Event::Learned(record) => self.learn(record),
         }
     }
 
@@ -383,7 +393,8 @@ impl State {
         let Phase::Bootstrapping { retry_at, .. } = self.phase else {
             return;
         };
-        if self.now < retry_at || self.nodes.iter().any(|v| v.probed_at.is_none()) {
+        let waiting = self.now < retry_at || self.nodes.iter().any(|v| v.probed_at.is_none());
+        if waiting || !self.mandate.lead {
             return;
         }
         let claimants: Vec<NodeId> = (0..self.nodes.len())
@@ -435,7 +446,7 @@ impl State {
         if !confirmed {
             if view.answering_as_primary() {
                 self.phase = Phase::Steady { confirmed: true };
-            } else if view.answering_as_replica() {
+            } else if view.answering_as_replica() && self.mandate.lead {
                 // Persisted before it was promoted, then the proxy restarted:
                 // finish the promotion that epoch stands for.
                 out.push(Action::Promote(primary));
@@ -449,7 +460,8 @@ impl State {
                 return;
             }
         }
-        if self.settings.mode == FailoverMode::Automatic && self.primary_failed() {
+        let agreed = self.mandate.lead && self.mandate.agreed_down;
+        if self.settings.mode == FailoverMode::Automatic && agreed && self.primary_failed() {
             self.phase = Phase::Failover(Failover {
                 old: Some(primary),
                 excluded: BTreeSet::new(),
@@ -479,7 +491,7 @@ impl State {
                     self.phase = Phase::Steady { confirmed: true };
                     return;
                 }
-                if self.now < retry_at {
+                if self.now < retry_at || !self.mandate.lead {
                     return;
                 }
                 let choice = self.choose_candidate(&f.excluded, f.pinned, true);

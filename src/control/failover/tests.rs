@@ -27,6 +27,7 @@ fn settings(nodes: usize) -> Settings {
         max_lag_on_failover_bytes: 1 << 20,
         auto_rejoin: false,
         health_threshold: 3,
+        shared: false,
     }
 }
 
@@ -1260,4 +1261,107 @@ fn a_promoted_node_is_the_primary_in_the_step_that_opens_writes() {
     );
     assert!(state.is_primary(2));
     assert_eq!(state.node(2).map(|v| v.healthy), Some(true));
+}
+
+fn shared(nodes: usize) -> Settings {
+    Settings {
+        shared: true,
+        ..settings(nodes)
+    }
+}
+
+fn record(epoch: u64, primary: &str) -> EpochRecord {
+    EpochRecord {
+        epoch,
+        primary: primary.to_owned(),
+    }
+}
+
+impl Sim {
+    /// Another proxy made `epoch` with `primary` durable in the shared store.
+    fn learn(&mut self, epoch: u64, primary: &str) {
+        self.store = Some(record(epoch, primary));
+        self.deliver(Event::Learned(record(epoch, primary)));
+    }
+}
+
+/// Actions that change a node or the store, as opposed to publishing.
+fn acts(sim: &Sim) -> usize {
+    sim.actions()
+        .filter(|a| !matches!(a, Action::PublishTopology(_)))
+        .count()
+}
+
+#[test]
+fn a_proxy_sharing_the_epoch_decides_nothing_without_the_lead() {
+    let mut sim = Sim::with(shared(3));
+    sim.run(3_000);
+    assert_eq!((sim.epoch(), acts(&sim)), (0, 0), "no adoption by a follower");
+    sim.learn(1, "n0");
+    sim.run_until(1_000, "writes open on the learned epoch", |s| s.writes_open());
+    assert_eq!(sim.primary(), Some(0));
+    sim.crash(0);
+    sim.run(3 * TIMEOUT);
+    assert_eq!(acts(&sim), 0, "a follower promotes and fences nothing");
+    assert_eq!(sim.state().writes(), WriteState::Refused(Refusal::PrimaryUnreachable));
+    assert!(sim.state().primary_lost(), "what it reports to its peers");
+    sim.command(Event::Switchover { target: None });
+    assert!(sim.refusals.last().unwrap().contains("does not lead"));
+}
+
+#[test]
+fn a_learned_epoch_moves_writes_and_fences_the_old_primary_at_once() {
+    let mut sim = Sim::with(shared(3));
+    sim.learn(1, "n0");
+    sim.run_until(1_000, "writes open", |s| s.writes_open());
+    // Another proxy failed over to n2: the model is what it left.
+    sim.nodes[2].in_recovery = false;
+    sim.nodes[2].upstream = None;
+    sim.learn(2, "n2");
+    assert_eq!((sim.epoch(), sim.primary()), (2, Some(2)));
+    assert_eq!(sim.fenced(), BTreeSet::from([0]));
+    sim.run_until(1_000, "writes open on n2", |s| s.writes_open());
+    assert_eq!(sim.published.as_ref().unwrap().primary, Some(2));
+    // An older or equal epoch changes nothing.
+    sim.deliver(Event::Learned(record(1, "n0")));
+    sim.deliver(Event::Learned(record(2, "n1")));
+    assert_eq!((sim.epoch(), sim.primary()), (2, Some(2)));
+    assert_eq!(acts(&sim), 0, "the leader fences, not this proxy");
+}
+
+#[test]
+fn the_leader_fails_over_only_once_its_peers_agree() {
+    let mut sim = Sim::with(shared(3));
+    let lead_alone = Mandate {
+        lead: true,
+        agreed_down: false,
+    };
+    sim.deliver(Event::Mandate(lead_alone));
+    sim.run_until(2_000, "the leader adopts n0", |s| s.writes_open());
+    sim.run(1_000);
+    sim.crash(0);
+    sim.run(3 * TIMEOUT);
+    assert_eq!((sim.epoch(), sim.promotions()), (1, vec![]));
+    sim.deliver(Event::Mandate(Mandate::ALONE));
+    sim.run_until(TIMEOUT, "failed over once the peers agree", |s| {
+        s.epoch() == 2 && s.writes_open()
+    });
+    assert_eq!(sim.promotions().len(), 1);
+}
+
+#[test]
+fn a_new_leader_finishes_a_promotion_its_predecessor_persisted() {
+    let mut sim = Sim::with(shared(3));
+    sim.learn(1, "n0");
+    sim.run_until(1_000, "writes open", |s| s.writes_open());
+    sim.crash(0);
+    // The old leader persisted epoch 2 for n1 and died before promoting it.
+    sim.learn(2, "n1");
+    sim.run(TIMEOUT);
+    assert_eq!(sim.promotions(), Vec::<NodeId>::new(), "followers wait");
+    sim.deliver(Event::Mandate(Mandate::ALONE));
+    sim.run_until(TIMEOUT, "n1 promoted by the new leader", |s| {
+        s.primary() == Some(1) && s.writes_open()
+    });
+    assert_eq!((sim.promotions(), sim.epoch()), (vec![1], 2));
 }
