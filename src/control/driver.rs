@@ -23,11 +23,12 @@ use super::journal::Journal;
 use super::lag::{measure_lag, WalHistory};
 use super::monitor::ProbeResult;
 use super::operator::NodeOperator;
+use super::peers::{News, PeerView};
 use super::refresher::FunctionsLoaded;
 use super::snapshot::{log_changes, snapshot};
-use crate::config::{Config, ReplicationMode};
+use crate::config::{Config, PartitionMode, ReplicationMode};
 use crate::tls::ServerTls;
-use crate::topology::{Topology, TopologyHandle};
+use crate::topology::{Refusal, Topology, TopologyHandle, WriteState};
 
 /// The outcome of work the driver handed to a task.
 enum Outcome {
@@ -70,6 +71,17 @@ pub struct Driver {
     first_round: watch::Sender<bool>,
     shutdown: watch::Receiver<bool>,
     journal: Arc<Journal>,
+    shared: Option<Coordination>,
+    /// Writes refused because the shared store is out of reach
+    /// (`partition_mode = consistent`).
+    cut_off: Option<String>,
+}
+
+/// How the driver hears from the proxies sharing the epoch, and tells
+/// them what it sees.
+pub struct Coordination {
+    pub news: mpsc::Receiver<News>,
+    pub view: watch::Sender<PeerView>,
 }
 
 /// What [`Driver::new`] is wired to.
@@ -90,6 +102,8 @@ pub struct Wiring {
     pub shutdown: watch::Receiver<bool>,
     /// The failover log (`SHOW EVENTS`).
     pub journal: Arc<Journal>,
+    /// With `store = "etcd"`: the etcd session's news and this proxy's report.
+    pub shared: Option<Coordination>,
 }
 
 impl Driver {
@@ -138,6 +152,8 @@ impl Driver {
             first_round: wiring.first_round,
             shutdown: wiring.shutdown,
             journal: wiring.journal,
+            shared: wiring.shared,
+            cut_off: None,
         }
     }
 
@@ -179,11 +195,34 @@ impl Driver {
                 Some(outcome) = self.outcomes.recv() => self.on_outcome(outcome).await,
                 Some(request) = self.commands.recv() => self.on_command(request).await,
                 Some(loaded) = self.functions.recv() => self.publish_functions(loaded),
+                Some(news) = next_news(&mut self.shared) => self.on_news(news).await,
                 _ = tick.tick() => {
                     let now = self.now();
                     self.feed(Event::Tick { now }).await;
                 }
                 _ = self.shutdown.changed() => return,
+            }
+        }
+    }
+
+    /// What the etcd session heard: a mandate, an epoch, etcd lost or back.
+    async fn on_news(&mut self, news: News) {
+        match news {
+            News::Mandate(mandate) => {
+                self.feed(Event::Mandate(mandate)).await;
+            }
+            News::Learned(record) => {
+                self.feed(Event::Learned(record)).await;
+            }
+            News::Lost(lost) => {
+                let consistent = self.config.consistency.partition_mode == PartitionMode::Consistent;
+                self.cut_off = (lost && consistent).then(|| {
+                    "etcd is out of reach beyond failover.etcd_grace_ms and partition_mode = consistent: writes are refused until it answers".to_owned()
+                });
+                if lost && !consistent {
+                    warn!("etcd is out of reach; partition_mode = available: writes go on to the last epoch's primary");
+                }
+                self.publish();
             }
         }
     }
@@ -448,7 +487,17 @@ impl Driver {
         let Some(machine) = &self.machine else { return };
         let current = self.topology.load();
         let mut next = snapshot(machine, &current, self.broken.as_deref());
+        if let Some(reason) = &self.cut_off {
+            next.writes = WriteState::Refused(Refusal::ReadOnly(reason.clone()));
+        }
         measure_lag(&mut next, &mut self.history, Instant::now());
+        if let Some(shared) = &self.shared {
+            let view = PeerView {
+                epoch: machine.epoch(),
+                primary_lost: machine.primary_lost(),
+            };
+            shared.view.send_if_modified(|v| std::mem::replace(v, view) != view);
+        }
         if next != *current {
             log_changes(&current, &next);
             self.journal.record_changes(&current, &next);
@@ -484,6 +533,14 @@ impl Driver {
             };
             let _ = tx.send(Outcome::SyncSet { primary, names, ok });
         });
+    }
+}
+
+/// The next news from the etcd session; never, without one.
+async fn next_news(shared: &mut Option<Coordination>) -> Option<News> {
+    match shared {
+        Some(shared) => shared.news.recv().await,
+        None => std::future::pending().await,
     }
 }
 
