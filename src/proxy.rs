@@ -445,6 +445,7 @@ async fn start_control(w: ControlWiring) -> Result<(Option<PeersWatch>, Vec<Name
             let shared = Coordination {
                 news: started.news,
                 view: started.view,
+                relay: started.relay,
             };
             (started.store, Some(shared), Some(started.peers))
         }

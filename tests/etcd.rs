@@ -93,7 +93,7 @@ async fn write_once(proxy: &Proxy, cluster: &LocalCluster) -> Result<(), String>
         .map_err(|e| e.to_string())?;
     c.batch_execute("INSERT INTO ft VALUES (1)")
         .await
-        .map_err(|e| e.to_string())
+        .map_err(|e| e.as_db_error().map_or(e.to_string(), |d| d.message().to_owned()))
 }
 
 async fn write_until_accepted(proxy: &Proxy, cluster: &LocalCluster) {
@@ -228,5 +228,55 @@ async fn without_etcd_writes_go_on_when_available() {
     for proxy in &proxies {
         write_once(proxy, &cluster).await.unwrap();
         assert_eq!(epoch_and_primary(&proxy.topology()), (1, Some(0)), "no new epoch");
+    }
+}
+
+/// The index of the proxy that does not lead, once the peers agree on one.
+async fn a_follower(proxies: &[Proxy], cluster: &LocalCluster) -> usize {
+    let mut leader = None;
+    wait_until("one leader among the peers", Duration::from_secs(10), || async {
+        let peers = show_peers(&proxies[0], cluster).await;
+        let leaders: Vec<&String> = peers.iter().filter(|(_, l)| *l).map(|(n, _)| n).collect();
+        peers.len() == proxies.len() && leaders.len() == 1
+    })
+    .await;
+    for (name, leads) in show_peers(&proxies[0], cluster).await {
+        if leads {
+            leader = Some(name);
+        }
+    }
+    let leader = leader.unwrap();
+    (0..proxies.len())
+        .find(|i| format!("p{i}") != leader)
+        .unwrap()
+}
+
+#[tokio::test]
+async fn a_switchover_run_on_a_follower_is_done_once_by_the_leader_and_seen_by_all() {
+    let _serial = SERIAL.lock().await;
+    let etcd = etcd();
+    let cluster = cluster();
+    let proxies = proxies(&cluster, &etcd, 2, |_| {}).await;
+    let c = client(&proxies[0], &cluster, "etcd").await;
+    fresh_table(&c, "ft", "i int").await;
+    let follower = &proxies[a_follower(&proxies, &cluster).await];
+    let (console, _) = connect_with(&console_url(follower, &cluster)).await.unwrap();
+    console.simple_query("SWITCHOVER TO node2").await.unwrap();
+    for proxy in &proxies {
+        wait_topology(proxy, "node2 primary of epoch 2", |t| {
+            epoch_and_primary(t) == (2, Some(2)) && t.writes == WriteState::Open
+        })
+        .await;
+    }
+    for proxy in &proxies {
+        write_until_accepted(proxy, &cluster).await;
+        let c = client(proxy, &cluster, "etcd").await;
+        assert_eq!(primary_port(&c).await, cluster.node(2).port);
+    }
+    tokio::time::sleep(Duration::from_millis(FAILOVER_TIMEOUT_MS)).await;
+    assert_eq!(in_recovery(&cluster, 1).await, Some(true), "node1 untouched");
+    for proxy in &proxies {
+        assert_eq!(epoch_and_primary(&proxy.topology()), (2, Some(2)), "done once");
+        assert!(proxy.topology().nodes[0].fenced, "the old primary fenced for all");
     }
 }

@@ -11,7 +11,7 @@ use std::collections::{BTreeSet, VecDeque};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{mpsc, oneshot, watch};
 use tokio_util::task::TaskTracker;
 use tracing::{error, info, warn};
 
@@ -23,7 +23,7 @@ use super::journal::Journal;
 use super::lag::{measure_lag, WalHistory};
 use super::monitor::ProbeResult;
 use super::operator::NodeOperator;
-use super::peers::{News, PeerView};
+use super::peers::{encode_command, News, PeerView, Relay};
 use super::refresher::FunctionsLoaded;
 use super::snapshot::{log_changes, snapshot};
 use crate::config::{Config, PartitionMode, ReplicationMode};
@@ -82,6 +82,8 @@ pub struct Driver {
 pub struct Coordination {
     pub news: mpsc::Receiver<News>,
     pub view: watch::Sender<PeerView>,
+    /// Operator commands to and from the leader.
+    pub relay: Arc<dyn Relay>,
 }
 
 /// What [`Driver::new`] is wired to.
@@ -224,7 +226,44 @@ impl Driver {
                 }
                 self.publish();
             }
+            News::Request {
+                from,
+                nonce,
+                command,
+            } => self.on_forwarded(from, nonce, command).await,
         }
+    }
+
+    /// Carries out a command another proxy handed to this one, the leader,
+    /// and sends the answer back.
+    async fn on_forwarded(&mut self, from: String, nonce: u64, command: Command) {
+        let Some(relay) = self.shared.as_ref().map(|s| s.relay.clone()) else {
+            return;
+        };
+        info!(%from, ?command, "command forwarded by a peer");
+        let (reply, answer) = oneshot::channel();
+        self.on_command(Request { command, reply }).await;
+        tokio::spawn(async move {
+            let answer = answer
+                .await
+                .unwrap_or_else(|_| Err("the leader's control plane stopped".to_owned()));
+            relay.reply(from, nonce, answer).await;
+        });
+    }
+
+    /// Hands `request` to the leader when this proxy shares the epoch and
+    /// does not lead; `None` when it was handed on.
+    fn forward(&self, request: Request) -> Option<Request> {
+        let leads = self.machine.as_ref().is_none_or(failover::State::leads);
+        let relay = self.shared.as_ref().map(|s| s.relay.clone());
+        let (Some(relay), Some(text), false) = (relay, encode_command(&request.command), leads)
+        else {
+            return Some(request);
+        };
+        tokio::spawn(async move {
+            let _ = request.reply.send(relay.forward(text).await);
+        });
+        None
     }
 
     /// Publishes a catalog load beside the topology.
@@ -300,6 +339,9 @@ impl Driver {
     }
 
     async fn on_command(&mut self, request: Request) {
+        let Some(request) = self.forward(request) else {
+            return;
+        };
         let (event, started) = match &request.command {
             Command::Reweight(weights) => {
                 self.reweight(weights);

@@ -14,6 +14,7 @@
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
+use async_trait::async_trait;
 use etcd_client::{
     Certificate, Client, Compare, CompareOp, ConnectOptions, GetOptions, LeaseKeepAliveStream,
     LeaseKeeper, PutOptions, TlsOptions, Txn, TxnOp,
@@ -24,7 +25,10 @@ use tracing::{info, warn};
 
 use super::epoch::{EpochRecord, EpochStore, EpochStoreError};
 use super::failover::Mandate;
-use super::peers::{decode_epoch, encode_epoch, epoch_prefix, News, PeerReport, PeerView, Peers};
+use super::peers::{
+    decode_answer, decode_command, decode_epoch, encode_answer, encode_epoch, epoch_prefix,
+    split_nonce, News, PeerReport, PeerView, Peers, Relay,
+};
 use crate::config::Config;
 
 /// The lease's time to live: how soon a dead leader's key expires.
@@ -33,6 +37,9 @@ const LEASE_TTL_SECS: i64 = 2;
 const ROUND: Duration = Duration::from_millis(200);
 /// The longest one round, or one store, may take.
 const CALL_TIMEOUT: Duration = Duration::from_secs(1);
+/// How long a command run on a proxy that does not lead waits for the
+/// leader's answer.
+const FORWARD_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// The keys of one cluster.
 #[derive(Debug, Clone)]
@@ -42,6 +49,9 @@ struct Keys {
     leader: String,
     peers: String,
     me: String,
+    requests: String,
+    my_request: String,
+    my_reply: String,
 }
 
 impl Keys {
@@ -52,6 +62,9 @@ impl Keys {
             leader: format!("{prefix}/leader"),
             peers: format!("{prefix}/peers/"),
             me: format!("{prefix}/peers/{me}"),
+            requests: format!("{prefix}/requests/"),
+            my_request: format!("{prefix}/requests/{me}"),
+            my_reply: format!("{prefix}/replies/{me}"),
         }
     }
 }
@@ -102,6 +115,44 @@ impl Etcd {
     }
 }
 
+#[async_trait]
+impl Relay for Etcd {
+    async fn forward(&self, command: String) -> Result<String, String> {
+        let nonce = rand::random::<u64>();
+        let mut client = self.client.clone();
+        let keys = &self.keys;
+        let unreachable = |e: etcd_client::Error| format!("cannot reach the leader through etcd: {e}");
+        client
+            .put(keys.my_request.as_str(), format!("{nonce} {command}"), None)
+            .await
+            .map_err(unreachable)?;
+        let deadline = Instant::now() + FORWARD_TIMEOUT;
+        while Instant::now() < deadline {
+            tokio::time::sleep(ROUND / 2).await;
+            let Ok(got) = client.get(keys.my_reply.as_str(), None).await else {
+                continue;
+            };
+            let answer = got.kvs().first().and_then(|kv| decode_answer(kv.value(), nonce));
+            if let Some(answer) = answer {
+                let _ = client.delete(keys.my_reply.as_str(), None).await;
+                return answer;
+            }
+        }
+        let _ = client.delete(keys.my_request.as_str(), None).await;
+        Err(format!(
+            "{command}: no proxy leading the proxies sharing the epoch answered within {FORWARD_TIMEOUT:?}"
+        ))
+    }
+
+    async fn reply(&self, to: String, nonce: u64, answer: Result<String, String>) {
+        let key = format!("{}replies/{to}", self.keys.prefix);
+        let put = self.client.clone().put(key, encode_answer(nonce, &answer), None).await;
+        if let Err(e) = put {
+            warn!(to, error = %e, "cannot answer a forwarded command");
+        }
+    }
+}
+
 /// The epoch record in etcd, written only by the leader.
 pub struct EtcdStore {
     etcd: Arc<Etcd>,
@@ -146,6 +197,7 @@ pub struct Started {
     pub news: mpsc::Receiver<News>,
     pub view: watch::Sender<PeerView>,
     pub peers: watch::Receiver<Peers>,
+    pub relay: Arc<dyn Relay>,
 }
 
 /// Connects (lazily: an etcd that is down now is retried by the session).
@@ -180,10 +232,11 @@ pub async fn start(config: &Config, shutdown: watch::Receiver<bool>) -> Result<S
         mandate: Mandate::NONE,
     };
     let store = Arc::new(EtcdStore {
-        etcd,
+        etcd: etcd.clone(),
         runtime: Handle::current(),
     });
     Ok(Started {
+        relay: etcd,
         store,
         session,
         news,
@@ -329,6 +382,7 @@ impl Session {
         };
         let mut record = None;
         let mut leader = None;
+        let mut requests = Vec::new();
         for kv in all.kvs() {
             let key = String::from_utf8_lossy(kv.key());
             if key == keys.epoch {
@@ -336,6 +390,8 @@ impl Session {
             } else if key == keys.leader {
                 leader = Some((kv.create_revision(), kv.lease()));
                 peers.leader = Some(String::from_utf8_lossy(kv.value()).into_owned());
+            } else if let Some(name) = key.strip_prefix(keys.requests.as_str()) {
+                requests.push((name.to_owned(), kv.mod_revision(), kv.value().to_vec()));
             } else if let Some(name) = key.strip_prefix(keys.peers.as_str()) {
                 if let Some(v) = PeerView::decode(kv.value()) {
                     peers.reports.push(PeerReport {
@@ -353,7 +409,32 @@ impl Session {
         let held = leader.filter(|(_, l)| *l == lease).map(|(rev, _)| rev);
         self.etcd.hold(held);
         peers.leading = held.is_some();
+        if peers.leading {
+            for (from, revision, value) in requests {
+                self.take_request(from, revision, &value).await?;
+            }
+        }
         Ok((peers, record))
+    }
+
+    /// The leader takes a command another proxy left for it, once: the
+    /// request is deleted only if it is still the one read.
+    async fn take_request(&self, from: String, revision: i64, value: &[u8]) -> Result<(), etcd_client::Error> {
+        let key = format!("{}{from}", self.etcd.keys.requests);
+        let txn = Txn::new()
+            .when([Compare::mod_revision(key.as_str(), CompareOp::Equal, revision)])
+            .and_then([TxnOp::delete(key.as_str(), None)]);
+        if !self.etcd.client.clone().txn(txn).await?.succeeded() {
+            return Ok(());
+        }
+        let parsed = split_nonce(value).and_then(|(n, c)| Some((n, decode_command(c)?)));
+        match parsed {
+            Some((nonce, command)) => {
+                self.tell(News::Request { from, nonce, command }).await;
+            }
+            None => warn!(from, "ignoring a forwarded command that does not parse"),
+        }
+        Ok(())
     }
 
     /// Takes the leader key if no one holds it: `(create revision, lease)`.

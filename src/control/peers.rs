@@ -9,8 +9,11 @@
 //! The leader fails over only when a majority of the live reports agree
 //! the primary is lost.
 
+use async_trait::async_trait;
+
 use super::epoch::EpochRecord;
 use super::failover::Mandate;
+use super::handle::Command;
 
 /// The epoch record as stored: the epoch zero-padded so that etcd can
 /// compare two records byte-wise (an older epoch sorts first).
@@ -90,6 +93,67 @@ pub enum News {
     /// etcd has been out of reach for longer than `etcd_grace_ms` (true),
     /// or answers again (false).
     Lost(bool),
+    /// An operator command run on another proxy, for the leader to carry
+    /// out; its answer goes back through [`Relay::reply`].
+    Request {
+        from: String,
+        nonce: u64,
+        command: Command,
+    },
+}
+
+/// How operator commands run on a proxy that does not lead reach the one
+/// that does, and how its answer comes back.
+#[async_trait]
+pub trait Relay: Send + Sync {
+    /// Hands `command` (as [`encode_command`] wrote it) to the leader and
+    /// waits for its answer.
+    async fn forward(&self, command: String) -> Result<String, String>;
+    /// The leader's answer to request `nonce` of proxy `to`.
+    async fn reply(&self, to: String, nonce: u64, answer: Result<String, String>);
+}
+
+/// An operator command as sent to the leader; `None` for commands each
+/// proxy runs itself (RELOAD's weights).
+pub fn encode_command(command: &Command) -> Option<String> {
+    match command {
+        Command::Switchover(None) => Some("switchover".to_owned()),
+        Command::Switchover(Some(node)) => Some(format!("switchover {node}")),
+        Command::Rejoin(node) => Some(format!("rejoin {node}")),
+        Command::Reweight(_) => None,
+    }
+}
+
+pub fn decode_command(text: &str) -> Option<Command> {
+    match text.split_once(' ') {
+        None if text == "switchover" => Some(Command::Switchover(None)),
+        Some(("switchover", node)) => Some(Command::Switchover(Some(node.to_owned()))),
+        Some(("rejoin", node)) => Some(Command::Rejoin(node.to_owned())),
+        _ => None,
+    }
+}
+
+/// A request or a reply as stored: the nonce that pairs them, then the rest.
+pub fn split_nonce(value: &[u8]) -> Option<(u64, &str)> {
+    let (nonce, rest) = std::str::from_utf8(value).ok()?.split_once(' ')?;
+    Some((nonce.parse().ok()?, rest))
+}
+
+pub fn encode_answer(nonce: u64, answer: &Result<String, String>) -> String {
+    match answer {
+        Ok(text) => format!("{nonce} ok {text}"),
+        Err(text) => format!("{nonce} err {text}"),
+    }
+}
+
+/// The answer to request `nonce`, if `value` is it.
+pub fn decode_answer(value: &[u8], nonce: u64) -> Option<Result<String, String>> {
+    let (_, rest) = split_nonce(value).filter(|(n, _)| *n == nonce)?;
+    match rest.split_once(' ').unwrap_or((rest, "")) {
+        ("ok", text) => Some(Ok(text.to_owned())),
+        ("err", text) => Some(Err(text.to_owned())),
+        _ => None,
+    }
 }
 
 /// Where the console reads [`Peers`] from.
@@ -150,6 +214,26 @@ mod tests {
         );
         for bad in ["", "7", "x pg1", "0 pg1", "3  ", "3 "] {
             assert_eq!(decode_epoch(bad.as_bytes()), None, "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn forwarded_commands_and_answers_round_trip() {
+        for command in [
+            Command::Switchover(None),
+            Command::Switchover(Some("pg 2".into())),
+            Command::Rejoin("pg1".into()),
+        ] {
+            let text = encode_command(&command).unwrap();
+            assert_eq!(decode_command(&text), Some(command));
+        }
+        assert_eq!(encode_command(&Command::Reweight(vec![1])), None);
+        assert_eq!(decode_command("drop everything"), None);
+        assert_eq!(split_nonce(b"42 switchover"), Some((42, "switchover")));
+        for answer in [Ok("switchover started".to_owned()), Err("no".to_owned())] {
+            let stored = encode_answer(7, &answer);
+            assert_eq!(decode_answer(stored.as_bytes(), 7), Some(answer));
+            assert_eq!(decode_answer(stored.as_bytes(), 8), None, "another request's");
         }
     }
 

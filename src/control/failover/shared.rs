@@ -34,6 +34,12 @@ impl State {
         self.phase = Phase::Steady { confirmed };
     }
 
+    /// Whether this proxy decides (always, alone); a proxy that does not
+    /// hands operator commands to the one that does.
+    pub fn leads(&self) -> bool {
+        self.mandate.lead
+    }
+
     /// Whether this proxy has lost the primary: it has not answered as a
     /// primary since its last probes. What it reports to its peers.
     pub fn primary_lost(&self) -> bool {
