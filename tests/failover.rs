@@ -1053,3 +1053,77 @@ async fn sync_strict_holds_commits_until_a_replica_returns() {
         .expect("the commit completes once a replica is back")
         .unwrap();
 }
+
+/// One `INSERT` through a fresh connection: the port of the node it landed on.
+async fn insert_where(proxy: &Proxy, cluster: &LocalCluster) -> Option<u16> {
+    let (c, _) = connect_with(&superuser_url(proxy, cluster)).await.ok()?;
+    let row = c
+        .query_one("INSERT INTO ft VALUES (2) RETURNING inet_server_port()", &[])
+        .await
+        .ok()?;
+    u16::try_from(row.get::<_, i32>(0)).ok()
+}
+
+#[tokio::test]
+async fn follow_mode_follows_a_promotion_done_by_hand() {
+    const PROBE_MS: u64 = 300;
+    let f = fixture_with(|c| {
+        c.failover.mode = palisade::config::FailoverMode::Follow;
+        c.monitor.probe_interval_ms = PROBE_MS;
+        c.failover.failover_wait_ms = 0;
+    })
+    .await;
+    let (cluster, proxy) = (&f.cluster, &f.proxy);
+    assert_eq!(insert_where(proxy, cluster).await, Some(cluster.node(0).port));
+    // The HA manager steps the old primary down, then promotes node2.
+    let c2 = cluster.clone();
+    tokio::task::spawn_blocking(move || c2.primary().stop().unwrap())
+        .await
+        .unwrap();
+    let stepped_down = Instant::now();
+    let node2 = connect_node(cluster, cluster.node(2)).await.unwrap();
+    node2.execute("SELECT pg_promote(true)", &[]).await.unwrap();
+    let promoted = Instant::now();
+    let mut landed = Vec::new();
+    while proxy.topology().primary() != Some(2) || proxy.topology().writes != WriteState::Open {
+        assert!(promoted.elapsed() < Duration::from_secs(10), "{:?}", proxy.topology());
+        landed.extend(insert_where(proxy, cluster).await);
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let followed = promoted.elapsed();
+    eprintln!(
+        "followed {followed:?} after pg_promote returned ({:?} after the step-down)",
+        stepped_down.elapsed()
+    );
+    assert!(
+        followed <= Duration::from_millis(2 * PROBE_MS + 200),
+        "followed within two probe intervals: {followed:?}"
+    );
+    assert_eq!(insert_where(proxy, cluster).await, Some(cluster.node(2).port));
+    // The old primary comes back as a primary, on its old timeline: it is
+    // routed nothing, and nothing is done to it.
+    let c2 = cluster.clone();
+    tokio::task::spawn_blocking(move || c2.primary().start().unwrap())
+        .await
+        .unwrap();
+    wait_topology(proxy, "the old primary seen and fenced", |t| t.nodes[0].fenced).await;
+    for _ in 0..10 {
+        landed.extend(insert_where(proxy, cluster).await);
+    }
+    let old = cluster.node(0).port;
+    assert!(!landed.contains(&old), "a write reached the old primary: {landed:?}");
+    let t = proxy.topology();
+    assert_eq!((t.epoch, t.primary()), (2, Some(2)), "{t:?}");
+    let old_primary = connect_node(cluster, cluster.node(0)).await.unwrap();
+    let recovering: bool = old_primary
+        .query_one("SELECT pg_is_in_recovery()", &[])
+        .await
+        .unwrap()
+        .get(0);
+    let read_only: String = old_primary
+        .query_one("SHOW default_transaction_read_only", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!((recovering, read_only.as_str()), (false, "off"), "not fenced by Palisade");
+}

@@ -18,6 +18,12 @@ pub enum FailoverMode {
     /// Nothing is promoted until an operator runs `SWITCHOVER`; until then
     /// the cluster is read-only.
     Manual,
+    /// Palisade promotes and fences nothing: another HA manager (Patroni,
+    /// a managed service, an operator) does, and Palisade follows it,
+    /// learning the primary from the nodes (`pg_is_in_recovery()` and the
+    /// timeline). A node that claims to be a primary on an older timeline
+    /// than another never gets writes.
+    Follow,
 }
 
 /// Where the epoch record lives, and so how many proxies may share it.

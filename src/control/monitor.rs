@@ -45,7 +45,9 @@ const PROBE: &str = "SELECT pg_is_in_recovery(), \
     (SELECT sender_host FROM pg_stat_wal_receiver), \
     (SELECT sender_port FROM pg_stat_wal_receiver), \
     ARRAY(SELECT application_name::text FROM pg_stat_replication \
-          WHERE sync_state IN ('sync', 'quorum') ORDER BY 1)";
+          WHERE sync_state IN ('sync', 'quorum') ORDER BY 1), \
+    (CASE WHEN NOT pg_is_in_recovery() THEN \
+       ('x' || substr(pg_walfile_name(pg_current_wal_lsn()), 1, 8))::bit(32)::int END)";
 
 /// One prober per configured node, each sending to `results` until
 /// `shutdown` or until the receiver is gone.
@@ -294,5 +296,10 @@ fn report(row: &tokio_postgres::Row) -> Option<Report> {
             upstream,
         },
         sync_standbys: row.try_get(6).unwrap_or_default(),
+        timeline: row
+            .try_get::<_, Option<i32>>(7)
+            .ok()
+            .flatten()
+            .and_then(|t| u32::try_from(t).ok()),
     })
 }

@@ -95,7 +95,7 @@ impl State {
     }
 
     pub(super) fn emit_chores(&mut self, out: &mut Vec<Action>) {
-        if !self.mandate.lead {
+        if !self.mandate.lead || self.follows() {
             return;
         }
         let now = self.now;

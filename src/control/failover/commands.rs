@@ -13,11 +13,17 @@ use super::{
 const NOT_LEADING: &str =
     "{}: this proxy does not lead the proxies sharing the epoch; run it on the leader (SHOW PEERS)";
 
+const FOLLOWING: &str =
+    "{}: failover.mode = follow: Palisade promotes and fences nothing; ask the HA manager it follows";
+
 impl State {
     pub(super) fn switchover(&mut self, target: Option<NodeId>, out: &mut Vec<Action>) {
         let refuse = |out: &mut Vec<Action>, reason: String| {
             out.push(Action::CommandRefused { reason });
         };
+        if self.follows() {
+            return refuse(out, FOLLOWING.replace("{}", "switchover"));
+        }
         if !self.mandate.lead {
             return refuse(out, NOT_LEADING.replace("{}", "switchover"));
         }
@@ -140,7 +146,9 @@ impl State {
     }
 
     pub(super) fn rejoin(&mut self, node: NodeId, out: &mut Vec<Action>) {
-        let reason = if !self.mandate.lead {
+        let reason = if self.follows() {
+            FOLLOWING.replace("{}", "rejoin")
+        } else if !self.mandate.lead {
             NOT_LEADING.replace("{}", "rejoin")
         } else if !self.fenced.contains(&node) {
             format!("rejoin: {} is not fenced", self.name(node))

@@ -114,6 +114,9 @@ pub struct Report {
     /// A primary's standbys that may acknowledge synchronous commits
     /// (`sync_state` sync or quorum), by application name.
     pub sync_standbys: Vec<String>,
+    /// A primary's timeline (of its current WAL); `None` for a replica or
+    /// when not known. Promotion moves a node to a newer timeline.
+    pub timeline: Option<u32>,
 }
 
 impl Report {

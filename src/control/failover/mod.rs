@@ -33,6 +33,7 @@ mod chores;
 mod commands;
 mod detect;
 mod events;
+mod follow;
 mod health;
 mod outcomes;
 mod shared;
@@ -397,9 +398,7 @@ impl State {
         if waiting || !self.mandate.lead {
             return;
         }
-        let claimants: Vec<NodeId> = (0..self.nodes.len())
-            .filter(|n| self.nodes[*n].answering_as_primary())
-            .collect();
+        let claimants = self.claimants();
         match claimants[..] {
             [] => {
                 self.phase = Phase::Bootstrapping {
@@ -443,6 +442,9 @@ impl State {
         let Some(view) = self.view(primary) else {
             return;
         };
+        if self.follows() {
+            return self.follow(out);
+        }
         if !confirmed {
             if view.answering_as_primary() {
                 self.phase = Phase::Steady { confirmed: true };

@@ -45,6 +45,8 @@ struct SimNode {
     /// Replay speed in bytes per tick; `None` keeps up at once.
     apply_per_tick: Option<u64>,
     fail_promote: bool,
+    /// The timeline a primary writes on; promotion moves past every one.
+    timeline: u32,
 }
 
 struct Sim {
@@ -94,6 +96,7 @@ impl Sim {
                 read_only: false,
                 apply_per_tick: None,
                 fail_promote: false,
+                timeline: 1,
             })
             .collect();
         let mut sim = Sim {
@@ -229,6 +232,7 @@ impl Sim {
                 upstream,
             },
             sync_standbys: Vec::new(),
+            timeline: (!n.in_recovery).then_some(n.timeline),
         })
     }
 
@@ -439,6 +443,8 @@ impl Sim {
             .push((node, primary_lsn.saturating_sub(n.lsn)));
         n.in_recovery = false;
         n.upstream = None;
+        let timeline = self.nodes.iter().map(|n| n.timeline).max().unwrap_or(1) + 1;
+        self.nodes[node].timeline = timeline;
         Some(Event::Promoted { node })
     }
 
@@ -1364,4 +1370,86 @@ fn a_new_leader_finishes_a_promotion_its_predecessor_persisted() {
         s.primary() == Some(1) && s.writes_open()
     });
     assert_eq!((sim.promotions(), sim.epoch()), (vec![1], 2));
+}
+
+fn following(nodes: usize) -> Settings {
+    Settings {
+        mode: FailoverMode::Follow,
+        ..settings(nodes)
+    }
+}
+
+impl Sim {
+    /// An HA manager promotes `node` by hand: a new timeline, no upstream;
+    /// the other replicas follow it.
+    fn promote_by_hand(&mut self, node: NodeId) {
+        let timeline = self.nodes.iter().map(|n| n.timeline).max().unwrap_or(1) + 1;
+        let n = &mut self.nodes[node];
+        (n.in_recovery, n.upstream, n.timeline) = (false, None, timeline);
+        for (i, other) in self.nodes.iter_mut().enumerate() {
+            if i != node && other.in_recovery {
+                other.upstream = Some(node);
+            }
+        }
+    }
+
+    /// Ticks `ticks` times; how many of them left writes open to `node`.
+    fn ticks_writing_to(&mut self, node: NodeId, ticks: usize) -> usize {
+        (0..ticks)
+            .filter(|_| {
+                self.tick();
+                self.published
+                    .as_ref()
+                    .is_some_and(|p| p.writes == WriteState::Open && p.primary == Some(node))
+            })
+            .count()
+    }
+}
+
+#[test]
+fn following_adopts_a_hand_promoted_primary_within_two_probes_and_acts_on_nothing() {
+    for old_stays_up in [false, true] {
+        let mut sim = Sim::steady(following(3));
+        if old_stays_up {
+            // Made read-only, it still says it is a primary, on the old timeline.
+            sim.nodes[0].read_only = true;
+        } else {
+            sim.crash(0);
+        }
+        sim.promote_by_hand(2);
+        let writes_to_old = sim.ticks_writing_to(0, 2);
+        assert_eq!(writes_to_old, 0, "old primary up: {old_stays_up}");
+        assert_eq!((sim.epoch(), sim.primary()), (2, Some(2)));
+        assert!(sim.writes_open(), "writes open on the new primary");
+        assert_eq!(sim.ticks_writing_to(0, 20), 0);
+        assert_eq!(sim.fenced().contains(&0), old_stays_up, "routed nothing while it claims");
+        let acted = sim
+            .actions()
+            .filter(|a| !matches!(a, Action::PublishTopology(_) | Action::PersistEpoch { .. }))
+            .count();
+        assert_eq!(acted, 0, "following promotes, fences and re-points nothing");
+    }
+}
+
+#[test]
+fn following_never_fails_over_and_refuses_operator_commands() {
+    let mut sim = Sim::steady(following(3));
+    sim.crash(0);
+    sim.run(3 * TIMEOUT);
+    assert_eq!((sim.epoch(), sim.promotions()), (1, vec![]));
+    assert!(!sim.writes_open());
+    sim.command(Event::Switchover { target: Some(1) });
+    assert!(sim.refusals.last().unwrap().contains("follow"));
+}
+
+#[test]
+fn following_starts_on_the_newest_timeline_of_two_claimants() {
+    let mut sim = Sim::with(following(3));
+    sim.nodes[1].in_recovery = false;
+    sim.nodes[1].upstream = None;
+    sim.nodes[1].timeline = 3;
+    sim.nodes[0].read_only = true;
+    sim.run_until(2_000, "adopted", |s| s.writes_open());
+    assert_eq!(sim.primary(), Some(1));
+    assert!(sim.fenced().contains(&0));
 }
