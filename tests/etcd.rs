@@ -93,13 +93,19 @@ async fn write_once(proxy: &Proxy, cluster: &LocalCluster) -> Result<(), String>
         .map_err(|e| e.to_string())?;
     c.batch_execute("INSERT INTO ft VALUES (1)")
         .await
-        .map_err(|e| e.as_db_error().map_or(e.to_string(), |d| d.message().to_owned()))
+        .map_err(|e| {
+            e.as_db_error()
+                .map_or(e.to_string(), |d| d.message().to_owned())
+        })
 }
 
 async fn write_until_accepted(proxy: &Proxy, cluster: &LocalCluster) {
     let began = Instant::now();
     while let Err(e) = write_once(proxy, cluster).await {
-        assert!(began.elapsed() < Duration::from_secs(60), "no write in 60 s: {e}");
+        assert!(
+            began.elapsed() < Duration::from_secs(60),
+            "no write in 60 s: {e}"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
@@ -144,17 +150,27 @@ async fn two_proxies_fail_over_once_and_both_write_to_the_new_primary() {
     let proxies = proxies(&cluster, &etcd, 2, |_| {}).await;
     let c = client(&proxies[0], &cluster, "etcd").await;
     fresh_table(&c, "ft", "i int").await;
-    wait_until("the peers to see each other", Duration::from_secs(10), || async {
-        let peers = show_peers(&proxies[1], &cluster).await;
-        peers.len() == 2 && peers.iter().filter(|(_, leads)| *leads).count() == 1
-    })
+    wait_until(
+        "the peers to see each other",
+        Duration::from_secs(10),
+        || async {
+            let peers = show_peers(&proxies[1], &cluster).await;
+            peers.len() == 2 && peers.iter().filter(|(_, leads)| *leads).count() == 1
+        },
+    )
     .await;
 
     cluster.primary().kill(signal::SIGKILL).unwrap();
     let began = Instant::now();
-    wait_topology(&proxies[0], "a new epoch", |t| t.epoch >= 2 && t.primary().is_some()).await;
+    wait_topology(&proxies[0], "a new epoch", |t| {
+        t.epoch >= 2 && t.primary().is_some()
+    })
+    .await;
     let first = began.elapsed();
-    wait_topology(&proxies[1], "the new epoch", |t| t.epoch >= 2 && t.primary().is_some()).await;
+    wait_topology(&proxies[1], "the new epoch", |t| {
+        t.epoch >= 2 && t.primary().is_some()
+    })
+    .await;
     let both = began.elapsed();
     eprintln!("epoch 2 on one proxy after {first:?}, on both after {both:?}");
     assert!(
@@ -162,7 +178,11 @@ async fn two_proxies_fail_over_once_and_both_write_to_the_new_primary() {
         "took {both:?}"
     );
     let (t0, t1) = (proxies[0].topology(), proxies[1].topology());
-    assert_eq!(epoch_and_primary(&t0), epoch_and_primary(&t1), "one epoch for all");
+    assert_eq!(
+        epoch_and_primary(&t0),
+        epoch_and_primary(&t1),
+        "one epoch for all"
+    );
     assert_eq!(t0.epoch, 2, "one failover, one epoch: {t0:?}");
     let new = t0.primary().unwrap();
     assert_ne!(new, 0);
@@ -173,7 +193,11 @@ async fn two_proxies_fail_over_once_and_both_write_to_the_new_primary() {
     }
     // Well past another failover timeout: the other replica was never promoted.
     tokio::time::sleep(Duration::from_millis(2 * FAILOVER_TIMEOUT_MS)).await;
-    assert_eq!(in_recovery(&cluster, 3 - new).await, Some(true), "one promotion");
+    assert_eq!(
+        in_recovery(&cluster, 3 - new).await,
+        Some(true),
+        "one promotion"
+    );
     assert_eq!(in_recovery(&cluster, new).await, Some(false));
     for proxy in &proxies {
         assert_eq!(epoch_and_primary(&proxy.topology()), (2, Some(new)));
@@ -191,7 +215,9 @@ async fn lose_etcd(mode: PartitionMode) -> (Duration, Vec<Proxy>, Arc<LocalClust
     etcd.stop();
     let lost = Instant::now();
     for proxy in &proxies {
-        write_once(proxy, &cluster).await.expect("a write within the grace period");
+        write_once(proxy, &cluster)
+            .await
+            .expect("a write within the grace period");
     }
     assert!(lost.elapsed() < Duration::from_millis(GRACE_MS));
     tokio::time::sleep(Duration::from_millis(GRACE_MS + 1_500)).await;
@@ -207,12 +233,18 @@ async fn without_etcd_writes_go_on_for_the_grace_period_then_stop_when_consisten
         assert!(err.contains("etcd"), "the refusal names etcd: {err}");
         assert!(matches!(proxy.topology().writes, WriteState::Refused(_)));
         let c = client(proxy, &cluster, "etcd").await;
-        c.query_one("SELECT count(*) FROM ft", &[]).await.expect("reads go on");
+        c.query_one("SELECT count(*) FROM ft", &[])
+            .await
+            .expect("reads go on");
     }
     etcd.start_again().unwrap();
     for proxy in &proxies {
         write_until_accepted(proxy, &cluster).await;
-        assert_eq!(epoch_and_primary(&proxy.topology()), (1, Some(0)), "no new epoch");
+        assert_eq!(
+            epoch_and_primary(&proxy.topology()),
+            (1, Some(0)),
+            "no new epoch"
+        );
     }
 }
 
@@ -221,24 +253,34 @@ async fn without_etcd_writes_go_on_when_available() {
     let _serial = SERIAL.lock().await;
     let (_, proxies, cluster, etcd) = lose_etcd(PartitionMode::Available).await;
     for proxy in &proxies {
-        write_once(proxy, &cluster).await.expect("writes go on past the grace period");
+        write_once(proxy, &cluster)
+            .await
+            .expect("writes go on past the grace period");
     }
     etcd.start_again().unwrap();
     tokio::time::sleep(Duration::from_secs(1)).await;
     for proxy in &proxies {
         write_once(proxy, &cluster).await.unwrap();
-        assert_eq!(epoch_and_primary(&proxy.topology()), (1, Some(0)), "no new epoch");
+        assert_eq!(
+            epoch_and_primary(&proxy.topology()),
+            (1, Some(0)),
+            "no new epoch"
+        );
     }
 }
 
 /// The index of the proxy that does not lead, once the peers agree on one.
 async fn a_follower(proxies: &[Proxy], cluster: &LocalCluster) -> usize {
     let mut leader = None;
-    wait_until("one leader among the peers", Duration::from_secs(10), || async {
-        let peers = show_peers(&proxies[0], cluster).await;
-        let leaders: Vec<&String> = peers.iter().filter(|(_, l)| *l).map(|(n, _)| n).collect();
-        peers.len() == proxies.len() && leaders.len() == 1
-    })
+    wait_until(
+        "one leader among the peers",
+        Duration::from_secs(10),
+        || async {
+            let peers = show_peers(&proxies[0], cluster).await;
+            let leaders: Vec<&String> = peers.iter().filter(|(_, l)| *l).map(|(n, _)| n).collect();
+            peers.len() == proxies.len() && leaders.len() == 1
+        },
+    )
     .await;
     for (name, leads) in show_peers(&proxies[0], cluster).await {
         if leads {
@@ -260,7 +302,9 @@ async fn a_switchover_run_on_a_follower_is_done_once_by_the_leader_and_seen_by_a
     let c = client(&proxies[0], &cluster, "etcd").await;
     fresh_table(&c, "ft", "i int").await;
     let follower = &proxies[a_follower(&proxies, &cluster).await];
-    let (console, _) = connect_with(&console_url(follower, &cluster)).await.unwrap();
+    let (console, _) = connect_with(&console_url(follower, &cluster))
+        .await
+        .unwrap();
     console.simple_query("SWITCHOVER TO node2").await.unwrap();
     for proxy in &proxies {
         wait_topology(proxy, "node2 primary of epoch 2", |t| {
@@ -274,9 +318,20 @@ async fn a_switchover_run_on_a_follower_is_done_once_by_the_leader_and_seen_by_a
         assert_eq!(primary_port(&c).await, cluster.node(2).port);
     }
     tokio::time::sleep(Duration::from_millis(FAILOVER_TIMEOUT_MS)).await;
-    assert_eq!(in_recovery(&cluster, 1).await, Some(true), "node1 untouched");
+    assert_eq!(
+        in_recovery(&cluster, 1).await,
+        Some(true),
+        "node1 untouched"
+    );
     for proxy in &proxies {
-        assert_eq!(epoch_and_primary(&proxy.topology()), (2, Some(2)), "done once");
-        assert!(proxy.topology().nodes[0].fenced, "the old primary fenced for all");
+        assert_eq!(
+            epoch_and_primary(&proxy.topology()),
+            (2, Some(2)),
+            "done once"
+        );
+        assert!(
+            proxy.topology().nodes[0].fenced,
+            "the old primary fenced for all"
+        );
     }
 }

@@ -1058,7 +1058,10 @@ async fn sync_strict_holds_commits_until_a_replica_returns() {
 async fn insert_where(proxy: &Proxy, cluster: &LocalCluster) -> Option<u16> {
     let (c, _) = connect_with(&superuser_url(proxy, cluster)).await.ok()?;
     let row = c
-        .query_one("INSERT INTO ft VALUES (2) RETURNING inet_server_port()", &[])
+        .query_one(
+            "INSERT INTO ft VALUES (2) RETURNING inet_server_port()",
+            &[],
+        )
         .await
         .ok()?;
     u16::try_from(row.get::<_, i32>(0)).ok()
@@ -1074,7 +1077,10 @@ async fn follow_mode_follows_a_promotion_done_by_hand() {
     })
     .await;
     let (cluster, proxy) = (&f.cluster, &f.proxy);
-    assert_eq!(insert_where(proxy, cluster).await, Some(cluster.node(0).port));
+    assert_eq!(
+        insert_where(proxy, cluster).await,
+        Some(cluster.node(0).port)
+    );
     // The HA manager steps the old primary down, then promotes node2.
     let c2 = cluster.clone();
     tokio::task::spawn_blocking(move || c2.primary().stop().unwrap())
@@ -1086,7 +1092,11 @@ async fn follow_mode_follows_a_promotion_done_by_hand() {
     let promoted = Instant::now();
     let mut landed = Vec::new();
     while proxy.topology().primary() != Some(2) || proxy.topology().writes != WriteState::Open {
-        assert!(promoted.elapsed() < Duration::from_secs(10), "{:?}", proxy.topology());
+        assert!(
+            promoted.elapsed() < Duration::from_secs(10),
+            "{:?}",
+            proxy.topology()
+        );
         landed.extend(insert_where(proxy, cluster).await);
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
@@ -1099,19 +1109,28 @@ async fn follow_mode_follows_a_promotion_done_by_hand() {
         followed <= Duration::from_millis(2 * PROBE_MS + 200),
         "followed within two probe intervals: {followed:?}"
     );
-    assert_eq!(insert_where(proxy, cluster).await, Some(cluster.node(2).port));
+    assert_eq!(
+        insert_where(proxy, cluster).await,
+        Some(cluster.node(2).port)
+    );
     // The old primary comes back as a primary, on its old timeline: it is
     // routed nothing, and nothing is done to it.
     let c2 = cluster.clone();
     tokio::task::spawn_blocking(move || c2.primary().start().unwrap())
         .await
         .unwrap();
-    wait_topology(proxy, "the old primary seen and fenced", |t| t.nodes[0].fenced).await;
+    wait_topology(proxy, "the old primary seen and fenced", |t| {
+        t.nodes[0].fenced
+    })
+    .await;
     for _ in 0..10 {
         landed.extend(insert_where(proxy, cluster).await);
     }
     let old = cluster.node(0).port;
-    assert!(!landed.contains(&old), "a write reached the old primary: {landed:?}");
+    assert!(
+        !landed.contains(&old),
+        "a write reached the old primary: {landed:?}"
+    );
     let t = proxy.topology();
     assert_eq!((t.epoch, t.primary()), (2, Some(2)), "{t:?}");
     let old_primary = connect_node(cluster, cluster.node(0)).await.unwrap();
@@ -1125,5 +1144,9 @@ async fn follow_mode_follows_a_promotion_done_by_hand() {
         .await
         .unwrap()
         .get(0);
-    assert_eq!((recovering, read_only.as_str()), (false, "off"), "not fenced by Palisade");
+    assert_eq!(
+        (recovering, read_only.as_str()),
+        (false, "off"),
+        "not fenced by Palisade"
+    );
 }

@@ -197,7 +197,13 @@ pub fn peers(shared: &Shared) -> Rows {
     let yes = |b: bool| Some(if b { "yes" } else { "no" }.to_owned());
     if !peers.reachable {
         let epoch = shared.topology.load().epoch.to_string();
-        let row = vec![Some(peers.me), Some(epoch), Some("etcd unreachable".into()), yes(false), yes(true)];
+        let row = vec![
+            Some(peers.me),
+            Some(epoch),
+            Some("etcd unreachable".into()),
+            yes(false),
+            yes(true),
+        ];
         return vec![row];
     }
     peers

@@ -562,11 +562,26 @@ fn etcd_store_rules_name_their_key() {
     let ends = "etcd_endpoints = [\"http://127.0.0.1:2379\"]\n";
     for (body, key) in [
         (etcd.to_owned(), "failover.etcd_endpoints"),
-        (format!("{etcd}{ends}etcd_prefix = \"x\"\n"), "failover.etcd_prefix"),
-        (format!("{etcd}{ends}etcd_prefix = \"/x/\"\n"), "failover.etcd_prefix"),
-        (format!("{etcd}{ends}etcd_user = \"u\"\n"), "failover.etcd_user"),
-        (format!("{etcd}{ends}state_file = \"s.toml\"\n"), "failover.state_file"),
-        (format!("{etcd}{ends}etcd_grace_ms = 0\n"), "failover.etcd_grace_ms"),
+        (
+            format!("{etcd}{ends}etcd_prefix = \"x\"\n"),
+            "failover.etcd_prefix",
+        ),
+        (
+            format!("{etcd}{ends}etcd_prefix = \"/x/\"\n"),
+            "failover.etcd_prefix",
+        ),
+        (
+            format!("{etcd}{ends}etcd_user = \"u\"\n"),
+            "failover.etcd_user",
+        ),
+        (
+            format!("{etcd}{ends}state_file = \"s.toml\"\n"),
+            "failover.state_file",
+        ),
+        (
+            format!("{etcd}{ends}etcd_grace_ms = 0\n"),
+            "failover.etcd_grace_ms",
+        ),
     ] {
         let e = error_of(&format!("{GOOD}\n[failover]\n{body}"));
         assert_eq!(e.key, key, "{body}");

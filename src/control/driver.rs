@@ -217,7 +217,8 @@ impl Driver {
                 self.feed(Event::Learned(record)).await;
             }
             News::Lost(lost) => {
-                let consistent = self.config.consistency.partition_mode == PartitionMode::Consistent;
+                let consistent =
+                    self.config.consistency.partition_mode == PartitionMode::Consistent;
                 self.cut_off = (lost && consistent).then(|| {
                     "etcd is out of reach beyond failover.etcd_grace_ms and partition_mode = consistent: writes are refused until it answers".to_owned()
                 });
@@ -538,7 +539,9 @@ impl Driver {
                 epoch: machine.epoch(),
                 primary_lost: machine.primary_lost(),
             };
-            shared.view.send_if_modified(|v| std::mem::replace(v, view) != view);
+            shared
+                .view
+                .send_if_modified(|v| std::mem::replace(v, view) != view);
         }
         if next != *current {
             log_changes(&current, &next);

@@ -88,12 +88,20 @@ impl Etcd {
     }
 
     async fn load(&self) -> Result<Option<EpochRecord>, etcd_client::Error> {
-        let got = self.client.clone().get(self.keys.epoch.as_str(), None).await?;
+        let got = self
+            .client
+            .clone()
+            .get(self.keys.epoch.as_str(), None)
+            .await?;
         Ok(got.kvs().first().and_then(|kv| decode_epoch(kv.value())))
     }
 
     /// Stores the record if this proxy leads and the stored one is older.
-    async fn put_epoch(&self, leader: i64, record: &EpochRecord) -> Result<bool, etcd_client::Error> {
+    async fn put_epoch(
+        &self,
+        leader: i64,
+        record: &EpochRecord,
+    ) -> Result<bool, etcd_client::Error> {
         let mut client = self.client.clone();
         let key = self.keys.epoch.as_str();
         let stored = client.get(key, None).await?;
@@ -121,7 +129,8 @@ impl Relay for Etcd {
         let nonce = rand::random::<u64>();
         let mut client = self.client.clone();
         let keys = &self.keys;
-        let unreachable = |e: etcd_client::Error| format!("cannot reach the leader through etcd: {e}");
+        let unreachable =
+            |e: etcd_client::Error| format!("cannot reach the leader through etcd: {e}");
         client
             .put(keys.my_request.as_str(), format!("{nonce} {command}"), None)
             .await
@@ -132,7 +141,10 @@ impl Relay for Etcd {
             let Ok(got) = client.get(keys.my_reply.as_str(), None).await else {
                 continue;
             };
-            let answer = got.kvs().first().and_then(|kv| decode_answer(kv.value(), nonce));
+            let answer = got
+                .kvs()
+                .first()
+                .and_then(|kv| decode_answer(kv.value(), nonce));
             if let Some(answer) = answer {
                 let _ = client.delete(keys.my_reply.as_str(), None).await;
                 return answer;
@@ -146,7 +158,11 @@ impl Relay for Etcd {
 
     async fn reply(&self, to: String, nonce: u64, answer: Result<String, String>) {
         let key = format!("{}replies/{to}", self.keys.prefix);
-        let put = self.client.clone().put(key, encode_answer(nonce, &answer), None).await;
+        let put = self
+            .client
+            .clone()
+            .put(key, encode_answer(nonce, &answer), None)
+            .await;
         if let Err(e) = put {
             warn!(to, error = %e, "cannot answer a forwarded command");
         }
@@ -419,10 +435,19 @@ impl Session {
 
     /// The leader takes a command another proxy left for it, once: the
     /// request is deleted only if it is still the one read.
-    async fn take_request(&self, from: String, revision: i64, value: &[u8]) -> Result<(), etcd_client::Error> {
+    async fn take_request(
+        &self,
+        from: String,
+        revision: i64,
+        value: &[u8],
+    ) -> Result<(), etcd_client::Error> {
         let key = format!("{}{from}", self.etcd.keys.requests);
         let txn = Txn::new()
-            .when([Compare::mod_revision(key.as_str(), CompareOp::Equal, revision)])
+            .when([Compare::mod_revision(
+                key.as_str(),
+                CompareOp::Equal,
+                revision,
+            )])
             .and_then([TxnOp::delete(key.as_str(), None)]);
         if !self.etcd.client.clone().txn(txn).await?.succeeded() {
             return Ok(());
@@ -430,7 +455,12 @@ impl Session {
         let parsed = split_nonce(value).and_then(|(n, c)| Some((n, decode_command(c)?)));
         match parsed {
             Some((nonce, command)) => {
-                self.tell(News::Request { from, nonce, command }).await;
+                self.tell(News::Request {
+                    from,
+                    nonce,
+                    command,
+                })
+                .await;
             }
             None => warn!(from, "ignoring a forwarded command that does not parse"),
         }
@@ -449,7 +479,9 @@ impl Session {
             )]);
         let done = self.etcd.client.clone().txn(txn).await?;
         let revision = done.header().map(|h| h.revision());
-        Ok(revision.filter(|_| done.succeeded()).map(|rev| (rev, lease)))
+        Ok(revision
+            .filter(|_| done.succeeded())
+            .map(|rev| (rev, lease)))
     }
 
     /// This proxy's lease, renewed; a new one when it expired.
@@ -480,10 +512,18 @@ impl Session {
 }
 
 /// Tells the driver each epoch stored, as soon as etcd has it.
-async fn watch_epoch(etcd: Arc<Etcd>, news: mpsc::Sender<News>, mut shutdown: watch::Receiver<bool>) {
+async fn watch_epoch(
+    etcd: Arc<Etcd>,
+    news: mpsc::Sender<News>,
+    mut shutdown: watch::Receiver<bool>,
+) {
     loop {
         let watched = async {
-            let mut stream = etcd.client.clone().watch(etcd.keys.epoch.as_str(), None).await?;
+            let mut stream = etcd
+                .client
+                .clone()
+                .watch(etcd.keys.epoch.as_str(), None)
+                .await?;
             while let Some(answer) = stream.message().await? {
                 for record in answer.events().iter().filter_map(|e| e.kv()) {
                     if let Some(record) = decode_epoch(record.value()) {

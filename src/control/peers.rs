@@ -204,7 +204,10 @@ mod tests {
         let b = encode_epoch(10, "pg0");
         assert!(a < b, "{a} sorts before {b}");
         assert!(a.as_str() < epoch_prefix(10).as_str());
-        assert!(b.as_str() >= epoch_prefix(10).as_str(), "an equal epoch is not older");
+        assert!(
+            b.as_str() >= epoch_prefix(10).as_str(),
+            "an equal epoch is not older"
+        );
         assert_eq!(
             decode_epoch(a.as_bytes()),
             Some(EpochRecord {
@@ -233,7 +236,11 @@ mod tests {
         for answer in [Ok("switchover started".to_owned()), Err("no".to_owned())] {
             let stored = encode_answer(7, &answer);
             assert_eq!(decode_answer(stored.as_bytes(), 7), Some(answer));
-            assert_eq!(decode_answer(stored.as_bytes(), 8), None, "another request's");
+            assert_eq!(
+                decode_answer(stored.as_bytes(), 8),
+                None,
+                "another request's"
+            );
         }
     }
 

@@ -130,7 +130,11 @@ async fn start_proxies(
         demo_tls(&mut config, cluster.base_dir())
             .map_err(|e| format!("cannot make the demo's TLS certificate: {e}"))?;
         let operator = Arc::new(LocalRejoin::new(cluster.clone()));
-        proxies.push(Proxy::start_with(config, operator).await.map_err(|e| e.to_string())?);
+        proxies.push(
+            Proxy::start_with(config, operator)
+                .await
+                .map_err(|e| e.to_string())?,
+        );
     }
     Ok(proxies)
 }
@@ -146,7 +150,10 @@ fn announce(cluster: &LocalCluster, proxies: &[Proxy], etcd: Option<&LocalEtcd>)
         );
     }
     if let Some(etcd) = etcd {
-        eprintln!("  etcd on {} (the proxies share the epoch: SHOW PEERS)", etcd.endpoint());
+        eprintln!(
+            "  etcd on {} (the proxies share the epoch: SHOW PEERS)",
+            etcd.endpoint()
+        );
     }
     for proxy in proxies {
         let addr = proxy.local_addr();

@@ -1302,14 +1302,23 @@ fn acts(sim: &Sim) -> usize {
 fn a_proxy_sharing_the_epoch_decides_nothing_without_the_lead() {
     let mut sim = Sim::with(shared(3));
     sim.run(3_000);
-    assert_eq!((sim.epoch(), acts(&sim)), (0, 0), "no adoption by a follower");
+    assert_eq!(
+        (sim.epoch(), acts(&sim)),
+        (0, 0),
+        "no adoption by a follower"
+    );
     sim.learn(1, "n0");
-    sim.run_until(1_000, "writes open on the learned epoch", |s| s.writes_open());
+    sim.run_until(1_000, "writes open on the learned epoch", |s| {
+        s.writes_open()
+    });
     assert_eq!(sim.primary(), Some(0));
     sim.crash(0);
     sim.run(3 * TIMEOUT);
     assert_eq!(acts(&sim), 0, "a follower promotes and fences nothing");
-    assert_eq!(sim.state().writes(), WriteState::Refused(Refusal::PrimaryUnreachable));
+    assert_eq!(
+        sim.state().writes(),
+        WriteState::Refused(Refusal::PrimaryUnreachable)
+    );
     assert!(sim.state().primary_lost(), "what it reports to its peers");
     sim.command(Event::Switchover { target: None });
     assert!(sim.refusals.last().unwrap().contains("does not lead"));
@@ -1422,7 +1431,11 @@ fn following_adopts_a_hand_promoted_primary_within_two_probes_and_acts_on_nothin
         assert_eq!((sim.epoch(), sim.primary()), (2, Some(2)));
         assert!(sim.writes_open(), "writes open on the new primary");
         assert_eq!(sim.ticks_writing_to(0, 20), 0);
-        assert_eq!(sim.fenced().contains(&0), old_stays_up, "routed nothing while it claims");
+        assert_eq!(
+            sim.fenced().contains(&0),
+            old_stays_up,
+            "routed nothing while it claims"
+        );
         let acted = sim
             .actions()
             .filter(|a| !matches!(a, Action::PublishTopology(_) | Action::PersistEpoch { .. }))

@@ -89,7 +89,11 @@ impl LocalEtcd {
 
     /// Kills etcd (SIGKILL) and waits until it is reaped.
     pub fn stop(&self) {
-        let taken = self.child.lock().unwrap_or_else(PoisonError::into_inner).take();
+        let taken = self
+            .child
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take();
         if let Some(child) = taken {
             let _ = child.signal(libc::SIGKILL);
             child.wait();
@@ -144,7 +148,10 @@ impl LocalEtcd {
     }
 
     fn watched(&self) -> Option<Arc<Watched>> {
-        self.child.lock().unwrap_or_else(PoisonError::into_inner).clone()
+        self.child
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
     }
 
     fn wait_healthy(&self) -> Result<(), ClusterError> {
