@@ -335,3 +335,30 @@ async fn a_switchover_run_on_a_follower_is_done_once_by_the_leader_and_seen_by_a
         );
     }
 }
+
+#[tokio::test]
+async fn the_leader_dying_with_the_primary_leaves_the_failover_to_the_other_proxy() {
+    let _serial = SERIAL.lock().await;
+    let etcd = etcd();
+    let cluster = cluster();
+    let mut proxies = proxies(&cluster, &etcd, 2, |_| {}).await;
+    let c = client(&proxies[0], &cluster, "etcd").await;
+    fresh_table(&c, "ft", "i int").await;
+    let follower = a_follower(&proxies, &cluster).await;
+    let leader = proxies.remove(1 - follower);
+    // The leader goes without a word (its lease expires), with the primary.
+    cluster.primary().kill(signal::SIGKILL).unwrap();
+    drop(leader);
+    let survivor = &proxies[0];
+    wait_topology(survivor, "a new primary", |t| {
+        t.epoch >= 2 && t.primary().is_some() && t.writes == WriteState::Open
+    })
+    .await;
+    let new = survivor.topology().primary().unwrap();
+    write_until_accepted(survivor, &cluster).await;
+    tokio::time::sleep(Duration::from_millis(2 * FAILOVER_TIMEOUT_MS)).await;
+    assert_eq!(epoch_and_primary(&survivor.topology()), (2, Some(new)));
+    assert_eq!(in_recovery(&cluster, 3 - new).await, Some(true), "one promotion");
+    let peers = show_peers(survivor, &cluster).await;
+    assert_eq!(peers, [(format!("p{follower}"), true)], "it leads, alone");
+}

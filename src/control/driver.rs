@@ -166,6 +166,12 @@ impl Driver {
         };
         let record = match loaded {
             Ok(Ok(record)) => record,
+            Ok(Err(e)) if self.shared.is_some() => {
+                // Shared through etcd, nothing is decided without it: the
+                // epoch is learned once etcd answers; until then no writes.
+                warn!(error = %e, "cannot load the epoch from etcd yet; writes wait for it");
+                None
+            }
             Ok(Err(e)) => {
                 // Without the record the proxy cannot know which node it
                 // fenced: it takes no writes rather than guess.
