@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use palisade::config::{Config, PartitionMode, StoreKind};
 use palisade::proxy::Proxy;
 use palisade::topology::{Topology, WriteState};
-use palisade_testkit::{signal, ClusterOptions, LocalCluster, LocalEtcd};
+use palisade_testkit::{signal, ClusterOptions, FaultyRelay, LocalCluster, LocalEtcd};
 use support::demo::LocalRejoin;
 use support::harness::{
     client, connect_node, connect_with, console_url, proxy_config, url, wait_topology,
@@ -68,18 +68,28 @@ async fn proxies(
 ) -> Vec<Proxy> {
     let mut proxies = Vec::new();
     for i in 0..count {
-        let mut config = shared_config(cluster, etcd, &format!("p{i}"));
-        tweak(&mut config);
-        let proxy = Proxy::start_with(config, Arc::new(LocalRejoin::new(cluster.clone())))
-            .await
-            .expect("proxy starts");
-        wait_topology(&proxy, "epoch 1 on node 0", |t| {
-            t.epoch == 1 && t.primary() == Some(0)
-        })
-        .await;
-        proxies.push(proxy);
+        proxies.push(proxy_named(cluster, etcd, &format!("p{i}"), &tweak).await);
     }
     proxies
+}
+
+/// A proxy named `name` (`p<i>` in [`proxies`]), as `tweak` configures it.
+async fn proxy_named(
+    cluster: &Arc<LocalCluster>,
+    etcd: &LocalEtcd,
+    name: &str,
+    tweak: &impl Fn(&mut Config),
+) -> Proxy {
+    let mut config = shared_config(cluster, etcd, name);
+    tweak(&mut config);
+    let proxy = Proxy::start_with(config, Arc::new(LocalRejoin::new(cluster.clone())))
+        .await
+        .expect("proxy starts");
+    wait_topology(&proxy, "epoch 1 on node 0", |t| {
+        t.epoch == 1 && t.primary() == Some(0)
+    })
+    .await;
+    proxy
 }
 
 fn superuser_url(proxy: &Proxy, cluster: &LocalCluster) -> String {
@@ -133,6 +143,20 @@ async fn show_peers(proxy: &Proxy, cluster: &LocalCluster) -> Vec<(String, bool)
                 r.get("name").unwrap().to_owned(),
                 r.get("leader") == Some("yes"),
             )),
+            _ => None,
+        })
+        .collect()
+}
+
+/// The proxies that report the primary lost, by `SHOW PEERS`.
+async fn show_peers_lost(proxy: &Proxy, cluster: &LocalCluster) -> Vec<String> {
+    let (console, _) = connect_with(&console_url(proxy, cluster)).await.unwrap();
+    let rows = console.simple_query("SHOW PEERS").await.unwrap();
+    rows.iter()
+        .filter_map(|m| match m {
+            SimpleQueryMessage::Row(r) if r.get("primary") == Some("lost") => {
+                r.get("name").map(str::to_owned)
+            }
             _ => None,
         })
         .collect()
@@ -364,4 +388,71 @@ async fn the_leader_dying_with_the_primary_leaves_the_failover_to_the_other_prox
     );
     let peers = show_peers(survivor, &cluster).await;
     assert_eq!(peers, [(format!("p{follower}"), true)], "it leads, alone");
+}
+
+/// Sets every replica's `primary_conninfo` (reloaded): `''` stops its WAL
+/// receiver. Returns what each had.
+async fn set_conninfo(cluster: &LocalCluster, to: &[String]) -> Vec<String> {
+    let mut had = Vec::new();
+    for (i, replica) in cluster.replicas().iter().enumerate() {
+        let c = connect_node(cluster, replica).await.unwrap();
+        had.push(
+            c.query_one("SHOW primary_conninfo", &[])
+                .await
+                .unwrap()
+                .get(0),
+        );
+        let value = to[i].replace('\'', "''");
+        let alter = format!("ALTER SYSTEM SET primary_conninfo = '{value}'");
+        c.batch_execute(&alter).await.unwrap();
+        c.batch_execute("SELECT pg_reload_conf()").await.unwrap();
+    }
+    had
+}
+
+#[tokio::test]
+async fn a_leader_cut_off_from_the_primary_fails_nothing_over_while_its_peer_sees_it() {
+    let _serial = SERIAL.lock().await;
+    let etcd = etcd();
+    let cluster = cluster();
+    let relay = FaultyRelay::start(
+        format!("127.0.0.1:{}", cluster.primary().port)
+            .parse()
+            .unwrap(),
+    );
+    // p0, the first, leads; it reaches the primary only through the relay.
+    let via_relay = relay.addr().port();
+    let mut proxies = proxies(&cluster, &etcd, 1, |c| c.nodes[0].port = via_relay).await;
+    proxies.push(proxy_named(&cluster, &etcd, "p1", &|_: &mut Config| {}).await);
+    assert_eq!(a_follower(&proxies, &cluster).await, 1, "p0 leads");
+    let c = client(&proxies[1], &cluster, "etcd").await;
+    fresh_table(&c, "ft", "i int").await;
+    // The replicas stop streaming, as they would if the primary were gone:
+    // only p1 still sees it.
+    let had = set_conninfo(&cluster, &[String::new(), String::new()]).await;
+    relay.block();
+    relay.cut();
+    wait_until(
+        "p0 to report the primary lost",
+        Duration::from_secs(10),
+        || async { show_peers_lost(&proxies[1], &cluster).await == ["p0"] },
+    )
+    .await;
+    tokio::time::sleep(Duration::from_millis(3 * FAILOVER_TIMEOUT_MS)).await;
+    for proxy in &proxies {
+        assert_eq!(epoch_and_primary(&proxy.topology()).0, 1, "no new epoch");
+    }
+    for replica in 1..3 {
+        assert_eq!(
+            in_recovery(&cluster, replica).await,
+            Some(true),
+            "nothing promoted"
+        );
+    }
+    write_once(&proxies[1], &cluster)
+        .await
+        .expect("p1 writes on");
+    set_conninfo(&cluster, &had).await;
+    relay.heal();
+    write_until_accepted(&proxies[0], &cluster).await;
 }

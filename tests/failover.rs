@@ -1054,9 +1054,10 @@ async fn sync_strict_holds_commits_until_a_replica_returns() {
         .unwrap();
 }
 
-/// One `INSERT` through a fresh connection: the port of the node it landed on.
-async fn insert_where(proxy: &Proxy, cluster: &LocalCluster) -> Option<u16> {
-    let (c, _) = connect_with(&superuser_url(proxy, cluster)).await.ok()?;
+/// One `INSERT` through a fresh connection to `url`: the port of the node
+/// it landed on.
+async fn insert_where(url: &str) -> Option<u16> {
+    let (c, _) = connect_with(url).await.ok()?;
     let row = c
         .query_one(
             "INSERT INTO ft VALUES (2) RETURNING inet_server_port()",
@@ -1077,11 +1078,23 @@ async fn follow_mode_follows_a_promotion_done_by_hand() {
     })
     .await;
     let (cluster, proxy) = (&f.cluster, &f.proxy);
-    assert_eq!(
-        insert_where(proxy, cluster).await,
-        Some(cluster.node(0).port)
-    );
-    // The HA manager steps the old primary down, then promotes node2.
+    let url = superuser_url(proxy, cluster);
+    assert_eq!(insert_where(&url).await, Some(cluster.node(0).port));
+    // Writes keep coming while the HA manager steps the old primary down
+    // and promotes node2.
+    let stop = Arc::new(AtomicBool::new(false));
+    let writer = tokio::spawn({
+        let (url, stop) = (url.clone(), stop.clone());
+        async move {
+            let mut landed = Vec::new();
+            while !stop.load(Ordering::Relaxed) {
+                let sent = Instant::now();
+                landed.extend(insert_where(&url).await.map(|port| (sent, port)));
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            landed
+        }
+    });
     let c2 = cluster.clone();
     tokio::task::spawn_blocking(move || c2.primary().stop().unwrap())
         .await
@@ -1090,15 +1103,13 @@ async fn follow_mode_follows_a_promotion_done_by_hand() {
     let node2 = connect_node(cluster, cluster.node(2)).await.unwrap();
     node2.execute("SELECT pg_promote(true)", &[]).await.unwrap();
     let promoted = Instant::now();
-    let mut landed = Vec::new();
     while proxy.topology().primary() != Some(2) || proxy.topology().writes != WriteState::Open {
         assert!(
             promoted.elapsed() < Duration::from_secs(10),
             "{:?}",
             proxy.topology()
         );
-        landed.extend(insert_where(proxy, cluster).await);
-        tokio::time::sleep(Duration::from_millis(10)).await;
+        tokio::time::sleep(Duration::from_millis(5)).await;
     }
     let followed = promoted.elapsed();
     eprintln!(
@@ -1106,13 +1117,10 @@ async fn follow_mode_follows_a_promotion_done_by_hand() {
         stepped_down.elapsed()
     );
     assert!(
-        followed <= Duration::from_millis(2 * PROBE_MS + 200),
+        followed <= Duration::from_millis(2 * PROBE_MS),
         "followed within two probe intervals: {followed:?}"
     );
-    assert_eq!(
-        insert_where(proxy, cluster).await,
-        Some(cluster.node(2).port)
-    );
+    assert_eq!(insert_where(&url).await, Some(cluster.node(2).port));
     // The old primary comes back as a primary, on its old timeline: it is
     // routed nothing, and nothing is done to it.
     let c2 = cluster.clone();
@@ -1123,13 +1131,18 @@ async fn follow_mode_follows_a_promotion_done_by_hand() {
         t.nodes[0].fenced
     })
     .await;
-    for _ in 0..10 {
-        landed.extend(insert_where(proxy, cluster).await);
-    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    stop.store(true, Ordering::Relaxed);
+    let landed = writer.await.unwrap();
     let old = cluster.node(0).port;
+    let late: Vec<_> = landed
+        .iter()
+        .filter(|(sent, port)| *sent > stepped_down && *port == old)
+        .collect();
+    assert!(late.is_empty(), "writes reached the old primary: {late:?}");
     assert!(
-        !landed.contains(&old),
-        "a write reached the old primary: {landed:?}"
+        landed.iter().any(|(_, port)| *port == cluster.node(2).port),
+        "writes went on, on node2"
     );
     let t = proxy.topology();
     assert_eq!((t.epoch, t.primary()), (2, Some(2)), "{t:?}");
