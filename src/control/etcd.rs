@@ -323,7 +323,7 @@ impl Session {
             }
             tokio::select! {
                 _ = tokio::time::sleep(ROUND) => {}
-                _ = self.view.changed() => {}
+                Ok(()) = self.view.changed() => {}
                 _ = self.shutdown.changed() => break,
             }
         }
