@@ -18,7 +18,7 @@ use support::harness::{
 };
 use support::nodes::{fresh_table, wait_until};
 use tokio::sync::Mutex;
-use tokio_postgres::{Client, SimpleQueryMessage};
+use tokio_postgres::{AsyncMessage, Client, SimpleQueryMessage};
 
 static SERIAL: Mutex<()> = Mutex::const_new(());
 
@@ -276,9 +276,16 @@ async fn without_etcd_writes_go_on_when_available() {
     let _serial = SERIAL.lock().await;
     let (_, proxies, cluster, etcd) = lose_etcd(PartitionMode::Available).await;
     for proxy in &proxies {
-        write_once(proxy, &cluster)
+        let (c, mut notices) = connect_with(&superuser_url(proxy, &cluster)).await.unwrap();
+        c.batch_execute("INSERT INTO ft VALUES (1)")
             .await
             .expect("writes go on past the grace period");
+        let told = std::iter::from_fn(|| notices.try_recv().ok())
+            .any(|m| matches!(m, AsyncMessage::Notice(n) if n.message().contains("lost etcd")));
+        assert!(
+            told,
+            "the client is told its write may go to a replaced primary"
+        );
     }
     etcd.start_again().unwrap();
     tokio::time::sleep(Duration::from_secs(1)).await;

@@ -62,6 +62,12 @@ impl Console {
         Console { control, peers }
     }
 
+    /// This proxy shares the epoch and has lost etcd beyond the grace
+    /// period (a write then goes on only with `partition_mode = available`).
+    pub fn epoch_store_lost(&self) -> bool {
+        self.peers.as_ref().is_some_and(|p| p.borrow().lost)
+    }
+
     /// The proxies sharing the epoch, as last read; `None` when alone.
     pub fn peers(&self) -> Option<Peers> {
         self.peers.as_ref().map(|p| p.borrow().clone())

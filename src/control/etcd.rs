@@ -363,6 +363,7 @@ impl Session {
         if !self.lost && self.last_ok.elapsed() > self.grace {
             warn!(%error, grace_ms = self.grace.as_millis(), "etcd out of reach beyond the grace period");
             self.lost = true;
+            self.peers.send_modify(|p| p.lost = true);
             self.tell(News::Lost(true)).await;
         }
     }

@@ -171,6 +171,8 @@ pub struct Peers {
     pub reports: Vec<PeerReport>,
     /// etcd answered the last round.
     pub reachable: bool,
+    /// etcd has not answered for longer than `failover.etcd_grace_ms`.
+    pub lost: bool,
 }
 
 impl Peers {
