@@ -285,6 +285,7 @@ mod tests {
             leading: true,
             reports: vec![report("a", 1, true), report("b", 1, true)],
             reachable: true,
+            lost: false,
         };
         assert_eq!(peers.mandate(1), Mandate::ALONE);
         assert_eq!(
