@@ -6,6 +6,10 @@
 
 # ---- build stage -----------------------------------------------------------
 FROM rust:1-bookworm AS builder
+# protoc: etcd-client's build compiles etcd's .proto files.
+RUN apt-get update \
+ && apt-get install -y --no-install-recommends protobuf-compiler \
+ && rm -rf /var/lib/apt/lists/*
 WORKDIR /src
 COPY . .
 # The cache mounts keep the crate registry and the target directory between

@@ -41,6 +41,11 @@ enum Command {
         /// listens; by default the proxy's port + 1000.
         #[arg(long, value_name = "ADDR")]
         http: Option<SocketAddr>,
+        /// How many proxies to start, on consecutive ports from --listen;
+        /// more than one share the epoch through etcd (the `etcd` binary
+        /// from PATH: Debian's etcd-server package).
+        #[arg(long, default_value_t = 1)]
+        proxies: usize,
     },
     /// Validate a config file; exits non-zero naming the bad key and the rule.
     CheckConfig {
@@ -67,13 +72,20 @@ fn main() -> ExitCode {
                 listen,
                 replicas,
                 http,
+                proxies,
             }),
             _,
             _,
         ) => {
             let threads = palisade::config::ProxyConfig::default().worker_threads;
             let http = http.unwrap_or_else(|| demo::http_beside(listen));
-            runtime(threads, demo::run(listen, replicas, http))
+            let demo = demo::Demo {
+                listen,
+                replicas,
+                http,
+                proxies,
+            };
+            runtime(threads, demo::run(demo))
         }
         (None, _, Some(Ok(config))) => runtime(config.proxy.worker_threads, run(config)),
         (None, Some(file), Some(Err(e))) => fail(&format!("{}: {e}", file.display())),

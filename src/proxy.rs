@@ -25,12 +25,14 @@ use tracing::{info, warn, Instrument};
 
 use crate::admin::Console;
 use crate::backend::pool::ServerPool;
-use crate::config::{Config, ConfigError};
+use crate::config::{Config, ConfigError, StoreKind};
 use crate::control::commits::{CommitLog, Sampler};
-use crate::control::driver::{Driver, Wiring};
+use crate::control::driver::{Coordination, Driver, Wiring};
+use crate::control::etcd;
 use crate::control::handle::Request;
 use crate::control::monitor;
 use crate::control::operator::{CommandOperator, NodeOperator};
+use crate::control::peers::PeersWatch;
 use crate::control::refresher::{FunctionsLoaded, Refresher};
 use crate::control::{ControlHandle, EpochStore, FunctionCatalog, MemoryStore, StateFile};
 use crate::frontend::admission::{self, Admission};
@@ -47,6 +49,8 @@ pub enum StartError {
     Config(#[from] ConfigError),
     #[error(transparent)]
     Tls(#[from] TlsError),
+    #[error("{0}")]
+    Etcd(String),
     #[error("cannot listen on {addr}: {source}")]
     Listen {
         addr: SocketAddr,
@@ -116,7 +120,7 @@ impl Proxy {
         let tracker = TaskTracker::new();
         let (control, commands) = ControlHandle::channel();
         let (loaded, functions) = mpsc::unbounded_channel();
-        let mut tasks = start_control(ControlWiring {
+        let (peers, mut tasks) = start_control(ControlWiring {
             config: config.clone(),
             topology: topology.clone(),
             commands,
@@ -127,7 +131,7 @@ impl Proxy {
             shutdown: shutdown_rx.clone(),
             journal: control.journal(),
         })
-        .await;
+        .await?;
         let pool = start_pool(&config, &server_tls, &shutdown_rx, &mut tasks);
         let commits = Arc::new(CommitLog::default());
         let sampler = Sampler::new(commits.clone(), &config, &server_tls, topology.clone());
@@ -156,7 +160,7 @@ impl Proxy {
             unparsable: AtomicU64::new(0),
             classify: Default::default(),
             counters: Default::default(),
-            admin: Console::new(control.clone()),
+            admin: Console::new(control.clone(), peers),
             admission: Admission::new(&config.proxy),
             drain: watch::channel(false).0,
             clients: Default::default(),
@@ -423,10 +427,10 @@ struct ControlWiring {
     journal: Arc<crate::control::journal::Journal>,
 }
 
-/// Starts a prober per node and the driver; returns once every node has
-/// been probed once, so the first published snapshot already knows the
-/// primary.
-async fn start_control(w: ControlWiring) -> Vec<Named> {
+/// Starts a prober per node, the etcd session when the epoch is shared,
+/// and the driver; returns once every node has been probed once, so the
+/// first published snapshot already knows the primary.
+async fn start_control(w: ControlWiring) -> Result<(Option<PeersWatch>, Vec<Named>), StartError> {
     let (results, probed) = mpsc::channel(64);
     let kit = monitor::ProberKit {
         config: w.config.clone(),
@@ -451,6 +455,21 @@ async fn start_control(w: ControlWiring) -> Vec<Named> {
             spawn_named(format!("probe {}", node.display_name()), prober.run())
         })
         .collect();
+    let (store, shared, peers) = match w.config.failover.store {
+        StoreKind::File => (file_store(&w.config), None, None),
+        StoreKind::Etcd => {
+            let started = etcd::start(&w.config, w.shutdown.clone())
+                .await
+                .map_err(StartError::Etcd)?;
+            tasks.push(spawn_named("etcd", started.session.run()));
+            let shared = Coordination {
+                news: started.news,
+                view: started.view,
+                relay: started.relay,
+            };
+            (started.store, Some(shared), Some(started.peers))
+        }
+    };
     let (first_round, mut first_round_done) = watch::channel(false);
     let driver = Driver::new(
         w.config.clone(),
@@ -459,7 +478,7 @@ async fn start_control(w: ControlWiring) -> Vec<Named> {
             results: probed,
             commands: w.commands,
             functions: w.functions,
-            store: epoch_store(&w.config),
+            store,
             operator: w.operator,
             first_round,
             tracker: w.tracker,
@@ -468,16 +487,17 @@ async fn start_control(w: ControlWiring) -> Vec<Named> {
             journal: w.journal,
             kit,
             probers,
+            shared,
         },
     );
     tasks.push(spawn_named("driver", driver.run()));
     let _ = first_round_done.wait_for(|done| *done).await;
-    tasks
+    Ok((peers, tasks))
 }
 
 /// The state file when one is configured; otherwise the epoch lives only
 /// as long as the process.
-fn epoch_store(config: &Config) -> Arc<dyn EpochStore> {
+fn file_store(config: &Config) -> Arc<dyn EpochStore> {
     match &config.failover.state_file {
         Some(path) => Arc::new(StateFile::new(path)),
         None => Arc::new(MemoryStore::default()),

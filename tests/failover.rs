@@ -1261,3 +1261,113 @@ async fn without_replay_transactions_open_across_a_kill_get_class_08() {
         "a transaction lost with the primary gets class 08: {failed:?}"
     );
 }
+
+/// One `INSERT` through a fresh connection to `url`: the port of the node
+/// it landed on.
+async fn insert_where(url: &str) -> Option<u16> {
+    let (c, _) = connect_with(url).await.ok()?;
+    let row = c
+        .query_one(
+            "INSERT INTO ft VALUES (2) RETURNING inet_server_port()",
+            &[],
+        )
+        .await
+        .ok()?;
+    u16::try_from(row.get::<_, i32>(0)).ok()
+}
+
+#[tokio::test]
+async fn follow_mode_follows_a_promotion_done_by_hand() {
+    const PROBE_MS: u64 = 300;
+    let f = fixture_with(|c| {
+        c.failover.mode = palisade::config::FailoverMode::Follow;
+        c.monitor.probe_interval_ms = PROBE_MS;
+        c.failover.failover_wait_ms = 0;
+    })
+    .await;
+    let (cluster, proxy) = (&f.cluster, &f.proxy);
+    let url = superuser_url(proxy, cluster);
+    assert_eq!(insert_where(&url).await, Some(cluster.node(0).port));
+    // Writes keep coming while the HA manager steps the old primary down
+    // and promotes node2.
+    let stop = Arc::new(AtomicBool::new(false));
+    let writer = tokio::spawn({
+        let (url, stop) = (url.clone(), stop.clone());
+        async move {
+            let mut landed = Vec::new();
+            while !stop.load(Ordering::Relaxed) {
+                let sent = Instant::now();
+                landed.extend(insert_where(&url).await.map(|port| (sent, port)));
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            landed
+        }
+    });
+    let c2 = cluster.clone();
+    tokio::task::spawn_blocking(move || c2.primary().stop().unwrap())
+        .await
+        .unwrap();
+    let stepped_down = Instant::now();
+    let node2 = connect_node(cluster, cluster.node(2)).await.unwrap();
+    node2.execute("SELECT pg_promote(true)", &[]).await.unwrap();
+    let promoted = Instant::now();
+    while proxy.topology().primary() != Some(2) || proxy.topology().writes != WriteState::Open {
+        assert!(
+            promoted.elapsed() < Duration::from_secs(10),
+            "{:?}",
+            proxy.topology()
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let followed = promoted.elapsed();
+    eprintln!(
+        "followed {followed:?} after pg_promote returned ({:?} after the step-down)",
+        stepped_down.elapsed()
+    );
+    assert!(
+        followed <= Duration::from_millis(2 * PROBE_MS),
+        "followed within two probe intervals: {followed:?}"
+    );
+    assert_eq!(insert_where(&url).await, Some(cluster.node(2).port));
+    // The old primary comes back as a primary, on its old timeline: it is
+    // routed nothing, and nothing is done to it.
+    let c2 = cluster.clone();
+    tokio::task::spawn_blocking(move || c2.primary().start().unwrap())
+        .await
+        .unwrap();
+    wait_topology(proxy, "the old primary seen and fenced", |t| {
+        t.nodes[0].fenced
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    stop.store(true, Ordering::Relaxed);
+    let landed = writer.await.unwrap();
+    let old = cluster.node(0).port;
+    let late: Vec<_> = landed
+        .iter()
+        .filter(|(sent, port)| *sent > stepped_down && *port == old)
+        .collect();
+    assert!(late.is_empty(), "writes reached the old primary: {late:?}");
+    assert!(
+        landed.iter().any(|(_, port)| *port == cluster.node(2).port),
+        "writes went on, on node2"
+    );
+    let t = proxy.topology();
+    assert_eq!((t.epoch, t.primary()), (2, Some(2)), "{t:?}");
+    let old_primary = connect_node(cluster, cluster.node(0)).await.unwrap();
+    let recovering: bool = old_primary
+        .query_one("SELECT pg_is_in_recovery()", &[])
+        .await
+        .unwrap()
+        .get(0);
+    let read_only: String = old_primary
+        .query_one("SHOW default_transaction_read_only", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(
+        (recovering, read_only.as_str()),
+        (false, "off"),
+        "not fenced by Palisade"
+    );
+}

@@ -27,6 +27,7 @@ use tracing::{debug, info, warn};
 
 use crate::config::{Config, ConsoleAccess};
 use crate::control::handle as control;
+use crate::control::peers::{Peers, PeersWatch};
 use crate::control::ControlHandle;
 use crate::frontend::session::ClientIo;
 use crate::frontend::Shared;
@@ -52,11 +53,24 @@ const STARTUP_PARAMETERS: [(&str, &str); 6] = [
 #[derive(Debug, Clone)]
 pub struct Console {
     control: ControlHandle,
+    /// What the proxies sharing the epoch last said (`store = "etcd"`).
+    peers: Option<PeersWatch>,
 }
 
 impl Console {
-    pub fn new(control: ControlHandle) -> Console {
-        Console { control }
+    pub fn new(control: ControlHandle, peers: Option<PeersWatch>) -> Console {
+        Console { control, peers }
+    }
+
+    /// This proxy shares the epoch and has lost etcd beyond the grace
+    /// period (a write then goes on only with `partition_mode = available`).
+    pub fn epoch_store_lost(&self) -> bool {
+        self.peers.as_ref().is_some_and(|p| p.borrow().lost)
+    }
+
+    /// The proxies sharing the epoch, as last read; `None` when alone.
+    pub fn peers(&self) -> Option<Peers> {
+        self.peers.as_ref().map(|p| p.borrow().clone())
     }
 
     pub fn control(&self) -> &ControlHandle {
@@ -78,7 +92,7 @@ pub struct Caller {
 pub enum Command {
     ShowNodes,
     ShowConfig,
-    /// `SHOW POOLS`, `CLIENTS`, `SERVERS`, `STATS` or `EVENTS`.
+    /// `SHOW POOLS`, `CLIENTS`, `SERVERS`, `STATS`, `EVENTS` or `PEERS`.
     Show(View),
     /// `PAUSE`: new transactions wait for `RESUME`.
     Pause,
@@ -101,15 +115,17 @@ pub enum View {
     Servers,
     Stats,
     Events,
+    Peers,
 }
 
 impl View {
-    const ALL: [View; 5] = [
+    const ALL: [View; 6] = [
         View::Pools,
         View::Clients,
         View::Servers,
         View::Stats,
         View::Events,
+        View::Peers,
     ];
 
     pub fn name(self) -> &'static str {
@@ -119,6 +135,7 @@ impl View {
             View::Servers => "SERVERS",
             View::Stats => "STATS",
             View::Events => "EVENTS",
+            View::Peers => "PEERS",
         }
     }
 
@@ -129,6 +146,7 @@ impl View {
             View::Servers => &show::SERVER_COLUMNS,
             View::Stats => &show::STATS_COLUMNS,
             View::Events => &show::EVENT_COLUMNS,
+            View::Peers => &show::PEER_COLUMNS,
         }
     }
 
@@ -139,6 +157,7 @@ impl View {
             View::Servers => show::servers(shared),
             View::Stats => show::stats(shared),
             View::Events => show::events(shared),
+            View::Peers => show::peers(shared),
         }
     }
 }

@@ -49,6 +49,7 @@ pub const STATS_COLUMNS: [&str; 5] = [
 ];
 
 pub const EVENT_COLUMNS: [&str; 4] = ["time", "epoch", "node", "event"];
+pub const PEER_COLUMNS: [&str; 5] = ["name", "epoch", "primary", "leader", "this"];
 
 /// The node at `host:port` by name, or the address when it is not one.
 fn node_name(topology: &Topology, host: &str, port: u16) -> String {
@@ -180,6 +181,41 @@ pub fn events(shared: &Shared) -> Rows {
                 Some(e.epoch.to_string()),
                 e.node,
                 Some(e.event),
+            ]
+        })
+        .collect()
+}
+
+/// One row per proxy sharing the epoch that reports to etcd: the epoch it
+/// routes by, whether it sees that epoch's primary, whether it leads; none
+/// when the epoch is not shared. With etcd out of reach, only this proxy,
+/// its health `etcd unreachable`.
+pub fn peers(shared: &Shared) -> Rows {
+    let Some(peers) = shared.admin.peers() else {
+        return Vec::new();
+    };
+    let yes = |b: bool| Some(if b { "yes" } else { "no" }.to_owned());
+    if !peers.reachable {
+        let epoch = shared.topology.load().epoch.to_string();
+        let row = vec![
+            Some(peers.me),
+            Some(epoch),
+            Some("etcd unreachable".into()),
+            yes(false),
+            yes(true),
+        ];
+        return vec![row];
+    }
+    peers
+        .reports
+        .iter()
+        .map(|r| {
+            vec![
+                Some(r.name.clone()),
+                Some(r.epoch.to_string()),
+                Some(if r.primary_lost { "lost" } else { "sees" }.to_owned()),
+                yes(peers.leader.as_deref() == Some(r.name.as_str())),
+                yes(r.name == peers.me),
             ]
         })
         .collect()

@@ -215,6 +215,15 @@ impl ServerPool {
         }
     }
 
+    /// The pool's own copy of `key` when it holds connections for one
+    /// like it: sessions of the same login then share one key, not a copy
+    /// each (idle clients are held by the thousand).
+    pub fn shared_key(&self, key: PoolKey) -> PoolKey {
+        self.idle()
+            .get_key_value(&key)
+            .map_or(key, |(shared, _)| shared.clone())
+    }
+
     /// How connections (and cancel requests) to the nodes use TLS.
     pub fn tls(&self) -> &ServerTls {
         &self.tls

@@ -77,15 +77,18 @@ pub enum OnNoReplica {
 }
 
 /// Reads on a replica whose WAL receiver has stopped streaming (it has lost
-/// its primary, so nobody knows how stale it is).
+/// its primary, so nobody knows how stale it is); and writes on a proxy
+/// that has lost etcd for longer than `failover.etcd_grace_ms`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum PartitionMode {
-    /// It serves no reads until it streams again (consistency).
+    /// It serves no reads until it streams again; the proxy cut off from
+    /// etcd refuses writes until etcd answers (consistency).
     #[default]
     Consistent,
     /// It keeps serving `eventual` reads, each with a NOTICE saying its data
-    /// may be stale (availability).
+    /// may be stale; the proxy cut off from etcd keeps writing to the last
+    /// epoch's primary (availability).
     Available,
 }
 

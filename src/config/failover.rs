@@ -18,6 +18,23 @@ pub enum FailoverMode {
     /// Nothing is promoted until an operator runs `SWITCHOVER`; until then
     /// the cluster is read-only.
     Manual,
+    /// Palisade promotes and fences nothing: another HA manager (Patroni,
+    /// a managed service, an operator) does, and Palisade follows it,
+    /// learning the primary from the nodes (`pg_is_in_recovery()` and the
+    /// timeline). A node that claims to be a primary on an older timeline
+    /// than another never gets writes.
+    Follow,
+}
+
+/// Where the epoch record lives, and so how many proxies may share it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum StoreKind {
+    /// `state_file` (or memory): one proxy decides alone.
+    #[default]
+    File,
+    /// etcd: several proxies share the epoch; one leader at a time decides.
+    Etcd,
 }
 
 /// How commits wait for replicas, and so which replicas may be promoted
@@ -63,6 +80,22 @@ pub struct FailoverConfig {
     /// Where the epoch and its primary are persisted; without one they live
     /// only in memory and a restarted proxy learns the primary afresh.
     pub state_file: Option<PathBuf>,
+    /// `file` (the `state_file`, one proxy) or `etcd` (several proxies).
+    pub store: StoreKind,
+    /// etcd's client URLs (`http://host:2379`, or `https://` with TLS).
+    pub etcd_endpoints: Vec<String>,
+    /// The key prefix of this cluster's records in etcd; every proxy of the
+    /// cluster uses the same one, and no other cluster does.
+    pub etcd_prefix: String,
+    /// This proxy's name among its peers (default: hostname and listen port).
+    pub etcd_name: Option<String>,
+    pub etcd_user: Option<String>,
+    pub etcd_password: Option<String>,
+    /// A CA certificate (PEM) to verify etcd's TLS certificate with.
+    pub etcd_ca_file: Option<PathBuf>,
+    /// How long a proxy that lost etcd keeps routing writes to the last
+    /// epoch's primary before `consistency.partition_mode` applies.
+    pub etcd_grace_ms: u64,
     /// A fenced old primary is brought back as a replica without an operator.
     pub auto_rejoin: bool,
     pub replication_mode: ReplicationMode,
@@ -84,6 +117,14 @@ impl Default for FailoverConfig {
             replay_max_bytes: 1024 * 1024,
             max_lag_on_failover_bytes: 16 * 1024 * 1024,
             state_file: None,
+            store: StoreKind::File,
+            etcd_endpoints: Vec::new(),
+            etcd_prefix: "/palisade/default".to_owned(),
+            etcd_name: None,
+            etcd_user: None,
+            etcd_password: None,
+            etcd_ca_file: None,
+            etcd_grace_ms: 10_000,
             auto_rejoin: false,
             replication_mode: ReplicationMode::Async,
             fence_command: None,
@@ -106,6 +147,10 @@ impl FailoverConfig {
     pub fn replay_limit(&self) -> Option<usize> {
         self.transaction_replay
             .then(|| usize::try_from(self.replay_max_bytes).unwrap_or(usize::MAX))
+    }
+
+    pub fn etcd_grace(&self) -> Duration {
+        Duration::from_millis(self.etcd_grace_ms)
     }
 
     /// `monitor` bounds the timeout from below; sync modes need `node_count` ≥ 2.
@@ -148,6 +193,7 @@ impl FailoverConfig {
                 ));
             }
         }
+        self.validate_etcd()?;
         for (key, command) in [
             ("failover.fence_command", &self.fence_command),
             ("failover.rejoin_command", &self.rejoin_command),
@@ -163,5 +209,36 @@ impl FailoverConfig {
             ));
         }
         Ok(())
+    }
+
+    fn validate_etcd(&self) -> Result<(), ConfigError> {
+        if self.store != StoreKind::Etcd {
+            return Ok(());
+        }
+        if self.etcd_endpoints.is_empty() {
+            return Err(invalid(
+                "failover.etcd_endpoints",
+                "store = \"etcd\" needs at least one endpoint, e.g. [\"http://127.0.0.1:2379\"]",
+            ));
+        }
+        if !self.etcd_prefix.starts_with('/') || self.etcd_prefix.ends_with('/') {
+            return Err(invalid(
+                "failover.etcd_prefix",
+                "must start with / and not end with one, e.g. /palisade/main",
+            ));
+        }
+        if self.etcd_user.is_some() != self.etcd_password.is_some() {
+            return Err(invalid(
+                "failover.etcd_user",
+                "etcd_user and etcd_password go together",
+            ));
+        }
+        if self.state_file.is_some() {
+            return Err(invalid(
+                "failover.state_file",
+                "the epoch is kept in etcd with store = \"etcd\"; leave state_file out",
+            ));
+        }
+        positive("failover.etcd_grace_ms", self.etcd_grace_ms)
     }
 }

@@ -22,7 +22,7 @@ mod verifier;
 pub use admin::{AdminConfig, ConsoleAccess};
 pub use auth::{AuthConfig, DEFAULT_AUTH_QUERY};
 pub use consistency::{Consistency, ConsistencyConfig, OnNoReplica, PartitionMode};
-pub use failover::{FailoverConfig, FailoverMode, ReplicationMode};
+pub use failover::{FailoverConfig, FailoverMode, ReplicationMode, StoreKind};
 pub use http::HttpConfig;
 pub use nodes::NodeConfig;
 pub use sections::{

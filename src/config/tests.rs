@@ -554,3 +554,51 @@ fn admin_section_names_who_may_use_the_console() {
     let e = error_of(&format!("{GOOD}\n[admin]\nusers = [\"app\"]\n"));
     assert!(e.key.starts_with("toml"), "unknown keys are errors: {e}");
 }
+
+#[test]
+fn the_etcd_store_parses_and_defaults_to_the_file() {
+    let f = Config::parse(GOOD).unwrap().failover;
+    assert_eq!(f.store, StoreKind::File);
+    let c = Config::parse(&format!(
+        "{GOOD}\n[failover]\nstore = \"etcd\"\netcd_endpoints = [\"http://127.0.0.1:2379\"]\n\
+         etcd_prefix = \"/palisade/main\"\netcd_user = \"u\"\netcd_password = \"p\"\netcd_grace_ms = 3000\n"
+    ))
+    .unwrap();
+    let f = c.failover;
+    assert_eq!(f.store, StoreKind::Etcd);
+    assert_eq!(f.etcd_endpoints, ["http://127.0.0.1:2379"]);
+    assert_eq!(f.etcd_prefix, "/palisade/main");
+    assert_eq!(f.etcd_grace(), std::time::Duration::from_secs(3));
+}
+
+#[test]
+fn etcd_store_rules_name_their_key() {
+    let etcd = "store = \"etcd\"\n";
+    let ends = "etcd_endpoints = [\"http://127.0.0.1:2379\"]\n";
+    for (body, key) in [
+        (etcd.to_owned(), "failover.etcd_endpoints"),
+        (
+            format!("{etcd}{ends}etcd_prefix = \"x\"\n"),
+            "failover.etcd_prefix",
+        ),
+        (
+            format!("{etcd}{ends}etcd_prefix = \"/x/\"\n"),
+            "failover.etcd_prefix",
+        ),
+        (
+            format!("{etcd}{ends}etcd_user = \"u\"\n"),
+            "failover.etcd_user",
+        ),
+        (
+            format!("{etcd}{ends}state_file = \"s.toml\"\n"),
+            "failover.state_file",
+        ),
+        (
+            format!("{etcd}{ends}etcd_grace_ms = 0\n"),
+            "failover.etcd_grace_ms",
+        ),
+    ] {
+        let e = error_of(&format!("{GOOD}\n[failover]\n{body}"));
+        assert_eq!(e.key, key, "{body}");
+    }
+}

@@ -11,7 +11,7 @@ use std::collections::{BTreeSet, VecDeque};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{mpsc, oneshot, watch};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{error, info, warn};
@@ -24,11 +24,12 @@ use super::journal::{Count, Journal};
 use super::lag::{measure_lag, WalHistory};
 use super::monitor::{ProbeResult, ProberKit};
 use super::operator::NodeOperator;
+use super::peers::{encode_command, News, PeerView, Relay};
 use super::refresher::FunctionsLoaded;
 use super::snapshot::{log_changes, snapshot};
-use crate::config::{Config, NodeConfig, ReplicationMode};
+use crate::config::{Config, NodeConfig, PartitionMode, ReplicationMode};
 use crate::tls::ServerTls;
-use crate::topology::{Topology, TopologyHandle};
+use crate::topology::{Refusal, Topology, TopologyHandle, WriteState};
 
 /// The outcome of work the driver handed to a task.
 enum Outcome {
@@ -77,6 +78,19 @@ pub struct Driver {
     first_round: watch::Sender<bool>,
     shutdown: watch::Receiver<bool>,
     journal: Arc<Journal>,
+    shared: Option<Coordination>,
+    /// Writes refused because the shared store is out of reach
+    /// (`partition_mode = consistent`).
+    cut_off: Option<String>,
+}
+
+/// How the driver hears from the proxies sharing the epoch, and tells
+/// them what it sees.
+pub struct Coordination {
+    pub news: mpsc::Receiver<News>,
+    pub view: watch::Sender<PeerView>,
+    /// Operator commands to and from the leader.
+    pub relay: Arc<dyn Relay>,
 }
 
 /// What [`Driver::new`] is wired to.
@@ -101,6 +115,8 @@ pub struct Wiring {
     pub kit: ProberKit,
     /// The configured nodes' probers, by index.
     pub probers: Vec<CancellationToken>,
+    /// With `store = "etcd"`: the etcd session's news and this proxy's report.
+    pub shared: Option<Coordination>,
 }
 
 impl Driver {
@@ -140,6 +156,8 @@ impl Driver {
             first_round: wiring.first_round,
             shutdown: wiring.shutdown,
             journal: wiring.journal,
+            shared: wiring.shared,
+            cut_off: None,
         }
     }
 
@@ -150,6 +168,12 @@ impl Driver {
         };
         let record = match loaded {
             Ok(Ok(record)) => record,
+            Ok(Err(e)) if self.shared.is_some() => {
+                // Shared through etcd, nothing is decided without it: the
+                // epoch is learned once etcd answers; until then no writes.
+                warn!(error = %e, "cannot load the epoch from etcd yet; writes wait for it");
+                None
+            }
             Ok(Err(e)) => {
                 // Without the record the proxy cannot know which node it
                 // fenced: it takes no writes rather than guess.
@@ -181,6 +205,7 @@ impl Driver {
                 Some(outcome) = self.outcomes.recv() => self.on_outcome(outcome).await,
                 Some(request) = self.commands.recv() => self.on_command(request).await,
                 Some(loaded) = self.functions.recv() => self.publish_functions(loaded),
+                Some(news) = next_news(&mut self.shared) => self.on_news(news).await,
                 _ = tick.tick() => {
                     let now = self.now();
                     self.feed(Event::Tick { now }).await;
@@ -188,6 +213,66 @@ impl Driver {
                 _ = self.shutdown.changed() => return,
             }
         }
+    }
+
+    /// What the etcd session heard: a mandate, an epoch, etcd lost or back.
+    async fn on_news(&mut self, news: News) {
+        match news {
+            News::Mandate(mandate) => {
+                self.feed(Event::Mandate(mandate)).await;
+            }
+            News::Learned(record) => {
+                self.feed(Event::Learned(record)).await;
+            }
+            News::Lost(lost) => {
+                let consistent =
+                    self.config.consistency.partition_mode == PartitionMode::Consistent;
+                self.cut_off = (lost && consistent).then(|| {
+                    "etcd is out of reach beyond failover.etcd_grace_ms and partition_mode = consistent: writes are refused until it answers".to_owned()
+                });
+                if lost && !consistent {
+                    warn!("etcd is out of reach; partition_mode = available: writes go on to the last epoch's primary");
+                }
+                self.publish();
+            }
+            News::Request {
+                from,
+                nonce,
+                command,
+            } => self.on_forwarded(from, nonce, command).await,
+        }
+    }
+
+    /// Carries out a command another proxy handed to this one, the leader,
+    /// and sends the answer back.
+    async fn on_forwarded(&mut self, from: String, nonce: u64, command: Command) {
+        let Some(relay) = self.shared.as_ref().map(|s| s.relay.clone()) else {
+            return;
+        };
+        info!(%from, ?command, "command forwarded by a peer");
+        let (reply, answer) = oneshot::channel();
+        self.on_command(Request { command, reply }).await;
+        tokio::spawn(async move {
+            let answer = answer
+                .await
+                .unwrap_or_else(|_| Err("the leader's control plane stopped".to_owned()));
+            relay.reply(from, nonce, answer).await;
+        });
+    }
+
+    /// Hands `request` to the leader when this proxy shares the epoch and
+    /// does not lead; `None` when it was handed on.
+    fn forward(&self, request: Request) -> Option<Request> {
+        let leads = self.machine.as_ref().is_none_or(failover::State::leads);
+        let relay = self.shared.as_ref().map(|s| s.relay.clone());
+        let (Some(relay), Some(text), false) = (relay, encode_command(&request.command), leads)
+        else {
+            return Some(request);
+        };
+        tokio::spawn(async move {
+            let _ = request.reply.send(relay.forward(text).await);
+        });
+        None
     }
 
     /// Publishes a catalog load beside the topology.
@@ -261,6 +346,9 @@ impl Driver {
     }
 
     async fn on_command(&mut self, request: Request) {
+        let Some(request) = self.forward(request) else {
+            return;
+        };
         let (event, started) = match &request.command {
             Command::Nodes(nodes) => {
                 let answer = self.reconfigure(nodes).await;
@@ -456,7 +544,19 @@ impl Driver {
         let Some(machine) = &self.machine else { return };
         let current = self.topology.load();
         let mut next = snapshot(machine, &current, self.broken.as_deref());
+        if let Some(reason) = &self.cut_off {
+            next.writes = WriteState::Refused(Refusal::ReadOnly(reason.clone()));
+        }
         measure_lag(&mut next, &mut self.history, Instant::now());
+        if let Some(shared) = &self.shared {
+            let view = PeerView {
+                epoch: machine.epoch(),
+                primary_lost: machine.primary_lost(),
+            };
+            shared
+                .view
+                .send_if_modified(|v| std::mem::replace(v, view) != view);
+        }
         if next != *current {
             log_changes(&current, &next);
             self.journal.record_changes(&current, &next);
@@ -509,6 +609,14 @@ fn node_admin(config: &Config, tls: &ServerTls, node: &NodeConfig) -> NodeAdmin 
             .proxy
             .connect_timeout()
             .max(config.monitor.probe_timeout()),
+    }
+}
+
+/// The next news from the etcd session; never, without one.
+async fn next_news(shared: &mut Option<Coordination>) -> Option<News> {
+    match shared {
+        Some(shared) => shared.news.recv().await,
+        None => std::future::pending().await,
     }
 }
 

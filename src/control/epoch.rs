@@ -6,7 +6,7 @@
 //! store: a small TOML file replaced atomically (temp file in the same
 //! directory, fsync, rename, fsync the directory), so a crash leaves either
 //! the old record or the new one, never a torn one. An etcd store for several
-//! proxies can implement the same trait without touching the failover logic.
+//! proxies ([`super::etcd`]) implements the same trait.
 
 use std::fs::{self, File};
 use std::io::{self, Write};
@@ -34,6 +34,10 @@ pub enum EpochStoreError {
     Corrupt { path: PathBuf, reason: String },
     #[error("cannot write the epoch state file {path}: {source}")]
     Write { path: PathBuf, source: io::Error },
+    #[error("etcd: {0}")]
+    Etcd(String),
+    #[error("this proxy does not hold the etcd leader key: epoch {epoch} not stored")]
+    NotLeader { epoch: u64 },
     #[error("refusing to store epoch {epoch} with primary {primary:?}: {reason}")]
     BadRecord {
         epoch: u64,
@@ -47,7 +51,10 @@ impl EpochStoreError {
     pub fn is_retryable(&self) -> bool {
         matches!(
             self,
-            EpochStoreError::Read { .. } | EpochStoreError::Write { .. }
+            EpochStoreError::Read { .. }
+                | EpochStoreError::Write { .. }
+                | EpochStoreError::Etcd(_)
+                | EpochStoreError::NotLeader { .. }
         )
     }
 }
@@ -105,7 +112,7 @@ impl StateFile {
 
 impl EpochRecord {
     /// The record of `epoch` with `primary`, when it means something.
-    fn checked(epoch: u64, primary: &str) -> Result<EpochRecord, EpochStoreError> {
+    pub(crate) fn checked(epoch: u64, primary: &str) -> Result<EpochRecord, EpochStoreError> {
         let record = EpochRecord {
             epoch,
             primary: primary.to_owned(),

@@ -13,6 +13,7 @@
 pub mod commits;
 pub mod driver;
 pub mod epoch;
+pub mod etcd;
 pub mod failover;
 pub mod fencing;
 pub mod functions;
@@ -21,6 +22,7 @@ pub mod journal;
 pub mod lag;
 pub mod monitor;
 pub mod operator;
+pub mod peers;
 pub mod refresher;
 pub mod snapshot;
 

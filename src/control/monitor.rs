@@ -46,7 +46,9 @@ const PROBE: &str = "SELECT pg_is_in_recovery(), \
     (SELECT sender_host FROM pg_stat_wal_receiver), \
     (SELECT sender_port FROM pg_stat_wal_receiver), \
     ARRAY(SELECT application_name::text FROM pg_stat_replication \
-          WHERE sync_state IN ('sync', 'quorum') ORDER BY 1)";
+          WHERE sync_state IN ('sync', 'quorum') ORDER BY 1), \
+    (CASE WHEN NOT pg_is_in_recovery() THEN \
+       ('x' || substr(pg_walfile_name(pg_current_wal_lsn()), 1, 8))::bit(32)::int END)";
 
 /// What starts a prober: the settings every prober shares and where they
 /// report. The proxy starts one per configured node; the driver starts one
@@ -310,5 +312,10 @@ fn report(row: &tokio_postgres::Row) -> Option<Report> {
             upstream,
         },
         sync_standbys: row.try_get(6).unwrap_or_default(),
+        timeline: row
+            .try_get::<_, Option<i32>>(7)
+            .ok()
+            .flatten()
+            .and_then(|t| u32::try_from(t).ok()),
     })
 }

@@ -107,6 +107,7 @@ mod tests {
             max_lag_on_failover_bytes: 1 << 20,
             auto_rejoin: false,
             health_threshold: 2,
+            shared: false,
         }
     }
 

@@ -189,7 +189,9 @@ pub async fn serve(stream: TcpStream, peer: SocketAddr, shared: Arc<Shared>, mut
         user = tracing::field::Empty,
         epoch = tracing::field::Empty
     );
-    let Some((client, opened)) = open(stream, peer, &shared, session_id, &mut arrival)
+    // Boxed: the login's state is freed once it is done instead of
+    // staying in the task's allocation for the whole session.
+    let Some((client, opened)) = Box::pin(open(stream, peer, &shared, session_id, &mut arrival))
         .instrument(span.clone())
         .await
     else {

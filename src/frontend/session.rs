@@ -165,7 +165,7 @@ impl Session {
             cancel,
             login,
         } = connected;
-        let keys = pool_keys(&shared.topology.load(), &login);
+        let keys = pool_keys(&shared.topology.load(), &login, &shared.pool);
         Session {
             id,
             collector: Collector::new(shared.config().proxy.max_message_size),

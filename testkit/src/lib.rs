@@ -16,5 +16,7 @@ pub mod signal;
 pub mod tls;
 pub mod wire;
 
-pub use cluster::{find_pg_bin, ClusterError, ClusterOptions, LocalCluster, LocalNode};
+pub use cluster::{
+    find_etcd, find_pg_bin, ClusterError, ClusterOptions, LocalCluster, LocalEtcd, LocalNode,
+};
 pub use relay::FaultyRelay;

@@ -95,6 +95,9 @@ impl State {
     }
 
     pub(super) fn emit_chores(&mut self, out: &mut Vec<Action>) {
+        if !self.mandate.lead || self.follows() {
+            return;
+        }
         let now = self.now;
         let open = self.primary_open();
         for id in 0..self.nodes.len() {

@@ -10,11 +10,23 @@ use super::{
     SwitchoverStage, Task, WriteState, EPOCHS_SPENT,
 };
 
+const NOT_LEADING: &str =
+    "{}: this proxy does not lead the proxies sharing the epoch; run it on the leader (SHOW PEERS)";
+
+const FOLLOWING: &str =
+    "{}: failover.mode = follow: Palisade promotes and fences nothing; ask the HA manager it follows";
+
 impl State {
     pub(super) fn switchover(&mut self, target: Option<NodeId>, out: &mut Vec<Action>) {
         let refuse = |out: &mut Vec<Action>, reason: String| {
             out.push(Action::CommandRefused { reason });
         };
+        if self.follows() {
+            return refuse(out, FOLLOWING.replace("{}", "switchover"));
+        }
+        if !self.mandate.lead {
+            return refuse(out, NOT_LEADING.replace("{}", "switchover"));
+        }
         let (Phase::Steady { .. }, Some(primary)) = (&self.phase, self.primary) else {
             return refuse(
                 out,
@@ -134,7 +146,11 @@ impl State {
     }
 
     pub(super) fn rejoin(&mut self, node: NodeId, out: &mut Vec<Action>) {
-        let reason = if !self.fenced.contains(&node) {
+        let reason = if self.follows() {
+            FOLLOWING.replace("{}", "rejoin")
+        } else if !self.mandate.lead {
+            NOT_LEADING.replace("{}", "rejoin")
+        } else if !self.fenced.contains(&node) {
             format!("rejoin: {} is not fenced", self.name(node))
         } else if let Some(to) = self.primary_open() {
             if let Some(view) = self.nodes.get_mut(node) {

@@ -5,7 +5,7 @@
 use std::collections::BTreeSet;
 
 use super::NodeId;
-use crate::config::{Config, FailoverMode, ReplicationMode};
+use crate::config::{Config, FailoverMode, ReplicationMode, StoreKind};
 use crate::control::epoch::EpochRecord;
 use crate::topology::{Lsn, WriteState};
 
@@ -33,6 +33,9 @@ pub struct Settings {
     /// Probe results in a row before a node counts as healthy (a candidate)
     /// or a primary's misses refuse writes.
     pub health_threshold: u32,
+    /// The epoch is shared with other proxies (`store = "etcd"`): this one
+    /// decides only with a [`Mandate`] from them.
+    pub shared: bool,
 }
 
 impl Settings {
@@ -54,6 +57,7 @@ impl Settings {
             max_lag_on_failover_bytes: f.max_lag_on_failover_bytes,
             auto_rejoin: f.auto_rejoin,
             health_threshold: config.monitor.health_threshold.max(1),
+            shared: f.store == StoreKind::Etcd,
         }
     }
 
@@ -110,6 +114,9 @@ pub struct Report {
     /// A primary's standbys that may acknowledge synchronous commits
     /// (`sync_state` sync or quorum), by application name.
     pub sync_standbys: Vec<String>,
+    /// A primary's timeline (of its current WAL); `None` for a replica or
+    /// when not known. Promotion moves a node to a newer timeline.
+    pub timeline: Option<u32>,
 }
 
 impl Report {
@@ -193,6 +200,33 @@ pub enum Event {
     RemoveNode {
         node: NodeId,
     },
+    /// What the proxies sharing the epoch allow this one to decide.
+    Mandate(Mandate),
+    /// An epoch another proxy made durable in the shared store.
+    Learned(EpochRecord),
+}
+
+/// What a proxy sharing the epoch with others may decide. A proxy alone
+/// always leads and needs no one's agreement.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Mandate {
+    /// It holds the leadership: it alone adopts, fails over, switches over,
+    /// promotes, fences, re-points and rejoins.
+    pub lead: bool,
+    /// A majority of the live proxies report the primary lost, so a
+    /// failover the replicas confirm may start.
+    pub agreed_down: bool,
+}
+
+impl Mandate {
+    pub const ALONE: Mandate = Mandate {
+        lead: true,
+        agreed_down: true,
+    };
+    pub const NONE: Mandate = Mandate {
+        lead: false,
+        agreed_down: false,
+    };
 }
 
 /// The state machine's part of the published topology; its epoch is

@@ -26,20 +26,22 @@
 use std::collections::BTreeSet;
 
 use crate::config::FailoverMode;
-use crate::control::epoch::EpochRecord;
+pub(crate) use crate::control::epoch::EpochRecord;
 use crate::topology::Lsn;
 
 mod chores;
 mod commands;
 mod detect;
 mod events;
+mod follow;
 mod health;
 mod membership;
 mod outcomes;
+mod shared;
 
 pub use crate::topology::{Refusal, WriteState};
 pub use events::{
-    Action, Event, NodeAddr, Probe, Published, Report, Settings, Upstream, WalReceiver,
+    Action, Event, Mandate, NodeAddr, Probe, Published, Report, Settings, Upstream, WalReceiver,
 };
 
 const EPOCHS_SPENT: &str = "the epoch counter is exhausted; reset the state file";
@@ -208,6 +210,7 @@ pub struct State {
     /// report (from before the promotion) said.
     promoted: Option<NodeId>,
     published: Option<Published>,
+    mandate: Mandate,
 }
 
 /// Folds one event into the state; returns the new state and what to do.
@@ -224,6 +227,11 @@ pub fn step(state: State, event: Event) -> (State, Vec<Action>) {
 
 impl State {
     pub fn new(settings: Settings) -> State {
+        let mandate = if settings.shared {
+            Mandate::NONE
+        } else {
+            Mandate::ALONE
+        };
         State {
             nodes: vec![NodeView::default(); settings.nodes.len()],
             settings,
@@ -239,6 +247,7 @@ impl State {
             phase: Phase::Loading,
             promoted: None,
             published: None,
+            mandate,
         }
     }
 
@@ -328,6 +337,8 @@ impl State {
             Event::Rejoin { node } => self.rejoin(node, out),
             Event::AddNode(addr) => self.add_node(addr, out),
             Event::RemoveNode { node } => self.remove_node(node, out),
+            Event::Mandate(mandate) => self.mandate = mandate,
+            Event::Learned(record) => self.learn(record),
         }
     }
 
@@ -389,17 +400,15 @@ impl State {
         let Phase::Bootstrapping { retry_at, .. } = self.phase else {
             return;
         };
-        if self.now < retry_at
+        let waiting = self.now < retry_at
             || self
                 .nodes
                 .iter()
-                .any(|v| v.probed_at.is_none() && !v.removed)
-        {
+                .any(|v| v.probed_at.is_none() && !v.removed);
+        if waiting || !self.mandate.lead {
             return;
         }
-        let claimants: Vec<NodeId> = (0..self.nodes.len())
-            .filter(|n| self.nodes[*n].answering_as_primary())
-            .collect();
+        let claimants = self.claimants();
         match claimants[..] {
             [] => {
                 self.phase = Phase::Bootstrapping {
@@ -443,10 +452,13 @@ impl State {
         let Some(view) = self.view(primary) else {
             return;
         };
+        if self.follows() {
+            return self.follow(out);
+        }
         if !confirmed {
             if view.answering_as_primary() {
                 self.phase = Phase::Steady { confirmed: true };
-            } else if view.answering_as_replica() {
+            } else if view.answering_as_replica() && self.mandate.lead {
                 // Persisted before it was promoted, then the proxy restarted:
                 // finish the promotion that epoch stands for.
                 out.push(Action::Promote(primary));
@@ -460,7 +472,8 @@ impl State {
                 return;
             }
         }
-        if self.settings.mode == FailoverMode::Automatic && self.primary_failed() {
+        let agreed = self.mandate.lead && self.mandate.agreed_down;
+        if self.settings.mode == FailoverMode::Automatic && agreed && self.primary_failed() {
             self.phase = Phase::Failover(Failover {
                 old: Some(primary),
                 excluded: BTreeSet::new(),
@@ -490,7 +503,7 @@ impl State {
                     self.phase = Phase::Steady { confirmed: true };
                     return;
                 }
-                if self.now < retry_at {
+                if self.now < retry_at || !self.mandate.lead {
                     return;
                 }
                 let choice = self.choose_candidate(&f.excluded, f.pinned, true);

@@ -21,6 +21,7 @@ impl State {
         match self.phase.clone() {
             Phase::Adopting { node, epoch: e } if e == epoch => {
                 self.epoch = epoch;
+                self.unfence_adopted(node);
                 self.set_primary(node);
                 self.phase = Phase::Steady { confirmed: true };
             }

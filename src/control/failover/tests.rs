@@ -27,6 +27,7 @@ fn settings(nodes: usize) -> Settings {
         max_lag_on_failover_bytes: 1 << 20,
         auto_rejoin: false,
         health_threshold: 3,
+        shared: false,
     }
 }
 
@@ -44,6 +45,8 @@ struct SimNode {
     /// Replay speed in bytes per tick; `None` keeps up at once.
     apply_per_tick: Option<u64>,
     fail_promote: bool,
+    /// The timeline a primary writes on; promotion moves past every one.
+    timeline: u32,
 }
 
 struct Sim {
@@ -93,6 +96,7 @@ impl Sim {
                 read_only: false,
                 apply_per_tick: None,
                 fail_promote: false,
+                timeline: 1,
             })
             .collect();
         let mut sim = Sim {
@@ -228,6 +232,7 @@ impl Sim {
                 upstream,
             },
             sync_standbys: Vec::new(),
+            timeline: (!n.in_recovery).then_some(n.timeline),
         })
     }
 
@@ -438,6 +443,8 @@ impl Sim {
             .push((node, primary_lsn.saturating_sub(n.lsn)));
         n.in_recovery = false;
         n.upstream = None;
+        let timeline = self.nodes.iter().map(|n| n.timeline).max().unwrap_or(1) + 1;
+        self.nodes[node].timeline = timeline;
         Some(Event::Promoted { node })
     }
 
@@ -1263,3 +1270,201 @@ fn a_promoted_node_is_the_primary_in_the_step_that_opens_writes() {
 }
 
 mod membership;
+
+fn shared(nodes: usize) -> Settings {
+    Settings {
+        shared: true,
+        ..settings(nodes)
+    }
+}
+
+fn record(epoch: u64, primary: &str) -> EpochRecord {
+    EpochRecord {
+        epoch,
+        primary: primary.to_owned(),
+    }
+}
+
+impl Sim {
+    /// Another proxy made `epoch` with `primary` durable in the shared store.
+    fn learn(&mut self, epoch: u64, primary: &str) {
+        self.store = Some(record(epoch, primary));
+        self.deliver(Event::Learned(record(epoch, primary)));
+    }
+}
+
+/// Actions that change a node or the store, as opposed to publishing.
+fn acts(sim: &Sim) -> usize {
+    sim.actions()
+        .filter(|a| !matches!(a, Action::PublishTopology(_)))
+        .count()
+}
+
+#[test]
+fn a_proxy_sharing_the_epoch_decides_nothing_without_the_lead() {
+    let mut sim = Sim::with(shared(3));
+    sim.run(3_000);
+    assert_eq!(
+        (sim.epoch(), acts(&sim)),
+        (0, 0),
+        "no adoption by a follower"
+    );
+    sim.learn(1, "n0");
+    sim.run_until(1_000, "writes open on the learned epoch", |s| {
+        s.writes_open()
+    });
+    assert_eq!(sim.primary(), Some(0));
+    sim.crash(0);
+    sim.run(3 * TIMEOUT);
+    assert_eq!(acts(&sim), 0, "a follower promotes and fences nothing");
+    assert_eq!(
+        sim.state().writes(),
+        WriteState::Refused(Refusal::PrimaryUnreachable)
+    );
+    assert!(sim.state().primary_lost(), "what it reports to its peers");
+    sim.command(Event::Switchover { target: None });
+    assert!(sim.refusals.last().unwrap().contains("does not lead"));
+}
+
+#[test]
+fn a_learned_epoch_moves_writes_and_fences_the_old_primary_at_once() {
+    let mut sim = Sim::with(shared(3));
+    sim.learn(1, "n0");
+    sim.run_until(1_000, "writes open", |s| s.writes_open());
+    // Another proxy failed over to n2: the model is what it left.
+    sim.nodes[2].in_recovery = false;
+    sim.nodes[2].upstream = None;
+    sim.learn(2, "n2");
+    assert_eq!((sim.epoch(), sim.primary()), (2, Some(2)));
+    assert_eq!(sim.fenced(), BTreeSet::from([0]));
+    sim.run_until(1_000, "writes open on n2", |s| s.writes_open());
+    assert_eq!(sim.published.as_ref().unwrap().primary, Some(2));
+    // An older or equal epoch changes nothing.
+    sim.deliver(Event::Learned(record(1, "n0")));
+    sim.deliver(Event::Learned(record(2, "n1")));
+    assert_eq!((sim.epoch(), sim.primary()), (2, Some(2)));
+    assert_eq!(acts(&sim), 0, "the leader fences, not this proxy");
+}
+
+#[test]
+fn the_leader_fails_over_only_once_its_peers_agree() {
+    let mut sim = Sim::with(shared(3));
+    let lead_alone = Mandate {
+        lead: true,
+        agreed_down: false,
+    };
+    sim.deliver(Event::Mandate(lead_alone));
+    sim.run_until(2_000, "the leader adopts n0", |s| s.writes_open());
+    sim.run(1_000);
+    sim.crash(0);
+    sim.run(3 * TIMEOUT);
+    assert_eq!((sim.epoch(), sim.promotions()), (1, vec![]));
+    sim.deliver(Event::Mandate(Mandate::ALONE));
+    sim.run_until(TIMEOUT, "failed over once the peers agree", |s| {
+        s.epoch() == 2 && s.writes_open()
+    });
+    assert_eq!(sim.promotions().len(), 1);
+}
+
+#[test]
+fn a_new_leader_finishes_a_promotion_its_predecessor_persisted() {
+    let mut sim = Sim::with(shared(3));
+    sim.learn(1, "n0");
+    sim.run_until(1_000, "writes open", |s| s.writes_open());
+    sim.crash(0);
+    // The old leader persisted epoch 2 for n1 and died before promoting it.
+    sim.learn(2, "n1");
+    sim.run(TIMEOUT);
+    assert_eq!(sim.promotions(), Vec::<NodeId>::new(), "followers wait");
+    sim.deliver(Event::Mandate(Mandate::ALONE));
+    sim.run_until(TIMEOUT, "n1 promoted by the new leader", |s| {
+        s.primary() == Some(1) && s.writes_open()
+    });
+    assert_eq!((sim.promotions(), sim.epoch()), (vec![1], 2));
+}
+
+fn following(nodes: usize) -> Settings {
+    Settings {
+        mode: FailoverMode::Follow,
+        ..settings(nodes)
+    }
+}
+
+impl Sim {
+    /// An HA manager promotes `node` by hand: a new timeline, no upstream;
+    /// the other replicas follow it.
+    fn promote_by_hand(&mut self, node: NodeId) {
+        let timeline = self.nodes.iter().map(|n| n.timeline).max().unwrap_or(1) + 1;
+        let n = &mut self.nodes[node];
+        (n.in_recovery, n.upstream, n.timeline) = (false, None, timeline);
+        for (i, other) in self.nodes.iter_mut().enumerate() {
+            if i != node && other.in_recovery {
+                other.upstream = Some(node);
+            }
+        }
+    }
+
+    /// Ticks `ticks` times; how many of them left writes open to `node`.
+    fn ticks_writing_to(&mut self, node: NodeId, ticks: usize) -> usize {
+        (0..ticks)
+            .filter(|_| {
+                self.tick();
+                self.published
+                    .as_ref()
+                    .is_some_and(|p| p.writes == WriteState::Open && p.primary == Some(node))
+            })
+            .count()
+    }
+}
+
+#[test]
+fn following_adopts_a_hand_promoted_primary_within_two_probes_and_acts_on_nothing() {
+    for old_stays_up in [false, true] {
+        let mut sim = Sim::steady(following(3));
+        if old_stays_up {
+            // Made read-only, it still says it is a primary, on the old timeline.
+            sim.nodes[0].read_only = true;
+        } else {
+            sim.crash(0);
+        }
+        sim.promote_by_hand(2);
+        let writes_to_old = sim.ticks_writing_to(0, 2);
+        assert_eq!(writes_to_old, 0, "old primary up: {old_stays_up}");
+        assert_eq!((sim.epoch(), sim.primary()), (2, Some(2)));
+        assert!(sim.writes_open(), "writes open on the new primary");
+        assert_eq!(sim.ticks_writing_to(0, 20), 0);
+        assert_eq!(
+            sim.fenced().contains(&0),
+            old_stays_up,
+            "routed nothing while it claims"
+        );
+        let acted = sim
+            .actions()
+            .filter(|a| !matches!(a, Action::PublishTopology(_) | Action::PersistEpoch { .. }))
+            .count();
+        assert_eq!(acted, 0, "following promotes, fences and re-points nothing");
+    }
+}
+
+#[test]
+fn following_never_fails_over_and_refuses_operator_commands() {
+    let mut sim = Sim::steady(following(3));
+    sim.crash(0);
+    sim.run(3 * TIMEOUT);
+    assert_eq!((sim.epoch(), sim.promotions()), (1, vec![]));
+    assert!(!sim.writes_open());
+    sim.command(Event::Switchover { target: Some(1) });
+    assert!(sim.refusals.last().unwrap().contains("follow"));
+}
+
+#[test]
+fn following_starts_on_the_newest_timeline_of_two_claimants() {
+    let mut sim = Sim::with(following(3));
+    sim.nodes[1].in_recovery = false;
+    sim.nodes[1].upstream = None;
+    sim.nodes[1].timeline = 3;
+    sim.nodes[0].read_only = true;
+    sim.run_until(2_000, "adopted", |s| s.writes_open());
+    assert_eq!(sim.primary(), Some(1));
+    assert!(sim.fenced().contains(&0));
+}

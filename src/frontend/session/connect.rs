@@ -8,8 +8,7 @@ use std::time::{Duration, Instant};
 use tracing::{debug, info};
 
 use super::{Session, SessionLogin};
-use crate::backend::pool::CheckoutError;
-use crate::backend::pool::PoolKey;
+use crate::backend::pool::{CheckoutError, PoolKey, ServerPool};
 use crate::backend::{ConnectError, Login};
 use crate::protocol::Sqlstate;
 use crate::route::Tried;
@@ -128,16 +127,27 @@ impl Session {
             _ => false,
         };
         if !current {
-            self.keys = pool_keys(&topology, &self.login);
+            self.keys = pool_keys(&topology, &self.login, &self.shared.pool);
         }
     }
 }
 
 /// The pool key of each node slot, for this session's login.
-pub(super) fn pool_keys(topology: &Topology, login: &SessionLogin) -> Vec<PoolKey> {
+pub(super) fn pool_keys(
+    topology: &Topology,
+    login: &SessionLogin,
+    pool: &ServerPool,
+) -> Vec<PoolKey> {
     topology
         .nodes
         .iter()
-        .map(|n| PoolKey::new(&n.host, n.port, &login.client_user, &login.params))
+        .map(|n| {
+            pool.shared_key(PoolKey::new(
+                &n.host,
+                n.port,
+                &login.client_user,
+                &login.params,
+            ))
+        })
         .collect()
 }

@@ -194,6 +194,8 @@ impl Session {
                 let plan = self.collector.plan();
                 if !plan.write && plan.begin.is_none() {
                     self.warn_if_cut_off(node);
+                } else {
+                    self.warn_if_store_lost();
                 }
             }
             if self.collector.continues() {

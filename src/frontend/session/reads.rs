@@ -114,6 +114,18 @@ impl Session {
         }
     }
 
+    /// A write is about to go out while this proxy has lost etcd beyond the
+    /// grace period (only `partition_mode = available` lets it): the
+    /// client is told.
+    pub(super) fn warn_if_store_lost(&mut self) {
+        if self.shared.admin.epoch_store_lost() {
+            messages::notice(
+                &mut self.client.out,
+                "this proxy has lost etcd: the write goes to the last epoch's primary, which the other proxies may have replaced (partition_mode = available)",
+            );
+        }
+    }
+
     /// Answers one of the proxy's own commands (the due batch).
     pub(super) async fn answer_local(&mut self) {
         let status = match self.link.phase() {

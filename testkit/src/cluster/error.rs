@@ -63,6 +63,13 @@ pub enum ClusterError {
     #[error("{node}: postmaster is not running")]
     NotRunning { node: String },
 
+    /// No `etcd` binary: the multi-proxy tests and `palisade demo --proxies` need one.
+    #[error(
+        "etcd not found (searched: {searched}); set ETCD_BIN to it, or install the Debian \
+         package etcd-server (apt-get install -y etcd-server)"
+    )]
+    NoEtcd { searched: String },
+
     /// A node index past the end of the cluster.
     #[error("no node {index}: the cluster has {count} nodes")]
     NoSuchNode { index: usize, count: usize },

@@ -7,6 +7,7 @@
 
 mod bin;
 mod error;
+mod etcd;
 mod exec;
 mod node;
 mod reaper;
@@ -20,6 +21,7 @@ use tracing::{info, warn};
 
 pub use bin::find_pg_bin;
 pub use error::ClusterError;
+pub use etcd::{find_etcd, LocalEtcd};
 pub use node::LocalNode;
 
 use crate::tls::{write_private, ServerCert};
