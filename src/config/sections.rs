@@ -257,7 +257,9 @@ pub struct RoutingConfig {
     pub load_balance: LoadBalance,
     /// When greater than 0 the primary serves reads too, with this weight.
     pub primary_read_weight: u32,
-    /// Classified statements remembered by text; 0 turns the cache off.
+    /// Classified statements remembered per database, keyed by the
+    /// statement's shape (see `classify::ClassifyCache`); 0 turns the
+    /// cache off.
     pub classify_cache_size: usize,
     /// How often the list of VOLATILE user functions is reloaded from the primary.
     pub function_refresh_ms: u64,

@@ -147,6 +147,22 @@ mod tests {
     }
 
     #[test]
+    fn sessions_of_one_database_share_a_cache_and_count_together() {
+        let caches = Caches::default();
+        let (a, b) = (caches.of("db", 8), caches.of("db", 8));
+        assert!(Arc::ptr_eq(&a, &b));
+        assert!(!Arc::ptr_eq(&a, &caches.of("other", 8)));
+        let handle = TopologyHandle::new(Topology::from_config(&[]));
+        publish(&handle, 1, &[]);
+        let mut first = Classifier::with(a, FunctionView::new(&handle, "db"));
+        let mut second = Classifier::with(b, FunctionView::new(&handle, "db"));
+        first.classify("SELECT v FROM t WHERE k = 1");
+        second.classify("SELECT v FROM t WHERE k = 2");
+        let stats = caches.stats();
+        assert_eq!((stats.hits, stats.misses), (1, 1), "parsed once for both");
+    }
+
+    #[test]
     fn a_new_list_drops_what_the_old_one_classified() {
         let handle = TopologyHandle::new(Topology::from_config(&[]));
         publish(&handle, 1, &[]);
