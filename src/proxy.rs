@@ -69,6 +69,15 @@ struct Named {
 }
 
 /// Spawns `task` as `name`, its logs in a span of that name.
+/// Loads the VOLATILE-function list of the backend's database (the one
+/// clients most likely use) before the proxy listens, then keeps it fresh.
+async fn start_catalog(refresher: Option<Refresher>, config: &Config) -> Option<Named> {
+    let refresher = refresher?;
+    let limit = config.proxy.connect_timeout() + config.monitor.probe_timeout();
+    refresher.preload(&config.backend.database, limit).await;
+    Some(spawn_named("catalog", refresher.run()))
+}
+
 fn spawn_named(name: impl Into<String>, task: impl Future<Output = ()> + Send + 'static) -> Named {
     let name = name.into();
     let span = tracing::info_span!("task", task = %name);
@@ -138,18 +147,14 @@ impl Proxy {
         tasks.push(spawn_named("commits", sampler.run(shutdown_rx.clone())));
         let auth = Authenticator::new(&config, server_tls.clone(), topology.clone());
         let catalog = Arc::new(FunctionCatalog::new(&config, server_tls, topology.clone()));
-        if let Some(refresher) = Refresher::new(
+        let refresher = Refresher::new(
             catalog,
             topology.clone(),
             loaded,
             config.routing.function_refresh(),
             shutdown_rx.clone(),
-        ) {
-            // The backend's database is the one clients most likely use.
-            let limit = config.proxy.connect_timeout() + config.monitor.probe_timeout();
-            refresher.preload(&config.backend.database, limit).await;
-            tasks.push(spawn_named("catalog", refresher.run()));
-        }
+        );
+        tasks.extend(start_catalog(refresher, &config).await);
         let shared = Arc::new(Shared {
             commits,
             pool,

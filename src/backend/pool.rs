@@ -14,7 +14,6 @@
 //! connections; a checkout at the cap waits for one to come back.
 
 use std::collections::HashMap;
-use std::hash::{Hash, Hasher};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
@@ -28,94 +27,15 @@ use crate::config::PoolConfig;
 use crate::protocol::{cstr, take_frame, TxnStatus};
 use crate::tls::ServerTls;
 
+mod key;
+
+use key::LimitKey;
+pub use key::{KeyParts, PoolKey};
+
 /// The statement that makes a used server connection like a new one.
 const RESET_QUERY: &[u8] = b"Q\0\0\0\x10DISCARD ALL\0";
 /// A reset reply is a handful of small messages.
 const MAX_RESET_REPLY: usize = 64 * 1024;
-
-/// Which connections are interchangeable: same node, same startup packet,
-/// and logged in for the same Palisade user (two users mapped to one server
-/// role still never share a login). Made once per session and node; cloning
-/// and hashing it cost no more than an integer's, as the pool does both on
-/// every check-in.
-#[derive(Debug, Clone)]
-pub struct PoolKey(Arc<KeyParts>);
-
-#[derive(Debug, PartialEq, Eq)]
-pub struct KeyParts {
-    pub host: String,
-    pub port: u16,
-    pub client_user: String,
-    /// Every startup parameter sent to the server, sorted by name.
-    pub params: Vec<(String, String)>,
-    /// What the connection cap counts by.
-    limit: LimitKey,
-    /// The hash of all of the above, taken once.
-    hash: u64,
-}
-
-impl PoolKey {
-    pub fn new(host: &str, port: u16, client_user: &str, params: &[(String, String)]) -> PoolKey {
-        let mut params = params.to_vec();
-        params.sort();
-        let database = params
-            .iter()
-            .find(|(k, _)| k == "database")
-            .map(|(_, v)| v.clone())
-            .unwrap_or_default();
-        let limit = LimitKey {
-            host: host.to_owned(),
-            port,
-            user: client_user.to_owned(),
-            database,
-        };
-        let mut hasher = std::collections::hash_map::DefaultHasher::new();
-        (host, port, client_user, &params).hash(&mut hasher);
-        PoolKey(Arc::new(KeyParts {
-            host: host.to_owned(),
-            port,
-            client_user: client_user.to_owned(),
-            params,
-            limit,
-            hash: hasher.finish(),
-        }))
-    }
-
-    /// What the connection cap counts by: node, user and database.
-    fn limit(&self) -> &LimitKey {
-        &self.0.limit
-    }
-}
-
-impl std::ops::Deref for PoolKey {
-    type Target = KeyParts;
-
-    fn deref(&self) -> &KeyParts {
-        &self.0
-    }
-}
-
-impl PartialEq for PoolKey {
-    fn eq(&self, other: &PoolKey) -> bool {
-        Arc::ptr_eq(&self.0, &other.0) || (self.0.hash == other.0.hash && self.0 == other.0)
-    }
-}
-
-impl Eq for PoolKey {}
-
-impl Hash for PoolKey {
-    fn hash<H: Hasher>(&self, state: &mut H) {
-        state.write_u64(self.0.hash);
-    }
-}
-
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
-struct LimitKey {
-    host: String,
-    port: u16,
-    user: String,
-    database: String,
-}
 
 /// The cap of one (node, user, database), and a bell rung whenever one of
 /// its connections comes back idle or closes.

@@ -27,7 +27,7 @@ use super::operator::NodeOperator;
 use super::peers::{encode_command, News, PeerView, Relay};
 use super::refresher::FunctionsLoaded;
 use super::snapshot::{log_changes, snapshot};
-use crate::config::{Config, NodeConfig, PartitionMode, ReplicationMode};
+use crate::config::{Config, NodeConfig, PartitionMode};
 use crate::tls::ServerTls;
 use crate::topology::{Refusal, Topology, TopologyHandle, WriteState};
 
@@ -213,66 +213,6 @@ impl Driver {
                 _ = self.shutdown.changed() => return,
             }
         }
-    }
-
-    /// What the etcd session heard: a mandate, an epoch, etcd lost or back.
-    async fn on_news(&mut self, news: News) {
-        match news {
-            News::Mandate(mandate) => {
-                self.feed(Event::Mandate(mandate)).await;
-            }
-            News::Learned(record) => {
-                self.feed(Event::Learned(record)).await;
-            }
-            News::Lost(lost) => {
-                let consistent =
-                    self.config.consistency.partition_mode == PartitionMode::Consistent;
-                self.cut_off = (lost && consistent).then(|| {
-                    "etcd is out of reach beyond failover.etcd_grace_ms and partition_mode = consistent: writes are refused until it answers".to_owned()
-                });
-                if lost && !consistent {
-                    warn!("etcd is out of reach; partition_mode = available: writes go on to the last epoch's primary");
-                }
-                self.publish();
-            }
-            News::Request {
-                from,
-                nonce,
-                command,
-            } => self.on_forwarded(from, nonce, command).await,
-        }
-    }
-
-    /// Carries out a command another proxy handed to this one, the leader,
-    /// and sends the answer back.
-    async fn on_forwarded(&mut self, from: String, nonce: u64, command: Command) {
-        let Some(relay) = self.shared.as_ref().map(|s| s.relay.clone()) else {
-            return;
-        };
-        info!(%from, ?command, "command forwarded by a peer");
-        let (reply, answer) = oneshot::channel();
-        self.on_command(Request { command, reply }).await;
-        tokio::spawn(async move {
-            let answer = answer
-                .await
-                .unwrap_or_else(|_| Err("the leader's control plane stopped".to_owned()));
-            relay.reply(from, nonce, answer).await;
-        });
-    }
-
-    /// Hands `request` to the leader when this proxy shares the epoch and
-    /// does not lead; `None` when it was handed on.
-    fn forward(&self, request: Request) -> Option<Request> {
-        let leads = self.machine.as_ref().is_none_or(failover::State::leads);
-        let relay = self.shared.as_ref().map(|s| s.relay.clone());
-        let (Some(relay), Some(text), false) = (relay, encode_command(&request.command), leads)
-        else {
-            return Some(request);
-        };
-        tokio::spawn(async move {
-            let _ = request.reply.send(relay.forward(text).await);
-        });
-        None
     }
 
     /// Publishes a catalog load beside the topology.
@@ -612,99 +552,10 @@ fn node_admin(config: &Config, tls: &ServerTls, node: &NodeConfig) -> NodeAdmin 
     }
 }
 
-/// The next news from the etcd session; never, without one.
-async fn next_news(shared: &mut Option<Coordination>) -> Option<News> {
-    match shared {
-        Some(shared) => shared.news.recv().await,
-        None => std::future::pending().await,
-    }
-}
-
-/// The primary and the standbys its commits should wait for (any one of
-/// them): in `sync` every healthy streaming replica, none when none is
-/// (availability: the primary drops to asynchronous commits); in
-/// `sync_strict` every replica that is not fenced, healthy or not
-/// (consistency: commits wait until one is back). `None` in `async`, or
-/// without a primary.
-pub fn sync_standbys(mode: ReplicationMode, topology: &Topology) -> Option<(NodeId, Vec<String>)> {
-    if mode == ReplicationMode::Async {
-        return None;
-    }
-    let primary = topology.primary()?;
-    let standbys = topology
-        .nodes
-        .iter()
-        .enumerate()
-        .filter(|&(i, n)| {
-            i != primary
-                && !n.fenced
-                && (mode == ReplicationMode::SyncStrict || (n.healthy && n.replication.streaming))
-        })
-        .map(|(_, n)| n.name.clone())
-        .collect();
-    Some((primary, standbys))
-}
-
 mod members;
+mod shared;
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::topology::{NodeState, Replication, Role, WriteState};
+use shared::next_news;
+mod standbys;
 
-    fn node(name: &str, role: Role, healthy: bool, streaming: bool) -> NodeState {
-        NodeState {
-            name: name.into(),
-            host: "127.0.0.1".into(),
-            port: 1,
-            role,
-            healthy,
-            suspect: false,
-            weight: 1,
-            replication: Replication {
-                streaming,
-                ..Replication::default()
-            },
-            fenced: false,
-            removed: false,
-        }
-    }
-
-    #[test]
-    fn sync_modes_choose_which_standbys_commits_wait_for() {
-        let mut t = Topology {
-            epoch: 1,
-            leader: Some(0),
-            writes: WriteState::Open,
-            nodes: vec![
-                node("p", Role::Primary, true, false),
-                node("a", Role::Replica, true, true),
-                node("b", Role::Replica, false, false),
-                node("c", Role::Replica, true, false),
-                NodeState {
-                    fenced: true,
-                    ..node("old", Role::Primary, true, false)
-                },
-            ],
-        };
-        let strings = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
-        assert_eq!(sync_standbys(ReplicationMode::Async, &t), None);
-        assert_eq!(
-            sync_standbys(ReplicationMode::Sync, &t),
-            Some((0, strings(&["a"])))
-        );
-        assert_eq!(
-            sync_standbys(ReplicationMode::SyncStrict, &t),
-            Some((0, strings(&["a", "b", "c"])))
-        );
-        // No healthy streaming replica: sync drops to async, sync_strict does not.
-        t.nodes[1].replication.streaming = false;
-        assert_eq!(sync_standbys(ReplicationMode::Sync, &t), Some((0, vec![])));
-        assert_eq!(
-            sync_standbys(ReplicationMode::SyncStrict, &t),
-            Some((0, strings(&["a", "b", "c"])))
-        );
-        t.leader = None;
-        assert_eq!(sync_standbys(ReplicationMode::Sync, &t), None);
-    }
-}
+pub use standbys::sync_standbys;
