@@ -14,6 +14,8 @@
 //! without a socket; the session does the I/O.
 
 use std::collections::VecDeque;
+use std::future::Future;
+use std::pin::Pin;
 
 use bytes::{Buf, Bytes, BytesMut};
 use tokio::sync::watch;
@@ -242,8 +244,24 @@ pub struct ServerLink {
     /// A cancel came while the session was getting a connection: it is
     /// passed on once the batch has been written to that connection.
     cancel_owed: bool,
-    /// Changes when nodes are fenced or the epoch moves.
-    fences: watch::Receiver<u64>,
+    /// Resolves when nodes are fenced or the epoch moves. Made once and
+    /// kept across the relay loop's turns (a `changed()` made afresh every
+    /// turn would join and leave the watch's waiters every time).
+    fences: Fences,
+}
+
+/// A wait for the next fence change that hands its receiver back.
+pub type Fences = Pin<Box<dyn Future<Output = watch::Receiver<u64>> + Send>>;
+
+/// Waits on `fences` for its next change; never resolves once the topology
+/// is gone (the proxy is stopping).
+fn watch_fences(mut fences: watch::Receiver<u64>) -> Fences {
+    Box::pin(async move {
+        if fences.changed().await.is_err() {
+            std::future::pending::<()>().await;
+        }
+        fences
+    })
 }
 
 /// The link's halves for one turn of the relay loop.
@@ -251,7 +269,7 @@ pub struct LinkIo<'a> {
     pub read: Option<(&'a mut ReadHalf, &'a mut BytesMut)>,
     pub write: Option<&'a mut WriteHalf>,
     pub out: &'a mut BytesMut,
-    pub fences: &'a mut watch::Receiver<u64>,
+    pub fences: &'a mut Fences,
 }
 
 impl ServerLink {
@@ -272,8 +290,13 @@ impl ServerLink {
             requests: Requests::new(),
             cancel,
             cancel_owed: false,
-            fences,
+            fences: watch_fences(fences),
         }
+    }
+
+    /// Waits for the next fence change after the one just handled.
+    pub fn rearm_fences(&mut self, fences: watch::Receiver<u64>) {
+        self.fences = watch_fences(fences);
     }
 
     /// The node of the attached connection.

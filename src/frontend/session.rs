@@ -87,8 +87,8 @@ enum Event {
     WroteServer(std::io::Result<usize>),
     ReadServer(std::io::Result<usize>),
     ReadClient(std::io::Result<usize>),
-    /// A node was fenced or the epoch moved.
-    Fenced,
+    /// A node was fenced or the epoch moved (the receiver, to wait again).
+    Fenced(tokio::sync::watch::Receiver<u64>),
     /// A read has had no reply for `routing.replica_stall_ms`.
     Stalled,
     /// The client's clock ran out on what it timed.
@@ -372,7 +372,7 @@ impl Session {
             r = server_write(server_wr, to_server), if write_server => Event::WroteServer(r),
             r = server_read(server_rd), if read_server => Event::ReadServer(r),
             r = client.rd.read_buf(&mut client.inbuf), if read_client => Event::ReadClient(r),
-            Ok(()) = fences.changed(), if attached => Event::Fenced,
+            fences = fences.as_mut(), if attached => Event::Fenced(fences),
             () = retry.stalled() => Event::Stalled,
             watch = clock.expired(), if timed => Event::ClientClock(watch),
             event = stop => event,
@@ -399,7 +399,10 @@ impl Session {
             Event::Shutdown => return Err(End::Shutdown),
             Event::Drain if self.between() => return Err(End::Shutdown),
             Event::Drain => return Ok(true),
-            Event::Fenced => return self.leave_fenced_node().map(|()| false),
+            Event::Fenced(fences) => {
+                self.link.rearm_fences(fences);
+                return self.leave_fenced_node().map(|()| false);
+            }
             Event::Stalled => return self.on_stall().map(|()| false),
             Event::ClientClock(watch) => return Err(self.client_timed_out(watch)),
         }
