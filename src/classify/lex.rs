@@ -71,7 +71,7 @@ fn comment(s: &[u8]) -> Option<(&[u8], usize)> {
 
 /// For the text after a `/*`: the length of the comment body and the bytes
 /// consumed including the closing `*/`. PostgreSQL block comments nest.
-fn block_comment(s: &[u8]) -> (usize, usize) {
+pub(crate) fn block_comment(s: &[u8]) -> (usize, usize) {
     let mut depth = 1usize;
     let mut i = 0;
     while i + 1 < s.len() {

@@ -15,7 +15,7 @@
 //! session with it off would read differently) has no shape, nor does an
 //! unterminated literal or quoted name.
 
-use super::{Classification, Reason};
+use super::{lex, Classification, Reason};
 
 /// The text of `sql` with its literals made canonical, or `None` when it
 /// cannot be taken safely (see the module docs).
@@ -137,27 +137,10 @@ fn quoted(s: &[u8], quote: u8, escapes: bool) -> Option<usize> {
 }
 
 /// For the text after a `/*`: the bytes up to and including the matching
-/// `*/` (block comments nest).
+/// `*/` (block comments nest), or `None` when it never closes.
 fn block_comment(s: &[u8]) -> Option<usize> {
-    let mut depth = 1usize;
-    let mut i = 0;
-    while i + 1 < s.len() {
-        match (s[i], s[i + 1]) {
-            (b'/', b'*') => {
-                depth += 1;
-                i += 2;
-            }
-            (b'*', b'/') => {
-                depth -= 1;
-                i += 2;
-                if depth == 0 {
-                    return Some(i);
-                }
-            }
-            _ => i += 1,
-        }
-    }
-    None
+    let (body, consumed) = lex::block_comment(s);
+    (consumed > body).then_some(consumed)
 }
 
 /// At a `$` that does not start a parameter: a dollar-quoted string
