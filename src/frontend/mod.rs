@@ -54,6 +54,10 @@ use session::{ClientIo, Session, SessionLogin};
 
 /// Password-family messages are small; a bigger one is an attack or a bug.
 const MAX_AUTH_MESSAGE: usize = 64 * 1024;
+/// What a client buffer takes when it first needs memory; idle clients are
+/// held by the thousand, so each byte here counts.
+pub(crate) const CLIENT_BUFFER: usize = 4 * 1024;
+
 /// The most an empty buffer of a session keeps: past this, a large
 /// message went through it, and its memory goes back (a thousand idle
 /// sessions must not each hold the megabytes their last message took).

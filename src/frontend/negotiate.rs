@@ -95,8 +95,8 @@ pub async fn negotiate(
                     wr,
                     // PgBouncer's packet buffer size: a session's usual
                     // request and reply fit, and growth is amortised past it.
-                    inbuf: BytesMut::with_capacity(CLIENT_BUFFER),
-                    out: BytesMut::with_capacity(CLIENT_BUFFER),
+                    inbuf: BytesMut::with_capacity(super::CLIENT_BUFFER),
+                    out: BytesMut::with_capacity(super::CLIENT_BUFFER),
                 };
                 let startup = Startup {
                     minor_version,
@@ -107,10 +107,6 @@ pub async fn negotiate(
         };
     }
 }
-
-/// What each client buffer starts with; idle clients are held by the
-/// thousand, so each byte here counts.
-const CLIENT_BUFFER: usize = 4 * 1024;
 
 /// A connection whose first byte opens a TLS handshake is PostgreSQL 17's
 /// direct TLS: the handshake comes first; anything else is read as startup

@@ -159,6 +159,15 @@ impl Session {
         classifier: Classifier,
         (listed, span): (Arc<Client>, Span),
     ) -> Session {
+        let mut client = client;
+        // The login's buffers go: a session that sits idle holds none until
+        // its client sends something (see `client_read`).
+        if client.inbuf.is_empty() {
+            client.inbuf = BytesMut::new();
+        }
+        if client.out.is_empty() {
+            client.out = BytesMut::new();
+        }
         let Connected {
             server,
             node,
@@ -371,7 +380,7 @@ impl Session {
             r = client.wr.write(&client.out), if !client.out.is_empty() => Event::WroteClient(r),
             r = server_write(server_wr, to_server), if write_server => Event::WroteServer(r),
             r = server_read(server_rd), if read_server => Event::ReadServer(r),
-            r = client.rd.read_buf(&mut client.inbuf), if read_client => Event::ReadClient(r),
+            r = client_read(&mut client.rd, &mut client.inbuf), if read_client => Event::ReadClient(r),
             fences = fences.as_mut(), if attached => Event::Fenced(fences),
             () = retry.stalled() => Event::Stalled,
             watch = clock.expired(), if timed => Event::ClientClock(watch),
@@ -562,6 +571,17 @@ impl Session {
             .and_then(|node| topology.nodes.get(node))
             .map_or_else(|| "server".to_owned(), |n| n.name.clone())
     }
+}
+
+/// Reads from the client. A buffer with no memory (a session that has not
+/// sent anything since it logged in) takes its memory only once the client
+/// has something to read: idle clients are held by the thousand.
+async fn client_read(rd: &mut ReadHalf, buf: &mut BytesMut) -> std::io::Result<usize> {
+    if buf.capacity() == 0 {
+        rd.ready().await?;
+        buf.reserve(super::CLIENT_BUFFER);
+    }
+    rd.read_buf(buf).await
 }
 
 /// Writes to the session's server, or waits forever when it has none.

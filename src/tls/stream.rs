@@ -107,6 +107,15 @@ impl ReadHalf {
             }
         }
     }
+
+    /// Waits until a read would find something (or the end). Over TLS it
+    /// returns at once: what the socket holds may not make a whole record.
+    pub async fn ready(&self) -> io::Result<()> {
+        match self {
+            ReadHalf::Plain(rd) => rd.readable().await,
+            ReadHalf::Tls(_) => Ok(()),
+        }
+    }
 }
 
 impl AsyncRead for ReadHalf {
