@@ -30,6 +30,7 @@ mod clock;
 mod connect;
 mod dispatch;
 mod finish;
+mod io;
 mod reads;
 mod replay_txn;
 mod retry;
@@ -38,6 +39,7 @@ mod tally;
 use clock::{ClientClock, Watch};
 use connect::pool_keys;
 use dispatch::Outcome;
+use io::{client_read, server_read, server_write, write_now};
 use tally::Tally;
 
 use std::future::Future;
@@ -46,7 +48,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::{Buf, BytesMut};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 use tracing::{debug, info, Span};
 
 use super::classifier::Classifier;
@@ -570,50 +572,5 @@ impl Session {
             .node()
             .and_then(|node| topology.nodes.get(node))
             .map_or_else(|| "server".to_owned(), |n| n.name.clone())
-    }
-}
-
-/// Reads from the client. A buffer with no memory (a session that has not
-/// sent anything since it logged in) takes its memory only once the client
-/// has something to read: idle clients are held by the thousand.
-async fn client_read(rd: &mut ReadHalf, buf: &mut BytesMut) -> std::io::Result<usize> {
-    if buf.capacity() == 0 {
-        rd.ready().await?;
-        buf.reserve(super::CLIENT_BUFFER);
-    }
-    rd.read_buf(buf).await
-}
-
-/// Writes to the session's server, or waits forever when it has none.
-async fn server_write(wr: Option<&mut WriteHalf>, buf: &[u8]) -> std::io::Result<usize> {
-    match wr {
-        Some(wr) => wr.write(buf).await,
-        None => std::future::pending().await,
-    }
-}
-
-/// Reads from the session's server, or waits forever when it has none.
-async fn server_read(rd: Option<(&mut ReadHalf, &mut BytesMut)>) -> std::io::Result<usize> {
-    match rd {
-        Some((rd, pending)) => rd.read_buf(pending).await,
-        None => std::future::pending().await,
-    }
-}
-
-/// Writes as much of `buf` as the socket takes without waiting; the relay
-/// loop writes the rest when the socket is writable again.
-/// Returns how much it wrote.
-fn write_now(wr: &mut WriteHalf, buf: &mut BytesMut) -> std::io::Result<usize> {
-    if buf.is_empty() {
-        return Ok(0);
-    }
-    match wr.try_write(buf) {
-        Ok(0) => Err(std::io::ErrorKind::WriteZero.into()),
-        Ok(n) => {
-            buf.advance(n);
-            Ok(n)
-        }
-        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => Ok(0),
-        Err(e) => Err(e),
     }
 }
