@@ -11,8 +11,9 @@ use std::time::{Duration, Instant};
 use palisade::config::{Config, PartitionMode, StoreKind};
 use palisade::proxy::Proxy;
 use palisade::topology::{Topology, WriteState};
-use palisade_testkit::{signal, ClusterOptions, FaultyRelay, LocalCluster, LocalEtcd};
+use palisade_testkit::{signal, FaultyRelay, LocalCluster, LocalEtcd};
 use support::demo::LocalRejoin;
+use support::failover_cluster as cluster;
 use support::harness::{
     client, connect_node, connect_with, console_url, proxy_config, url, wait_topology,
 };
@@ -24,20 +25,6 @@ static SERIAL: Mutex<()> = Mutex::const_new(());
 
 const FAILOVER_TIMEOUT_MS: u64 = 2_000;
 const GRACE_MS: u64 = 3_000;
-
-/// A primary and two replicas whose WAL receivers notice a silent primary
-/// within two seconds.
-fn cluster() -> Arc<LocalCluster> {
-    let options = ClusterOptions {
-        extra_conf: vec![
-            "wal_receiver_timeout = '2s'".into(),
-            "wal_sender_timeout = '2s'".into(),
-            "wal_retrieve_retry_interval = '200ms'".into(),
-        ],
-        ..ClusterOptions::default()
-    };
-    Arc::new(LocalCluster::start(options).unwrap_or_else(|e| panic!("cannot start a cluster: {e}")))
-}
 
 fn etcd() -> LocalEtcd {
     LocalEtcd::start().unwrap_or_else(|e| panic!("cannot start etcd: {e}"))

@@ -16,8 +16,9 @@ use std::time::{Duration, Instant};
 use palisade::config::{AuthMethod, Config, ReplicationMode};
 use palisade::proxy::Proxy;
 use palisade::topology::WriteState;
-use palisade_testkit::{signal, ClusterOptions, FaultyRelay, LocalCluster, LocalNode};
+use palisade_testkit::{signal, FaultyRelay, LocalCluster, LocalNode};
 use support::demo::LocalRejoin;
+use support::failover_cluster as cluster;
 use support::harness::{
     client, connect_node, connect_with, console_url, proxy_config, sqlstate, url, user,
     wait_topology,
@@ -30,20 +31,6 @@ static SERIAL: Mutex<()> = Mutex::const_new(());
 
 /// The failure-detection budget the tests configure.
 const FAILOVER_TIMEOUT_MS: u64 = 2_000;
-
-/// A primary and two replicas whose WAL receivers notice a silent primary
-/// within two seconds (the default is a minute).
-fn cluster() -> Arc<LocalCluster> {
-    let options = ClusterOptions {
-        extra_conf: vec![
-            "wal_receiver_timeout = '2s'".into(),
-            "wal_sender_timeout = '2s'".into(),
-            "wal_retrieve_retry_interval = '200ms'".into(),
-        ],
-        ..ClusterOptions::default()
-    };
-    Arc::new(LocalCluster::start(options).unwrap_or_else(|e| panic!("cannot start a cluster: {e}")))
-}
 
 /// Short probes and timeouts, the epoch kept in `state_dir`.
 fn failover_config(cluster: &LocalCluster, state_dir: &std::path::Path) -> Config {

@@ -13,7 +13,7 @@ pub mod harness;
 pub mod nodes;
 pub mod replication;
 
-use std::sync::OnceLock;
+use std::sync::{Arc, OnceLock};
 
 use palisade_testkit::{ClusterOptions, LocalCluster};
 
@@ -36,6 +36,21 @@ pub fn shared_cluster() -> &'static LocalCluster {
 /// and leave every replica replaying and streaming again.
 pub fn lagging_cluster() -> &'static LocalCluster {
     LAGGING_CLUSTER.get_or_init(|| start_cluster("lagging"))
+}
+
+/// A cluster of its own for a test that kills, stops or promotes its nodes:
+/// a primary and two replicas whose WAL receivers notice a silent primary
+/// within two seconds (the default is a minute).
+pub fn failover_cluster() -> Arc<LocalCluster> {
+    let options = ClusterOptions {
+        extra_conf: vec![
+            "wal_receiver_timeout = '2s'".into(),
+            "wal_sender_timeout = '2s'".into(),
+            "wal_retrieve_retry_interval = '200ms'".into(),
+        ],
+        ..ClusterOptions::default()
+    };
+    Arc::new(LocalCluster::start(options).unwrap_or_else(|e| panic!("cannot start a cluster: {e}")))
 }
 
 /// The clusters above that have been started.
