@@ -1210,17 +1210,22 @@ async fn transactions_across_a_kill(replay: bool) -> Vec<(i64, Fate)> {
     fates
 }
 
-#[tokio::test]
-async fn with_transaction_replay_transactions_open_across_a_kill_commit_once_or_get_40001_or_08007()
-{
-    let fates = transactions_across_a_kill(true).await;
-    let failed: Vec<&String> = fates
+/// The SQLSTATEs of the transactions that failed.
+fn failed_codes(fates: &[(i64, Fate)]) -> Vec<&String> {
+    fates
         .iter()
         .filter_map(|(_, f)| match f {
             Fate::Failed(code) => Some(code),
             Fate::Committed { .. } => None,
         })
-        .collect();
+        .collect()
+}
+
+#[tokio::test]
+async fn with_transaction_replay_transactions_open_across_a_kill_commit_once_or_get_40001_or_08007()
+{
+    let fates = transactions_across_a_kill(true).await;
+    let failed = failed_codes(&fates);
     assert!(
         failed.iter().all(|c| *c == "40001" || *c == "08007"),
         "only 40001 or 08007: {failed:?}"
@@ -1236,13 +1241,7 @@ async fn with_transaction_replay_transactions_open_across_a_kill_commit_once_or_
 #[tokio::test]
 async fn without_replay_transactions_open_across_a_kill_get_class_08() {
     let fates = transactions_across_a_kill(false).await;
-    let failed: Vec<&String> = fates
-        .iter()
-        .filter_map(|(_, f)| match f {
-            Fate::Failed(code) => Some(code),
-            Fate::Committed { .. } => None,
-        })
-        .collect();
+    let failed = failed_codes(&fates);
     assert!(
         failed.iter().all(|c| c.starts_with("08")),
         "a transaction lost with the primary gets class 08: {failed:?}"
