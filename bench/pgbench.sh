@@ -393,6 +393,22 @@ for (( i = 1; i <= REPLICAS; i++ )); do
     NODE_PORTS+=("${REPLICA_PORTS[i-1]}")
 done
 
+# Server processes in the bench database on the primary now.
+bench_backends() {
+    psql_at "$PRIMARY_PORT" "SELECT count(*) FROM pg_stat_activity
+        WHERE datname = current_database() AND backend_type = 'client backend'"
+}
+
+# A server process adds its transactions to pg_stat_database as it exits:
+# after a direct run, waits (up to 10 s) for its processes to be gone, so the
+# next target's per-node count does not get the direct run's commits.
+wait_backends_gone() { # backends before the run
+    local deadline=$(( SECONDS + 10 ))
+    while (( $(bench_backends) > $1 && SECONDS < deadline )); do
+        sleep 0.1
+    done
+}
+
 # Committed transactions in the bench database on every node (space
 # separated, in NODE_PORTS order), asked of each node directly: each node
 # counts the transactions its own sessions ran, replicas included.
@@ -746,6 +762,7 @@ for w in $WORKLOADS; do
             [[ "$w" == tpcb-simple || "$w" == write-read || "$w" == commit-read ]] && reset_tpcb_tables
             out="$WORK/run-$w-$c-$t.log"
             [[ "$t" == palisade* ]] && commits_before="$(node_commits)"
+            [[ "$t" == direct ]] && backends_before="$(bench_backends)"
             cpu_before=""
             [[ -n "${TARGET_PID[$t]:-}" ]] && cpu_before="$(tree_cpu_ticks "${TARGET_PID[$t]}")"
             scraper=""
@@ -759,6 +776,7 @@ for w in $WORKLOADS; do
                 rc=$?
             fi
             [[ -n "$scraper" ]] && { kill "$scraper" 2>/dev/null; wait "$scraper" 2>/dev/null || true; }
+            [[ "$t" == direct ]] && wait_backends_gone "$backends_before"
             # "tps = N (without initial connection time)"; with -C pgbench
             # prints "tps = N (including reconnection times)" instead.
             tps="$(sed -n 's/^tps = \([0-9.]*\) .*/\1/p' "$out" | head -n 1)"

@@ -78,7 +78,7 @@ pub struct ServerConn {
     /// ParameterStatus values reported during startup.
     pub params: Vec<(String, String)>,
     pub key: Option<BackendKey>,
-    pub host: String,
+    pub host: std::sync::Arc<str>,
     pub port: u16,
     /// The session whose state this connection carries; 0 when it carries none.
     pub owner: u64,
@@ -94,7 +94,7 @@ pub struct ServerConn {
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Carried {
     /// Prepared statements: name → fingerprint of its definition.
-    pub prepared: HashMap<String, u64>,
+    pub prepared: HashMap<String, u64, foldhash::fast::RandomState>,
     /// Session parameters set for its owner, in order.
     pub settings: Vec<(String, SettingValue)>,
 }

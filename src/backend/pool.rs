@@ -7,8 +7,9 @@
 //! same startup packet once reset.
 //!
 //! A connection remembers which session's state it carries (`owner`): a
-//! session gets its own connections back first, without a reset; another
-//! session's connection is reset with `DISCARD ALL` before it changes hands.
+//! session gets its own connections back first, without a reset, then a
+//! clean one, then a new one; only at the cap does another session's
+//! connection change hands, reset with `DISCARD ALL` first.
 //! Connections of a session that left are reset off anyone's path, in a
 //! task of their own. Every (node, user, database) has a cap on open
 //! connections; a checkout at the cap waits for one to come back.
@@ -29,8 +30,8 @@ use crate::tls::ServerTls;
 
 mod key;
 
-use key::LimitKey;
 pub use key::{KeyParts, PoolKey};
+use key::{LimitKey, Prehashed};
 
 /// The statement that makes a used server connection like a new one.
 const RESET_QUERY: &[u8] = b"Q\0\0\0\x10DISCARD ALL\0";
@@ -94,6 +95,16 @@ struct Idle {
     since: Instant,
 }
 
+/// Whether a checkout may take another session's idle connection. Only at
+/// the cap: it must be reset, and its owner's prepared statements made
+/// again on the next one it gets, so under the cap a new connection is
+/// cheaper (sessions taking each other's in turn never settle).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Others {
+    Keep,
+    Take,
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum CheckoutError {
     #[error(transparent)]
@@ -108,8 +119,8 @@ pub enum CheckoutError {
 }
 
 pub struct ServerPool {
-    idle: Mutex<HashMap<PoolKey, Vec<Idle>>>,
-    limits: Mutex<HashMap<LimitKey, Arc<Limit>>>,
+    idle: Mutex<Prehashed<PoolKey, Vec<Idle>>>,
+    limits: Mutex<Prehashed<LimitKey, Arc<Limit>>>,
     max_idle_per_key: usize,
     max_server_connections: usize,
     idle_timeout: Duration,
@@ -123,8 +134,8 @@ pub struct ServerPool {
 impl ServerPool {
     pub fn new(config: &PoolConfig, connect_timeout: Duration, tls: ServerTls) -> ServerPool {
         ServerPool {
-            idle: Mutex::new(HashMap::new()),
-            limits: Mutex::new(HashMap::new()),
+            idle: Mutex::default(),
+            limits: Mutex::default(),
             max_idle_per_key: config.max_idle_per_key,
             max_server_connections: config.max_server_connections,
             idle_timeout: config.idle_timeout(),
@@ -149,7 +160,7 @@ impl ServerPool {
         &self.tls
     }
 
-    fn idle(&self) -> std::sync::MutexGuard<'_, HashMap<PoolKey, Vec<Idle>>> {
+    fn idle(&self) -> std::sync::MutexGuard<'_, Prehashed<PoolKey, Vec<Idle>>> {
         // Every update is a single push, pop or retain: a panic cannot leave it half-done.
         self.idle.lock().unwrap_or_else(PoisonError::into_inner)
     }
@@ -273,13 +284,8 @@ impl ServerPool {
     ) -> Result<ServerConn, CheckoutError> {
         // The common case first: an idle connection that needs no reset,
         // no cap bookkeeping, nothing to wait for.
-        if let Some(idle) = self.take_idle(key, owner) {
-            if idle.conn.owner == 0 || idle.conn.owner == owner {
-                let mut conn = idle.conn;
-                if still_open(&mut conn) {
-                    return Ok(conn);
-                }
-            } else if let Some(conn) = Box::pin(self.claim(idle, owner, within)).await {
+        if let Some(Idle { mut conn, .. }) = self.take_idle(key, owner, Others::Keep) {
+            if still_open(&mut conn) {
                 return Ok(conn);
             }
         }
@@ -305,7 +311,7 @@ impl ServerPool {
             let returned = limit.returned.notified();
             tokio::pin!(returned);
             returned.as_mut().enable();
-            if let Some(conn) = self.take_idle(key, owner) {
+            if let Some(conn) = self.take_idle(key, owner, Others::Keep) {
                 match self.claim(conn, owner, within).await {
                     Some(conn) => return Ok(conn),
                     None => continue,
@@ -313,6 +319,13 @@ impl ServerPool {
             }
             if let Ok(permit) = limit.permits.clone().try_acquire_owned() {
                 return self.open(key, login, permit, within).await;
+            }
+            // At the cap: another session's connection, reset.
+            if let Some(conn) = self.take_idle(key, owner, Others::Take) {
+                match self.claim(conn, owner, within).await {
+                    Some(conn) => return Ok(conn),
+                    None => continue,
+                }
             }
             if self.evict_other(key, limit_key) {
                 continue;
@@ -374,17 +387,25 @@ impl ServerPool {
     }
 
     /// An idle connection for `key`: `owner`'s own first, then a clean one,
-    /// then any; most recently used first within each.
-    fn take_idle(&self, key: &PoolKey, owner: u64) -> Option<Idle> {
+    /// then, if `others` says so, another session's; most recently used
+    /// first within each.
+    fn take_idle(&self, key: &PoolKey, owner: u64, others: Others) -> Option<Idle> {
         let mut idle = self.idle();
         let conns = idle.get_mut(key)?;
         let now = Instant::now();
-        conns.retain(|c| now.duration_since(c.since) < self.idle_timeout);
+        // Checked in in time order: the ones idle too long come first.
+        let expired = conns.partition_point(|c| now.duration_since(c.since) >= self.idle_timeout);
+        conns.drain(..expired);
         let pick = conns
             .iter()
             .rposition(|c| c.conn.owner == owner)
             .or_else(|| conns.iter().rposition(|c| c.conn.owner == 0))
-            .or_else(|| conns.len().checked_sub(1))?;
+            .or_else(|| {
+                conns
+                    .len()
+                    .checked_sub(1)
+                    .filter(|_| others == Others::Take)
+            })?;
         Some(conns.remove(pick))
     }
 
@@ -474,7 +495,8 @@ impl ServerPool {
 /// it (idle timeout, pg_terminate_backend) or said something while it sat
 /// in the pool. Only a ParameterStatus is harmless; it is kept for the client.
 fn still_open(conn: &mut ServerConn) -> bool {
-    let mut buf = [0u8; 4096];
+    // Small: it is zeroed on every checkout, and almost always nothing is read.
+    let mut buf = [0u8; 256];
     loop {
         match conn.rd.try_read(&mut buf) {
             Ok(0) => return false,

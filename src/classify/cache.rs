@@ -52,9 +52,13 @@ pub struct ClassifyCache {
 struct Generations {
     /// Entries per generation; the cache holds at most twice this.
     size: usize,
-    young: HashMap<Box<str>, Entry>,
-    old: HashMap<Box<str>, Entry>,
+    young: Texts,
+    old: Texts,
 }
+
+/// Statement texts to entries. foldhash, seeded at random: a lookup hashes
+/// the whole statement, on every request.
+type Texts = HashMap<Box<str>, Entry, foldhash::fast::RandomState>;
 
 #[derive(Debug, Clone)]
 struct Entry {
@@ -72,8 +76,8 @@ impl ClassifyCache {
         Self {
             maps: Mutex::new(Generations {
                 size: capacity.div_ceil(2),
-                young: HashMap::new(),
-                old: HashMap::new(),
+                young: Texts::default(),
+                old: Texts::default(),
             }),
             hits: AtomicU64::new(0),
             misses: AtomicU64::new(0),

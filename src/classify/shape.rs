@@ -19,67 +19,113 @@ use super::{lex, Classification, Reason};
 
 /// The text of `sql` with its literals made canonical, or `None` when it
 /// cannot be taken safely (see the module docs).
+///
+/// Words, blanks and punctuation are copied a run at a time; only what can
+/// start a literal, a quoted name or a comment is looked at more closely.
 pub(crate) fn shape(sql: &str) -> Option<String> {
     let s = sql.as_bytes();
     let mut out = Vec::with_capacity(s.len());
     let mut i = 0;
+    // Where the bytes not yet copied begin.
+    let mut run = 0;
+    // The byte before `i` is part of a word (so a digit or `$` continues it).
+    let mut in_word = false;
     while i < s.len() {
-        let b = s[i];
-        let rest = &s[i..];
-        if rest.starts_with(b"--") {
-            let end = rest.iter().position(|&b| b == b'\n').unwrap_or(rest.len());
-            out.extend_from_slice(&rest[..end]);
-            i += end;
-        } else if rest.starts_with(b"/*") {
-            let len = 2 + block_comment(&rest[2..])?;
-            out.extend_from_slice(&rest[..len]);
-            i += len;
-        } else if b == b'"' {
-            let len = 1 + quoted(&rest[1..], b'"', false)?;
-            out.extend_from_slice(&rest[..len]);
-            i += len;
-        } else if b == b'\'' {
-            let escapes = out.last().is_some_and(|p| p.eq_ignore_ascii_case(&b'e'))
-                && (out.len() < 2 || !is_word(out[out.len() - 2]));
-            let unicode =
-                out.ends_with(b"&") && out.len() >= 2 && out[out.len() - 2] | 0x20 == b'u';
-            let body = &rest[1..];
-            if !escapes
-                && !unicode
-                && body
-                    .iter()
-                    .take_while(|&&c| c != b'\'')
-                    .any(|&c| c == b'\\')
-            {
-                return None;
-            }
-            i += 1 + quoted(body, b'\'', escapes)?;
-            out.extend_from_slice(b"''");
-        } else if b == b'$' && rest.get(1).is_some_and(u8::is_ascii_digit) {
-            let len = 1 + digits(&rest[1..]);
-            out.extend_from_slice(&rest[..len]);
-            i += len;
-        } else if b == b'$' {
-            let (len, literal) = dollar(rest)?;
-            if literal {
-                out.extend_from_slice(b"''");
-            } else {
-                out.extend_from_slice(&rest[..len]);
-            }
-            i += len;
-        } else if b.is_ascii_digit() {
-            i += number(rest);
-            out.push(b'0');
-        } else if is_word(b) {
-            let len = rest.iter().position(|&c| !is_word(c)).unwrap_or(rest.len());
-            out.extend_from_slice(&rest[..len]);
-            i += len;
-        } else {
-            out.push(b);
+        let class = CLASS[usize::from(s[i])];
+        let starts = class & STARTS != 0
+            && !(in_word && class & WORD != 0)
+            && match s[i] {
+                b'-' => s.get(i + 1) == Some(&b'-'),
+                b'/' => s.get(i + 1) == Some(&b'*'),
+                _ => true,
+            };
+        if !starts {
+            in_word = class & WORD != 0;
             i += 1;
+            continue;
         }
+        out.extend_from_slice(&s[run..i]);
+        i += token(&s[i..], &mut out)?;
+        run = i;
+        in_word = false;
     }
+    out.extend_from_slice(&s[run..]);
     String::from_utf8(out).ok()
+}
+
+/// Byte classes for [`shape`]'s scan.
+const WORD: u8 = 1;
+/// May start a literal, a quoted name, a parameter or a comment.
+const STARTS: u8 = 2;
+const CLASS: [u8; 256] = {
+    let mut class = [0u8; 256];
+    let mut b = 0;
+    while b < 256 {
+        let c = b as u8;
+        if is_word(c) {
+            class[b] |= WORD;
+        }
+        if matches!(c, b'-' | b'/' | b'"' | b'\'' | b'$' | b'0'..=b'9') {
+            class[b] |= STARTS;
+        }
+        b += 1;
+    }
+    class
+};
+
+/// At something [`CLASS`] says may start a token (and does): copies its
+/// shape onto `out` and says how many bytes of `rest` it took.
+fn token(rest: &[u8], out: &mut Vec<u8>) -> Option<usize> {
+    let b = rest[0];
+    if rest.starts_with(b"--") {
+        let end = rest.iter().position(|&b| b == b'\n').unwrap_or(rest.len());
+        out.extend_from_slice(&rest[..end]);
+        return Some(end);
+    }
+    if rest.starts_with(b"/*") {
+        let len = 2 + block_comment(&rest[2..])?;
+        out.extend_from_slice(&rest[..len]);
+        return Some(len);
+    }
+    if b == b'"' {
+        let len = 1 + quoted(&rest[1..], b'"', false)?;
+        out.extend_from_slice(&rest[..len]);
+        return Some(len);
+    }
+    if b == b'\'' {
+        let escapes = out.last().is_some_and(|p| p.eq_ignore_ascii_case(&b'e'))
+            && (out.len() < 2 || !is_word(out[out.len() - 2]));
+        let unicode = out.ends_with(b"&") && out.len() >= 2 && out[out.len() - 2] | 0x20 == b'u';
+        let body = &rest[1..];
+        if !escapes
+            && !unicode
+            && body
+                .iter()
+                .take_while(|&&c| c != b'\'')
+                .any(|&c| c == b'\\')
+        {
+            return None;
+        }
+        out.extend_from_slice(b"''");
+        return Some(1 + quoted(body, b'\'', escapes)?);
+    }
+    if b == b'$' && rest.get(1).is_some_and(u8::is_ascii_digit) {
+        let len = 1 + digits(&rest[1..]);
+        out.extend_from_slice(&rest[..len]);
+        return Some(len);
+    }
+    if b == b'$' {
+        let (len, literal) = dollar(rest)?;
+        if literal {
+            out.extend_from_slice(b"''");
+        } else {
+            out.extend_from_slice(&rest[..len]);
+        }
+        return Some(len);
+    }
+    // A number (CLASS sends nothing else here).
+    out.push(b'0');
+    Some(number(rest))
 }
 
 /// Whether a classification holds nothing a literal's value could have
@@ -93,7 +139,7 @@ pub(crate) fn literal_free(c: &Classification) -> bool {
 
 /// Letters, digits, `_`, `$` and every non-ASCII byte: what PostgreSQL
 /// reads as part of an identifier or keyword (after its first character).
-fn is_word(b: u8) -> bool {
+const fn is_word(b: u8) -> bool {
     b.is_ascii_alphanumeric() || b == b'_' || b == b'$' || b >= 0x80
 }
 

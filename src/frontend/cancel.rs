@@ -18,14 +18,13 @@ use crate::tls::ServerTls;
 /// Where a session's running query can be cancelled.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CancelTarget {
-    pub host: String,
+    pub host: Arc<str>,
     pub port: u16,
     pub key: BackendKey,
 }
 
-#[derive(Debug)]
+#[derive(Debug, Default)]
 struct Entry {
-    secret: i32,
     target: Option<CancelTarget>,
     /// The session is getting a server connection for a batch it has taken.
     connecting: bool,
@@ -33,15 +32,31 @@ struct Entry {
     owed: bool,
 }
 
+/// One session's place in the registry. The session updates it on every
+/// request without touching the registry's map.
+#[derive(Debug)]
+struct Slot {
+    secret: i32,
+    entry: Mutex<Entry>,
+}
+
+impl Slot {
+    fn entry(&self) -> std::sync::MutexGuard<'_, Entry> {
+        // Every update is a few plain stores: a panic cannot leave it half-done.
+        self.entry.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
 #[derive(Debug, Default)]
 pub struct CancelRegistry {
-    sessions: Mutex<HashMap<i32, Entry>>,
+    sessions: Mutex<HashMap<i32, Arc<Slot>>>,
 }
 
 /// A session's registration; removed from the registry when dropped.
 #[derive(Debug)]
 pub struct CancelHandle {
     registry: Arc<CancelRegistry>,
+    slot: Arc<Slot>,
     pub key: BackendKey,
 }
 
@@ -50,10 +65,7 @@ impl CancelHandle {
     /// session. `true` when a cancel arrived while the session was
     /// connecting: the caller owes it to `target` once the batch is sent.
     pub fn set_target(&self, target: Option<CancelTarget>) -> bool {
-        let mut sessions = self.registry.lock();
-        let Some(entry) = sessions.get_mut(&self.key.pid) else {
-            return false;
-        };
+        let mut entry = self.slot.entry();
         let owed = entry.owed && target.is_some();
         entry.target = target;
         entry.connecting = false;
@@ -64,19 +76,14 @@ impl CancelHandle {
     /// The session has a batch to run and no connection yet: a cancel that
     /// arrives now is kept for the connection it gets.
     pub fn connecting(&self) {
-        let mut sessions = self.registry.lock();
-        if let Some(entry) = sessions.get_mut(&self.key.pid) {
-            entry.target = None;
-            entry.connecting = true;
-            entry.owed = false;
-        }
+        let mut entry = self.slot.entry();
+        entry.target = None;
+        entry.connecting = true;
+        entry.owed = false;
     }
 
     pub fn target(&self) -> Option<CancelTarget> {
-        self.registry
-            .lock()
-            .get(&self.key.pid)
-            .and_then(|e| e.target.clone())
+        self.slot.entry().target.clone()
     }
 }
 
@@ -87,7 +94,7 @@ impl Drop for CancelHandle {
 }
 
 impl CancelRegistry {
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<i32, Entry>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<i32, Arc<Slot>>> {
         // A panic elsewhere cannot leave the map half-updated: every update is one insert/remove.
         self.sessions.lock().unwrap_or_else(PoisonError::into_inner)
     }
@@ -102,35 +109,30 @@ impl CancelRegistry {
                 break pid;
             }
         };
-        let secret = rng.random();
-        sessions.insert(
-            pid,
-            Entry {
-                secret,
-                target: None,
-                connecting: false,
-                owed: false,
-            },
-        );
+        let slot = Arc::new(Slot {
+            secret: rng.random(),
+            entry: Mutex::default(),
+        });
+        sessions.insert(pid, slot.clone());
         CancelHandle {
             registry: self.clone(),
-            key: BackendKey { pid, secret },
+            key: BackendKey {
+                pid,
+                secret: slot.secret,
+            },
+            slot,
         }
     }
 
     /// Handles a client's CancelRequest. Unknown keys are ignored silently,
     /// as PostgreSQL does, so the request cannot probe for sessions.
     pub async fn cancel(&self, key: BackendKey, tls: &ServerTls, timeout: Duration) {
-        let target = {
-            let mut sessions = self.lock();
-            match sessions.get_mut(&key.pid) {
-                Some(e) if e.secret == key.secret => {
-                    e.owed |= e.connecting;
-                    e.target.clone()
-                }
-                _ => None,
-            }
-        };
+        let slot = self.lock().get(&key.pid).cloned();
+        let target = slot.filter(|s| s.secret == key.secret).and_then(|s| {
+            let mut e = s.entry();
+            e.owed |= e.connecting;
+            e.target.clone()
+        });
         if let Some(t) = target {
             if let Err(e) = backend::cancel(&t.host, t.port, t.key, tls, timeout).await {
                 debug!(host = %t.host, port = t.port, error = %e, "cancel request failed");

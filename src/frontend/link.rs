@@ -14,8 +14,6 @@
 //! without a socket; the session does the I/O.
 
 use std::collections::VecDeque;
-use std::future::Future;
-use std::pin::Pin;
 
 use bytes::{Buf, Bytes, BytesMut};
 use tokio::sync::watch;
@@ -23,6 +21,7 @@ use tokio::sync::watch;
 use super::cancel::{CancelHandle, CancelTarget};
 use crate::backend::ServerConn;
 use crate::classify::SessionEffect;
+use crate::frontend::on_wake::OnWake;
 use crate::protocol::{FrameScanner, ScanError, TxnStatus};
 use crate::tls::{ReadHalf, WriteHalf};
 
@@ -246,17 +245,18 @@ pub struct ServerLink {
     cancel_owed: bool,
     /// Resolves when nodes are fenced or the epoch moves. Made once and
     /// kept across the relay loop's turns (a `changed()` made afresh every
-    /// turn would join and leave the watch's waiters every time).
+    /// turn would join and leave the watch's waiters every time), and
+    /// polled only once the watch has woken it.
     fences: Fences,
 }
 
 /// A wait for the next fence change that hands its receiver back.
-pub type Fences = Pin<Box<dyn Future<Output = watch::Receiver<u64>> + Send>>;
+pub type Fences = OnWake<watch::Receiver<u64>>;
 
 /// Waits on `fences` for its next change; never resolves once the topology
 /// is gone (the proxy is stopping).
 fn watch_fences(mut fences: watch::Receiver<u64>) -> Fences {
-    Box::pin(async move {
+    OnWake::new(async move {
         if fences.changed().await.is_err() {
             std::future::pending::<()>().await;
         }

@@ -178,12 +178,8 @@ fn words(sql: &str) -> Option<Vec<String>> {
     let mut i = 0;
     let mut ended = false;
     while i < bytes.len() {
-        // Most statements are none of these: stop at their first word.
-        if words.len() == 1
-            && !["set", "reset", "show"]
-                .iter()
-                .any(|k| words[0].eq_ignore_ascii_case(k))
-        {
+        // A statement that starts with `=` or a string is none of these.
+        if words.len() == 1 && !is_command(&words[0]) {
             return None;
         }
         let b = bytes[i];
@@ -229,13 +225,24 @@ fn words(sql: &str) -> Option<Vec<String>> {
                 .iter()
                 .position(|&c| !(c.is_ascii_alphanumeric() || c == b'_' || c == b'.' || c == b'/'))
                 .unwrap_or(rest.len());
-            words.push(std::str::from_utf8(&rest[..len]).ok()?.to_owned());
+            let word = std::str::from_utf8(&rest[..len]).ok()?;
+            if words.is_empty() && !is_command(word) {
+                // Most statements: settled by their first word, nothing kept.
+                return None;
+            }
+            words.push(word.to_owned());
             i += len;
         } else {
             return None;
         }
     }
     Some(words)
+}
+
+fn is_command(word: &str) -> bool {
+    ["set", "reset", "show"]
+        .iter()
+        .any(|k| word.eq_ignore_ascii_case(k))
 }
 
 fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {

@@ -14,6 +14,7 @@ pub mod link;
 pub mod load;
 pub mod local;
 pub mod negotiate;
+pub mod on_wake;
 pub mod pause;
 pub mod registry;
 pub mod retry;

@@ -42,8 +42,6 @@ use dispatch::Outcome;
 use io::{client_read, server_read, server_write, write_now};
 use tally::Tally;
 
-use std::future::Future;
-use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -54,6 +52,7 @@ use tracing::{debug, info, Span};
 use super::classifier::Classifier;
 use super::collect::Collector;
 use super::link::{Answer, LinkIo, Phase, ServerLink};
+use super::on_wake::OnWake;
 use super::registry::{Client, ClientState};
 use super::state::SessionState;
 use super::{Connected, Shared};
@@ -251,7 +250,7 @@ impl Session {
                 _ = drain.wait_for(|draining| *draining) => Event::Drain,
             }
         };
-        let mut stop = Box::pin(stop) as Pin<Box<dyn Future<Output = Event> + Send>>;
+        let mut stop = OnWake::new(stop);
         let mut clock = ClientClock::new(&self.shared.config().proxy);
         loop {
             if self.draining && self.between() {
@@ -261,7 +260,7 @@ impl Session {
                 return end;
             }
             self.publish_state();
-            match self.step(stop.as_mut(), &mut clock).await {
+            match self.step(&mut stop, &mut clock).await {
                 Err(end) => return end,
                 Ok(false) => {}
                 // A session in a transaction or a query finishes it; only
@@ -270,7 +269,7 @@ impl Session {
                     debug!(parent: &self.span, "draining: ending at the transaction's end");
                     self.draining = true;
                     let mut shutdown = self.shared.shutdown.clone();
-                    stop = Box::pin(async move {
+                    stop = OnWake::new(async move {
                         let _ = shutdown.wait_for(|stopping| *stopping).await;
                         Event::Shutdown
                     });
@@ -342,7 +341,7 @@ impl Session {
     /// when the drain began.
     async fn step(
         &mut self,
-        stop: Pin<&mut (dyn Future<Output = Event> + Send)>,
+        stop: &mut OnWake<Event>,
         clock: &mut ClientClock,
     ) -> Result<bool, End> {
         let Session {
@@ -383,7 +382,7 @@ impl Session {
             r = server_write(server_wr, to_server), if write_server => Event::WroteServer(r),
             r = server_read(server_rd), if read_server => Event::ReadServer(r),
             r = client_read(&mut client.rd, &mut client.inbuf), if read_client => Event::ReadClient(r),
-            fences = fences.as_mut(), if attached => Event::Fenced(fences),
+            fences = fences, if attached => Event::Fenced(fences),
             () = retry.stalled() => Event::Stalled,
             watch = clock.expired(), if timed => Event::ClientClock(watch),
             event = stop => event,

@@ -39,7 +39,7 @@ pub struct SessionState {
     /// Session parameters in the order they were first set: name → SQL value.
     settings: Vec<(String, SettingValue)>,
     /// Prepared statements by name (the unnamed one is "").
-    statements: HashMap<String, Prepared>,
+    statements: HashMap<String, Prepared, foldhash::fast::RandomState>,
     pins: Vec<PinReason>,
     /// The settings when the open transaction began, to restore on rollback.
     snapshot: Option<Vec<(String, SettingValue)>>,

@@ -2,6 +2,7 @@
 //! the same startup packet, and reset so that nothing of the last session
 //! shows through.
 
+use std::collections::BTreeSet;
 use std::time::Duration;
 
 use crate::support::harness::{app_url, connect, connect_with, sqlstate, start_proxy, url};
@@ -207,4 +208,38 @@ async fn a_pooled_connection_its_server_ended_is_not_handed_out_however_recent()
         .batch_execute(&format!("DROP TABLE {table}"))
         .await
         .unwrap();
+}
+
+#[tokio::test]
+async fn sessions_with_prepared_statements_keep_their_own_connections_under_the_cap() {
+    // Three sessions with a prepared statement each take turns reading
+    // from the two replicas (round robin: each session meets both). Under
+    // the cap, a session that finds only others' connections idle on a
+    // node opens one of its own rather than taking one of those: taking it
+    // would reset it, its owner would take another the same way, and every
+    // read would be a reset and a prepare again.
+    let cluster = shared_cluster();
+    let proxy = start_proxy(cluster, |_| {}).await;
+    let url = app_url(&proxy, cluster, "pool-own");
+    let sql = "SELECT pg_backend_pid(), pg_is_in_recovery()";
+    let mut sessions = Vec::new();
+    for _ in 0..3 {
+        let (client, _) = connect_with(&url).await.unwrap();
+        let stmt = client.prepare(sql).await.unwrap();
+        sessions.push((client, stmt, BTreeSet::new()));
+    }
+    for _ in 0..20 {
+        for (client, stmt, seen) in &mut sessions {
+            let row = client.query_one(&*stmt, &[]).await.unwrap();
+            assert!(row.get::<_, bool>(1), "a read served by a replica");
+            seen.insert(row.get::<_, i32>(0));
+        }
+    }
+    let seen: Vec<&BTreeSet<i32>> = sessions.iter().map(|(_, _, seen)| seen).collect();
+    for (i, a) in seen.iter().enumerate() {
+        assert!(a.len() <= 2, "one connection per replica: {seen:?}");
+        for b in &seen[i + 1..] {
+            assert!(a.is_disjoint(b), "no connection changed hands: {seen:?}");
+        }
+    }
 }
