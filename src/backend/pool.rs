@@ -311,21 +311,22 @@ impl ServerPool {
             let returned = limit.returned.notified();
             tokio::pin!(returned);
             returned.as_mut().enable();
-            if let Some(conn) = self.take_idle(key, owner, Others::Keep) {
+            // Under the cap, a new connection rather than another session's.
+            let permit = limit.permits.clone().try_acquire_owned().ok();
+            let others = if permit.is_some() {
+                Others::Keep
+            } else {
+                Others::Take
+            };
+            if let Some(conn) = self.take_idle(key, owner, others) {
+                drop(permit);
                 match self.claim(conn, owner, within).await {
                     Some(conn) => return Ok(conn),
                     None => continue,
                 }
             }
-            if let Ok(permit) = limit.permits.clone().try_acquire_owned() {
+            if let Some(permit) = permit {
                 return self.open(key, login, permit, within).await;
-            }
-            // At the cap: another session's connection, reset.
-            if let Some(conn) = self.take_idle(key, owner, Others::Take) {
-                match self.claim(conn, owner, within).await {
-                    Some(conn) => return Ok(conn),
-                    None => continue,
-                }
             }
             if self.evict_other(key, limit_key) {
                 continue;

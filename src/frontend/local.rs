@@ -171,17 +171,14 @@ pub fn parse(sql: &str) -> Option<Command> {
 
 /// The statement's words: bare words (dots allowed), `=`, and
 /// single-quoted strings (unquoted); `None` when it holds anything else,
-/// more than one statement, or does not start with SET, RESET or SHOW.
+/// more than one statement, or a first word other than SET, RESET or SHOW
+/// (what starts with `=` or a string, [`parse`] refuses).
 fn words(sql: &str) -> Option<Vec<String>> {
     let bytes = sql.as_bytes();
     let mut words: Vec<String> = Vec::new();
     let mut i = 0;
     let mut ended = false;
     while i < bytes.len() {
-        // A statement that starts with `=` or a string is none of these.
-        if words.len() == 1 && !is_command(&words[0]) {
-            return None;
-        }
         let b = bytes[i];
         let rest = &bytes[i..];
         if b.is_ascii_whitespace() {

@@ -337,6 +337,9 @@ impl Session {
     /// Bytes relayed to the client from `start` in its buffer, and the
     /// status of the ReadyForQuery that ended them if one did.
     pub(super) fn record_reply(&mut self, start: usize, status: Option<TxnStatus>) {
+        if !self.txn.record.on() {
+            return;
+        }
         let empty = Carried::default();
         if !self.txn.record.recording() {
             if let Some(status) = status {
