@@ -47,19 +47,20 @@ struct Limit {
     waiting: AtomicUsize,
 }
 
-/// Counts a client waiting at the cap for as long as it is kept.
-struct Waiting<'a>(&'a AtomicUsize);
+/// Counts one of something (a client waiting at the cap, a checkout
+/// looking) for as long as it is kept.
+struct Counted<'a>(&'a AtomicUsize);
 
-impl<'a> Waiting<'a> {
-    fn new(count: &'a AtomicUsize) -> Waiting<'a> {
-        count.fetch_add(1, Ordering::Relaxed);
-        Waiting(count)
+impl<'a> Counted<'a> {
+    fn new(count: &'a AtomicUsize) -> Counted<'a> {
+        count.fetch_add(1, Ordering::SeqCst);
+        Counted(count)
     }
 }
 
-impl Drop for Waiting<'_> {
+impl Drop for Counted<'_> {
     fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::Relaxed);
+        self.0.fetch_sub(1, Ordering::SeqCst);
     }
 }
 
@@ -91,7 +92,8 @@ pub struct IdleServer {
 }
 
 struct Idle {
-    conn: ServerConn,
+    /// Boxed: it moves in and out of the pool on every request.
+    conn: Box<ServerConn>,
     since: Instant,
 }
 
@@ -121,6 +123,9 @@ pub enum CheckoutError {
 pub struct ServerPool {
     idle: Mutex<Prehashed<PoolKey, Vec<Idle>>>,
     limits: Mutex<Prehashed<LimitKey, Arc<Limit>>>,
+    /// Checkouts past their common case, which may wait for a `returned`
+    /// bell: while there are none, a check-in rings no bell.
+    looking: AtomicUsize,
     max_idle_per_key: usize,
     max_server_connections: usize,
     idle_timeout: Duration,
@@ -136,6 +141,7 @@ impl ServerPool {
         ServerPool {
             idle: Mutex::default(),
             limits: Mutex::default(),
+            looking: AtomicUsize::new(0),
             max_idle_per_key: config.max_idle_per_key,
             max_server_connections: config.max_server_connections,
             idle_timeout: config.idle_timeout(),
@@ -268,7 +274,7 @@ impl ServerPool {
         key: &PoolKey,
         owner: u64,
         login: &Login<'_>,
-    ) -> Result<ServerConn, CheckoutError> {
+    ) -> Result<Box<ServerConn>, CheckoutError> {
         self.checkout_within(key, owner, login, self.connect_timeout)
             .await
     }
@@ -281,7 +287,7 @@ impl ServerPool {
         owner: u64,
         login: &Login<'_>,
         within: Duration,
-    ) -> Result<ServerConn, CheckoutError> {
+    ) -> Result<Box<ServerConn>, CheckoutError> {
         // The common case first: an idle connection that needs no reset,
         // no cap bookkeeping, nothing to wait for.
         if let Some(Idle { mut conn, .. }) = self.take_idle(key, owner, Others::Keep) {
@@ -302,8 +308,10 @@ impl ServerPool {
         owner: u64,
         login: &Login<'_>,
         within: Duration,
-    ) -> Result<ServerConn, CheckoutError> {
+    ) -> Result<Box<ServerConn>, CheckoutError> {
         let deadline = tokio::time::Instant::now() + self.acquire_timeout;
+        // Counted before the first look at the idle list (see `check_in`).
+        let _looking = Counted::new(&self.looking);
         let limit_key = key.limit();
         let limit = self.limit(limit_key);
         loop {
@@ -331,7 +339,7 @@ impl ServerPool {
             if self.evict_other(key, limit_key) {
                 continue;
             }
-            let counted = Waiting::new(&limit.waiting);
+            let counted = Counted::new(&limit.waiting);
             let waited = tokio::select! {
                 permit = limit.permits.clone().acquire_owned() => permit.ok(),
                 () = &mut returned => None,
@@ -357,15 +365,15 @@ impl ServerPool {
         login: &Login<'_>,
         permit: OwnedSemaphorePermit,
         within: Duration,
-    ) -> Result<ServerConn, CheckoutError> {
+    ) -> Result<Box<ServerConn>, CheckoutError> {
         let mut conn = super::connect(&key.host, key.port, login, &self.tls, within).await?;
         conn.permit = Some(permit);
-        Ok(conn)
+        Ok(Box::new(conn))
     }
 
     /// Makes a taken idle connection fit for `owner`: a reset when it
     /// carries another session's state. `None` when it turned out unusable.
-    async fn claim(&self, idle: Idle, owner: u64, within: Duration) -> Option<ServerConn> {
+    async fn claim(&self, idle: Idle, owner: u64, within: Duration) -> Option<Box<ServerConn>> {
         let Idle { mut conn, .. } = idle;
         // Even one back from a batch a moment ago: its server may have
         // ended it since (a terminated backend, a failover), and a write
@@ -395,8 +403,11 @@ impl ServerPool {
         let conns = idle.get_mut(key)?;
         let now = Instant::now();
         // Checked in in time order: the ones idle too long come first.
-        let expired = conns.partition_point(|c| now.duration_since(c.since) >= self.idle_timeout);
-        conns.drain(..expired);
+        let stale = |c: &Idle| now.duration_since(c.since) >= self.idle_timeout;
+        if conns.first().is_some_and(stale) {
+            let expired = conns.partition_point(stale);
+            conns.drain(..expired);
+        }
         let pick = conns
             .iter()
             .rposition(|c| c.conn.owner == owner)
@@ -425,7 +436,7 @@ impl ServerPool {
 
     /// Takes back a connection the session has left idle. It keeps the
     /// session's state (and tag) until someone else needs it.
-    pub fn check_in(&self, key: &PoolKey, conn: ServerConn) {
+    pub fn check_in(&self, key: &PoolKey, conn: Box<ServerConn>) {
         {
             let mut idle = self.idle();
             let conns = match idle.get_mut(key) {
@@ -439,13 +450,18 @@ impl ServerPool {
                 });
             }
         }
-        self.limit(key.limit()).returned.notify_one();
+        // A checkout that looked at the list before the push counted
+        // itself first, so it is seen here (the list's lock orders the
+        // two) and woken; one that looks after finds the connection.
+        if self.looking.load(Ordering::SeqCst) > 0 {
+            self.limit(key.limit()).returned.notify_one();
+        }
     }
 
     /// Resets `conn` and keeps it for the next client with the same key;
     /// a connection that does not reset cleanly is closed instead. For the
     /// last connection of a session that has ended.
-    pub async fn put_back(self: Arc<Self>, key: PoolKey, mut conn: ServerConn) {
+    pub async fn put_back(self: Arc<Self>, key: PoolKey, mut conn: Box<ServerConn>) {
         if self.max_idle_per_key > 0 {
             match tokio::time::timeout(self.reset_timeout, reset(&mut conn)).await {
                 Ok(Ok(())) => return self.check_in(&key, conn),
@@ -462,7 +478,7 @@ impl ServerPool {
     /// Forgets that session `owner` exists: its idle connections are reset
     /// now, so nobody pays for that on their way to a query.
     pub async fn release_owner(self: Arc<Self>, owner: u64) {
-        let taken: Vec<(PoolKey, ServerConn)> = {
+        let taken: Vec<(PoolKey, Box<ServerConn>)> = {
             let mut idle = self.idle();
             let mut taken = Vec::new();
             for (key, conns) in idle.iter_mut() {

@@ -15,6 +15,7 @@
 //! forgotten. One mutex guards the maps; it is held for a lookup or an
 //! insert, never while parsing.
 
+use std::cell::RefCell;
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -25,6 +26,12 @@ use super::{classify, Classification};
 /// Statements longer than this are classified but not cached: long texts are
 /// mostly one-off (bulk INSERTs) and would crowd out the statements that repeat.
 pub const MAX_CACHED_SQL_LEN: usize = 16 * 1024;
+
+thread_local! {
+    /// Where a lookup writes the statement's shape: one buffer per thread,
+    /// so neither a lookup nor an idle session holds one of its own.
+    static SHAPE: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
+}
 
 /// Hit and miss counters, for metrics.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -86,15 +93,37 @@ impl ClassifyCache {
 
     /// The cached classification of `sql`, classifying it on a miss.
     pub fn get_or_classify(&self, sql: &str, functions: Functions<'_>) -> Arc<Classification> {
-        let cacheable = sql.len() <= MAX_CACHED_SQL_LEN;
-        let shaped = if cacheable { shape(sql) } else { None };
-        if let Some(hit) = shaped
-            .as_deref()
-            .and_then(|key| self.recall(sql, key, functions))
-        {
-            self.hits.fetch_add(1, Ordering::Relaxed);
-            return hit;
-        }
+        let looked = (sql.len() <= MAX_CACHED_SQL_LEN).then(|| {
+            SHAPE.with_borrow_mut(|buf| {
+                let key = shape(sql, buf)?;
+                Some(
+                    self.recall(sql, key, functions)
+                        .ok_or_else(|| key.to_owned()),
+                )
+            })
+        });
+        let shaped = match looked.flatten() {
+            Some(Ok(hit)) => {
+                self.hits.fetch_add(1, Ordering::Relaxed);
+                return hit;
+            }
+            Some(Err(key)) => Some(key),
+            None => None,
+        };
+        self.classify_and_file(sql, shaped, functions)
+    }
+
+    /// A miss: parses `sql` and files the result. Out of line and cold:
+    /// the parser's large stack frame is paid only when it runs, not on
+    /// every lookup.
+    #[cold]
+    #[inline(never)]
+    fn classify_and_file(
+        &self,
+        sql: &str,
+        shaped: Option<String>,
+        functions: Functions<'_>,
+    ) -> Arc<Classification> {
         self.misses.fetch_add(1, Ordering::Relaxed);
         let classified = Arc::new(classify(sql, functions.names));
         if let Some(key) = shaped {

@@ -17,40 +17,42 @@
 
 use super::{lex, Classification, Reason};
 
-/// The text of `sql` with its literals made canonical, or `None` when it
-/// cannot be taken safely (see the module docs).
+/// The text of `sql` with its literals made canonical, written over `out`
+/// (a buffer the caller keeps, so a lookup allocates nothing), or `None`
+/// when it cannot be taken safely (see the module docs).
 ///
 /// Words, blanks and punctuation are copied a run at a time; only what can
 /// start a literal, a quoted name or a comment is looked at more closely.
-pub(crate) fn shape(sql: &str) -> Option<String> {
+pub(crate) fn shape<'a>(sql: &str, out: &'a mut Vec<u8>) -> Option<&'a str> {
     let s = sql.as_bytes();
-    let mut out = Vec::with_capacity(s.len());
+    out.clear();
     let mut i = 0;
     // Where the bytes not yet copied begin.
     let mut run = 0;
-    // The byte before `i` is part of a word (so a digit or `$` continues it).
-    let mut in_word = false;
     while i < s.len() {
         let class = CLASS[usize::from(s[i])];
         let starts = class & STARTS != 0
-            && !(in_word && class & WORD != 0)
             && match s[i] {
                 b'-' => s.get(i + 1) == Some(&b'-'),
                 b'/' => s.get(i + 1) == Some(&b'*'),
                 _ => true,
             };
         if !starts {
-            in_word = class & WORD != 0;
             i += 1;
+            if class & WORD != 0 {
+                // The rest of the word: a digit or `$` in it starts nothing.
+                while s.get(i).is_some_and(|&b| CLASS[usize::from(b)] & WORD != 0) {
+                    i += 1;
+                }
+            }
             continue;
         }
         out.extend_from_slice(&s[run..i]);
-        i += token(&s[i..], &mut out)?;
+        i += token(&s[i..], out)?;
         run = i;
-        in_word = false;
     }
     out.extend_from_slice(&s[run..]);
-    String::from_utf8(out).ok()
+    std::str::from_utf8(out).ok()
 }
 
 /// Byte classes for [`shape`]'s scan.
@@ -204,7 +206,9 @@ fn dollar(s: &[u8]) -> Option<(usize, bool)> {
 
 #[cfg(test)]
 mod tests {
-    use super::shape;
+    fn shape(sql: &str) -> Option<String> {
+        super::shape(sql, &mut Vec::new()).map(str::to_owned)
+    }
 
     fn shaped(sql: &str) -> String {
         shape(sql).expect("has a shape")

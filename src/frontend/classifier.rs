@@ -88,14 +88,7 @@ impl Classifier {
         if !(self.functions.pending() && c.is_read()) {
             return c;
         }
-        match classify::first_unlisted_call(sql) {
-            Some(name) => Arc::new(Classification {
-                class: Class::Write,
-                reason: Reason::VolatileFunction(name),
-                ..Classification::clone(&c)
-            }),
-            None => c,
-        }
+        vouched(sql, c)
     }
 
     /// Picks up a newer list if one was published (the cache's entries
@@ -122,6 +115,22 @@ impl Classifier {
     /// (once: the flag is cleared).
     pub fn take_reclassify(&mut self) -> bool {
         std::mem::take(&mut self.reclassify_due)
+    }
+}
+
+/// A read classified while the VOLATILE list may predate a function just
+/// created: a write when it calls a function the list does not know. Out
+/// of line and cold: it parses, and its stack frame is large.
+#[cold]
+#[inline(never)]
+fn vouched(sql: &str, c: Arc<Classification>) -> Arc<Classification> {
+    match classify::first_unlisted_call(sql) {
+        Some(name) => Arc::new(Classification {
+            class: Class::Write,
+            reason: Reason::VolatileFunction(name),
+            ..Classification::clone(&c)
+        }),
+        None => c,
     }
 }
 

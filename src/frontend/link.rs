@@ -229,7 +229,7 @@ impl Requests {
 /// The attached connection and its node.
 #[derive(Debug)]
 struct Attached {
-    conn: ServerConn,
+    conn: Box<ServerConn>,
     node: usize,
 }
 
@@ -276,7 +276,7 @@ impl ServerLink {
     /// A link carrying the session's first connection, `conn` on `node`,
     /// whose cancel target is already set.
     pub fn new(
-        mut conn: ServerConn,
+        mut conn: Box<ServerConn>,
         node: usize,
         cancel: CancelHandle,
         fences: watch::Receiver<u64>,
@@ -305,11 +305,11 @@ impl ServerLink {
     }
 
     pub fn conn(&self) -> Option<&ServerConn> {
-        self.attached.as_ref().map(|a| &a.conn)
+        self.attached.as_ref().map(|a| &*a.conn)
     }
 
     pub fn conn_mut(&mut self) -> Option<&mut ServerConn> {
-        self.attached.as_mut().map(|a| &mut a.conn)
+        self.attached.as_mut().map(|a| &mut *a.conn)
     }
 
     pub fn phase(&self) -> Phase {
@@ -397,7 +397,7 @@ impl ServerLink {
     }
 
     /// Makes `conn` (on `node`) the session's connection.
-    pub fn attach(&mut self, conn: ServerConn, node: usize) {
+    pub fn attach(&mut self, conn: Box<ServerConn>, node: usize) {
         self.cancel_owed = self.cancel.set_target(conn.key.map(|key| CancelTarget {
             host: conn.host.clone(),
             port: conn.port,
@@ -423,7 +423,7 @@ impl ServerLink {
 
     /// Takes the connection off the link (to pool or close it); cancels
     /// have nowhere to go until the next one.
-    pub fn detach(&mut self) -> Option<(ServerConn, usize)> {
+    pub fn detach(&mut self) -> Option<(Box<ServerConn>, usize)> {
         let attached = self.attached.take()?;
         self.cancel.set_target(None);
         Some((attached.conn, attached.node))

@@ -145,6 +145,11 @@ fn parse_duration(text: &str) -> Option<Duration> {
 /// of a `palisade.*` setting above, with optional comments, blanks and a
 /// trailing semicolon. Anything else is `None`.
 pub fn parse(sql: &str) -> Option<Command> {
+    // Most statements are settled by their first byte.
+    let first = sql.bytes().find(|b| !b.is_ascii_whitespace())?;
+    if !matches!(first.to_ascii_lowercase(), b's' | b'r' | b'-' | b'/') {
+        return None;
+    }
     let words = words(sql)?;
     let keyword = |i: usize, k: &str| words.get(i).is_some_and(|w| w.eq_ignore_ascii_case(k));
     let param = |i: usize| words.get(i).and_then(|w| Param::named(w));
@@ -222,7 +227,8 @@ fn words(sql: &str) -> Option<Vec<String>> {
                 .iter()
                 .position(|&c| !(c.is_ascii_alphanumeric() || c == b'_' || c == b'.' || c == b'/'))
                 .unwrap_or(rest.len());
-            let word = std::str::from_utf8(&rest[..len]).ok()?;
+            // ASCII bytes, so `i` and `i + len` are character boundaries.
+            let word = sql.get(i..i + len)?;
             if words.is_empty() && !is_command(word) {
                 // Most statements: settled by their first word, nothing kept.
                 return None;

@@ -296,7 +296,7 @@ async fn open(
 
 /// A client that has authenticated and has a server connection.
 pub struct Connected {
-    pub server: ServerConn,
+    pub server: Box<ServerConn>,
     /// The node `server` is connected to (index into the topology).
     pub node: usize,
     pub cancel: CancelHandle,

@@ -58,7 +58,7 @@ pub fn be_i32(b: &[u8]) -> i32 {
 
 /// Splits a NUL-terminated string off the front of `b`.
 pub fn cstr(b: &[u8]) -> Option<(&str, &[u8])> {
-    let end = b.iter().position(|&c| c == 0)?;
+    let end = memchr::memchr(0, b)?;
     let s = std::str::from_utf8(&b[..end]).ok()?;
     Some((s, &b[end + 1..]))
 }

@@ -40,7 +40,7 @@ pub fn pick(
     eligible: impl Fn(usize) -> bool,
 ) -> Option<usize> {
     // This runs per query: candidates live on the stack unless the cluster is
-    // larger than any real deployment, when one allocation is acceptable.
+    // larger than most deployments, when one allocation is acceptable.
     let count = topology.nodes.len();
     if count <= INLINE_CANDIDATES {
         let mut buf = [Candidate::EMPTY; INLINE_CANDIDATES];
@@ -51,8 +51,9 @@ pub fn pick(
     }
 }
 
-/// Nodes handled without allocating in [`route_read`].
-const INLINE_CANDIDATES: usize = 32;
+/// Nodes handled without allocating in [`pick`]. Small: the buffer is
+/// written on every read's decision.
+const INLINE_CANDIDATES: usize = 8;
 
 /// A node that may serve the read.
 #[derive(Debug, Clone, Copy)]
