@@ -145,9 +145,17 @@ fn parse_duration(text: &str) -> Option<Duration> {
 /// of a `palisade.*` setting above, with optional comments, blanks and a
 /// trailing semicolon. Anything else is `None`.
 pub fn parse(sql: &str) -> Option<Command> {
-    // Most statements are settled by their first byte.
-    let first = sql.bytes().find(|b| !b.is_ascii_whitespace())?;
-    if !matches!(first.to_ascii_lowercase(), b's' | b'r' | b'-' | b'/') {
+    // Most statements are settled by their first three bytes.
+    let start = sql.bytes().position(|b| !b.is_ascii_whitespace())?;
+    let rest = &sql.as_bytes()[start..];
+    let worth = rest.starts_with(b"--")
+        || rest.starts_with(b"/*")
+        || rest.get(..3).is_some_and(|w| {
+            [b"set", b"res", b"sho"]
+                .iter()
+                .any(|k| w.eq_ignore_ascii_case(*k))
+        });
+    if !worth {
         return None;
     }
     let words = words(sql)?;
@@ -293,6 +301,10 @@ mod tests {
                 Some(Show(Param::LastWriteLsn)),
             ),
             ("show PALISADE.CONSISTENCY;", Some(Show(Param::Consistency))),
+            (
+                " \n-- why\n\tshow palisade.consistency",
+                Some(Show(Param::Consistency)),
+            ),
             (
                 "SET palisade.consistency = 'it''s'",
                 Some(Set(Param::Consistency, Some("it's".into()))),
