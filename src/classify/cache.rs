@@ -93,23 +93,22 @@ impl ClassifyCache {
 
     /// The cached classification of `sql`, classifying it on a miss.
     pub fn get_or_classify(&self, sql: &str, functions: Functions<'_>) -> Arc<Classification> {
-        let looked = (sql.len() <= MAX_CACHED_SQL_LEN).then(|| {
-            SHAPE.with_borrow_mut(|buf| {
+        // The shape a miss files its result under (none: not cached).
+        let mut shaped = None;
+        if sql.len() <= MAX_CACHED_SQL_LEN {
+            let hit = SHAPE.with_borrow_mut(|buf| {
                 let key = shape(sql, buf)?;
-                Some(
-                    self.recall(sql, key, functions)
-                        .ok_or_else(|| key.to_owned()),
-                )
-            })
-        });
-        let shaped = match looked.flatten() {
-            Some(Ok(hit)) => {
+                let hit = self.recall(sql, key, functions);
+                if hit.is_none() {
+                    shaped = Some(key.to_owned());
+                }
+                hit
+            });
+            if let Some(hit) = hit {
                 self.hits.fetch_add(1, Ordering::Relaxed);
                 return hit;
             }
-            Some(Err(key)) => Some(key),
-            None => None,
-        };
+        }
         self.classify_and_file(sql, shaped, functions)
     }
 

@@ -145,19 +145,6 @@ fn parse_duration(text: &str) -> Option<Duration> {
 /// of a `palisade.*` setting above, with optional comments, blanks and a
 /// trailing semicolon. Anything else is `None`.
 pub fn parse(sql: &str) -> Option<Command> {
-    // Most statements are settled by their first three bytes.
-    let start = sql.bytes().position(|b| !b.is_ascii_whitespace())?;
-    let rest = &sql.as_bytes()[start..];
-    let worth = rest.starts_with(b"--")
-        || rest.starts_with(b"/*")
-        || rest.get(..3).is_some_and(|w| {
-            [b"set", b"res", b"sho"]
-                .iter()
-                .any(|k| w.eq_ignore_ascii_case(*k))
-        });
-    if !worth {
-        return None;
-    }
     let words = words(sql)?;
     let keyword = |i: usize, k: &str| words.get(i).is_some_and(|w| w.eq_ignore_ascii_case(k));
     let param = |i: usize| words.get(i).and_then(|w| Param::named(w));
@@ -184,8 +171,9 @@ pub fn parse(sql: &str) -> Option<Command> {
 
 /// The statement's words: bare words (dots allowed), `=`, and
 /// single-quoted strings (unquoted); `None` when it holds anything else,
-/// more than one statement, or a first word other than SET, RESET or SHOW
-/// (what starts with `=` or a string, [`parse`] refuses).
+/// more than one statement, or a first word that does not begin like SET,
+/// RESET or SHOW (the words themselves, and what starts with `=` or a
+/// string, [`parse`] settles).
 fn words(sql: &str) -> Option<Vec<String>> {
     let bytes = sql.as_bytes();
     let mut words: Vec<String> = Vec::new();
@@ -230,18 +218,16 @@ fn words(sql: &str) -> Option<Vec<String>> {
                 }
             }
             words.push(String::from_utf8(value).ok()?);
+        } else if words.is_empty() && !may_start_command(rest) {
+            // Most statements: settled by their first three bytes, nothing kept.
+            return None;
         } else if b.is_ascii_alphanumeric() || b == b'_' || b == b'.' || b == b'/' {
             let len = rest
                 .iter()
                 .position(|&c| !(c.is_ascii_alphanumeric() || c == b'_' || c == b'.' || c == b'/'))
                 .unwrap_or(rest.len());
             // ASCII bytes, so `i` and `i + len` are character boundaries.
-            let word = sql.get(i..i + len)?;
-            if words.is_empty() && !is_command(word) {
-                // Most statements: settled by their first word, nothing kept.
-                return None;
-            }
-            words.push(word.to_owned());
+            words.push(sql.get(i..i + len)?.to_owned());
             i += len;
         } else {
             return None;
@@ -250,10 +236,13 @@ fn words(sql: &str) -> Option<Vec<String>> {
     Some(words)
 }
 
-fn is_command(word: &str) -> bool {
-    ["set", "reset", "show"]
-        .iter()
-        .any(|k| word.eq_ignore_ascii_case(k))
+/// Whether the first word, which begins `rest`, may be SET, RESET or SHOW.
+fn may_start_command(rest: &[u8]) -> bool {
+    rest.get(..3).is_some_and(|w| {
+        [b"set", b"res", b"sho"]
+            .iter()
+            .any(|k| w.eq_ignore_ascii_case(*k))
+    })
 }
 
 fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
