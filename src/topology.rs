@@ -16,7 +16,7 @@ use std::str::FromStr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 
-use arc_swap::ArcSwap;
+use arc_swap::{ArcSwap, Cache};
 use tokio::sync::{mpsc, watch};
 
 use crate::config::NodeConfig;
@@ -258,6 +258,21 @@ impl Topology {
     }
 }
 
+/// A session's copy of the current snapshot ([`TopologyHandle::cache`]).
+pub type TopologyCache = Cache<Published, Arc<Topology>>;
+
+/// Where a [`TopologyCache`] looks for a newer snapshot.
+#[derive(Debug)]
+pub struct Published(TopologyHandle);
+
+impl std::ops::Deref for Published {
+    type Target = ArcSwap<Topology>;
+
+    fn deref(&self) -> &ArcSwap<Topology> {
+        &self.0 .0.current
+    }
+}
+
 /// Shared handle: the control plane stores, the data plane loads.
 #[derive(Debug, Clone)]
 pub struct TopologyHandle(Arc<Shared>);
@@ -295,6 +310,13 @@ impl TopologyHandle {
 
     pub fn load(&self) -> Arc<Topology> {
         self.0.current.load_full()
+    }
+
+    /// A copy of the current snapshot for one reader to keep: each look
+    /// costs one atomic load while nothing new was published. It keeps the
+    /// snapshot it last saw alive until its next look.
+    pub fn cache(&self) -> TopologyCache {
+        Cache::new(Published(self.clone()))
     }
 
     /// Changes whenever a node is fenced, unfenced, added or removed, or the

@@ -32,7 +32,7 @@ use tokio::net::TcpStream;
 use tokio::sync::watch;
 use tracing::{debug, info, Instrument};
 
-use arc_swap::{ArcSwap, Guard};
+use arc_swap::{ArcSwap, Cache, Guard};
 use bytes::BytesMut;
 
 use crate::admin;
@@ -74,6 +74,20 @@ pub(crate) fn shed(buf: &mut BytesMut) {
     }
     if buf.capacity() > SPARE_CAPACITY || buf.try_reclaim(SPARE_CAPACITY + 1) {
         *buf = BytesMut::new();
+    }
+}
+
+/// A session's copy of the settings in force ([`Shared::config_cache`]).
+pub type ConfigCache = Cache<Settings, Arc<Config>>;
+
+/// Where a [`ConfigCache`] looks for newer settings.
+pub struct Settings(Arc<Shared>);
+
+impl std::ops::Deref for Settings {
+    type Target = ArcSwap<Config>;
+
+    fn deref(&self) -> &ArcSwap<Config> {
+        &self.0.config
     }
 }
 
@@ -121,6 +135,12 @@ impl Shared {
     /// be held long: take what is needed, or `load_full` to keep it.
     pub fn config(&self) -> Guard<Arc<Config>> {
         self.config.load()
+    }
+
+    /// A copy of the settings in force for one session to keep: each look
+    /// costs one atomic load while no reload swapped them.
+    pub fn config_cache(self: &Arc<Self>) -> ConfigCache {
+        Cache::new(Settings(Arc::clone(self)))
     }
 
     /// Starts the drain; `false` when it had already started.

@@ -55,11 +55,12 @@ use super::link::{Answer, LinkIo, Phase, ServerLink};
 use super::on_wake::OnWake;
 use super::registry::{Client, ClientState};
 use super::state::SessionState;
-use super::{Connected, Shared};
+use super::{ConfigCache, Connected, Shared};
 use crate::backend;
 use crate::backend::pool::PoolKey;
 use crate::protocol::{messages, ScanError, Sqlstate, TxnStatus};
 use crate::tls::{ReadHalf, WriteHalf};
+use crate::topology::TopologyCache;
 
 /// Stop reading the server while this much is waiting to be written to the
 /// client: backpressure instead of unbounded buffering.
@@ -126,6 +127,10 @@ pub struct SessionLogin {
 pub struct Session {
     id: u64,
     shared: Arc<Shared>,
+    /// The topology snapshot and the settings in force, as of the last
+    /// look (one atomic load each while nothing new was published).
+    topology: TopologyCache,
+    config: ConfigCache,
     span: Span,
     client: ClientIo,
     /// How client frames become batches.
@@ -175,14 +180,19 @@ impl Session {
             cancel,
             login,
         } = connected;
-        let keys = pool_keys(&shared.topology.load(), &login, &shared.pool);
+        let mut topology = shared.topology.cache();
+        let mut config = shared.config_cache();
+        let keys = pool_keys(topology.load(), &login, &shared.pool);
+        let settings = config.load();
         Session {
             id,
-            collector: Collector::new(shared.config().proxy.max_message_size),
+            collector: Collector::new(settings.proxy.max_message_size),
             classifier,
             link: ServerLink::new(server, node, cancel, shared.topology.fence_changes()),
-            retry: retry::Retry::new(&shared.config()),
-            txn: replay_txn::Txn::new(shared.config().failover.replay_limit()),
+            retry: retry::Retry::new(settings),
+            txn: replay_txn::Txn::new(settings.failover.replay_limit()),
+            topology,
+            config,
             shared,
             span,
             client,
@@ -251,7 +261,7 @@ impl Session {
             }
         };
         let mut stop = OnWake::new(stop);
-        let mut clock = ClientClock::new(&self.shared.config().proxy);
+        let mut clock = ClientClock::new(&self.config.load().proxy);
         loop {
             if self.draining && self.between() {
                 return End::Shutdown;
@@ -448,7 +458,7 @@ impl Session {
     /// flight there is lost with the node, as if the connection had
     /// dropped (see [`Self::server_lost`]).
     fn leave_fenced_node(&mut self) -> Result<(), End> {
-        let topology = self.shared.topology.load();
+        let topology = Arc::clone(self.topology.load());
         let Some(node) = self.link.node() else {
             return Ok(());
         };

@@ -22,14 +22,14 @@ impl Session {
     /// `failover.failover_wait_ms`: the topology may show a new one by
     /// then. Otherwise as [`Self::connect_to`].
     pub(super) async fn reach_primary(&mut self, node: usize, tried: &mut Tried) -> Option<bool> {
-        let within = self.shared.config().proxy.connect_timeout();
+        let within = self.config.load().proxy.connect_timeout();
         let result = self.checkout(node, within).await;
         if let Some(Err(CheckoutError::Connect(
             e @ (ConnectError::Io { .. } | ConnectError::Timeout { .. }),
         ))) = &result
         {
             let since = *tried.paused_since.get_or_insert_with(Instant::now);
-            if since.elapsed() < self.shared.config().failover.failover_wait() {
+            if since.elapsed() < self.config.load().failover.failover_wait() {
                 debug!(parent: &self.span, node, error = %e, "the primary cannot be reached; waiting for it or a new one");
                 return None;
             }
@@ -40,7 +40,7 @@ impl Session {
     /// Swaps the session's server connection for one to `node`. `false`
     /// when none could be had (the client has been told).
     pub(super) async fn connect_to(&mut self, node: usize) -> bool {
-        let within = self.shared.config().proxy.connect_timeout();
+        let within = self.config.load().proxy.connect_timeout();
         let result = self.checkout(node, within).await;
         self.checked_out(node, result)
     }
@@ -73,7 +73,7 @@ impl Session {
     /// `proxy.replica_connect_timeout_ms`. `false` when none could be had:
     /// the read goes to the next candidate, the client is told nothing.
     pub(super) async fn connect_replica(&mut self, node: usize) -> bool {
-        let within = self.shared.config().proxy.replica_connect_timeout();
+        let within = self.config.load().proxy.replica_connect_timeout();
         match self.checkout(node, within).await {
             Some(Ok(())) => true,
             Some(Err(e)) => {
@@ -121,13 +121,13 @@ impl Session {
     /// Makes the pool keys afresh when `node` has none or its slot now
     /// names another address (a reload added or replaced it).
     fn refresh_keys(&mut self, node: usize) {
-        let topology = self.shared.topology.load();
+        let topology = self.topology.load();
         let current = match (self.keys.get(node), topology.nodes.get(node)) {
             (Some(k), Some(n)) => k.port == n.port && k.host == n.host,
             _ => false,
         };
         if !current {
-            self.keys = pool_keys(&topology, &self.login, &self.shared.pool);
+            self.keys = pool_keys(topology, &self.login, &self.shared.pool);
         }
     }
 }

@@ -291,8 +291,8 @@ impl Session {
     }
 
     /// What routing makes of the due batch now.
-    fn decide(&self, tried: Tried) -> Decision {
-        let topology = self.shared.topology.load();
+    fn decide(&mut self, tried: Tried) -> Decision {
+        let topology = self.topology.load();
         let ready = match self.link.phase() {
             Phase::Ready(status) => Some(status),
             Phase::Busy { .. } => None,
@@ -329,13 +329,12 @@ impl Session {
             unlocated_writes: self.state.writes.unlocated,
             commits: self.shared.commits.position(),
         };
-        let config = self.shared.config();
-        let policy = Shared::policy(&config);
+        let policy = Shared::policy(self.config.load());
         route::decide(
             &batch,
             &session,
             &policy,
-            &topology,
+            topology,
             &*self.shared,
             Instant::now(),
         )
@@ -471,7 +470,7 @@ impl Session {
             && (ready_idle || self.link.all_kept());
         let reads_only = !plan.write && plan.begin.is_none() && ready_idle;
         // Where a write lands in the WAL is learned when a read needs it.
-        let to_primary = self.shared.topology.load().primary() == Some(node);
+        let to_primary = self.topology.load().primary() == Some(node);
         let on_primary = to_primary && !reads_only;
         let why = counters::why(plan, !autocommit, self.state.is_pinned(), to_primary);
         let rolls_back = plan.statements == 1 && plan.effects == [SessionEffect::Rollback];

@@ -99,7 +99,7 @@ impl Session {
     /// A read is about to run on a replica that has lost its primary (only
     /// `partition_mode = available` allows it): the client is told.
     pub(super) fn warn_if_cut_off(&mut self, node: usize) {
-        let topology = self.shared.topology.load();
+        let topology = self.topology.load();
         let Some(n) = topology.nodes.get(node) else {
             return;
         };
@@ -138,7 +138,7 @@ impl Session {
             && self.state.writes.unlocated
             && status == TxnStatus::Idle
         {
-            let located = match route::locate_writes(&self.shared.topology.load()) {
+            let located = match route::locate_writes(self.topology.load()) {
                 Ok(primary) => self.learn_write_lsn(primary).await,
                 Err(reason) => {
                     self.refuse_route(&reason);
@@ -184,12 +184,12 @@ impl Session {
                         .state
                         .reads
                         .level
-                        .unwrap_or(self.shared.config().consistency.level)
+                        .unwrap_or(self.config.load().consistency.level)
                         .name()
                         .to_owned(),
                     Param::MaxStaleness => local::show_duration(
                         self.state.reads.max_staleness.or(Some(Duration::from_millis(
-                            self.shared.config().consistency.max_lag_ms,
+                            self.config.load().consistency.max_lag_ms,
                         ))),
                     ),
                     Param::MinLsn => self.state.reads.min_lsn.unwrap_or_default().to_string(),

@@ -210,11 +210,11 @@ impl Session {
     /// failover) up to `failover_wait_ms`.
     async fn replay_transaction(&mut self, open: &Open, at_loss: Carried) -> Result<(), String> {
         let began = Instant::now();
-        let wait = self.shared.config().failover.failover_wait();
+        let wait = self.config.load().failover.failover_wait();
         loop {
-            let primary = self.shared.topology.load().primary();
+            let primary = self.topology.load().primary();
             if let Some(node) = primary {
-                let within = self.shared.config().proxy.connect_timeout();
+                let within = self.config.load().proxy.connect_timeout();
                 if let Some(Ok(())) = self.checkout(node, within).await {
                     match self.replay_on_connection(open, &at_loss).await {
                         Ok(status) => {
@@ -327,9 +327,9 @@ impl Session {
     /// transaction the record can follow, and how many requests are in
     /// flight ahead of it: sent on the primary outside a transaction
     /// (`outside`), when replay is on.
-    pub(super) fn record_start(&self, node: usize, outside: bool) -> Option<(Carried, usize)> {
+    pub(super) fn record_start(&mut self, node: usize, outside: bool) -> Option<(Carried, usize)> {
         let follow =
-            self.txn.record.on() && outside && self.shared.topology.load().primary() == Some(node);
+            self.txn.record.on() && outside && self.topology.load().primary() == Some(node);
         let conn = self.link.conn().filter(|_| follow)?;
         Some((conn.carried.clone(), self.link.in_flight().count()))
     }

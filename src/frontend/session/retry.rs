@@ -28,10 +28,15 @@ pub(super) struct Retry {
     /// How often a stalled read's replica is looked at again while the
     /// monitor still vouches for it: a probe interval.
     recheck: Duration,
+    /// Runs out no later than `due`. It may run out earlier, still set for
+    /// a request answered since, and is then set again for `due`: moving
+    /// it for every request would cost more than the rest of the request.
     timer: Pin<Box<Sleep>>,
+    /// When the oldest read in flight has stalled; `None` while nothing is
+    /// timed.
+    due: Option<Instant>,
     /// The request the timer is set for (its number on the connection).
     timer_for: Option<u64>,
-    pub(super) armed: bool,
 }
 
 impl Retry {
@@ -41,27 +46,40 @@ impl Retry {
             stall_after: config.routing.replica_stall(),
             recheck: config.monitor.probe_interval(),
             timer: Box::pin(tokio::time::sleep(Duration::ZERO)),
+            due: None,
             timer_for: None,
-            armed: false,
         }
     }
 
-    /// Fires when the armed deadline passes; never while disarmed.
+    /// Fires once `due` has passed; never while nothing is timed.
     pub(super) async fn stalled(&mut self) {
-        if self.armed {
+        loop {
+            let Some(due) = self.due else {
+                return std::future::pending().await;
+            };
+            if self.timer.deadline() > due {
+                self.timer.as_mut().reset(due);
+            }
             self.timer.as_mut().await;
-        } else {
-            std::future::pending::<()>().await;
+            if self.timer.deadline() >= due {
+                return;
+            }
+            // It ran out for an earlier request: on to this one's time.
+            self.timer.as_mut().reset(due);
         }
     }
 
     fn arm(&mut self, after: Duration) {
-        self.timer.as_mut().reset(Instant::now() + after);
-        self.armed = true;
+        self.due = Some(Instant::now() + after);
+    }
+
+    /// The stall was handled: nothing is timed until the next arming.
+    fn ran_out(&mut self) {
+        self.due = None;
     }
 
     pub(super) fn disarm(&mut self) {
-        self.armed = false;
+        self.due = None;
         self.timer_for = None;
     }
 }
@@ -87,11 +105,11 @@ impl Session {
     /// The oldest request in flight has had no reply for
     /// `replica_stall_ms`: sent elsewhere if its replica is in doubt.
     pub(super) fn on_stall(&mut self) -> Result<(), End> {
-        self.retry.armed = false;
+        self.retry.ran_out();
         let (Some(node), Some(_)) = (self.link.node(), self.link.kept_front()) else {
             return Ok(());
         };
-        match retry::on_stall(&self.shared.topology.load(), node) {
+        match retry::on_stall(self.topology.load(), node) {
             Stalled::Stay => Ok(()),
             Stalled::Wait => {
                 self.retry.arm(self.retry.recheck);
@@ -252,6 +270,48 @@ fn lost_error(fatal: Option<&[u8]>, server: &str) -> (String, String) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn retry() -> Retry {
+        let config = Config::parse(
+            r#"
+            [backend]
+            user = "u"
+            [[nodes]]
+            host = "127.0.0.1"
+            port = 1
+            [[users]]
+            name = "app"
+            password = "secret"
+            "#,
+        )
+        .expect("config");
+        Retry::new(&config)
+    }
+
+    #[tokio::test]
+    async fn the_stall_timer_fires_for_the_read_in_flight_not_for_one_answered() {
+        let after = Duration::from_millis(150);
+        let mut r = retry();
+        let nothing = tokio::time::timeout(after, r.stalled()).await;
+        assert!(nothing.is_err(), "nothing timed: never fires");
+        // A read, answered within its time: the timer stays set for it.
+        r.arm(after);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        r.disarm();
+        // The next read's time counts from when it was sent.
+        let sent = Instant::now();
+        r.arm(after);
+        r.stalled().await;
+        assert!(sent.elapsed() >= after, "fired after {:?}", sent.elapsed());
+        // Handled: quiet until armed again, then fires again.
+        r.ran_out();
+        let quiet = tokio::time::timeout(Duration::from_millis(50), r.stalled()).await;
+        assert!(quiet.is_err(), "fired with nothing timed");
+        let sent = Instant::now();
+        r.arm(Duration::from_millis(20));
+        r.stalled().await;
+        assert!(sent.elapsed() >= Duration::from_millis(20));
+    }
 
     #[test]
     fn a_lost_request_hears_the_servers_error_as_an_error_or_08006() {
