@@ -4,7 +4,8 @@
 //! routing and session tracking need: does any part write, does it begin a
 //! transaction, which prepared statements it uses, what it changes.
 
-use std::hash::{Hash, Hasher};
+use std::hash::BuildHasher;
+use std::sync::LazyLock;
 
 use super::local::Command;
 use super::state::Prepared;
@@ -247,10 +248,13 @@ pub fn is_begin(effects: &[SessionEffect]) -> bool {
 
 /// Tells two definitions of one statement name apart.
 pub fn fingerprint(frame: &[u8]) -> u64 {
-    let mut h = std::collections::hash_map::DefaultHasher::new();
-    frame.hash(&mut h);
-    h.finish()
+    FINGERPRINT.hash_one(frame)
 }
+
+/// Seeded once per process at random: a client cannot pick two
+/// definitions that collide. foldhash, not SipHash: it runs on every Parse.
+static FINGERPRINT: LazyLock<foldhash::quality::RandomState> =
+    LazyLock::new(foldhash::quality::RandomState::default);
 
 #[cfg(test)]
 mod tests {

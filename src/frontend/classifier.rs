@@ -45,9 +45,26 @@ impl Caches {
     }
 }
 
+/// What carried a statement's text.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TextFrom {
+    /// A simple Query: its text carries its literals, and seldom repeats.
+    Query,
+    /// A Parse: drivers send one text again and again, with other
+    /// parameters each time (an unnamed statement per query).
+    Parse,
+}
+
+/// The longest statement a session remembers as its last.
+const LAST_MAX: usize = 256;
+
 pub struct Classifier {
     cache: Arc<ClassifyCache>,
     functions: FunctionView,
+    /// The Parse classified last: drivers that send one text again and
+    /// again (an unnamed statement per query, as pgbench `-M extended`
+    /// and many ORMs do) skip its shape and the shared cache.
+    last: Last,
     /// Function DDL succeeded; its transaction may still be open.
     ddl_seen: bool,
     /// The list was asked for again: the batch waiting to be routed was
@@ -71,24 +88,34 @@ impl Classifier {
         Classifier {
             cache,
             functions,
+            last: Last::default(),
             ddl_seen: false,
             reclassify_due: false,
         }
     }
 
-    /// Classifies (or recalls) one statement string. While the list may
-    /// predate a function just created, a read that calls a function the
-    /// list does not know is a write.
-    pub fn classify(&mut self, sql: &str) -> Arc<Classification> {
+    /// Classifies (or recalls) one statement string, sent in `from`.
+    /// While the list may predate a function just created, a read that
+    /// calls a function the list does not know is a write.
+    pub fn classify(&mut self, sql: &str, from: TextFrom) -> Arc<Classification> {
         let functions = Functions {
             generation: self.functions.generation(),
             names: self.functions.names(),
         };
-        let c = self.cache.get_or_classify(sql, functions);
-        if !(self.functions.pending() && c.is_read()) {
+        if self.functions.pending() {
+            let c = self.cache.get_or_classify(sql, functions);
+            return if c.is_read() { vouched(sql, c) } else { c };
+        }
+        if from == TextFrom::Query {
+            return self.cache.get_or_classify(sql, functions);
+        }
+        if let Some(c) = self.last.recall(sql, functions.generation) {
+            self.cache.count_hit();
             return c;
         }
-        vouched(sql, c)
+        let c = self.cache.get_or_classify(sql, functions);
+        self.last.keep(sql, functions.generation, &c);
+        c
     }
 
     /// Picks up a newer list if one was published (the cache's entries
@@ -115,6 +142,35 @@ impl Classifier {
     /// (once: the flag is cleared).
     pub fn take_reclassify(&mut self) -> bool {
         std::mem::take(&mut self.reclassify_due)
+    }
+}
+
+/// A session's last statement and what it came to, with the function
+/// list it was classified with.
+#[derive(Default)]
+struct Last {
+    sql: String,
+    generation: u64,
+    classification: Option<Arc<Classification>>,
+}
+
+impl Last {
+    fn recall(&self, sql: &str, generation: u64) -> Option<Arc<Classification>> {
+        let c = self.classification.as_ref()?;
+        (self.generation == generation && self.sql == sql).then(|| Arc::clone(c))
+    }
+
+    /// Remembers `sql` in place of the last one (its buffer reused: no
+    /// allocation per statement), unless it is too long to be worth it.
+    fn keep(&mut self, sql: &str, generation: u64, c: &Arc<Classification>) {
+        if sql.len() > LAST_MAX {
+            self.classification = None;
+            return;
+        }
+        self.sql.clear();
+        self.sql.push_str(sql);
+        self.generation = generation;
+        self.classification = Some(Arc::clone(c));
     }
 }
 
@@ -165,10 +221,37 @@ mod tests {
         publish(&handle, 1, &[]);
         let mut first = Classifier::with(a, FunctionView::new(&handle, "db"));
         let mut second = Classifier::with(b, FunctionView::new(&handle, "db"));
-        first.classify("SELECT v FROM t WHERE k = 1");
-        second.classify("SELECT v FROM t WHERE k = 2");
+        first.classify("SELECT v FROM t WHERE k = 1", TextFrom::Query);
+        second.classify("SELECT v FROM t WHERE k = 2", TextFrom::Query);
         let stats = caches.stats();
         assert_eq!((stats.hits, stats.misses), (1, 1), "parsed once for both");
+    }
+
+    #[test]
+    fn a_parse_sent_again_is_classified_once_by_the_session() {
+        let handle = TopologyHandle::new(Topology::from_config(&[]));
+        publish(&handle, 1, &[]);
+        // No shared cache: every lookup there parses.
+        let cache = Arc::new(ClassifyCache::new(0));
+        let mut c = Classifier::with(Arc::clone(&cache), FunctionView::new(&handle, "db"));
+        let counts = || {
+            let s = cache.stats();
+            (s.hits, s.misses)
+        };
+        let sql = "SELECT v FROM t WHERE k = $1";
+        c.classify(sql, TextFrom::Parse);
+        assert_eq!(c.classify(sql, TextFrom::Parse).class, Class::Read);
+        assert_eq!(counts(), (1, 1), "the second from the session's copy");
+        c.classify("SELECT 2", TextFrom::Parse);
+        c.classify(sql, TextFrom::Parse);
+        assert_eq!(counts(), (1, 3), "only the last statement is kept");
+        let long = format!("SELECT '{}'", "x".repeat(LAST_MAX));
+        c.classify(&long, TextFrom::Parse);
+        c.classify(&long, TextFrom::Parse);
+        assert_eq!(counts(), (1, 5), "too long to keep");
+        c.classify("SELECT 3", TextFrom::Query);
+        c.classify("SELECT 3", TextFrom::Query);
+        assert_eq!(counts(), (1, 7), "a Query's text is not kept");
     }
 
     #[test]
@@ -176,15 +259,21 @@ mod tests {
         let handle = TopologyHandle::new(Topology::from_config(&[]));
         publish(&handle, 1, &[]);
         let mut c = classifier(&handle);
-        assert_eq!(c.classify("SELECT bump()").class, Class::Read);
+        assert_eq!(
+            c.classify("SELECT bump()", TextFrom::Parse).class,
+            Class::Read
+        );
         publish(&handle, 2, &["bump"]);
         assert_eq!(
-            c.classify("SELECT bump()").class,
+            c.classify("SELECT bump()", TextFrom::Parse).class,
             Class::Read,
             "not looked at until a batch begins"
         );
         c.refresh();
-        assert_eq!(c.classify("SELECT bump()").class, Class::Write);
+        assert_eq!(
+            c.classify("SELECT bump()", TextFrom::Parse).class,
+            Class::Write
+        );
     }
 
     #[test]
@@ -194,21 +283,27 @@ mod tests {
         let mut c = classifier(&handle);
         c.functions_changed();
         assert_eq!(
-            c.classify("SELECT made_just_now()").class,
+            c.classify("SELECT made_just_now()", TextFrom::Parse).class,
             Class::Read,
             "not committed yet"
         );
         c.idle();
         assert!(c.take_reclassify());
         assert!(!c.take_reclassify(), "once");
-        assert_eq!(c.classify("SELECT made_just_now()").class, Class::Write);
         assert_eq!(
-            c.classify("SELECT 1").class,
+            c.classify("SELECT made_just_now()", TextFrom::Parse).class,
+            Class::Write
+        );
+        assert_eq!(
+            c.classify("SELECT 1", TextFrom::Query).class,
             Class::Read,
             "no call: nothing to vouch for"
         );
         publish(&handle, 2, &[]);
         c.refresh();
-        assert_eq!(c.classify("SELECT made_just_now()").class, Class::Read);
+        assert_eq!(
+            c.classify("SELECT made_just_now()", TextFrom::Parse).class,
+            Class::Read
+        );
     }
 }

@@ -14,6 +14,7 @@ use std::sync::Arc;
 use bytes::{Bytes, BytesMut};
 
 use super::batch::{fingerprint, is_begin, parse_message, Malformed, Message, Plan};
+use super::classifier::TextFrom;
 use super::local;
 use super::state::Prepared;
 use crate::classify::{Class, Classification, Hint, PinReason, Reason, SessionEffect};
@@ -69,8 +70,8 @@ pub enum CollectError {
 pub trait Judge {
     /// A new batch begins: the moment to pick up a newer VOLATILE list.
     fn batch_starts(&mut self);
-    /// Classifies (or recalls) one statement string.
-    fn classify(&mut self, sql: &str) -> Arc<Classification>;
+    /// Classifies (or recalls) one statement string, sent in `from`.
+    fn classify(&mut self, sql: &str, from: TextFrom) -> Arc<Classification>;
     /// A statement the session prepared earlier.
     fn statement(&self, name: &str) -> Option<&Prepared>;
 }
@@ -178,7 +179,7 @@ impl Collector {
             }
             Message::Parse { name, sql } => {
                 plan.local_misplaced |= local::parse(sql).is_some();
-                let classification = judge.classify(sql);
+                let classification = judge.classify(sql, TextFrom::Parse);
                 plan.write |= classification.class == Class::Write;
                 plan.unparsable |= classification.reason == Reason::Unparsable;
                 let prepared = Prepared {
@@ -358,7 +359,7 @@ impl Collector {
 
 /// Plans a simple Query's string.
 fn plan_query(plan: &mut Plan, sql: &str, frame: &Bytes, judge: &mut impl Judge) {
-    let c = judge.classify(sql);
+    let c = judge.classify(sql, TextFrom::Query);
     plan.has_query = true;
     plan.unparsable |= c.reason == Reason::Unparsable;
     plan.hint(c.hint);

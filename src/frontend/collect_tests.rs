@@ -19,7 +19,7 @@ impl Judge for TestJudge {
         self.batches += 1;
     }
 
-    fn classify(&mut self, sql: &str) -> Arc<Classification> {
+    fn classify(&mut self, sql: &str, _: TextFrom) -> Arc<Classification> {
         Arc::new(crate::classify::classify(sql, &HashSet::new()))
     }
 

@@ -58,7 +58,12 @@ pub fn be_i32(b: &[u8]) -> i32 {
 
 /// Splits a NUL-terminated string off the front of `b`.
 pub fn cstr(b: &[u8]) -> Option<(&str, &[u8])> {
-    let end = memchr::memchr(0, b)?;
+    // Statement and portal names are mostly empty: one look settles
+    // those without setting up a vector search.
+    let end = match b.first() {
+        Some(0) => 0,
+        _ => memchr::memchr(0, b)?,
+    };
     let s = std::str::from_utf8(&b[..end]).ok()?;
     Some((s, &b[end + 1..]))
 }
@@ -75,5 +80,18 @@ mod tests {
         assert_eq!(TxnStatus::of_ready(b"X"), None);
         assert_eq!(TxnStatus::of_ready(b""), None);
         assert_eq!(TxnStatus::from_byte(b'X'), TxnStatus::Idle);
+    }
+
+    #[test]
+    fn strings_end_at_their_nul_wherever_it_is() {
+        for len in [0, 1, 2, 100] {
+            let mut b = vec![b'a'; len];
+            b.extend_from_slice(b"\0rest");
+            let (s, rest) = cstr(&b).unwrap_or_else(|| panic!("length {len}"));
+            assert_eq!((s.len(), rest), (len, &b"rest"[..]), "length {len}");
+            // Without the NUL there is no string, however long.
+            assert_eq!(cstr(&b[..len]), None, "length {len}, unterminated");
+        }
+        assert_eq!(cstr(b"\xff\0"), None, "not UTF-8");
     }
 }

@@ -15,7 +15,7 @@ use crate::backend::replay::{self, ReplayError};
 use crate::backend::Carried;
 use crate::classify::{Classification, Reason, SessionEffect};
 use crate::frontend::batch::Plan;
-use crate::frontend::classifier::Classifier;
+use crate::frontend::classifier::{Classifier, TextFrom};
 use crate::frontend::collect::{CollectError, Collected, Judge};
 use crate::frontend::counters::{self, Waited};
 use crate::frontend::link::{is_fatal, Phase, Sent};
@@ -64,8 +64,8 @@ impl Judge for Judging<'_> {
         self.classifier.refresh();
     }
 
-    fn classify(&mut self, sql: &str) -> Arc<Classification> {
-        let c = self.classifier.classify(sql);
+    fn classify(&mut self, sql: &str, from: TextFrom) -> Arc<Classification> {
+        let c = self.classifier.classify(sql, from);
         if c.reason == Reason::Unparsable {
             self.shared.unparsable.fetch_add(1, Ordering::Relaxed);
             debug!(parent: self.span, sql, "statement not understood; it runs on the primary");
