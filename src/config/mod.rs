@@ -213,6 +213,26 @@ fn line_of(text: &str, offset: usize) -> String {
 #[cfg(test)]
 mod tests;
 
+#[cfg(test)]
+impl Config {
+    /// The least a config can say: one node, one user, defaults otherwise.
+    pub(crate) fn minimal() -> Config {
+        Config::parse(
+            r#"
+            [backend]
+            user = "u"
+            [[nodes]]
+            host = "127.0.0.1"
+            port = 1
+            [[users]]
+            name = "app"
+            password = "secret"
+            "#,
+        )
+        .expect("config")
+    }
+}
+
 /// Every setting of `config` as (dotted key, value), in file order: tables
 /// joined with `.`, arrays of tables as `key[i]`, strings unquoted. Keys
 /// `hide` names show `********` instead of their value.

@@ -381,19 +381,7 @@ mod tests {
     use crate::topology::Topology;
 
     fn catalog() -> FunctionCatalog {
-        let config = Config::parse(
-            r#"
-            [backend]
-            user = "u"
-            [[nodes]]
-            host = "127.0.0.1"
-            port = 1
-            [[users]]
-            name = "app"
-            password = "secret"
-            "#,
-        )
-        .expect("config");
+        let config = Config::minimal();
         let topology = TopologyHandle::new(Topology::from_config(&config.nodes));
         FunctionCatalog::new(&config, ServerTls::disabled(), topology)
     }

@@ -271,27 +271,10 @@ fn lost_error(fatal: Option<&[u8]>, server: &str) -> (String, String) {
 mod tests {
     use super::*;
 
-    fn retry() -> Retry {
-        let config = Config::parse(
-            r#"
-            [backend]
-            user = "u"
-            [[nodes]]
-            host = "127.0.0.1"
-            port = 1
-            [[users]]
-            name = "app"
-            password = "secret"
-            "#,
-        )
-        .expect("config");
-        Retry::new(&config)
-    }
-
     #[tokio::test]
     async fn the_stall_timer_fires_for_the_read_in_flight_not_for_one_answered() {
         let after = Duration::from_millis(150);
-        let mut r = retry();
+        let mut r = Retry::new(&Config::minimal());
         let nothing = tokio::time::timeout(after, r.stalled()).await;
         assert!(nothing.is_err(), "nothing timed: never fires");
         // A read, answered within its time: the timer stays set for it.
