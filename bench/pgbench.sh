@@ -70,6 +70,9 @@
 # stime of its process tree (children included) over the run, divided by the
 # transactions pgbench processed. On a machine where the proxy shares cores
 # with PostgreSQL and pgbench this is the steadiest figure of a proxy's cost.
+# Beside it, the user time alone: the system time of a relay is mostly the
+# kernel's work on its four socket calls per request, much the same for
+# every proxy, so the user time shows what the proxy's own code costs.
 #
 # Note: the benchmark server runs with fsync=off (a throwaway cluster, and the
 # proxies' overhead is what is measured, not the disk). Do not compare its
@@ -448,19 +451,22 @@ declare -A TARGET_PORT=([direct]="$PRIMARY_PORT")
 declare -A TARGET_PID=()   # proxies only: the process whose tree's CPU time is counted
 CLK_TCK="$(getconf CLK_TCK)"
 
-# CPU ticks (user + system, of live and reaped children too) of $1 and every
-# process below it.
+# CPU ticks of $1 and every process below it (live and reaped children
+# too): "user+system user", the second the user time alone.
 tree_cpu_ticks() {
-    local pid="$1" total=0 child stat fields
-    stat="$(cat "/proc/$pid/stat" 2>/dev/null)" || { echo 0; return; }
+    local pid="$1" total=0 user=0 child stat fields sub
+    stat="$(cat "/proc/$pid/stat" 2>/dev/null)" || { echo "0 0"; return; }
     # Fields after the ")" that closes the command name: utime is the 12th,
     # stime the 13th, cutime and cstime the 14th and 15th.
     read -r -a fields <<<"${stat##*) }"
     total=$(( fields[11] + fields[12] + fields[13] + fields[14] ))
+    user=$(( fields[11] + fields[13] ))
     for child in $(cat /proc/"$pid"/task/*/children 2>/dev/null); do
-        total=$(( total + $(tree_cpu_ticks "$child") ))
+        read -r -a sub <<<"$(tree_cpu_ticks "$child")"
+        total=$(( total + sub[0] ))
+        user=$(( user + sub[1] ))
     done
-    echo "$total"
+    echo "$total $user"
 }
 SKIPPED=()
 
@@ -800,7 +806,7 @@ for w in $WORKLOADS; do
                     GROUP BY 1, 2, 3 ORDER BY 4 DESC" >&2 || true
                 FAILED+=("$w c=$c $t: $problem")
                 (( KEEP_GOING )) || die "pgbench run failed: $w, $c clients, via $t: $problem"
-                RESULTS+=("$w|$c|$t|FAILED|-|-|-|-")
+                RESULTS+=("$w|$c|$t|FAILED|-|-|-|-|-")
                 continue
             fi
             if [[ "$t" == direct ]]; then direct_tps="$tps"; fi
@@ -811,14 +817,16 @@ for w in $WORKLOADS; do
             fi
             tps_fmt="$(awk -v a="$tps" 'BEGIN { printf "%.0f", a }')"
             lat_fmt="$(awk -v a="$lat" 'BEGIN { printf "%.3f", a }')"
-            cpu="-"
+            cpu="-" user="-"
             if [[ -n "$cpu_before" ]]; then
-                cpu="$(awk -v a="$(tree_cpu_ticks "${TARGET_PID[$t]}")" -v b="$cpu_before" -v hz="$CLK_TCK" -v n="$processed" \
-                    'BEGIN { printf "%.1f", (a - b) / hz * 1e6 / n }')"
+                read -r cpu user < <(awk -v a="$(tree_cpu_ticks "${TARGET_PID[$t]}")" -v b="$cpu_before" \
+                    -v hz="$CLK_TCK" -v n="$processed" 'BEGIN {
+                        split(a, x, " "); split(b, y, " "); k = 1e6 / hz / n
+                        printf "%.1f %.1f\n", (x[1] - y[1]) * k, (x[2] - y[2]) * k }')
             fi
             stale="$(sed -n 's/^stale reads: \([0-9]*\)$/\1/p' "$out" | head -n 1)"
-            RESULTS+=("$w|$c|$t|$tps_fmt|$lat_fmt|$ratio|$cpu|${stale:--}")
-            log "[$run/$n_runs] $w c=$c $t: $tps_fmt tps, $lat_fmt ms, proxy CPU $cpu µs/transaction${stale:+, $stale stale reads}"
+            RESULTS+=("$w|$c|$t|$tps_fmt|$lat_fmt|$ratio|$cpu|${stale:--}|$user")
+            log "[$run/$n_runs] $w c=$c $t: $tps_fmt tps, $lat_fmt ms, proxy CPU $cpu µs/transaction (user $user)${stale:+, $stale stale reads}"
             if [[ "$t" == palisade* ]]; then
                 per_node="$(per_node_since "$commits_before" "$processed")"
                 PER_NODE+=("$w|$c|$t|$per_node")
@@ -857,12 +865,12 @@ report() {
     (( TLS )) && tls=", clients over TLS (sslmode=require; direct = PostgreSQL's own TLS)"
     echo "pgbench via proxies, $(date -u +%Y-%m-%d) on $(nproc) cores: $PG_VERSION_STR, scale $SCALE, ${DURATION}s per run, fsync=off$replicas$tls"
     echo
-    echo "| workload | clients | target | tps | avg latency ms | ratio to direct | proxy CPU µs/transaction | stale reads |"
-    echo "|---|---:|---|---:|---:|---:|---:|---:|"
+    echo "| workload | clients | target | tps | avg latency ms | ratio to direct | proxy CPU µs/transaction | of which user | stale reads |"
+    echo "|---|---:|---|---:|---:|---:|---:|---:|---:|"
     local r
     for r in "${RESULTS[@]}"; do
-        IFS='|' read -r w c t tps lat ratio cpu stale <<<"$r"
-        echo "| $w | $c | $t | $tps | $lat | $ratio | $cpu | $stale |"
+        IFS='|' read -r w c t tps lat ratio cpu stale user <<<"$r"
+        echo "| $w | $c | $t | $tps | $lat | $ratio | $cpu | $user | $stale |"
     done
     if (( ${#PER_NODE[@]} )); then
         echo
