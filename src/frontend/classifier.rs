@@ -1,5 +1,6 @@
 //! One session's statement classification: the classify cache its
-//! database's sessions share ([`Caches`]), and the session's view of that
+//! database's sessions share ([`Caches`]), the session's own copy of its
+//! last Parse text and what it came to, and the session's view of that
 //! database's VOLATILE functions.
 //!
 //! This is the one place that knows where that list comes from: the control
@@ -55,7 +56,7 @@ pub enum TextFrom {
     Parse,
 }
 
-/// The longest statement a session remembers as its last.
+/// The longest Parse text a session remembers as its last.
 const LAST_MAX: usize = 256;
 
 pub struct Classifier {
@@ -145,7 +146,7 @@ impl Classifier {
     }
 }
 
-/// A session's last statement and what it came to, with the function
+/// A session's last Parse text and what it came to, with the function
 /// list it was classified with.
 #[derive(Default)]
 struct Last {
