@@ -170,7 +170,7 @@ impl Proxy {
             drain: watch::channel(false).0,
             clients: Default::default(),
             pause: Default::default(),
-            config: ArcSwap::new(config),
+            config: Arc::new(ArcSwap::new(config)),
             topology: topology.clone(),
             cancels: Arc::new(CancelRegistry::default()),
             shutdown: shutdown_rx,

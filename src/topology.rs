@@ -259,19 +259,7 @@ impl Topology {
 }
 
 /// A session's copy of the current snapshot ([`TopologyHandle::cache`]).
-pub type TopologyCache = Cache<Published, Arc<Topology>>;
-
-/// Where a [`TopologyCache`] looks for a newer snapshot.
-#[derive(Debug)]
-pub struct Published(TopologyHandle);
-
-impl std::ops::Deref for Published {
-    type Target = ArcSwap<Topology>;
-
-    fn deref(&self) -> &ArcSwap<Topology> {
-        &self.0 .0.current
-    }
-}
+pub type TopologyCache = Cache<Arc<ArcSwap<Topology>>, Arc<Topology>>;
 
 /// Shared handle: the control plane stores, the data plane loads.
 #[derive(Debug, Clone)]
@@ -279,7 +267,7 @@ pub struct TopologyHandle(Arc<Shared>);
 
 #[derive(Debug)]
 struct Shared {
-    current: ArcSwap<Topology>,
+    current: Arc<ArcSwap<Topology>>,
     /// Bumped when the epoch or the fenced nodes change, so that sessions
     /// holding a connection to a node just fenced let go of it at once.
     fences: watch::Sender<u64>,
@@ -298,7 +286,7 @@ impl TopologyHandle {
     pub fn new(initial: Topology) -> TopologyHandle {
         let (refresh, requests) = mpsc::unbounded_channel();
         TopologyHandle(Arc::new(Shared {
-            current: ArcSwap::from_pointee(initial),
+            current: Arc::new(ArcSwap::from_pointee(initial)),
             fences: watch::channel(0).0,
             functions: ArcSwap::default(),
             functions_version: AtomicU64::new(0),
@@ -316,7 +304,7 @@ impl TopologyHandle {
     /// costs one atomic load while nothing new was published. It keeps the
     /// snapshot it last saw alive until its next look.
     pub fn cache(&self) -> TopologyCache {
-        Cache::new(Published(self.clone()))
+        Cache::new(Arc::clone(&self.0.current))
     }
 
     /// Changes whenever a node is fenced, unfenced, added or removed, or the

@@ -105,7 +105,7 @@ impl ClassifyCache {
                 hit
             });
             if let Some(hit) = hit {
-                self.hits.fetch_add(1, Ordering::Relaxed);
+                self.count_hit();
                 return hit;
             }
         }
@@ -160,7 +160,7 @@ impl ClassifyCache {
         maps.get(sql).filter(current).map(|e| e.classification)
     }
 
-    /// Counts a hit its caller served from a copy of an earlier answer.
+    /// Counts a hit: a lookup here, or a caller's copy of an earlier answer.
     pub fn count_hit(&self) {
         self.hits.fetch_add(1, Ordering::Relaxed);
     }

@@ -103,20 +103,23 @@ impl Classifier {
             generation: self.functions.generation(),
             names: self.functions.names(),
         };
-        if self.functions.pending() {
-            let c = self.cache.get_or_classify(sql, functions);
-            return if c.is_read() { vouched(sql, c) } else { c };
-        }
-        if from == TextFrom::Query {
-            return self.cache.get_or_classify(sql, functions);
-        }
-        if let Some(c) = self.last.recall(sql, functions.generation) {
-            self.cache.count_hit();
-            return c;
+        let pending = self.functions.pending();
+        // Not while pending: what the copy says, the list may not vouch for.
+        let remember = from == TextFrom::Parse && !pending;
+        if remember {
+            if let Some(c) = self.last.recall(sql, functions.generation) {
+                self.cache.count_hit();
+                return c;
+            }
         }
         let c = self.cache.get_or_classify(sql, functions);
-        self.last.keep(sql, functions.generation, &c);
-        c
+        if remember {
+            self.last.keep(sql, functions.generation, &c);
+        }
+        if !(pending && c.is_read()) {
+            return c;
+        }
+        vouched(sql, c)
     }
 
     /// Picks up a newer list if one was published (the cache's entries

@@ -78,23 +78,12 @@ pub(crate) fn shed(buf: &mut BytesMut) {
 }
 
 /// A session's copy of the settings in force ([`Shared::config_cache`]).
-pub type ConfigCache = Cache<Settings, Arc<Config>>;
-
-/// Where a [`ConfigCache`] looks for newer settings.
-pub struct Settings(Arc<Shared>);
-
-impl std::ops::Deref for Settings {
-    type Target = ArcSwap<Config>;
-
-    fn deref(&self) -> &ArcSwap<Config> {
-        &self.0.config
-    }
-}
+pub type ConfigCache = Cache<Arc<ArcSwap<Config>>, Arc<Config>>;
 
 /// What every client task shares.
 pub struct Shared {
     /// The settings in force; `RELOAD` swaps them (see [`Shared::config`]).
-    pub config: ArcSwap<Config>,
+    pub config: Arc<ArcSwap<Config>>,
     pub pool: Arc<ServerPool>,
     pub topology: TopologyHandle,
     pub cancels: Arc<CancelRegistry>,
@@ -139,8 +128,8 @@ impl Shared {
 
     /// A copy of the settings in force for one session to keep: each look
     /// costs one atomic load while no reload swapped them.
-    pub fn config_cache(self: &Arc<Self>) -> ConfigCache {
-        Cache::new(Settings(Arc::clone(self)))
+    pub fn config_cache(&self) -> ConfigCache {
+        Cache::new(Arc::clone(&self.config))
     }
 
     /// Starts the drain; `false` when it had already started.
