@@ -58,6 +58,9 @@ const MAX_AUTH_MESSAGE: usize = 64 * 1024;
 /// What a client buffer takes when it first needs memory; idle clients are
 /// held by the thousand, so each byte here counts.
 pub(crate) const CLIENT_BUFFER: usize = 4 * 1024;
+/// The room a server connection's input buffer is given for a read; server
+/// connections are few, and replies are often larger than requests.
+pub(crate) const SERVER_BUFFER: usize = 16 * 1024;
 
 /// The most an empty buffer of a session keeps: past this, a large
 /// message went through it, and its memory goes back (a thousand idle
