@@ -87,6 +87,7 @@ mod tests {
 
     #[test]
     fn a_read_gets_room_for_a_whole_message_however_much_was_taken_before() {
+        let unread: Vec<u8> = (3990..4000).map(|i| i as u8).collect();
         // An idle session's buffer takes its memory when it first reads.
         let mut idle = BytesMut::new();
         make_room(&mut idle, WANT);
@@ -100,20 +101,14 @@ mod tests {
         make_room(&mut buf, WANT);
         assert_eq!(buf.as_ptr(), start);
         assert!(buf.capacity() - buf.len() >= WANT / 2);
-        assert_eq!(
-            &buf[..],
-            &(3990..4000).map(|i| i as u8).collect::<Vec<_>>()[..]
-        );
+        assert_eq!(&buf[..], &unread[..]);
 
         // A frame still held keeps that memory: a new buffer of `WANT`.
         let (mut buf, frames, start) = taken(4000, 3990);
         make_room(&mut buf, WANT);
         assert_ne!(buf.as_ptr(), start);
         assert!(buf.capacity() >= WANT);
-        assert_eq!(
-            &buf[..],
-            &(3990..4000).map(|i| i as u8).collect::<Vec<_>>()[..]
-        );
+        assert_eq!(&buf[..], &unread[..]);
         assert_eq!(frames.len(), 3990);
 
         // Room enough already: nothing moves.
