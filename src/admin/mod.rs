@@ -21,7 +21,7 @@ pub mod show;
 use std::net::SocketAddr;
 
 use bytes::BytesMut;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 use tokio::sync::watch;
 use tracing::{debug, info, warn};
 
@@ -350,7 +350,7 @@ async fn read_more(
         }
     };
     tokio::select! {
-        read = client.rd.read_buf(&mut client.inbuf) => matches!(read, Ok(n) if n > 0),
+        read = client.rd.read_with_room(&mut client.inbuf, crate::frontend::CLIENT_BUFFER) => matches!(read, Ok(n) if n > 0),
         () = async { let _ = shutdown.wait_for(|draining| *draining).await; } => {
             messages::error(
                 &mut client.out,

@@ -29,6 +29,9 @@ use scram::{PassThrough, ScramKeys};
 
 /// Startup replies are small; anything bigger is a broken server.
 const MAX_STARTUP_REPLY: usize = 1 << 20;
+/// The room a server connection's input buffer is given for a read; server
+/// connections are few, and replies are often larger than requests.
+pub const SERVER_BUFFER: usize = 16 * 1024;
 
 /// What proves a user to PostgreSQL.
 #[derive(Clone, PartialEq, Eq)]

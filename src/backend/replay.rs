@@ -7,7 +7,7 @@
 //! [`run`] runs a statement of the proxy's own.
 
 use bytes::{BufMut, Bytes, BytesMut};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 
 use super::ServerConn;
 use crate::protocol::{messages, take_frame, TxnStatus};
@@ -120,7 +120,11 @@ pub async fn resend(
         let frame =
             take_frame(&mut conn.pending, MAX_RESENT_FRAME).map_err(|_| ReplayError::Lost)?;
         let Some(frame) = frame else {
-            match conn.rd.read_buf(&mut conn.pending).await {
+            match conn
+                .rd
+                .read_with_room(&mut conn.pending, super::SERVER_BUFFER)
+                .await
+            {
                 Ok(n) if n > 0 => continue,
                 _ => return Err(ReplayError::Lost),
             }
@@ -172,7 +176,11 @@ async fn read_replies(
     while ready_expected > 0 {
         let frame = take_frame(&mut conn.pending, MAX_REPLY).map_err(|_| ReplayError::Lost)?;
         let Some(frame) = frame else {
-            match conn.rd.read_buf(&mut conn.pending).await {
+            match conn
+                .rd
+                .read_with_room(&mut conn.pending, super::SERVER_BUFFER)
+                .await
+            {
                 Ok(n) if n > 0 => continue,
                 _ => return Err(ReplayError::Lost),
             }

@@ -282,7 +282,7 @@ impl ServerLink {
         fences: watch::Receiver<u64>,
     ) -> ServerLink {
         // Anything the server sent past its startup ReadyForQuery is relayed first.
-        conn.pending.reserve(super::SERVER_BUFFER);
+        conn.pending.reserve(crate::backend::SERVER_BUFFER);
         ServerLink {
             attached: Some(Attached { conn, node }),
             // Grows with the first batch: an idle session holds no buffer.

@@ -27,7 +27,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 use tokio::sync::watch;
 use tracing::{debug, info, Instrument};
@@ -58,9 +58,6 @@ const MAX_AUTH_MESSAGE: usize = 64 * 1024;
 /// What a client buffer takes when it first needs memory; idle clients are
 /// held by the thousand, so each byte here counts.
 pub(crate) const CLIENT_BUFFER: usize = 4 * 1024;
-/// The room a server connection's input buffer is given for a read; server
-/// connections are few, and replies are often larger than requests.
-pub(crate) const SERVER_BUFFER: usize = 16 * 1024;
 
 /// The most an empty buffer of a session keeps: past this, a large
 /// message went through it, and its memory goes back (a thousand idle
@@ -576,7 +573,11 @@ async fn read_password_message(client: &mut ClientIo) -> Result<Vec<u8>, Refusal
             Ok(None) => {}
             Err(e) => return Err(tell(client, Sqlstate::ProtocolViolation, &e.to_string())),
         }
-        match client.rd.read_buf(&mut client.inbuf).await {
+        match client
+            .rd
+            .read_with_room(&mut client.inbuf, CLIENT_BUFFER)
+            .await
+        {
             Ok(n) if n > 0 => {}
             _ => return Err(Refusal::Silent),
         }

@@ -13,7 +13,8 @@ use std::io;
 use std::pin::Pin;
 use std::task::{Context, Poll, Waker};
 
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use bytes::BytesMut;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, ReadBuf};
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::TcpStream;
 use tokio_rustls::TlsStream;
@@ -116,6 +117,27 @@ impl ReadHalf {
             ReadHalf::Tls(_) => Ok(()),
         }
     }
+
+    /// Reads into `buf`, first giving it room for at least half of `want`
+    /// more bytes ([`make_room`]). Every read into a buffer that frames
+    /// are split off goes through here.
+    pub async fn read_with_room(&mut self, buf: &mut BytesMut, want: usize) -> io::Result<usize> {
+        make_room(buf, want);
+        self.read_buf(buf).await
+    }
+}
+
+/// Gives `buf` room for at least half of `want` more bytes before a read.
+/// Frames are split off the front of the buffer as they are taken, so its
+/// room shrinks with every message; left alone, a read would take only the
+/// few bytes left at its end, and a message would arrive in several reads
+/// (64 bytes at a time once the buffer is full). The memory is reused in
+/// place, what is unread moved to the front, unless a split-off frame
+/// still holds it; then a buffer of `want` is allocated.
+fn make_room(buf: &mut BytesMut, want: usize) {
+    if buf.capacity() - buf.len() < want / 2 {
+        buf.reserve(want.saturating_sub(buf.len()).max(want / 2));
+    }
 }
 
 impl AsyncRead for ReadHalf {
@@ -202,5 +224,60 @@ impl AsyncWrite for WriteHalf {
             WriteHalf::Plain(wr) => Pin::new(wr).poll_shutdown(cx),
             WriteHalf::Tls { half, .. } => Pin::new(half).poll_shutdown(cx),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const WANT: usize = 4096;
+
+    /// A buffer of `WANT` whose first `taken` of `filled` bytes were split off.
+    fn taken(filled: usize, taken: usize) -> (BytesMut, BytesMut, *const u8) {
+        let mut buf = BytesMut::with_capacity(WANT);
+        let start = buf.as_ptr();
+        buf.extend((0..filled).map(|i| i as u8));
+        let frames = buf.split_to(taken);
+        (buf, frames, start)
+    }
+
+    #[test]
+    fn a_read_gets_room_for_a_whole_message_however_much_was_taken_before() {
+        let unread: Vec<u8> = (3990..4000).map(|i| i as u8).collect();
+        // An idle session's buffer takes its memory when it first reads.
+        let mut idle = BytesMut::new();
+        make_room(&mut idle, WANT);
+        assert!(idle.capacity() >= WANT);
+
+        // Taken frames that are gone: the memory is reused in place, the
+        // unread start of the next message moved to its front.
+        let (mut buf, frames, start) = taken(4000, 3990);
+        drop(frames);
+        assert!(buf.capacity() - buf.len() < 200);
+        make_room(&mut buf, WANT);
+        assert_eq!(buf.as_ptr(), start);
+        assert!(buf.capacity() - buf.len() >= WANT / 2);
+        assert_eq!(&buf[..], &unread[..]);
+
+        // A frame still held keeps that memory: a new buffer of `WANT`.
+        let (mut buf, frames, start) = taken(4000, 3990);
+        make_room(&mut buf, WANT);
+        assert_ne!(buf.as_ptr(), start);
+        assert!(buf.capacity() >= WANT);
+        assert_eq!(&buf[..], &unread[..]);
+        assert_eq!(frames.len(), 3990);
+
+        // Room enough already: nothing moves.
+        let (mut buf, _frames, _) = taken(1000, 990);
+        let (at, room) = (buf.as_ptr(), buf.capacity());
+        make_room(&mut buf, WANT);
+        assert_eq!((buf.as_ptr(), buf.capacity()), (at, room));
+
+        // A large message still arriving grows its buffer.
+        let (mut buf, _frames, _) = taken(4000, 1000);
+        make_room(&mut buf, WANT);
+        assert!(buf.capacity() - buf.len() >= WANT / 2);
+        assert_eq!(buf.len(), 3000);
     }
 }

@@ -2,7 +2,7 @@
 //! making it so: a look for anything its server said while it sat idle,
 //! and the reset that forgets the last session's state.
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 
 use super::ServerConn;
 use crate::protocol::{cstr, take_frame, TxnStatus};
@@ -93,7 +93,11 @@ pub(super) async fn reset(conn: &mut ServerConn) -> Result<(), &'static str> {
                 _ => {}
             }
         }
-        match conn.rd.read_buf(&mut conn.pending).await {
+        match conn
+            .rd
+            .read_with_room(&mut conn.pending, crate::backend::SERVER_BUFFER)
+            .await
+        {
             Ok(n) if n > 0 => {}
             _ => return Err("connection closed"),
         }
